@@ -1,0 +1,27 @@
+"""cord_kernels: fused losses for CORD, on-policy cross-modal self-distillation.
+
+Logits in:   reverse_kl, forward_kl, token_logprobs, cord_weights, cord_token_loss, grpo_loss
+Hidden in:   fused_linear_cord_token_loss, fused_linear_token_logprobs
+Modules:     ReverseKL, ForwardKL, CordTokenLoss, FusedLinearCordTokenLoss, GRPOLoss
+
+Every function takes keyword-only options and ``impl="triton" | "torch" | None``; None runs the
+Triton kernels on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the torch reference
+otherwise. Importing this package never touches a GPU.
+"""
+
+from cord_kernels.cord_token_loss import cord_token_loss
+from cord_kernels.grpo import grpo_loss
+from cord_kernels.kl import forward_kl, reverse_kl
+from cord_kernels.token_logprobs import token_logprobs
+from cord_kernels.weights import cord_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "reverse_kl",
+    "forward_kl",
+    "token_logprobs",
+    "cord_weights",
+    "cord_token_loss",
+    "grpo_loss",
+]

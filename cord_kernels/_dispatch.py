@@ -1,0 +1,49 @@
+"""Which implementation runs: the Triton kernels or the pure-torch reference.
+
+``impl=None`` picks Triton for CUDA tensors, or for any tensor when ``TRITON_INTERPRET=1`` (the
+interpreter runs the kernels on CPU tensors), and the torch reference otherwise. Triton is
+imported lazily so that ``import cord_kernels`` works where Triton is missing or broken.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from cord_kernels._validation import IMPLS
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install raises more than ImportError
+        return False
+    return True
+
+
+def interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_impl(impl, *tensors: torch.Tensor) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "torch":
+        return "torch"
+    on_cuda = all(t.is_cuda for t in tensors)
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError("impl='triton' was requested but triton cannot be imported")
+        if not on_cuda and not interpret_mode():
+            raise ValueError(
+                "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run the kernels "
+                "on the CPU through the interpreter"
+            )
+        return "triton"
+    if triton_available() and (on_cuda or interpret_mode()):
+        return "triton"
+    return "torch"

@@ -1,0 +1,94 @@
+"""The CORD token loss (paper eq. 7): sum_t w_t D_t over audio rollouts.
+
+Triton path: the streaming KL forward gives D per row (masked rows are not read), the weights
+come from D with batched torch ops (no host sync), and autograd turns w * cotangent into the
+per-row scale of the streaming backward, which writes the weighted gradient of the student
+logits in one pass. Nothing of size (B, T, V) is allocated besides that gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cord_kernels import reference
+from cord_kernels._dispatch import resolve_impl
+from cord_kernels._validation import (
+    check_bool,
+    check_logits_pair,
+    check_mask,
+    check_nonneg_number,
+    check_reduction,
+    check_same_device,
+    check_temperature,
+    check_top_k,
+)
+from cord_kernels.kl import kl_div_rows
+from cord_kernels.reference import reduce_weighted
+from cord_kernels.weights import cord_weights
+
+
+def check_cord_options(top_k, alpha, beta, temperature, reduction):
+    """Validates the options shared by the logits-in and hidden-states-in CORD losses."""
+    return (
+        check_top_k(top_k),
+        check_nonneg_number("alpha", alpha),
+        check_nonneg_number("beta", beta),
+        check_temperature(temperature),
+        check_reduction(reduction),
+    )
+
+
+def cord_token_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    top_k: int = 20,
+    alpha: float = 2.0,
+    beta: float = 2.0,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    inplace_backward: bool = False,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """CORD weighted reverse-KL token loss.
+
+        D_t = KL(softmax(s_t/tau) || softmax(u_t/tau)),  w = cord_weights(D, mask)
+        "batchmean": sum w D / B (the paper's), "sum": sum w D, "mean": sum w D / sum mask,
+        "none": (B, T) w D
+
+    Args:
+        student_logits: (B, T, V) audio-conditioned logits on the rollout (gets the gradient).
+        teacher_logits: (B, T, V) text-conditioned logits on the same tokens (detached).
+        mask: (B, T) bool, True at generated positions. Masked rows contribute exactly 0 and
+            are never read by the Triton path.
+        top_k, alpha, beta: the CORD weights (``alpha = beta = 1`` is uniform OPD).
+        temperature: tau > 0.
+        reduction: "batchmean" | "sum" | "mean" | "none".
+        inplace_backward: Triton path: write the gradient into ``student_logits``' storage.
+        impl: "triton", "torch" or None.
+
+    Example:
+        >>> loss = cord_token_loss(student_logits, teacher_logits.detach(), completion_mask)
+        >>> loss.backward()
+    """
+    check_logits_pair(student_logits, teacher_logits)
+    if student_logits.dim() != 3:
+        raise ValueError(
+            f"student_logits must have shape (B, T, V), got {tuple(student_logits.shape)}"
+        )
+    mask = check_mask(mask, tuple(student_logits.shape[:2]), like="student_logits")
+    check_same_device(("student_logits", student_logits), ("mask", mask))
+    top_k, alpha, beta, temperature, reduction = check_cord_options(
+        top_k, alpha, beta, temperature, reduction
+    )
+    check_bool("inplace_backward", inplace_backward)
+    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
+        return reference.cord_token_loss(
+            student_logits, teacher_logits, mask, top_k=top_k, alpha=alpha, beta=beta,
+            temperature=temperature, reduction=reduction,
+        )
+    d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
+                    inplace_backward=inplace_backward)
+    w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=beta)
+    return reduce_weighted(w * d, mask, reduction)

@@ -1,0 +1,352 @@
+"""Reverse and forward KL between two logits tensors, streamed over the vocabulary.
+
+One kernel pair computes KL(P_x || P_y) for P = softmax(logits / tau):
+    reverse_kl(s, u) = KL(p || q)  runs it with x = s (student), y = u (teacher)
+    forward_kl(s, u) = KL(q || p)  runs it with x = u, y = s
+
+Forward: one read of both rows with an online max/sum (three fp32 numbers saved per row:
+D, lse_x, lse_y). Backward: a second read of both rows writes the gradient; nothing of size
+(N, V) exists besides that gradient, which can be written into the logits buffer itself.
+
+Layout: kernels, launchers (``kl_fwd``, ``kl_bwd``), torch custom ops around them, the
+autograd Function, the public functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cord_kernels import reference
+from cord_kernels._dispatch import resolve_impl, triton_available
+from cord_kernels._rows import NUM_WARPS, block_v, row_view
+from cord_kernels._validation import check_bool, check_logits_pair, check_temperature
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _kl_fwd_kernel(
+        X, Y, RowMask, D, LseX, LseY,
+        stride_xa, stride_xb, stride_ya, stride_yb,
+        R, V, inv_temp,
+        HAS_ROW_MASK: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+    ):
+        i_row = tl.program_id(0).to(tl.int64)
+        i_a = i_row // R
+        i_b = i_row % R
+        if HAS_ROW_MASK:
+            if tl.load(RowMask + i_row) == 0:
+                # A padded position: nothing to read; its D is 0 by definition of the loss.
+                tl.store(D + i_row, 0.0)
+                tl.store(LseX + i_row, 0.0)
+                tl.store(LseY + i_row, 0.0)
+                return
+        p_x = X + i_a * stride_xa + i_b * stride_xb
+        p_y = Y + i_a * stride_ya + i_b * stride_yb
+
+        # Online state. acc = sum_v e^{x_v - m_x} ((x_v - m_x) - (y_v - m_y)), so that
+        # D = acc / s_x - log s_x + log s_y stays accurate for huge logits (no lse cancellation).
+        m_x = float("-inf")
+        m_y = float("-inf")
+        s_x = 0.0
+        s_y = 0.0
+        acc = 0.0
+        for i_v in range(0, V, BLOCK_V):
+            o_v = i_v + tl.arange(0, BLOCK_V)
+            m_v = o_v < V
+            b_x = tl.load(p_x + o_v, mask=m_v, other=float("-inf")).to(tl.float32) * inv_temp
+            b_y = tl.load(p_y + o_v, mask=m_v, other=float("-inf")).to(tl.float32) * inv_temp
+            mx_new = tl.maximum(m_x, tl.max(b_x, axis=0))  # [BLOCK_V] -> scalar
+            my_new = tl.maximum(m_y, tl.max(b_y, axis=0))
+            # While a row is all -inf so far its max stays -inf; shift by 0 then (sums are 0).
+            mx_s = tl.where(mx_new == float("-inf"), 0.0, mx_new)
+            my_s = tl.where(my_new == float("-inf"), 0.0, my_new)
+            a_x = tl.exp(m_x - mx_s)
+            a_y = tl.exp(m_y - my_s)
+            # Moving the shifts changes every earlier bracket by -(dx - dy).
+            dx = tl.where(m_x == float("-inf"), 0.0, mx_s - m_x)
+            dy = tl.where(m_y == float("-inf"), 0.0, my_s - m_y)
+            e_x = tl.exp(b_x - mx_s)
+            e_y = tl.exp(b_y - my_s)
+            # Entries with p_x = 0 (including -inf logits on both sides) contribute nothing.
+            diff = tl.where(e_x > 0, (b_x - mx_s) - (b_y - my_s), 0.0)
+            acc = a_x * (acc - (dx - dy) * s_x) + tl.sum(e_x * diff, axis=0)
+            s_x = s_x * a_x + tl.sum(e_x, axis=0)
+            s_y = s_y * a_y + tl.sum(e_y, axis=0)
+            m_x = mx_new
+            m_y = my_new
+        log_sx = tl.log(s_x)
+        log_sy = tl.log(s_y)
+        tl.store(D + i_row, acc / s_x - log_sx + log_sy)
+        tl.store(LseX + i_row, m_x + log_sx)
+        tl.store(LseY + i_row, m_y + log_sy)
+
+    @triton.jit
+    def _kl_bwd_kernel(
+        X, Y, LseX, LseY, D, G, DX, DY,
+        stride_xa, stride_xb, stride_ya, stride_yb,
+        stride_dxa, stride_dxb, stride_dya, stride_dyb,
+        R, V, inv_temp,
+        HAS_DX: tl.constexpr,
+        HAS_DY: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+    ):
+        i_row = tl.program_id(0).to(tl.int64)
+        i_a = i_row // R
+        i_b = i_row % R
+        p_x = X + i_a * stride_xa + i_b * stride_xb
+        p_y = Y + i_a * stride_ya + i_b * stride_yb
+        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
+        p_dy = DY + i_a * stride_dya + i_b * stride_dyb
+        # g already holds the cotangent times the row's weight; a zero row (masked position)
+        # reads nothing and writes exact zeros, even if its logits are NaN.
+        g = tl.load(G + i_row)
+        v_read = tl.where(g != 0.0, V, 0)  # how much of the row to read: all of it, or none
+        g = g * inv_temp
+        lse_x = tl.load(LseX + i_row)
+        lse_y = tl.load(LseY + i_row)
+        d = tl.load(D + i_row)
+        for i_v in range(0, V, BLOCK_V):
+            o_v = i_v + tl.arange(0, BLOCK_V)
+            m_v = o_v < V
+            m_ld = o_v < v_read
+            b_x = tl.load(p_x + o_v, mask=m_ld, other=float("-inf")).to(tl.float32) * inv_temp
+            b_y = tl.load(p_y + o_v, mask=m_ld, other=float("-inf")).to(tl.float32) * inv_temp
+            log_px = b_x - lse_x
+            log_py = b_y - lse_y
+            px = tl.exp(log_px)
+            py = tl.exp(log_py)
+            if HAS_DX:
+                # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
+                b_dx = tl.where(px > 0, g * px * (log_px - log_py - d), 0.0)
+                tl.store(p_dx + o_v, b_dx.to(DX.dtype.element_ty), mask=m_v)
+            if HAS_DY:
+                # dD/dy_v = (1/tau) (q_v - p_v)
+                b_dy = g * (py - px)
+                tl.store(p_dy + o_v, b_dy.to(DY.dtype.element_ty), mask=m_v)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def kl_fwd(
+    x: torch.Tensor, y: torch.Tensor, row_mask: torch.Tensor | None, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KL(P_x || P_y), lse(x/tau), lse(y/tau) per row, each (n_rows,) fp32.
+
+    ``x``/``y``: (..., V) with unit last stride (other strides are free). ``row_mask``: bool
+    over the rows (flattened leading dims) or None; masked rows get 0 and are not read.
+    """
+    vx, vy = row_view(x), row_view(y)
+    n, V = vx.n_rows, x.shape[-1]
+    d = torch.empty(n, device=x.device, dtype=torch.float32)
+    lse_x = torch.empty_like(d)
+    lse_y = torch.empty_like(d)
+    if n == 0:
+        return d, lse_x, lse_y
+    rm = row_mask.reshape(-1) if row_mask is not None else None
+    if rm is not None and rm.dtype == torch.bool:
+        rm = rm.view(torch.uint8)
+    _kl_fwd_kernel[(n,)](
+        vx.tensor, vy.tensor, rm, d, lse_x, lse_y,
+        *vx.strides(), *vy.strides(),
+        vx.rows_per_a, V, 1.0 / temperature,
+        HAS_ROW_MASK=rm is not None,
+        BLOCK_V=block_v(V),
+        num_warps=NUM_WARPS,
+    )
+    return d, lse_x, lse_y
+
+
+def kl_bwd(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lse_x: torch.Tensor,
+    lse_y: torch.Tensor,
+    d: torch.Tensor,
+    grad_rows: torch.Tensor,
+    temperature: float,
+    dx: torch.Tensor | None,
+    dy: torch.Tensor | None,
+) -> None:
+    """Writes dKL/dx and/or dKL/dy, scaled per row by ``grad_rows`` (fp32, (n_rows,)), into
+    ``dx``/``dy`` (same shape as x; may be x itself: every element is read before it is
+    written, by the same program). Rows with grad 0 get exact zeros."""
+    vx, vy = row_view(x), row_view(y)
+    n, V = vx.n_rows, x.shape[-1]
+    if n == 0 or (dx is None and dy is None):
+        return
+    vdx = row_view(dx) if dx is not None else vx
+    vdy = row_view(dy) if dy is not None else vy
+    for name, buf in (("dx", dx), ("dy", dy)):
+        if buf is not None and buf.stride(-1) != 1:
+            raise ValueError(f"{name} must have a unit last stride")
+    _kl_bwd_kernel[(n,)](
+        vx.tensor, vy.tensor, lse_x, lse_y, d, grad_rows.reshape(-1).float().contiguous(),
+        vdx.tensor, vdy.tensor,
+        *vx.strides(), *vy.strides(), *vdx.strides(), *vdy.strides(),
+        vx.rows_per_a, V, 1.0 / temperature,
+        HAS_DX=dx is not None,
+        HAS_DY=dy is not None,
+        BLOCK_V=block_v(V),
+        num_warps=NUM_WARPS,
+    )
+
+
+# ---------------------------------------------------------------- torch custom ops (compile)
+# Registering the launchers as custom ops makes them opaque leaves for torch.compile, so a
+# compiled training step does not break its graph at the kernels.
+
+
+@torch.library.custom_op("cord_kernels::kl_fwd", mutates_args=())
+def _kl_fwd_op(
+    x: torch.Tensor, y: torch.Tensor, row_mask: torch.Tensor | None, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return kl_fwd(x, y, row_mask, temperature)
+
+
+@_kl_fwd_op.register_fake
+def _(x, y, row_mask, temperature):
+    n = x.numel() // x.shape[-1]
+    out = x.new_empty(n, dtype=torch.float32)
+    return out, torch.empty_like(out), torch.empty_like(out)
+
+
+@torch.library.custom_op("cord_kernels::kl_bwd", mutates_args=("dx", "dy"))
+def _kl_bwd_op(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lse_x: torch.Tensor,
+    lse_y: torch.Tensor,
+    d: torch.Tensor,
+    grad_rows: torch.Tensor,
+    temperature: float,
+    dx: torch.Tensor | None,
+    dy: torch.Tensor | None,
+) -> None:
+    kl_bwd(x, y, lse_x, lse_y, d, grad_rows, temperature, dx, dy)
+
+
+@_kl_bwd_op.register_fake
+def _(x, y, lse_x, lse_y, d, grad_rows, temperature, dx, dy):
+    return None
+
+
+# ------------------------------------------------------------------------ autograd Function
+
+
+@dataclass(frozen=True)
+class KLParams:
+    temperature: float = 1.0
+    # Write dKL/dx into x's own buffer (saves one (N, V) allocation; x is garbage afterwards).
+    inplace_backward: bool = False
+
+
+class KLDivFunction(torch.autograd.Function):
+    """Per-row KL(P_x || P_y), unreduced. Gradients flow to whichever input requires them."""
+
+    @staticmethod
+    def forward(ctx, x, y, row_mask, params: KLParams):
+        d, lse_x, lse_y = _kl_fwd_op(x, y, row_mask, params.temperature)
+        ctx.save_for_backward(x, y, lse_x, lse_y, d)
+        ctx.params = params
+        return d.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        x, y, lse_x, lse_y, d = ctx.saved_tensors
+        params: KLParams = ctx.params
+        need_dx, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dx = dy = None
+        if need_dx:
+            dx = x if params.inplace_backward else torch.empty_like(x)
+        if need_dy:
+            dy = torch.empty_like(y)
+        _kl_bwd_op(x, y, lse_x, lse_y, d, grad_d, params.temperature, dx, dy)
+        return dx, dy, None, None
+
+
+def kl_div_rows(x, y, row_mask, *, temperature: float, inplace_backward: bool = False):
+    """KL(P_x || P_y) per row through the Triton kernels (no argument checks: internal)."""
+    return KLDivFunction.apply(x, y, row_mask, KLParams(temperature, inplace_backward))
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def _check(student_logits, teacher_logits, temperature, teacher_grad, inplace_backward):
+    check_logits_pair(student_logits, teacher_logits)
+    temperature = check_temperature(temperature)
+    check_bool("teacher_grad", teacher_grad)
+    check_bool("inplace_backward", inplace_backward)
+    return temperature
+
+
+def reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    teacher_grad: bool = False,
+    inplace_backward: bool = False,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Per-row reverse KL, KL(p || q), the CORD token divergence D_t (paper eq. 2).
+
+        p = softmax(s / tau) (student, gets the gradient), q = softmax(u / tau) (teacher)
+        D = sum_v p_v (log p_v - log q_v)
+
+    Args:
+        student_logits, teacher_logits: (..., V), same shape, dtype (fp32/bf16/fp16), device.
+        temperature: tau > 0, applied to both.
+        teacher_grad: also differentiate through the teacher (detached by default).
+        inplace_backward: Triton path only: write dD/ds into ``student_logits``' own storage
+            in backward, saving an (N, V) allocation. The student logits are overwritten, so
+            nothing else may read them after backward (Triton writes are invisible to
+            autograd's in-place checks). Ignored by the torch path.
+        impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
+
+    Returns:
+        (...) float32 D >= 0, differentiable.
+
+    Example:
+        >>> d = reverse_kl(student_logits, teacher_logits)      # (B, T)
+        >>> (d * mask).sum().backward()
+    """
+    temperature = _check(student_logits, teacher_logits, temperature, teacher_grad,
+                         inplace_backward)
+    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
+        return reference.reverse_kl(student_logits, teacher_logits, temperature=temperature,
+                                    teacher_grad=teacher_grad)
+    u = teacher_logits if teacher_grad else teacher_logits.detach()
+    return kl_div_rows(student_logits, u, None, temperature=temperature,
+                       inplace_backward=inplace_backward)
+
+
+def forward_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    teacher_grad: bool = False,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Per-row forward KL, KL(q || p): the paper's FKL baseline (on teacher rollouts).
+
+        dKL/ds_v = (1/tau) (p_v - q_v)
+
+    Same arguments and shapes as :func:`reverse_kl`; returns (...) float32.
+
+    Example:
+        >>> loss = (forward_kl(student_logits, teacher_logits) * mask).sum() / mask.shape[0]
+    """
+    temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False)
+    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
+        return reference.forward_kl(student_logits, teacher_logits, temperature=temperature,
+                                    teacher_grad=teacher_grad)
+    u = teacher_logits if teacher_grad else teacher_logits.detach()
+    return kl_div_rows(u, student_logits, None, temperature=temperature)

@@ -1,0 +1,213 @@
+"""Per-token log-probabilities log softmax(logits / tau)[label], streamed over the vocabulary.
+
+Forward reads each row once (online logsumexp plus one gathered logit) and saves lse per row;
+backward reads it again and writes dlogp/dx_v = (1/tau) (1[v = label] - p_v). The gradient is
+the only (N, V) tensor. Used by the GRPO and SFT losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cord_kernels import reference
+from cord_kernels._dispatch import resolve_impl, triton_available
+from cord_kernels._rows import NUM_WARPS, block_v, row_view
+from cord_kernels._validation import (
+    check_bool,
+    check_labels,
+    check_logits,
+    check_same_device,
+    check_temperature,
+)
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _logprob_fwd_kernel(
+        X, Labels, Out, Lse,
+        stride_xa, stride_xb,
+        R, V, inv_temp, ignore_index,
+        BLOCK_V: tl.constexpr,
+    ):
+        i_row = tl.program_id(0).to(tl.int64)
+        p_x = X + (i_row // R) * stride_xa + (i_row % R) * stride_xb
+        label = tl.load(Labels + i_row).to(tl.int64)
+        if label == ignore_index:
+            tl.store(Out + i_row, 0.0)
+            tl.store(Lse + i_row, 0.0)
+            return
+        m = float("-inf")
+        s = 0.0
+        for i_v in range(0, V, BLOCK_V):
+            o_v = i_v + tl.arange(0, BLOCK_V)
+            b_x = tl.load(p_x + o_v, mask=o_v < V, other=float("-inf")).to(tl.float32) * inv_temp
+            m_new = tl.maximum(m, tl.max(b_x, axis=0))  # [BLOCK_V] -> scalar
+            m_s = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_s) + tl.sum(tl.exp(b_x - m_s), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+        in_range = (label >= 0) & (label < V)
+        # An out-of-range label cannot be checked on the host without a sync: it gives NaN.
+        x_l = tl.load(p_x + label, mask=in_range, other=float("nan")).to(tl.float32) * inv_temp
+        tl.store(Out + i_row, x_l - lse)
+        tl.store(Lse + i_row, lse)
+
+    @triton.jit
+    def _logprob_bwd_kernel(
+        X, Labels, Lse, G, DX,
+        stride_xa, stride_xb, stride_dxa, stride_dxb,
+        R, V, inv_temp, ignore_index,
+        BLOCK_V: tl.constexpr,
+    ):
+        i_row = tl.program_id(0).to(tl.int64)
+        i_a = i_row // R
+        i_b = i_row % R
+        p_x = X + i_a * stride_xa + i_b * stride_xb
+        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
+        label = tl.load(Labels + i_row).to(tl.int64)
+        g = tl.load(G + i_row)
+        live = (g != 0.0) & (label != ignore_index)
+        g = tl.where(live, g * inv_temp, 0.0)
+        v_read = tl.where(live, V, 0)  # how much of the row to read: all of it, or none
+        lse = tl.load(Lse + i_row)
+        for i_v in range(0, V, BLOCK_V):
+            o_v = i_v + tl.arange(0, BLOCK_V)
+            m_v = o_v < V
+            b_x = tl.load(p_x + o_v, mask=o_v < v_read, other=float("-inf")).to(tl.float32)
+            p = tl.exp(b_x * inv_temp - lse)
+            # dlogp/dx_v = (1/tau) (1[v = label] - p_v)
+            b_dx = g * (tl.where(o_v == label, 1.0, 0.0) - p)
+            tl.store(p_dx + o_v, b_dx.to(DX.dtype.element_ty), mask=m_v)
+
+
+def logprob_fwd(x, labels, temperature: float, ignore_index: int):
+    """(log p(label), lse) per row, each (n_rows,) fp32."""
+    vx = row_view(x)
+    n, V = vx.n_rows, x.shape[-1]
+    out = torch.empty(n, device=x.device, dtype=torch.float32)
+    lse = torch.empty_like(out)
+    if n:
+        _logprob_fwd_kernel[(n,)](
+            vx.tensor, labels.reshape(-1).contiguous(), out, lse, *vx.strides(),
+            vx.rows_per_a, V, 1.0 / temperature, ignore_index,
+            BLOCK_V=block_v(V), num_warps=NUM_WARPS,
+        )
+    return out, lse
+
+
+def logprob_bwd(x, labels, lse, grad_rows, temperature: float, ignore_index: int, dx) -> None:
+    """Writes dlogp/dx scaled per row by ``grad_rows`` into ``dx`` (may be x itself)."""
+    vx, vdx = row_view(x), row_view(dx)
+    n, V = vx.n_rows, x.shape[-1]
+    if n:
+        _logprob_bwd_kernel[(n,)](
+            vx.tensor, labels.reshape(-1).contiguous(), lse,
+            grad_rows.reshape(-1).float().contiguous(), vdx.tensor,
+            *vx.strides(), *vdx.strides(),
+            vx.rows_per_a, V, 1.0 / temperature, ignore_index,
+            BLOCK_V=block_v(V), num_warps=NUM_WARPS,
+        )
+
+
+@torch.library.custom_op("cord_kernels::logprob_fwd", mutates_args=())
+def _logprob_fwd_op(
+    x: torch.Tensor, labels: torch.Tensor, temperature: float, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return logprob_fwd(x, labels, temperature, ignore_index)
+
+
+@_logprob_fwd_op.register_fake
+def _(x, labels, temperature, ignore_index):
+    out = x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+    return out, torch.empty_like(out)
+
+
+@torch.library.custom_op("cord_kernels::logprob_bwd", mutates_args=("dx",))
+def _logprob_bwd_op(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    grad_rows: torch.Tensor,
+    temperature: float,
+    ignore_index: int,
+    dx: torch.Tensor,
+) -> None:
+    logprob_bwd(x, labels, lse, grad_rows, temperature, ignore_index, dx)
+
+
+@_logprob_bwd_op.register_fake
+def _(x, labels, lse, grad_rows, temperature, ignore_index, dx):
+    return None
+
+
+@dataclass(frozen=True)
+class LogprobParams:
+    temperature: float = 1.0
+    ignore_index: int = -100
+    inplace_backward: bool = False
+
+
+class TokenLogprobsFunction(torch.autograd.Function):
+    """Per-row log p(label), unreduced."""
+
+    @staticmethod
+    def forward(ctx, x, labels, params: LogprobParams):
+        out, lse = _logprob_fwd_op(x, labels, params.temperature, params.ignore_index)
+        ctx.save_for_backward(x, labels, lse)
+        ctx.params = params
+        return out.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, labels, lse = ctx.saved_tensors
+        p: LogprobParams = ctx.params
+        dx = x if p.inplace_backward else torch.empty_like(x)
+        _logprob_bwd_op(x, labels, lse, grad_out, p.temperature, p.ignore_index, dx)
+        return dx, None, None
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """log softmax(logits / tau)[label] per position, for GRPO and SFT.
+
+    Args:
+        logits: (..., V) fp32/bf16/fp16.
+        labels: (...) integer token ids in [0, V); ``ignore_index`` positions give 0 and no
+            gradient. (An out-of-range label gives NaN on the Triton path, which cannot check
+            values without a host sync, and an error on the torch path.)
+        temperature: tau > 0.
+        inplace_backward: Triton path only: write the gradient into ``logits``' storage
+            (``logits`` is garbage after backward).
+        impl: "triton", "torch" or None.
+
+    Returns:
+        (...) float32, differentiable wrt ``logits``.
+
+    Example:
+        >>> lp = token_logprobs(logits[:, :-1], input_ids[:, 1:])     # (B, T-1)
+        >>> sft_loss = -(lp * mask).sum() / mask.sum()
+    """
+    check_logits("logits", logits)
+    check_labels(labels, tuple(logits.shape[:-1]))
+    check_same_device(("logits", logits), ("labels", labels))
+    temperature = check_temperature(temperature)
+    check_bool("inplace_backward", inplace_backward)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if resolve_impl(impl, logits) == "torch":
+        return reference.token_logprobs(logits, labels, temperature=temperature,
+                                        ignore_index=ignore_index)
+    return TokenLogprobsFunction.apply(
+        logits, labels, LogprobParams(temperature, ignore_index, inplace_backward)
+    )
