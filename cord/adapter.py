@@ -1,0 +1,385 @@
+"""The model adapter: everything the trainer needs to know about one audio language model.
+
+The trainer never touches a processor or a model's forward signature directly. It asks an adapter
+to
+
+1. build prompts: ``audio_prompts(audios)`` (the audio-conditioned student input x^a) and
+   ``text_prompts(texts)`` (the text-conditioned teacher input x^t), both as a left-padded
+   :class:`PromptBatch`;
+2. ``generate(prompts, ...)`` completions (token ids of the new tokens only);
+3. score a completion under a prompt: ``completion_logits`` returns (B, T, V) logits where
+   position t predicts completion token t, so the student's and the teacher's logits line up
+   token for token whatever the prompt lengths; ``completion_hidden`` returns the final hidden
+   states (B, T, H) and the LM head (weight (V, H), bias) for the fused-linear losses, without
+   ever materialising the (B, T, V) logits.
+
+Adding another model
+--------------------
+Subclass :class:`ChatAdapter` (or write any class with the same methods, see
+:class:`ModelAdapter`) and override what differs:
+
+- ``audio_message(instruction)`` / ``text_message(text, instruction)``: the user turn in the
+  model's chat format (the audio placeholder its chat template expects);
+- ``_encode(texts, audios)``: runs the processor; must return left-padded ``input_ids`` and
+  ``attention_mask`` plus any per-example tensors (mel features, their masks) the model's
+  ``forward`` and ``generate`` take as keyword arguments;
+- ``lm_head(model)``: the output projection, if it is not ``model.lm_head``.
+
+The forward pass always gets ``position_ids = cumsum(attention_mask) - 1``, the same positions
+``generate`` uses for left-padded prompts, so logits scored here are the ones that were sampled.
+
+Example:
+    >>> model, processor = build_tiny_qwen2_audio()            # cord.tiny
+    >>> adapter = Qwen2AudioAdapter(model, processor)
+    >>> x_a = adapter.audio_prompts([wave], sampling_rate=16000)
+    >>> ids = adapter.generate(x_a, max_new_tokens=20, temperature=1.0)
+    >>> logits = adapter.completion_logits(x_a, ids, ids != adapter.pad_token_id)  # (1, T, V)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PromptBatch:
+    """A batch of left-padded prompts.
+
+    Attributes:
+        input_ids: (B, P) long, left-padded.
+        attention_mask: (B, P) long, 0 on the left padding.
+        model_kwargs: per-example tensors (leading dim B) the model also takes, e.g. Qwen2-Audio's
+            ``input_features`` (B, mel, frames) and ``feature_attention_mask`` (B, frames).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    model_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device) -> PromptBatch:
+        return PromptBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            {k: v.to(device) for k, v in self.model_kwargs.items()},
+        )
+
+    def repeat_interleave(self, n: int) -> PromptBatch:
+        """Each prompt ``n`` times in a row (the layout of a GRPO group)."""
+        if n == 1:
+            return self
+        return PromptBatch(
+            self.input_ids.repeat_interleave(n, 0),
+            self.attention_mask.repeat_interleave(n, 0),
+            {k: v.repeat_interleave(n, 0) for k, v in self.model_kwargs.items()},
+        )
+
+
+class CompletionHidden(NamedTuple):
+    """Final hidden states on the completion and the LM head that turns them into logits."""
+
+    hidden: torch.Tensor  # (B, T, H), position t predicts completion token t
+    weight: torch.Tensor  # (V, H)
+    bias: torch.Tensor | None  # (V,) or None
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """What the trainer needs from an audio language model (see the module docstring)."""
+
+    model: nn.Module
+    pad_token_id: int
+    eos_token_ids: list[int]
+
+    def audio_prompts(
+        self, audios: Sequence, *, sampling_rate: int, instruction: str | None = None
+    ) -> PromptBatch: ...
+
+    def text_prompts(self, texts: Sequence[str], *, instruction: str | None = None) -> PromptBatch:
+        ...
+
+    def generate(
+        self, prompts: PromptBatch, *, max_new_tokens: int, temperature: float,
+        num_return_sequences: int = 1,
+    ) -> torch.Tensor: ...
+
+    def completion_logits(
+        self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def completion_hidden(
+        self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> CompletionHidden: ...
+
+    def decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
+        ...
+
+    def with_model(self, model: nn.Module) -> ModelAdapter: ...
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model under DDP/DeepSpeed/compile wrappers (for ``generate`` and the LM head)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
+def resample(audio, orig_sr: int, target_sr: int):
+    """Polyphase resampling of a 1-D float array (no-op when the rates match)."""
+    import numpy as np
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be a 1-D waveform, got shape {audio.shape}")
+    if orig_sr == target_sr:
+        return audio
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(int(orig_sr), int(target_sr))
+    return resample_poly(audio, target_sr // g, orig_sr // g).astype(np.float32)
+
+
+class ChatAdapter:
+    """A chat-template adapter for ``transformers`` audio LMs with a processor.
+
+    Args:
+        model: the model (possibly wrapped by accelerate; ``generate`` uses the bare one).
+        processor: its processor (tokenizer + feature extractor + chat template).
+        system_prompt: optional system turn; None keeps the template's default.
+    """
+
+    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None:
+            raise TypeError("processor must have a .tokenizer (a transformers processor)")
+        self.model = model
+        self.processor = processor
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        gen = getattr(unwrap_model(model), "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_token_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def audio_message(self, instruction: str | None) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = [{"type": "audio", "audio": "<audio>"}]
+        if instruction:
+            content.append({"type": "text", "text": instruction})
+        return [{"role": "user", "content": content}]
+
+    def text_message(self, text: str, instruction: str | None) -> list[dict[str, Any]]:
+        body = text if not instruction else f"{text}\n{instruction}"
+        return [{"role": "user", "content": [{"type": "text", "text": body}]}]
+
+    def _render(self, messages: list[dict[str, Any]]) -> str:
+        if self.system_prompt is not None:
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def _encode(self, texts: list[str], audios: list | None) -> PromptBatch:
+        self.tokenizer.padding_side = "left"
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if audios is not None:
+            kwargs["audio"] = audios
+            kwargs["sampling_rate"] = self.sampling_rate
+        enc = self.processor(**kwargs)
+        extra = {
+            k: v for k, v in enc.items()
+            if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)
+        }
+        return PromptBatch(enc["input_ids"], enc["attention_mask"], extra)
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.processor.feature_extractor.sampling_rate)
+
+    def audio_prompts(
+        self, audios: Sequence, *, sampling_rate: int, instruction: str | None = None
+    ) -> PromptBatch:
+        """Audio-conditioned prompts x^a: one user turn holding the audio (+ instruction).
+
+        Args:
+            audios: B 1-D float waveforms at ``sampling_rate`` (resampled to the model's rate).
+        """
+        if len(audios) == 0:
+            raise ValueError("audios must hold at least one waveform")
+        waves = [resample(a, sampling_rate, self.sampling_rate) for a in audios]
+        for i, w in enumerate(waves):
+            if w.size == 0:
+                raise ValueError(f"audios[{i}] is empty")
+        prompt = self._render(self.audio_message(instruction))
+        return self._encode([prompt] * len(waves), waves)
+
+    def text_prompts(self, texts: Sequence[str], *, instruction: str | None = None) -> PromptBatch:
+        """Text-conditioned prompts x^t: one user turn holding the text (+ instruction)."""
+        if len(texts) == 0:
+            raise ValueError("texts must hold at least one prompt")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"texts[{i}] must be a non-empty string, got {t!r}")
+        return self._encode([self._render(self.text_message(t, instruction)) for t in texts], None)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: PromptBatch,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        num_return_sequences: int = 1,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ) -> torch.Tensor:
+        """Samples completions; ``temperature=0`` decodes greedily.
+
+        Returns:
+            (B * num_return_sequences, T) long ids of the new tokens, the copies of prompt i in
+            rows ``i*n .. i*n+n-1``, padded with ``pad_token_id`` after the EOS.
+        """
+        model = unwrap_model(self.model)
+        device = next(model.parameters()).device
+        prompts = prompts.to(device)
+        sample = temperature > 0
+        opts: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            num_return_sequences=num_return_sequences,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids,
+        )
+        if sample:
+            opts.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        else:
+            opts.update(temperature=None, top_p=None, top_k=None)
+        was_training = model.training
+        model.eval()
+        try:
+            out = model.generate(
+                input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
+                **prompts.model_kwargs, **opts,
+            )
+        finally:
+            model.train(was_training)
+        return out[:, prompts.input_ids.shape[1]:]
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        return model.lm_head
+
+    def _forward(self, prompts: PromptBatch, completion_ids, completion_mask):
+        """Runs prompt + completion; returns the model output and the prompt length P."""
+        if completion_ids.dim() != 2 or completion_ids.shape[0] != len(prompts):
+            raise ValueError(
+                f"completion_ids must have shape ({len(prompts)}, T), got "
+                f"{tuple(completion_ids.shape)}"
+            )
+        if completion_mask.shape != completion_ids.shape:
+            raise ValueError(
+                f"completion_mask must have shape {tuple(completion_ids.shape)}, got "
+                f"{tuple(completion_mask.shape)}"
+            )
+        device = completion_ids.device
+        prompts = prompts.to(device)
+        input_ids = torch.cat([prompts.input_ids, completion_ids], dim=1)
+        attention_mask = torch.cat(
+            [prompts.attention_mask, completion_mask.to(prompts.attention_mask.dtype)], dim=1
+        )
+        # The positions generate() used for a left-padded prompt.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False, **prompts.model_kwargs,
+        )
+        return out, prompts.input_ids.shape[1]
+
+    def completion_logits(
+        self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, V) logits; position t is the distribution that predicts ``completion_ids[:, t]``.
+
+        Differentiable (wrap in ``torch.no_grad()`` for a teacher pass).
+        """
+        out, p = self._forward(prompts, completion_ids, completion_mask)
+        t = completion_ids.shape[1]
+        return out.logits[:, p - 1 : p - 1 + t]
+
+    def completion_hidden(
+        self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> CompletionHidden:
+        """Final hidden states (B, T, H) aligned like :meth:`completion_logits`, plus the head.
+
+        The LM head is bypassed for the forward (the model returns hidden states as its
+        "logits"), so the (B, P+T, V) logits are never computed; the forward still goes through
+        the (possibly DDP-wrapped) model so gradient hooks fire as usual.
+        """
+        bare = unwrap_model(self.model)
+        with _bypassed_lm_head(bare, self.lm_head(bare)) as head:
+            out, p = self._forward(prompts, completion_ids, completion_mask)
+        t = completion_ids.shape[1]
+        return CompletionHidden(out.logits[:, p - 1 : p - 1 + t], head.weight, head.bias)
+
+    def decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
+        """Completions as text (masked tokens and special tokens dropped)."""
+        return [
+            self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True).strip()
+            for ids, m in zip(completion_ids.cpu(), completion_mask.cpu(), strict=True)
+        ]
+
+    def with_model(self, model: nn.Module) -> ChatAdapter:
+        """The same adapter over another model (a frozen or EMA teacher, a prepared model)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.model = model
+        return new
+
+
+@contextmanager
+def _bypassed_lm_head(model: nn.Module, head: nn.Module):
+    names = [n for n, m in model.named_children() if m is head]
+    if not names:
+        raise TypeError(
+            f"{type(model).__name__}'s LM head is not a direct child module; override "
+            "ChatAdapter.completion_hidden for this model"
+        )
+    setattr(model, names[0], nn.Identity())
+    try:
+        yield head
+    finally:
+        setattr(model, names[0], head)
+
+
+class Qwen2AudioAdapter(ChatAdapter):
+    """``Qwen2AudioForConditionalGeneration`` + ``Qwen2AudioProcessor``.
+
+    The audio goes in the user turn through the chat template
+    (``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>``); the processor expands ``<|AUDIO|>`` to
+    one token per encoder frame and returns ``input_features`` and ``feature_attention_mask``.
+    """
+
+    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
+        super().__init__(model, processor, system_prompt=system_prompt)
+        bare = unwrap_model(model)
+        if type(bare).__name__ != "Qwen2AudioForConditionalGeneration":
+            raise TypeError(
+                f"model must be a Qwen2AudioForConditionalGeneration, got {type(bare).__name__}"
+            )
