@@ -12,6 +12,7 @@ otherwise. Importing this package never touches a GPU.
 from cord_kernels.cord_token_loss import cord_token_loss
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.kl import forward_kl, reverse_kl
+from cord_kernels.modules import CordTokenLoss, ForwardKL, GRPOLoss, ReverseKL, TokenLogprobs
 from cord_kernels.token_logprobs import token_logprobs
 from cord_kernels.weights import cord_weights
 
@@ -24,4 +25,9 @@ __all__ = [
     "cord_weights",
     "cord_token_loss",
     "grpo_loss",
+    "ReverseKL",
+    "ForwardKL",
+    "TokenLogprobs",
+    "CordTokenLoss",
+    "GRPOLoss",
 ]

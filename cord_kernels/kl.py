@@ -4,8 +4,9 @@ One kernel pair computes KL(P_x || P_y) for P = softmax(logits / tau):
     reverse_kl(s, u) = KL(p || q)  runs it with x = s (student), y = u (teacher)
     forward_kl(s, u) = KL(q || p)  runs it with x = u, y = s
 
-Forward: one read of both rows with an online max/sum (three fp32 numbers saved per row:
-D, lse_x, lse_y). Backward: a second read of both rows writes the gradient; nothing of size
+Forward: one read of both rows with an online max/sum; saved per row: D and the two
+log-sum-exps, each kept as (max, log-sum) so that backward's x - lse is exact even for logits
+near 1e4 (20 bytes per row, against 2 * V * 2 bytes of bf16 logits). Backward: a second read of both rows writes the gradient; nothing of size
 (N, V) exists besides that gradient, which can be written into the logits buffer itself.
 
 Layout: kernels, launchers (``kl_fwd``, ``kl_bwd``), torch custom ops around them, the
@@ -42,8 +43,8 @@ if triton_available():
             if tl.load(RowMask + i_row) == 0:
                 # A padded position: nothing to read; its D is 0 by definition of the loss.
                 tl.store(D + i_row, 0.0)
-                tl.store(LseX + i_row, 0.0)
-                tl.store(LseY + i_row, 0.0)
+                tl.store(LseX + 2 * i_row + tl.arange(0, 2), tl.zeros((2,), tl.float32))
+                tl.store(LseY + 2 * i_row + tl.arange(0, 2), tl.zeros((2,), tl.float32))
                 return
         p_x = X + i_a * stride_xa + i_b * stride_xb
         p_y = Y + i_a * stride_ya + i_b * stride_yb
@@ -82,8 +83,11 @@ if triton_available():
         log_sx = tl.log(s_x)
         log_sy = tl.log(s_y)
         tl.store(D + i_row, acc / s_x - log_sx + log_sy)
-        tl.store(LseX + i_row, m_x + log_sx)
-        tl.store(LseY + i_row, m_y + log_sy)
+        # lse = max + log(sum) is kept as its two parts: for logits near 1e4 an fp32 lse has an
+        # ulp of 1e-3, while (x - max) - log(sum) in backward is exact to fp32 rounding.
+        o_2 = tl.arange(0, 2)
+        tl.store(LseX + 2 * i_row + o_2, tl.where(o_2 == 0, m_x, log_sx))
+        tl.store(LseY + 2 * i_row + o_2, tl.where(o_2 == 0, m_y, log_sy))
 
     @triton.jit
     def _kl_bwd_kernel(
@@ -107,8 +111,10 @@ if triton_available():
         g = tl.load(G + i_row)
         v_read = tl.where(g != 0.0, V, 0)  # how much of the row to read: all of it, or none
         g = g * inv_temp
-        lse_x = tl.load(LseX + i_row)
-        lse_y = tl.load(LseY + i_row)
+        m_x = tl.load(LseX + 2 * i_row)  # lse_x = m_x + log_sx, see the forward
+        log_sx = tl.load(LseX + 2 * i_row + 1)
+        m_y = tl.load(LseY + 2 * i_row)
+        log_sy = tl.load(LseY + 2 * i_row + 1)
         d = tl.load(D + i_row)
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
@@ -116,8 +122,8 @@ if triton_available():
             m_ld = o_v < v_read
             b_x = tl.load(p_x + o_v, mask=m_ld, other=float("-inf")).to(tl.float32) * inv_temp
             b_y = tl.load(p_y + o_v, mask=m_ld, other=float("-inf")).to(tl.float32) * inv_temp
-            log_px = b_x - lse_x
-            log_py = b_y - lse_y
+            log_px = (b_x - m_x) - log_sx
+            log_py = (b_y - m_y) - log_sy
             px = tl.exp(log_px)
             py = tl.exp(log_py)
             if HAS_DX:
@@ -136,7 +142,8 @@ if triton_available():
 def kl_fwd(
     x: torch.Tensor, y: torch.Tensor, row_mask: torch.Tensor | None, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """KL(P_x || P_y), lse(x/tau), lse(y/tau) per row, each (n_rows,) fp32.
+    """Per row: KL(P_x || P_y) as (n_rows,) fp32, and lse(x/tau), lse(y/tau) each as an
+    (n_rows, 2) fp32 pair (max, log sum exp(. - max)) whose sum is the lse.
 
     ``x``/``y``: (..., V) with unit last stride (other strides are free). ``row_mask``: bool
     over the rows (flattened leading dims) or None; masked rows get 0 and are not read.
@@ -144,8 +151,8 @@ def kl_fwd(
     vx, vy = row_view(x), row_view(y)
     n, V = vx.n_rows, x.shape[-1]
     d = torch.empty(n, device=x.device, dtype=torch.float32)
-    lse_x = torch.empty_like(d)
-    lse_y = torch.empty_like(d)
+    lse_x = torch.empty(n, 2, device=x.device, dtype=torch.float32)
+    lse_y = torch.empty_like(lse_x)
     if n == 0:
         return d, lse_x, lse_y
     rm = row_mask.reshape(-1) if row_mask is not None else None
@@ -212,8 +219,8 @@ def _kl_fwd_op(
 @_kl_fwd_op.register_fake
 def _(x, y, row_mask, temperature):
     n = x.numel() // x.shape[-1]
-    out = x.new_empty(n, dtype=torch.float32)
-    return out, torch.empty_like(out), torch.empty_like(out)
+    lse = x.new_empty(n, 2, dtype=torch.float32)
+    return x.new_empty(n, dtype=torch.float32), lse, torch.empty_like(lse)
 
 
 @torch.library.custom_op("cord_kernels::kl_bwd", mutates_args=("dx", "dy"))

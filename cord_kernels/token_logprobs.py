@@ -38,7 +38,7 @@ if triton_available():
         label = tl.load(Labels + i_row).to(tl.int64)
         if label == ignore_index:
             tl.store(Out + i_row, 0.0)
-            tl.store(Lse + i_row, 0.0)
+            tl.store(Lse + 2 * i_row + tl.arange(0, 2), tl.zeros((2,), tl.float32))
             return
         m = float("-inf")
         s = 0.0
@@ -49,12 +49,14 @@ if triton_available():
             m_s = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - m_s) + tl.sum(tl.exp(b_x - m_s), axis=0)
             m = m_new
-        lse = m + tl.log(s)
+        log_s = tl.log(s)
         in_range = (label >= 0) & (label < V)
         # An out-of-range label cannot be checked on the host without a sync: it gives NaN.
         x_l = tl.load(p_x + label, mask=in_range, other=float("nan")).to(tl.float32) * inv_temp
-        tl.store(Out + i_row, x_l - lse)
-        tl.store(Lse + i_row, lse)
+        # (x - max) - log(sum) rather than x - lse: exact for huge logits (see kl.py).
+        tl.store(Out + i_row, (x_l - m) - log_s)
+        o_2 = tl.arange(0, 2)
+        tl.store(Lse + 2 * i_row + o_2, tl.where(o_2 == 0, m, log_s))
 
     @triton.jit
     def _logprob_bwd_kernel(
@@ -73,23 +75,25 @@ if triton_available():
         live = (g != 0.0) & (label != ignore_index)
         g = tl.where(live, g * inv_temp, 0.0)
         v_read = tl.where(live, V, 0)  # how much of the row to read: all of it, or none
-        lse = tl.load(Lse + i_row)
+        m = tl.load(Lse + 2 * i_row)
+        log_s = tl.load(Lse + 2 * i_row + 1)
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
             m_v = o_v < V
             b_x = tl.load(p_x + o_v, mask=o_v < v_read, other=float("-inf")).to(tl.float32)
-            p = tl.exp(b_x * inv_temp - lse)
+            p = tl.exp((b_x * inv_temp - m) - log_s)
             # dlogp/dx_v = (1/tau) (1[v = label] - p_v)
             b_dx = g * (tl.where(o_v == label, 1.0, 0.0) - p)
             tl.store(p_dx + o_v, b_dx.to(DX.dtype.element_ty), mask=m_v)
 
 
 def logprob_fwd(x, labels, temperature: float, ignore_index: int):
-    """(log p(label), lse) per row, each (n_rows,) fp32."""
+    """Per row: log p(label) as (n_rows,) fp32 and lse(x/tau) as an (n_rows, 2) fp32 pair
+    (max, log sum exp(. - max)), as in ``kl.kl_fwd``."""
     vx = row_view(x)
     n, V = vx.n_rows, x.shape[-1]
     out = torch.empty(n, device=x.device, dtype=torch.float32)
-    lse = torch.empty_like(out)
+    lse = torch.empty(n, 2, device=x.device, dtype=torch.float32)
     if n:
         _logprob_fwd_kernel[(n,)](
             vx.tensor, labels.reshape(-1).contiguous(), out, lse, *vx.strides(),
@@ -122,8 +126,8 @@ def _logprob_fwd_op(
 
 @_logprob_fwd_op.register_fake
 def _(x, labels, temperature, ignore_index):
-    out = x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
-    return out, torch.empty_like(out)
+    n = x.numel() // x.shape[-1]
+    return x.new_empty(n, dtype=torch.float32), x.new_empty(n, 2, dtype=torch.float32)
 
 
 @torch.library.custom_op("cord_kernels::logprob_bwd", mutates_args=("dx",))

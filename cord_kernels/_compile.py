@@ -1,0 +1,142 @@
+"""Ahead-of-time GPU builds of every Triton kernel, on a machine without a GPU.
+
+``triton.compile`` lowers a kernel to PTX and, with the ``ptxas`` that ships in
+``triton/backends/nvidia/bin``, to a cubin for a chosen architecture. ``cuobjdump`` then reads
+the registers and local memory (spills) of the cubin and its SASS shows the width of every
+global load. This is how we prove, without a GPU, that the kernels build for sm_80 / sm_90 at
+the block sizes the launchers pick, do not spill, and load 16 bytes at a time.
+
+The signatures below mirror the real launches: pointers, strides and the vocabulary size
+carry ``tt.divisibility=16`` exactly as Triton's JIT specialises them for the real shapes
+(Qwen2's V = 151936 = 16 * 9496, contiguous row strides of V elements, 16-byte aligned
+allocations).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cord_kernels._rows import NUM_WARPS, block_v
+
+QWEN2_VOCAB = 151936
+_TL_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """One kernel variant as a launcher would build it."""
+
+    name: str
+    kernel: object  # a triton JITFunction
+    signature: dict[str, str]
+    constexprs: dict[str, object]
+    divisible: tuple[str, ...]  # argument names the JIT would mark 16-divisible
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    name: str
+    arch: int
+    dtype: str
+    registers: int
+    spill_bytes: int  # LOCAL memory per thread: > 0 means spills
+    ldg128: int  # number of 16-byte global loads in the SASS
+    sass: str
+
+
+def _tools_dir() -> Path:
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelBuild]:
+    """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
+    from cord_kernels.kl import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
+
+    t = _TL_DTYPE[dtype]
+    bv = block_v(vocab)
+    strides = ("stride_xa", "stride_xb", "stride_ya", "stride_yb")
+    builds = []
+    for has_mask in (False, True):
+        builds.append(KernelBuild(
+            f"kl_fwd{'_rowmask' if has_mask else ''}",
+            _kl_fwd_kernel,
+            {"X": f"*{t}", "Y": f"*{t}", "RowMask": "*u8", "D": "*fp32", "LseX": "*fp32",
+             "LseY": "*fp32", **dict.fromkeys(strides, "i64"), "R": "i32", "V": "i32",
+             "inv_temp": "fp32", "HAS_ROW_MASK": "constexpr", "BLOCK_V": "constexpr"},
+            {"HAS_ROW_MASK": has_mask, "BLOCK_V": bv},
+            ("X", "Y", "RowMask", "D", "LseX", "LseY", *strides, "V"),
+        ))
+    dstrides = ("stride_dxa", "stride_dxb", "stride_dya", "stride_dyb")
+    # (dx, dy): reverse KL student only, reverse KL with teacher grad, forward KL student only.
+    for has_dx, has_dy in ((True, False), (True, True), (False, True)):
+        builds.append(KernelBuild(
+            f"kl_bwd{'_dx' if has_dx else ''}{'_dy' if has_dy else ''}",
+            _kl_bwd_kernel,
+            {"X": f"*{t}", "Y": f"*{t}", "LseX": "*fp32", "LseY": "*fp32", "D": "*fp32",
+             "G": "*fp32", "DX": f"*{t}", "DY": f"*{t}", **dict.fromkeys(strides, "i64"),
+             **dict.fromkeys(dstrides, "i64"), "R": "i32", "V": "i32", "inv_temp": "fp32",
+             "HAS_DX": "constexpr", "HAS_DY": "constexpr", "BLOCK_V": "constexpr"},
+            {"HAS_DX": has_dx, "HAS_DY": has_dy, "BLOCK_V": bv},
+            ("X", "Y", "LseX", "LseY", "D", "G", "DX", "DY", *strides, *dstrides, "V"),
+        ))
+    builds.append(KernelBuild(
+        "logprob_fwd",
+        _logprob_fwd_kernel,
+        {"X": f"*{t}", "Labels": "*i64", "Out": "*fp32", "Lse": "*fp32", "stride_xa": "i64",
+         "stride_xb": "i64", "R": "i32", "V": "i32", "inv_temp": "fp32", "ignore_index": "i32",
+         "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Labels", "Out", "Lse", "stride_xa", "stride_xb", "V"),
+    ))
+    builds.append(KernelBuild(
+        "logprob_bwd",
+        _logprob_bwd_kernel,
+        {"X": f"*{t}", "Labels": "*i64", "Lse": "*fp32", "G": "*fp32", "DX": f"*{t}",
+         "stride_xa": "i64", "stride_xb": "i64", "stride_dxa": "i64", "stride_dxb": "i64",
+         "R": "i32", "V": "i32", "inv_temp": "fp32", "ignore_index": "i32",
+         "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Labels", "Lse", "G", "DX", "stride_xa", "stride_xb", "stride_dxa",
+         "stride_dxb", "V"),
+    ))
+    return builds
+
+
+def compile_build(build: KernelBuild, arch: int, *, num_warps: int = NUM_WARPS) -> BuildReport:
+    """Compiles one variant for ``sm_{arch}`` and reads its resource usage and SASS."""
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(build.kernel.arg_names)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in build.divisible}
+    src = ASTSource(build.kernel, build.signature, build.constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps})
+    tools = _tools_dir()
+    cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"cord_{build.name}_sm{arch}_{os.getpid()}.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    try:
+        usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(cubin)],
+                               check=True, capture_output=True, text=True).stdout
+        sass = subprocess.run([str(tools / "cuobjdump"), "-sass", str(cubin)],
+                              check=True, capture_output=True, text=True).stdout
+    finally:
+        cubin.unlink(missing_ok=True)
+    reg = int(re.search(r"REG:(\d+)", usage).group(1))
+    local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
+    dtype = next((v[1:] for k, v in build.signature.items() if k == "X"), "?")
+    return BuildReport(build.name, arch, dtype, reg, local, sass.count("LDG.E.128"), sass)
+
+
+def build_table(archs=(80, 90), dtypes=("bf16", "fp32")) -> list[BuildReport]:
+    return [compile_build(b, arch) for dtype in dtypes for b in kernel_builds(dtype)
+            for arch in archs]

@@ -1,0 +1,89 @@
+"""Thin ``nn.Module`` wrappers that hold the options of the public loss functions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cord_kernels.cord_token_loss import check_cord_options, cord_token_loss
+from cord_kernels.grpo import grpo_loss
+from cord_kernels.kl import forward_kl, reverse_kl
+from cord_kernels.token_logprobs import token_logprobs
+
+
+class _KL(nn.Module):
+    _fn = staticmethod(reverse_kl)
+
+    def __init__(self, *, temperature: float = 1.0, teacher_grad: bool = False,
+                 impl: str | None = None):
+        super().__init__()
+        self.temperature, self.teacher_grad, self.impl = temperature, teacher_grad, impl
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return self._fn(student_logits, teacher_logits, temperature=self.temperature,
+                        teacher_grad=self.teacher_grad, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, teacher_grad={self.teacher_grad}"
+
+
+class ReverseKL(_KL):
+    """Per-row KL(p || q); see :func:`cord_kernels.reverse_kl`."""
+
+
+class ForwardKL(_KL):
+    """Per-row KL(q || p); see :func:`cord_kernels.forward_kl`."""
+
+    _fn = staticmethod(forward_kl)
+
+
+class TokenLogprobs(nn.Module):
+    """Per-token log p(label); see :func:`cord_kernels.token_logprobs`."""
+
+    def __init__(self, *, temperature: float = 1.0, ignore_index: int = -100,
+                 impl: str | None = None):
+        super().__init__()
+        self.temperature, self.ignore_index, self.impl = temperature, ignore_index, impl
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return token_logprobs(logits, labels, temperature=self.temperature,
+                              ignore_index=self.ignore_index, impl=self.impl)
+
+
+class CordTokenLoss(nn.Module):
+    """The CORD weighted reverse-KL token loss; see :func:`cord_kernels.cord_token_loss`.
+
+    Example:
+        >>> loss_fn = CordTokenLoss(top_k=20, alpha=2.0, beta=2.0)
+        >>> loss = loss_fn(student_logits, teacher_logits, completion_mask)
+    """
+
+    def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
+                 temperature: float = 1.0, reduction: str = "batchmean",
+                 impl: str | None = None):
+        super().__init__()
+        # Fail at construction, not at the first step.
+        check_cord_options(top_k, alpha, beta, temperature, reduction)
+        self.top_k, self.alpha, self.beta = top_k, alpha, beta
+        self.temperature, self.reduction, self.impl = temperature, reduction, impl
+
+    def options(self) -> dict:
+        return dict(top_k=self.top_k, alpha=self.alpha, beta=self.beta,
+                    temperature=self.temperature, reduction=self.reduction, impl=self.impl)
+
+    def forward(self, student_logits, teacher_logits, mask):
+        return cord_token_loss(student_logits, teacher_logits, mask, **self.options())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+
+
+class GRPOLoss(nn.Module):
+    """The GRPO sequence loss with group-mean advantages; see :func:`cord_kernels.grpo_loss`."""
+
+    def __init__(self, *, group_size: int = 4):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, token_logprobs, mask, rewards):
+        return grpo_loss(token_logprobs, mask, rewards, group_size=self.group_size)

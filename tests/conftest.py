@@ -1,0 +1,69 @@
+"""Shared test setup.
+
+Triton decides at decoration time whether a ``@triton.jit`` function runs in the interpreter,
+so ``TRITON_INTERPRET=1`` is set before anything imports ``cord_kernels``; it is then removed
+again, so that ``impl=None`` means the torch path on CPU for the rest of the suite (trainer
+tests stay fast). Kernel tests opt into Triton with the ``interpret`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+_had = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+import cord_kernels  # noqa: E402,F401  (decorates the kernels as interpreted functions)
+
+if _had is None:
+    del os.environ["TRITON_INTERPRET"]
+else:
+    os.environ["TRITON_INTERPRET"] = _had
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The interpreter evaluates both branches of tl.where with numpy, so -inf - -inf warns there.
+warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run Triton kernels on CPU tensors through the interpreter."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def nan_poison(monkeypatch):
+    """fla's trick: every freshly allocated float tensor starts as NaN, so an output element a
+    kernel forgot to write fails the comparison instead of passing by luck."""
+    nan = float("nan")
+    orig_empty, orig_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        if t.dtype.is_floating_point:
+            t.fill_(nan)
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(orig_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(orig_empty_like(*a, **k)))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (absolute when the reference is exactly 0)."""
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(ref).all():
+        same_nonfinite = torch.equal(torch.isfinite(out), torch.isfinite(ref)) and torch.equal(
+            out[~torch.isfinite(ref)], ref[~torch.isfinite(ref)]
+        )
+        if not same_nonfinite:
+            return float("inf")
+        keep = torch.isfinite(ref)
+        out, ref = out[keep], ref[keep]
+    num = (out - ref).norm().item()
+    den = ref.norm().item()
+    return num / den if den > 0 else num
+
+
+# (dtype, relative tolerance) of SPEC section 4.
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
