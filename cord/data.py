@@ -1,0 +1,484 @@
+"""Paired audio/text data: the prompts CORD trains on.
+
+A paired record says the same thing twice, once as text and once as speech::
+
+    {"id": "q1", "text": "What is 7 + 5?", "audio": "audio/q1.wav", "answer": "12"}
+
+``audio`` is a file path (read with soundfile; relative paths are resolved against the data
+file's folder, then the working directory) or ``{"array": [...], "sampling_rate": 22050}``
+(or a datasets ``Audio`` value, ``{"path": ..., "bytes": ...}``). ``answer`` is optional: the
+paper's reward compares the audio answer with the model's own text answer, not a gold one.
+
+:func:`load_paired` reads JSONL/JSON, CSV, parquet, a folder written by
+``Dataset.save_to_disk``, a ``datasets.Dataset`` or a list of dicts, and returns a
+``datasets.Dataset`` whose ``audio`` column is mono float32 at the model's sampling rate::
+
+    ds = load_paired("paired.jsonl", sampling_rate=16_000)
+    loader = DataLoader(ds, batch_size=4, collate_fn=collate_paired)
+    texts, audios, ids, answers = next(iter(loader))
+
+:func:`make_arithmetic_dataset` and :func:`make_multiple_choice_dataset` make small text-only
+tasks for tests and demos; ``cord synth`` adds their audio.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = [
+    "load_paired",
+    "read_records",
+    "load_audio",
+    "resample",
+    "PairedExample",
+    "PairedBatch",
+    "collate_paired",
+    "make_arithmetic_dataset",
+    "make_multiple_choice_dataset",
+]
+
+_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the source
+# ---------------------------------------------------------------------------------------------
+
+
+def _open_dataset(source: Any) -> tuple[datasets.Dataset, Path | None]:
+    """The source as a ``datasets.Dataset`` plus the folder relative audio paths start from."""
+    import datasets
+
+    if isinstance(source, datasets.Dataset):
+        return source, None
+    if isinstance(source, datasets.DatasetDict):
+        return _single_split(source, "the DatasetDict"), None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = _single_split(loaded, str(path))
+            return loaded, path
+        if not path.is_file():
+            raise ValueError(f"source must be an existing file or folder, got {str(path)!r}")
+        fmt = _FILE_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(
+                f"source must be a .jsonl, .json, .csv or .parquet file or a saved dataset "
+                f"folder, got {str(path)!r}"
+            )
+        reader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
+                  "parquet": datasets.Dataset.from_parquet}[fmt]  # fmt: skip
+        return reader(str(path)), path.parent
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        if not source:
+            raise ValueError("source is an empty list of records")
+        bad = next((i for i, r in enumerate(source) if not isinstance(r, Mapping)), None)
+        if bad is not None:
+            raise TypeError(
+                f"source records must be dicts, record {bad} is {type(source[bad]).__name__}"
+            )
+        return datasets.Dataset.from_list([dict(r) for r in source]), None
+    raise TypeError(
+        "source must be a path (JSONL/CSV/parquet file or saved dataset folder), a "
+        f"datasets.Dataset or a list of dicts, got {type(source).__name__}"
+    )
+
+
+def _single_split(dataset_dict: datasets.DatasetDict, where: str) -> datasets.Dataset:
+    if len(dataset_dict) != 1:
+        raise ValueError(
+            f"{where} holds splits {sorted(dataset_dict)}; pass one split, e.g. "
+            f"load_paired(dataset_dict['train'])"
+        )
+    return next(iter(dataset_dict.values()))
+
+
+def read_records(source: Any) -> list[dict[str, Any]]:
+    """All records of a JSONL/JSON/CSV/parquet file, saved dataset folder, ``datasets.Dataset``
+    or list of dicts, as plain dicts (no audio decoding). Used by ``cord synth``."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".jsonl":
+        # Read JSONL directly: no arrow type inference, so an ``answer`` that is a number in
+        # one line and a string in another is fine.
+        records = []
+        with open(source, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{source}: line {line_no} is not valid JSON: {e}") from e
+        if not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"{source}: every line must be a JSON object")
+        return records
+    dataset, _ = _open_dataset(source)
+    return [dict(r) for r in dataset]
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+# ---------------------------------------------------------------------------------------------
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """``(num_samples,)`` float32 audio from ``orig_sr`` to ``target_sr`` Hz (polyphase filter,
+    ``scipy.signal.resample_poly``)."""
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sampling rates must be > 0, got {orig_sr} -> {target_sr}")
+    if orig_sr == target_sr:
+        return np.asarray(audio, dtype=np.float32)
+    from scipy.signal import resample_poly
+
+    g = gcd(int(orig_sr), int(target_sr))
+    return resample_poly(audio, target_sr // g, orig_sr // g).astype(np.float32)
+
+
+def _to_mono(audio: np.ndarray, record_id: str) -> np.ndarray:
+    if audio.ndim == 1:
+        return audio
+    if audio.ndim == 2:  # channels on the shorter axis: (frames, channels) or (channels, frames)
+        return audio.mean(axis=int(np.argmin(audio.shape)))
+    raise ValueError(
+        f"record {record_id!r}: audio array must be 1-D (samples) or 2-D (samples x channels), "
+        f"got shape {audio.shape}"
+    )
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
+        return base_dir / candidate
+    return candidate
+
+
+def _read_file(source: Any, record_id: str, what: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    try:
+        audio, sr = sf.read(source, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or OSError
+        raise ValueError(f"record {record_id!r}: cannot read audio {what}: {e}") from e
+    return audio.mean(axis=1), int(sr)
+
+
+def load_audio(
+    value: Any, *, record_id: str = "?", base_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode one record's ``audio`` value into ``((num_samples,) float32 mono, sampling_rate)``.
+
+    ``value`` is a path, ``{"array", "sampling_rate"}`` or ``{"path", "bytes"}``; errors name
+    ``record_id``.
+    """
+    base = Path(base_dir) if base_dir is not None else None
+    if isinstance(value, (str, os.PathLike)):
+        path = _resolve(os.fspath(value), base)
+        if not path.is_file():
+            raise ValueError(f"record {record_id!r}: audio file {str(path)!r} does not exist")
+        audio, sr = _read_file(str(path), record_id, f"file {str(path)!r}")
+    elif isinstance(value, Mapping) and value.get("array") is not None:
+        sr = value.get("sampling_rate")
+        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+            raise ValueError(
+                f"record {record_id!r}: audio dict needs a positive int 'sampling_rate', got {sr!r}"
+            )
+        array = np.asarray(value["array"])
+        if not (np.issubdtype(array.dtype, np.number) and array.size):
+            raise ValueError(
+                f"record {record_id!r}: audio 'array' must be a non-empty number array"
+            )
+        if np.issubdtype(array.dtype, np.integer) and isinstance(value["array"], np.ndarray):
+            array = array / float(np.iinfo(array.dtype).max + 1)  # PCM to [-1, 1)
+        audio, sr = _to_mono(array.astype(np.float32), record_id), int(sr)
+    elif isinstance(value, Mapping) and (value.get("bytes") or value.get("path")):
+        if value.get("bytes"):
+            audio, sr = _read_file(io.BytesIO(value["bytes"]), record_id, "bytes")
+        else:
+            return load_audio(value["path"], record_id=record_id, base_dir=base_dir)
+    elif value is None:
+        raise ValueError(f"record {record_id!r}: audio is missing")
+    else:
+        raise ValueError(
+            f"record {record_id!r}: audio must be a file path or a dict with 'array' and "
+            f"'sampling_rate', got {type(value).__name__}"
+        )
+    if audio.size == 0:
+        raise ValueError(f"record {record_id!r}: audio is empty (0 samples)")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"record {record_id!r}: audio contains NaN or Inf samples")
+    return audio, sr
+
+
+# ---------------------------------------------------------------------------------------------
+# load_paired
+# ---------------------------------------------------------------------------------------------
+
+
+def _output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Features:
+    from datasets import Features, List, Value
+
+    features = dict(dataset.features)
+    features["id"] = Value("string")
+    features["text"] = Value("string")
+    features["audio"] = {"array": List(Value("float32")), "sampling_rate": Value("int32")}
+    if has_answer:
+        features["answer"] = Value("string")
+    return Features(features)
+
+
+def load_paired(
+    source: Any,
+    *,
+    sampling_rate: int = 16_000,
+    require_answer: bool = False,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Read paired records and decode their audio at ``sampling_rate`` Hz.
+
+    Args:
+        source: a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a ``save_to_disk`` folder,
+            a ``datasets.Dataset`` or a list of dicts with columns ``text`` and ``audio``
+            (and optionally ``id``, ``answer``; other columns pass through unchanged).
+        sampling_rate: the model's rate (Whisper-style encoders: 16 kHz); audio is resampled.
+        require_answer: every record must then have a non-empty ``answer``.
+        num_proc: worker processes for decoding (``datasets.Dataset.map``).
+
+    Returns:
+        a ``datasets.Dataset`` with ``id`` (str; the row number when the source has no ids),
+        ``text`` (str), ``audio`` = ``{"array": float32 list, "sampling_rate": sampling_rate}``
+        (mono) and ``answer`` (str or None) when the source has answers.
+
+    Raises:
+        ValueError: naming the column for a missing column, or the record id for empty text,
+        a missing or empty answer (with ``require_answer``), duplicate ids, or audio that is
+        missing or cannot be read.
+    """
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive int, got {sampling_rate!r}")
+    dataset, base_dir = _open_dataset(source)
+    missing = [c for c in ("text", "audio") if c not in dataset.column_names]
+    if require_answer and "answer" not in dataset.column_names:
+        missing.append("answer")
+    if missing:
+        raise ValueError(
+            f"paired data is missing column(s) {missing}; it has {dataset.column_names} "
+            "(each record needs 'text' and 'audio', and 'answer' when require_answer=True)"
+        )
+    if len(dataset) == 0:
+        raise ValueError("paired data has no records")
+
+    from datasets import Audio
+
+    if isinstance(dataset.features.get("audio"), Audio):
+        # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
+        dataset = dataset.cast_column("audio", Audio(decode=False))
+    has_ids = "id" in dataset.column_names
+    has_answer = "answer" in dataset.column_names
+
+    def prepare(example: dict[str, Any], index: int) -> dict[str, Any]:
+        record_id = str(example["id"]) if has_ids and example["id"] is not None else str(index)
+        text = example["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"record {record_id!r}: text is empty or not a string ({text!r})")
+        audio, sr = load_audio(example["audio"], record_id=record_id, base_dir=base_dir)
+        out = {
+            "id": record_id,
+            "text": text,
+            "audio": {"array": resample(audio, sr, sampling_rate), "sampling_rate": sampling_rate},
+        }
+        if has_answer:
+            answer = example["answer"]
+            answer = None if answer is None else str(answer)
+            if require_answer and (answer is None or not answer.strip()):
+                raise ValueError(f"record {record_id!r}: answer is empty (require_answer=True)")
+            out["answer"] = answer
+        return out
+
+    dataset = dataset.map(
+        prepare,
+        with_indices=True,
+        features=_output_features(dataset, has_answer),
+        num_proc=num_proc,
+        desc=f"decoding audio at {sampling_rate} Hz",
+    )
+    ids = dataset["id"]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(f"record ids must be unique, {duplicate!r} appears more than once")
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedExample:
+    """One decoded record. ``audio`` is ``(num_samples,)`` float32 at ``sampling_rate`` Hz."""
+
+    id: str
+    text: str
+    audio: np.ndarray
+    sampling_rate: int
+    answer: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> PairedExample:
+        """From a row of :func:`load_paired`'s dataset."""
+        audio = record["audio"]
+        return cls(
+            id=str(record["id"]),
+            text=record["text"],
+            audio=np.asarray(audio["array"], dtype=np.float32),
+            sampling_rate=int(audio["sampling_rate"]),
+            answer=record.get("answer"),
+        )
+
+
+class PairedBatch(NamedTuple):
+    """What :func:`collate_paired` returns; unpacks as ``texts, audios, ids, answers``."""
+
+    texts: list[str]
+    audios: list[np.ndarray]  # each (num_samples,) float32, lengths differ
+    ids: list[str]
+    answers: list[str | None]
+
+
+def collate_paired(batch: Sequence[Mapping[str, Any] | PairedExample]) -> PairedBatch:
+    """A ``DataLoader`` ``collate_fn`` over rows of :func:`load_paired` (or
+    :class:`PairedExample`). Audio stays a list of variable-length arrays: the model's
+    processor pads and extracts features. All examples must share one sampling rate."""
+    if not batch:
+        raise ValueError("batch is empty")
+    examples = [b if isinstance(b, PairedExample) else PairedExample.from_record(b) for b in batch]
+    rates = {e.sampling_rate for e in examples}
+    if len(rates) != 1:
+        raise ValueError(f"examples in a batch must share one sampling rate, got {sorted(rates)}")
+    return PairedBatch(
+        texts=[e.text for e in examples],
+        audios=[e.audio for e in examples],
+        ids=[e.id for e in examples],
+        answers=[e.answer for e in examples],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Small synthetic tasks
+# ---------------------------------------------------------------------------------------------
+
+_OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def make_arithmetic_dataset(
+    n: int,
+    seed: int = 0,
+    *,
+    max_operand: int = 20,
+    operations: str = "+-*",
+    template: str = "What is {a} {op} {b}?",
+) -> list[dict[str, str]]:
+    """``n`` arithmetic questions ``{"id", "text", "answer", "kind": "math"}``, e.g.
+    ``"What is 7 + 5?"`` / ``"12"``. Operands are in [0, max_operand]; subtraction puts the larger
+    operand first so answers are never negative. Same ``seed``, same records."""
+    _check_count(n)
+    if max_operand < 1:
+        raise ValueError(f"max_operand must be >= 1, got {max_operand}")
+    if not operations or any(op not in _OPERATIONS for op in operations):
+        raise ValueError(f"operations must be a non-empty string over '+-*', got {operations!r}")
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        op = rng.choice(operations)
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        if op == "-" and b > a:
+            a, b = b, a
+        records.append({
+            "id": f"arith-{i:05d}",
+            "text": template.format(a=a, op=op, b=b),
+            "answer": str(_OPERATIONS[op](a, b)),
+            "kind": "math",
+        })  # fmt: skip
+    return records
+
+
+_CATEGORIES = {
+    "an animal": ["dog", "cat", "horse", "lion", "rabbit", "sheep", "tiger", "mouse"],
+    "a color": ["red", "blue", "green", "yellow", "purple", "brown", "white", "black"],
+    "a fruit": ["apple", "banana", "grape", "lemon", "cherry", "mango", "peach", "pear"],
+    "a vehicle": ["car", "bus", "train", "bicycle", "truck", "boat", "plane", "tractor"],
+}
+_LETTERS = "ABCD"
+
+
+def _category_question(rng: random.Random) -> tuple[str, str, list[str]]:
+    category, *others = rng.sample(sorted(_CATEGORIES), k=len(_CATEGORIES))
+    correct = rng.choice(_CATEGORIES[category])
+    wrong = [rng.choice(_CATEGORIES[c]) for c in others[:3]]
+    return f"Which of these is {category}?", correct, wrong
+
+
+def _largest_question(rng: random.Random) -> tuple[str, str, list[str]]:
+    numbers = rng.sample(range(1, 100), k=4)
+    correct = max(numbers)
+    return "Which number is the largest?", str(correct), [str(x) for x in numbers if x != correct]
+
+
+def _sum_question(rng: random.Random) -> tuple[str, str, list[str]]:
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    offsets = rng.sample([-3, -2, -1, 1, 2, 3], k=3)
+    return f"What is {a} + {b}?", str(a + b), [str(a + b + d) for d in offsets]
+
+
+def make_multiple_choice_dataset(
+    n: int, seed: int = 0, *, instruction: str | None = None
+) -> list[dict[str, str]]:
+    """``n`` four-option questions ``{"id", "text", "answer", "kind": "choice"}``, options
+    labelled (A)-(D) one per line, the gold letter uniformly placed, e.g.::
+
+        Which of these is a fruit?
+        (A) bus
+        (B) mango
+        (C) red
+        (D) lion                        answer "B"
+
+    ``instruction`` (e.g. ``"Answer with the letter."``) is appended as a last line."""
+    _check_count(n)
+    rng = random.Random(seed)
+    makers = (_category_question, _largest_question, _sum_question)
+    records = []
+    for i in range(n):
+        question, correct, wrong = makers[i % len(makers)](rng)
+        position = rng.randrange(4)
+        options = wrong[:position] + [correct] + wrong[position:]
+        lines = [question] + [
+            f"({letter}) {o}" for letter, o in zip(_LETTERS, options, strict=True)
+        ]
+        if instruction:
+            lines.append(instruction)
+        records.append({
+            "id": f"choice-{i:05d}",
+            "text": "\n".join(lines),
+            "answer": _LETTERS[position],
+            "kind": "choice",
+        })  # fmt: skip
+    return records
+
+
+def _check_count(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")

@@ -1,0 +1,237 @@
+"""``cord synth``: make the audio side of a paired dataset from its text.
+
+Reads records with ``text`` (and ``id``) from JSONL/JSON/CSV/parquet or a saved dataset, speaks
+each text (after spoken-form normalisation of math by default) and writes::
+
+    OUT/audio/<id>.wav          one 16-bit WAV per record, at the engine's rate
+    OUT/paired.jsonl            the input records plus "audio": "audio/<id>.wav"
+                                (relative to the JSONL, which is how load_paired resolves it)
+                                and "spoken_text": what the engine was given
+
+It is resumable: a WAV that already exists is kept (files are written to a temporary name and
+renamed, so an interrupted run never leaves a truncated WAV behind). Example::
+
+    cord synth questions.jsonl --output-dir data/synth --engine espeak --voice en-us
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "run", "synthesize_dataset", "SynthReport", "audio_filename"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input",
+        help="paired records with a text column: .jsonl/.csv/.parquet or a saved dataset folder",
+    )
+    parser.add_argument("-o", "--output-dir", required=True, help="where audio/ and the JSONL go")
+    parser.add_argument(
+        "--output-jsonl", default=None, help="output records (default: OUTPUT_DIR/paired.jsonl)"
+    )
+    parser.add_argument("--engine", choices=("espeak", "kokoro"), default="espeak")
+    parser.add_argument(
+        "--voice",
+        default=None,
+        help="espeak: a voice name (default en-us); kokoro: a local .pt voice file",
+    )
+    parser.add_argument("--rate", type=int, default=175, help="espeak words per minute")
+    parser.add_argument("--kokoro-model", default=None, help="local kokoro-v1_0.pth")
+    parser.add_argument("--kokoro-config", default=None, help="local Kokoro config.json")
+    parser.add_argument("--kokoro-lang", default="a", help="Kokoro language code (a = US English)")
+    parser.add_argument(
+        "--spoken-math",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read LaTeX and math symbols aloud as words (default on)",
+    )
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N records")
+    parser.add_argument("--overwrite", action="store_true", help="re-synthesise existing WAVs")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@dataclass
+class SynthReport:
+    """What :func:`synthesize_dataset` did."""
+
+    records: list[dict[str, Any]]  # the output records, in input order
+    written: int  # WAVs synthesised in this call
+    skipped: int  # WAVs that already existed and were kept
+    audio_seconds: float  # duration of the WAVs written in this call
+    jsonl_path: Path | None
+
+
+def audio_filename(record_id: str) -> str:
+    """A safe, unique file name for a record id: the id itself when it is made of
+    ``[A-Za-z0-9._-]``, else a sanitised id plus a short hash so two ids never collide."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", record_id).strip(".") or "record"
+    if safe != record_id:
+        safe = f"{safe[:80]}-{hashlib.sha1(record_id.encode()).hexdigest()[:8]}"
+    return f"{safe}.wav"
+
+
+def _record_ids(records: Sequence[Mapping[str, Any]], id_key: str) -> list[str]:
+    ids = [str(r[id_key]) if r.get(id_key) is not None else str(i) for i, r in enumerate(records)]
+    seen: set[str] = set()
+    for record_id in ids:
+        if record_id in seen:
+            raise ValueError(f"record ids must be unique, {record_id!r} appears more than once")
+        seen.add(record_id)
+    return ids
+
+
+def _write_wav_atomic(path: Path, audio: Any, sample_rate: int) -> None:
+    import soundfile as sf
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+def synthesize_dataset(
+    records: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    engine: Any = "espeak",
+    *,
+    spoken_math: bool = True,
+    overwrite: bool = False,
+    text_key: str = "text",
+    id_key: str = "id",
+    output_jsonl: str | os.PathLike | None = "paired.jsonl",
+    progress: bool = True,
+) -> SynthReport:
+    """Speak every record's text into ``out_dir/audio/<id>.wav``.
+
+    Args:
+        records: dicts with ``text_key`` (and ``id_key``; the row number is the id otherwise).
+        out_dir: output folder, created if needed.
+        engine: a :class:`cord.tts.TTSEngine` or an engine name for :func:`cord.tts.get_engine`.
+        spoken_math: normalise math to words first (:func:`cord.spoken_math.to_spoken`).
+        overwrite: re-synthesise WAVs that exist (default: keep them, i.e. resume).
+        output_jsonl: where to write the output records; relative paths are under ``out_dir``;
+            None writes no file.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        a :class:`SynthReport`; each output record is the input record plus ``audio`` (the WAV
+        path relative to the JSONL's folder, absolute when no JSONL is written) and
+        ``spoken_text``.
+    """
+    from tqdm.auto import tqdm
+
+    from cord.spoken_math import to_spoken
+    from cord.tts import get_engine
+
+    if isinstance(engine, str):
+        engine = get_engine(engine)
+    if not hasattr(engine, "synthesize") or not hasattr(engine, "sample_rate"):
+        raise TypeError(f"engine must be a TTSEngine or an engine name, got {engine!r}")
+    records = list(records)
+    if not records:
+        raise ValueError("records is empty: nothing to synthesise")
+    out_dir = Path(out_dir)
+    audio_dir = out_dir / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    jsonl_path = None if output_jsonl is None else out_dir / output_jsonl
+    link_base = jsonl_path.parent if jsonl_path is not None else None
+
+    ids = _record_ids(records, id_key)
+    for record, record_id in zip(records, ids, strict=True):  # fail before any work on a bad record
+        text = record.get(text_key)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"record {record_id!r}: {text_key!r} is missing or empty ({text!r})")
+
+    written = skipped = 0
+    seconds = 0.0
+    outputs = []
+    bar = tqdm(
+        zip(records, ids, strict=True),
+        total=len(records),
+        desc="synth",
+        unit="rec",
+        disable=not progress,
+    )
+    for record, record_id in bar:
+        spoken = to_spoken(record[text_key]) if spoken_math else record[text_key]
+        wav_path = audio_dir / audio_filename(record_id)
+        if wav_path.exists() and not overwrite:
+            skipped += 1
+        else:
+            audio = engine.synthesize(spoken)
+            if len(audio) == 0:
+                raise ValueError(f"record {record_id!r}: the TTS engine produced no audio")
+            _write_wav_atomic(wav_path, audio, engine.sample_rate)
+            written += 1
+            seconds += len(audio) / engine.sample_rate
+        bar.set_postfix(written=written, skipped=skipped)
+        audio_ref = (
+            os.path.relpath(wav_path, link_base)
+            if link_base is not None
+            else str(wav_path.resolve())
+        )
+        outputs.append({**record, "audio": Path(audio_ref).as_posix(), "spoken_text": spoken})
+
+    if jsonl_path is not None:
+        jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = jsonl_path.with_name(f".{jsonl_path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for out in outputs:
+                f.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, jsonl_path)
+    return SynthReport(outputs, written, skipped, seconds, jsonl_path)
+
+
+def _build_engine(args: argparse.Namespace) -> Any:
+    from cord.tts import get_engine
+
+    if args.engine == "espeak":
+        return get_engine("espeak", voice=args.voice or "en-us", rate=args.rate)
+    return get_engine(
+        "kokoro",
+        model_path=args.kokoro_model,
+        config_path=args.kokoro_config,
+        voice=args.voice,
+        lang_code=args.kokoro_lang,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from cord.data import read_records
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    records = read_records(args.input)
+    if args.limit is not None:
+        records = records[: args.limit]
+    engine = _build_engine(args)
+    output_jsonl = Path(args.output_jsonl).resolve() if args.output_jsonl else Path("paired.jsonl")
+    start = time.perf_counter()
+    report = synthesize_dataset(
+        records,
+        args.output_dir,
+        engine,
+        spoken_math=args.spoken_math,
+        overwrite=args.overwrite,
+        text_key=args.text_column,
+        id_key=args.id_column,
+        output_jsonl=output_jsonl,
+        progress=not args.no_progress,
+    )
+    elapsed = time.perf_counter() - start
+    print(
+        f"synth: {report.written} written, {report.skipped} kept, "
+        f"{report.audio_seconds:.1f} s of audio in {elapsed:.1f} s -> {report.jsonl_path}"
+    )
+    return 0

@@ -1,0 +1,305 @@
+"""TTS engines, spoken-form math and ``cord synth`` (all on the CPU, eSpeak NG from the wheel)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cord.spoken_math import fraction_words, number_to_words, ordinal_words, to_spoken
+from cord.tts import EspeakEngine, KokoroEngine, TTSEngine, get_engine
+
+
+@pytest.fixture(scope="module")
+def espeak() -> EspeakEngine:
+    return get_engine("espeak")
+
+
+# ---------------------------------------------------------------------------------------------
+# eSpeak NG
+# ---------------------------------------------------------------------------------------------
+
+
+def test_espeak_is_a_tts_engine_at_22050_hz(espeak):
+    assert isinstance(espeak, TTSEngine)
+    assert espeak.sample_rate == 22_050
+
+
+def test_espeak_short_sentence_has_plausible_audio(espeak):
+    audio = espeak.synthesize("What is two plus three?")
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    seconds = len(audio) / espeak.sample_rate
+    assert 0.3 < seconds < 3.0, seconds
+    assert np.abs(audio).max() <= 1.0
+    rms = float(np.sqrt(np.mean(audio**2)))
+    assert rms > 0.01, "audio is (nearly) silent"
+    # Speech has pauses and voiced parts: the loudness of 20 ms frames must vary a lot.
+    frames = audio[: len(audio) // 441 * 441].reshape(-1, 441)
+    frame_rms = np.sqrt((frames**2).mean(axis=1))
+    assert frame_rms.max() > 5 * np.percentile(frame_rms, 10) + 1e-4
+
+
+def test_espeak_duration_grows_with_text(espeak):
+    lengths = [len(espeak.synthesize(" ".join(["seven"] * n))) for n in (1, 4, 12)]
+    assert lengths[0] < lengths[1] < lengths[2]
+    # Roughly linear in the number of words (pauses and ramps make it not exact).
+    assert 1.5 < lengths[2] / lengths[1] < 4.5
+
+
+def test_espeak_rate_changes_duration():
+    text = "The quick brown fox jumps over the lazy dog."
+    slow = len(get_engine("espeak", rate=120).synthesize(text))
+    fast = len(get_engine("espeak", rate=300).synthesize(text))
+    assert fast < 0.7 * slow
+
+
+def test_espeak_voices_by_name_and_language():
+    us = get_engine("espeak", voice="en-us").synthesize("tomato")
+    gb = get_engine("espeak", voice="en-gb").synthesize("tomato")
+    assert len(us) > 0 and len(gb) > 0
+    assert not (len(us) == len(gb) and np.allclose(us, gb))
+
+
+def test_espeak_repeated_text_is_nearly_identical_in_length(espeak):
+    a, b = espeak.synthesize("hello there"), espeak.synthesize("hello there")
+    assert abs(len(a) - len(b)) <= 0.01 * len(a)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"voice": "xx-not-a-voice"}, ValueError),
+        ({"voice": ""}, ValueError),
+        ({"rate": 10}, ValueError),
+        ({"rate": 175.0}, TypeError),
+    ],
+    ids=["unknown-voice", "empty-voice", "rate-too-low", "rate-not-int"],
+)
+def test_espeak_bad_options(kwargs, error):
+    with pytest.raises(error):
+        EspeakEngine(**kwargs)
+
+
+def test_espeak_rejects_non_text(espeak):
+    with pytest.raises(TypeError, match="text must be a str"):
+        espeak.synthesize(42)
+
+
+def test_get_engine_unknown_name():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        get_engine("festival")
+
+
+def test_kokoro_needs_local_package_and_weights(tmp_path):
+    # The kokoro package is not installed here: a clear error, and never a download attempt.
+    # With the package installed, missing weight files give FileNotFoundError instead.
+    with pytest.raises((ImportError, FileNotFoundError), match="kokoro|local"):
+        KokoroEngine(tmp_path / "missing.pth", tmp_path / "config.json", tmp_path / "af.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Spoken-form math
+# ---------------------------------------------------------------------------------------------
+
+SPOKEN_CASES = [
+    (r"What is $\frac{1}{2} + \frac{3}{4}$?", "What is one half plus three fourths?"),
+    (r"$x^2 + 2x - 3 = 0$", "x squared plus two x minus three equals zero"),
+    (r"\sqrt{16}", "the square root of sixteen"),
+    (r"\sqrt[3]{27}", "the cube root of twenty-seven"),
+    (r"\sqrt[4]{16}", "the fourth root of sixteen"),
+    ("√16", "the square root of sixteen"),
+    (r"3 \times 4", "three times four"),
+    (r"a \cdot b", "a times b"),
+    ("12 * 7", "twelve times seven"),
+    ("2 x 3", "two times three"),
+    ("What is 100 / 7?", "What is one hundred divided by seven?"),
+    (r"6 \div 2", "six divided by two"),
+    ("-5 + 3", "negative five plus three"),
+    ("Solve 3x - 5 = -11.", "Solve three x minus five equals negative eleven."),
+    ("What is 7 - 2?", "What is seven minus two?"),
+    ("x-1", "x minus one"),
+    ("3-4", "three minus four"),
+    ("25%", "twenty-five percent"),
+    (r"50\%", "fifty percent"),
+    ("3.14", "three point one four"),
+    (".5", "point five"),
+    ("-0.75", "negative zero point seven five"),
+    ("1,234,567", "one million two hundred thirty-four thousand five hundred sixty-seven"),
+    ("3/4 of 12", "three fourths of twelve"),
+    ("1/12", "one over twelve"),
+    (r"\frac{x+1}{2}", "x plus one over two"),
+    (r"\frac12", "one half"),
+    (r"2^{10}", "two to the power of ten"),
+    ("2^10", "two to the power of ten"),
+    ("10^-3", "ten to the power of negative three"),
+    ("x² + y³", "x squared plus y cubed"),
+    ("x_1 + x_2", "x sub one plus x sub two"),
+    (r"x \leq 5", "x is less than or equal to five"),
+    ("x >= 5", "x is greater than or equal to five"),
+    ("x ≠ 3", "x is not equal to three"),
+    (r"$45^\circ$", "forty-five degrees"),
+    (r"\pi r^2", "pi r squared"),
+    ("5!", "five factorial"),
+    (r"\binom{5}{2}", "five choose two"),
+    (r"\sum_{i=1}^{n} i", "the sum from i equals one to n of i"),
+    (r"\lim_{x \to 0} \frac{\sin x}{x}", "the limit as x approaches zero of sine x over x"),
+    (r"\log_2 8", "log base two of eight"),
+    ("|x - 3| < 2", "the absolute value of x minus three is less than two"),
+    ("If f(x) = 2x + 1, find f(3).", "If f of x equals two x plus one, find f of three."),
+    ("The 21st and 3rd", "The twenty-first and third"),
+    ("$5.50 and \\$3", "five dollars and fifty cents and three dollars"),
+    ("$1", "one dollar"),
+    (r"\text{cm}^2", "cm squared"),
+    ("007", "zero zero seven"),
+    (
+        "Which is largest?\n(A) 5\n(B) 6\n(C) 7\n(D) 8",
+        "Which is largest? option A, five. option B, six. option C, seven. option D, eight",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, spoken", SPOKEN_CASES, ids=[c[0][:30] for c in SPOKEN_CASES])
+def test_to_spoken_hand_cases(text, spoken):
+    assert to_spoken(text) == spoken
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Hello, world.", "A well-known result, e.g. this one.", "T-shirt and X-ray", "and/or"],
+)
+def test_to_spoken_leaves_plain_text_alone(text):
+    assert to_spoken(text) == text
+
+
+def test_to_spoken_math_output_has_no_symbols_or_digits():
+    text = r"Compute $\frac{3}{8} \times 16 + \sqrt{81} - 2^{3} = ?$ and give 12.5% of 40."
+    spoken = to_spoken(text)
+    assert not any(c.isdigit() for c in spoken), spoken
+    assert not set(spoken) & set("\\$^_{}+*/=%"), spoken
+    assert to_spoken(text) == spoken  # deterministic
+
+
+def test_to_spoken_rejects_non_text():
+    with pytest.raises(TypeError):
+        to_spoken(None)
+
+
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (40, "forty"),
+        (105, "one hundred five"),
+        (1_000_001, "one million one"),
+        (-42, "negative forty-two"),
+        (2024, "two thousand twenty-four"),
+    ],
+)
+def test_number_to_words(n, words):
+    assert number_to_words(n) == words
+
+
+def test_ordinals_and_fractions():
+    assert [ordinal_words(n) for n in (1, 2, 3, 5, 12, 20, 21, 100)] == [
+        "first", "second", "third", "fifth", "twelfth", "twentieth", "twenty-first",
+        "one hundredth",
+    ]  # fmt: skip
+    assert fraction_words(1, 2) == "one half"
+    assert fraction_words(3, 2) == "three halves"
+    assert fraction_words(2, 3) == "two thirds"
+    assert fraction_words(1, 4) == "one fourth"
+    assert fraction_words(5, 16) == "five over sixteen"
+
+
+# ---------------------------------------------------------------------------------------------
+# cord synth
+# ---------------------------------------------------------------------------------------------
+
+RECORDS = [
+    {"id": "q1", "text": "What is $3 + 4$?", "answer": "7"},
+    {"id": "q2", "text": r"What is $\frac{1}{2}$ of 10?", "answer": "5"},
+    {"id": "q/3", "text": "Which is larger, 9 or 12?", "answer": "12"},
+]
+
+
+def _write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def test_cord_synth_end_to_end_and_resume(tmp_path, capsys):
+    from cord.cli import main
+    from cord.data import load_paired
+
+    source = tmp_path / "questions.jsonl"
+    _write_jsonl(source, RECORDS)
+    out = tmp_path / "synth"
+    assert main(["synth", str(source), "--output-dir", str(out), "--no-progress"]) == 0
+    assert "3 written, 0 kept" in capsys.readouterr().out
+
+    lines = [json.loads(line) for line in (out / "paired.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["q1", "q2", "q/3"]
+    assert lines[0]["spoken_text"] == "What is three plus four?"
+    assert lines[1]["spoken_text"] == "What is one half of ten?"
+    wavs = sorted((out / "audio").glob("*.wav"))
+    assert len(wavs) == 3
+    for r in lines:
+        assert r["answer"] in ("7", "5", "12")  # input columns pass through
+        audio, sr = sf.read(out / r["audio"])
+        assert sr == 22_050 and 0.3 < len(audio) / sr < 4.0
+    assert lines[2]["audio"].startswith("audio/q_3-")  # a sanitised, hashed file name
+
+    # Resume: nothing is re-synthesised, files are untouched; a deleted WAV is remade.
+    mtimes = {w.name: w.stat().st_mtime_ns for w in wavs}
+    (out / lines[1]["audio"]).unlink()
+    assert main(["synth", str(source), "--output-dir", str(out), "--no-progress"]) == 0
+    assert "1 written, 2 kept" in capsys.readouterr().out
+    for w in sorted((out / "audio").glob("*.wav")):
+        if w.name != os.path.basename(lines[1]["audio"]):
+            assert w.stat().st_mtime_ns == mtimes[w.name]
+
+    # The output is a paired dataset load_paired reads (relative audio paths included).
+    ds = load_paired(out / "paired.jsonl", sampling_rate=16_000, require_answer=True)
+    assert ds["id"] == ["q1", "q2", "q/3"]
+    assert all(a["sampling_rate"] == 16_000 and len(a["array"]) > 4_000 for a in ds["audio"])
+
+
+def test_synthesize_dataset_without_spoken_math_and_with_overwrite(tmp_path, espeak):
+    from cord.synth import synthesize_dataset
+
+    report = synthesize_dataset(RECORDS[:1], tmp_path, espeak, spoken_math=False, progress=False)
+    assert report.written == 1 and report.skipped == 0 and report.audio_seconds > 0.3
+    assert report.records[0]["spoken_text"] == RECORDS[0]["text"]
+    again = synthesize_dataset(RECORDS[:1], tmp_path, espeak, overwrite=True, progress=False)
+    assert again.written == 1 and again.skipped == 0
+
+
+def test_synthesize_dataset_bad_records(tmp_path, espeak):
+    from cord.synth import synthesize_dataset
+
+    with pytest.raises(ValueError, match="record 'b'.*empty"):
+        synthesize_dataset([{"id": "a", "text": "hi"}, {"id": "b", "text": "  "}], tmp_path, espeak)
+    with pytest.raises(ValueError, match="'a' appears more than once"):
+        synthesize_dataset([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], tmp_path, espeak)
+    with pytest.raises(ValueError, match="record '0'.*'text' is missing"):
+        synthesize_dataset([{"question": "no text column"}], tmp_path, espeak)
+    assert not list((tmp_path / "audio").glob("*.wav"))  # validated before any work
+
+
+def test_synth_reads_csv_and_honours_limit(tmp_path):
+    import pandas as pd
+
+    from cord.cli import main
+
+    pd.DataFrame(RECORDS).to_csv(tmp_path / "q.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["synth", str(tmp_path / "q.csv"), "-o", str(out), "--limit", "2",
+                 "--no-spoken-math", "--no-progress"]) == 0  # fmt: skip
+    lines = (out / "paired.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[0])["spoken_text"] == RECORDS[0]["text"]
