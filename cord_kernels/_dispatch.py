@@ -7,7 +7,6 @@ imported lazily so that ``import cord_kernels`` works where Triton is missing or
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -15,14 +14,21 @@ import torch
 from cord_kernels._validation import IMPLS
 
 
-@functools.cache
-def triton_available() -> bool:
+def _import_triton() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception:  # a broken install raises more than ImportError
         return False
     return True
+
+
+# Decided once at import (a plain constant keeps torch.compile from tracing an import).
+_TRITON_OK = _import_triton()
+
+
+def triton_available() -> bool:
+    return _TRITON_OK
 
 
 def interpret_mode() -> bool:
