@@ -122,7 +122,8 @@ def compile_build(build: KernelBuild, arch: int, *, num_warps: int = NUM_WARPS) 
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps})
     tools = _tools_dir()
-    cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"cord_{build.name}_sm{arch}_{os.getpid()}.cubin"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    cubin = tmp / f"cord_{build.name}_sm{arch}_{os.getpid()}.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     try:
         usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(cubin)],

@@ -37,7 +37,9 @@ def check_logits(name: str, x) -> None:
     check_tensor(name, x, min_ndim=1)
     check_float(name, x)
     if x.shape[-1] < 1:
-        raise ValueError(f"{name} must have a non-empty vocabulary (last) dimension, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have a non-empty vocabulary (last) dimension, got {tuple(x.shape)}"
+        )
 
 
 def check_logits_pair(student, teacher, names=("student_logits", "teacher_logits")) -> None:

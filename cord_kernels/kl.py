@@ -6,8 +6,9 @@ One kernel pair computes KL(P_x || P_y) for P = softmax(logits / tau):
 
 Forward: one read of both rows with an online max/sum; saved per row: D and the two
 log-sum-exps, each kept as (max, log-sum) so that backward's x - lse is exact even for logits
-near 1e4 (20 bytes per row, against 2 * V * 2 bytes of bf16 logits). Backward: a second read of both rows writes the gradient; nothing of size
-(N, V) exists besides that gradient, which can be written into the logits buffer itself.
+near 1e4 (20 bytes per row, against 2 * V * 2 bytes of bf16 logits). Backward: a second read
+of both rows writes the gradient; nothing of size (N, V) exists besides that gradient, which
+can be written into the logits buffer itself.
 
 Layout: kernels, launchers (``kl_fwd``, ``kl_bwd``), torch custom ops around them, the
 autograd Function, the public functions.
