@@ -10,6 +10,7 @@ otherwise. Importing this package never touches a GPU.
 """
 
 from cord_kernels.cord_token_loss import cord_token_loss
+from cord_kernels.fused_linear import fused_linear_cord_token_loss, fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.kl import forward_kl, reverse_kl
 from cord_kernels.modules import CordTokenLoss, ForwardKL, GRPOLoss, ReverseKL, TokenLogprobs
@@ -24,6 +25,8 @@ __all__ = [
     "token_logprobs",
     "cord_weights",
     "cord_token_loss",
+    "fused_linear_cord_token_loss",
+    "fused_linear_token_logprobs",
     "grpo_loss",
     "ReverseKL",
     "ForwardKL",
