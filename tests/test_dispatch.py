@@ -1,0 +1,49 @@
+"""impl selection, and that the package works where Triton cannot be imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cord_kernels._dispatch import resolve_impl
+
+NO_TRITON = r"""
+import sys
+sys.modules["triton"] = None  # makes `import triton` raise ImportError
+sys.modules["triton.language"] = None
+import torch, cord_kernels
+s, u = torch.randn(2, 3, 17, requires_grad=True), torch.randn(2, 3, 17)
+loss = cord_kernels.cord_token_loss(s, u, torch.ones(2, 3, dtype=torch.bool))
+loss.backward()
+assert torch.isfinite(loss) and s.grad is not None
+try:
+    cord_kernels.reverse_kl(s, u, impl="triton")
+except RuntimeError as e:
+    assert "triton" in str(e)
+else:
+    raise AssertionError("impl='triton' without triton must fail")
+print("ok")
+"""
+
+
+def test_import_and_torch_path_without_triton():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", NO_TRITON], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_resolve_impl(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert resolve_impl(None, x) == "torch"
+    assert resolve_impl("torch", x) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_impl(None, x) == "triton"
+    assert resolve_impl("torch", x) == "torch"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        resolve_impl("cuda", x)
