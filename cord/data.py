@@ -84,14 +84,7 @@ def _open_dataset(source: Any) -> tuple[datasets.Dataset, Path | None]:
         reader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
                   "parquet": datasets.Dataset.from_parquet}[fmt]  # fmt: skip
         return reader(str(path)), path.parent
-    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
-        if not source:
-            raise ValueError("source is an empty list of records")
-        bad = next((i for i, r in enumerate(source) if not isinstance(r, Mapping)), None)
-        if bad is not None:
-            raise TypeError(
-                f"source records must be dicts, record {bad} is {type(source[bad]).__name__}"
-            )
+    if _is_record_list(source):
         return datasets.Dataset.from_list([dict(r) for r in source]), None
     raise TypeError(
         "source must be a path (JSONL/CSV/parquet file or saved dataset folder), a "
@@ -266,60 +259,102 @@ def load_paired(
         a missing or empty answer (with ``require_answer``), duplicate ids, or audio that is
         missing or cannot be read.
     """
+    import datasets
+
     if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate <= 0:
         raise ValueError(f"sampling_rate must be a positive int, got {sampling_rate!r}")
-    dataset, base_dir = _open_dataset(source)
-    missing = [c for c in ("text", "audio") if c not in dataset.column_names]
-    if require_answer and "answer" not in dataset.column_names:
-        missing.append("answer")
-    if missing:
-        raise ValueError(
-            f"paired data is missing column(s) {missing}; it has {dataset.column_names} "
-            "(each record needs 'text' and 'audio', and 'answer' when require_answer=True)"
+    if _is_record_list(source):
+        # Decode in Python before anything becomes arrow: a list may mix paths, 1-D and
+        # (samples, channels) arrays, which arrow cannot hold in one column.
+        columns = list(dict.fromkeys(key for record in source for key in record))
+        _check_columns(columns, require_answer)
+        decode = _RecordDecoder(sampling_rate, None, "id" in columns, "answer" in columns,
+                                require_answer)  # fmt: skip
+        rows = [{**record, **decode(record, i)} for i, record in enumerate(source)]
+        dataset = datasets.Dataset.from_list(rows)
+        dataset = dataset.cast(_output_features(dataset, "answer" in columns))
+    else:
+        dataset, base_dir = _open_dataset(source)
+        _check_columns(dataset.column_names, require_answer)
+        if len(dataset) == 0:
+            raise ValueError("paired data has no records")
+        if isinstance(dataset.features.get("audio"), datasets.Audio):
+            # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
+            dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
+        has_answer = "answer" in dataset.column_names
+        decode = _RecordDecoder(sampling_rate, base_dir, "id" in dataset.column_names,
+                                has_answer, require_answer)  # fmt: skip
+        dataset = dataset.map(
+            decode,
+            with_indices=True,
+            features=_output_features(dataset, has_answer),
+            num_proc=num_proc,
+            desc=f"decoding audio at {sampling_rate} Hz",
         )
-    if len(dataset) == 0:
-        raise ValueError("paired data has no records")
-
-    from datasets import Audio
-
-    if isinstance(dataset.features.get("audio"), Audio):
-        # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
-        dataset = dataset.cast_column("audio", Audio(decode=False))
-    has_ids = "id" in dataset.column_names
-    has_answer = "answer" in dataset.column_names
-
-    def prepare(example: dict[str, Any], index: int) -> dict[str, Any]:
-        record_id = str(example["id"]) if has_ids and example["id"] is not None else str(index)
-        text = example["text"]
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"record {record_id!r}: text is empty or not a string ({text!r})")
-        audio, sr = load_audio(example["audio"], record_id=record_id, base_dir=base_dir)
-        out = {
-            "id": record_id,
-            "text": text,
-            "audio": {"array": resample(audio, sr, sampling_rate), "sampling_rate": sampling_rate},
-        }
-        if has_answer:
-            answer = example["answer"]
-            answer = None if answer is None else str(answer)
-            if require_answer and (answer is None or not answer.strip()):
-                raise ValueError(f"record {record_id!r}: answer is empty (require_answer=True)")
-            out["answer"] = answer
-        return out
-
-    dataset = dataset.map(
-        prepare,
-        with_indices=True,
-        features=_output_features(dataset, has_answer),
-        num_proc=num_proc,
-        desc=f"decoding audio at {sampling_rate} Hz",
-    )
     ids = dataset["id"]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         duplicate = next(i for i in ids if i in seen or seen.add(i))
         raise ValueError(f"record ids must be unique, {duplicate!r} appears more than once")
     return dataset
+
+
+def _is_record_list(source: Any) -> bool:
+    if not isinstance(source, Sequence) or isinstance(source, (str, bytes)):
+        return False
+    if not source:
+        raise ValueError("source is an empty list of records")
+    bad = next((i for i, r in enumerate(source) if not isinstance(r, Mapping)), None)
+    if bad is not None:
+        raise TypeError(
+            f"source records must be dicts, record {bad} is {type(source[bad]).__name__}"
+        )
+    return True
+
+
+def _check_columns(columns: Sequence[str], require_answer: bool) -> None:
+    missing = [c for c in ("text", "audio") if c not in columns]
+    if require_answer and "answer" not in columns:
+        missing.append("answer")
+    if missing:
+        raise ValueError(
+            f"paired data is missing column(s) {missing}; it has {list(columns)} "
+            "(each record needs 'text' and 'audio', and 'answer' when require_answer=True)"
+        )
+
+
+@dataclass(frozen=True)
+class _RecordDecoder:
+    """Turns one raw record into ``{id, text, audio, answer?}``; raises naming the record."""
+
+    sampling_rate: int
+    base_dir: Path | None
+    has_ids: bool
+    has_answer: bool
+    require_answer: bool
+
+    def __call__(self, example: Mapping[str, Any], index: int) -> dict[str, Any]:
+        raw_id = example.get("id") if self.has_ids else None
+        record_id = str(index) if raw_id is None else str(raw_id)
+        text = example.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"record {record_id!r}: text is empty or not a string ({text!r})")
+        audio, sr = load_audio(example.get("audio"), record_id=record_id, base_dir=self.base_dir)
+        out = {
+            "id": record_id,
+            "text": text,
+            "audio": {
+                "array": resample(audio, sr, self.sampling_rate),
+                "sampling_rate": self.sampling_rate,
+            },
+        }
+        if self.has_answer:
+            answer = example.get("answer")
+            answer = None if answer is None else str(answer)
+            if self.require_answer and (answer is None or not answer.strip()):
+                raise ValueError(f"record {record_id!r}: answer is empty (require_answer=True)")
+            out["answer"] = answer
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
