@@ -1,0 +1,275 @@
+"""``CordConfig``: every option of a CORD training run, loadable from YAML with overrides.
+
+Names follow TRL's ``GRPOConfig``/``TrainingArguments`` where the meaning is the same
+(``learning_rate``, ``per_device_train_batch_size``, ``num_generations``, ``temperature``,
+``max_completion_length``, ...). CORD's own options carry a ``cord_`` prefix: the position
+weight is ``cord_position_beta``, never ``beta``, which in TRL is the KL-penalty coefficient.
+
+Example:
+    >>> cfg = CordConfig.from_yaml("examples/configs/cord_tiny.yaml", ["max_steps=4"])
+    >>> cfg = CordConfig(objective="opd", max_steps=2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OBJECTIVES = ("cord", "opd", "grpo", "sft", "fkl", "alarm")
+TEACHERS = ("live", "base", "ema")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+
+DEFAULT_REPHRASE_PROMPT = (
+    "Rewrite the answer below so that it reads as an answer to a question that was heard, "
+    "not read: remove any mention of reading, text or the written question, and keep the "
+    "reasoning and the final answer exactly the same.\n\nAnswer:\n{answer}"
+)
+
+
+@dataclass
+class CordConfig:
+    """Options of ``cord train`` (see ``examples/configs`` for annotated files)."""
+
+    # -- what to train ---------------------------------------------------------------------
+    model: str = "tiny"
+    """"tiny" (a random-init Qwen2-Audio built offline) or a local Qwen2-Audio directory."""
+    dataset: str = "arithmetic"
+    """"arithmetic" / "multiple_choice" (synthesized) or a path for ``cord.data.load_paired``."""
+    dataset_size: int = 64
+    """Number of examples of a synthesized dataset."""
+    dataset_audio: str = "tts"
+    """Audio of a synthesized dataset: "tts" (eSpeak NG) or "tone" (one tone per character)."""
+    objective: str = "cord"
+    """cord (L_tok + L_seq) | opd | grpo | sft | fkl | alarm."""
+    teacher: str = "live"
+    """live (current weights, the paper) | base (frozen initial weights) | ema."""
+    teacher_ema_decay: float = 0.99
+    judge: str = "match"
+    """"match" (final-answer matching), "model" (the policy asked yes/no) or "none";
+    gives the rewards of L_seq and the agreement metric."""
+    instruction: str = ""
+    """Text appended to the user turn of both the audio and the text prompt."""
+    system_prompt: str | None = None
+
+    # -- CORD token loss (paper eqs. 4-7) ----------------------------------------------------
+    cord_top_k: int = 20
+    cord_alpha: float = 2.0
+    """Weight of the top-K highest-divergence tokens (alpha in the paper)."""
+    cord_position_beta: float = 2.0
+    """Weight of the first token, decaying linearly to 1 (the paper's beta; not TRL's beta)."""
+    cord_kl_temperature: float = 1.0
+    """tau of the KL (softmax(logits / tau)); independent of the sampling temperature."""
+    cord_seq_weight: float = 1.0
+    """Weight of L_seq in L_cord = L_tok + w * L_seq (0 skips the GRPO rollouts)."""
+    use_fused_linear: bool = False
+    """Hidden states in, logits never materialised (cord_kernels' fused-linear losses)."""
+
+    # -- rollouts ----------------------------------------------------------------------------
+    num_generations: int = 4
+    temperature: float = 1.0
+    """Sampling temperature of the token-loss rollouts and teacher rollouts (0 = greedy)."""
+    grpo_temperature: float = 1.5
+    reference_temperature: float = 1.0
+    """Temperature of the text-conditioned judge references (0 = greedy)."""
+    max_completion_length: int = 200
+    alarm_rephrase_prompt: str = DEFAULT_REPHRASE_PROMPT
+
+    # -- optimisation (TRL/transformers names) -------------------------------------------
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    """Optimizer steps to run; -1 derives it from num_train_epochs."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm (0 disables clipping; the norm is still logged)."""
+    bf16: bool | None = None
+    """bf16 autocast; None = on when a CUDA device supports it."""
+    gradient_checkpointing: bool = False
+    seed: int = 42
+
+    # -- logging and checkpoints ----------------------------------------------------------
+    output_dir: str = "cord-output"
+    logging_steps: int = 1
+    save_steps: int = 500
+    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
+    save_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    """A checkpoint directory, or "latest" for the newest one in output_dir."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    disable_tqdm: bool = False
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        self._validate()
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("teacher", self.teacher, TEACHERS)
+        _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
+        _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        for r in self.report_to:
+            _choice("report_to", r, REPORT_TO)
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                     "num_generations", "max_completion_length", "logging_steps",
+                     "cord_top_k", "dataset_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_steps", "warmup_steps", "weight_decay", "max_grad_norm",
+                     "temperature", "reference_temperature", "cord_seq_weight", "num_train_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "cord_kl_temperature", "grpo_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("cord_alpha", "cord_position_beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.teacher_ema_decay < 1.0:
+            raise ValueError(f"teacher_ema_decay must be in [0, 1), got {self.teacher_ema_decay}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (use num_train_epochs) or >= 1, "
+                             f"got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError("num_train_epochs must be > 0 when max_steps is -1")
+        if self.objective in ("grpo", "cord") and self.num_generations < 2 and (
+            self.objective == "grpo" or self.cord_seq_weight > 0
+        ):
+            raise ValueError(
+                f"num_generations must be >= 2 for objective={self.objective!r} (GRPO compares "
+                f"rollouts within a group), got {self.num_generations}"
+            )
+        if "{answer}" not in self.alarm_rephrase_prompt:
+            raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
+        if not self.model:
+            raise ValueError("model must be 'tiny' or a local model directory, got ''")
+
+    # -- loading ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CordConfig:
+        """Builds a config; unknown keys raise a ValueError naming them (with a suggestion)."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a config must be a mapping of option -> value, got "
+                            f"{type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown config key {key!r}{hint}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None, overrides: list[str] = ()) -> CordConfig:
+        """Reads a YAML mapping (or starts from defaults) and applies ``key=value`` overrides;
+        values are parsed as YAML (``max_steps=4``, ``report_to=[none]``, ``bf16=true``)."""
+        import yaml
+
+        values: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            with path.open() as fh:
+                loaded = yaml.safe_load(fh)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the top level must be a mapping of option: value")
+            values.update(loaded or {})
+        values.update(parse_overrides(overrides))
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace(self, **changes: Any) -> CordConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars/lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"overrides must look like key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Checks (and mildly converts: int -> float, "1e-5" -> float, str -> [str]) one value."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(name, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise TypeError(f"{name} must be a number, got {value!r}") from None
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {value!r}")
+        return value
+    return value

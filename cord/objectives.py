@@ -1,0 +1,351 @@
+"""Training objectives: CORD and the paper's baselines, each one micro-batch -> loss + metrics.
+
+    cord   L_tok + w * L_seq   on-policy audio rollouts (T=1.0) scored by the student (audio
+                               prompt) and the teacher (text prompt, same tokens), plus GRPO
+                               over groups of N audio rollouts (T=1.5) judged against the
+                               model's own text answer (paper eqs. 2-11)
+    opd    L_tok, alpha = beta = 1   uniform on-policy reverse KL
+    grpo   L_seq only
+    sft    -sum_t log p(y_hat_t | y_hat_<t, x^a) / B   on teacher rollouts y_hat ~ p(.|x^t)
+    fkl    sum_t KL(q_t || p_t) / B                    on teacher rollouts (paper eq. 13)
+    alarm  sft on the teacher's answer rephrased by the model itself so that it no longer
+           mentions reading a text (ALARM's self-rephrasing)
+
+Every loss is summed over tokens and averaged over the sequences of the micro-batch (the
+paper's "batchmean"), so averaging gradients over processes and accumulation steps gives the
+loss of the global batch. All losses come from the public ``cord_kernels`` API.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import cord_kernels
+from cord import metrics as M
+from cord.adapter import ModelAdapter, PromptBatch
+from cord.config import CordConfig
+from cord.rollout import Rollouts, sample
+from cord.teacher import Teacher
+
+
+@dataclass
+class PairedBatch:
+    """One micro-batch of paired prompts (what ``cord.data.collate_paired`` yields)."""
+
+    ids: list[str]
+    texts: list[str]
+    audios: list[np.ndarray]
+    sampling_rate: int
+    answers: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def from_any(cls, batch: Any) -> PairedBatch:
+        """Accepts a PairedBatch, a dict of lists (collate output) or a list of records."""
+        if isinstance(batch, PairedBatch):
+            return batch
+        if isinstance(batch, list):  # records {id, text, audio={array, sampling_rate}, answer}
+            batch = {k: [r.get(k) for r in batch] for k in ("id", "text", "audio", "answer")}
+        if not isinstance(batch, dict):
+            raise TypeError(f"a batch must be a dict of lists or a list of records, got "
+                            f"{type(batch).__name__}")
+        for key in ("text", "audio"):
+            if key not in batch:
+                raise ValueError(f"a batch needs a {key!r} column, got {sorted(batch)}")
+        texts = list(batch["text"])
+        audios, rates = [], set()
+        for a in batch["audio"]:
+            if isinstance(a, dict):
+                audios.append(np.asarray(a["array"], dtype=np.float32))
+                rates.add(int(a["sampling_rate"]))
+            else:
+                audios.append(np.asarray(a, dtype=np.float32))
+        if "sampling_rate" in batch and not isinstance(batch["sampling_rate"], (list, tuple)):
+            rates.add(int(batch["sampling_rate"]))
+        if len(rates) != 1:
+            raise ValueError(f"a batch needs exactly one audio sampling rate, got {sorted(rates)}")
+        ids = batch.get("id") or [str(i) for i in range(len(texts))]
+        answers = batch.get("answer")
+        return cls([str(i) for i in ids], texts, audios, rates.pop(),
+                   None if answers is None else list(answers))
+
+
+@dataclass
+class StepContext:
+    """What an objective needs: the student (adapter over the prepared model), the teacher,
+    the judge (None where the objective needs none) and the config."""
+
+    adapter: ModelAdapter
+    teacher: Teacher
+    config: CordConfig
+    judge: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class LossOutput:
+    """A micro-batch's differentiable loss, its scalar metrics and its generated-token count."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    num_generated_tokens: int
+
+
+# -- building blocks ---------------------------------------------------------------------------
+
+
+def _prompts(ctx: StepContext, batch: PairedBatch) -> tuple[PromptBatch, PromptBatch]:
+    cfg = ctx.config
+    x_a = ctx.adapter.audio_prompts(batch.audios, sampling_rate=batch.sampling_rate,
+                                    instruction=cfg.instruction or None)
+    x_t = ctx.adapter.text_prompts(batch.texts, instruction=cfg.instruction or None)
+    return x_a.to(ctx.device), x_t.to(ctx.device)
+
+
+def _fused() -> tuple[Callable, Callable]:
+    if not hasattr(cord_kernels, "fused_linear_cord_token_loss"):
+        raise RuntimeError(
+            "use_fused_linear=True needs cord_kernels.fused_linear_cord_token_loss and "
+            "fused_linear_token_logprobs, which this cord_kernels does not provide"
+        )
+    return cord_kernels.fused_linear_cord_token_loss, cord_kernels.fused_linear_token_logprobs
+
+
+def token_logprobs_of(
+    ctx: StepContext, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """(B, T) differentiable log p(completion token | prefix, prompt) under the student."""
+    labels = ids.masked_fill(~mask, -100)
+    if ctx.config.use_fused_linear:
+        _, fused_logprobs = _fused()
+        h = ctx.adapter.completion_hidden(prompts, ids, mask)
+        return fused_logprobs(h.hidden, h.weight, labels, bias=h.bias)
+    logits = ctx.adapter.completion_logits(prompts, ids, mask)
+    return cord_kernels.token_logprobs(logits, labels)
+
+
+def token_kl_loss(
+    ctx: StepContext,
+    x_a: PromptBatch,
+    x_t: PromptBatch,
+    rollouts: Rollouts,
+    *,
+    top_k: int,
+    alpha: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_tok on audio rollouts: (scalar loss, detached (B, T) per-token D for metrics)."""
+    cfg = ctx.config
+    ids, mask = rollouts.completion_ids, rollouts.completion_mask
+    tau = cfg.cord_kl_temperature
+    if cfg.use_fused_linear:
+        fused_loss, _ = _fused()
+        hs = ctx.adapter.completion_hidden(x_a, ids, mask)
+        ht = ctx.teacher.completion_hidden(x_t, ids, mask)
+        extra = {}
+        if ctx.teacher.kind != "live":  # the frozen teacher has its own LM head
+            if "teacher_weight" not in inspect.signature(fused_loss).parameters:
+                raise ValueError("use_fused_linear with teacher != 'live' needs a fused loss "
+                                 "that takes teacher_weight")
+            extra = {"teacher_weight": ht.weight, "teacher_bias": ht.bias}
+        loss = fused_loss(hs.hidden, ht.hidden, hs.weight, mask, bias=hs.bias, top_k=top_k,
+                          alpha=alpha, beta=beta, temperature=tau, **extra)
+        with torch.no_grad():  # D for the metrics, one sequence of logits at a time
+            kl = torch.stack([
+                cord_kernels.reverse_kl(_project(hs.hidden[i], hs.weight, hs.bias),
+                                        _project(ht.hidden[i], ht.weight, ht.bias),
+                                        temperature=tau)
+                for i in range(len(ids))
+            ])
+        return loss, kl.masked_fill(~mask, 0.0)
+    s = ctx.adapter.completion_logits(x_a, ids, mask)
+    u = ctx.teacher.completion_logits(x_t, ids, mask)
+    loss = cord_kernels.cord_token_loss(s, u, mask, top_k=top_k, alpha=alpha, beta=beta,
+                                        temperature=tau, reduction="batchmean")
+    with torch.no_grad():
+        kl = cord_kernels.reverse_kl(s.detach(), u, temperature=tau).masked_fill(~mask, 0.0)
+    return loss, kl
+
+
+def _project(hidden, weight, bias):
+    logits = hidden.float() @ weight.float().T
+    return logits if bias is None else logits + bias.float()
+
+
+def judge_rewards(
+    ctx: StepContext, questions: list[str], candidates: list[str], references: list[str]
+) -> torch.Tensor:
+    """Judge verdicts as float rewards, NaN where the judge could not decide (-1)."""
+    if ctx.judge is None:
+        raise ValueError(f"objective {ctx.config.objective!r} needs a judge (config 'judge')")
+    judge = getattr(ctx.judge, "judge", ctx.judge)  # a Judge is a callable
+    verdicts = list(judge(questions, candidates, references))
+    if len(verdicts) != len(candidates):
+        raise ValueError(f"the judge returned {len(verdicts)} verdicts for "
+                         f"{len(candidates)} candidates")
+    bad = [v for v in verdicts if v not in (-1, 0, 1)]
+    if bad:
+        raise ValueError(f"judge verdicts must be 1, 0 or -1, got {bad[:3]}")
+    return torch.tensor([math.nan if v == -1 else float(v) for v in verdicts],
+                        device=ctx.device)
+
+
+def text_references(ctx: StepContext, x_t: PromptBatch) -> list[str]:
+    """The model's own text answers y_hat ~ p(.|x^t) (the judge's references)."""
+    cfg = ctx.config
+    return sample(ctx.teacher.adapter, x_t, temperature=cfg.reference_temperature,
+                  max_new_tokens=cfg.max_completion_length, device=ctx.device).texts
+
+
+def sequence_loss(
+    ctx: StepContext, batch: PairedBatch, x_a: PromptBatch, references: list[str]
+) -> tuple[torch.Tensor, dict[str, float], int]:
+    """L_seq: GRPO over N audio rollouts per prompt, judged against the text references."""
+    cfg = ctx.config
+    n = cfg.num_generations
+    group = sample(ctx.adapter, x_a, num_generations=n, temperature=cfg.grpo_temperature,
+                   max_new_tokens=cfg.max_completion_length, device=ctx.device)
+    rewards = judge_rewards(ctx, [q for q in batch.texts for _ in range(n)], group.texts,
+                            [r for r in references for _ in range(n)])
+    lp = token_logprobs_of(ctx, group.prompts, group.completion_ids, group.completion_mask)
+    loss = cord_kernels.grpo_loss(lp, group.completion_mask, rewards, group_size=n)
+    stats = M.reward_stats(rewards)
+    stats["group_completion_length"] = float(group.lengths.float().mean())
+    return loss, stats, group.num_tokens
+
+
+def teacher_rollouts(ctx: StepContext, x_t: PromptBatch) -> Rollouts:
+    """y_hat ~ p_teacher(.|x^t): the targets of the SFT / FKL baselines."""
+    cfg = ctx.config
+    return sample(ctx.teacher.adapter, x_t, temperature=cfg.temperature,
+                  max_new_tokens=cfg.max_completion_length, device=ctx.device)
+
+
+def _tok_metrics(kl: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    out = M.kl_stats(kl, mask)
+    out["completion_length"] = float(mask.sum(-1).float().mean())
+    return out
+
+
+# -- the objectives ----------------------------------------------------------------------------
+
+
+def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = False,
+                   with_tok: bool = True, with_seq: bool = True) -> LossOutput:
+    """L_tok (+ w * L_seq); ``uniform`` gives OPD, ``with_tok=False`` plain GRPO."""
+    cfg = ctx.config
+    x_a, x_t = _prompts(ctx, batch)
+    metrics: dict[str, float] = {}
+    loss = torch.zeros((), device=ctx.device)
+    tokens = 0
+    references = None
+    if with_seq or (with_tok and ctx.judge is not None):
+        references = text_references(ctx, x_t)
+    if with_tok:
+        ro = sample(ctx.adapter, x_a, temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_completion_length, device=ctx.device)
+        top_k, alpha, beta = ((1, 1.0, 1.0) if uniform else
+                              (cfg.cord_top_k, cfg.cord_alpha, cfg.cord_position_beta))
+        l_tok, kl = token_kl_loss(ctx, x_a, x_t, ro, top_k=top_k, alpha=alpha, beta=beta)
+        loss = loss + l_tok
+        tokens += ro.num_tokens
+        metrics["l_tok"] = float(l_tok.detach())
+        metrics.update(_tok_metrics(kl, ro.completion_mask))
+        if references is not None and ctx.judge is not None:
+            agree = judge_rewards(ctx, batch.texts, ro.texts, references)
+            metrics["agreement"] = M.reward_stats(agree)["reward"]
+    if with_seq:
+        l_seq, stats, n_tok = sequence_loss(ctx, batch, x_a, references)
+        weight = cfg.cord_seq_weight if with_tok else 1.0
+        loss = loss + weight * l_seq
+        tokens += n_tok
+        metrics["l_seq"] = float(l_seq.detach())
+        metrics.update(stats)
+        if not with_tok:
+            metrics["agreement"] = stats["reward"]
+    return LossOutput(loss, metrics, tokens)
+
+
+def sft_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    """-sum_t log p(y_hat_t | ., x^a) / B on teacher rollouts y_hat ~ p(.|x^t)."""
+    x_a, x_t = _prompts(ctx, batch)
+    ro = teacher_rollouts(ctx, x_t)
+    return _sft_on(ctx, x_a, ro.completion_ids, ro.completion_mask)
+
+
+def _sft_on(ctx: StepContext, x_a: PromptBatch, ids, mask) -> LossOutput:
+    lp = token_logprobs_of(ctx, x_a, ids, mask)
+    loss = -torch.where(mask, lp, 0.0).sum() / max(len(ids), 1)
+    metrics = {"l_sft": float(loss.detach()), "completion_length": float(mask.sum(-1).float()
+                                                                         .mean())}
+    return LossOutput(loss, metrics, int(mask.sum()))
+
+
+def fkl_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    """sum_t KL(q_t || p_t) / B on teacher rollouts (the paper's forward-KL baseline)."""
+    cfg = ctx.config
+    x_a, x_t = _prompts(ctx, batch)
+    ro = teacher_rollouts(ctx, x_t)
+    ids, mask = ro.completion_ids, ro.completion_mask
+    if cfg.use_fused_linear:  # no fused forward KL: project one side at a time
+        hs = ctx.adapter.completion_hidden(x_a, ids, mask)
+        ht = ctx.teacher.completion_hidden(x_t, ids, mask)
+        s = _project(hs.hidden, hs.weight, hs.bias)
+        u = _project(ht.hidden, ht.weight, ht.bias)
+    else:
+        s = ctx.adapter.completion_logits(x_a, ids, mask)
+        u = ctx.teacher.completion_logits(x_t, ids, mask)
+    fkl = cord_kernels.forward_kl(s, u, temperature=cfg.cord_kl_temperature)
+    loss = torch.where(mask, fkl, 0.0).sum() / max(len(ids), 1)
+    with torch.no_grad():
+        rkl = cord_kernels.reverse_kl(s.detach(), u, temperature=cfg.cord_kl_temperature)
+    metrics = {"l_fkl": float(loss.detach())}
+    metrics.update(_tok_metrics(rkl.masked_fill(~mask, 0.0), mask))
+    return LossOutput(loss, metrics, ro.num_tokens)
+
+
+def alarm_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    """ALARM self-rephrasing: R0 ~ p(.|x^t), R = the model's rephrasing of R0 that does not
+    mention reading text, then SFT of R from the audio prompt."""
+    cfg = ctx.config
+    x_a, x_t = _prompts(ctx, batch)
+    first = teacher_rollouts(ctx, x_t)
+    asks = [cfg.alarm_rephrase_prompt.format(answer=r or "(no answer)") for r in first.texts]
+    x_r = ctx.teacher.adapter.text_prompts(asks).to(ctx.device)
+    rephrased = teacher_rollouts(ctx, x_r)
+    out = _sft_on(ctx, x_a, rephrased.completion_ids, rephrased.completion_mask)
+    out.num_generated_tokens += first.num_tokens
+    out.metrics["first_answer_length"] = float(first.lengths.float().mean())
+    return out
+
+
+OBJECTIVES: dict[str, Callable[[StepContext, PairedBatch], LossOutput]] = {
+    "cord": cord_objective,
+    "opd": lambda ctx, b: cord_objective(ctx, b, uniform=True, with_seq=False),
+    "grpo": lambda ctx, b: cord_objective(ctx, b, with_tok=False),
+    "sft": sft_objective,
+    "fkl": fkl_objective,
+    "alarm": alarm_objective,
+}
+
+#: Objectives whose loss needs judge verdicts (the others use a judge only for metrics).
+NEEDS_JUDGE = ("cord", "grpo")
+
+
+def compute_loss(ctx: StepContext, batch: Any) -> LossOutput:
+    """Runs ``ctx.config.objective`` on one micro-batch."""
+    name = ctx.config.objective
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+    if name == "cord" and ctx.config.cord_seq_weight == 0:
+        return cord_objective(ctx, PairedBatch.from_any(batch), with_seq=False)
+    return OBJECTIVES[name](ctx, PairedBatch.from_any(batch))

@@ -1,0 +1,452 @@
+"""``CordTrainer``: the CORD training loop on accelerate.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches per process; each micro-batch
+runs the configured objective (``cord.objectives``): on-policy rollouts from the audio prompts,
+the no-grad teacher pass on the text prompts, the loss, ``backward``. Then: gradient clipping, a
+NaN/Inf guard (a step whose loss or gradient norm is not finite is skipped, reported and leaves
+the weights, the optimizer and the schedule untouched), the AdamW step, the EMA teacher update,
+metrics and checkpoints.
+
+Distributed: run under ``accelerate launch`` (DDP, FSDP, DeepSpeed; see
+``examples/accelerate/``). Each process samples its own share of the global batch; losses are
+per-sequence means, so averaged gradients equal those of one process with the global batch.
+
+Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
+the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
+continues exactly where it stopped: data loading never draws from the global RNG, so the next
+rollouts are the ones the uninterrupted run would have sampled.
+
+Example:
+    >>> from cord.config import CordConfig
+    >>> metrics = train(CordConfig(objective="cord", max_steps=10, output_dir="runs/x"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cord import metrics as M
+from cord.adapter import ModelAdapter, Qwen2AudioAdapter, unwrap_model
+from cord.config import CordConfig
+from cord.objectives import NEEDS_JUDGE, StepContext, compute_loss
+from cord.teacher import Teacher
+
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+# -- building the pieces from a config ---------------------------------------------------------
+
+
+def build_adapter(config: CordConfig) -> ModelAdapter:
+    """``model="tiny"``: the offline tiny Qwen2-Audio; else a local Qwen2-Audio directory."""
+    if config.model == "tiny":
+        from cord.tiny import build_tiny_qwen2_audio
+
+        model, processor = build_tiny_qwen2_audio(seed=config.seed)
+    else:
+        path = Path(config.model)
+        if not path.is_dir():
+            raise ValueError(
+                f"model must be 'tiny' or a local model directory, got {config.model!r} "
+                "(nothing is downloaded: pass a directory holding a saved Qwen2-Audio)"
+            )
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, torch_dtype="auto"
+        )
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return Qwen2AudioAdapter(model, processor, system_prompt=config.system_prompt)
+
+
+def tone_audio(text: str, sampling_rate: int, *, seconds_per_char: float = 0.04,
+               max_seconds: float = 6.0) -> np.ndarray:
+    """A deterministic stand-in for speech: one short tone per character (its code sets the
+    pitch), so different texts give different audio. For tests and TTS-less demos."""
+    n_chars = max(1, min(len(text), int(max_seconds / seconds_per_char)))
+    n = int(seconds_per_char * sampling_rate)
+    t = np.arange(n, dtype=np.float32) / sampling_rate
+    tones = [0.3 * np.sin(2 * np.pi * (200.0 + 12.0 * (ord(c) % 128)) * t) for c in text[:n_chars]]
+    return np.concatenate(tones).astype(np.float32)
+
+
+def build_dataset(config: CordConfig, sampling_rate: int):
+    """The training prompts: a synthesized task (audio by eSpeak NG, or tones with
+    ``dataset_audio="tone"``) or ``cord.data.load_paired(config.dataset)``."""
+    from cord import data
+
+    makers = {"arithmetic": data.make_arithmetic_dataset,
+              "multiple_choice": data.make_multiple_choice_dataset}
+    if config.dataset not in makers:
+        return data.load_paired(config.dataset, sampling_rate=sampling_rate)
+    records = makers[config.dataset](config.dataset_size, seed=config.seed)
+    if config.dataset_audio == "tone":
+        for r in records:
+            r["audio"] = {"array": tone_audio(r["text"], sampling_rate),
+                          "sampling_rate": sampling_rate}
+        return records
+    from cord.spoken_math import to_spoken
+    from cord.tts import get_engine
+
+    engine = get_engine("espeak")
+    for r in _progress(records, desc="synthesizing audio", disable=config.disable_tqdm):
+        wave = engine.synthesize(to_spoken(r["text"]))
+        r["audio"] = {"array": data.resample(wave, engine.sample_rate, sampling_rate),
+                      "sampling_rate": sampling_rate}
+    return records
+
+
+def build_judge(config: CordConfig, adapter: ModelAdapter):
+    """``cord.judge.build_judge(config.judge)``; None for ``judge="none"``."""
+    if config.judge == "none":
+        return None
+    from cord.judge import build_judge as _build
+
+    if config.judge == "model":  # the policy itself asked whether the answers agree
+        bare = unwrap_model(adapter.model)
+        return _build(config.judge, model=bare, tokenizer=adapter.tokenizer)
+    return _build(config.judge)
+
+
+def _progress(items, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, **kw)
+
+
+def _collate(records: list) -> list:
+    return list(records)  # PairedBatch.from_any parses the records (and their sampling rates)
+
+
+# -- trainer state -----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerState:
+    """Where the run is: saved in every checkpoint (and as trainer_state.json)."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this process consumed in the current epoch
+    total_generated_tokens: int = 0
+    skipped_steps: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.__dict__.update({k: int(v) for k, v in state.items()})
+
+
+# -- the trainer -------------------------------------------------------------------------------
+
+
+class CordTrainer:
+    """Trains ``adapter.model`` with ``config.objective``.
+
+    Args:
+        config: a :class:`CordConfig`.
+        adapter: the model behind a :class:`cord.adapter.ModelAdapter`; built from
+            ``config.model`` when None.
+        train_dataset: anything indexable yielding paired records ``{id, text, audio={array,
+            sampling_rate}, answer}`` (a ``datasets.Dataset`` from ``cord.data.load_paired`` or
+            a list); built from ``config.dataset`` when None.
+        judge: an object with ``judge(questions, candidates, references) -> list[int]``; built
+            from ``config.judge`` when None.
+    """
+
+    def __init__(self, config: CordConfig, adapter: ModelAdapter | None = None,
+                 train_dataset=None, judge=None):
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+        if not isinstance(config, CordConfig):
+            raise TypeError(f"config must be a CordConfig, got {type(config).__name__}")
+        self.config = config
+        cfg = config
+        mixed = cfg.bf16 if cfg.bf16 is not None else (
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        report = [r for r in cfg.report_to if r != "none"]
+        self.output_dir = Path(cfg.output_dir)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision="bf16" if mixed else "no",
+            log_with=report or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "runs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                      data_seed=cfg.seed),
+            step_scheduler_with_optimizer=False,
+        )
+        acc = self.accelerator
+        set_seed(cfg.seed, device_specific=True)  # different rollouts on each process
+
+        self.adapter = adapter if adapter is not None else build_adapter(cfg)
+        model = self.adapter.model
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        self.teacher = Teacher(cfg.teacher, self.adapter, ema_decay=cfg.teacher_ema_decay)
+        self.teacher.to(acc.device)
+        self.judge = judge if judge is not None else build_judge(cfg, self.adapter)
+        if self.judge is None and cfg.objective in NEEDS_JUDGE and not (
+            cfg.objective == "cord" and cfg.cord_seq_weight == 0
+        ):
+            raise ValueError(f"objective={cfg.objective!r} needs a judge; set judge (not 'none')")
+        sr = int(getattr(self.adapter, "sampling_rate", 16000))
+        self.train_dataset = (train_dataset if train_dataset is not None
+                              else build_dataset(cfg, sr))
+        if len(self.train_dataset) == 0:
+            raise ValueError("train_dataset is empty")
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_size=cfg.per_device_train_batch_size, shuffle=True,
+            collate_fn=_collate, drop_last=False,
+        )
+        self.model, self.optimizer, self.dataloader = acc.prepare(model, optimizer, loader)
+        self.adapter = self.adapter.with_model(self.model)
+        self.teacher.set_student(self.adapter)
+
+        self.max_steps = self._total_steps()
+        from transformers import get_scheduler
+
+        # Not prepared: accelerate would step it once per process.
+        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=self.max_steps)
+        self.state = TrainerState()
+        acc.register_for_checkpointing(self.scheduler, self.state)
+        if cfg.teacher == "ema":
+            acc.register_for_checkpointing(self.teacher)
+        self.ctx = StepContext(self.adapter, self.teacher, cfg, self.judge, acc.device)
+        self.log_history: list[dict[str, Any]] = []
+
+    # -- schedule ------------------------------------------------------------------------
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.dataloader) / self.config.gradient_accumulation_steps))
+
+    def _total_steps(self) -> int:
+        if self.config.max_steps > 0:
+            return self.config.max_steps
+        return max(1, math.ceil(self.config.num_train_epochs * self._steps_per_epoch()))
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint directories in ``output_dir``, oldest first."""
+        found = [p for p in self.output_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[11:]))
+
+    def save_checkpoint(self) -> Path:
+        """Saves everything needed to resume exactly to ``output_dir/checkpoint-<step>``."""
+        acc = self.accelerator
+        path = self.output_dir / f"checkpoint-{self.state.global_step}"
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            (path / TRAINER_STATE_NAME).write_text(json.dumps(
+                {**self.state.state_dict(), "max_steps": self.max_steps,
+                 "log_history": self.log_history[-100:]}, indent=1))
+            self.config.to_yaml(path / "cord_config.yaml")
+            limit = self.config.save_total_limit
+            if limit:
+                for old in self.checkpoints()[:-limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restores model, optimizer, scheduler, RNG, teacher and trainer state."""
+        if str(path) == "latest":
+            found = self.checkpoints()
+            if not found:
+                raise FileNotFoundError(f"resume_from_checkpoint='latest' but {self.output_dir} "
+                                        "holds no checkpoint-* directory")
+            path = found[-1]
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
+        self.accelerator.load_state(str(path))
+        self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
+
+    def save_model(self, path: str | Path | None = None) -> Path:
+        """``save_pretrained`` of the model and processor (for ``cord eval`` / inference)."""
+        acc = self.accelerator
+        path = Path(path) if path is not None else self.output_dir / "final"
+        acc.wait_for_everyone()
+        bare = acc.unwrap_model(self.model)
+        bare.save_pretrained(str(path), is_main_process=acc.is_main_process,
+                             save_function=acc.save, state_dict=acc.get_state_dict(self.model))
+        if acc.is_main_process and hasattr(self.adapter, "processor"):
+            self.adapter.processor.save_pretrained(str(path))
+        acc.wait_for_everyone()
+        return path
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _batches(self):
+        """Yields micro-batches forever (epoch after epoch), resuming mid-epoch if needed.
+
+        Fetching runs under a forked RNG: the DataLoader draws a base seed from the global RNG
+        when an iterator starts, and that must not shift the rollouts after a resume."""
+        from accelerate import skip_first_batches
+
+        while True:
+            self.dataloader.set_epoch(self.state.epoch)
+            skip = self.state.batches_in_epoch
+            loader = skip_first_batches(self.dataloader, skip) if skip else self.dataloader
+            it = iter(loader)
+            while True:
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(it, None)
+                if batch is None:
+                    break
+                self.state.batches_in_epoch += 1
+                yield batch
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    def _log(self, metrics: dict[str, Any], bar) -> None:
+        acc = self.accelerator
+        self.log_history.append(metrics)
+        if bar is not None:
+            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "kl_p80", "reward")
+                             if isinstance(metrics.get(k), float) and math.isfinite(metrics[k])})
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with (self.output_dir / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(_jsonable(metrics)) + "\n")
+            line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            (bar.write if bar is not None else print)(line)
+        acc.log({k: v for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(v) and k != "step"}, step=metrics["step"])
+
+    def train(self) -> dict[str, Any]:
+        """Runs to ``max_steps``; returns the metrics of the last step."""
+        cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(self.output_dir / "cord_config.yaml")
+        if acc.log_with:
+            acc.init_trackers("cord", config=_hparams(cfg))
+        if cfg.resume_from_checkpoint:
+            self.load_checkpoint(cfg.resume_from_checkpoint)
+        bar = None
+        if acc.is_main_process and not cfg.disable_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.max_steps, initial=self.state.global_step, desc=cfg.objective,
+                       unit="step", dynamic_ncols=True)
+        last: dict[str, Any] = {}
+        batches = self._batches()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        while self.state.global_step < self.max_steps:
+            t0 = time.perf_counter()
+            parts, tokens, finite_loss = [], 0, True
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = next(batches)
+                with acc.accumulate(self.model):
+                    out = compute_loss(self.ctx, batch)
+                    finite_loss &= M.is_finite(out.loss.detach())
+                    acc.backward(out.loss)
+                parts.append({"loss": float(out.loss.detach()), **out.metrics})
+                tokens += out.num_generated_tokens
+            # Every process has all-reduced gradients here: the norm (and the verdict) agree.
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = float(acc.clip_grad_norm_(params, max_norm))
+            finite = _all_true(acc, finite_loss) and math.isfinite(grad_norm)
+            if finite:
+                self.optimizer.step()
+                if not acc.optimizer_step_was_skipped:
+                    self.scheduler.step()
+                    self.teacher.update()
+            else:
+                self.state.skipped_steps += 1
+                acc.print(f"step {self.state.global_step + 1}: non-finite "
+                          f"{'loss' if not finite_loss else 'gradient norm'}; step skipped")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.global_step += 1
+            self.state.total_generated_tokens += tokens
+            elapsed = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+
+            step = self.state.global_step
+            if step % cfg.logging_steps == 0 or step == self.max_steps or not finite:
+                from accelerate.utils import gather_object
+
+                all_parts = gather_object(parts)
+                all_tokens = sum(gather_object([tokens]))
+                metrics = M.mean_metrics(all_parts)
+                metrics.update(
+                    step=step, epoch=self.state.epoch, grad_norm=grad_norm,
+                    learning_rate=self.scheduler.get_last_lr()[0], skipped=not finite,
+                    generated_tokens=all_tokens,
+                    tokens_per_second=M.tokens_per_second(all_tokens, elapsed),
+                    step_seconds=elapsed,
+                )
+                self._log(metrics, bar)
+                last = metrics
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        final = self.output_dir / f"checkpoint-{self.state.global_step}"
+        if not final.is_dir():
+            self.save_checkpoint()
+        self.save_model()
+        acc.end_training()
+        return last
+
+
+def train(config: CordConfig, *, adapter: ModelAdapter | None = None, train_dataset=None,
+          judge=None) -> dict[str, Any]:
+    """Builds a :class:`CordTrainer` from ``config`` and trains; returns the final metrics."""
+    return CordTrainer(config, adapter=adapter, train_dataset=train_dataset, judge=judge).train()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _all_true(acc, flag: bool) -> bool:
+    if acc.num_processes == 1:
+        return bool(flag)
+    t = torch.tensor([0.0 if flag else 1.0], device=acc.device)
+    return bool(acc.reduce(t, reduction="sum").item() == 0)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in metrics.items()}
+
+
+def _hparams(cfg: CordConfig) -> dict[str, Any]:
+    """The config as TensorBoard hparams (scalars and strings only)."""
+    out = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, (bool, int, float, str)):
+            out[k] = v
+        elif v is not None:
+            out[k] = str(v)
+    out.pop("alarm_rephrase_prompt", None)
+    return out
