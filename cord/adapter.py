@@ -273,10 +273,11 @@ class ChatAdapter:
         was_training = model.training
         model.eval()
         try:
-            out = model.generate(
-                input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
-                **prompts.model_kwargs, **opts,
-            )
+            with gathered_parameters(self.model):
+                out = model.generate(
+                    input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
+                    **prompts.model_kwargs, **opts,
+                )
         finally:
             model.train(was_training)
         return out[:, prompts.input_ids.shape[1]:]
@@ -351,6 +352,30 @@ class ChatAdapter:
         new.__dict__.update(self.__dict__)
         new.model = model
         return new
+
+
+@contextmanager
+def gathered_parameters(model: nn.Module):
+    """Full parameters for ``generate`` under FSDP (v1) or DeepSpeed ZeRO-3 (no-op otherwise).
+
+    Sharded engines only hold full weights inside their own forward; ``generate`` runs the bare
+    model many times, so the shards are gathered once around the whole call."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover - torch without distributed
+        FSDP = None
+    if FSDP is not None and isinstance(model, FSDP):
+        with FSDP.summon_full_params(model, writeback=False, recurse=True):
+            yield
+        return
+    stage = getattr(model, "zero_optimization_stage", None)
+    if callable(stage) and stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield
+        return
+    yield
 
 
 @contextmanager

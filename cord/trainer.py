@@ -233,6 +233,7 @@ class CordTrainer:
             acc.register_for_checkpointing(self.teacher)
         self.ctx = StepContext(self.adapter, self.teacher, cfg, self.judge, acc.device)
         self.log_history: list[dict[str, Any]] = []
+        self._last_saved_step = -1
 
     # -- schedule ------------------------------------------------------------------------
 
@@ -256,6 +257,7 @@ class CordTrainer:
         acc = self.accelerator
         path = self.output_dir / f"checkpoint-{self.state.global_step}"
         acc.save_state(str(path))
+        self._last_saved_step = self.state.global_step
         if acc.is_main_process:
             (path / TRAINER_STATE_NAME).write_text(json.dumps(
                 {**self.state.state_dict(), "max_steps": self.max_steps,
@@ -280,6 +282,7 @@ class CordTrainer:
         if not path.is_dir():
             raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
         self.accelerator.load_state(str(path))
+        self._last_saved_step = self.state.global_step
         self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
 
     def save_model(self, path: str | Path | None = None) -> Path:
@@ -393,7 +396,8 @@ class CordTrainer:
                 all_tokens = sum(gather_object([tokens]))
                 metrics = M.mean_metrics(all_parts)
                 metrics.update(
-                    step=step, epoch=self.state.epoch, grad_norm=grad_norm,
+                    step=step, grad_norm=grad_norm,
+                    epoch=self.state.epoch + self.state.batches_in_epoch / len(self.dataloader),
                     learning_rate=self.scheduler.get_last_lr()[0], skipped=not finite,
                     generated_tokens=all_tokens,
                     tokens_per_second=M.tokens_per_second(all_tokens, elapsed),
@@ -405,8 +409,7 @@ class CordTrainer:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
-        final = self.output_dir / f"checkpoint-{self.state.global_step}"
-        if not final.is_dir():
+        if self._last_saved_step != self.state.global_step:
             self.save_checkpoint()
         self.save_model()
         acc.end_training()
