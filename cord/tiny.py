@@ -70,11 +70,12 @@ QWEN2_AUDIO_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int = 512):
+def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None):
     """A fast tokenizer (``PreTrainedTokenizerFast``) with Qwen2-Audio's special tokens.
 
     Byte-level BPE trained on the built-in words plus ``vocab_words``; every byte is in the
-    alphabet, so any text round-trips. ``eos_token`` is ``<|im_end|>``, ``pad_token`` is
+    alphabet, so any text round-trips. ``vocab_size=None`` merges until every listed word (with
+    and without a leading space) is one token; a number caps the vocabulary instead. ``eos_token`` is ``<|im_end|>``, ``pad_token`` is
     ``<|endoftext|>``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -96,13 +97,14 @@ def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int = 512):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size or 1_000_000,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Each word in both "word" and " word" form, repeated so every merge clears min_frequency.
-    corpus = [" ".join(words)] * 4 + [" ".join(letters), "0123456789 +-*/=.,?!:()"]
+    # Each word as "word", " word", "Word" and " Word" (sentence-initial, mid-sentence).
+    forms = {f for w in words for f in (w, " " + w, w.capitalize(), " " + w.capitalize())}
+    corpus = sorted(forms) * 2 + [" ".join(letters), "0123456789 +-*/=.,?!:()"]
     tok.train_from_iterator(corpus, trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -119,7 +121,7 @@ def build_tiny_qwen2_audio(
     *,
     seed: int = 0,
     vocab_words=None,
-    vocab_size: int = 512,
+    vocab_size: int | None = None,
     hidden_size: int = 64,
     num_layers: int = 2,
     num_attention_heads: int = 4,
@@ -139,7 +141,7 @@ def build_tiny_qwen2_audio(
     Args:
         seed: torch seed for the weights (the same seed gives the same model).
         vocab_words: extra words to merge into single tokens (e.g. a dataset's vocabulary).
-        vocab_size: BPE vocabulary size before special tokens (at least 256 + specials).
+        vocab_size: cap on the BPE vocabulary (None: every listed word is one token).
         hidden_size, num_layers, num_attention_heads, num_key_value_heads, intermediate_size:
             the Qwen2 language model.
         audio_d_model, audio_layers, audio_heads, num_mel_bins: the Whisper-style audio encoder.
