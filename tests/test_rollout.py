@@ -1,0 +1,145 @@
+"""Rollouts, completion masks, and the student/teacher alignment on completion tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cord.adapter import Qwen2AudioAdapter
+from cord.rollout import completion_mask, sample, text_references
+from cord.teacher import Teacher
+from cord.tiny import build_tiny_qwen2_audio
+from cord.trainer import tone_audio
+
+QUESTIONS = ["What is 1 + 2?", "What is 13 * 4? Think.", "Which is larger, 7 or 9?"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    model, processor = build_tiny_qwen2_audio(seed=0)
+    return Qwen2AudioAdapter(model, processor)
+
+
+def _audio_prompts(adapter, texts=QUESTIONS):
+    return adapter.audio_prompts([tone_audio(t, 16000) for t in texts], sampling_rate=16000)
+
+
+@pytest.mark.parametrize(
+    "ids, expected",
+    [
+        pytest.param([[5, 6, 2, 0, 0]], [[1, 1, 1, 0, 0]], id="eos-mid-kept"),
+        pytest.param([[2, 7, 7]], [[1, 0, 0]], id="eos-first"),
+        pytest.param([[5, 6, 7]], [[1, 1, 1]], id="no-eos-truncated"),
+        pytest.param([[5, 2, 2, 2]], [[1, 1, 0, 0]], id="only-first-eos"),
+        pytest.param([[5, 9, 4], [2, 5, 5]], [[1, 1, 0], [1, 0, 0]], id="second-eos-id"),
+    ],
+)
+def test_completion_mask_stops_at_first_eos(ids, expected):
+    mask = completion_mask(torch.tensor(ids), eos_token_ids=[2, 9])
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [[bool(x) for x in row] for row in expected]
+
+
+def test_completion_mask_bad_input():
+    with pytest.raises(ValueError, match="completion_ids"):
+        completion_mask(torch.zeros(3, dtype=torch.long), [2])
+    with pytest.raises(ValueError, match="eos_token_ids"):
+        completion_mask(torch.zeros(1, 3, dtype=torch.long), [])
+
+
+def test_sampled_masks_stop_at_eos():
+    model, processor = build_tiny_qwen2_audio(seed=3)
+    # Make EOS likely (~20% a step) so the rollouts end at different lengths.
+    eos = processor.tokenizer.eos_token_id
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight * 0.1)
+        head.bias.zero_()
+        head.bias[eos] = 6.0
+    model.lm_head = head
+    adapter = Qwen2AudioAdapter(model, processor)
+    torch.manual_seed(0)
+    ro = sample(adapter, _audio_prompts(adapter), num_generations=4, temperature=1.0,
+                max_new_tokens=12)
+    ids, mask = ro.completion_ids, ro.completion_mask
+    ended = 0
+    for row_ids, row_mask in zip(ids, mask, strict=True):
+        n = int(row_mask.sum())
+        assert row_mask[:n].all() and not row_mask[n:].any()  # a prefix
+        eos_at = (row_ids == eos).nonzero()
+        if len(eos_at):
+            ended += 1
+            assert int(eos_at[0]) == n - 1  # the first EOS is the last kept token
+            assert (row_ids[n:] == adapter.pad_token_id).all()
+        else:
+            assert n == ids.shape[1]
+    assert ended >= 3 and len(set(mask.sum(-1).tolist())) > 1
+
+
+def test_groups_are_consecutive_copies_of_a_prompt(adapter):
+    x_a = _audio_prompts(adapter, QUESTIONS[:2])
+    ro = sample(adapter, x_a, num_generations=3, temperature=1.5, max_new_tokens=5)
+    assert ro.completion_ids.shape[0] == 6 and ro.group_size == 3 and len(ro.texts) == 6
+    for i in range(2):
+        for j in range(3):
+            assert torch.equal(ro.prompts.input_ids[3 * i + j], x_a.input_ids[i])
+            assert torch.equal(ro.prompts.model_kwargs["input_features"][3 * i + j],
+                               x_a.model_kwargs["input_features"][i])
+
+
+def test_greedy_is_deterministic_and_references_are_text_answers(adapter):
+    x_a = _audio_prompts(adapter, QUESTIONS[:2])
+    a = sample(adapter, x_a, temperature=0.0, max_new_tokens=6)
+    b = sample(adapter, x_a, temperature=0.0, max_new_tokens=6)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    refs = text_references(adapter, QUESTIONS[:2], temperature=0.0, max_new_tokens=6)
+    x_t = adapter.text_prompts(QUESTIONS[:2])
+    direct = sample(adapter, x_t, temperature=0.0, max_new_tokens=6)
+    assert refs == direct.texts
+    with pytest.raises(ValueError, match="num_generations"):
+        sample(adapter, x_a, num_generations=0)
+
+
+def _manual_logits(model, input_ids, prompt_len, **extra):
+    """One unpadded sequence through the model; rows that predict the completion tokens."""
+    out = model(input_ids=input_ids[None], **extra)
+    return out.logits[0, prompt_len - 1 : input_ids.shape[0] - 1]
+
+
+@pytest.mark.parametrize("kind", ["live", "base", "ema"])
+def test_student_and_teacher_logits_align_with_a_manual_forward(adapter, kind):
+    x_a = _audio_prompts(adapter)
+    x_t = adapter.text_prompts(QUESTIONS)
+    torch.manual_seed(1)
+    ro = sample(adapter, x_a, temperature=1.0, max_new_tokens=6)
+    ids, mask = ro.completion_ids, ro.completion_mask
+    teacher = Teacher(kind, adapter, ema_decay=0.5)
+    student = adapter.completion_logits(x_a, ids, mask)
+    taught = teacher.completion_logits(x_t, ids, mask)
+    assert student.shape == taught.shape == (*ids.shape, student.shape[-1])
+    assert student.requires_grad and not taught.requires_grad and taught.grad_fn is None
+    model = adapter.model
+    for i in range(len(QUESTIONS)):
+        n = int(mask[i].sum())
+        comp = ids[i, :n]
+        # Student: the audio prompt without its left padding, then the completion.
+        p_a = x_a.input_ids[i][x_a.attention_mask[i].bool()]
+        ref_s = _manual_logits(model, torch.cat([p_a, comp, comp[:1]]), len(p_a),
+                               input_features=x_a.model_kwargs["input_features"][i : i + 1],
+                               feature_attention_mask=x_a.model_kwargs[
+                                   "feature_attention_mask"][i : i + 1])
+        torch.testing.assert_close(student[i, :n], ref_s[:n], rtol=1e-4, atol=1e-4)
+        # Teacher: the text prompt + the SAME completion tokens.
+        p_t = x_t.input_ids[i][x_t.attention_mask[i].bool()]
+        ref_t = _manual_logits(model, torch.cat([p_t, comp, comp[:1]]), len(p_t))
+        torch.testing.assert_close(taught[i, :n], ref_t[:n], rtol=1e-4, atol=1e-4)
+    # The audio and text conditionings do differ (the test is not comparing a thing to itself).
+    assert (student[:, 0] - taught[:, 0]).abs().max() > 1e-3
