@@ -1,0 +1,200 @@
+"""Every objective end to end on the tiny model: it trains (parameters move), losses are the
+ones the paper defines, the teacher gets no gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cord_kernels
+from cord.adapter import Qwen2AudioAdapter
+from cord.config import CordConfig
+from cord.objectives import OBJECTIVES, PairedBatch, StepContext, judge_rewards
+from cord.teacher import Teacher
+from cord.tiny import build_tiny_qwen2_audio
+from cord.trainer import CordTrainer, tone_audio
+
+TEXTS = ["What is 1 + 2?", "What is 3 * 4?", "What is 9 - 5?", "What is 7 + 7?"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def records(texts=TEXTS, sr=16000):
+    return [{"id": str(i), "text": t, "answer": None,
+             "audio": {"array": tone_audio(t, sr), "sampling_rate": sr}}
+            for i, t in enumerate(texts)]
+
+
+class AlternatingJudge:
+    """Hand-made verdicts 1, 0, 1, 0, ...: every GRPO group of 2 gets advantages +-0.5."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, questions, candidates, references):
+        self.calls.append((list(questions), list(candidates), list(references)))
+        return [1 - i % 2 for i in range(len(candidates))]
+
+
+def tiny_config(tmp_path, **kw):
+    base = dict(model="tiny", max_steps=2, per_device_train_batch_size=2,
+                max_completion_length=6, num_generations=2, learning_rate=1e-3,
+                output_dir=str(tmp_path), report_to=["none"], save_steps=0,
+                disable_tqdm=True, seed=0)
+    base.update(kw)
+    return CordConfig(**base)
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_each_objective_trains_two_steps(tmp_path, objective):
+    judge = AlternatingJudge()
+    config = tiny_config(tmp_path, objective=objective)
+    trainer = CordTrainer(config, train_dataset=records(), judge=judge)
+    before = snapshot(trainer.model)
+    metrics = trainer.train()
+    after = snapshot(trainer.model)
+    assert metrics["step"] == 2 and not metrics["skipped"]
+    assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert changed, "no parameter moved"
+    # The language model and the audio side both learn (except text-only SFT targets, which
+    # still reach the audio encoder through the audio prompt).
+    assert any("language_model" in n for n in changed)
+    assert any("audio_tower" in n or "multi_modal_projector" in n for n in changed)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    if objective in ("cord", "grpo"):
+        assert judge.calls and metrics["reward"] == pytest.approx(0.5)
+        assert metrics["l_seq"] != 0.0
+    if objective in ("cord", "opd", "fkl"):
+        assert metrics["kl_mean"] >= 0 and metrics["kl_p80"] >= 0
+
+
+def test_opd_is_the_uniform_reverse_kl(tmp_path):
+    # OPD: L_tok = sum_t D_t / B = mean D * mean completion length (uniform weights).
+    trainer = CordTrainer(tiny_config(tmp_path, objective="opd", max_steps=1),
+                          train_dataset=records(), judge=None)
+    m = trainer.train()
+    assert m["l_tok"] == pytest.approx(m["kl_mean"] * m["completion_length"], rel=1e-4)
+
+
+def test_cord_weights_raise_the_token_loss_over_opd(tmp_path):
+    # Same rollouts (greedy), same model: alpha = beta = 2 weights every token by >= 1.
+    out = {}
+    for objective in ("opd", "cord"):
+        cfg = tiny_config(tmp_path / objective, objective=objective, temperature=0.0,
+                          cord_seq_weight=0.0, max_steps=1, learning_rate=1e-9)
+        out[objective] = CordTrainer(cfg, train_dataset=records(), judge=None).train()
+    assert out["cord"]["kl_mean"] == pytest.approx(out["opd"]["kl_mean"], rel=1e-5)
+    assert out["opd"]["l_tok"] < out["cord"]["l_tok"] <= 4 * out["opd"]["l_tok"]
+
+
+@pytest.mark.parametrize("kind", ["base", "ema"])
+def test_frozen_teachers_get_no_gradient(tmp_path, kind):
+    trainer = CordTrainer(tiny_config(tmp_path, objective="cord", teacher=kind,
+                                      teacher_ema_decay=0.5),
+                          train_dataset=records(), judge=AlternatingJudge())
+    frozen_before = {n: p.clone() for n, p in trainer.teacher.frozen.named_parameters()}
+    student_before = snapshot(trainer.model)
+    trainer.train()
+    student_after = snapshot(trainer.model)
+    for name, p in trainer.teacher.frozen.named_parameters():
+        assert p.grad is None and not p.requires_grad
+        if kind == "base":
+            assert torch.equal(p, frozen_before[name])
+    if kind == "ema":  # ema = d * ema + (1 - d) * student after each step, d = 0.5
+        name = "lm_head.weight"
+        s0, s2 = student_before[name], student_after[name]
+        ema = dict(trainer.teacher.frozen.named_parameters())[name]
+        assert not torch.equal(ema, frozen_before[name])
+        # Between the initial and the current student weights.
+        lo, hi = torch.minimum(s0, s2) - 1e-3, torch.maximum(s0, s2) + 1e-3
+        assert ((ema >= lo) & (ema <= hi)).float().mean() > 0.95
+
+
+def test_live_teacher_pass_carries_no_gradient():
+    model, processor = build_tiny_qwen2_audio(seed=0)
+    adapter = Qwen2AudioAdapter(model, processor)
+    teacher = Teacher("live", adapter)
+    x_a = adapter.audio_prompts([tone_audio(t, 16000) for t in TEXTS[:2]], sampling_rate=16000)
+    x_t = adapter.text_prompts(TEXTS[:2])
+    ids = torch.randint(10, 500, (2, 5))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    s = adapter.completion_logits(x_a, ids, mask)
+    u = teacher.completion_logits(x_t, ids, mask)
+    assert not u.requires_grad
+    loss = cord_kernels.cord_token_loss(s, u, mask)
+    (g_s,) = torch.autograd.grad(loss, s, retain_graph=True)
+    # The gradient wrt the student logits is the reverse-KL one with q held constant.
+    s_ = s.detach().requires_grad_(True)
+    ref = cord_kernels.cord_token_loss(s_, u.clone(), mask, impl="torch")
+    (g_ref,) = torch.autograd.grad(ref, s_)
+    torch.testing.assert_close(g_s, g_ref, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="teacher"):
+        Teacher("frozen", adapter)
+
+
+def test_judge_rewards_map_unjudged_to_nan():
+    ctx = StepContext(adapter=None, teacher=None, config=CordConfig(), judge=lambda q, c, r: [
+        1, 0, -1])
+    r = judge_rewards(ctx, ["q"] * 3, ["a", "b", "c"], ["x"] * 3)
+    assert r[:2].tolist() == [1.0, 0.0] and math.isnan(r[2])
+    bad = StepContext(None, None, CordConfig(), judge=lambda q, c, r: [2, 0, 1])
+    with pytest.raises(ValueError, match="verdicts"):
+        judge_rewards(bad, ["q"] * 3, ["a", "b", "c"], ["x"] * 3)
+    none = StepContext(None, None, CordConfig(), judge=None)
+    with pytest.raises(ValueError, match="judge"):
+        judge_rewards(none, ["q"], ["a"], ["x"])
+
+
+def test_alarm_rephrases_the_text_answer_before_sft(tmp_path):
+    cfg = tiny_config(tmp_path, objective="alarm", max_steps=1,
+                      alarm_rephrase_prompt="Say it as if heard: {answer}")
+    trainer = CordTrainer(cfg, train_dataset=records(), judge=None)
+    seen = []
+    original = trainer.adapter.text_prompts
+
+    def spy(texts, **kw):
+        seen.extend(texts)
+        return original(texts, **kw)
+
+    trainer.ctx.teacher._student.text_prompts = spy
+    m = trainer.train()
+    rephrase_asks = [t for t in seen if t.startswith("Say it as if heard: ")]
+    assert len(rephrase_asks) == 2 and m["first_answer_length"] > 0
+
+
+def test_paired_batch_parsing_errors():
+    recs = records(TEXTS[:2])
+    b = PairedBatch.from_any(recs)
+    assert b.texts == TEXTS[:2] and b.sampling_rate == 16000 and len(b) == 2
+    recs[1]["audio"]["sampling_rate"] = 8000
+    with pytest.raises(ValueError, match="sampling rate"):
+        PairedBatch.from_any(recs)
+    with pytest.raises(ValueError, match="'audio'"):
+        PairedBatch.from_any({"text": ["x"]})
+
+
+def test_fused_linear_flag(tmp_path):
+    cfg = tiny_config(tmp_path, objective="opd", max_steps=1, use_fused_linear=True)
+    trainer = CordTrainer(cfg, train_dataset=records(), judge=None)
+    if not hasattr(cord_kernels, "fused_linear_cord_token_loss"):
+        with pytest.raises(RuntimeError, match="fused_linear_cord_token_loss"):
+            trainer.train()
+        return
+    fused = trainer.train()
+    plain = CordTrainer(tiny_config(tmp_path / "plain", objective="opd", max_steps=1),
+                        train_dataset=records(), judge=None).train()
+    assert fused["l_tok"] == pytest.approx(plain["l_tok"], rel=1e-4)
