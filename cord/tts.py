@@ -228,9 +228,9 @@ class KokoroEngine:
     """Kokoro-82M (24,000 Hz), the TTS the paper used, from weights already on disk.
 
     It never downloads: the model checkpoint, its ``config.json`` and a voice ``.pt`` file must
-    be local paths, and the Hugging Face hub is switched to offline mode while the pipeline is
-    built. For American/British English (``lang_code`` ``"a"``/``"b"``) Kokoro's grapheme-to-
-    phoneme step (misaki) also needs the spaCy model ``en_core_web_sm`` installed.
+    be local paths (the model is built from them and handed to the pipeline, so Kokoro has
+    nothing to fetch). For American/British English (``lang_code`` ``"a"``/``"b"``) Kokoro's
+    grapheme-to-phoneme step (misaki) also needs the spaCy model ``en_core_web_sm`` installed.
 
     Args:
         model_path: the ``kokoro-v1_0.pth`` checkpoint.
@@ -243,6 +243,7 @@ class KokoroEngine:
     """
 
     sample_rate = 24_000
+    REPO_ID = "hexgrad/Kokoro-82M"
 
     def __init__(
         self,
@@ -278,11 +279,18 @@ class KokoroEngine:
             )
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import inspect
+
         from kokoro import KModel, KPipeline
 
-        model = KModel(config=str(config_path), model=str(model_path)).to(device).eval()
-        self._pipeline = KPipeline(lang_code=lang_code, repo_id="hexgrad/Kokoro-82M", model=model)
+        # With a local config, checkpoint and voice file, and a model instance handed to the
+        # pipeline, Kokoro has nothing to fetch. ``repo_id`` only names the model (newer
+        # releases warn without it); older releases do not take it.
+        kwargs: dict[str, Any] = {"config": str(config_path), "model": str(model_path)}
+        if "repo_id" in inspect.signature(KModel).parameters:
+            kwargs["repo_id"] = self.REPO_ID
+        model = KModel(**kwargs).to(device).eval()
+        self._pipeline = KPipeline(lang_code=lang_code, repo_id=self.REPO_ID, model=model)
         self.voice = ",".join(voices)
         self.speed = float(speed)
 

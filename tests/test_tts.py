@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -98,6 +99,81 @@ def test_kokoro_needs_local_package_and_weights(tmp_path):
     # With the package installed, missing weight files give FileNotFoundError instead.
     with pytest.raises((ImportError, FileNotFoundError), match="kokoro|local"):
         KokoroEngine(tmp_path / "missing.pth", tmp_path / "config.json", tmp_path / "af.pt")
+
+
+@pytest.fixture
+def fake_kokoro(monkeypatch):
+    """A stand-in ``kokoro`` package with Kokoro's API (KModel, KPipeline yielding
+    (graphemes, phonemes, audio) per chunk), recording how it was called."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import torch
+
+    calls = {}
+
+    class KModel:
+        def __init__(self, repo_id=None, config=None, model=None, disable_complex=False):
+            calls["model"] = {"repo_id": repo_id, "config": config, "model": model}
+
+        def to(self, device):
+            calls["device"] = device
+            return self
+
+        def eval(self):
+            return self
+
+    class KPipeline:
+        def __init__(self, lang_code, repo_id=None, model=True, **kwargs):
+            assert isinstance(model, KModel), "the engine must hand its model to the pipeline"
+            calls["pipeline"] = {"lang_code": lang_code, "repo_id": repo_id}
+
+        def __call__(self, text, voice=None, speed=1):
+            calls["call"] = {"text": text, "voice": voice, "speed": speed}
+            for n in (2400, 1200):  # two chunks: 0.1 s and 0.05 s at 24 kHz
+                yield "g", "p", torch.full((n,), 0.25)
+
+    module = types.ModuleType("kokoro")
+    module.__spec__ = importlib.machinery.ModuleSpec("kokoro", None)
+    module.KModel, module.KPipeline = KModel, KPipeline
+    monkeypatch.setitem(sys.modules, "kokoro", module)
+    return calls
+
+
+def test_kokoro_engine_plumbing_with_local_files(tmp_path, fake_kokoro):
+    for name in ("kokoro-v1_0.pth", "config.json", "ef_dora.pt"):
+        (tmp_path / name).write_bytes(b"")
+    engine = get_engine(
+        "kokoro",
+        model_path=tmp_path / "kokoro-v1_0.pth",
+        config_path=tmp_path / "config.json",
+        voice=str(tmp_path / "ef_dora.pt"),
+        lang_code="e",  # Spanish goes through espeak G2P, so no spaCy model is needed
+        speed=1.2,
+    )
+    assert isinstance(engine, TTSEngine) and engine.sample_rate == 24_000
+    audio = engine.synthesize("hola")
+    assert audio.dtype == np.float32 and audio.shape == (3600,)  # the chunks, concatenated
+    np.testing.assert_allclose(audio, 0.25)
+    assert fake_kokoro["model"]["model"] == str(tmp_path / "kokoro-v1_0.pth")
+    assert fake_kokoro["model"]["config"] == str(tmp_path / "config.json")
+    assert fake_kokoro["call"] == {"text": "hola", "voice": str(tmp_path / "ef_dora.pt"),
+                                   "speed": 1.2}  # fmt: skip
+
+
+def test_kokoro_engine_errors_with_package_present(tmp_path, fake_kokoro):
+    (tmp_path / "m.pth").write_bytes(b"")
+    (tmp_path / "c.json").write_bytes(b"")
+    (tmp_path / "v.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="model_path must be an existing local file"):
+        KokoroEngine(tmp_path / "nope.pth", tmp_path / "c.json", str(tmp_path / "v.pt"))
+    with pytest.raises(FileNotFoundError, match="voice must be one or more existing local .pt"):
+        KokoroEngine(tmp_path / "m.pth", tmp_path / "c.json", "af_heart")  # a hub name
+    if importlib.util.find_spec("en_core_web_sm") is None:
+        with pytest.raises(ImportError, match="en_core_web_sm"):
+            KokoroEngine(tmp_path / "m.pth", tmp_path / "c.json", str(tmp_path / "v.pt"))
+    assert "model" not in fake_kokoro  # nothing was built
 
 
 # ---------------------------------------------------------------------------------------------
