@@ -175,7 +175,7 @@ def synthesize_dataset(
             _write_wav_atomic(wav_path, audio, engine.sample_rate)
             written += 1
             seconds += len(audio) / engine.sample_rate
-        bar.set_postfix(written=written, skipped=skipped)
+        bar.set_postfix(written=written, skipped=skipped, refresh=False)
         audio_ref = (
             os.path.relpath(wav_path, link_base)
             if link_base is not None

@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cord.spoken_math import fraction_words, number_to_words, ordinal_words, to_spoken
 from cord.tts import EspeakEngine, KokoroEngine, TTSEngine, get_engine
@@ -379,3 +381,17 @@ def test_synth_reads_csv_and_honours_limit(tmp_path):
     lines = (out / "paired.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[0])["spoken_text"] == RECORDS[0]["text"]
+
+
+_MATH_PIECES = list("0123456789xyAB +-*/=^_{}()[]$\\%!.,<>|²√π") + [
+    "\\frac", "\\sqrt", "\\times", "\\left(", "\\text{", "\n",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_MATH_PIECES), max_size=30).map("".join))
+def test_to_spoken_never_fails_on_math_like_text(text):
+    spoken = to_spoken(text)
+    assert isinstance(spoken, str)
+    assert spoken == spoken.strip() and "  " not in spoken
+    assert to_spoken(text) == spoken
