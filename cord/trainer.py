@@ -395,6 +395,8 @@ class CordTrainer:
                 all_parts = gather_object(parts)
                 all_tokens = sum(gather_object([tokens]))
                 metrics = M.mean_metrics(all_parts)
+                # The loss of a skipped step is reported as it was (NaN/Inf), not averaged away.
+                metrics["loss"] = float(np.mean([p["loss"] for p in all_parts]))
                 metrics.update(
                     step=step, grad_norm=grad_norm,
                     epoch=self.state.epoch + self.state.batches_in_epoch / len(self.dataloader),
