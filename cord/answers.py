@@ -202,10 +202,15 @@ def extract_math_answer(text: str | None) -> str | None:
     cues = list(_ANSWER_CUE.finditer(text))
     if cues:
         span = _clean_span(cues[-1].group("span"))
-        if span:
-            words = _WORD_NUMBER.fullmatch(span.strip())
-            value = _words_to_number(words.group()) if words else None
-            return str(value) if value is not None else span
+        words = _WORD_NUMBER.fullmatch(span)
+        value = _words_to_number(words.group()) if words else None
+        if value is not None:
+            return str(value)
+        # A math-looking span ("42", "x+1", "\frac{1}{2}", "pi") is the answer; prose after
+        # a cue ("as a result: we add them") is not, and the last number decides instead.
+        prose = len(re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", span)) >= 3
+        if span and not prose:
+            return span
     numbers = _NUMBER.findall(text)
     if numbers:
         return numbers[-1].replace(",", "").replace(" ", "")

@@ -68,6 +68,8 @@ MATH_CASES = [
     ("the answer is twelve", "12"),
     ("The final answer is forty-two.", "42"),
     ("It is minus five", "-5"),
+    ("As a result: we add the two numbers and get 9", "9"),  # prose after a cue
+    ("The answer is pi", "pi"),
     ("nothing here", None),
     ("", None),
     (None, None),
