@@ -8,8 +8,10 @@ each text (after spoken-form normalisation of math by default) and writes::
                                 (relative to the JSONL, which is how load_paired resolves it)
                                 and "spoken_text": what the engine was given
 
-It is resumable: a WAV that already exists is kept (files are written to a temporary name and
-renamed, so an interrupted run never leaves a truncated WAV behind). Example::
+It is resumable: a WAV that already exists is kept unless the previous output JSONL shows it
+was spoken from a different text (files are written to a temporary name and renamed, so an
+interrupted run never leaves a truncated WAV behind). A change of engine or voice is not
+detected: pass ``--overwrite`` then. Example::
 
     cord synth questions.jsonl --output-dir data/synth --engine espeak --voice en-us
 """
@@ -100,6 +102,22 @@ def _write_wav_atomic(path: Path, audio: Any, sample_rate: int) -> None:
     os.replace(tmp, path)
 
 
+def _previous_spoken_texts(jsonl_path: Path | None) -> dict[str, str]:
+    """``id -> spoken_text`` from an earlier run's output JSONL (empty if there is none)."""
+    if jsonl_path is None or not jsonl_path.is_file():
+        return {}
+    previous = {}
+    with open(jsonl_path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # an unreadable line only means that record is not known
+            if isinstance(record, dict) and "spoken_text" in record and "id" in record:
+                previous[str(record["id"])] = record["spoken_text"]
+    return previous
+
+
 def synthesize_dataset(
     records: Sequence[Mapping[str, Any]],
     out_dir: str | os.PathLike,
@@ -119,7 +137,8 @@ def synthesize_dataset(
         out_dir: output folder, created if needed.
         engine: a :class:`cord.tts.TTSEngine` or an engine name for :func:`cord.tts.get_engine`.
         spoken_math: normalise math to words first (:func:`cord.spoken_math.to_spoken`).
-        overwrite: re-synthesise WAVs that exist (default: keep them, i.e. resume).
+        overwrite: re-synthesise WAVs that exist (default: keep them, i.e. resume, unless the
+            previous ``output_jsonl`` records a different spoken text for that id).
         output_jsonl: where to write the output records; relative paths are under ``out_dir``;
             None writes no file.
         progress: show a tqdm progress bar.
@@ -153,6 +172,7 @@ def synthesize_dataset(
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"record {record_id!r}: {text_key!r} is missing or empty ({text!r})")
 
+    previous = _previous_spoken_texts(jsonl_path)
     written = skipped = 0
     seconds = 0.0
     outputs = []
@@ -166,7 +186,9 @@ def synthesize_dataset(
     for record, record_id in bar:
         spoken = to_spoken(record[text_key]) if spoken_math else record[text_key]
         wav_path = audio_dir / audio_filename(record_id)
-        if wav_path.exists() and not overwrite:
+        # Resume: keep a WAV unless asked to redo it or the text it was made from changed.
+        stale = previous.get(record_id, spoken) != spoken
+        if wav_path.exists() and not overwrite and not stale:
             skipped += 1
         else:
             audio = engine.synthesize(spoken)

@@ -341,6 +341,12 @@ def test_cord_synth_end_to_end_and_resume(tmp_path, capsys):
         if w.name != os.path.basename(lines[1]["audio"]):
             assert w.stat().st_mtime_ns == mtimes[w.name]
 
+    # A record whose text changed since the last run is re-synthesised, the others kept.
+    _write_jsonl(source, [RECORDS[0], {**RECORDS[1], "text": "What is 2 + 2?"}, RECORDS[2]])
+    assert main(["synth", str(source), "--output-dir", str(out), "--no-progress"]) == 0
+    assert "1 written, 2 kept" in capsys.readouterr().out
+    _write_jsonl(source, RECORDS)
+
     # The output is a paired dataset load_paired reads (relative audio paths included).
     ds = load_paired(out / "paired.jsonl", sampling_rate=16_000, require_answer=True)
     assert ds["id"] == ["q1", "q2", "q/3"]
