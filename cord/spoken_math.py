@@ -371,6 +371,8 @@ _RULES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"(^|\s)\(([A-H])\)\s*", re.M), r"\1option \2, "),  # "(A) 5" option labels
     (re.compile(r"^([A-H])[.)]\s+", re.M), r"option \1, "),  # "A. 5" at a line start
     (re.compile(r"\|([^|\n]+)\|"), r" the absolute value of \1 "),
+    (re.compile(r"\b([fgh])''\("), r"\1 double prime of ("),  # f''(x): derivatives
+    (re.compile(r"\b([fgh])'\("), r"\1 prime of ("),
     (re.compile(r"\b([fgh])\("), r"\1 of ("),  # f(x): function application
     (re.compile(r"<=|≤"), " is less than or equal to "),
     (re.compile(r">="), " is greater than or equal to "),

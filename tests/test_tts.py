@@ -227,6 +227,8 @@ SPOKEN_CASES = [
     (r"\log_2 8", "log base two of eight"),
     ("|x - 3| < 2", "the absolute value of x minus three is less than two"),
     ("If f(x) = 2x + 1, find f(3).", "If f of x equals two x plus one, find f of three."),
+    ("Find f'(2) and f''(x).", "Find f prime of two and f double prime of x."),
+    ("It's 5 o'clock.", "It's five o'clock."),
     ("The 21st and 3rd", "The twenty-first and third"),
     ("$5.50 and \\$3", "five dollars and fifty cents and three dollars"),
     ("$1", "one dollar"),
