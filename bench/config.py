@@ -1,0 +1,116 @@
+"""What the benchmark run measures: device, dtype, shapes and how many timed rounds.
+
+Defaults finish in under ten minutes on a 2-core CPU: a Qwen2-sized vocabulary with few rows
+for the logits-in losses and the N=1024 fused-linear comparison of SPEC section 3.
+``CORD_BENCH_FULL=1`` sweeps the shapes that matter on a GPU (V up to 262,400, N up to 16k);
+shapes whose inputs cannot fit in the memory at hand are skipped with the reason.
+
+Environment:
+    CORD_BENCH_FULL=1        the full sweep
+    CORD_BENCH_QUICK=1       tiny shapes: checks the harness end to end in about a minute
+    CORD_BENCH_DEVICE=cpu    force the CPU even where CUDA is present
+    CORD_BENCH_OUT=DIR       where results go (default bench/results)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+QWEN2_VOCAB = 151_936
+GEMMA3N_VOCAB = 262_400
+QWEN2_0_5B_HIDDEN = 896
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class LogitsShape:
+    """Logits-in losses: N = B * T token rows of V logits."""
+
+    n_tokens: int
+    vocab: int
+
+    @property
+    def id(self) -> str:
+        return f"N{self.n_tokens}-V{self.vocab}"
+
+
+@dataclass(frozen=True)
+class HiddenShape:
+    """Hidden-states-in (fused-linear) losses: N token rows of H, an LM head of (V, H)."""
+
+    n_tokens: int
+    vocab: int
+    hidden: int
+
+    @property
+    def id(self) -> str:
+        return f"N{self.n_tokens}-H{self.hidden}-V{self.vocab}"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    full: bool
+    device: torch.device
+    dtype: torch.dtype
+    logits_shapes: tuple[LogitsShape, ...]
+    fused_shapes: tuple[HiddenShape, ...]
+    # The hidden-in token-logprob loss costs a quarter of the CORD comparison; smaller defaults.
+    fused_logprob_shapes: tuple[HiddenShape, ...]
+    modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
+    fused_modes: tuple[str, ...] = ("fwd+bwd",)
+    out_dir: Path = field(default=RESULTS_DIR)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def rounds(self, seconds_per_call: float) -> int:
+        """Timed rounds for a call of the given cost: ~4 s of timing per benchmark, 1..25."""
+        budget = 20.0 if self.full else 4.0
+        return int(min(25, max(1, budget // max(seconds_per_call, 1e-6))))
+
+
+def _pick_device() -> torch.device:
+    forced = os.environ.get("CORD_BENCH_DEVICE")
+    if forced:
+        return torch.device(forced)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_config() -> BenchConfig:
+    full = os.environ.get("CORD_BENCH_FULL", "0") == "1"
+    device = _pick_device()
+    on_cuda = device.type == "cuda"
+    # bf16 is what training runs use on a GPU (and what SPEC's 6 B/entry floor assumes); CPU
+    # matmuls and softmaxes are fastest and most representative in fp32.
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    H = QWEN2_0_5B_HIDDEN
+    if os.environ.get("CORD_BENCH_QUICK", "0") == "1":
+        logits = (LogitsShape(16, 4096), LogitsShape(64, 4096))
+        fused = fused_lp = (HiddenShape(256, 4096, 64),)
+        fused_modes = ("fwd", "fwd+bwd")
+    elif full:
+        ns = (1024, 4096, 16384)
+        logits = tuple(LogitsShape(n, v) for v in (QWEN2_VOCAB, GEMMA3N_VOCAB) for n in ns)
+        fused = tuple(HiddenShape(n, QWEN2_VOCAB, H) for n in (1024, 4096, 16384))
+        fused += tuple(HiddenShape(n, GEMMA3N_VOCAB, 2048) for n in (4096, 16384))
+        fused_lp = fused
+        fused_modes = ("fwd", "fwd+bwd")
+    elif on_cuda:
+        logits = tuple(LogitsShape(n, QWEN2_VOCAB) for n in (1024, 4096, 16384))
+        fused = tuple(HiddenShape(n, QWEN2_VOCAB, H) for n in (1024, 4096))
+        fused_lp = fused
+        fused_modes = ("fwd", "fwd+bwd")
+    else:
+        logits = tuple(LogitsShape(n, QWEN2_VOCAB) for n in (64, 256))
+        fused = (HiddenShape(1024, QWEN2_VOCAB, H),)
+        fused_lp = (HiddenShape(256, QWEN2_VOCAB, H),)
+        fused_modes = ("fwd+bwd",)
+    out = Path(os.environ.get("CORD_BENCH_OUT", RESULTS_DIR))
+    return BenchConfig(full, device, dtype, logits, fused, fused_lp, fused_modes=fused_modes,
+                       out_dir=out)

@@ -1,0 +1,196 @@
+"""Timing modes, peak memory, and the byte / flop counts behind the GB/s and TFLOP/s columns.
+
+Modes time the same closure three ways: ``fwd`` (the loss with autograd recording, as in a
+training step), ``bwd`` (``backward()`` of a loss computed untimed in setup) and ``fwd+bwd``.
+
+Memory:
+    CUDA: ``torch.cuda.max_memory_allocated`` over one fwd+bwd, minus what was allocated before.
+    CPU: the peak resident set of a FRESH process per provider and shape (``bench.rss_probe``):
+    the process imports, builds the inputs (and warms up a compiled provider), resets the
+    kernel's high-water mark, runs fwd+bwd once and reports the peak both absolute and minus
+    its resident size just before the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------- modes
+
+
+def _clear_grads(leaves) -> None:
+    for t in leaves:
+        t.grad = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mode_callables(closure: Callable[[], torch.Tensor], leaves, mode: str, device: torch.device):
+    """(target, setup) for ``benchmark.pedantic``: setup's work is not timed; target's is,
+    including a device sync so asynchronous CUDA work is counted."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    if mode == "fwd":
+        def setup():
+            _clear_grads(leaves)
+            return (), {}
+
+        def target():
+            with torch.enable_grad():
+                out = closure()
+            _sync(device)
+            return out
+    elif mode == "bwd":
+        def setup():
+            _clear_grads(leaves)
+            with torch.enable_grad():
+                loss = closure()
+            _sync(device)
+            return (loss,), {}
+
+        def target(loss):
+            loss.backward()
+            _sync(device)
+    else:
+        def setup():
+            _clear_grads(leaves)
+            return (), {}
+
+        def target():
+            with torch.enable_grad():
+                closure().backward()
+            _sync(device)
+
+    return target, setup
+
+
+def run_once(closure, leaves, mode: str, device: torch.device) -> None:
+    target, setup = mode_callables(closure, leaves, mode, device)
+    args, kwargs = setup()
+    target(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def cuda_peak_bytes(closure, leaves, device: torch.device) -> dict[str, int]:
+    """Peak bytes allocated over one fwd+bwd, absolute and above what was live before."""
+    _clear_grads(leaves)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    run_once(closure, leaves, "fwd+bwd", device)
+    peak = torch.cuda.max_memory_allocated(device)
+    _clear_grads(leaves)
+    return {"peak_bytes": peak, "delta_bytes": peak - base, "method": "cuda_max_allocated"}
+
+
+def cpu_peak_rss(spec: dict, timeout: float = 900.0) -> dict:
+    """Runs ``bench.rss_probe`` for one provider and shape in a fresh interpreter.
+
+    ``spec``: {"loss", "provider", "n_tokens", "vocab", "hidden" (fused only), "dtype"}.
+    Returns the probe's JSON (peak_bytes, delta_bytes, baseline_bytes, ...), or
+    {"error": ...} when the probe failed.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "bench.rss_probe", json.dumps(spec)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": f"probe exited {proc.returncode}: {' | '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------ bytes, flops, device peaks
+
+
+def floor_entry_passes(loss: str, mode: str) -> int:
+    """Minimal (N, V) passes over HBM for the logits-in losses: reads of s (and u) and the
+    write of ds. Reverse KL fwd+bwd: read s, u, write ds = 3 (SPEC section 3: 6 B/entry in
+    bf16); token log-probs: read x, write dx = 2."""
+    two_inputs = loss in ("reverse_kl", "cord_token_loss")
+    reads = 2 if two_inputs else 1
+    return {"fwd": reads, "bwd": reads + 1, "fwd+bwd": reads + 1}[mode]
+
+
+def floor_bytes(loss: str, mode: str, n_tokens: int, vocab: int, dtype: torch.dtype) -> int:
+    elt = torch.empty((), dtype=dtype).element_size()
+    return floor_entry_passes(loss, mode) * n_tokens * vocab * elt
+
+
+def gemm_count(loss: str, mode: str) -> int:
+    """GEMMs of shape 2*N*H*V the fused-linear losses cannot avoid."""
+    fwd = 2 if loss == "fused_linear_cord_token_loss" else 1
+    return {"fwd": fwd, "bwd": 2, "fwd+bwd": fwd + 2}[mode]
+
+
+def gemm_flops(loss: str, mode: str, n_tokens: int, vocab: int, hidden: int) -> int:
+    return gemm_count(loss, mode) * 2 * n_tokens * hidden * vocab
+
+
+# name substring -> (HBM bytes/s, dense bf16 tensor-core flop/s), from the vendors' datasheets
+_GPU_PEAKS = (
+    ("H200", 4.8e12, 989e12),
+    ("H100 PCIe", 2.0e12, 756e12),
+    ("H100", 3.35e12, 989e12),
+    ("A100-SXM4-80GB", 2.039e12, 312e12),
+    ("A100 80GB PCIe", 1.935e12, 312e12),
+    ("A100", 1.555e12, 312e12),
+    ("L40S", 0.864e12, 362e12),
+)
+
+
+def device_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float] | None:
+    """{"bytes_per_s", "flops_per_s"} of a known GPU, else None. fp32 GEMMs get the TF32 rate
+    (half the bf16 rate)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, bw, flops in _GPU_PEAKS:
+        if key in name:
+            scale = 0.5 if dtype == torch.float32 else 1.0
+            return {"name": name, "bytes_per_s": bw, "flops_per_s": flops * scale}
+    return None
+
+
+def machine_line(device: torch.device) -> str:
+    """One line naming the machine the numbers come from."""
+    import platform
+
+    torch_v = torch.__version__
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch_v}, CUDA {torch.version.cuda}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    try:
+        import psutil
+
+        mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        mem = ""
+    return f"CPU {cpu}, {os.cpu_count()} cores ({threads} torch threads){mem}, torch {torch_v}"

@@ -1,0 +1,366 @@
+"""Providers: each loss as this library, naive torch, torch.compile, Liger-Kernel and TRL run it.
+
+A provider turns a case (``bench.inputs``) into a closure that returns the scalar training
+loss, so that every mode (fwd, bwd, fwd+bwd) times the same computation. Every provider of a
+loss computes the same per-token quantity; where a peer's API cannot express the whole loss
+(Liger has no per-token weights), ``note`` says what it computes instead.
+
+Roles: ``ours`` (cord_kernels), ``naive`` (the eager torch baseline every ratio refers to),
+``peer`` (what people use today) and ``floor`` (plain GEMMs: no loss can be cheaper).
+
+Losses (the scalar each closure returns):
+    reverse_kl                    sum_valid D_t / B
+    cord_token_loss               sum_t w_t D_t / B, CORD weights (top-K, position)
+    token_logprobs                sum_valid log p(y_t)
+    fused_linear_cord_token_loss  cord_token_loss on logits = hidden @ W.T
+    fused_linear_token_logprobs   token_logprobs on logits = hidden @ W.T
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.inputs import IGNORE_INDEX, HiddenCase, LogitsCase
+
+LOGITS_LOSSES = ("reverse_kl", "cord_token_loss", "token_logprobs")
+FUSED_LOSSES = ("fused_linear_cord_token_loss", "fused_linear_token_logprobs")
+
+Closure = Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    role: str  # "ours" | "naive" | "peer" | "floor"
+    build: Callable[[object], Closure]
+    # Why this provider cannot run on this device/install, or None when it can.
+    unavailable: Callable[[torch.device], str | None] = lambda device: None
+    note: str = ""
+    # torch.compile providers compile on their first call: warm them up outside any timing.
+    needs_warmup: bool = False
+
+    @property
+    def slug(self) -> str:
+        """A short test id: "liger LigerJSD(beta=1)" -> "liger", "4 GEMMs (floor)" -> "floor"."""
+        if self.role == "floor":
+            return "floor"
+        return self.name.split()[0]
+
+
+# ------------------------------------------------------------------------------ availability
+
+
+def _missing(module: str) -> str | None:
+    return None if importlib.util.find_spec(module) else f"{module} is not installed"
+
+
+def _cuda_only(package: str) -> Callable[[torch.device], str | None]:
+    def check(device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return (f"{package}'s kernel is Triton-only; on the CPU it would run in the Triton "
+                    "interpreter, which measures the interpreter, not the kernel")
+        return _missing(package)
+
+    return check
+
+
+@functools.cache
+def fused_linear_import_error() -> str | None:
+    """None when cord_kernels exports the fused-linear losses, else why not."""
+    try:
+        import cord_kernels
+
+        cord_kernels.fused_linear_cord_token_loss  # noqa: B018
+        cord_kernels.fused_linear_token_logprobs  # noqa: B018
+    except (ImportError, AttributeError) as err:
+        return f"cord_kernels has no fused-linear losses yet ({err})"
+    return None
+
+
+def _ours_fused(device: torch.device) -> str | None:
+    return fused_linear_import_error()
+
+
+# ------------------------------------------------------------------- shared naive building blocks
+
+
+def naive_reverse_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """(..., V) logits -> (...) KL(p || q) in fp32, the way a training script writes it."""
+    log_p = F.log_softmax(student.float(), dim=-1)
+    log_q = F.log_softmax(teacher.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def naive_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(..., V), (...) -> (...) log p(label) in fp32; ignored labels give 0."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return picked.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    # Made on first use: building a compiled function imports dynamo (seconds), which the
+    # providers that never compile should not pay. dynamic=False: one specialised graph per
+    # shape, like a training run with fixed padding.
+    return torch.compile(fn, dynamic=False)
+
+
+def _weighted(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_t w_t D_t / B with the CORD weights computed from D (no gradient through w)."""
+    from cord_kernels import cord_weights
+
+    d = d.masked_fill(~mask, 0.0)
+    w = cord_weights(d.detach(), mask)
+    return (w * d).sum() / mask.shape[0]
+
+
+def _masked_sum_per_batch(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return d.masked_fill(~mask, 0.0).sum() / mask.shape[0]
+
+
+# ------------------------------------------------------------------------- logits-in providers
+
+
+def _ours_reverse_kl(c: LogitsCase) -> Closure:
+    from cord_kernels import reverse_kl
+
+    return lambda: _masked_sum_per_batch(reverse_kl(c.student, c.teacher), c.mask)
+
+
+def _ours_cord(c: LogitsCase) -> Closure:
+    from cord_kernels import cord_token_loss
+
+    return lambda: cord_token_loss(c.student, c.teacher, c.mask)
+
+
+def _ours_logprobs(c: LogitsCase) -> Closure:
+    from cord_kernels import token_logprobs
+
+    return lambda: token_logprobs(c.student, c.labels).sum()
+
+
+def _liger_reverse_kl(c: LogitsCase) -> Closure:
+    from liger_kernel.transformers import LigerJSD
+
+    # LigerJSD(log_q, log_p) takes the student's log-probs first; beta=1 gives
+    # sum_v q_v (log q_v - log p_v) = KL(student || teacher), the reverse KL, averaged over the
+    # rows whose label is not ignore_index (so it differs from ours by the factor B / n_valid).
+    jsd = LigerJSD(beta=1.0, ignore_index=IGNORE_INDEX)
+    V = c.student.shape[-1]
+
+    def loss() -> torch.Tensor:
+        log_q = F.log_softmax(c.student.view(-1, V).float(), dim=-1)
+        log_p = F.log_softmax(c.teacher.view(-1, V).float(), dim=-1)
+        return jsd(log_q, log_p, c.labels.view(-1))
+
+    return loss
+
+
+def _liger_logprobs(c: LogitsCase) -> Closure:
+    from liger_kernel.transformers.functional import liger_cross_entropy
+
+    V = c.student.shape[-1]
+    # Per-token cross entropy is -log p(label); ignored labels give 0.
+    return lambda: -liger_cross_entropy(c.student.view(-1, V), c.labels.view(-1),
+                                        ignore_index=IGNORE_INDEX, reduction="none").sum()
+
+
+def _trl_logprobs(c: LogitsCase) -> Closure:
+    from trl.trainer.utils import selective_log_softmax
+
+    # TRL's own helper: a Triton kernel on CUDA, a logsumexp + gather loop elsewhere.
+    return lambda: (selective_log_softmax(c.student, c.labels.clamp_min(0)) * c.mask).sum()
+
+
+LOGITS_PROVIDERS: dict[str, list[Provider]] = {
+    "reverse_kl": [
+        Provider("cord_kernels", "ours", _ours_reverse_kl),
+        Provider("torch", "naive",
+                 lambda c: lambda: _masked_sum_per_batch(naive_reverse_kl(c.student, c.teacher),
+                                                         c.mask)),
+        Provider("torch.compile", "peer",
+                 lambda c: lambda: _masked_sum_per_batch(
+                     _compiled(naive_reverse_kl)(c.student, c.teacher), c.mask),
+                 needs_warmup=True),
+        Provider("liger LigerJSD(beta=1)", "peer", _liger_reverse_kl,
+                 _cuda_only("liger_kernel"),
+                 note="mean over valid rows; log_softmax of both sides in torch first"),
+    ],
+    "cord_token_loss": [
+        Provider("cord_kernels", "ours", _ours_cord),
+        Provider("torch", "naive",
+                 lambda c: lambda: _weighted(naive_reverse_kl(c.student, c.teacher), c.mask)),
+        Provider("torch.compile", "peer",
+                 lambda c: lambda: _weighted(
+                     _compiled(naive_reverse_kl)(c.student, c.teacher), c.mask),
+                 needs_warmup=True, note="compiled D, CORD weights in eager torch"),
+    ],
+    "token_logprobs": [
+        Provider("cord_kernels", "ours", _ours_logprobs),
+        Provider("torch", "naive",
+                 lambda c: lambda: naive_token_logprobs(c.student, c.labels).sum()),
+        Provider("torch.compile", "peer",
+                 lambda c: lambda: _compiled(naive_token_logprobs)(c.student, c.labels).sum(),
+                 needs_warmup=True),
+        Provider("trl selective_log_softmax", "peer", _trl_logprobs,
+                 lambda device: _missing("trl")),
+        Provider("liger cross_entropy", "peer", _liger_logprobs, _cuda_only("liger_kernel"),
+                 note="-cross_entropy(reduction='none')"),
+    ],
+}
+
+
+# ------------------------------------------------------------------------ hidden-in providers
+
+
+class _PlainGemms(torch.autograd.Function):
+    """The GEMMs any hidden-in loss must run, and nothing else: the floor.
+
+    forward:  s = h_s @ W.T, u = h_t @ W.T (teacher only when ``with_teacher``)
+    backward: dh = s @ W, dW = s.T @ h_s (s stands in for the logits gradient)
+    """
+
+    @staticmethod
+    def forward(ctx, h_s, h_t, weight, with_teacher: bool):
+        s = h_s @ weight.T  # (N, H) x (H, V) -> (N, V)
+        if with_teacher:
+            h_t @ weight.T  # the teacher projection; its result is not needed here
+        ctx.save_for_backward(h_s, weight, s)
+        return s.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        h_s, weight, s = ctx.saved_tensors
+        return s @ weight, None, s.T @ h_s, None  # (N, V)x(V, H), (V, N)x(N, H)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _floor(with_teacher: bool) -> Callable[[HiddenCase], Closure]:
+    return lambda c: lambda: _PlainGemms.apply(_flat(c.student_hidden), _flat(c.teacher_hidden),
+                                               c.weight, with_teacher)
+
+
+def _naive_fused_cord(c: HiddenCase) -> Closure:
+    def loss() -> torch.Tensor:
+        s = c.student_hidden @ c.weight.T  # (B, T, V) materialised
+        with torch.no_grad():
+            u = c.teacher_hidden @ c.weight.T
+        return _weighted(naive_reverse_kl(s, u), c.mask)
+
+    return loss
+
+
+def _naive_fused_logprobs(c: HiddenCase) -> Closure:
+    return lambda: naive_token_logprobs(c.student_hidden @ c.weight.T, c.labels).sum()
+
+
+def _ours_fused_cord(c: HiddenCase) -> Closure:
+    from cord_kernels import fused_linear_cord_token_loss
+
+    return lambda: fused_linear_cord_token_loss(c.student_hidden, c.teacher_hidden, c.weight,
+                                                c.mask)
+
+
+def _ours_fused_logprobs(c: HiddenCase) -> Closure:
+    from cord_kernels import fused_linear_token_logprobs
+
+    return lambda: fused_linear_token_logprobs(c.student_hidden, c.weight, c.labels).sum()
+
+
+def _trl_fused_cord(c: HiddenCase) -> Closure:
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    valid = c.mask.reshape(-1)
+    # As TRL's distillation trainer calls it: beta=1 is the reverse KL(student || teacher);
+    # on Triton devices only the valid rows are projected, elsewhere every row is.
+    compact = c.weight.device.type == "cuda"
+
+    def loss() -> torch.Tensor:
+        h_s, h_t = _flat(c.student_hidden), _flat(c.teacher_hidden)
+        if compact:
+            h_s, h_t = h_s[valid], h_t[valid]
+        d, _entropy = ChunkedDivergenceFunction.apply(h_s, c.weight, None, h_t,
+                                                      c.weight.detach(), None, 1.0)
+        if compact:
+            d = d.new_zeros(valid.shape).masked_scatter(valid, d)
+        return _weighted(d.view(c.mask.shape), c.mask)
+
+    return loss
+
+
+def _trl_fused_logprobs(c: HiddenCase) -> Closure:
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    # TRL's default vocabulary chunk (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE).
+    chunk = 32768
+
+    def loss() -> torch.Tensor:
+        lp = ChunkedLogProbFunction.apply(_flat(c.student_hidden), c.weight, None,
+                                          c.labels.clamp_min(0).reshape(-1), 1.0, chunk, None,
+                                          1.0, ())[0]
+        return (lp.view(c.mask.shape) * c.mask).sum()
+
+    return loss
+
+
+def _liger_fused_available(device: torch.device) -> str | None:
+    # liger_kernel.chunked_loss is pure torch (torch.func over token chunks): it runs on the CPU.
+    return _missing("liger_kernel")
+
+
+def _liger_fused_jsd(c: HiddenCase) -> Closure:
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    # beta=1: F.kl_div(teacher_logp, student_logp, log_target=True) summed over V is
+    # KL(student || teacher), the reverse KL; weight_hard_loss=0 drops its CE term. It takes
+    # no per-token weights (uniform, mean over valid tokens) and runs forward and backward
+    # inside forward. compiled=False: its torch.compile path targets GPUs.
+    fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=1.0,
+                                 ignore_index=IGNORE_INDEX, compiled=c.weight.is_cuda,
+                                 chunk_size=1024)
+    return lambda: fn(_flat(c.student_hidden), c.weight, _flat(c.teacher_hidden),
+                      c.weight.detach(), c.labels.reshape(-1))
+
+
+FUSED_PROVIDERS: dict[str, list[Provider]] = {
+    "fused_linear_cord_token_loss": [
+        Provider("cord_kernels", "ours", _ours_fused_cord, _ours_fused),
+        Provider("4 GEMMs (floor)", "floor", _floor(True),
+                 note="student + teacher projections, grad wrt hidden and weight"),
+        Provider("torch", "naive", _naive_fused_cord, note="materialised (N, V) logits"),
+        Provider("trl ChunkedDivergenceFunction", "peer", _trl_fused_cord,
+                 lambda device: _missing("trl"), note="beta=1, CORD weights via the cotangent"),
+        Provider("liger LigerFusedLinearJSDLoss", "peer", _liger_fused_jsd,
+                 _liger_fused_available, note="beta=1, uniform weights (no per-token weights)"),
+    ],
+    "fused_linear_token_logprobs": [
+        Provider("cord_kernels", "ours", _ours_fused_logprobs, _ours_fused),
+        Provider("3 GEMMs (floor)", "floor", _floor(False),
+                 note="projection, grad wrt hidden and weight"),
+        Provider("torch", "naive", _naive_fused_logprobs, note="materialised (N, V) logits"),
+        Provider("trl ChunkedLogProbFunction", "peer", _trl_fused_logprobs,
+                 lambda device: _missing("trl")),
+    ],
+}
+
+ALL_PROVIDERS = {**LOGITS_PROVIDERS, **FUSED_PROVIDERS}
+
+
+def get_provider(loss: str, name: str) -> Provider:
+    if loss not in ALL_PROVIDERS:
+        raise ValueError(f"loss must be one of {tuple(ALL_PROVIDERS)}, got {loss!r}")
+    for p in ALL_PROVIDERS[loss]:
+        if p.name == name:
+            return p
+    names = [p.name for p in ALL_PROVIDERS[loss]]
+    raise ValueError(f"provider for {loss!r} must be one of {names}, got {name!r}")

@@ -1,0 +1,394 @@
+"""Recording benchmark rows, computing ratios, and rendering JSON, markdown and plots.
+
+A row is one (loss, provider, shape, mode) with its status ("ok", "skipped", "error"), the
+median time, memory (fwd+bwd only) and the counted bytes / flops. Ratios are computed here,
+over rows of the same run: each provider against naive torch, and cord_kernels against the
+best peer (the fastest, resp. leanest, of naive torch, torch.compile, Liger and TRL).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import subprocess
+from collections import defaultdict
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from bench.measure import device_peaks, floor_bytes, gemm_flops, machine_line
+
+PEER_ROLES = ("naive", "peer")
+DEFAULT_COMMAND = "pytest bench/"
+
+
+def _shape_dict(shape) -> dict:
+    return asdict(shape) if is_dataclass(shape) else dict(shape)
+
+
+class Recorder:
+    """Collects rows during the session (one instance per run)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.rows: list[dict] = []
+        self.static_gpu: list[dict] = []
+        self.static_gpu_note: str | None = None
+
+    def _row(self, loss, provider, shape, mode, status, **extra) -> dict:
+        """Appends a row and returns it (the caller may fill ``memory`` in later)."""
+        row = {"loss": loss, "provider": provider.name, "role": provider.role, "mode": mode,
+               "shape_id": shape.id, "shape": _shape_dict(shape), "status": status,
+               "note": provider.note, **extra}
+        self.rows.append(row)
+        return row
+
+    def skip(self, *, loss, provider, shape, mode, reason: str) -> None:
+        self._row(loss, provider, shape, mode, "skipped", reason=reason)
+
+    def error(self, *, loss, provider, shape, mode, reason: str) -> None:
+        self._row(loss, provider, shape, mode, "error", reason=reason)
+
+    def ok(self, *, loss, provider, shape, mode, stats, calibration_s: float, memory) -> dict:
+        cfg = self.config
+        extra = {"calibration_s": calibration_s, "memory": memory}
+        if stats is not None:
+            extra.update(time_s=stats.median, time_min_s=stats.min, time_max_s=stats.max,
+                         rounds=stats.rounds)
+        else:  # --benchmark-disable: the one warm-up call is all we have
+            extra.update(time_s=calibration_s, rounds=0)
+        s = _shape_dict(shape)
+        if "hidden" in s:
+            flops = gemm_flops(loss, mode, s["n_tokens"], s["vocab"], s["hidden"])
+            extra.update(gemm_flops=flops, tflops=flops / extra["time_s"] / 1e12)
+        else:
+            nbytes = floor_bytes(loss, mode, s["n_tokens"], s["vocab"], cfg.dtype)
+            extra.update(floor_bytes=nbytes, gbps=nbytes / extra["time_s"] / 1e9)
+        peaks = device_peaks(cfg.device, cfg.dtype)
+        if peaks:  # the physical floor of SPEC section 3 on this GPU
+            extra["physical_floor_s"] = (extra["gemm_flops"] / peaks["flops_per_s"]
+                                         if "hidden" in s else
+                                         extra["floor_bytes"] / peaks["bytes_per_s"])
+        return self._row(loss, provider, shape, mode, "ok", **extra)
+
+    def summary_text(self) -> str:
+        ok = sum(r["status"] == "ok" for r in self.rows)
+        skipped = sum(r["status"] == "skipped" for r in self.rows)
+        lines = [f"cord bench: {ok} measured, {skipped} skipped"]
+        for r in compute_ratios(self.rows):
+            if r.get("ours_vs_best_peer_time") and r["mode"] == "fwd+bwd":
+                lines.append(
+                    f"  {r['loss']:<30} {r['shape_id']:<22} cord_kernels {_ms(r['time_s'])} "
+                    f"= x{r['ours_vs_best_peer_time']:.2f} time vs best peer "
+                    f"({r['best_peer_time']})")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- ratios
+
+
+def _mem(row) -> float | None:
+    m = row.get("memory") or {}
+    return m.get("delta_bytes")
+
+
+def compute_ratios(rows: list[dict]) -> list[dict]:
+    """Adds to every ok row: time/memory ratio vs naive torch, vs the floor provider (if any),
+    and for cord_kernels rows the ratio vs the best peer. Returns the annotated ok rows."""
+    groups = defaultdict(list)
+    for r in rows:
+        if r["status"] == "ok":
+            groups[(r["loss"], r["shape_id"], r["mode"])].append(r)
+    out = []
+    for group in groups.values():
+        by_role = defaultdict(list)
+        for r in group:
+            by_role[r["role"]].append(r)
+        naive = by_role["naive"][0] if by_role["naive"] else None
+        floor = by_role["floor"][0] if by_role["floor"] else None
+        peers = [r for r in group if r["role"] in PEER_ROLES]
+        best_t = min(peers, key=lambda r: r["time_s"]) if peers else None
+        mem_peers = [r for r in peers if _mem(r) is not None]
+        best_m = min(mem_peers, key=_mem) if mem_peers else None
+        ours = by_role["ours"][0] if by_role["ours"] else None
+        for r in group:
+            if naive:
+                r["time_vs_naive"] = r["time_s"] / naive["time_s"]
+                if _mem(r) is not None and _mem(naive):
+                    r["mem_vs_naive"] = _mem(r) / _mem(naive)
+            if floor:
+                r["time_vs_floor"] = r["time_s"] / floor["time_s"]
+            if ours and r is not ours:
+                r["time_vs_ours"] = r["time_s"] / ours["time_s"]
+                if _mem(r) is not None and _mem(ours):
+                    r["mem_vs_ours"] = _mem(r) / _mem(ours)
+            if r["role"] == "ours":
+                if best_t:
+                    r["best_peer_time"] = best_t["provider"]
+                    r["ours_vs_best_peer_time"] = r["time_s"] / best_t["time_s"]
+                if best_m and _mem(r) is not None and _mem(best_m):
+                    r["best_peer_memory"] = best_m["provider"]
+                    r["ours_vs_best_peer_mem"] = _mem(r) / _mem(best_m)
+            out.append(r)
+    return out
+
+
+# ------------------------------------------------------------------------------- formatting
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} us"
+
+
+def _mb(nbytes: float | None) -> str:
+    if nbytes is None:
+        return "-"
+    if abs(nbytes) >= 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**20:.0f} MiB"
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None or not math.isfinite(ratio) else f"x{ratio:.2f}"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _command(full: bool) -> str:
+    return ("CORD_BENCH_FULL=1 " if full else "") + DEFAULT_COMMAND
+
+
+def _index(rows):
+    """{(loss, shape_id, provider): {mode: row}} for ok and skipped rows, in first-seen order."""
+    idx: dict = {}
+    for r in rows:
+        idx.setdefault((r["loss"], r["shape_id"], r["provider"]), {})[r["mode"]] = r
+    return idx
+
+
+def _mem_cells(row: dict | None, on_cuda: bool) -> tuple[str, str]:
+    mem = (row or {}).get("memory") or {}
+    if "error" in mem:
+        return "probe failed", "-"
+    if not mem:
+        return "-", "-"
+    return f"{_mb(mem['delta_bytes'])} ({_mb(mem['peak_bytes'])})", _x(row.get("mem_vs_naive"))
+
+
+def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
+    unit = "GB/s (floor bytes)" if on_cuda else "GB/s"
+    head = ("| Provider | N x V | fwd | bwd | fwd+bwd | x naive | x best peer | "
+            f"peak mem: over inputs (total) | mem x naive | {unit} |")
+    lines = [head, "|" + "---|" * 10]
+    for (lss, shape_id, prov), modes in _index(rows).items():
+        if lss != loss:
+            continue
+        fb = modes.get("fwd+bwd") or next(iter(modes.values()))
+        if fb["status"] != "ok":
+            lines.append(f"| {prov} | {shape_id} | skipped: {fb.get('reason', '')} "
+                         "| | | | | | | |")
+            continue
+        t = {m: _ms(modes[m].get("time_s")) if m in modes and modes[m]["status"] == "ok"
+             else "-" for m in ("fwd", "bwd", "fwd+bwd")}
+        best = _x(fb.get("ours_vs_best_peer_time")) if fb["role"] == "ours" else ""
+        if fb["role"] == "ours" and fb.get("best_peer_time"):
+            best += f" ({fb['best_peer_time']})"
+        mem, mem_x = _mem_cells(fb, on_cuda)
+        gbps = f"{fb['gbps']:.0f}" if fb.get("gbps") else "-"
+        name = f"**{prov}**" if fb["role"] == "ours" else prov
+        lines.append(f"| {name} | {shape_id} | {t['fwd']} | {t['bwd']} | {t['fwd+bwd']} | "
+                     f"{_x(fb.get('time_vs_naive'))} | {best} | {mem} | {mem_x} | {gbps} |")
+    return lines
+
+
+def _fused_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
+    head = ("| Provider | N, H, V | mode | time | x floor | x naive | time / ours | "
+            "peak mem: over inputs (total) | mem / ours | TFLOP/s | notes |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        if r["loss"] != loss:
+            continue
+        name = f"**{r['provider']}**" if r["role"] == "ours" else r["provider"]
+        if r["status"] != "ok":
+            lines.append(f"| {name} | {r['shape_id']} | {r['mode']} | skipped: "
+                         f"{r.get('reason', '')} | | | | | | | |")
+            continue
+        mem, _ = _mem_cells(r, on_cuda)
+        lines.append(
+            f"| {name} | {r['shape_id']} | {r['mode']} | {_ms(r['time_s'])} | "
+            f"{_x(r.get('time_vs_floor'))} | {_x(r.get('time_vs_naive'))} | "
+            f"{_x(r.get('time_vs_ours'))} | {mem} | {_x(r.get('mem_vs_ours'))} | "
+            f"{r['tflops']:.3f} | {r.get('note', '')} |")
+    return lines
+
+
+def _static_table(rec: Recorder) -> list[str]:
+    if not rec.static_gpu:
+        return [f"_Not built: {rec.static_gpu_note or 'not run'}._"]
+    archs = sorted({r["arch"] for r in rec.static_gpu})
+    head = "| Kernel | dtype | " + " | ".join(
+        f"sm_{a} regs | sm_{a} spill B | sm_{a} LDG.E.128" for a in archs) + " |"
+    lines = [head, "|" + "---|" * (2 + 3 * len(archs))]
+    by_kernel: dict = {}
+    for r in rec.static_gpu:
+        by_kernel.setdefault((r["name"], r["dtype"]), {})[r["arch"]] = r
+    for (name, dtype), per_arch in by_kernel.items():
+        cells = []
+        for a in archs:
+            r = per_arch.get(a)
+            cells += ([str(r["registers"]), str(r["spill_bytes"]), str(r["ldg128"])]
+                      if r else ["-", "-", "-"])
+        lines.append(f"| {name} | {dtype} | " + " | ".join(cells) + " |")
+    if rec.static_gpu_note:
+        lines += ["", rec.static_gpu_note]
+    return lines
+
+
+def render_markdown(rec: Recorder) -> str:
+    cfg = rec.config
+    rows = rec.rows
+    compute_ratios(rows)
+    fused_sel = [r for r in rows if r["loss"].startswith("fused_linear")]
+    logits_losses = list(dict.fromkeys(r["loss"] for r in rows
+                                       if not r["loss"].startswith("fused_linear")))
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    dtype = str(cfg.dtype).removeprefix("torch.")
+    out = [
+        "## Performance",
+        "",
+        f"Measured on: {machine_line(cfg.device)}; {dtype} inputs; commit {_git_commit()}, "
+        f"{when}.",
+        "",
+        f"Reproduce: `{_command(cfg.full)}` (results in `bench/results/`; "
+        "`CORD_BENCH_FULL=1` for the full sweep).",
+        "",
+        "Times are pytest-benchmark medians; ratios are against providers measured in the same "
+        "run (x < 1 is better). Memory is the peak over one fwd+bwd "
+        + ("(`torch.cuda.max_memory_allocated`) above what was allocated before it."
+           if cfg.on_cuda else
+           "in a fresh process per provider and shape (peak RSS above the RSS after imports "
+           "and inputs; the absolute peak RSS in parentheses)."),
+        "",
+    ]
+    if not cfg.on_cuda:
+        out += [
+            "On the CPU, `cord_kernels` runs its pure-torch path (the Triton kernels need CUDA): "
+            "for the logits-in losses that path is a reference implementation, so expect "
+            "parity with naive torch there; the kernels' advantage is measured on a GPU "
+            "(`pytest bench/` on a CUDA machine adds GB/s and TFLOP/s against SPEC section 3's "
+            "floor). The hidden-states-in losses are where the CPU numbers say something: the "
+            "algorithm (chunking, GEMM count) is the same on every device.",
+            "",
+        ]
+    if fused_sel:
+        out += ["### Hidden states in (fused linear + loss)", ""]
+        for loss in dict.fromkeys(r["loss"] for r in fused_sel):
+            out += [f"`{loss}`", "", *_fused_table(loss, fused_sel, cfg.on_cuda), ""]
+            out += _fused_summary(loss, fused_sel)
+    for loss in logits_losses:
+        out += [f"### `{loss}` (logits in)", "",
+                *_logits_table(loss, [r for r in rows if r["loss"] == loss], cfg.on_cuda), ""]
+    out += ["### Static GPU build (no GPU needed)", "",
+            "Every Triton kernel compiled for sm_80 and sm_90 at the block size the launcher "
+            "picks for V=151936: registers per thread, spill (LOCAL) bytes, and the number of "
+            "16-byte global loads in the SASS.", "", *_static_table(rec), ""]
+    notes = sorted({(r["provider"], r.get("reason", "")) for r in rows
+                    if r["status"] in ("skipped", "error")})
+    if notes:
+        out += ["### Not measured", ""]
+        out += [f"- {p}: {reason}" for p, reason in notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def _fused_summary(loss: str, rows: list[dict]) -> list[str]:
+    lines = []
+    for r in rows:
+        if r["loss"] != loss or r["status"] != "ok" or r["mode"] != "fwd+bwd":
+            continue
+        if r["role"] == "ours" and r.get("time_vs_floor"):
+            lines.append(f"- {r['shape_id']}: cord_kernels / floor GEMMs = "
+                         f"{_x(r['time_vs_floor'])} time.")
+        if r["provider"].startswith("trl") and r.get("time_vs_ours"):
+            mem = f", {_x(r['mem_vs_ours'])} memory" if r.get("mem_vs_ours") else ""
+            lines.append(f"- {r['shape_id']}: TRL / cord_kernels = {_x(r['time_vs_ours'])} "
+                         f"time{mem}.")
+    return lines + [""] if lines else []
+
+
+# ------------------------------------------------------------------------------------ plots
+
+
+def render_plot(rec: Recorder, path: Path) -> Path | None:
+    """Time and memory (fwd+bwd) against tokens, one line per provider, one row per loss."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in rec.rows if r["status"] == "ok" and r["mode"] == "fwd+bwd"]
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    if not losses:
+        return None
+    fig, axes = plt.subplots(len(losses), 2, figsize=(11, 3.2 * len(losses)), squeeze=False)
+    for ax_t, ax_m, loss in zip(axes[:, 0], axes[:, 1], losses, strict=True):
+        series = defaultdict(list)
+        for r in rows:
+            if r["loss"] == loss:
+                series[(r["provider"], r["shape"]["vocab"])].append(r)
+        for (prov, vocab), rs in series.items():
+            rs.sort(key=lambda r: r["shape"]["n_tokens"])
+            n = [r["shape"]["n_tokens"] for r in rs]
+            label = f"{prov} (V={vocab})"
+            style = dict(marker="o", linewidth=2.5 if rs[0]["role"] == "ours" else 1.2)
+            ax_t.plot(n, [r["time_s"] * 1e3 for r in rs], label=label, **style)
+            mem = [(_mem(r) or float("nan")) / 2**20 for r in rs]
+            ax_m.plot(n, mem, label=label, **style)
+        ax_t.set(title=f"{loss}: fwd+bwd time", xlabel="tokens N", ylabel="ms", xscale="log",
+                 yscale="log")
+        ax_m.set(title=f"{loss}: peak memory over inputs", xlabel="tokens N", ylabel="MiB",
+                 xscale="log", yscale="log")
+        ax_t.legend(fontsize=7)
+    fig.suptitle(machine_line(rec.config.device), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(rec: Recorder, out_dir: Path) -> list[Path]:
+    """results.json, README_PERF.md and perf_vs_tokens.png under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compute_ratios(rec.rows)
+    cfg = rec.config
+    payload = {
+        "machine": machine_line(cfg.device),
+        "device": str(cfg.device),
+        "dtype": str(cfg.dtype),
+        "full": cfg.full,
+        "command": _command(cfg.full),
+        "commit": _git_commit(),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "threads": os.cpu_count(),
+        "rows": rec.rows,
+        "static_gpu": rec.static_gpu,
+        "static_gpu_note": rec.static_gpu_note,
+    }
+    paths = [out_dir / "results.json", out_dir / "README_PERF.md"]
+    paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    paths[1].write_text(render_markdown(rec) + "\n")
+    plot = render_plot(rec, out_dir / "perf_vs_tokens.png")
+    return paths + ([plot] if plot else [])
