@@ -49,6 +49,8 @@ two autograd Functions, the log-prob Function, the public functions.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -123,82 +125,140 @@ class _LMHead:
         self,
         dlogits: torch.Tensor,
         h: torch.Tensor,
-        grad_hidden: torch.Tensor | None,
+        row_scale: torch.Tensor | None,
         index: torch.Tensor,
-        grad_weight: torch.Tensor | None,
-        grad_bias: torch.Tensor | None,
+        grads: _Grads,
     ) -> None:
-        """Accumulates the chain rule of ``dlogits`` (n, V) through the head:
-        grad_hidden[index] += dlogits @ W, grad_weight += dlogits.T @ h, grad_bias += sum."""
+        """Chain rule of ``diag(row_scale) @ dlogits`` (n, V) through the head (2 GEMMs):
+        grads.hidden[index] += that @ W, grads.weight += that.T @ h, grads.bias += its
+        column sums. ``row_scale`` (n,) or None is applied to the (n, H) operands, not to the
+        (n, V) tile, which saves a pass over the tile."""
         d = dlogits.to(self.weight.dtype) if self.native else dlogits
-        if grad_hidden is not None:
+        scale = None if row_scale is None else row_scale.to(self.dtype)[:, None]
+        if grads.hidden is not None:
             if self.native:
                 gh = torch.mm(d, self.weight, out_dtype=torch.float32)  # (n, V) @ (V, H)
             else:
                 gh = torch.mm(d, self.weight)
-            grad_hidden.index_add_(0, index, gh)
-        if grad_weight is not None:
-            if self.native:  # (V, n) @ (n, H), accumulated in fp32
-                torch.addmm(grad_weight, d.T, h, out_dtype=torch.float32, out=grad_weight)
+            grads.hidden.index_add_(0, index, gh if scale is None else gh.mul_(scale))
+        if grads.weight is not None:
+            hs = h if scale is None else h * scale.to(h.dtype)
+            # (V, n) @ (n, H). The first chunk writes the accumulator instead of adding to
+            # zeros: no separate pass to clear (V, H) memory.
+            if self.native:
+                torch.addmm(grads.weight, d.T, hs, out_dtype=torch.float32,
+                             beta=1.0 if grads.weight_started else 0.0, out=grads.weight)
+            elif grads.weight_started:
+                grads.weight.addmm_(d.T, hs)
             else:
-                grad_weight.addmm_(d.T, h)
-        if grad_bias is not None:
-            grad_bias.add_(dlogits.sum(0, dtype=grad_bias.dtype))
+                torch.mm(d.T, hs, out=grads.weight)
+            grads.weight_started = True
+        if grads.bias is not None:
+            if scale is None:
+                grads.bias.add_(dlogits.sum(0, dtype=grads.bias.dtype))
+            else:  # (V, n) @ (n,)
+                grads.bias.addmv_(dlogits.T.to(grads.bias.dtype), scale[:, 0])
+
+
+@dataclass
+class _Grads:
+    """fp32 (fp64 for fp64 inputs) accumulators of the gradients the caller needs: hidden
+    (rows, H), weight (V, H), bias (V,), None where not needed."""
+
+    hidden: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    weight_started: bool = False
+
+    @classmethod
+    def allocate(cls, n_rows: int, head, need_hidden: bool, need_weight: bool,
+                 need_bias: bool, device):
+        V, H = head.weight.shape
+        dt = head.dtype
+        return cls(
+            torch.zeros(n_rows, H, dtype=dt, device=device) if need_hidden else None,
+            torch.empty(V, H, dtype=dt, device=device) if need_weight else None,
+            torch.zeros(V, dtype=dt, device=device) if need_bias else None,
+        )
+
+    def weight_or_zeros(self) -> torch.Tensor | None:
+        if self.weight is not None and not self.weight_started:  # no valid row at all
+            self.weight.zero_()
+        return self.weight
 
 
 # ------------------------------------------------------------------------- per-row math
+# Two implementations of one contract, used on (n, V) tiles of one chunk:
+#   stats(s, u, want_grad) -> state          state[0] is D (n,) fp32
+#   write_grad(s, u, state, g) -> row_scale  afterwards diag(row_scale) @ s = g dD/ds
+# (row_scale None: s holds g dD/ds itself). The torch version forms the unweighted gradient
+# during ``stats`` while each row block is still in cache and leaves the weights to the small
+# (n, H) GEMM operands; the Triton version weighs the gradient in the streaming kernel.
 
 
 def _row_block(n_cols: int) -> int:
-    # At least as many rows as threads: torch's softmax kernels parallelise over rows.
-    return max(torch.get_num_threads(), _TORCH_BLOCK_ELEMENTS // max(n_cols, 1))
+    return max(1, _TORCH_BLOCK_ELEMENTS // max(n_cols, 1))
+
+
+@contextlib.contextmanager
+def _row_math_threads(device: torch.device):
+    """Runs the torch path's row-block math on ``CORD_CPU_ROW_THREADS`` CPU threads (1 by
+    default). Each row block is a few hundred kB; an OpenMP team per op on such blocks waits
+    at its barrier for the slowest thread, and on a shared (loaded) machine that made the
+    row math several times slower than on one thread, which then costs ~10% of the GEMMs."""
+    want = int(os.environ.get("CORD_CPU_ROW_THREADS", "1"))
+    prev = torch.get_num_threads()
+    if device.type != "cpu" or want < 1 or want == prev:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 class _TorchKL:
-    """Reverse KL per row and its gradient, in torch, destroying the tiles as it goes.
-
-    ``stats`` turns s into p = softmax(s/tau) and u into log p - log q and returns D;
-    ``write_grad`` then turns s into g (1/tau) p (log p - log q - D), the gradient of g * D.
-    """
+    """Reverse KL per row in torch, destroying the tiles: ``stats`` turns s into
+    p (log p - log q - D) = tau dD/ds (or p, without ``want_grad``) and u into log p - log q."""
 
     def __init__(self, temperature: float):
         self.inv_t = 1.0 / temperature
 
-    def stats(self, s: torch.Tensor, u: torch.Tensor):
+    def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True):
         n = s.shape[0]
         d = torch.empty(n, dtype=s.dtype, device=s.device)
         r = _row_block(s.shape[1])
-        for a in range(0, n, r):
-            b_s, b_u = s[a:a + r], u[a:a + r]
-            if self.inv_t != 1.0:
-                b_s.mul_(self.inv_t)
-                b_u.mul_(self.inv_t)
-            log_p = torch.log_softmax(b_s, dim=-1)
-            log_q = torch.log_softmax(b_u, dim=-1)
-            torch.sub(log_p, log_q, out=b_u)
-            torch.exp(log_p, out=b_s)
-            # D = sum_v p_v (log p_v - log q_v): a batch of row dot products, no temporary.
-            d[a:a + r] = torch.bmm(b_s.unsqueeze(1), b_u.unsqueeze(2)).view(-1)
+        with _row_math_threads(s.device):
+            for a in range(0, n, r):
+                b_s, b_u = s[a:a + r], u[a:a + r]
+                if self.inv_t != 1.0:
+                    b_s.mul_(self.inv_t)
+                    b_u.mul_(self.inv_t)
+                log_p = torch.log_softmax(b_s, dim=-1)
+                log_q = torch.log_softmax(b_u, dim=-1)
+                torch.sub(log_p, log_q, out=b_u)
+                torch.exp(log_p, out=b_s)
+                # D = sum_v p_v (log p_v - log q_v): a batch of row dot products.
+                b_d = torch.bmm(b_s.unsqueeze(1), b_u.unsqueeze(2)).view(-1)
+                d[a:a + r] = b_d
+                if want_grad:
+                    # dD/ds_v = (1/tau) p_v (log p_v - log q_v - D); the 1/tau goes to row_scale
+                    b_s.mul_(b_u.sub_(b_d[:, None]))
         return d, None
 
-    def write_grad(self, s, u, state, g: torch.Tensor) -> None:
-        d, _ = state
-        g = (g * self.inv_t).to(s.dtype)
-        r = _row_block(s.shape[1])
-        for a in range(0, s.shape[0], r):
-            # dD/ds_v = (1/tau) p_v (log p_v - log q_v - D)
-            b_u = u[a:a + r].sub_(d[a:a + r, None]).mul_(g[a:a + r, None])
-            s[a:a + r].mul_(b_u)
+    def write_grad(self, s, u, state, g: torch.Tensor) -> torch.Tensor:
+        return g * self.inv_t
 
 
 class _TritonKL:
-    """The same contract through the streaming kernels: tiles are read, and only ``write_grad``
-    overwrites s (with the gradient)."""
+    """The same contract through the streaming kernels of ``kl.py``; the tiles are only read
+    until ``write_grad`` overwrites s with g dD/ds."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
 
-    def stats(self, s, u):
+    def stats(self, s, u, want_grad: bool = True):
         from cord_kernels.kl import kl_fwd
 
         d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature)
@@ -209,10 +269,12 @@ class _TritonKL:
 
         d, (lse_s, lse_u) = state
         kl_bwd(s, u, lse_s, lse_u, d, g, self.temperature, s, None)
+        return None
 
 
 class _TorchLogprob:
-    """log p(label) per row and the gradient (1/tau)(1[v = label] - p_v), in torch."""
+    """log p(label) per row and its gradient in torch. ``write_grad`` turns x into
+    1[v = label] - p_v and returns the row scale g / tau."""
 
     def __init__(self, temperature: float):
         self.inv_t = 1.0 / temperature
@@ -221,24 +283,26 @@ class _TorchLogprob:
         n = x.shape[0]
         lse = torch.empty(n, dtype=x.dtype, device=x.device)
         r = _row_block(x.shape[1])
-        for a in range(0, n, r):
-            b_x = x[a:a + r]
-            if self.inv_t != 1.0:
-                b_x.mul_(self.inv_t)
-            lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
+        with _row_math_threads(x.device):
+            for a in range(0, n, r):
+                b_x = x[a:a + r]
+                if self.inv_t != 1.0:
+                    b_x.mul_(self.inv_t)
+                lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
         picked = x.gather(1, labels.unsqueeze(1)).squeeze(1)
         return picked - lse, lse
 
-    def write_grad(self, x, labels, lse, g) -> None:
-        g = (g * self.inv_t).to(x.dtype)
+    def write_grad(self, x, labels, lse, g) -> torch.Tensor:
         r = _row_block(x.shape[1])
-        for a in range(0, x.shape[0], r):
-            # dlogp/dx_v = (1/tau) (1[v = label] - p_v): first -g p_v here, the label below.
-            b_x = x[a:a + r]
-            if self.inv_t != 1.0:
-                b_x.mul_(self.inv_t)
-            b_x.sub_(lse[a:a + r, None]).exp_().mul_(-g[a:a + r, None])
-        x.scatter_add_(1, labels.unsqueeze(1), g.unsqueeze(1))
+        with _row_math_threads(x.device):
+            for a in range(0, x.shape[0], r):
+                # dlogp/dx_v = (1/tau) (1[v = label] - p_v): -p_v here, the label below.
+                b_x = x[a:a + r]
+                if self.inv_t != 1.0:
+                    b_x.mul_(self.inv_t)
+                b_x.sub_(lse[a:a + r, None]).exp_().neg_()
+        x.scatter_add_(1, labels.unsqueeze(1), torch.ones_like(labels, dtype=x.dtype)[:, None])
+        return g * self.inv_t
 
 
 class _TritonLogprob:
@@ -255,6 +319,7 @@ class _TritonLogprob:
         from cord_kernels.token_logprobs import logprob_bwd
 
         logprob_bwd(x, labels, lse, g, self.temperature, self.ignore_index, x)
+        return None
 
 
 # ----------------------------------------------------------------------------- planning
@@ -399,36 +464,23 @@ class _CordProblem:
         for lo in range(pos_lo, pos_hi, self.max_rows):
             hi = min(lo + self.max_rows, pos_hi)
             s, u, _ = self.logits(self.index[lo:hi])
-            d[lo - pos_lo:hi - pos_lo] = self.rows.stats(s, u)[0]
+            d[lo - pos_lo:hi - pos_lo] = self.rows.stats(s, u, want_grad=False)[0]
         return d
 
-    def backprop_rows(self, index: torch.Tensor, g: torch.Tensor, grads) -> None:
+    def backprop_rows(self, index: torch.Tensor, g: torch.Tensor, grads: _Grads) -> None:
         """Adds the gradient of sum_rows g * D over the given flat row ids (4 GEMMs)."""
         for lo in range(0, index.numel(), self.max_rows):
             hi = min(lo + self.max_rows, index.numel())
             s, u, h_s = self.logits(index[lo:hi])
             state = self.rows.stats(s, u)
-            self.rows.write_grad(s, u, state, g[lo:hi].float())
-            self.head.backprop(s, h_s, grads.hidden, index[lo:hi], grads.weight, grads.bias)
+            row_scale = self.rows.write_grad(s, u, state, g[lo:hi].float())
+            self.head.backprop(s, h_s, row_scale, index[lo:hi], grads)
 
-
-@dataclass
-class _Grads:
-    """fp32 (fp64) accumulators of the gradients the caller needs (None where not needed)."""
-
-    hidden: torch.Tensor | None
-    weight: torch.Tensor | None
-    bias: torch.Tensor | None
-
-    @classmethod
-    def zeros(cls, problem, need_hidden: bool, need_weight: bool, need_bias: bool):
-        dev, dt = problem.hs.device, problem.dtype
-        H = problem.hs.shape[1]
-        return cls(
-            torch.zeros(problem.B * problem.T, H, dtype=dt, device=dev) if need_hidden else None,
-            torch.zeros(problem.V, H, dtype=dt, device=dev) if need_weight else None,
-            torch.zeros(problem.V, dtype=dt, device=dev) if need_bias else None,
-        )
+    def grads(self, ctx) -> _Grads:
+        """Accumulators for the gradients autograd asks for (student hidden, weight, bias)."""
+        need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
+        return _Grads.allocate(self.B * self.T, self.head, need_h, need_w,
+                               need_b and self.head.bias is not None, self.hs.device)
 
 
 def _cord_sum_with_grads(problem: _CordProblem, grads: _Grads | None):
@@ -454,8 +506,8 @@ def _cord_sum_with_grads(problem: _CordProblem, grads: _Grads | None):
             in_piece[c.row_lo:c.row_hi] = True
         w_applied[c.row_lo:c.row_hi] = w
         if grads is not None:
-            problem.rows.write_grad(s, u, state, w)  # s <- w dD/ds
-            problem.head.backprop(s, h_s, grads.hidden, idx, grads.weight, grads.bias)
+            row_scale = problem.rows.write_grad(s, u, state, w)  # s <- w dD/ds
+            problem.head.backprop(s, h_s, row_scale, idx, grads)
     w_all = problem.weights(d_all, 0, problem.B, 0, n)
     if grads is not None and bool(in_piece.any()):
         # Long sequences: their top-K rows still miss (alpha - 1) w^pos dD/ds.
@@ -475,10 +527,9 @@ class FusedCordSumFunction(torch.autograd.Function):
                 teacher_bias, mask, params: FusedCordParams):
         problem = _CordProblem(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                teacher_bias, mask, params)
-        need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
-        grads = _Grads.zeros(problem, need_h, need_w, need_b and bias is not None)
+        grads = problem.grads(ctx)
         total, _, _ = _cord_sum_with_grads(problem, grads)
-        ctx.save_for_backward(grads.hidden, grads.weight, grads.bias)
+        ctx.save_for_backward(grads.hidden, grads.weight_or_zeros(), grads.bias)
         ctx.grad_meta = [None if t is None else (t.shape, t.dtype)
                          for t in (student_hidden, weight, bias)]
         ctx.used = False
@@ -524,15 +575,18 @@ class FusedCordPerTokenFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         sh, th, weight, bias, tw, tb, mask, w = ctx.saved_tensors
         problem = _CordProblem(sh, th, weight, bias, tw, tb, mask, ctx.params)
-        need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
-        grads = _Grads.zeros(problem, need_h, need_w, need_b and bias is not None)
+        grads = problem.grads(ctx)
         g = grad_out.reshape(-1).float()[problem.index] * w
         problem.backprop_rows(problem.index, g, grads)
         problem.release()
-        out_h = grads.hidden.view(sh.shape).to(sh.dtype) if need_h else None
-        out_w = grads.weight.to(weight.dtype) if grads.weight is not None else None
-        out_b = grads.bias.to(bias.dtype) if grads.bias is not None else None
-        return out_h, None, out_w, out_b, None, None, None, None
+        gw = grads.weight_or_zeros()
+        return (
+            None if grads.hidden is None else grads.hidden.view(sh.shape).to(sh.dtype),
+            None,
+            None if gw is None else gw.to(weight.dtype),
+            None if grads.bias is None else grads.bias.to(bias.dtype),
+            None, None, None, None,
+        )
 
 
 # ------------------------------------------------------------------- token log-probs
@@ -598,19 +652,17 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         problem = _LogprobProblem(hidden, weight, bias, labels, ctx.params)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        dt, dev, H = problem.dtype, hidden.device, hidden.shape[-1]
-        gh = torch.zeros(problem.h.shape[0], H, dtype=dt, device=dev) if need_h else None
-        gw = torch.zeros(problem.V, H, dtype=dt, device=dev) if need_w else None
-        gb = torch.zeros(problem.V, dtype=dt, device=dev) if need_b and bias is not None \
-            else None
+        grads = _Grads.allocate(problem.h.shape[0], problem.head, need_h, need_w,
+                                need_b and bias is not None, hidden.device)
         g_all = grad_out.reshape(-1).float()
         for lo, hi, idx, h, x in problem.chunks():
-            problem.rows.write_grad(x, problem.labels[lo:hi], lse[lo:hi], g_all[idx])
-            problem.head.backprop(x, h, gh, idx, gw, gb)
+            row_scale = problem.rows.write_grad(x, problem.labels[lo:hi], lse[lo:hi], g_all[idx])
+            problem.head.backprop(x, h, row_scale, idx, grads)
+        gw = grads.weight_or_zeros()
         return (
-            gh.view(hidden.shape).to(hidden.dtype) if gh is not None else None,
-            gw.to(weight.dtype) if gw is not None else None,
-            gb.to(bias.dtype) if gb is not None else None,
+            None if grads.hidden is None else grads.hidden.view(hidden.shape).to(hidden.dtype),
+            None if gw is None else gw.to(weight.dtype),
+            None if grads.bias is None else grads.bias.to(bias.dtype),
             None,
             None,
         )
