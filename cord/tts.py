@@ -4,8 +4,8 @@ Two engines behind one small protocol:
 
 - :class:`EspeakEngine` (default): eSpeak NG driven through ctypes from the shared library and
   voice data that the ``espeakng-loader`` wheel ships, so nothing has to be installed on the
-  system. Formant synthesis: robotic but intelligible, deterministic and fast (milliseconds per
-  sentence on one CPU core).
+  system. Formant synthesis: robotic but intelligible, bit-for-bit deterministic and fast
+  (about 15 ms per sentence on one CPU core).
 - :class:`KokoroEngine`: the neural TTS the paper used (Kokoro-82M). Used only when the
   ``kokoro`` package and its weights are present on disk; it never downloads anything.
 
@@ -17,10 +17,16 @@ Example::
 
 from __future__ import annotations
 
+import _ctypes
+import atexit
+import contextlib
 import ctypes
 import importlib.util
 import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,12 +80,47 @@ _SynthCallback = ctypes.CFUNCTYPE(
 )
 
 
-class _EspeakLibrary:
-    """The process-wide libespeak-ng handle.
+def _declare_prototypes(lib: ctypes.CDLL) -> None:
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+    lib.espeak_SetSynthCallback.restype = None
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_EspeakVoice)]
+    lib.espeak_SetVoiceByProperties.restype = ctypes.c_int
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetParameter.restype = ctypes.c_int
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,  # text
+        ctypes.c_size_t,  # size in bytes, including the terminating NUL
+        ctypes.c_uint,  # position
+        ctypes.c_int,  # position type
+        ctypes.c_uint,  # end position (0 = none)
+        ctypes.c_uint,  # flags
+        ctypes.c_void_p,  # unsigned int *unique_identifier
+        ctypes.c_void_p,  # user data
+    ]
+    lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_Synchronize.restype = ctypes.c_int
+    lib.espeak_Terminate.restype = ctypes.c_int
 
-    libespeak-ng keeps all of its state (current voice, rate, output callback) in globals, so one
-    process gets one initialised library, and every synthesis call holds ``_lock`` while it sets
-    the voice and rate it wants and collects its samples.
+
+# dlclose on POSIX, FreeLibrary on Windows: unloading is what resets the library's statics.
+_unload_library = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary", None)
+
+
+class _EspeakLibrary:
+    """Process-wide access to libespeak-ng, loaded afresh for every utterance.
+
+    libespeak-ng keeps synthesis state in C statics that ``espeak_Terminate`` and
+    ``espeak_Initialize`` do not reset (the pitch "flutter" and wave-generator phases), so a
+    sentence would come out a little different depending on what was spoken before it. Loading
+    the library for each utterance and unloading it afterwards resets all of it: the same text,
+    voice and rate give bit-identical samples in any order (about 10 ms of overhead per
+    utterance). The library loaded is a private copy, so a libespeak-ng that another package in
+    the process uses (phonemizer, Kokoro's G2P) is never re-initialised under it. One lock
+    serialises synthesis: the library's state is global.
     """
 
     _instance: _EspeakLibrary | None = None
@@ -92,50 +133,19 @@ class _EspeakLibrary:
             raise ImportError(
                 "EspeakEngine needs the `espeakng-loader` package (pip install espeakng-loader)"
             ) from e
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-        lib.espeak_SetSynthCallback.restype = None
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_EspeakVoice)]
-        lib.espeak_SetVoiceByProperties.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p,  # text
-            ctypes.c_size_t,  # size in bytes, including the terminating NUL
-            ctypes.c_uint,  # position
-            ctypes.c_int,  # position type
-            ctypes.c_uint,  # end position (0 = none)
-            ctypes.c_uint,  # flags
-            ctypes.c_void_p,  # unsigned int *unique_identifier
-            ctypes.c_void_p,  # user data
-        ]
-        lib.espeak_Synth.restype = ctypes.c_int
-        lib.espeak_Synchronize.restype = ctypes.c_int
-
-        data_path = espeakng_loader.get_data_path()
-        sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(data_path), 0)
-        if sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed (data path {data_path})")
-        self.lib = lib
-        self.sample_rate = int(sample_rate)
+        private_dir = tempfile.mkdtemp(prefix="cord-espeak-")
+        atexit.register(shutil.rmtree, private_dir, ignore_errors=True)
+        source = Path(espeakng_loader.get_library_path())
+        self.library_path = str(Path(private_dir) / source.name)
+        shutil.copyfile(source, self.library_path)
+        self.data_path = os.fsencode(espeakng_loader.get_data_path())
         self.lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
-        # ctypes would free the trampoline if the Python callable were garbage collected,
-        # and libespeak-ng would then call into freed memory: keep it on the instance.
+        # ctypes frees the C trampoline when the Python callable is garbage collected, and
+        # libespeak-ng would then call into freed memory: keep it on the instance.
         self._callback = _SynthCallback(self._collect)
-        lib.espeak_SetSynthCallback(self._callback)
-        # Pin eSpeak's own random generator. (The waveform still varies by a few samples from
-        # one call to the next: eSpeak's pitch "flutter" phase is a static that carries over
-        # between utterances, so a whole run is reproducible but a repeated sentence within
-        # one process is not bit-identical.)
-        self._set_seed = getattr(lib, "espeak_ng_SetRandSeed", None)
-        if self._set_seed is not None:
-            self._set_seed.argtypes = [ctypes.c_long]
-            self._set_seed.restype = None
+        with self._loaded() as (_, sample_rate):
+            self.sample_rate = sample_rate
 
     @classmethod
     def get(cls) -> _EspeakLibrary:
@@ -144,36 +154,54 @@ class _EspeakLibrary:
                 cls._instance = cls()
             return cls._instance
 
+    @contextlib.contextmanager
+    def _loaded(self) -> Iterator[tuple[ctypes.CDLL, int]]:
+        """A freshly loaded and initialised library; terminated and unloaded on exit."""
+        lib = ctypes.CDLL(self.library_path)
+        initialised = False
+        try:
+            _declare_prototypes(lib)
+            sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path, 0)
+            if sample_rate <= 0:
+                raise RuntimeError(f"espeak_Initialize failed (data path {self.data_path!r})")
+            initialised = True
+            lib.espeak_SetSynthCallback(self._callback)
+            yield lib, int(sample_rate)
+        finally:
+            if initialised:
+                lib.espeak_Terminate()  # frees what the library allocated before it goes away
+            if _unload_library is not None:
+                _unload_library(lib._handle)
+
     def _collect(self, wav, num_samples, events) -> int:
         if wav and num_samples > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def _set_voice(self, voice: str) -> bool:
+    @staticmethod
+    def _set_voice(lib: ctypes.CDLL, voice: str) -> bool:
         """Select ``voice`` by voice name or file (``"en-us"``, ``"en-us+f3"``), else by
         language (``"en-gb"`` is the language of the voice file ``gmw/en``)."""
-        if self.lib.espeak_SetVoiceByName(voice.encode("utf-8")) == _EE_OK:
+        if lib.espeak_SetVoiceByName(voice.encode("utf-8")) == _EE_OK:
             return True
         spec = _EspeakVoice(languages=voice.encode("utf-8"))
-        return self.lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == _EE_OK
+        return lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == _EE_OK
 
     def synthesize(self, text: str, voice: str, rate: int) -> np.ndarray:
         """``(num_samples,)`` int16 samples of ``text`` at ``self.sample_rate``."""
         data = text.encode("utf-8") + b"\0"
-        with self.lock:
-            if not self._set_voice(voice):
+        with self.lock, self._loaded() as (lib, _):
+            if not self._set_voice(lib, voice):
                 raise ValueError(
                     f"voice must be an eSpeak NG voice name such as 'en-us' or 'en-gb', "
                     f"got {voice!r}"
                 )
-            self.lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
-            if self._set_seed is not None:
-                self._set_seed(0)
+            lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
             self._chunks = []
-            status = self.lib.espeak_Synth(
+            status = lib.espeak_Synth(
                 data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
             )
-            self.lib.espeak_Synchronize()
+            lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
         if status != _EE_OK:
             raise RuntimeError(f"espeak_Synth failed with status {status} for text {text[:60]!r}")
