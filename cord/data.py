@@ -266,11 +266,18 @@ def load_paired(
     if _is_record_list(source):
         # Decode in Python before anything becomes arrow: a list may mix paths, 1-D and
         # (samples, channels) arrays, which arrow cannot hold in one column.
+        from tqdm.auto import tqdm
+
         columns = list(dict.fromkeys(key for record in source for key in record))
         _check_columns(columns, require_answer)
-        decode = _RecordDecoder(sampling_rate, None, "id" in columns, "answer" in columns,
-                                require_answer)  # fmt: skip
-        rows = [{**record, **decode(record, i)} for i, record in enumerate(source)]
+        decode = _RecordDecoder(
+            sampling_rate, None, "id" in columns, "answer" in columns, require_answer
+        )
+        blank = dict.fromkeys(columns)  # from_list takes its columns from the first row only
+        rows = [
+            {**blank, **record, **decode(record, i)}
+            for i, record in enumerate(tqdm(source, desc=f"decoding audio at {sampling_rate} Hz"))
+        ]
         dataset = datasets.Dataset.from_list(rows)
         dataset = dataset.cast(_output_features(dataset, "answer" in columns))
     else:
@@ -282,8 +289,9 @@ def load_paired(
             # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
             dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
         has_answer = "answer" in dataset.column_names
-        decode = _RecordDecoder(sampling_rate, base_dir, "id" in dataset.column_names,
-                                has_answer, require_answer)  # fmt: skip
+        decode = _RecordDecoder(
+            sampling_rate, base_dir, "id" in dataset.column_names, has_answer, require_answer
+        )
         dataset = dataset.map(
             decode,
             with_indices=True,

@@ -93,6 +93,13 @@ def test_load_paired_from_list_with_mono_and_stereo_arrays():
     assert ds.features["audio"]["sampling_rate"].dtype == "int32"
 
 
+def test_load_paired_list_keeps_columns_absent_from_the_first_record():
+    audio = {"array": _tone(0.1, 16_000), "sampling_rate": 16_000}
+    records = [{"text": "a", "audio": audio}, {"text": "b", "audio": audio, "answer": 3, "n": 1}]
+    ds = load_paired(records)
+    assert ds["answer"] == [None, "3"] and ds["n"] == [None, 1] and ds["id"] == ["0", "1"]
+
+
 def test_load_paired_from_dataset_with_arrays():
     ds = datasets.Dataset.from_list(
         [{"id": 7, "text": "t", "audio": {"array": _tone(0.5, 22_050), "sampling_rate": 22_050}}]
