@@ -158,7 +158,16 @@ def _money(m: re.Match) -> str:
     return dollars
 
 
+_REPEATING = re.compile(r"(\d*)\.\\overline\{?(\d+)\}?")
+
+
+def _repeating(m: re.Match) -> str:
+    """``0.\\overline{3}`` -> ``zero point three repeating``."""
+    return f"{_numeral_to_words(m.group(1), m.group(2))} repeating"
+
+
 def _delimiters_and_unicode(text: str) -> str:
+    text = _REPEATING.sub(_repeating, text)
     text = _MONEY.sub(_money, text)
     text = _INLINE_MATH.sub(lambda m: m.group(1) or m.group(2), text)
     text = _LONE_DOLLAR.sub(_money, text)  # an unpaired "$5" is money
@@ -194,6 +203,7 @@ _SYMBOLS = {
     "therefore": "therefore", "because": "because", "neg": "not", "land": "and", "wedge": "and",
     "lor": "or", "vee": "or", "percent": "percent", "%": "percent", "degree": "degrees",
     "bmod": "mod", "mod": "mod", "{": "", "}": "", "$": "dollars", "&": "and", "#": "number",
+    "lfloor": "the floor of", "rfloor": "", "lceil": "the ceiling of", "rceil": "",
     "sin": "sine", "cos": "cosine", "tan": "tangent", "cot": "cotangent", "sec": "secant",
     "csc": "cosecant", "arcsin": "arc sine", "arccos": "arc cosine", "arctan": "arc tangent",
     "ln": "the natural log of", "exp": "the exponential of", "max": "the maximum of",
@@ -371,6 +381,8 @@ _RULES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"(^|\s)\(([A-H])\)\s*", re.M), r"\1option \2, "),  # "(A) 5" option labels
     (re.compile(r"^([A-H])[.)]\s+", re.M), r"option \1, "),  # "A. 5" at a line start
     (re.compile(r"\|([^|\n]+)\|"), r" the absolute value of \1 "),
+    (re.compile(r"\)\s*\("), ") times ("),  # (31)(30): a product
+    (re.compile(r"(\d\s*)([a-zA-Z]{1,3})/([a-zA-Z]{1,3})\b"), r"\1\2 per \3"),  # 60 km/h
     (re.compile(r"\b([fgh])''\("), r"\1 double prime of ("),  # f''(x): derivatives
     (re.compile(r"\b([fgh])'\("), r"\1 prime of ("),
     (re.compile(r"\b([fgh])\("), r"\1 of ("),  # f(x): function application
