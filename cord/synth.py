@@ -3,7 +3,7 @@
 Reads records with ``text`` (and ``id``) from JSONL/JSON/CSV/parquet or a saved dataset, speaks
 each text (after spoken-form normalisation of math by default) and writes::
 
-    OUT/audio/<id>.wav          one 16-bit WAV per record, at the engine's rate
+    OUT/audio/<id>.wav          one 16-bit WAV per record, at the engine's rate or --sample-rate
     OUT/paired.jsonl            the input records plus "audio": "audio/<id>.wav"
                                 (relative to the JSONL, which is how load_paired resolves it)
                                 and "spoken_text": what the engine was given
@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="read LaTeX and math symbols aloud as words (default on)",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=None,
+        help="resample the WAVs to this rate, e.g. 16000 (default: the engine's own rate)",
     )
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--id-column", default="id")
@@ -128,6 +134,7 @@ def synthesize_dataset(
     text_key: str = "text",
     id_key: str = "id",
     output_jsonl: str | os.PathLike | None = "paired.jsonl",
+    sample_rate: int | None = None,
     progress: bool = True,
 ) -> SynthReport:
     """Speak every record's text into ``out_dir/audio/<id>.wav``.
@@ -141,6 +148,7 @@ def synthesize_dataset(
             previous ``output_jsonl`` records a different spoken text for that id).
         output_jsonl: where to write the output records; relative paths are under ``out_dir``;
             None writes no file.
+        sample_rate: write the WAVs at this rate (resampled); the engine's rate when None.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -150,6 +158,7 @@ def synthesize_dataset(
     """
     from tqdm.auto import tqdm
 
+    from cord.data import resample
     from cord.spoken_math import to_spoken
     from cord.tts import get_engine
 
@@ -157,6 +166,11 @@ def synthesize_dataset(
         engine = get_engine(engine)
     if not hasattr(engine, "synthesize") or not hasattr(engine, "sample_rate"):
         raise TypeError(f"engine must be a TTSEngine or an engine name, got {engine!r}")
+    if sample_rate is not None and (
+        isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0
+    ):
+        raise ValueError(f"sample_rate must be a positive int or None, got {sample_rate!r}")
+    out_rate = sample_rate or engine.sample_rate
     records = list(records)
     if not records:
         raise ValueError("records is empty: nothing to synthesise")
@@ -194,9 +208,10 @@ def synthesize_dataset(
             audio = engine.synthesize(spoken)
             if len(audio) == 0:
                 raise ValueError(f"record {record_id!r}: the TTS engine produced no audio")
-            _write_wav_atomic(wav_path, audio, engine.sample_rate)
+            audio = resample(audio, engine.sample_rate, out_rate)
+            _write_wav_atomic(wav_path, audio, out_rate)
             written += 1
-            seconds += len(audio) / engine.sample_rate
+            seconds += len(audio) / out_rate
         bar.set_postfix(written=written, skipped=skipped, refresh=False)
         audio_ref = (
             os.path.relpath(wav_path, link_base)
@@ -249,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         text_key=args.text_column,
         id_key=args.id_column,
         output_jsonl=output_jsonl,
+        sample_rate=args.sample_rate,
         progress=not args.no_progress,
     )
     elapsed = time.perf_counter() - start

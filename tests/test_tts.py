@@ -373,8 +373,19 @@ def test_synthesize_dataset_without_spoken_math_and_with_overwrite(tmp_path, esp
     report = synthesize_dataset(RECORDS[:1], tmp_path, espeak, spoken_math=False, progress=False)
     assert report.written == 1 and report.skipped == 0 and report.audio_seconds > 0.3
     assert report.records[0]["spoken_text"] == RECORDS[0]["text"]
-    again = synthesize_dataset(RECORDS[:1], tmp_path, espeak, overwrite=True, progress=False)
+    again = synthesize_dataset(
+        RECORDS[:1],
+        tmp_path,
+        espeak,
+        spoken_math=False,
+        overwrite=True,
+        sample_rate=16_000,
+        progress=False,
+    )
     assert again.written == 1 and again.skipped == 0
+    audio, sr = sf.read(tmp_path / again.records[0]["audio"])
+    assert sr == 16_000
+    assert len(audio) / sr == pytest.approx(report.audio_seconds, rel=0.01)
 
 
 def test_synthesize_dataset_bad_records(tmp_path, espeak):
