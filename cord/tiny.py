@@ -75,8 +75,8 @@ def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None):
 
     Byte-level BPE trained on the built-in words plus ``vocab_words``; every byte is in the
     alphabet, so any text round-trips. ``vocab_size=None`` merges until every listed word (with
-    and without a leading space) is one token; a number caps the vocabulary instead. ``eos_token`` is ``<|im_end|>``, ``pad_token`` is
-    ``<|endoftext|>``.
+    and without a leading space, capitalised or not) is one token; a number caps the
+    vocabulary instead. ``eos_token`` is ``<|im_end|>``, ``pad_token`` is ``<|endoftext|>``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -11,6 +11,7 @@ the command runs on the CPU as is. Options are the fields of :class:`cord.config
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from cord.trainer import train
 
     metrics = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+        return 0
     shown = {k: v for k, v in metrics.items() if not isinstance(v, bool)}
     print("final: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in shown.items()))

@@ -348,6 +348,11 @@ class CordTrainer:
             acc.init_trackers("cord", config=_hparams(cfg))
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
+        global_batch = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+                        * acc.num_processes)
+        acc.print(f"cord: {cfg.objective} for {self.max_steps} steps on {acc.num_processes} "
+                  f"process(es) ({acc.distributed_type.value}, {acc.device}), global batch "
+                  f"{global_batch} prompts, {len(self.train_dataset)} in the dataset")
         bar = None
         if acc.is_main_process and not cfg.disable_tqdm:
             from tqdm.auto import tqdm
