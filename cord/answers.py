@@ -114,7 +114,12 @@ def extract_choice(text: str | None, choices: str | Sequence[str] = "ABCD") -> s
 # Math
 # ---------------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+# A number: a sign only where it cannot be a binary minus ("10-5" is not -5), thousands
+# separators only in groups of three ("1,234" but not the list "1,2,3"), an optional fraction.
+_NUMBER = re.compile(
+    r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+    r"|(?:(?<![\w)])-)?\.\d+"
+)
 _ANSWER_CUE = re.compile(
     r"(?:final\s+answer|answer|result)\s*(?:is|:|=|would be|should be|equals)\s*:?\s*"
     r"(?P<span>.+?)(?=\s*(?:\n|$|\.\s|\.$|;|,\s+(?:so|which|because|since)\b))",

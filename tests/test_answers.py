@@ -65,6 +65,10 @@ MATH_CASES = [
     ("I got 1,234 apples", "1234"),
     ("The result is 3/4.", "3/4"),
     ("-3.5 is it", "-3.5"),
+    ("It is 10-5, which is 5", "5"),
+    ("So it is 10-4", "4"),  # a binary minus is not a sign
+    ("The numbers are 1,2,3", "3"),  # a list, not 123
+    ("about 12,345,678 people", "12345678"),
     ("the answer is twelve", "12"),
     ("The final answer is forty-two.", "42"),
     ("It is minus five", "-5"),
