@@ -49,10 +49,17 @@ class PairedBatch:
         return len(self.texts)
 
     @classmethod
-    def from_any(cls, batch: Any) -> PairedBatch:
-        """Accepts a PairedBatch, a dict of lists (collate output) or a list of records."""
+    def from_any(cls, batch: Any, *, sampling_rate: int | None = None) -> PairedBatch:
+        """Accepts a PairedBatch, a list of records, a dict of lists, or the output of
+        ``cord.data.collate_paired`` (its audio is at the model's rate: ``sampling_rate``)."""
         if isinstance(batch, PairedBatch):
             return batch
+        if hasattr(batch, "texts") and hasattr(batch, "audios"):  # cord.data.PairedBatch
+            if sampling_rate is None:
+                raise ValueError("sampling_rate is needed for a batch without audio rates")
+            return cls([str(i) for i in batch.ids], list(batch.texts),
+                       [np.asarray(a, dtype=np.float32) for a in batch.audios],
+                       int(sampling_rate), list(batch.answers))
         if isinstance(batch, list):  # records {id, text, audio={array, sampling_rate}, answer}
             batch = {k: [r.get(k) for r in batch] for k in ("id", "text", "audio", "answer")}
         if not isinstance(batch, dict):
@@ -346,6 +353,7 @@ def compute_loss(ctx: StepContext, batch: Any) -> LossOutput:
     name = ctx.config.objective
     if name not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
+    batch = PairedBatch.from_any(batch, sampling_rate=getattr(ctx.adapter, "sampling_rate", None))
     if name == "cord" and ctx.config.cord_seq_weight == 0:
-        return cord_objective(ctx, PairedBatch.from_any(batch), with_seq=False)
-    return OBJECTIVES[name](ctx, PairedBatch.from_any(batch))
+        return cord_objective(ctx, batch, with_seq=False)
+    return OBJECTIVES[name](ctx, batch)

@@ -367,7 +367,8 @@ class CordTrainer:
             parts, tokens, finite_loss = [], 0, True
             for _ in range(cfg.gradient_accumulation_steps):
                 batch = next(batches)
-                with acc.accumulate(self.model):
+                # autocast covers generation and the frozen teacher too (they run the bare model)
+                with acc.accumulate(self.model), acc.autocast():
                     out = compute_loss(self.ctx, batch)
                     finite_loss &= M.is_finite(out.loss.detach())
                     acc.backward(out.loss)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,6 +186,14 @@ def test_paired_batch_parsing_errors():
         PairedBatch.from_any(recs)
     with pytest.raises(ValueError, match="'audio'"):
         PairedBatch.from_any({"text": ["x"]})
+    # The output of cord.data.collate_paired (audio already at the model's rate).
+    from cord.data import collate_paired
+
+    collated = collate_paired(records(TEXTS[:2]))
+    b = PairedBatch.from_any(collated, sampling_rate=16000)
+    assert b.texts == TEXTS[:2] and b.ids == ["0", "1"] and b.audios[0].dtype == np.float32
+    with pytest.raises(ValueError, match="sampling_rate"):
+        PairedBatch.from_any(collated)
 
 
 def test_fused_linear_flag(tmp_path):
