@@ -173,6 +173,9 @@ class ChatAdapter:
         self.eos_token_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+        #: Never generated: placeholders that would change the meaning of a completion when it
+        #: is fed back (an <|AUDIO|> in a completion would be taken for an audio frame).
+        self.suppress_token_ids: list[int] = []
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -266,6 +269,8 @@ class ChatAdapter:
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_ids,
         )
+        if self.suppress_token_ids:
+            opts["suppress_tokens"] = list(self.suppress_token_ids)
         if sample:
             opts.update(temperature=temperature, top_p=top_p, top_k=top_k)
         else:
@@ -408,3 +413,9 @@ class Qwen2AudioAdapter(ChatAdapter):
             raise TypeError(
                 f"model must be a Qwen2AudioForConditionalGeneration, got {type(bare).__name__}"
             )
+        tok = self.tokenizer
+        names = (processor.audio_token, processor.audio_bos_token, processor.audio_eos_token,
+                 "<|im_start|>")
+        ids = [tok.convert_tokens_to_ids(n) for n in names]
+        self.suppress_token_ids = sorted({int(i) for i in ids
+                                          if i is not None and i != tok.unk_token_id})

@@ -143,3 +143,21 @@ def test_student_and_teacher_logits_align_with_a_manual_forward(adapter, kind):
         torch.testing.assert_close(taught[i, :n], ref_t[:n], rtol=1e-4, atol=1e-4)
     # The audio and text conditionings do differ (the test is not comparing a thing to itself).
     assert (student[:, 0] - taught[:, 0]).abs().max() > 1e-3
+
+
+def test_audio_placeholders_are_never_generated():
+    # A completion holding <|AUDIO|> would be read as an audio frame when scored.
+    model, processor = build_tiny_qwen2_audio(seed=5)
+    audio_id = model.config.audio_token_id
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[audio_id] = 8.0  # would be sampled most of the time
+    model.lm_head = head
+    adapter = Qwen2AudioAdapter(model, processor)
+    assert audio_id in adapter.suppress_token_ids
+    ro = sample(adapter, _audio_prompts(adapter), num_generations=2, temperature=1.0,
+                max_new_tokens=8)
+    assert not (ro.completion_ids == audio_id).any()
+    adapter.completion_logits(ro.prompts, ro.completion_ids, ro.completion_mask)  # no mismatch
