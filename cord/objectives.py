@@ -207,9 +207,10 @@ def judge_rewards(
 
 
 def text_references(ctx: StepContext, x_t: PromptBatch) -> list[str]:
-    """The model's own text answers y_hat ~ p(.|x^t) (the judge's references)."""
+    """The model's own text answers y_hat ~ p_theta(.|x^t), current weights (the judge's
+    references, paper eq. 8), whatever the teacher kind."""
     cfg = ctx.config
-    return sample(ctx.teacher.adapter, x_t, temperature=cfg.reference_temperature,
+    return sample(ctx.adapter, x_t, temperature=cfg.reference_temperature,
                   max_new_tokens=cfg.max_completion_length, device=ctx.device).texts
 
 

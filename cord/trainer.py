@@ -167,7 +167,12 @@ class CordTrainer:
     def __init__(self, config: CordConfig, adapter: ModelAdapter | None = None,
                  train_dataset=None, judge=None):
         from accelerate import Accelerator
-        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+        from accelerate.utils import (
+            DataLoaderConfiguration,
+            GradientAccumulationPlugin,
+            ProjectConfiguration,
+            set_seed,
+        )
 
         if not isinstance(config, CordConfig):
             raise TypeError(f"config must be a CordConfig, got {type(config).__name__}")
@@ -178,7 +183,11 @@ class CordTrainer:
         report = [r for r in cfg.report_to if r != "none"]
         self.output_dir = Path(cfg.output_dir)
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            # A step may span an epoch boundary: sync on the micro-batch count only, never
+            # early at the end of the dataloader (that would leave the next micro-batches
+            # un-reduced under DDP).
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False),
             mixed_precision="bf16" if mixed else "no",
             log_with=report or None,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
@@ -395,6 +404,7 @@ class CordTrainer:
                 bar.update(1)
 
             step = self.state.global_step
+            # Logged metrics are those of this step (all processes, all micro-batches).
             if step % cfg.logging_steps == 0 or step == self.max_steps or not finite:
                 from accelerate.utils import gather_object
 

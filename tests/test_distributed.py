@@ -1,7 +1,8 @@
 """Two CPU processes (gloo, ``accelerate launch``) == one process with the same global batch.
 
 ``ACCELERATE_USE_CPU=true accelerate launch --config_file examples/accelerate/cpu_2proc.yaml``
-starts two torchrun workers that form a gloo group on the CPU.
+starts two torchrun workers that form a gloo group on the CPU. Each step accumulates 3
+micro-batches and the second one crosses an epoch boundary.
 
 Rollouts are greedy and every prompt has the same length (same padding in any batch), so both
 layouts score the same tokens; per-sequence-mean losses and DDP's gradient averaging then give
@@ -30,6 +31,8 @@ TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 
 OPTIONS = [
     "model=tiny", "objective=cord", "cord_seq_weight=0", "judge=none", "temperature=0",
     "max_completion_length=6", "max_steps=2", "learning_rate=1e-3", "report_to=none",
+    # 3 micro-batches a step: step 2 spans the epoch boundary (8 prompts, 6 a step).
+    "gradient_accumulation_steps=3",
     "save_steps=0", "disable_tqdm=true", "seed=0",
 ]
 
@@ -71,7 +74,7 @@ def test_two_processes_match_one(tmp_path):
         "--config_file", str(ROOT / "examples" / "accelerate" / "cpu_2proc.yaml"),
         "--main_process_port", str(_free_port()),
         "-m", "cord.cli", "train", f"dataset={data}", f"output_dir={two}",
-        "per_device_train_batch_size=2", *OPTIONS,
+        "per_device_train_batch_size=1", *OPTIONS,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "ACCELERATE_USE_CPU": "true"}
@@ -82,7 +85,7 @@ def test_two_processes_match_one(tmp_path):
     torch.set_num_threads(1)
     one = tmp_path / "one"
     config = CordConfig.from_yaml(None, [f"dataset={data}", f"output_dir={one}",
-                                         "per_device_train_batch_size=4", *OPTIONS])
+                                         "per_device_train_batch_size=2", *OPTIONS])
     train(config)
 
     l1, l2 = _losses(one), _losses(two)
