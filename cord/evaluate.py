@@ -1,0 +1,485 @@
+"""``cord eval``: audio vs text accuracy of one model, the modality gap and its reduction.
+
+Each benchmark item is asked twice, once from its audio and once from its text, and both
+answers are scored against the item's reference:
+
+- multiple choice (a reference that is an option letter, VoiceBench's ``audio`` / ``prompt`` /
+  ``reference`` records): the option letter is extracted with :func:`cord.answers.extract_choice`,
+  which tolerates the usual phrasings ("The answer is (B)", "B.", "I choose option b", ...);
+  responses it cannot read are counted wrong and reported as ``unparsed``;
+- math (any other reference, numeric or LaTeX): :func:`cord.answers.extract_math_answer` then
+  :func:`cord.answers.math_equal` (exact rationals, then math-verify).
+
+The paper's metrics (SPEC section 1), per benchmark b and method m:
+
+    Δ_b(m)     = Acc_text_b(base) − Acc_audio_b(m)        (the base model's text accuracy is fixed)
+    reduction  = 1 − mean_b Δ_b(m) / mean_b Δ_b(base)
+
+Python API::
+
+    result = evaluate(adapter, records, name="arith")        # one benchmark
+    print(gap_table({"base": base_run, "+ CORD": cord_run}, base="base"))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ANSWER_KINDS = ("auto", "choice", "math")
+_LETTER_REFERENCE = re.compile(r"^\s*\(?([A-Za-z])\)?\s*\.?\s*$")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one response
+# --------------------------------------------------------------------------------------------
+
+
+def reference_kind(reference: str, choices: str = "ABCD") -> str:
+    """``"choice"`` when the reference is one option letter ("B", "(c)"), else ``"math"``."""
+    m = _LETTER_REFERENCE.match(str(reference))
+    return "choice" if m and m.group(1).upper() in choices.upper() else "math"
+
+
+def score_response(
+    response: str | None, reference: str, kind: str = "auto", *, choices: str = "ABCD"
+) -> tuple[bool, bool]:
+    """Whether ``response`` answers ``reference`` correctly, and whether an answer could be
+    read from it at all: ``(correct, parsed)``. An unparsed response is never correct.
+
+    Example:
+        >>> score_response("I think the answer is (b).", "B")
+        (True, True)
+        >>> score_response("so the answer is 12", "12", "math")
+        (True, True)
+    """
+    from cord.answers import extract_choice, extract_math_answer, math_equal
+
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
+    if reference is None or not str(reference).strip():
+        raise ValueError("reference must be a non-empty answer")
+    kind = reference_kind(reference, choices) if kind == "auto" else kind
+    if kind == "choice":
+        gold = _LETTER_REFERENCE.match(str(reference))
+        if gold is None:
+            raise ValueError(f"a multiple-choice reference must be one letter, got {reference!r}")
+        letter = extract_choice(response, choices)
+        return (letter is not None and letter == gold.group(1).upper(), letter is not None)
+    answer = extract_math_answer(response)
+    return (answer is not None and math_equal(answer, str(reference)), answer is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_record(record: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """A benchmark record in either layout -> ``{id, text, audio, answer}``.
+
+    Accepts this project's paired layout (``text``, ``audio``, ``answer``) and VoiceBench's
+    (``prompt``, ``audio``, ``reference``)."""
+    if not isinstance(record, Mapping):
+        raise TypeError(f"record {index} must be a mapping, got {type(record).__name__}")
+    text = record.get("text", record.get("prompt"))
+    answer = record.get("answer", record.get("reference"))
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"record {index} needs a non-empty 'text' (or 'prompt')")
+    if answer is None or not str(answer).strip():
+        raise ValueError(f"record {index} needs a non-empty 'answer' (or 'reference')")
+    if record.get("audio") is None:
+        raise ValueError(f"record {index} needs 'audio'")
+    out = dict(record)
+    out.update(id=str(record.get("id", index)), text=text, answer=str(answer))
+    out.pop("prompt", None)
+    out.pop("reference", None)
+    return out
+
+
+def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16_000) -> list:
+    """Benchmark records from a file, folder, ``datasets.Dataset`` or list (see
+    :func:`normalize_record`), audio decoded at ``sampling_rate``; the first ``limit``."""
+    from cord.data import load_paired, read_records
+
+    records = source if isinstance(source, list) else read_records(source)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        records = records[:limit]
+    base = None if isinstance(source, list) else Path(str(source))
+    rows = [normalize_record(r, i) for i, r in enumerate(records)]
+    if base is not None and base.is_file():
+        # Relative audio paths are relative to the benchmark file, as load_paired expects.
+        for r in rows:
+            if isinstance(r["audio"], str) and not Path(r["audio"]).is_absolute():
+                r["audio"] = str(base.parent / r["audio"])
+    return list(load_paired(rows, sampling_rate=sampling_rate))
+
+
+def _audio_of(record: Mapping[str, Any]):
+    import numpy as np
+
+    audio = record["audio"]
+    if isinstance(audio, Mapping):
+        return np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
+    raise ValueError(
+        f"record {record.get('id')!r}: audio must be decoded ({{'array', 'sampling_rate'}}); "
+        "read the benchmark with cord.evaluate.load_items"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def generate_answers(
+    adapter,
+    records: Sequence[Mapping[str, Any]],
+    modality: str,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    instruction: str | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> list[str]:
+    """The model's responses to the audio (``modality="audio"``) or text prompts of
+    ``records``, greedy by default."""
+    import torch
+
+    from cord.rollout import completion_mask
+
+    if modality not in ("audio", "text"):
+        raise ValueError(f"modality must be 'audio' or 'text', got {modality!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    responses: list[str] = []
+    starts = range(0, len(records), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc or f"answering from {modality}", unit="batch",
+                      leave=False)
+    for s in starts:
+        batch = records[s : s + batch_size]
+        if modality == "audio":
+            audios = [_audio_of(r) for r in batch]
+            rates = {sr for _, sr in audios}
+            if len(rates) != 1:
+                raise ValueError(f"a batch mixes sampling rates {sorted(rates)}")
+            prompts = adapter.audio_prompts(
+                [a for a, _ in audios], sampling_rate=rates.pop(), instruction=instruction
+            )
+        else:
+            prompts = adapter.text_prompts([r["text"] for r in batch], instruction=instruction)
+        with torch.no_grad():
+            ids = adapter.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature)
+        mask = completion_mask(ids, adapter.eos_token_ids) if ids.shape[1] else ids.bool()
+        responses.extend(adapter.decode(ids, mask))
+    return responses
+
+
+def _modality_summary(correct: list[bool], parsed: list[bool]) -> dict[str, float]:
+    n = len(correct)
+    return {
+        "accuracy": sum(correct) / n,
+        "correct": int(sum(correct)),
+        "unparsed": 1.0 - sum(parsed) / n,
+    }
+
+
+def evaluate(
+    adapter,
+    dataset: Sequence[Mapping[str, Any]],
+    *,
+    name: str = "benchmark",
+    kind: str = "auto",
+    choices: str = "ABCD",
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    instruction: str | None = None,
+    modalities: Sequence[str] = ("text", "audio"),
+    progress: bool = True,
+    keep_responses: bool = True,
+) -> dict[str, Any]:
+    """Scores ``adapter``'s answers to every item of ``dataset`` from text and from audio.
+
+    Args:
+        adapter: a :class:`cord.adapter.ModelAdapter`.
+        dataset: records ``{id, text, audio={array, sampling_rate}, answer}`` (VoiceBench's
+            ``prompt``/``reference`` are accepted too), e.g. from :func:`load_items`.
+        kind: "auto" (per item: letter references are multiple choice, others math),
+            "choice" or "math".
+        temperature: 0 decodes greedily (the default for evaluation).
+
+    Returns:
+        ``{"name", "n", "kinds": {kind: count}, "text": {"accuracy", "correct", "unparsed"},
+        "audio": {...}, "gap": text accuracy − audio accuracy of this model, "items": [...]}``
+        (``items`` holds each response and verdict when ``keep_responses``).
+    """
+    if kind not in ANSWER_KINDS:
+        raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: nothing to evaluate")
+    bad = [m for m in modalities if m not in ("text", "audio")]
+    if bad or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of ('text', 'audio'), got "
+                         f"{list(modalities)}")
+    records = [normalize_record(r, i) for i, r in enumerate(dataset)]
+    kinds = [reference_kind(r["answer"], choices) if kind == "auto" else kind for r in records]
+    result: dict[str, Any] = {
+        "name": name,
+        "n": len(records),
+        "kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
+    }
+    items = [{"id": r["id"], "answer": r["answer"], "kind": k} for r, k in zip(records, kinds)]
+    for modality in modalities:
+        responses = generate_answers(
+            adapter, records, modality, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            temperature=temperature, instruction=instruction, progress=progress,
+            desc=f"{name}: {modality}",
+        )
+        scored = [
+            score_response(resp, r["answer"], k, choices=choices)
+            for resp, r, k in zip(responses, records, kinds)
+        ]
+        result[modality] = _modality_summary([c for c, _ in scored], [p for _, p in scored])
+        for item, resp, (ok, _) in zip(items, responses, scored):
+            item[f"{modality}_response"] = resp
+            item[f"{modality}_correct"] = ok
+    if "text" in result and "audio" in result:
+        result["gap"] = result["text"]["accuracy"] - result["audio"]["accuracy"]
+    if keep_responses:
+        result["items"] = items
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's gap metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _benchmarks(run: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A run is one :func:`evaluate` result or ``{"benchmarks": {name: result}}``."""
+    if "benchmarks" in run:
+        return dict(run["benchmarks"])
+    if "audio" in run or "text" in run:
+        return {run.get("name", "benchmark"): run}
+    raise ValueError("a run must be an evaluate() result or a dict with a 'benchmarks' key")
+
+
+def _runs(value) -> list[Mapping[str, Any]]:
+    """One run, or a list of runs (seeds) of the same method."""
+    runs = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not runs:
+        raise ValueError("a method needs at least one run")
+    return runs
+
+
+def modality_gaps(run: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float]:
+    """Δ_b = Acc_text_b(base) − Acc_audio_b(run) for every benchmark b of ``base``."""
+    base_b, run_b = _benchmarks(base), _benchmarks(run)
+    missing = [b for b in base_b if b not in run_b]
+    if missing:
+        raise ValueError(f"run lacks benchmark(s) {missing} that the base run has")
+    return {b: base_b[b]["text"]["accuracy"] - run_b[b]["audio"]["accuracy"] for b in base_b}
+
+
+def gap_reduction(mean_delta_method: float, mean_delta_base: float) -> float:
+    """The paper's ``1 − mean Δ_method / mean Δ_base`` (NaN when the base has no gap)."""
+    if mean_delta_base == 0:
+        return float("nan")
+    return 1.0 - mean_delta_method / mean_delta_base
+
+
+def gap_summary(
+    results_by_method: Mapping[str, Any], base: str | Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per method: accuracy per modality and benchmark, Δ per benchmark, mean Δ and the gap
+    reduction against ``base``, each as a mean and a standard deviation over the method's runs.
+
+    Args:
+        results_by_method: ``{method: run or [runs over seeds]}``.
+        base: the name of the base method in ``results_by_method``, or its run (single).
+    """
+    if isinstance(base, str):
+        if base not in results_by_method:
+            raise ValueError(f"base {base!r} is not one of the methods {list(results_by_method)}")
+        base_runs = _runs(results_by_method[base])
+    else:
+        base_runs = [base]
+    if len(base_runs) != 1:
+        raise ValueError("the base must be a single run (its text accuracy is the fixed target)")
+    base_run = base_runs[0]
+    base_mean_delta = _mean(modality_gaps(base_run, base_run).values())
+    summary: dict[str, dict[str, Any]] = {}
+    for method, value in results_by_method.items():
+        per_seed = []
+        for run in _runs(value):
+            deltas = modality_gaps(run, base_run)
+            mean_delta = _mean(deltas.values())
+            benches = _benchmarks(run)
+            per_seed.append({
+                "text": {b: benches[b]["text"]["accuracy"] for b in deltas if "text" in benches[b]},
+                "audio": {b: benches[b]["audio"]["accuracy"] for b in deltas},
+                "delta": deltas,
+                "mean_delta": mean_delta,
+                "reduction": gap_reduction(mean_delta, base_mean_delta),
+            })  # fmt: skip
+        summary[method] = _aggregate(per_seed)
+    return summary
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _std(values) -> float:
+    values = list(values)
+    if len(values) < 2:
+        return 0.0
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": len(per_seed), "per_run": per_seed}
+    for key in ("text", "audio", "delta"):
+        names = per_seed[0][key].keys()
+        out[key] = {b: _mean(s[key][b] for s in per_seed) for b in names}
+        out[f"{key}_std"] = {b: _std(s[key][b] for s in per_seed) for b in names}
+    for key in ("mean_delta", "reduction"):
+        out[key] = _mean(s[key] for s in per_seed)
+        out[f"{key}_std"] = _std(s[key] for s in per_seed)
+    return out
+
+
+def _pct(mean: float, std: float | None = None, *, sign: bool = False) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    s = f"{100 * mean:+.1f}" if sign else f"{100 * mean:.1f}"
+    return f"{s} ± {100 * std:.1f}" if std else s
+
+
+def gap_table(results_by_method: Mapping[str, Any], base: str | Mapping[str, Any]) -> str:
+    """The paper's Table 1 as markdown: per benchmark the text and audio accuracy and
+    Δ = Acc_text(base) − Acc_audio(method) with its change against the base (↓ closes the gap),
+    then the mean Δ and the gap reduction. Percentages; ``mean ± std`` over seeds."""
+    summary = gap_summary(results_by_method, base)
+    base_name = base if isinstance(base, str) else None
+    base_row = summary[base_name] if base_name else gap_summary({"base": base}, base)["base"]
+    benches = list(base_row["delta"])
+    header = ["Method"]
+    for b in benches:
+        header += [f"{b} text acc", f"{b} audio acc", f"{b} Δ"]
+    header += ["mean Δ", "gap reduction"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in summary.items():
+        cells = [method]
+        for b in benches:
+            cells.append(_pct(row["text"].get(b), row["text_std"].get(b)) if b in row["text"]
+                         else "n/a")
+            cells.append(_pct(row["audio"][b], row["audio_std"][b]))
+            delta = _pct(row["delta"][b], row["delta_std"][b])
+            change = row["delta"][b] - base_row["delta"][b]
+            if method != base_name and abs(change) > 1e-12:
+                delta += f" ({'↓' if change < 0 else '↑'}{100 * abs(change):.1f})"
+            cells.append(delta)
+        cells.append(_pct(row["mean_delta"], row["mean_delta_std"]))
+        cells.append("—" if method == base_name else _pct(row["reduction"], row["reduction_std"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def load_adapter(model: str, *, system_prompt: str | None = None):
+    """A :class:`cord.adapter.Qwen2AudioAdapter` for ``"tiny"`` or a local model directory."""
+    from cord.config import CordConfig
+    from cord.trainer import build_adapter
+
+    return build_adapter(CordConfig(model=model, system_prompt=system_prompt, report_to=["none"]))
+
+
+def _parse_data_args(values: Sequence[str]) -> dict[str, str]:
+    """``["mmsu=a.jsonl", "b.jsonl"]`` -> ``{"mmsu": "a.jsonl", "b": "b.jsonl"}``."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep:
+            name, path = Path(v).stem, v
+        if name in out:
+            raise ValueError(f"--data: benchmark name {name!r} given twice")
+        out[name] = path
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help='"tiny" or a local Qwen2-Audio directory')
+    parser.add_argument("--data", nargs="+", required=True, metavar="[NAME=]PATH",
+                        help="benchmark file(s): JSONL/JSON/CSV/parquet or a saved dataset with "
+                             "text/prompt, audio and answer/reference")
+    parser.add_argument("--kind", choices=ANSWER_KINDS, default="auto")
+    parser.add_argument("--choices", default="ABCD", help="option letters of multiple choice")
+    parser.add_argument("--instruction", default=None, help="appended to both prompts")
+    parser.add_argument("--system-prompt", default=None)
+    parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--name", default=None, help="method name in the table (default: model)")
+    parser.add_argument("--base", default=None,
+                        help="results.json of the base model: adds Δ and the gap reduction")
+    parser.add_argument("--output", default="eval_results.json", help="JSON results file")
+    parser.add_argument("--markdown", default=None, help="also write the table here")
+
+
+def run(args: argparse.Namespace) -> int:
+    adapter = load_adapter(args.model, system_prompt=args.system_prompt)
+    sr = int(getattr(adapter, "sampling_rate", 16_000))
+    benchmarks = {}
+    for name, path in _parse_data_args(args.data).items():
+        items = load_items(path, limit=args.limit, sampling_rate=sr)
+        benchmarks[name] = evaluate(
+            adapter, items, name=name, kind=args.kind, choices=args.choices,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, instruction=args.instruction,
+        )
+        r = benchmarks[name]
+        print(f"{name}: n={r['n']} text {100 * r['text']['accuracy']:.1f}% "
+              f"(unparsed {100 * r['text']['unparsed']:.1f}%), audio "
+              f"{100 * r['audio']['accuracy']:.1f}% (unparsed {100 * r['audio']['unparsed']:.1f}%)")
+    method = args.name or args.model
+    run_result = {"method": method, "model": args.model, "benchmarks": benchmarks}
+    methods: dict[str, Any] = {method: run_result}
+    base_name = method
+    if args.base:
+        base_run = json.loads(Path(args.base).read_text())
+        base_name = base_run.get("method", "base")
+        if base_name == method:
+            base_name = f"{base_name} (base)"
+        methods = {base_name: base_run, method: run_result}
+    summary = gap_summary(methods, base_name)
+    run_result["gap"] = summary[method]
+    table = gap_table(methods, base_name)
+    Path(args.output).write_text(json.dumps(run_result, indent=2))
+    print(table)
+    if args.base:
+        print(f"gap reduction: {_pct(summary[method]['reduction'])}%")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    print(f"wrote {args.output}")
+    return 0
