@@ -62,7 +62,7 @@ def build_adapter(config: CordConfig) -> ModelAdapter:
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
         model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, torch_dtype="auto"
+            path, local_files_only=True, dtype="auto"
         )
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     return Qwen2AudioAdapter(model, processor, system_prompt=config.system_prompt)

@@ -141,3 +141,23 @@ def test_forward_and_generate_are_fast_on_cpu(tiny):
     elapsed = time.perf_counter() - t0
     assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
     assert elapsed < 1.0, f"generate(16) + forward took {elapsed:.2f}s"
+
+
+def test_saved_tiny_model_loads_back_offline(tiny, tmp_path):
+    from cord.config import CordConfig
+    from cord.trainer import build_adapter
+
+    model, processor, adapter = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = build_adapter(CordConfig(model=str(tmp_path)))
+    wave = [tone_audio("What is 1 + 2?", 16000)]
+    a = adapter.audio_prompts(wave, sampling_rate=16000)
+    b = loaded.audio_prompts(wave, sampling_rate=16000)
+    assert torch.equal(a.input_ids, b.input_ids)
+    ids = torch.randint(10, 500, (1, 4))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    torch.testing.assert_close(loaded.completion_logits(b, ids, mask),
+                               adapter.completion_logits(a, ids, mask))
+    assert loaded.eos_token_ids == adapter.eos_token_ids
+    assert loaded.suppress_token_ids == adapter.suppress_token_ids

@@ -53,12 +53,14 @@ def run(cfg, **kw):
     return t
 
 
-def test_resume_gives_the_same_next_step(tmp_path):
-    # Sampled rollouts (temperature 1 and 1.5), AdamW state, accumulation over 2 micro-batches:
-    # step 3 after a resume from step 2 must be the step 3 of the uninterrupted run.
-    full = run(config(tmp_path / "full", save_steps=2))
+@pytest.mark.parametrize("teacher", ["live", "ema"])
+def test_resume_gives_the_same_next_step(tmp_path, teacher):
+    # Sampled rollouts (temperature 1 and 1.5), AdamW state, accumulation over 2 micro-batches
+    # (and the EMA teacher's weights): step 3 after a resume from step 2 must be the step 3 of
+    # the uninterrupted run.
+    full = run(config(tmp_path / "full", save_steps=2, teacher=teacher, teacher_ema_decay=0.5))
     assert (tmp_path / "full" / "checkpoint-2").is_dir()
-    resumed = run(config(tmp_path / "resumed",
+    resumed = run(config(tmp_path / "resumed", teacher=teacher, teacher_ema_decay=0.5,
                          resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2")))
     a, b = full.log_history[-1], resumed.log_history[-1]
     assert a["step"] == b["step"] == 3 and len(resumed.log_history) == 1
@@ -67,6 +69,10 @@ def test_resume_gives_the_same_next_step(tmp_path):
     pa, pb = params(full.model), params(resumed.model)
     for n in pa:
         torch.testing.assert_close(pa[n], pb[n], rtol=0, atol=1e-7)
+    if teacher == "ema":
+        ea = dict(full.teacher.frozen.named_parameters())
+        for n, p in resumed.teacher.frozen.named_parameters():
+            torch.testing.assert_close(p, ea[n], rtol=0, atol=1e-7)
     state = json.loads((tmp_path / "full" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["batches_in_epoch"] == 4
 
