@@ -2,7 +2,8 @@
 
 Logits in:   reverse_kl, forward_kl, token_logprobs, cord_weights, cord_token_loss, grpo_loss
 Hidden in:   fused_linear_cord_token_loss, fused_linear_token_logprobs
-Modules:     ReverseKL, ForwardKL, CordTokenLoss, FusedLinearCordTokenLoss, GRPOLoss
+Modules:     ReverseKL, ForwardKL, TokenLogprobs, CordTokenLoss, FusedLinearCordTokenLoss,
+             FusedLinearTokenLogprobs, GRPOLoss
 
 Every function takes keyword-only options and ``impl="triton" | "torch" | None``; None runs the
 Triton kernels on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the torch reference
@@ -13,7 +14,15 @@ from cord_kernels.cord_token_loss import cord_token_loss
 from cord_kernels.fused_linear import fused_linear_cord_token_loss, fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.kl import forward_kl, reverse_kl
-from cord_kernels.modules import CordTokenLoss, ForwardKL, GRPOLoss, ReverseKL, TokenLogprobs
+from cord_kernels.modules import (
+    CordTokenLoss,
+    ForwardKL,
+    FusedLinearCordTokenLoss,
+    FusedLinearTokenLogprobs,
+    GRPOLoss,
+    ReverseKL,
+    TokenLogprobs,
+)
 from cord_kernels.token_logprobs import token_logprobs
 from cord_kernels.weights import cord_weights
 
@@ -32,5 +41,7 @@ __all__ = [
     "ForwardKL",
     "TokenLogprobs",
     "CordTokenLoss",
+    "FusedLinearCordTokenLoss",
+    "FusedLinearTokenLogprobs",
     "GRPOLoss",
 ]

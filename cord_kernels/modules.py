@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cord_kernels.cord_token_loss import check_cord_options, cord_token_loss
+from cord_kernels.fused_linear import fused_linear_cord_token_loss, fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.kl import forward_kl, reverse_kl
 from cord_kernels.token_logprobs import token_logprobs
@@ -76,6 +77,48 @@ class CordTokenLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+
+
+class FusedLinearCordTokenLoss(CordTokenLoss):
+    """The CORD token loss from hidden states and the LM head, never holding the logits; see
+    :func:`cord_kernels.fused_linear_cord_token_loss`.
+
+    Example:
+        >>> loss_fn = FusedLinearCordTokenLoss(top_k=20)
+        >>> loss = loss_fn(student_hidden, teacher_hidden, model.lm_head.weight, mask)
+    """
+
+    def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
+                 temperature: float = 1.0, reduction: str = "batchmean",
+                 chunk_bytes: int | None = None, impl: str | None = None):
+        super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
+                         reduction=reduction, impl=impl)
+        self.chunk_bytes = chunk_bytes
+
+    def forward(self, student_hidden, teacher_hidden, weight, mask, bias=None,
+                teacher_weight=None, teacher_bias=None):
+        return fused_linear_cord_token_loss(
+            student_hidden, teacher_hidden, weight, mask, bias=bias,
+            teacher_weight=teacher_weight, teacher_bias=teacher_bias,
+            chunk_bytes=self.chunk_bytes, **self.options(),
+        )
+
+
+class FusedLinearTokenLogprobs(nn.Module):
+    """Per-token log p(label) from hidden states and the LM head; see
+    :func:`cord_kernels.fused_linear_token_logprobs`."""
+
+    def __init__(self, *, temperature: float = 1.0, ignore_index: int = -100,
+                 chunk_bytes: int | None = None, impl: str | None = None):
+        super().__init__()
+        self.temperature, self.ignore_index = temperature, ignore_index
+        self.chunk_bytes, self.impl = chunk_bytes, impl
+
+    def forward(self, hidden, weight, labels, bias=None):
+        return fused_linear_token_logprobs(
+            hidden, weight, labels, bias=bias, temperature=self.temperature,
+            ignore_index=self.ignore_index, chunk_bytes=self.chunk_bytes, impl=self.impl,
+        )
 
 
 class GRPOLoss(nn.Module):

@@ -28,5 +28,22 @@ def test_modules_match_functions():
 
 def test_public_names_of_the_spec():
     for name in ["reverse_kl", "forward_kl", "token_logprobs", "cord_weights",
-                 "cord_token_loss", "grpo_loss", "CordTokenLoss"]:
+                 "cord_token_loss", "grpo_loss", "fused_linear_cord_token_loss",
+                 "fused_linear_token_logprobs", "CordTokenLoss", "FusedLinearCordTokenLoss"]:
         assert name in ck.__all__ and callable(getattr(ck, name))
+
+
+def test_fused_linear_modules_match_functions():
+    g = torch.Generator().manual_seed(1)
+    hs, ht = torch.randn(2, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g)
+    w, b = torch.randn(30, 8, generator=g), torch.randn(30, generator=g)
+    mask = torch.rand(2, 4, generator=g) > 0.2
+    labels = torch.randint(0, 30, (2, 4), generator=g)
+    torch.testing.assert_close(
+        ck.FusedLinearCordTokenLoss(top_k=2, reduction="mean")(hs, ht, w, mask, bias=b),
+        ck.fused_linear_cord_token_loss(hs, ht, w, mask, bias=b, top_k=2, reduction="mean"),
+    )
+    torch.testing.assert_close(
+        ck.FusedLinearTokenLogprobs(temperature=2.0)(hs, w, labels),
+        ck.fused_linear_token_logprobs(hs, w, labels, temperature=2.0),
+    )
