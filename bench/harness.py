@@ -15,7 +15,7 @@ import torch
 
 from bench.config import BenchConfig, load_config
 from bench.inputs import make_hidden_case, make_logits_case
-from bench.measure import cpu_peak_rss, cuda_peak_bytes, mode_callables, run_once
+from bench.measure import cpu_peak_rss, cuda_peak_bytes, gemm_flops, mode_callables, run_once
 from bench.providers import FUSED_LOSSES, Provider
 from bench.report import Recorder
 
@@ -67,13 +67,28 @@ def _available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-def memory_guard(loss: str, shape) -> str | None:
-    """A reason to skip when the naive provider's (N, V) tensors cannot fit: inputs, grads and
-    log-softmax temporaries come to about ten fp32 (N, V) tensors."""
-    need = 10 * shape.n_tokens * shape.vocab * 4
+def memory_guard(loss: str, shape, provider: Provider) -> str | None:
+    """A reason to skip a shape whose tensors cannot fit in the memory at hand.
+
+    Materialising providers (naive torch, torch.compile, the floor GEMMs) hold about ten fp32
+    (N, V) tensors (inputs, gradient, log-softmax temporaries); chunked ones hold the inputs
+    and their gradient plus chunk tiles. On a GPU only the inputs are checked and an
+    out-of-memory error is recorded as a skip instead; on a CPU exhausting memory would bring
+    in the OOM killer, so the estimate decides.
+    """
+    elt = torch.empty((), dtype=CONFIG.dtype).element_size()
+    entries = shape.n_tokens * shape.vocab
+    inputs = 0 if loss in FUSED_LOSSES else 3 * entries * elt
+    materialises = provider.role in ("naive", "floor") or provider.needs_warmup
+    if CONFIG.on_cuda:
+        need = inputs
+    elif materialises:
+        need = inputs + 8 * entries * 4
+    else:
+        need = inputs + 8 * min(shape.n_tokens, 4096) * shape.vocab * 4
     have = _available_bytes()
     if need > 0.8 * have:
-        return (f"needs ~{need / 2**30:.1f} GiB for the naive provider's (N, V) tensors, "
+        return (f"needs ~{need / 2**30:.1f} GiB at {shape.id}, "
                 f"{have / 2**30:.1f} GiB available")
     return None
 
@@ -82,16 +97,27 @@ def memory_guard(loss: str, shape) -> str | None:
 
 
 def _rounds_for(seconds: float) -> int:
-    # Cheap calls get more rounds for a stable median; a 10 s fused-linear call gets one or
-    # two (its warm-up call is a sample too, recorded as calibration_s).
-    floor = 3 if seconds < 1.0 else 2 if seconds < 5.0 else 1
+    # Cheap calls get more rounds for a stable median, slow ones at least two.
+    floor = 3 if seconds < 1.0 else 2
     return max(floor, CONFIG.rounds(seconds))
+
+
+# A CPU sustains roughly this many GEMM flop/s; it only decides whether a fused-linear call is
+# too slow for an extra calibration call (its rounds then double as warm-up).
+_CPU_GEMM_FLOPS_GUESS = 100e9
+
+
+def _expensive(loss: str, shape, mode: str) -> bool:
+    if CONFIG.on_cuda or loss not in FUSED_LOSSES:
+        return False
+    return gemm_flops(loss, mode, shape.n_tokens, shape.vocab, shape.hidden) > (
+        3.0 * _CPU_GEMM_FLOPS_GUESS)
 
 
 def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str) -> None:
     """Times ``provider`` on ``loss`` at ``shape`` in ``mode`` and records the result."""
     base = dict(loss=loss, provider=provider, shape=shape, mode=mode)
-    reason = provider.unavailable(CONFIG.device) or memory_guard(loss, shape)
+    reason = provider.unavailable(CONFIG.device) or memory_guard(loss, shape, provider)
     if reason:
         RECORDER.skip(**base, reason=reason)
         pytest.skip(reason)
@@ -103,20 +129,32 @@ def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str)
     benchmark.extra_info.update(provider=provider.name, role=provider.role)
 
     # Warm-up, untimed: compiles torch.compile graphs and Triton kernels, and tells how many
-    # rounds fit the time budget.
+    # rounds fit the time budget. Multi-second CPU calls skip it and take two timed rounds.
+    calibration = None
+    rounds = 2
     try:
-        if provider.needs_warmup:
+        if provider.needs_warmup or CONFIG.on_cuda:  # on a GPU: Triton JIT, autotuning
             run_once(closure, leaves, "fwd+bwd", CONFIG.device)
-        t0 = time.perf_counter()
-        run_once(closure, leaves, mode, CONFIG.device)
-        calibration = time.perf_counter() - t0
+        if not _expensive(loss, shape, mode):
+            t0 = time.perf_counter()
+            run_once(closure, leaves, mode, CONFIG.device)
+            calibration = time.perf_counter() - t0
+            rounds = _rounds_for(calibration)
+        target, setup = mode_callables(closure, leaves, mode, CONFIG.device)
+        benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+    except torch.OutOfMemoryError:
+        del closure
+        for t in leaves:
+            t.grad = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        reason = f"out of device memory at {shape.id}"
+        RECORDER.skip(**base, reason=reason)
+        pytest.skip(reason)
     except Exception as err:  # a peer that breaks on this input is a result, not a crash
         RECORDER.error(**base, reason=f"{type(err).__name__}: {err}")
         raise
 
-    target, setup = mode_callables(closure, leaves, mode, CONFIG.device)
-    benchmark.pedantic(target, setup=setup, rounds=_rounds_for(calibration), iterations=1,
-                       warmup_rounds=0)
     stats = benchmark.stats.stats if benchmark.stats is not None else None
 
     memory = None
@@ -125,7 +163,8 @@ def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str)
         benchmark.extra_info.update(memory)
     for t in leaves:
         t.grad = None
-    row = RECORDER.ok(**base, stats=stats, calibration_s=calibration, memory=memory)
+    row = RECORDER.ok(**base, stats=stats, calibration_s=calibration, memory=memory,
+                      valid_fraction=case.mask.float().mean().item())
     if mode == "fwd+bwd" and not CONFIG.on_cuda:
         spec = {"loss": loss, "provider": provider.name, "n_tokens": shape.n_tokens,
                 "vocab": shape.vocab, "dtype": str(CONFIG.dtype).removeprefix("torch.")}

@@ -50,14 +50,16 @@ class Recorder:
     def error(self, *, loss, provider, shape, mode, reason: str) -> None:
         self._row(loss, provider, shape, mode, "error", reason=reason)
 
-    def ok(self, *, loss, provider, shape, mode, stats, calibration_s: float, memory) -> dict:
+    def ok(self, *, loss, provider, shape, mode, stats, calibration_s: float | None, memory,
+           valid_fraction: float | None = None) -> dict:
         cfg = self.config
-        extra = {"calibration_s": calibration_s, "memory": memory}
+        extra = {"calibration_s": calibration_s, "memory": memory,
+                 "valid_fraction": valid_fraction}
         if stats is not None:
             extra.update(time_s=stats.median, time_min_s=stats.min, time_max_s=stats.max,
                          rounds=stats.rounds)
         else:  # --benchmark-disable: the one warm-up call is all we have
-            extra.update(time_s=calibration_s, rounds=0)
+            extra.update(time_s=calibration_s or float("nan"), rounds=0)
         s = _shape_dict(shape)
         if "hidden" in s:
             flops = gemm_flops(loss, mode, s["n_tokens"], s["vocab"], s["hidden"])
@@ -196,8 +198,7 @@ def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
             continue
         fb = modes.get("fwd+bwd") or next(iter(modes.values()))
         if fb["status"] != "ok":
-            lines.append(f"| {prov} | {shape_id} | skipped: {fb.get('reason', '')} "
-                         "| | | | | | | |")
+            lines.append(f"| {prov} | {shape_id} | {fb['status']} (see below) | | | | | | | |")
             continue
         t = {m: _ms(modes[m].get("time_s")) if m in modes and modes[m]["status"] == "ok"
              else "-" for m in ("fwd", "bwd", "fwd+bwd")}
@@ -205,7 +206,7 @@ def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
         if fb["role"] == "ours" and fb.get("best_peer_time"):
             best += f" ({fb['best_peer_time']})"
         mem, mem_x = _mem_cells(fb, on_cuda)
-        gbps = f"{fb['gbps']:.0f}" if fb.get("gbps") else "-"
+        gbps = f"{fb['gbps']:.3g}" if fb.get("gbps") else "-"
         name = f"**{prov}**" if fb["role"] == "ours" else prov
         lines.append(f"| {name} | {shape_id} | {t['fwd']} | {t['bwd']} | {t['fwd+bwd']} | "
                      f"{_x(fb.get('time_vs_naive'))} | {best} | {mem} | {mem_x} | {gbps} |")
@@ -221,15 +222,15 @@ def _fused_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
             continue
         name = f"**{r['provider']}**" if r["role"] == "ours" else r["provider"]
         if r["status"] != "ok":
-            lines.append(f"| {name} | {r['shape_id']} | {r['mode']} | skipped: "
-                         f"{r.get('reason', '')} | | | | | | | |")
+            lines.append(f"| {name} | {r['shape_id']} | {r['mode']} | {r['status']} (see "
+                         "below) | | | | | | | |")
             continue
         mem, _ = _mem_cells(r, on_cuda)
         lines.append(
             f"| {name} | {r['shape_id']} | {r['mode']} | {_ms(r['time_s'])} | "
             f"{_x(r.get('time_vs_floor'))} | {_x(r.get('time_vs_naive'))} | "
             f"{_x(r.get('time_vs_ours'))} | {mem} | {_x(r.get('mem_vs_ours'))} | "
-            f"{r['tflops']:.3f} | {r.get('note', '')} |")
+            f"{r['tflops']:.3g} | {r.get('note', '')} |")
     return lines
 
 
@@ -281,6 +282,7 @@ def render_markdown(rec: Recorder) -> str:
            "and inputs; the absolute peak RSS in parentheses)."),
         "",
     ]
+    out += _headline(rows)
     if not cfg.on_cuda:
         out += [
             "On the CPU, `cord_kernels` runs its pure-torch path (the Triton kernels need CUDA): "
@@ -292,7 +294,15 @@ def render_markdown(rec: Recorder) -> str:
             "",
         ]
     if fused_sel:
+        valid = [r["valid_fraction"] for r in fused_sel if r.get("valid_fraction")]
         out += ["### Hidden states in (fused linear + loss)", ""]
+        if valid:
+            out += [
+                f"Sequences of up to 256 tokens with ragged lengths and a random per-token mask: "
+                f"{100 * min(valid):.0f}% of the N positions are valid. cord_kernels projects "
+                "only valid positions (as cut-cross-entropy drops ignored tokens); the floor "
+                "GEMMs and the peers project all N, so cord_kernels can come in under the "
+                "floor.", ""]
         for loss in dict.fromkeys(r["loss"] for r in fused_sel):
             out += [f"`{loss}`", "", *_fused_table(loss, fused_sel, cfg.on_cuda), ""]
             out += _fused_summary(loss, fused_sel)
@@ -310,6 +320,27 @@ def render_markdown(rec: Recorder) -> str:
         out += [f"- {p}: {reason}" for p, reason in notes]
         out.append("")
     return "\n".join(out)
+
+
+def _headline(rows: list[dict]) -> list[str]:
+    """One line per loss and shape: cord_kernels' fwd+bwd time and memory against naive torch
+    and the best peer."""
+    lines = []
+    for r in rows:
+        if r["role"] != "ours" or r["status"] != "ok" or r["mode"] != "fwd+bwd":
+            continue
+        parts = [f"time {_x(r.get('time_vs_naive'))} vs naive torch"]
+        if r.get("best_peer_time"):
+            parts.append(f"{_x(r['ours_vs_best_peer_time'])} vs the fastest peer "
+                         f"({r['best_peer_time']})")
+        if r.get("mem_vs_naive") is not None:
+            parts.append(f"memory {_x(r['mem_vs_naive'])} vs naive")
+        if r.get("best_peer_memory"):
+            parts.append(f"{_x(r['ours_vs_best_peer_mem'])} vs the leanest peer "
+                         f"({r['best_peer_memory']})")
+        lines.append(f"- `{r['loss']}` {r['shape_id']}: {_ms(r['time_s'])}; " + ", ".join(parts))
+    return (["Summary, fwd+bwd (x < 1: cord_kernels is faster / leaner):", "", *lines, ""]
+            if lines else [])
 
 
 def _fused_summary(loss: str, rows: list[dict]) -> list[str]:

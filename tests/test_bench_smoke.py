@@ -200,5 +200,5 @@ def test_report_ratios_and_markdown(tmp_path):
     md = render_markdown(rec)
     assert "x0.50" in md and "x0.62 (torch.compile)" in md
     assert "TRL / cord_kernels = x2.50 time" in md
-    assert "skipped: needs CUDA" in md
+    assert "skipped (see below)" in md and "- liger LigerJSD(beta=1): needs CUDA" in md
     json.dumps(rec.rows, default=str)  # the rows serialise
