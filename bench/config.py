@@ -70,8 +70,9 @@ class BenchConfig:
         return self.device.type == "cuda"
 
     def rounds(self, seconds_per_call: float) -> int:
-        """Timed rounds for a call of the given cost: ~4 s of timing per benchmark, 1..25."""
-        budget = 20.0 if self.full else 4.0
+        """Timed rounds for a call of the given cost: ~2 s of timing per benchmark (10 s in
+        the full sweep), 1..25."""
+        budget = 10.0 if self.full else 2.0
         return int(min(25, max(1, budget // max(seconds_per_call, 1e-6))))
 
 

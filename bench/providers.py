@@ -49,7 +49,7 @@ class Provider:
     def slug(self) -> str:
         """A short test id: "liger LigerJSD(beta=1)" -> "liger", "4 GEMMs (floor)" -> "floor"."""
         if self.role == "floor":
-            return "floor"
+            return "floor_valid" if "valid" in self.name else "floor"
         return self.name.split()[0]
 
 
@@ -245,9 +245,15 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _floor(with_teacher: bool) -> Callable[[HiddenCase], Closure]:
-    return lambda c: lambda: _PlainGemms.apply(_flat(c.student_hidden), _flat(c.teacher_hidden),
-                                               c.weight, with_teacher)
+def _floor(with_teacher: bool, valid_only: bool = False) -> Callable[[HiddenCase], Closure]:
+    def build(c: HiddenCase) -> Closure:
+        def rows(h: torch.Tensor) -> torch.Tensor:
+            return h[c.mask] if valid_only else _flat(h)
+
+        return lambda: _PlainGemms.apply(rows(c.student_hidden), rows(c.teacher_hidden),
+                                         c.weight, with_teacher)
+
+    return build
 
 
 def _naive_fused_cord(c: HiddenCase) -> Closure:
@@ -337,6 +343,8 @@ FUSED_PROVIDERS: dict[str, list[Provider]] = {
         Provider("cord_kernels", "ours", _ours_fused_cord, _ours_fused),
         Provider("4 GEMMs (floor)", "floor", _floor(True),
                  note="student + teacher projections, grad wrt hidden and weight"),
+        Provider("4 GEMMs, valid rows", "floor", _floor(True, valid_only=True),
+                 note="the same on the valid (mask=True) rows only: cord_kernels' own floor"),
         Provider("torch", "naive", _naive_fused_cord, note="materialised (N, V) logits"),
         Provider("trl ChunkedDivergenceFunction", "peer", _trl_fused_cord,
                  lambda device: _missing("trl"), note="beta=1, CORD weights via the cotangent"),
