@@ -11,6 +11,13 @@ Distributed: run under ``accelerate launch`` (DDP, FSDP, DeepSpeed; see
 ``examples/accelerate/``). Each process samples its own share of the global batch; losses are
 per-sequence means, so averaged gradients equal those of one process with the global batch.
 
+Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
+over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grpo), ``l_sft``,
+``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
+``judged_fraction`` (GRPO groups); ``agreement`` (audio answer == the model's own text answer,
+per the judge); ``completion_length``; ``grad_norm``, ``learning_rate``, ``skipped``,
+``generated_tokens``, ``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
+
 Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
 the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
 continues exactly where it stopped: data loading never draws from the global RNG, so the next
@@ -371,6 +378,8 @@ class CordTrainer:
         last: dict[str, Any] = {}
         batches = self._batches()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # The logging window: metrics are averaged over the steps since the last log line.
+        window: dict[str, Any] = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": []}
         while self.state.global_step < self.max_steps:
             t0 = time.perf_counter()
             parts, tokens, finite_loss = [], 0, True
@@ -404,25 +413,31 @@ class CordTrainer:
                 bar.update(1)
 
             step = self.state.global_step
-            # Logged metrics are those of this step (all processes, all micro-batches).
+            window["parts"] += parts
+            window["tokens"] += tokens
+            window["seconds"] += elapsed
+            window["grad_norms"].append(grad_norm)
+            # A log line averages the steps since the previous one (all processes, all
+            # micro-batches); a skipped step is always logged on its own line.
             if step % cfg.logging_steps == 0 or step == self.max_steps or not finite:
                 from accelerate.utils import gather_object
 
-                all_parts = gather_object(parts)
-                all_tokens = sum(gather_object([tokens]))
+                all_parts = gather_object(window["parts"])
+                all_tokens = sum(gather_object([window["tokens"]]))
                 metrics = M.mean_metrics(all_parts)
                 # The loss of a skipped step is reported as it was (NaN/Inf), not averaged away.
                 metrics["loss"] = float(np.mean([p["loss"] for p in all_parts]))
                 metrics.update(
-                    step=step, grad_norm=grad_norm,
+                    step=step, grad_norm=float(np.mean(window["grad_norms"])),
                     epoch=self.state.epoch + self.state.batches_in_epoch / len(self.dataloader),
                     learning_rate=self.scheduler.get_last_lr()[0], skipped=not finite,
                     generated_tokens=all_tokens,
-                    tokens_per_second=M.tokens_per_second(all_tokens, elapsed),
-                    step_seconds=elapsed,
+                    tokens_per_second=M.tokens_per_second(all_tokens, window["seconds"]),
+                    step_seconds=window["seconds"] / len(window["grad_norms"]),
                 )
                 self._log(metrics, bar)
                 last = metrics
+                window = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": []}
             if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps:
                 self.save_checkpoint()
         if bar is not None:

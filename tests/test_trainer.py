@@ -146,6 +146,25 @@ def test_train_function_logs_everywhere(tmp_path):
     assert (tmp_path / "cord_config.yaml").is_file()
 
 
+def test_logging_window_averages_its_steps(tmp_path, monkeypatch):
+    cfg = config(tmp_path, objective="opd", max_steps=4, gradient_accumulation_steps=1,
+                 logging_steps=2)
+    t = CordTrainer(cfg, train_dataset=records(), judge=None)
+    seen = []
+    real = trainer_mod.compute_loss
+
+    def spy(ctx, batch):
+        out = real(ctx, batch)
+        seen.append(float(out.loss.detach()))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_loss", spy)
+    t.train()
+    assert [m["step"] for m in t.log_history] == [2, 4]
+    assert t.log_history[0]["loss"] == pytest.approx((seen[0] + seen[1]) / 2, rel=1e-6)
+    assert t.log_history[1]["loss"] == pytest.approx((seen[2] + seen[3]) / 2, rel=1e-6)
+
+
 def test_trainer_rejects_bad_setups(tmp_path):
     with pytest.raises(TypeError, match="CordConfig"):
         CordTrainer({"objective": "cord"})
