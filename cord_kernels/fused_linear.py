@@ -11,7 +11,7 @@ WHOLE sequences:
     1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)             2 GEMMs into fp32 tiles
     2. D_t per row (streaming reverse KL)
     3. the CORD weights w of the chunk's sequences (top-K needs every D of a sequence)
-    4. w_t dD_t/ds_t overwrites the student tile in place
+    4. w_t dD_t/ds_t overwrites the student tile in place: ds
     5. grad_h = ds @ W,  grad_W += ds.T @ h_s,  grad_b += sum_rows ds      2 GEMMs
 
 All of that happens in forward, as in Liger's fused linear cross entropy; backward only scales
@@ -39,9 +39,12 @@ and planning whole-sequence chunks costs one host sync per call, a small price n
 GEMMs; it also means these functions do not capture into CUDA graphs.
 
 Per-row math: with ``impl="triton"`` the streaming kernels of ``kl.py`` / ``token_logprobs.py``
-run on each chunk's tiles (the gradient written into the student tile itself). The torch path
-runs the same algorithm on any device, its row math cut into cache-sized row blocks so that
-its several elementwise passes hit cache instead of memory.
+run on each chunk's tiles, the weighted gradient written into the student tile itself. The
+torch path runs the same algorithm on any device; its elementwise math goes through the tiles
+in row blocks of ~1.5 MB, so its several passes hit cache instead of memory, forms the
+unweighted dD/ds while a block is in cache (D of a row is known as soon as its block is done)
+and applies the weights to the (n, H) operands of the gradient GEMMs instead of the (n, V)
+tile. On a CPU that math runs on one thread (see ``_row_math_threads``).
 
 Layout: GEMM helpers, per-row math (torch and Triton), chunk planning, the CORD driver and its
 two autograd Functions, the log-prob Function, the public functions.
@@ -514,10 +517,10 @@ def _cord_sum_with_grads(problem: _CordProblem, grads: _Grads | None):
     d_all = torch.zeros(n, dtype=torch.float32, device=problem.hs.device)
     w_applied = torch.zeros_like(d_all)  # the weight each row's gradient was formed with
     in_piece = torch.zeros(n, dtype=torch.bool, device=d_all.device)
-    for c in plan_chunks(problem.counts, problem.max_rows):
-        idx = problem.index[c.row_lo:c.row_hi]
-        s, u, h_s = problem.logits(idx)
-        state = problem.rows.stats(s, u)
+    plan = plan_chunks(problem.counts, problem.max_rows)
+    for c in plan:
+        s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
+        state = problem.rows.stats(s, u, want_grad=grads is not None)
         d = state[0].float()
         d_all[c.row_lo:c.row_hi] = d
         if c.whole:
@@ -531,7 +534,7 @@ def _cord_sum_with_grads(problem: _CordProblem, grads: _Grads | None):
             row_scale = problem.rows.write_grad(s, u, state, w)  # s <- w dD/ds
             problem.head.backprop(s, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
     w_all = problem.weights(d_all, 0, problem.B, 0, n)
-    if grads is not None and bool(in_piece.any()):
+    if grads is not None and not all(c.whole for c in plan):
         # Long sequences: their top-K rows still miss (alpha - 1) w^pos dD/ds.
         delta = torch.where(in_piece, w_all - w_applied, 0.0)
         fix = delta.nonzero().squeeze(1)
@@ -624,6 +627,9 @@ class FusedLogprobParams:
 
 
 class _LogprobProblem:
+    """One call of the log-prob loss: flat hidden states, the head, the rows whose label is
+    not ``ignore_index`` (``index``, found with one host sync) and one (chunk, V) tile."""
+
     def __init__(self, hidden, weight, bias, labels, params: FusedLogprobParams):
         H = hidden.shape[-1]
         self.V = weight.shape[0]
@@ -636,7 +642,7 @@ class _LogprobProblem:
         self.rows = _TritonLogprob(params.temperature, params.ignore_index) \
             if params.impl == "triton" else _TorchLogprob(params.temperature)
         flat = labels.reshape(-1)
-        self.index = (flat != params.ignore_index).nonzero().squeeze(1)  # host sync
+        self.index = (flat != params.ignore_index).nonzero().squeeze(1)
         self.labels = flat[self.index].long()
         self.n_valid = self.index.numel()
         self.max_rows = _rows_per_chunk(params.chunk_bytes, self.V, 1, self.dtype)
@@ -644,6 +650,7 @@ class _LogprobProblem:
         self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
 
     def chunks(self):
+        """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
         for lo in range(0, self.n_valid, self.max_rows):
             hi = min(lo + self.max_rows, self.n_valid)
             idx = self.index[lo:hi]
