@@ -213,3 +213,17 @@ def test_mean_metrics_tokens_per_second_and_finiteness():
         M.tokens_per_second(-1, 1.0)
     assert M.is_finite(1.0) and not M.is_finite(float("inf"))
     assert not M.is_finite(torch.tensor([1.0, float("nan")]))
+
+
+def test_cli_trains_the_tiny_model_on_a_synthesized_dataset(tmp_path, capsys):
+    # No --config: model=tiny, dataset=arithmetic with eSpeak NG audio, the match judge.
+    from cord.cli import main
+
+    code = main(["train", "max_steps=2", "dataset_size=2", "max_completion_length=4",
+                 "num_generations=2", f"output_dir={tmp_path}", "report_to=none",
+                 "disable_tqdm=true"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "cord: cord for 2 steps on 1 process(es)" in out and "final: loss=" in out
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["completion_length"] > 0
