@@ -111,7 +111,7 @@ class _LMHead:
     def rows(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The hidden states of the given flat row ids, in the GEMM operand dtype."""
         h = hidden.index_select(0, index)
-        return h if self.native else h.to(self.dtype)
+        return h.to(self.weight.dtype if self.native else self.dtype)
 
     def project(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out (n, V) = h (n, H) @ W.T (+ b), in fp32 (fp64 for fp64 inputs)."""

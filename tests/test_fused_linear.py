@@ -203,6 +203,23 @@ def test_cord_backward_twice_is_an_error():
         loss.backward()
 
 
+def test_cord_chunking_changes_nothing():
+    """Any chunk size, from one token to everything at once, gives the same value and
+    gradients: pieces and the top-K correction add up to the whole-sequence result."""
+    hs, ht, W, b, mask = _problem(4, 12, 16, 80, seed=11, p_mask=0.1)
+    results = []
+    for rows in (None, 100, 13, 8, 5, 3, 2, 1):
+        x = _leaves(hs, W, b)
+        chunk_bytes = None if rows is None else _rows_bytes(rows, 80)
+        loss = fused_linear_cord_token_loss(x[0], ht, x[1], mask, bias=x[2], top_k=4,
+                                            chunk_bytes=chunk_bytes)
+        loss.backward()
+        results.append([loss.detach()] + [t.grad for t in x])
+    for got in results[1:]:
+        for g, want in zip(got, results[0], strict=True):
+            assert rel_err(g, want) < 1e-6
+
+
 def test_plan_chunks_holds_whole_sequences():
     chunks = plan_chunks([3, 2, 7, 1, 0, 2], 4)
     got = [(c.row_lo, c.row_hi, c.seq_lo, c.seq_hi, c.whole) for c in chunks]
