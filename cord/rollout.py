@@ -90,10 +90,11 @@ def sample(
     )
     if device is not None:
         ids = ids.to(device)
-    if ids.shape[1] == 0:
+    generated_nothing = ids.shape[1] == 0
+    if generated_nothing:
         ids = ids.new_full((ids.shape[0], 1), adapter.pad_token_id)
     mask = completion_mask(ids, adapter.eos_token_ids)
-    if ids.shape[1] == 1 and (ids == adapter.pad_token_id).all():
+    if generated_nothing:
         mask = torch.zeros_like(mask)
     ids = ids.masked_fill(~mask, adapter.pad_token_id)
     return Rollouts(
