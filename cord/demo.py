@@ -19,6 +19,8 @@ import argparse
 import copy
 import json
 import platform
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -119,10 +121,57 @@ def _verdict(summary: dict[str, Any], methods: list[str]) -> str:
     return text
 
 
+def summary_markdown(results: dict[str, Any], command: str) -> str:
+    """The demo's report as markdown: command, table, verdict, KL analysis, figures, timings."""
+    t = results["timings_s"]
+    post = results["post_training"]
+    task = results["task"]
+    lines = [
+        "# `cord demo`: a tiny audio LM's modality gap, and how much of it each method closes",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Held-out spoken/written arithmetic questions ({task['eval_questions']}), "
+        f"{len(results['seeds'])} post-training seed(s) {results['seeds']} from one pre-trained "
+        f"start; {post['max_steps']} steps of {post['batch_size']} prompts per method, "
+        f"learning rate {post['learning_rate']:g}, identical settings for every method. "
+        "Accuracies in %, mean ± std over seeds; Δ = Acc_text(base) − Acc_audio(method); "
+        "gap reduction = 1 − Δ_method / Δ_base.",
+        "",
+        results["table"].rstrip(),
+        "",
+        results["verdict"],
+        "",
+    ]
+    stats = results.get("kl_analysis")
+    if stats:
+        from cord.analyze import summary_line
+
+        lines += [
+            "KL analysis of the base model's audio rollouts (the paper's Figures 2-3): "
+            + summary_line(stats) + ".",
+            "",
+            "![KL distribution](kl_distribution.png) ![high vs low KL tokens](kl_tokens.png)",
+            "",
+            "![one rollout](kl_rollout.png)",
+            "",
+        ]
+    m = results["machine"]
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total")
+    lines += [
+        f"Wall time {t['total'] / 60:.1f} min ({phases}); Python {m['python']}, torch "
+        f"{m['torch']}, {m['threads']} threads"
+        + (", pre-trained base loaded from cache" if results["base_from_cache"] else "") + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cord"),
              output_dir: str | Path = "cord_demo", cache_dir: str | Path | None = None,
              refresh: bool = False, analysis: bool = True, progress: bool = True,
-             post_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+             post_overrides: dict[str, Any] | None = None,
+             command: str = "cord demo") -> dict[str, Any]:
     """The whole demo; returns (and writes to ``output_dir/results.json``) every number.
 
     Args:
@@ -188,10 +237,11 @@ def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cor
     train_metrics: dict[str, list[dict[str, Any]]] = {METHODS[m]: [] for m in methods}
     t = time.perf_counter()
     jobs = [(s, m) for s in seeds for m in methods]
+    scratch = tempfile.TemporaryDirectory(prefix="cord-demo-")  # the trainer's checkpoints
     for i, (seed, method) in enumerate(jobs):
         _say(f"[{i + 1}/{len(jobs)}] {METHODS[method][2:]}, seed {seed}")
         adapter, metrics = post_train(base, method, train_records, post, seed=seed,
-                                      output_dir=out / "runs" / f"{method}-seed{seed}",
+                                      output_dir=Path(scratch.name) / f"{method}-seed{seed}",
                                       progress=progress)
         r = _evaluate(adapter, splits["eval"], "arith", progress)
         runs[METHODS[method]].append({"method": METHODS[method], "seed": seed,
@@ -201,6 +251,7 @@ def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cor
         _say(f"    text {100 * r['text']['accuracy']:.1f}%, audio "
              f"{100 * r['audio']['accuracy']:.1f}%")
     timings["post_train"] = time.perf_counter() - t
+    scratch.cleanup()
     torch.manual_seed(0)
 
     # 5. Table 1 and the analysis.
@@ -234,6 +285,7 @@ def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cor
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "table.md").write_text(table)
+    (out / "README.md").write_text(summary_markdown(results, command))
     return results
 
 
@@ -263,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         size="tiny" if args.quick else args.size, seeds=args.seeds, methods=args.methods,
         output_dir=args.output_dir, cache_dir=args.cache_dir, refresh=args.refresh,
         analysis=not args.no_analysis, post_overrides=overrides,
+        command="cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo",
     )
     print()
     print(results["table"])
@@ -275,5 +328,5 @@ def run(args: argparse.Namespace) -> int:
     t = results["timings_s"]
     phases = ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if k != "total")
     print(f"total {t['total'] / 60:.1f} min ({phases})")
-    print(f"wrote {Path(args.output_dir) / 'results.json'}, table.md and the KL PNGs")
+    print(f"wrote {Path(args.output_dir)}/: README.md, results.json, table.md and the KL PNGs")
     return 0

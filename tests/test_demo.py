@@ -62,6 +62,8 @@ def test_quick_demo_end_to_end(quick_demo):
     table = (out / "out" / "table.md").read_text()
     for row in (BASE_NAME, *METHODS.values()):
         assert f"| {row} |" in table
+    report = (out / "out" / "README.md").read_text()
+    assert table.strip() in report and results["verdict"] in report
     saved = json.loads((out / "out" / "results.json").read_text())
     assert saved["verdict"] == results["verdict"] and "gap reduction" in saved["verdict"]
     for png in ("kl_distribution.png", "kl_tokens.png", "kl_rollout.png"):
