@@ -245,6 +245,7 @@ def plot_rollout(rollout: Rollout, path: str | Path, *, per_line: int = 12) -> P
     from matplotlib import colors
 
     n = len(rollout.tokens)
+    per_line = max(1, min(per_line, n))
     rows = max(1, math.ceil(n / per_line))
     fig, ax = plt.subplots(figsize=(1.0 * per_line + 1.2, 0.9 * rows + 1.2))
     vmax = max(max(rollout.kl, default=0.0), 1e-6)
@@ -255,8 +256,11 @@ def plot_rollout(rollout: Rollout, path: str | Path, *, per_line: int = 12) -> P
         ax.add_patch(
             plt.Rectangle((c, -r), 0.95, 0.8, facecolor=cmap(norm(d)), edgecolor="#444444")
         )
-        ax.text(c + 0.475, -r + 0.5, _display(tok)[:10], ha="center", va="center", fontsize=8)
-        ax.text(c + 0.475, -r + 0.15, f"{d:.2f}", ha="center", va="center", fontsize=6)
+        ink = "white" if norm(d) > 0.6 else "black"  # readable on the darkest reds
+        ax.text(c + 0.475, -r + 0.5, _display(tok)[:10], ha="center", va="center", fontsize=8,
+                color=ink)
+        ax.text(c + 0.475, -r + 0.15, f"{d:.2f}", ha="center", va="center", fontsize=7,
+                color=ink)
     ax.set_xlim(-0.1, per_line)
     ax.set_ylim(-rows + 0.7, 0.9)
     ax.axis("off")

@@ -163,3 +163,40 @@ def test_evaluate_counts_accuracy_and_unparsed():
     json.dumps(r)  # results are JSON-serialisable
     with pytest.raises(ValueError, match="empty"):
         evaluate(adapter, [], progress=False)
+
+
+def test_cli_on_a_voicebench_file_with_the_tiny_model(tmp_path, capsys):
+    """End to end: VoiceBench-layout JSONL with WAV files -> JSON, table, reduction vs a base."""
+    import soundfile as sf
+
+    from cord.evaluate import add_arguments, run
+
+    rows = []
+    for i, (prompt, ref) in enumerate([("Which is largest? (A) 3 (B) 9", "B"), ("2 + 2?", "4")]):
+        sf.write(tmp_path / f"q{i}.wav", 0.1 * np.sin(np.arange(8000) / 9.0), 16000)
+        rows.append({"audio": f"q{i}.wav", "prompt": prompt, "reference": ref})
+    data = tmp_path / "bench.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    base = {"method": "base", "benchmarks": {"bench": _run(0.5, 0.0, "bench")}}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([
+        "--model", "tiny", "--data", str(data), "--max-new-tokens", "4",
+        "--output", str(tmp_path / "out.json"), "--markdown", str(tmp_path / "table.md"),
+        "--base", str(tmp_path / "base.json"), "--name", "random tiny",
+    ])  # fmt: skip
+    assert run(args) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    r = out["benchmarks"]["bench"]
+    assert r["n"] == 2 and r["kinds"] == {"choice": 1, "math": 1}
+    audio_acc = r["audio"]["accuracy"]
+    # Δ uses the base's text accuracy (0.5); the base's own Δ is 0.5 - 0.0.
+    assert out["gap"]["delta"]["bench"] == pytest.approx(0.5 - audio_acc)
+    assert out["gap"]["reduction"] == pytest.approx(1 - (0.5 - audio_acc) / 0.5)
+    table = (tmp_path / "table.md").read_text()
+    assert "| base |" in table and "| random tiny |" in table
+    assert "gap reduction" in capsys.readouterr().out
