@@ -87,7 +87,7 @@ def cord_token_loss(
         return reference.cord_token_loss(
             student_logits, teacher_logits, mask, top_k=top_k, alpha=alpha, beta=beta,
             temperature=temperature, reduction=reduction,
-        )
+        ).float()
     d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
                     inplace_backward=inplace_backward)
     w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=beta)

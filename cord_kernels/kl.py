@@ -329,7 +329,7 @@ def reverse_kl(
                          inplace_backward)
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return reference.reverse_kl(student_logits, teacher_logits, temperature=temperature,
-                                    teacher_grad=teacher_grad)
+                                    teacher_grad=teacher_grad).float()
     u = teacher_logits if teacher_grad else teacher_logits.detach()
     return kl_div_rows(student_logits, u, None, temperature=temperature,
                        inplace_backward=inplace_backward)
@@ -355,6 +355,6 @@ def forward_kl(
     temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False)
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return reference.forward_kl(student_logits, teacher_logits, temperature=temperature,
-                                    teacher_grad=teacher_grad)
+                                    teacher_grad=teacher_grad).float()
     u = teacher_logits if teacher_grad else teacher_logits.detach()
     return kl_div_rows(u, student_logits, None, temperature=temperature)

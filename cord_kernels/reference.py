@@ -1,7 +1,8 @@
 """Pure-torch reference of every loss: the test oracle and the CPU fallback (``impl="torch"``).
 
 Written for clarity, not memory: it materialises log-softmax of both branches. Math runs in
-float64 when the inputs are float64 (the tests' oracle) and in float32 otherwise.
+float64 when the inputs are float64 (the tests' oracle, whose results then stay float64) and in
+float32 otherwise; the public functions cast what they return to float32.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ def _kl_rows(x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tens
 def reverse_kl(student_logits, teacher_logits, *, temperature=1.0, teacher_grad=False):
     """KL(p || q) per row, p = softmax(s/tau) (student), q = softmax(u/tau) (teacher)."""
     u = teacher_logits if teacher_grad else teacher_logits.detach()
-    return _kl_rows(student_logits, u, temperature).float()
+    return _kl_rows(student_logits, u, temperature)
 
 
 def forward_kl(student_logits, teacher_logits, *, temperature=1.0, teacher_grad=False):
     """KL(q || p) per row."""
     u = teacher_logits if teacher_grad else teacher_logits.detach()
-    return _kl_rows(u, student_logits, temperature).float()
+    return _kl_rows(u, student_logits, temperature)
 
 
 def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100):
@@ -46,7 +47,7 @@ def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100):
     ignored = labels == ignore_index
     safe = torch.where(ignored, 0, labels).long()
     out = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return torch.where(ignored, 0.0, out).float()
+    return torch.where(ignored, 0.0, out)
 
 
 def reduce_weighted(per_token: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:

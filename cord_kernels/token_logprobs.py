@@ -211,7 +211,7 @@ def token_logprobs(
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if resolve_impl(impl, logits) == "torch":
         return reference.token_logprobs(logits, labels, temperature=temperature,
-                                        ignore_index=ignore_index)
+                                        ignore_index=ignore_index).float()
     return TokenLogprobsFunction.apply(
         logits, labels, LogprobParams(temperature, ignore_index, inplace_backward)
     )
