@@ -35,9 +35,13 @@ class Recorder:
         self.rows: list[dict] = []
         self.static_gpu: list[dict] = []
         self.static_gpu_note: str | None = None
+        self.started = _dt.datetime.now(_dt.timezone.utc)
+        self.load_samples: list[float] = []  # 1-min load average at each row
 
     def _row(self, loss, provider, shape, mode, status, **extra) -> dict:
         """Appends a row and returns it (the caller may fill ``memory`` in later)."""
+        if hasattr(os, "getloadavg"):
+            self.load_samples.append(os.getloadavg()[0])
         row = {"loss": loss, "provider": provider.name, "role": provider.role, "mode": mode,
                "shape_id": shape.id, "shape": _shape_dict(shape), "status": status,
                "note": provider.note, **extra}
@@ -160,6 +164,23 @@ def _x(ratio: float | None) -> str:
     return "-" if ratio is None or not math.isfinite(ratio) else f"x{ratio:.2f}"
 
 
+def _elapsed_min(rec: Recorder) -> float:
+    return (_dt.datetime.now(_dt.timezone.utc) - rec.started).total_seconds() / 60
+
+
+def _load_note(rec: Recorder) -> str:
+    """The mean 1-minute load average over the run when the machine was busy: other work
+    slows every provider alike, so ratios hold better than absolute times."""
+    if not rec.load_samples:
+        return ""
+    load = sum(rec.load_samples) / len(rec.load_samples)
+    cores = os.cpu_count() or 1
+    if load <= 1.25 * cores:
+        return ""
+    return (f"; the machine was shared: mean load average {load:.1f} on {cores} cores, so "
+            "absolute times are inflated, compare ratios")
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -273,7 +294,8 @@ def render_markdown(rec: Recorder) -> str:
         f"{when}.",
         "",
         f"Reproduce: `{_command(cfg.full)}` (results in `bench/results/`; "
-        "`CORD_BENCH_FULL=1` for the full sweep).",
+        "`CORD_BENCH_FULL=1` for the full sweep). This run took "
+        f"{_elapsed_min(rec):.1f} min{_load_note(rec)}.",
         "",
         "Times are pytest-benchmark medians; ratios are against providers measured in the same "
         "run (x < 1 is better). Memory is the peak over one fwd+bwd "
@@ -295,12 +317,14 @@ def render_markdown(rec: Recorder) -> str:
             "",
         ]
     if fused_sel:
-        valid = [r["valid_fraction"] for r in fused_sel if r.get("valid_fraction")]
+        valid = {r["shape_id"]: r["valid_fraction"] for r in fused_sel
+                 if r.get("valid_fraction")}
         out += ["### Hidden states in (fused linear + loss)", ""]
         if valid:
+            shares = ", ".join(f"{100 * v:.0f}% at {k}" for k, v in valid.items())
             out += [
-                f"Sequences of up to 256 tokens with ragged lengths and a random per-token mask: "
-                f"{100 * min(valid):.0f}% of the N positions are valid. cord_kernels projects "
+                "Sequences of up to 256 tokens with ragged lengths and a random per-token mask; "
+                f"valid positions: {shares}. cord_kernels projects "
                 "only valid positions (as cut-cross-entropy drops ignored tokens); the floor "
                 "GEMMs and the peers project all N, so cord_kernels can come in under the "
                 "floor.", ""]
@@ -381,30 +405,55 @@ def render_plot(rec: Recorder, path: Path) -> Path | None:
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     if not losses:
         return None
-    fig, axes = plt.subplots(len(losses), 2, figsize=(11, 3.2 * len(losses)), squeeze=False)
+    fig, axes = plt.subplots(len(losses), 2, figsize=(12, 3.4 * len(losses)), squeeze=False)
     for ax_t, ax_m, loss in zip(axes[:, 0], axes[:, 1], losses, strict=True):
-        series = defaultdict(list)
-        for r in rows:
-            if r["loss"] == loss:
-                series[(r["provider"], r["shape"]["vocab"])].append(r)
-        for (prov, vocab), rs in series.items():
-            rs.sort(key=lambda r: r["shape"]["n_tokens"])
-            n = [r["shape"]["n_tokens"] for r in rs]
-            label = f"{prov} (V={vocab})"
-            style = dict(marker="o", linewidth=2.5 if rs[0]["role"] == "ours" else 1.2)
-            ax_t.plot(n, [r["time_s"] * 1e3 for r in rs], label=label, **style)
-            mem = [(_mem(r) or float("nan")) / 2**20 for r in rs]
-            ax_m.plot(n, mem, label=label, **style)
-        ax_t.set(title=f"{loss}: fwd+bwd time", xlabel="tokens N", ylabel="ms", xscale="log",
-                 yscale="log")
-        ax_m.set(title=f"{loss}: peak memory over inputs", xlabel="tokens N", ylabel="MiB",
-                 xscale="log", yscale="log")
-        ax_t.legend(fontsize=7)
+        mine = [r for r in rows if r["loss"] == loss]
+        if len({r["shape"]["n_tokens"] for r in mine}) == 1:
+            _bars(ax_t, ax_m, loss, mine)
+        else:
+            _lines(ax_t, ax_m, loss, mine)
     fig.suptitle(machine_line(rec.config.device), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _lines(ax_t, ax_m, loss: str, rows: list[dict]) -> None:
+    """Several token counts: time and memory against N, one line per provider (and V)."""
+    series = defaultdict(list)
+    for r in rows:
+        series[(r["provider"], r["shape"]["vocab"])].append(r)
+    for (prov, vocab), rs in series.items():
+        rs.sort(key=lambda r: r["shape"]["n_tokens"])
+        n = [r["shape"]["n_tokens"] for r in rs]
+        style = dict(marker="o", linewidth=2.5 if rs[0]["role"] == "ours" else 1.2,
+                     label=f"{prov} (V={vocab})")
+        ax_t.plot(n, [r["time_s"] * 1e3 for r in rs], **style)
+        ax_m.plot(n, [(_mem(r) or float("nan")) / 2**20 for r in rs], **style)
+    ax_t.set(title=f"{loss}: fwd+bwd time", xlabel="tokens N", ylabel="ms", xscale="log",
+             yscale="log")
+    ax_m.set(title=f"{loss}: peak memory over inputs", xlabel="tokens N", ylabel="MiB",
+             xscale="log", yscale="log")
+    ax_t.legend(fontsize=7)
+
+
+def _bars(ax_t, ax_m, loss: str, rows: list[dict]) -> None:
+    """One token count: horizontal bars per provider, cord_kernels highlighted."""
+    names = [r["provider"] for r in rows]
+    colors = ["tab:blue" if r["role"] == "ours" else "tab:gray" if r["role"] == "floor"
+              else "tab:orange" for r in rows]
+    y = range(len(rows))
+    ax_t.barh(y, [r["time_s"] for r in rows], color=colors)
+    ax_m.barh(y, [(_mem(r) or 0) / 2**30 for r in rows], color=colors)
+    shape = rows[0]["shape_id"]
+    ax_t.set_title(f"{loss} {shape}\nfwd+bwd time", fontsize=9)
+    ax_m.set_title(f"{loss} {shape}\npeak memory over inputs", fontsize=9)
+    ax_t.set_xlabel("s")
+    ax_m.set_xlabel("GiB")
+    for ax in (ax_t, ax_m):
+        ax.set_yticks(list(y), names, fontsize=7)
+        ax.invert_yaxis()
 
 
 def write_outputs(rec: Recorder, out_dir: Path) -> list[Path]:
