@@ -193,6 +193,13 @@ def _command(full: bool) -> str:
     return ("CORD_BENCH_FULL=1 " if full else "") + DEFAULT_COMMAND
 
 
+def _of_peak(row: dict) -> str:
+    """" (62% of peak)": the physical floor time (SPEC section 3 bytes or GEMM flops at the
+    GPU's datasheet rate) over the measured time; empty where the device is not known."""
+    floor_s = row.get("physical_floor_s")
+    return f" ({100 * floor_s / row['time_s']:.0f}% of peak)" if floor_s else ""
+
+
 def _index(rows):
     """{(loss, shape_id, provider): {mode: row}} for ok and skipped rows, in first-seen order."""
     idx: dict = {}
@@ -228,7 +235,7 @@ def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
         if fb["role"] == "ours" and fb.get("best_peer_time"):
             best += f" ({fb['best_peer_time']})"
         mem, mem_x = _mem_cells(fb, on_cuda)
-        gbps = f"{fb['gbps']:.3g}" if fb.get("gbps") else "-"
+        gbps = f"{fb['gbps']:.3g}{_of_peak(fb)}" if fb.get("gbps") else "-"
         name = f"**{prov}**" if fb["role"] == "ours" else prov
         lines.append(f"| {name} | {shape_id} | {t['fwd']} | {t['bwd']} | {t['fwd+bwd']} | "
                      f"{_x(fb.get('time_vs_naive'))} | {best} | {mem} | {mem_x} | {gbps} |")
@@ -252,7 +259,7 @@ def _fused_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
             f"| {name} | {r['shape_id']} | {r['mode']} | {_ms(r['time_s'])} | "
             f"{_x(r.get('time_vs_floor'))} | {_x(r.get('time_vs_naive'))} | "
             f"{_x(r.get('time_vs_ours'))} | {mem} | {_x(r.get('mem_vs_ours'))} | "
-            f"{r['tflops']:.3g} | {r.get('note', '')} |")
+            f"{r['tflops']:.3g}{_of_peak(r)} | {r.get('note', '')} |")
     return lines
 
 
@@ -327,7 +334,8 @@ def render_markdown(rec: Recorder) -> str:
                 f"valid positions: {shares}. cord_kernels projects "
                 "only valid positions (as cut-cross-entropy drops ignored tokens); the floor "
                 "GEMMs and the peers project all N, so cord_kernels can come in under the "
-                "floor.", ""]
+                "floor. TFLOP/s counts 2·N·H·V flops per GEMM over all N rows (4 GEMMs for the "
+                "CORD loss fwd+bwd, 3 for token log-probs) divided by the time.", ""]
         for loss in dict.fromkeys(r["loss"] for r in fused_sel):
             out += [f"`{loss}`", "", *_fused_table(loss, fused_sel, cfg.on_cuda), ""]
             out += _fused_summary(loss, fused_sel)
