@@ -202,7 +202,8 @@ class _Grads:
         return out.view(shape)
 
     def weight_or_zeros(self) -> torch.Tensor | None:
-        if self.weight is not None and not self.weight_started:  # no valid row at all
+        """The weight gradient; zeros if no chunk ever wrote it (no valid row at all)."""
+        if self.weight is not None and not self.weight_started:
             self.weight.zero_()
         return self.weight
 
