@@ -758,8 +758,9 @@ def fused_linear_cord_token_loss(
 
     Cost: 4 GEMMs of (valid tokens) x H x V for the scalar reductions, all run in forward
     (backward only scales the stored gradients, so the graph can be backpropagated once);
-    6 for ``reduction="none"``, whose backward recomputes both projections. Rows with
-    ``mask`` False are never projected. Memory: the fp32 gradient of ``weight`` and at most
+    3 when ``weight`` needs no gradient (a frozen head), 2 under ``torch.no_grad()``, 6 for
+    ``reduction="none"``, whose backward recomputes both projections. Rows with ``mask``
+    False are never projected. Memory: the fp32 gradient of ``weight`` and at most
     ``chunk_bytes`` of logits tiles. See the module docstring for the algorithm.
 
     Args:
