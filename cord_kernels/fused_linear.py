@@ -425,8 +425,8 @@ class _CordProblem:
         dtype = torch.float64 if torch.float64 in (student_hidden.dtype, weight.dtype) \
             else torch.float32
         self.dtype = dtype
-        self.hs = student_hidden.detach().reshape(B * T, -1)
-        self.ht = teacher_hidden.detach().reshape(B * T, -1)
+        self.hs = student_hidden.detach().reshape(B * T, student_hidden.shape[-1])
+        self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
         self.head = _LMHead(weight.detach(), None if bias is None else bias.detach(),
                             student_hidden.dtype, dtype)
         if teacher_weight is None:
@@ -637,7 +637,7 @@ class _LogprobProblem:
         self.params = params
         self.dtype = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) \
             else torch.float32
-        self.h = hidden.detach().reshape(-1, H)
+        self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
         self.head = _LMHead(weight.detach(), None if bias is None else bias.detach(),
                             hidden.dtype, self.dtype)
         self.rows = _TritonLogprob(params.temperature, params.ignore_index) \

@@ -186,6 +186,20 @@ def test_cord_all_masked_batch():
     assert all((t.grad == 0).all() for t in x)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty_sequences(reduction):
+    """T = 0 (nothing generated): zero loss and zero gradients of the right shapes."""
+    hs = torch.randn(2, 0, 8, requires_grad=True)
+    W = torch.randn(30, 8, requires_grad=True)
+    out = fused_linear_cord_token_loss(hs, hs.detach(), W, torch.zeros(2, 0, dtype=torch.bool),
+                                       reduction=reduction)
+    out.sum().backward()
+    assert out.shape == ((2, 0) if reduction == "none" else ())
+    assert hs.grad.shape == hs.shape and (W.grad == 0).all()
+    lp = fused_linear_token_logprobs(hs, W, torch.zeros(2, 0, dtype=torch.long))
+    assert lp.shape == (2, 0)
+
+
 def test_cord_no_grad_value_matches():
     hs, ht, W, b, mask = _problem(3, 7, 16, 60, seed=4)
     with_grad = fused_linear_cord_token_loss(hs.requires_grad_(), ht, W, mask, bias=b)
