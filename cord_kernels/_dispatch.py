@@ -35,6 +35,15 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def kernels_interpreted() -> bool:
+    """Whether our kernels were decorated for the interpreter. Triton decides that when
+    ``triton`` (and each ``@triton.jit``) is imported, so setting ``TRITON_INTERPRET=1`` later
+    in a process cannot run them on CPU tensors."""
+    from cord_kernels.kl import _kl_fwd_kernel
+
+    return type(_kl_fwd_kernel).__name__ == "InterpretedFunction"
+
+
 def resolve_impl(impl, *tensors: torch.Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -49,7 +58,12 @@ def resolve_impl(impl, *tensors: torch.Tensor) -> str:
                 "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run the kernels "
                 "on the CPU through the interpreter"
             )
+        if not on_cuda and not kernels_interpreted():
+            raise ValueError(
+                "impl='triton' on CPU tensors needs the interpreter, but TRITON_INTERPRET=1 was "
+                "set after triton was imported: set it before the first import of triton"
+            )
         return "triton"
-    if triton_available() and (on_cuda or interpret_mode()):
+    if triton_available() and (on_cuda or (interpret_mode() and kernels_interpreted())):
         return "triton"
     return "torch"

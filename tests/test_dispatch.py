@@ -47,3 +47,25 @@ def test_resolve_impl(monkeypatch):
     assert resolve_impl("torch", x) == "torch"
     with pytest.raises(ValueError, match="impl must be one of"):
         resolve_impl("cuda", x)
+
+
+LATE_INTERPRET = r"""
+import os, torch, cord_kernels
+os.environ["TRITON_INTERPRET"] = "1"  # too late: triton is already imported
+s, u = torch.randn(2, 9), torch.randn(2, 9)
+assert torch.isfinite(cord_kernels.reverse_kl(s, u)).all()  # impl=None: the torch path
+try:
+    cord_kernels.reverse_kl(s, u, impl="triton")
+except ValueError as e:
+    assert "before the first import of triton" in str(e), e
+else:
+    raise AssertionError("expected a clear error")
+print("ok")
+"""
+
+
+def test_interpreter_requested_after_import_gives_a_clear_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", LATE_INTERPRET], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
