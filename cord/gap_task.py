@@ -15,8 +15,10 @@ learn to hear in a couple of minutes on a CPU). Word clips are cached on disk.
 
 Splits (no question is in two of them):
 
-- ``train``: every question the pre-training and the CORD/SFT/FKL post-training see. Text QA on
-  all of them, audio transcription on all of them, audio QA on ``audio_qa`` of them only.
+- ``train``: text QA and audio transcription on all of them in pre-training; audio QA only on
+  the ``audio_qa`` part. The other part, ``distill``, is the pool of unlabelled audio/text
+  pairs that CORD, SFT and forward KL post-train on: questions the model has heard (to
+  transcribe) and read (with answers), but never had to answer from audio.
 - ``eval``: held-out questions (phrasings never seen with those numbers), scored from audio and
   from text.
 """
@@ -51,12 +53,13 @@ class GapTaskConfig:
 
     max_operand: int = 9
     eval_questions: int = 120
-    audio_qa: int = 48
-    """Spoken questions WITH answers in pre-training (the rest of the audio is transcription)."""
+    audio_qa: int = 250
+    """Spoken questions WITH answers in pre-training; the other training questions are heard
+    only for transcription and form the unlabelled pool that post-training distils on."""
     seed: int = 0
     # model (cord.tiny.build_tiny_qwen2_audio)
     hidden_size: int = 64
-    num_layers: int = 2
+    num_layers: int = 4
     audio_d_model: int = 64
     audio_layers: int = 2
     # audio
@@ -67,7 +70,7 @@ class GapTaskConfig:
     pretrain_steps: int = 700
     batch_size: int = 32
     learning_rate: float = 3e-3
-    audio_qa_every: int = 4
+    audio_qa_every: int = 2
     """One audio-QA batch every this many steps (text QA and transcription every step)."""
 
     def key(self) -> str:
@@ -76,8 +79,8 @@ class GapTaskConfig:
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-QUICK = GapTaskConfig(eval_questions=40, audio_qa=24, pretrain_steps=120, batch_size=16,
-                      hidden_size=48, audio_d_model=48, audio_layers=1)
+QUICK = GapTaskConfig(eval_questions=40, audio_qa=120, pretrain_steps=120, batch_size=16,
+                      hidden_size=48, num_layers=2, audio_d_model=48, audio_layers=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,7 +109,9 @@ def all_questions(config: GapTaskConfig) -> list[dict[str, Any]]:
 
 
 def make_splits(config: GapTaskConfig) -> dict[str, list[dict[str, Any]]]:
-    """``{"train", "eval", "audio_qa"}``: disjoint question sets (``audio_qa`` ⊂ ``train``)."""
+    """``{"train", "eval", "audio_qa", "distill"}``: ``train`` and ``eval`` are disjoint;
+    ``audio_qa`` (spoken questions with answers in pre-training) and ``distill`` (the rest of
+    ``train``: the unlabelled paired prompts of post-training) split ``train``."""
     questions = all_questions(config)
     if config.eval_questions >= len(questions) // 2:
         raise ValueError(f"eval_questions must be below half of the {len(questions)} questions, "
@@ -114,9 +119,10 @@ def make_splits(config: GapTaskConfig) -> dict[str, list[dict[str, Any]]]:
     rng = random.Random(config.seed)
     rng.shuffle(questions)
     held_out, train = questions[: config.eval_questions], questions[config.eval_questions :]
-    if not 0 < config.audio_qa <= len(train):
-        raise ValueError(f"audio_qa must be in [1, {len(train)}], got {config.audio_qa}")
-    return {"train": train, "eval": held_out, "audio_qa": train[: config.audio_qa]}
+    if not 0 < config.audio_qa < len(train):
+        raise ValueError(f"audio_qa must be in [1, {len(train) - 1}], got {config.audio_qa}")
+    return {"train": train, "eval": held_out, "audio_qa": train[: config.audio_qa],
+            "distill": train[config.audio_qa :]}
 
 
 def completion_text(answer: str) -> str:

@@ -16,7 +16,10 @@ def test_splits_are_disjoint_and_held_out():
     train = {r["id"] for r in splits["train"]}
     held_out = {r["id"] for r in splits["eval"]}
     assert not train & held_out
-    assert {r["id"] for r in splits["audio_qa"]} <= train
+    audio_qa = {r["id"] for r in splits["audio_qa"]}
+    distill = {r["id"] for r in splits["distill"]}
+    # Post-training distils on questions never answered from audio in pre-training.
+    assert audio_qa | distill == train and not audio_qa & distill
     assert len(held_out) == QUICK.eval_questions and len(splits["audio_qa"]) == QUICK.audio_qa
     for r in all_questions(QUICK):
         a, op, b = r["text"].split()[-3:]
