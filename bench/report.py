@@ -36,6 +36,7 @@ class Recorder:
         self.static_gpu: list[dict] = []
         self.static_gpu_note: str | None = None
         self.started = _dt.datetime.now(_dt.timezone.utc)
+        self.commit = _git_commit()  # the code the run started from
         self.load_samples: list[float] = []  # 1-min load average at each row
 
     def _row(self, loss, provider, shape, mode, status, **extra) -> dict:
@@ -297,7 +298,7 @@ def render_markdown(rec: Recorder) -> str:
     out = [
         "## Performance",
         "",
-        f"Measured on: {machine_line(cfg.device)}; {dtype} inputs; commit {_git_commit()}, "
+        f"Measured on: {machine_line(cfg.device)}; {dtype} inputs; commit {rec.commit}, "
         f"{when}.",
         "",
         f"Reproduce: `{_command(cfg.full)}` (results in `bench/results/`; "
@@ -475,7 +476,7 @@ def write_outputs(rec: Recorder, out_dir: Path) -> list[Path]:
         "dtype": str(cfg.dtype),
         "full": cfg.full,
         "command": _command(cfg.full),
-        "commit": _git_commit(),
+        "commit": rec.commit,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": os.cpu_count(),
         "rows": rec.rows,
