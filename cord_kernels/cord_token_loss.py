@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels import reference
 from cord_kernels._dispatch import resolve_impl
 from cord_kernels._validation import (
     check_bool,
@@ -24,6 +23,7 @@ from cord_kernels._validation import (
 )
 from cord_kernels.kl import kl_div_rows
 from cord_kernels.reference import reduce_weighted
+from cord_kernels.torch_path import TorchKLDivFunction
 from cord_kernels.weights import cord_weights
 
 
@@ -84,11 +84,10 @@ def cord_token_loss(
     )
     check_bool("inplace_backward", inplace_backward)
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
-        return reference.cord_token_loss(
-            student_logits, teacher_logits, mask, top_k=top_k, alpha=alpha, beta=beta,
-            temperature=temperature, reduction=reduction,
-        ).float()
-    d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
-                    inplace_backward=inplace_backward)
+        d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
+                                     temperature).float()
+    else:
+        d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
+                        inplace_backward=inplace_backward)
     w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=beta)
     return reduce_weighted(w * d, mask, reduction)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels import reference
 from cord_kernels._dispatch import resolve_impl, triton_available
 from cord_kernels._rows import NUM_WARPS, block_v, row_view
 from cord_kernels._validation import check_bool, check_logits_pair, check_temperature
+from cord_kernels.torch_path import TorchKLDivFunction
 
 if triton_available():
     import triton
@@ -327,10 +327,9 @@ def reverse_kl(
     """
     temperature = _check(student_logits, teacher_logits, temperature, teacher_grad,
                          inplace_backward)
-    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
-        return reference.reverse_kl(student_logits, teacher_logits, temperature=temperature,
-                                    teacher_grad=teacher_grad).float()
     u = teacher_logits if teacher_grad else teacher_logits.detach()
+    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
+        return TorchKLDivFunction.apply(student_logits, u, None, temperature).float()
     return kl_div_rows(student_logits, u, None, temperature=temperature,
                        inplace_backward=inplace_backward)
 
@@ -353,8 +352,7 @@ def forward_kl(
         >>> loss = (forward_kl(student_logits, teacher_logits) * mask).sum() / mask.shape[0]
     """
     temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False)
-    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
-        return reference.forward_kl(student_logits, teacher_logits, temperature=temperature,
-                                    teacher_grad=teacher_grad).float()
     u = teacher_logits if teacher_grad else teacher_logits.detach()
+    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
+        return TorchKLDivFunction.apply(u, student_logits, None, temperature).float()
     return kl_div_rows(u, student_logits, None, temperature=temperature)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels import reference
 from cord_kernels._dispatch import resolve_impl, triton_available
 from cord_kernels._rows import NUM_WARPS, block_v, row_view
 from cord_kernels._validation import (
@@ -21,6 +20,7 @@ from cord_kernels._validation import (
     check_same_device,
     check_temperature,
 )
+from cord_kernels.torch_path import TorchLogprobFunction
 
 if triton_available():
     import triton
@@ -210,8 +210,7 @@ def token_logprobs(
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if resolve_impl(impl, logits) == "torch":
-        return reference.token_logprobs(logits, labels, temperature=temperature,
-                                        ignore_index=ignore_index).float()
+        return TorchLogprobFunction.apply(logits, labels, temperature, ignore_index).float()
     return TokenLogprobsFunction.apply(
         logits, labels, LogprobParams(temperature, ignore_index, inplace_backward)
     )

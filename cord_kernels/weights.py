@@ -66,8 +66,7 @@ def cord_weights(
         # earlier position as the spec requires.
         key = torch.where(mask, d, torch.full_like(d, float("-inf")))
         order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank.scatter_(-1, order, torch.arange(d.shape[-1], device=d.device).expand_as(order))
+        rank = order.argsort(dim=-1)  # the inverse permutation: rank of each position
         w_kl = torch.where(rank < top_k, alpha, 1.0)
 
         # Position t (1-based) among valid tokens, and the valid length T of each sequence.

@@ -22,6 +22,7 @@ else:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
 
 # The interpreter evaluates both branches of tl.where with numpy, so -inf - -inf warns there.
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
@@ -31,6 +32,11 @@ warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
 def interpret(monkeypatch):
     """Run Triton kernels on CPU tensors through the interpreter."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+# Dynamo builds its table of torch functions lazily, the first time it is imported. Build it
+# now, from the real torch.empty/empty_like, before any test can run under ``nan_poison``.
+torch._dynamo.trace_rules.get_torch_obj_rule_map()
 
 
 @pytest.fixture

@@ -1,0 +1,93 @@
+"""The ``impl="torch"`` path: the kernels' algorithm in eager torch, for CPUs (and any device).
+
+``reference.py`` is written for clarity and is the tests' oracle; letting autograd trace it
+costs about twice naive torch on a CPU (a division by tau, a ``where`` and their backward over
+every (N, V) element). These autograd Functions compute the same values the way the Triton
+kernels do: statistics in forward, the gradient formula written out in backward, no pass that
+does not need to happen, and only what backward needs saved:
+
+    reverse/forward KL   saves p and (log p - log q): two (N, V) fp32 tensors
+    token log-probs      saves lse per row only; backward rebuilds softmax from the logits
+
+Masked rows (``row_mask`` False) get D = 0 and an exactly-zero gradient whatever they hold.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """x / tau in the compute dtype (fp64 stays fp64), without a pass when tau = 1."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(dt)
+    return x if temperature == 1.0 else x / temperature
+
+
+class TorchKLDivFunction(torch.autograd.Function):
+    """Per-row KL(P_x || P_y), P = softmax(logits / tau), gradients to whichever input needs
+    them. ``row_mask``: bool over the leading dims, or None."""
+
+    @staticmethod
+    def forward(ctx, x, y, row_mask, temperature: float):
+        with torch.no_grad():
+            log_px = torch.log_softmax(_scaled(x, temperature), dim=-1)
+            log_py = torch.log_softmax(_scaled(y, temperature), dim=-1)
+            py = log_py.exp() if ctx.needs_input_grad[1] else None
+            diff = log_py.neg_().add_(log_px)  # log p_x - log p_y, in log_py's buffer
+            px = log_px.exp_()
+            # Entries with p_x = 0 (-inf logits) contribute nothing, even against -inf in y.
+            diff.masked_fill_(px == 0, 0.0)
+            d = torch.linalg.vecdot(px, diff)  # (..., V) . (..., V) -> (...)
+            if row_mask is not None:
+                d = torch.where(row_mask, d, 0.0)
+        ctx.save_for_backward(px, diff, d, py, row_mask)
+        ctx.temperature = temperature
+        return d
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        px, diff, d, py, row_mask = ctx.saved_tensors
+        g = (grad_d / ctx.temperature).unsqueeze(-1)
+        if row_mask is not None:
+            g = torch.where(row_mask.unsqueeze(-1), g, 0.0)
+        dx = dy = None
+        if ctx.needs_input_grad[0]:
+            # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
+            dx = (diff - d.unsqueeze(-1)).mul_(px).mul_(g)
+            if row_mask is not None:  # garbage (NaN) in masked rows must not leak through 0 * x
+                dx.masked_fill_(~row_mask.unsqueeze(-1), 0.0)
+        if ctx.needs_input_grad[1]:
+            # dD/dy_v = (1/tau) (q_v - p_v)
+            dy = (py - px).mul_(g)
+            if row_mask is not None:
+                dy.masked_fill_(~row_mask.unsqueeze(-1), 0.0)
+        # fp32 gradients of bf16/fp16 inputs are cast to the input dtype by autograd.
+        return dx, dy, None, None
+
+
+class TorchLogprobFunction(torch.autograd.Function):
+    """log softmax(x / tau)[label] per row; 0 and no gradient where label == ignore_index."""
+
+    @staticmethod
+    def forward(ctx, x, labels, temperature: float, ignore_index: int):
+        with torch.no_grad():
+            xs = _scaled(x, temperature)
+            lse = torch.logsumexp(xs, dim=-1)
+            ignored = labels == ignore_index
+            safe = torch.where(ignored, 0, labels).long()
+            out = xs.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - lse
+            out = torch.where(ignored, 0.0, out)
+        ctx.save_for_backward(x, safe, ignored, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, safe, ignored, lse = ctx.saved_tensors
+        g = torch.where(ignored, 0.0, grad_out / ctx.temperature).unsqueeze(-1)
+        # dlogp/dx_v = (1/tau) (1[v = label] - p_v)
+        p = (_scaled(x, ctx.temperature) - lse.unsqueeze(-1)).exp_()
+        dx = p.mul_(g.neg())
+        dx.scatter_add_(-1, safe.unsqueeze(-1), g)
+        return dx, None, None, None
