@@ -11,7 +11,6 @@ import torch
 
 from cord.analyze import (
     Rollout,
-    analyze_rollouts,
     kl_statistics,
     load_rollouts,
     pearson_r,
