@@ -79,8 +79,8 @@ class GapTaskConfig:
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-QUICK = GapTaskConfig(eval_questions=40, audio_qa=120, pretrain_steps=120, batch_size=16,
-                      hidden_size=48, num_layers=2, audio_d_model=48, audio_layers=1)
+QUICK = GapTaskConfig(eval_questions=40, audio_qa=120, pretrain_steps=400, batch_size=16,
+                      hidden_size=64, num_layers=2, audio_d_model=48, audio_layers=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ def test_quick_demo_end_to_end(quick_demo):
     out, results = quick_demo
     base = results["base"]["benchmarks"]["arith"]
     assert base["n"] == QUICK.eval_questions
+    # The pre-training opens a real modality gap: the same questions are answered far better
+    # from text than from speech (seeds are fixed and the demo runs on one thread).
+    assert base["text"]["accuracy"] - base["audio"]["accuracy"] >= 0.2
     # Every method ran from the same base and was evaluated in both modalities.
     for name in METHODS.values():
         (run,) = results["runs"][name]
