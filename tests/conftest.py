@@ -73,3 +73,21 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 # (dtype, relative tolerance) of SPEC section 4.
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads on a shared CPU; they only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tone_records(texts, sr: int = 16000) -> list[dict]:
+    """Paired records whose audio is a short tone sequence per text (no TTS needed)."""
+    from cord.trainer import tone_audio
+
+    return [{"id": str(i), "text": t, "answer": None,
+             "audio": {"array": tone_audio(t, sr), "sampling_rate": sr}}
+            for i, t in enumerate(texts)]

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tone_records
 
 import cord_kernels
 from cord.adapter import Qwen2AudioAdapter
@@ -20,18 +21,11 @@ from cord.trainer import CordTrainer, tone_audio
 TEXTS = ["What is 1 + 2?", "What is 3 * 4?", "What is 9 - 5?", "What is 7 + 7?"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def records(texts=TEXTS, sr=16000):
-    return [{"id": str(i), "text": t, "answer": None,
-             "audio": {"array": tone_audio(t, sr), "sampling_rate": sr}}
-            for i, t in enumerate(texts)]
+def records(texts=TEXTS):
+    return tone_records(texts)
 
 
 class AlternatingJudge:

@@ -14,12 +14,7 @@ from cord.trainer import tone_audio
 QUESTIONS = ["What is 1 + 2?", "What is 13 * 4? Think.", "Which is larger, 7 or 9?"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from cord.adapter import ModelAdapter, Qwen2AudioAdapter
 from cord.tiny import SPECIAL_TOKENS, build_tiny_qwen2_audio, build_tiny_tokenizer
 from cord.trainer import tone_audio
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # A tiny model gains nothing from intra-op threads on a shared CPU; they only contend.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,21 @@ import math
 
 import pytest
 import torch
+from conftest import tone_records
 
 import cord.trainer as trainer_mod
 from cord import metrics as M
 from cord.config import CordConfig
 from cord.trainer import CordTrainer, TrainerState, train
-from cord.trainer import tone_audio as tone
 
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1)]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def records(texts=TEXTS, sr=16000):
-    return [{"id": str(i), "text": t, "answer": None,
-             "audio": {"array": tone(t, sr), "sampling_rate": sr}} for i, t in enumerate(texts)]
+def records(texts=TEXTS):
+    return tone_records(texts)
 
 
 def alternating_judge(questions, candidates, references):
