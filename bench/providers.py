@@ -70,23 +70,6 @@ def _cuda_only(package: str) -> Callable[[torch.device], str | None]:
     return check
 
 
-@functools.cache
-def fused_linear_import_error() -> str | None:
-    """None when cord_kernels exports the fused-linear losses, else why not."""
-    try:
-        import cord_kernels
-
-        cord_kernels.fused_linear_cord_token_loss  # noqa: B018
-        cord_kernels.fused_linear_token_logprobs  # noqa: B018
-    except (ImportError, AttributeError) as err:
-        return f"cord_kernels has no fused-linear losses yet ({err})"
-    return None
-
-
-def _ours_fused(device: torch.device) -> str | None:
-    return fused_linear_import_error()
-
-
 # ------------------------------------------------------------------- shared naive building blocks
 
 
@@ -340,7 +323,7 @@ def _liger_fused_jsd(c: HiddenCase) -> Closure:
 
 FUSED_PROVIDERS: dict[str, list[Provider]] = {
     "fused_linear_cord_token_loss": [
-        Provider("cord_kernels", "ours", _ours_fused_cord, _ours_fused),
+        Provider("cord_kernels", "ours", _ours_fused_cord),
         Provider("4 GEMMs (floor)", "floor", _floor(True),
                  note="student + teacher projections, grad wrt hidden and weight"),
         Provider("4 GEMMs, valid rows", "floor", _floor(True, valid_only=True),
@@ -352,7 +335,7 @@ FUSED_PROVIDERS: dict[str, list[Provider]] = {
                  _liger_fused_available, note="beta=1, uniform weights (no per-token weights)"),
     ],
     "fused_linear_token_logprobs": [
-        Provider("cord_kernels", "ours", _ours_fused_logprobs, _ours_fused),
+        Provider("cord_kernels", "ours", _ours_fused_logprobs),
         Provider("3 GEMMs (floor)", "floor", _floor(False),
                  note="projection, grad wrt hidden and weight"),
         Provider("torch", "naive", _naive_fused_logprobs, note="materialised (N, V) logits"),
