@@ -8,11 +8,11 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "train": ("cord.train_cli", "train a model with CORD or one of the paper's baselines"),
-    "synth": ("cord.synth", "synthesise the audio side of a paired dataset from its text"),
-    "eval": ("cord.evaluate", "audio vs text accuracy, the modality gap and its reduction"),
-    "analyze": ("cord.analyze", "the paper's KL analysis of audio rollouts, as plots"),
-    "demo": ("cord.demo", "CORD closing a real audio-text gap on a tiny model, on the CPU"),
+    "train": ("cord.train.cli", "train a model with CORD or one of the paper's baselines"),
+    "synth": ("cord.data.synth", "synthesise the audio side of a paired dataset from its text"),
+    "eval": ("cord.eval.evaluate", "audio vs text accuracy, the modality gap and its reduction"),
+    "analyze": ("cord.eval.analyze", "the paper's KL analysis of audio rollouts, as plots"),
+    "demo": ("cord.demo.demo", "CORD closing a real audio-text gap on a tiny model, on the CPU"),
 }
 
 

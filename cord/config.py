@@ -40,7 +40,7 @@ class CordConfig:
     model: str = "tiny"
     """"tiny" (a random-init Qwen2-Audio built offline) or a local Qwen2-Audio directory."""
     dataset: str = "arithmetic"
-    """"arithmetic" / "multiple_choice" (synthesized) or a path for ``cord.data.load_paired``."""
+    """"arithmetic" / "multiple_choice" (synthesized) or a path for ``cord.data.paired.load_paired``."""
     dataset_size: int = 64
     """Number of examples of a synthesized dataset."""
     dataset_audio: str = "tts"

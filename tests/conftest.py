@@ -86,7 +86,7 @@ def one_torch_thread():
 
 def tone_records(texts, sr: int = 16000) -> list[dict]:
     """Paired records whose audio is a short tone sequence per text (no TTS needed)."""
-    from cord.trainer import tone_audio
+    from cord.train.trainer import tone_audio
 
     return [{"id": str(i), "text": t, "answer": None,
              "audio": {"array": tone_audio(t, sr), "sampling_rate": sr}}

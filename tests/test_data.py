@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cord.data import (
+from cord.data.paired import (
     PairedBatch,
     PairedExample,
     collate_paired,

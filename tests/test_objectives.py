@@ -11,12 +11,12 @@ import torch
 from conftest import tone_records
 
 import cord_kernels
-from cord.adapter import Qwen2AudioAdapter
+from cord.models.adapter import Qwen2AudioAdapter
 from cord.config import CordConfig
-from cord.objectives import OBJECTIVES, PairedBatch, StepContext, judge_rewards
-from cord.teacher import Teacher
-from cord.tiny import build_tiny_qwen2_audio
-from cord.trainer import CordTrainer, tone_audio
+from cord.train.objectives import OBJECTIVES, PairedBatch, StepContext, judge_rewards
+from cord.train.teacher import Teacher
+from cord.models.tiny import build_tiny_qwen2_audio
+from cord.train.trainer import CordTrainer, tone_audio
 
 TEXTS = ["What is 1 + 2?", "What is 3 * 4?", "What is 9 - 5?", "What is 7 + 7?"]
 
@@ -180,8 +180,8 @@ def test_paired_batch_parsing_errors():
         PairedBatch.from_any(recs)
     with pytest.raises(ValueError, match="'audio'"):
         PairedBatch.from_any({"text": ["x"]})
-    # The output of cord.data.collate_paired (audio already at the model's rate).
-    from cord.data import collate_paired
+    # The output of cord.data.paired.collate_paired (audio already at the model's rate).
+    from cord.data.paired import collate_paired
 
     collated = collate_paired(records(TEXTS[:2]))
     b = PairedBatch.from_any(collated, sampling_rate=16000)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import tone_records
 
-import cord.trainer as trainer_mod
-from cord import metrics as M
+import cord.train.trainer as trainer_mod
+from cord.train import metrics as M
 from cord.config import CordConfig
-from cord.trainer import CordTrainer, TrainerState, train
+from cord.train.trainer import CordTrainer, TrainerState, train
 
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1)]]
 

@@ -1,12 +1,12 @@
 """``cord demo``: CORD closing a real audio-text gap of a tiny audio LM, on the CPU, in minutes.
 
-1. Builds the spoken/written arithmetic task of :mod:`cord.gap_task` (eSpeak NG speech, cached).
+1. Builds the spoken/written arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech, cached).
 2. Pre-trains a tiny Qwen2-Audio-shaped model with much more text than audio supervision, which
    opens a real modality gap (cached per configuration: a second run skips it).
 3. Measures its text and audio accuracy on held-out questions.
 4. From that same start, for every seed, post-trains it on the (unlabelled) paired training
    prompts with the paper's SFT and forward-KL baselines and with CORD, through
-   :class:`cord.trainer.CordTrainer` with identical settings, and measures each again.
+   :class:`cord.train.trainer.CordTrainer` with identical settings, and measures each again.
 5. Prints the paper's Table 1 for it (accuracy per modality, Δ, gap reduction) and writes it as
    markdown and JSON, with the KL analysis of the base model's audio rollouts as PNGs.
 
@@ -50,7 +50,7 @@ QUICK_POST = PostTrainConfig(max_steps=6, batch_size=8)
 
 
 def _sizes(size: str):
-    from cord.gap_task import QUICK, GapTaskConfig
+    from cord.demo.gap_task import QUICK, GapTaskConfig
 
     if size == "full":
         return GapTaskConfig(), FULL_POST
@@ -67,11 +67,11 @@ def _say(msg: str) -> None:
 
 def post_train(base_adapter, method: str, train_records, post: PostTrainConfig, *, seed: int,
                output_dir: Path, progress: bool = True):
-    """A copy of the base model trained with ``method`` by :class:`cord.trainer.CordTrainer`;
+    """A copy of the base model trained with ``method`` by :class:`cord.train.trainer.CordTrainer`;
     returns its adapter and the trainer's last metrics."""
     from cord.config import CordConfig
-    from cord.judge import build_judge
-    from cord.trainer import CordTrainer
+    from cord.rewards.judge import build_judge
+    from cord.train.trainer import CordTrainer
 
     adapter = base_adapter.with_model(copy.deepcopy(base_adapter.model))
     config = CordConfig(
@@ -100,7 +100,7 @@ def post_train(base_adapter, method: str, train_records, post: PostTrainConfig, 
 
 
 def _evaluate(adapter, records, name: str, progress: bool):
-    from cord.evaluate import evaluate
+    from cord.eval.evaluate import evaluate
 
     return evaluate(adapter, records, name=name, max_new_tokens=12, batch_size=60,
                     progress=progress)
@@ -149,7 +149,7 @@ def summary_markdown(results: dict[str, Any], command: str) -> str:
     ]
     stats = results.get("kl_analysis")
     if stats:
-        from cord.analyze import summary_line
+        from cord.eval.analyze import summary_line
 
         lines += [
             "KL analysis of the base model's audio rollouts (the paper's Figures 2-3): "
@@ -206,8 +206,8 @@ def _run_demo(*, size, seeds, methods, output_dir, cache_dir, refresh, analysis,
               post_overrides, command) -> dict[str, Any]:
     import torch
 
-    from cord.evaluate import gap_summary, gap_table
-    from cord.gap_task import SlottedSpeech, attach_audio, make_splits, pretrained_base
+    from cord.eval.evaluate import gap_summary, gap_table
+    from cord.demo.gap_task import SlottedSpeech, attach_audio, make_splits, pretrained_base
 
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -283,7 +283,7 @@ def _run_demo(*, size, seeds, methods, output_dir, cache_dir, refresh, analysis,
     table = gap_table(table_runs, BASE_NAME)
     stats = None
     if analysis:
-        from cord.analyze import analyze_rollouts, rollout_kl, save_rollouts
+        from cord.eval.analyze import analyze_rollouts, rollout_kl, save_rollouts
 
         t = time.perf_counter()
         rollouts = rollout_kl(base, splits["eval"], max_new_tokens=post.max_completion_length,
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     print(results["table"])
     print(results["verdict"])
     if results["kl_analysis"]:
-        from cord.analyze import summary_line
+        from cord.eval.analyze import summary_line
 
         print("KL analysis of the base model's audio rollouts: "
               + summary_line(results["kl_analysis"]))

@@ -29,7 +29,7 @@ The forward pass always gets ``position_ids = cumsum(attention_mask) - 1``, the 
 ``generate`` uses for left-padded prompts, so logits scored here are the ones that were sampled.
 
 Example:
-    >>> model, processor = build_tiny_qwen2_audio()            # cord.tiny
+    >>> model, processor = build_tiny_qwen2_audio()            # cord.models.tiny
     >>> adapter = Qwen2AudioAdapter(model, processor)
     >>> x_a = adapter.audio_prompts([wave], sampling_rate=16000)
     >>> ids = adapter.generate(x_a, max_new_tokens=20, temperature=1.0)

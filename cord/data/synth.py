@@ -142,8 +142,8 @@ def synthesize_dataset(
     Args:
         records: dicts with ``text_key`` (and ``id_key``; the row number is the id otherwise).
         out_dir: output folder, created if needed.
-        engine: a :class:`cord.tts.TTSEngine` or an engine name for :func:`cord.tts.get_engine`.
-        spoken_math: normalise math to words first (:func:`cord.spoken_math.to_spoken`).
+        engine: a :class:`cord.data.tts.TTSEngine` or an engine name for :func:`cord.data.tts.get_engine`.
+        spoken_math: normalise math to words first (:func:`cord.data.spoken_math.to_spoken`).
         overwrite: re-synthesise WAVs that exist (default: keep them, i.e. resume, unless the
             previous ``output_jsonl`` records a different spoken text for that id).
         output_jsonl: where to write the output records; relative paths are under ``out_dir``;
@@ -158,9 +158,9 @@ def synthesize_dataset(
     """
     from tqdm.auto import tqdm
 
-    from cord.data import resample
-    from cord.spoken_math import to_spoken
-    from cord.tts import get_engine
+    from cord.data.paired import resample
+    from cord.data.spoken_math import to_spoken
+    from cord.data.tts import get_engine
 
     if isinstance(engine, str):
         engine = get_engine(engine)
@@ -231,7 +231,7 @@ def synthesize_dataset(
 
 
 def _build_engine(args: argparse.Namespace) -> Any:
-    from cord.tts import get_engine
+    from cord.data.tts import get_engine
 
     if args.engine == "espeak":
         return get_engine("espeak", voice=args.voice or "en-us", rate=args.rate)
@@ -245,7 +245,7 @@ def _build_engine(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cord.data import read_records
+    from cord.data.paired import read_records
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")

@@ -329,19 +329,19 @@ def rollout_kl(
 ) -> list[Rollout]:
     """Audio-conditioned rollouts of ``items`` with the per-token reverse KL to the text side.
 
-    For each batch: sample y ~ p(·|x^a) (``cord.rollout.sample``), score the same tokens under
+    For each batch: sample y ~ p(·|x^a) (``cord.train.rollout.sample``), score the same tokens under
     the audio prompt (student) and the text prompt (teacher) with
     ``adapter.completion_logits`` and take :func:`token_kl`. Items with an ``answer`` get
-    ``correct`` from :func:`cord.evaluate.score_response`.
+    ``correct`` from :func:`cord.eval.evaluate.score_response`.
 
     Args:
-        adapter: a :class:`cord.adapter.ModelAdapter`.
+        adapter: a :class:`cord.models.adapter.ModelAdapter`.
         items: records ``{text, audio={array, sampling_rate}, answer?}``.
     """
     import torch
 
-    from cord.evaluate import _audio_of, normalize_record, score_response
-    from cord.rollout import sample
+    from cord.eval.evaluate import _audio_of, normalize_record, score_response
+    from cord.train.rollout import sample
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -414,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.data:
             raise SystemExit("cord analyze: --model needs --data (a paired dataset)")
-        from cord.evaluate import load_adapter, load_items
+        from cord.eval.evaluate import load_adapter, load_items
 
         adapter = load_adapter(args.model)
         sr = int(getattr(adapter, "sampling_rate", 16_000))

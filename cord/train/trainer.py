@@ -1,7 +1,7 @@
 """``CordTrainer``: the CORD training loop on accelerate.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches per process; each micro-batch
-runs the configured objective (``cord.objectives``): on-policy rollouts from the audio prompts,
+runs the configured objective (``cord.train.objectives``): on-policy rollouts from the audio prompts,
 the no-grad teacher pass on the text prompts, the loss, ``backward``. Then: gradient clipping, a
 NaN/Inf guard (a step whose loss or gradient norm is not finite is skipped, reported and leaves
 the weights, the optimizer and the schedule untouched), the AdamW step, the EMA teacher update,
@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cord import metrics as M
-from cord.adapter import ModelAdapter, Qwen2AudioAdapter, unwrap_model
+from cord.train import metrics as M
+from cord.models.adapter import ModelAdapter, Qwen2AudioAdapter, unwrap_model
 from cord.config import CordConfig
-from cord.objectives import NEEDS_JUDGE, StepContext, compute_loss
-from cord.teacher import Teacher
+from cord.train.objectives import NEEDS_JUDGE, StepContext, compute_loss
+from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
 
@@ -56,7 +56,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 def build_adapter(config: CordConfig) -> ModelAdapter:
     """``model="tiny"``: the offline tiny Qwen2-Audio; else a local Qwen2-Audio directory."""
     if config.model == "tiny":
-        from cord.tiny import build_tiny_qwen2_audio
+        from cord.models.tiny import build_tiny_qwen2_audio
 
         model, processor = build_tiny_qwen2_audio(seed=config.seed)
     else:
@@ -88,8 +88,8 @@ def tone_audio(text: str, sampling_rate: int, *, seconds_per_char: float = 0.04,
 
 def build_dataset(config: CordConfig, sampling_rate: int):
     """The training prompts: a synthesized task (audio by eSpeak NG, or tones with
-    ``dataset_audio="tone"``) or ``cord.data.load_paired(config.dataset)``."""
-    from cord import data
+    ``dataset_audio="tone"``) or ``cord.data.paired.load_paired(config.dataset)``."""
+    from cord.data import paired as data
 
     makers = {"arithmetic": data.make_arithmetic_dataset,
               "multiple_choice": data.make_multiple_choice_dataset}
@@ -101,8 +101,8 @@ def build_dataset(config: CordConfig, sampling_rate: int):
             r["audio"] = {"array": tone_audio(r["text"], sampling_rate),
                           "sampling_rate": sampling_rate}
         return records
-    from cord.spoken_math import to_spoken
-    from cord.tts import get_engine
+    from cord.data.spoken_math import to_spoken
+    from cord.data.tts import get_engine
 
     engine = get_engine("espeak")
     for r in _progress(records, desc="synthesizing audio", disable=config.disable_tqdm):
@@ -113,10 +113,10 @@ def build_dataset(config: CordConfig, sampling_rate: int):
 
 
 def build_judge(config: CordConfig, adapter: ModelAdapter):
-    """``cord.judge.build_judge(config.judge)``; None for ``judge="none"``."""
+    """``cord.rewards.judge.build_judge(config.judge)``; None for ``judge="none"``."""
     if config.judge == "none":
         return None
-    from cord.judge import build_judge as _build
+    from cord.rewards.judge import build_judge as _build
 
     if config.judge == "model":  # the policy itself asked whether the answers agree
         bare = unwrap_model(adapter.model)
@@ -162,10 +162,10 @@ class CordTrainer:
 
     Args:
         config: a :class:`CordConfig`.
-        adapter: the model behind a :class:`cord.adapter.ModelAdapter`; built from
+        adapter: the model behind a :class:`cord.models.adapter.ModelAdapter`; built from
             ``config.model`` when None.
         train_dataset: anything indexable yielding paired records ``{id, text, audio={array,
-            sampling_rate}, answer}`` (a ``datasets.Dataset`` from ``cord.data.load_paired`` or
+            sampling_rate}, answer}`` (a ``datasets.Dataset`` from ``cord.data.paired.load_paired`` or
             a list); built from ``config.dataset`` when None.
         judge: an object with ``judge(questions, candidates, references) -> list[int]``; built
             from ``config.judge`` when None.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cord.adapter import ModelAdapter, PromptBatch
+from cord.models.adapter import ModelAdapter, PromptBatch
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:

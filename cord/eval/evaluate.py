@@ -4,11 +4,11 @@ Each benchmark item is asked twice, once from its audio and once from its text, 
 answers are scored against the item's reference:
 
 - multiple choice (a reference that is an option letter, VoiceBench's ``audio`` / ``prompt`` /
-  ``reference`` records): the option letter is extracted with :func:`cord.answers.extract_choice`,
+  ``reference`` records): the option letter is extracted with :func:`cord.rewards.answers.extract_choice`,
   which tolerates the usual phrasings ("The answer is (B)", "B.", "I choose option b", ...);
   responses it cannot read are counted wrong and reported as ``unparsed``;
-- math (any other reference, numeric or LaTeX): :func:`cord.answers.extract_math_answer` then
-  :func:`cord.answers.math_equal` (exact rationals, then math-verify).
+- math (any other reference, numeric or LaTeX): :func:`cord.rewards.answers.extract_math_answer` then
+  :func:`cord.rewards.answers.math_equal` (exact rationals, then math-verify).
 
 The paper's metrics (SPEC section 1), per benchmark b and method m:
 
@@ -58,7 +58,7 @@ def score_response(
         >>> score_response("so the answer is 12", "12", "math")
         (True, True)
     """
-    from cord.answers import extract_choice, extract_math_answer, math_equal
+    from cord.rewards.answers import extract_choice, extract_math_answer, math_equal
 
     if kind not in ANSWER_KINDS:
         raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
@@ -105,7 +105,7 @@ def normalize_record(record: Mapping[str, Any], index: int) -> dict[str, Any]:
 def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16_000) -> list:
     """Benchmark records from a file, folder, ``datasets.Dataset`` or list (see
     :func:`normalize_record`), audio decoded at ``sampling_rate``; the first ``limit``."""
-    from cord.data import load_paired, read_records
+    from cord.data.paired import load_paired, read_records
 
     records = source if isinstance(source, list) else read_records(source)
     if limit is not None:
@@ -130,7 +130,7 @@ def _audio_of(record: Mapping[str, Any]):
         return np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
     raise ValueError(
         f"record {record.get('id')!r}: audio must be decoded ({{'array', 'sampling_rate'}}); "
-        "read the benchmark with cord.evaluate.load_items"
+        "read the benchmark with cord.eval.evaluate.load_items"
     )
 
 
@@ -155,7 +155,7 @@ def generate_answers(
     ``records``, greedy by default."""
     import torch
 
-    from cord.rollout import completion_mask
+    from cord.train.rollout import completion_mask
 
     if modality not in ("audio", "text"):
         raise ValueError(f"modality must be 'audio' or 'text', got {modality!r}")
@@ -214,7 +214,7 @@ def evaluate(
     """Scores ``adapter``'s answers to every item of ``dataset`` from text and from audio.
 
     Args:
-        adapter: a :class:`cord.adapter.ModelAdapter`.
+        adapter: a :class:`cord.models.adapter.ModelAdapter`.
         dataset: records ``{id, text, audio={array, sampling_rate}, answer}`` (VoiceBench's
             ``prompt``/``reference`` are accepted too), e.g. from :func:`load_items`.
         kind: "auto" (per item: letter references are multiple choice, others math),
@@ -407,9 +407,9 @@ def gap_table(results_by_method: Mapping[str, Any], base: str | Mapping[str, Any
 
 
 def load_adapter(model: str, *, system_prompt: str | None = None):
-    """A :class:`cord.adapter.Qwen2AudioAdapter` for ``"tiny"`` or a local model directory."""
+    """A :class:`cord.models.adapter.Qwen2AudioAdapter` for ``"tiny"`` or a local model directory."""
     from cord.config import CordConfig
-    from cord.trainer import build_adapter
+    from cord.train.trainer import build_adapter
 
     return build_adapter(CordConfig(model=model, system_prompt=system_prompt, report_to=["none"]))
 

@@ -21,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-from cord.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
+from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
 
 TEACHER_KINDS = ("live", "base", "ema")
 

@@ -28,16 +28,16 @@ import numpy as np
 import torch
 
 import cord_kernels
-from cord import metrics as M
-from cord.adapter import ModelAdapter, PromptBatch
+from cord.train import metrics as M
+from cord.models.adapter import ModelAdapter, PromptBatch
 from cord.config import CordConfig
-from cord.rollout import Rollouts, sample
-from cord.teacher import Teacher
+from cord.train.rollout import Rollouts, sample
+from cord.train.teacher import Teacher
 
 
 @dataclass
 class PairedBatch:
-    """One micro-batch of paired prompts (what ``cord.data.collate_paired`` yields)."""
+    """One micro-batch of paired prompts (what ``cord.data.paired.collate_paired`` yields)."""
 
     ids: list[str]
     texts: list[str]
@@ -51,10 +51,10 @@ class PairedBatch:
     @classmethod
     def from_any(cls, batch: Any, *, sampling_rate: int | None = None) -> PairedBatch:
         """Accepts a PairedBatch, a list of records, a dict of lists, or the output of
-        ``cord.data.collate_paired`` (its audio is at the model's rate: ``sampling_rate``)."""
+        ``cord.data.paired.collate_paired`` (its audio is at the model's rate: ``sampling_rate``)."""
         if isinstance(batch, PairedBatch):
             return batch
-        if hasattr(batch, "texts") and hasattr(batch, "audios"):  # cord.data.PairedBatch
+        if hasattr(batch, "texts") and hasattr(batch, "audios"):  # cord.data.paired.PairedBatch
             if sampling_rate is None:
                 raise ValueError("sampling_rate is needed for a batch without audio rates")
             return cls([str(i) for i in batch.ids], list(batch.texts),

@@ -57,7 +57,7 @@ class GapTaskConfig:
     """Spoken questions WITH answers in pre-training; the other training questions are heard
     only for transcription and form the unlabelled pool that post-training distils on."""
     seed: int = 0
-    # model (cord.tiny.build_tiny_qwen2_audio)
+    # model (cord.models.tiny.build_tiny_qwen2_audio)
     hidden_size: int = 64
     num_layers: int = 4
     audio_d_model: int = 64
@@ -163,8 +163,8 @@ class SlottedSpeech:
         self._engine = None
 
     def _synthesize(self, word: str) -> np.ndarray:
-        from cord.data import resample
-        from cord.tts import get_engine
+        from cord.data.paired import resample
+        from cord.data.tts import get_engine
 
         if self._engine is None:
             self._engine = get_engine("espeak", rate=self.rate)
@@ -213,9 +213,9 @@ def task_words() -> list[str]:
 
 
 def build_gap_model(config: GapTaskConfig, *, seed: int | None = None):
-    """A random-init tiny Qwen2-Audio (``cord.tiny``) sized by ``config``, and its adapter."""
-    from cord.adapter import Qwen2AudioAdapter
-    from cord.tiny import build_tiny_qwen2_audio
+    """A random-init tiny Qwen2-Audio (``cord.models.tiny``) sized by ``config``, and its adapter."""
+    from cord.models.adapter import Qwen2AudioAdapter
+    from cord.models.tiny import build_tiny_qwen2_audio
 
     model, processor = build_tiny_qwen2_audio(
         seed=config.seed if seed is None else seed,
@@ -262,7 +262,7 @@ class _Batcher:
             self.mask[i, : len(row)] = True
 
     def batch(self, idx):
-        from cord.adapter import PromptBatch
+        from cord.models.adapter import PromptBatch
 
         p = self.prompts
         am = p.attention_mask[idx]
@@ -335,7 +335,7 @@ def pretrained_base(config: GapTaskConfig, splits, *, cache_dir: str | Path | No
                     progress: bool = True, refresh: bool = False):
     """The pretrained gap model's adapter, loaded from ``cache_dir`` if this configuration was
     pretrained before (same key), else pretrained and saved there."""
-    from cord.adapter import Qwen2AudioAdapter
+    from cord.models.adapter import Qwen2AudioAdapter
 
     path = Path(cache_dir or default_cache_dir()) / f"base-{config.key()}"
     if path.is_dir() and not refresh:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if config.model == "tiny" and not torch.cuda.is_available():
         # A tiny model gains nothing from intra-op threads on a CPU; they only contend.
         torch.set_num_threads(1)
-    from cord.trainer import train
+    from cord.train.trainer import train
 
     metrics = train(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
