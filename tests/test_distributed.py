@@ -23,7 +23,8 @@ import torch
 
 from cord.config import CordConfig
 from cord.models.tiny import build_tiny_qwen2_audio
-from cord.train.trainer import tone_audio, train
+from cord.data.synthetic import tone_audio
+from cord.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1),

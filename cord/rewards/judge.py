@@ -19,6 +19,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from cord.rewards.answers import ANSWER_KINDS, answers_agree
 
 __all__ = [
@@ -187,8 +189,6 @@ class LocalModelJudge:
         _check_lengths(questions, candidates, references)
         if not candidates:
             return []
-        import torch
-
         prompts = self.build_prompts(questions, candidates, references)
         tokenizer, model = self.tokenizer, self.model
         saved = (tokenizer.padding_side, tokenizer.pad_token)
