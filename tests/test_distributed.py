@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from cord.config import CordConfig
-from cord.models.tiny import build_tiny_qwen2_audio
 from cord.data.synthetic import tone_audio
+from cord.models.tiny import build_tiny_qwen2_audio
 from cord.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import cord.train.trainer as trainer_mod
-from cord.train import metrics as M
 from cord.config import CordConfig
 from cord.data.synthetic import tone_records
+from cord.train import metrics as M
 from cord.train.trainer import CordTrainer, TrainerState, train
 
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1)]]

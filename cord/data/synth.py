@@ -149,7 +149,8 @@ def synthesize_dataset(
     Args:
         records: dicts with ``text_key`` (and ``id_key``; the row number is the id otherwise).
         out_dir: output folder, created if needed.
-        engine: a :class:`cord.data.tts.TTSEngine` or an engine name for :func:`cord.data.tts.get_engine`.
+        engine: a :class:`cord.data.tts.TTSEngine` or an engine name for
+            :func:`cord.data.tts.get_engine`.
         spoken_math: normalise math to words first (:func:`cord.data.spoken_math.to_spoken`).
         overwrite: re-synthesise WAVs that exist (default: keep them, i.e. resume, unless the
             previous ``output_jsonl`` records a different spoken text for that id).

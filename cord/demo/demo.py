@@ -1,6 +1,7 @@
 """``cord demo``: CORD closing a real audio-text gap of a tiny audio LM, on the CPU, in minutes.
 
-1. Builds the spoken/written arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech, cached).
+1. Builds the spoken/written arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech,
+   cached).
 2. Pre-trains a tiny Qwen2-Audio-shaped model with much more text than audio supervision, which
    opens a real modality gap (cached per configuration: a second run skips it).
 3. Measures its text and audio accuracy on held-out questions.

@@ -217,7 +217,8 @@ def task_words() -> list[str]:
 
 
 def build_gap_model(config: GapTaskConfig, *, seed: int | None = None):
-    """A random-init tiny Qwen2-Audio (``cord.models.tiny``) sized by ``config``, and its adapter."""
+    """A random-init tiny Qwen2-Audio (``cord.models.tiny``) sized by ``config``, and its
+    adapter."""
     model, processor = build_tiny_qwen2_audio(
         seed=config.seed if seed is None else seed,
         vocab_words=task_words(),

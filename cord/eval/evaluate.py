@@ -4,10 +4,12 @@ Each benchmark item is asked twice, once from its audio and once from its text, 
 answers are scored against the item's reference:
 
 - multiple choice (a reference that is an option letter, VoiceBench's ``audio`` / ``prompt`` /
-  ``reference`` records): the option letter is extracted with :func:`cord.rewards.answers.extract_choice`,
+  ``reference`` records): the option letter is extracted with
+  :func:`cord.rewards.answers.extract_choice`,
   which tolerates the usual phrasings ("The answer is (B)", "B.", "I choose option b", ...);
   responses it cannot read are counted wrong and reported as ``unparsed``;
-- math (any other reference, numeric or LaTeX): :func:`cord.rewards.answers.extract_math_answer` then
+- math (any other reference, numeric or LaTeX):
+  :func:`cord.rewards.answers.extract_math_answer` then
   :func:`cord.rewards.answers.math_equal` (exact rationals, then math-verify).
 
 The paper's metrics (SPEC section 1), per benchmark b and method m:

@@ -25,7 +25,6 @@ from cord.config import TEACHERS
 from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
 
 
-
 class Teacher(nn.Module):
     """Scores completions under text prompts without gradient.
 

@@ -1,7 +1,8 @@
 """``CordTrainer``: the CORD training loop on accelerate.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches per process; each micro-batch
-runs the configured objective (``cord.train.objectives``): on-policy rollouts from the audio prompts,
+runs the configured objective (``cord.train.objectives``): on-policy rollouts from the audio
+prompts,
 the no-grad teacher pass on the text prompts, the loss, ``backward``. Then: gradient clipping, a
 NaN/Inf guard (a step whose loss or gradient norm is not finite is skipped, reported and leaves
 the weights, the optimizer and the schedule untouched), the AdamW step, the EMA teacher update,
@@ -40,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import (
     DataLoaderConfiguration,
@@ -118,8 +118,8 @@ class CordTrainer:
         adapter: the model behind a :class:`cord.models.adapter.ModelAdapter`; built from
             ``config.model`` when None.
         train_dataset: anything indexable yielding paired records ``{id, text, audio={array,
-            sampling_rate}, answer}`` (a ``datasets.Dataset`` from ``cord.data.paired.load_paired`` or
-            a list); built from ``config.dataset`` when None.
+            sampling_rate}, answer}`` (a ``datasets.Dataset`` from
+            ``cord.data.paired.load_paired`` or a list); built from ``config.dataset`` when None.
         judge: an object with ``judge(questions, candidates, references) -> list[int]``; built
             from ``config.judge`` when None.
     """
