@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cord.cli import main
-from cord.config import CordConfig, parse_overrides
+from cord.config import CordConfig, hparams, parse_overrides
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 
@@ -107,3 +107,10 @@ def test_cli_reports_config_errors_and_prints_config(capsys):
     assert main(["train", "--print-config", "objective=fkl", "max_steps=3"]) == 0
     out = capsys.readouterr().out
     assert "objective: fkl" in out and "max_steps: 3" in out
+
+
+def test_hparams_follow_the_field_metadata():
+    values = hparams(CordConfig(report_to=["none"], system_prompt=None))
+    assert "alarm_rephrase_prompt" not in values  # marked hparam=False on its field
+    assert values["report_to"] == "['none']" and "system_prompt" not in values
+    assert values["learning_rate"] == 3e-5 and values["objective"] == "cord"
