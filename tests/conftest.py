@@ -1,4 +1,4 @@
-"""Shared test setup.
+"""Shared test setup: fixtures only (helpers that tests import are in ``helpers.py``).
 
 Triton decides at decoration time whether a ``@triton.jit`` function runs in the interpreter,
 so ``TRITON_INTERPRET=1`` is set before anything imports ``cord_kernels``; it is then removed
@@ -55,26 +55,6 @@ def nan_poison(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(orig_empty_like(*a, **k)))
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (absolute when the reference is exactly 0)."""
-    out, ref = out.double(), ref.double()
-    if not torch.isfinite(ref).all():
-        same_nonfinite = torch.equal(torch.isfinite(out), torch.isfinite(ref)) and torch.equal(
-            out[~torch.isfinite(ref)], ref[~torch.isfinite(ref)]
-        )
-        if not same_nonfinite:
-            return float("inf")
-        keep = torch.isfinite(ref)
-        out, ref = out[keep], ref[keep]
-    num = (out - ref).norm().item()
-    den = ref.norm().item()
-    return num / den if den > 0 else num
-
-
-# (dtype, relative tolerance) of SPEC section 4.
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-
-
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads on a shared CPU; they only contend."""
@@ -82,12 +62,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tone_records(texts, sr: int = 16000) -> list[dict]:
-    """Paired records whose audio is a short tone sequence per text (no TTS needed)."""
-    from cord.trainer import tone_audio
-
-    return [{"id": str(i), "text": t, "answer": None,
-             "audio": {"array": tone_audio(t, sr), "sampling_rate": sr}}
-            for i, t in enumerate(texts)]

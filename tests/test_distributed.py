@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from cord.config import CordConfig
-from cord.tiny import build_tiny_qwen2_audio
-from cord.trainer import tone_audio, train
+from cord.data.synthetic import tone_audio
+from cord.models.tiny import build_tiny_qwen2_audio
+from cord.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1),
@@ -31,6 +32,7 @@ TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 
 OPTIONS = [
     "model=tiny", "objective=cord", "cord_seq_weight=0", "judge=none", "temperature=0",
     "max_completion_length=6", "max_steps=2", "learning_rate=1e-3", "report_to=none",
+    "logging_steps=1",
     # 3 micro-batches a step: step 2 spans the epoch boundary (8 prompts, 6 a step).
     "gradient_accumulation_steps=3",
     "save_steps=0", "disable_tqdm=true", "seed=0",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rel_err
+from helpers import rel_err
 
 from cord_kernels import jsd
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, rel_err
+from helpers import TOL, rel_err
 
 from cord_kernels import JSD, forward_kl, jsd, reverse_kl
 from cord_kernels import reference as ref

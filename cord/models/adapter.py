@@ -29,7 +29,7 @@ The forward pass always gets ``position_ids = cumsum(attention_mask) - 1``, the 
 ``generate`` uses for left-padded prompts, so logits scored here are the ones that were sampled.
 
 Example:
-    >>> model, processor = build_tiny_qwen2_audio()            # cord.tiny
+    >>> model, processor = build_tiny_qwen2_audio()            # cord.models.tiny
     >>> adapter = Qwen2AudioAdapter(model, processor)
     >>> x_a = adapter.audio_prompts([wave], sampling_rate=16000)
     >>> ids = adapter.generate(x_a, max_new_tokens=20, temperature=1.0)
@@ -41,10 +41,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+from cord.data.paired import resample
+from cord.models.tiny import build_tiny_qwen2_audio
 
 
 @dataclass
@@ -127,26 +134,7 @@ class ModelAdapter(Protocol):
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare model under DDP/DeepSpeed/compile wrappers (for ``generate`` and the LM head)."""
-    from accelerate.utils import extract_model_from_parallel
-
     return extract_model_from_parallel(model)
-
-
-def resample(audio, orig_sr: int, target_sr: int):
-    """Polyphase resampling of a 1-D float array (no-op when the rates match)."""
-    import numpy as np
-
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError(f"audio must be a 1-D waveform, got shape {audio.shape}")
-    if orig_sr == target_sr:
-        return audio
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(int(orig_sr), int(target_sr))
-    return resample_poly(audio, target_sr // g, orig_sr // g).astype(np.float32)
 
 
 class ChatAdapter:
@@ -365,17 +353,13 @@ def gathered_parameters(model: nn.Module):
 
     Sharded engines only hold full weights inside their own forward; ``generate`` runs the bare
     model many times, so the shards are gathered once around the whole call."""
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError:  # pragma: no cover - torch without distributed
-        FSDP = None
-    if FSDP is not None and isinstance(model, FSDP):
+    if isinstance(model, FSDP):
         with FSDP.summon_full_params(model, writeback=False, recurse=True):
             yield
         return
     stage = getattr(model, "zero_optimization_stage", None)
     if callable(stage) and stage() == 3:
-        import deepspeed
+        import deepspeed  # local: an optional dependency, present only under DeepSpeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             yield
@@ -419,3 +403,24 @@ class Qwen2AudioAdapter(ChatAdapter):
         ids = [tok.convert_tokens_to_ids(n) for n in names]
         self.suppress_token_ids = sorted({int(i) for i in ids
                                           if i is not None and i != tok.unk_token_id})
+
+
+def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
+                  system_prompt: str | None = None) -> Qwen2AudioAdapter:
+    """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
+    ``seed``); anything else is a local directory holding a saved Qwen2-Audio (nothing is
+    downloaded)."""
+    if str(model) == "tiny":
+        net, processor = build_tiny_qwen2_audio(seed=seed)
+    else:
+        path = Path(model)
+        if not path.is_dir():
+            raise ValueError(
+                f"model must be 'tiny' or a local model directory, got {str(model)!r} "
+                "(nothing is downloaded: pass a directory holding a saved Qwen2-Audio)"
+            )
+        net = Qwen2AudioForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, dtype="auto"
+        )
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return Qwen2AudioAdapter(net, processor, system_prompt=system_prompt)

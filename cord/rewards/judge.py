@@ -19,7 +19,9 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from cord.answers import ANSWER_KINDS, answers_agree
+import torch
+
+from cord.rewards.answers import ANSWER_KINDS, answers_agree
 
 __all__ = [
     "Judge",
@@ -58,7 +60,7 @@ def _check_lengths(questions: Sequence, candidates: Sequence, references: Sequen
 
 
 class AnswerMatchJudge:
-    """Agreement of extracted final answers (:func:`cord.answers.answers_agree`): option
+    """Agreement of extracted final answers (:func:`cord.rewards.answers.answers_agree`): option
     letters for multiple choice, math-verify for math. -1 when either answer has no
     extractable final answer.
 
@@ -187,8 +189,6 @@ class LocalModelJudge:
         _check_lengths(questions, candidates, references)
         if not candidates:
             return []
-        import torch
-
         prompts = self.build_prompts(questions, candidates, references)
         tokenizer, model = self.tokenizer, self.model
         saved = (tokenizer.padding_side, tokenizer.pad_token)

@@ -1,7 +1,8 @@
 """``CordTrainer``: the CORD training loop on accelerate.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches per process; each micro-batch
-runs the configured objective (``cord.objectives``): on-policy rollouts from the audio prompts,
+runs the configured objective (``cord.train.objectives``): on-policy rollouts from the audio
+prompts,
 the no-grad teacher pass on the text prompts, the loss, ``backward``. Then: gradient clipping, a
 NaN/Inf guard (a step whose loss or gradient norm is not finite is skipped, reported and leaves
 the weights, the optimizer and the schedule untouched), the AdamW step, the EMA teacher update,
@@ -40,12 +41,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator, skip_first_batches
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
-from cord import metrics as M
-from cord.adapter import ModelAdapter, Qwen2AudioAdapter, unwrap_model
-from cord.config import CordConfig
-from cord.objectives import NEEDS_JUDGE, StepContext, compute_loss
-from cord.teacher import Teacher
+from cord.config import SYNTHETIC_DATASETS, CordConfig, hparams
+from cord.data.paired import collate_paired, load_paired
+from cord.data.synthetic import synthetic_dataset
+from cord.models.adapter import ModelAdapter, build_adapter, unwrap_model
+from cord.rewards.judge import build_judge as make_judge
+from cord.train import metrics as M
+from cord.train.objectives import OBJECTIVES, StepContext, compute_loss
+from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
 
@@ -53,85 +67,24 @@ TRAINER_STATE_NAME = "trainer_state.json"
 # -- building the pieces from a config ---------------------------------------------------------
 
 
-def build_adapter(config: CordConfig) -> ModelAdapter:
-    """``model="tiny"``: the offline tiny Qwen2-Audio; else a local Qwen2-Audio directory."""
-    if config.model == "tiny":
-        from cord.tiny import build_tiny_qwen2_audio
-
-        model, processor = build_tiny_qwen2_audio(seed=config.seed)
-    else:
-        path = Path(config.model)
-        if not path.is_dir():
-            raise ValueError(
-                f"model must be 'tiny' or a local model directory, got {config.model!r} "
-                "(nothing is downloaded: pass a directory holding a saved Qwen2-Audio)"
-            )
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, dtype="auto"
-        )
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    return Qwen2AudioAdapter(model, processor, system_prompt=config.system_prompt)
-
-
-def tone_audio(text: str, sampling_rate: int, *, seconds_per_char: float = 0.04,
-               max_seconds: float = 6.0) -> np.ndarray:
-    """A deterministic stand-in for speech: one short tone per character (its code sets the
-    pitch), so different texts give different audio. For tests and TTS-less demos."""
-    n_chars = max(1, min(len(text), int(max_seconds / seconds_per_char)))
-    n = int(seconds_per_char * sampling_rate)
-    t = np.arange(n, dtype=np.float32) / sampling_rate
-    tones = [0.3 * np.sin(2 * np.pi * (200.0 + 12.0 * (ord(c) % 128)) * t) for c in text[:n_chars]]
-    return np.concatenate(tones).astype(np.float32)
-
-
 def build_dataset(config: CordConfig, sampling_rate: int):
     """The training prompts: a synthesized task (audio by eSpeak NG, or tones with
-    ``dataset_audio="tone"``) or ``cord.data.load_paired(config.dataset)``."""
-    from cord import data
-
-    makers = {"arithmetic": data.make_arithmetic_dataset,
-              "multiple_choice": data.make_multiple_choice_dataset}
-    if config.dataset not in makers:
-        return data.load_paired(config.dataset, sampling_rate=sampling_rate)
-    records = makers[config.dataset](config.dataset_size, seed=config.seed)
-    if config.dataset_audio == "tone":
-        for r in records:
-            r["audio"] = {"array": tone_audio(r["text"], sampling_rate),
-                          "sampling_rate": sampling_rate}
-        return records
-    from cord.spoken_math import to_spoken
-    from cord.tts import get_engine
-
-    engine = get_engine("espeak")
-    for r in _progress(records, desc="synthesizing audio", disable=config.disable_tqdm):
-        wave = engine.synthesize(to_spoken(r["text"]))
-        r["audio"] = {"array": data.resample(wave, engine.sample_rate, sampling_rate),
-                      "sampling_rate": sampling_rate}
-    return records
+    ``dataset_audio="tone"``) or ``load_paired(config.dataset)``."""
+    if config.dataset in SYNTHETIC_DATASETS:
+        return synthetic_dataset(config.dataset, config.dataset_size, seed=config.seed,
+                                 audio=config.dataset_audio, sampling_rate=sampling_rate,
+                                 progress=not config.disable_tqdm)
+    return load_paired(config.dataset, sampling_rate=sampling_rate)
 
 
 def build_judge(config: CordConfig, adapter: ModelAdapter):
-    """``cord.judge.build_judge(config.judge)``; None for ``judge="none"``."""
+    """The judge named by ``config.judge``; None for ``judge="none"``."""
     if config.judge == "none":
         return None
-    from cord.judge import build_judge as _build
-
     if config.judge == "model":  # the policy itself asked whether the answers agree
-        bare = unwrap_model(adapter.model)
-        return _build(config.judge, model=bare, tokenizer=adapter.tokenizer)
-    return _build(config.judge)
-
-
-def _progress(items, **kw):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, **kw)
-
-
-def _collate(records: list) -> list:
-    return list(records)  # PairedBatch.from_any parses the records (and their sampling rates)
+        return make_judge(config.judge, model=unwrap_model(adapter.model),
+                          tokenizer=adapter.tokenizer)
+    return make_judge(config.judge)
 
 
 # -- trainer state -----------------------------------------------------------------------------
@@ -162,27 +115,21 @@ class CordTrainer:
 
     Args:
         config: a :class:`CordConfig`.
-        adapter: the model behind a :class:`cord.adapter.ModelAdapter`; built from
+        adapter: the model behind a :class:`cord.models.adapter.ModelAdapter`; built from
             ``config.model`` when None.
         train_dataset: anything indexable yielding paired records ``{id, text, audio={array,
-            sampling_rate}, answer}`` (a ``datasets.Dataset`` from ``cord.data.load_paired`` or
-            a list); built from ``config.dataset`` when None.
+            sampling_rate}, answer}`` (a ``datasets.Dataset`` from
+            ``cord.data.paired.load_paired`` or a list); built from ``config.dataset`` when None.
         judge: an object with ``judge(questions, candidates, references) -> list[int]``; built
             from ``config.judge`` when None.
     """
 
     def __init__(self, config: CordConfig, adapter: ModelAdapter | None = None,
                  train_dataset=None, judge=None):
-        from accelerate import Accelerator
-        from accelerate.utils import (
-            DataLoaderConfiguration,
-            GradientAccumulationPlugin,
-            ProjectConfiguration,
-            set_seed,
-        )
-
         if not isinstance(config, CordConfig):
             raise TypeError(f"config must be a CordConfig, got {type(config).__name__}")
+        # User errors before any model is built.
+        config.check_paths(model=adapter is None, dataset=train_dataset is None)
         self.config = config
         cfg = config
         mixed = cfg.bf16 if cfg.bf16 is not None else (
@@ -206,7 +153,8 @@ class CordTrainer:
         acc = self.accelerator
         set_seed(cfg.seed, device_specific=True)  # different rollouts on each process
 
-        self.adapter = adapter if adapter is not None else build_adapter(cfg)
+        self.adapter = adapter if adapter is not None else build_adapter(
+            cfg.model, seed=cfg.seed, system_prompt=cfg.system_prompt)
         model = self.adapter.model
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -214,9 +162,7 @@ class CordTrainer:
         self.teacher = Teacher(cfg.teacher, self.adapter, ema_decay=cfg.teacher_ema_decay)
         self.teacher.to(acc.device)
         self.judge = judge if judge is not None else build_judge(cfg, self.adapter)
-        if self.judge is None and cfg.objective in NEEDS_JUDGE and not (
-            cfg.objective == "cord" and cfg.cord_seq_weight == 0
-        ):
+        if self.judge is None and OBJECTIVES[cfg.objective].needs_judge(cfg):
             raise ValueError(f"objective={cfg.objective!r} needs a judge; set judge (not 'none')")
         sr = int(getattr(self.adapter, "sampling_rate", 16000))
         self.train_dataset = (train_dataset if train_dataset is not None
@@ -230,15 +176,13 @@ class CordTrainer:
                                       eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
         loader = torch.utils.data.DataLoader(
             self.train_dataset, batch_size=cfg.per_device_train_batch_size, shuffle=True,
-            collate_fn=_collate, drop_last=False,
+            collate_fn=collate_paired, drop_last=False,
         )
         self.model, self.optimizer, self.dataloader = acc.prepare(model, optimizer, loader)
         self.adapter = self.adapter.with_model(self.model)
         self.teacher.set_student(self.adapter)
 
         self.max_steps = self._total_steps()
-        from transformers import get_scheduler
-
         # Not prepared: accelerate would step it once per process.
         self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer,
                                        num_warmup_steps=cfg.warmup_steps,
@@ -321,8 +265,6 @@ class CordTrainer:
 
         Fetching runs under a forked RNG: the DataLoader draws a base seed from the global RNG
         when an iterator starts, and that must not shift the rollouts after a resume."""
-        from accelerate import skip_first_batches
-
         while True:
             self.dataloader.set_epoch(self.state.epoch)
             skip = self.state.batches_in_epoch
@@ -361,7 +303,7 @@ class CordTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.output_dir / "cord_config.yaml")
         if acc.log_with:
-            acc.init_trackers("cord", config=_hparams(cfg))
+            acc.init_trackers("cord", config=hparams(cfg))
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
         global_batch = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
@@ -371,8 +313,6 @@ class CordTrainer:
                   f"{global_batch} prompts, {len(self.train_dataset)} in the dataset")
         bar = None
         if acc.is_main_process and not cfg.disable_tqdm:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=self.max_steps, initial=self.state.global_step, desc=cfg.objective,
                        unit="step", dynamic_ncols=True)
         last: dict[str, Any] = {}
@@ -420,8 +360,6 @@ class CordTrainer:
             # A log line averages the steps since the previous one (all processes, all
             # micro-batches); a skipped step is always logged on its own line.
             if step % cfg.logging_steps == 0 or step == self.max_steps or not finite:
-                from accelerate.utils import gather_object
-
                 all_parts = gather_object(window["parts"])
                 all_tokens = sum(gather_object([window["tokens"]]))
                 metrics = M.mean_metrics(all_parts)
@@ -474,15 +412,3 @@ def _fmt(v: Any) -> str:
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in metrics.items()}
-
-
-def _hparams(cfg: CordConfig) -> dict[str, Any]:
-    """The config as TensorBoard hparams (scalars and strings only)."""
-    out = {}
-    for k, v in cfg.to_dict().items():
-        if isinstance(v, (bool, int, float, str)):
-            out[k] = v
-        elif v is not None:
-            out[k] = str(v)
-    out.pop("alarm_rephrase_prompt", None)
-    return out

@@ -21,9 +21,8 @@ import copy
 import torch
 from torch import nn
 
-from cord.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
-
-TEACHER_KINDS = ("live", "base", "ema")
+from cord.config import TEACHERS
+from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
 
 
 class Teacher(nn.Module):
@@ -37,8 +36,8 @@ class Teacher(nn.Module):
 
     def __init__(self, kind: str, adapter: ModelAdapter, *, ema_decay: float = 0.99):
         super().__init__()
-        if kind not in TEACHER_KINDS:
-            raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {kind!r}")
+        if kind not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {kind!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"teacher_ema_decay must be in [0, 1), got {ema_decay}")
         self.kind = kind
