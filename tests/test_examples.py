@@ -23,7 +23,17 @@ def _load(name: str):
     return mod
 
 
-def test_gkd_trainer_loss_equals_trls(tmp_path, one_torch_thread):
+@pytest.fixture
+def fresh_accelerate_state():
+    """TRL's trainer sets accelerate's process-wide state (mixed precision among it); later
+    tests build their own Accelerator, which refuses a state it did not set: reset it."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_gkd_trainer_loss_equals_trls(tmp_path, one_torch_thread, fresh_accelerate_state):
     pytest.importorskip("trl")
     gkd = _load("trl_gkd_jsd")
     trainer = gkd.build_trainer(str(tmp_path), steps=1)
