@@ -5,8 +5,9 @@ torch.compile, TRL's ``generalized_jsd_loss`` and Liger's ``LigerJSD``; and
 (reverse KL 1, forward KL 0, JSD 0.5), all in the same run.
 
 The default run keeps this cheap: jsd at the smallest logits shape, fwd+bwd, and the fused JSD
-at N=256. ``CORD_BENCH_FULL=1`` runs jsd at every shape and mode and the three fused
-divergences at the fused-linear shapes.
+at N=128 (SPEC's N=1024 comparison per divergence, side by side: ``python -m
+bench.distill_compare``). ``CORD_BENCH_FULL=1`` runs jsd at every shape and mode and the three
+fused divergences at the fused-linear shapes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ else:
     JSD_SHAPES, JSD_MODES = CONFIG.logits_shapes[:1], ("fwd+bwd",)
     small = min(CONFIG.fused_logprob_shapes, key=lambda s: s.n_tokens)
     if small.vocab == QWEN2_VOCAB:  # not the CORD_BENCH_QUICK shapes
-        small = HiddenShape(256, QWEN2_VOCAB, QWEN2_0_5B_HIDDEN)
+        small = HiddenShape(128, QWEN2_VOCAB, QWEN2_0_5B_HIDDEN)
     FUSED = [("fused_linear_distill_loss[jsd]", small)]
 
 CASES = [
