@@ -16,7 +16,7 @@ BETAS = [0.0, 0.1, 0.5, 0.9, 1.0]
 # Each shape is here for a reason.
 CASES = [
     pytest.param((3, 5), 123, torch.float32, 1.0, id="N15-V123-fp32"),  # V not a power of two
-    pytest.param((97,), 37, torch.float32, 1.0, id="N97-V37-fp32"),  # many rows, odd count
+    pytest.param((29,), 37, torch.float32, 1.0, id="N29-V37-fp32"),  # many rows, odd count
     pytest.param((2, 3), 1, torch.float32, 1.0, id="N6-V1-fp32"),  # V=1: the divergence is 0
     pytest.param((2,), 4500, torch.float32, 0.7, id="N2-V4500-fp32-tau0.7"),  # V > BLOCK_V
     pytest.param((2, 4), 257, torch.bfloat16, 1.0, id="N8-V257-bf16"),  # one past a block
