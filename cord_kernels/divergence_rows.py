@@ -18,6 +18,7 @@ the logits-in path (a probability that underflows to 0 still has a finite log).
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,15 +65,16 @@ class DivergenceRows(Protocol):
 # ------------------------------------------------------------------------------- torch
 
 
-class _TorchRows:
+class _TorchRows(abc.ABC):
     """Shared row-block loop of the torch versions: ``_block`` turns one block of s into
     tau dDiv/ds (when ``want_grad``) and returns Div of its rows."""
 
     def __init__(self, temperature: float):
         self.inv_t = 1.0 / temperature
 
+    @abc.abstractmethod
     def _block(self, b_s: torch.Tensor, b_u: torch.Tensor, want_grad: bool) -> torch.Tensor:
-        raise NotImplementedError
+        """Div of the (r, V) block's rows; ``b_s`` becomes tau dDiv/ds when ``want_grad``."""
 
     def stats(self, s, u, want_grad: bool = True) -> RowState:
         n = s.shape[0]

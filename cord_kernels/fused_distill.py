@@ -58,6 +58,7 @@ from cord_kernels.divergence_rows import (
     resolve_divergence,
 )
 from cord_kernels.fused_linear import (
+    DEFAULT_CHUNK_BYTES,
     Chunk,
     Grads,
     LMHead,
@@ -120,7 +121,7 @@ class DistillParams:
     divergence: Divergence = Divergence.REVERSE_KL
     beta: float = 0.5  # the JSD's
     temperature: float = 1.0
-    chunk_bytes: int = 1 << 30
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
 
