@@ -107,6 +107,15 @@ def naive_jsd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return JSD_BETA * kl_q + (1 - JSD_BETA) * kl_p
 
 
+def naive_divergence(divergence: str, student: torch.Tensor, teacher: torch.Tensor):
+    """The per-row divergence of ``fused_linear_distill_loss[divergence]`` in plain torch."""
+    if divergence == "reverse_kl":
+        return naive_reverse_kl(student, teacher)
+    if divergence == "forward_kl":
+        return naive_reverse_kl(teacher, student)
+    return naive_jsd(student, teacher)
+
+
 @functools.cache
 def _compiled(fn: Callable) -> Callable:
     # Made on first use: building a compiled function imports dynamo (seconds), which the
@@ -400,6 +409,19 @@ def _ours_fused_distill(divergence: str) -> Callable[[HiddenCase], Closure]:
     return build
 
 
+def _naive_fused_distill(divergence: str) -> Callable[[HiddenCase], Closure]:
+    def build(c: HiddenCase) -> Closure:
+        def loss() -> torch.Tensor:
+            s = c.student_hidden @ c.weight.T  # (B, T, V) materialised
+            with torch.no_grad():
+                u = c.teacher_hidden @ c.weight.T
+            return _masked_sum_per_batch(naive_divergence(divergence, s, u), c.mask)
+
+        return loss
+
+    return build
+
+
 def _trl_fused_distill(beta: float) -> Callable[[HiddenCase], Closure]:
     def build(c: HiddenCase) -> Closure:
         from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
@@ -438,6 +460,8 @@ def _distill_providers(divergence: str) -> list[Provider]:
         Provider("cord_kernels", "ours", _ours_fused_distill(divergence)),
         Provider("4 GEMMs, valid rows", "floor", _floor(True, valid_only=True),
                  note="student + teacher projections, grad wrt hidden and weight"),
+        Provider("torch", "naive", _naive_fused_distill(divergence),
+                 note="materialised (N, V) logits"),
         Provider("trl ChunkedDivergenceFunction", "peer", _trl_fused_distill(beta),
                  lambda device: _missing("trl"), note=f"beta={beta}, valid rows"),
         Provider("liger LigerFusedLinearJSDLoss", "peer", _liger_fused_distill(beta),
