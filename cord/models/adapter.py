@@ -458,11 +458,37 @@ class Qwen2AudioAdapter(ChatAdapter):
                                           if i is not None and i != tok.unk_token_id})
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device a model runs on: ``"auto"`` is the current CUDA device when CUDA is
+    available and the CPU otherwise; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` are checked to exist.
+
+    Raises:
+        ValueError: an unknown device string, or a CUDA device this machine does not have.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") \
+            from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use "
+                             "device 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    return dev
+
+
 def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
-                  system_prompt: str | None = None) -> Qwen2AudioAdapter:
+                  system_prompt: str | None = None,
+                  device: str | torch.device | None = None) -> Qwen2AudioAdapter:
     """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
     ``seed``); anything else is a local directory holding a saved Qwen2-Audio (nothing is
-    downloaded)."""
+    downloaded). ``device`` (see :func:`resolve_device`) moves the model there; None leaves it
+    on the CPU, where the trainer's accelerate places it."""
     if str(model) == "tiny":
         net, processor = build_tiny_qwen2_audio(seed=seed)
     else:
@@ -476,4 +502,6 @@ def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
             path, local_files_only=True, dtype="auto"
         )
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    if device is not None:
+        net.to(resolve_device(device))
     return Qwen2AudioAdapter(net, processor, system_prompt=system_prompt)

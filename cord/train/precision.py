@@ -47,8 +47,8 @@ class WeightChange:
     returns ``{"weight_change": ||w' - w|| / ||w||, "weights_changed": fraction of weights
     whose stored value changed}``.
 
-    Only a fixed strided sample of at most ``max_elements`` entries per process is compared (every
-    entry when the process holds fewer), so the copy costs at most ``4 * max_elements`` bytes. A
+    Only a fixed strided sample of about ``max_elements`` entries per process is compared (every
+    entry when the process holds fewer), so the copy costs about ``4 * max_elements`` bytes. A
     sharded (FSDP2) parameter contributes its local shard; with several processes the sums are
     all-reduced, so every process calls both methods (the trainer does, every step).
 
