@@ -84,3 +84,48 @@ def test_fsdp2_two_processes_match_one_and_resume_across_counts(tmp_path):
     trained = final_weights(one)
     head = next(k for k in trained if k.endswith("lm_head.weight"))  # the checkpoint's name
     assert (trained[head] - w0.lm_head.weight.detach()).abs().max() > 1e-3
+
+
+def test_fsdp2_sharding_in_one_process():
+    """The mechanics on a one-process group: what is sharded, what the fused-linear path gets
+    as the LM head, generation, and the gradient landing on the sharded parameter."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from cord.data.synthetic import tone_audio
+    from cord.models.adapter import Qwen2AudioAdapter
+    from cord.train.distributed import block_modules, ensure_process_group, shard_fsdp2
+
+    torch.set_num_threads(1)
+    model, processor = build_tiny_qwen2_audio(seed=0)
+    ref = Qwen2AudioAdapter(build_tiny_qwen2_audio(seed=0)[0], processor)
+    names = [type(m).__name__ for m in block_modules(model)]
+    # The outermost blocks only: the encoder layer, not the attention inside it.
+    assert names == ["Qwen2AudioEncoderLayer", "Qwen2DecoderLayer", "Qwen2DecoderLayer"]
+    with pytest.raises(TypeError, match="_no_split_modules"):
+        block_modules(torch.nn.Linear(2, 2))
+
+    created = ensure_process_group(torch.device("cpu"))
+    try:
+        shard_fsdp2(model)
+        adapter = Qwen2AudioAdapter(model, processor)
+        assert isinstance(model, FSDPModule) and isinstance(model.lm_head.weight, DTensor)
+        x_a = adapter.audio_prompts([tone_audio("What is 1 + 2?", 16000)], sampling_rate=16000)
+        ids = adapter.generate(x_a, max_new_tokens=4, temperature=0)
+        assert torch.equal(ids, ref.generate(x_a, max_new_tokens=4, temperature=0))
+        block = model.model.language_model.layers[0]
+        assert isinstance(block.mlp.up_proj.weight, DTensor)  # freed again after generate
+
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        hidden, weight, _ = adapter.completion_hidden(x_a, ids, mask)
+        assert not isinstance(weight, DTensor) and weight.shape == (926, 64)  # gathered
+        ref_hidden, ref_weight, _ = ref.completion_hidden(x_a, ids, mask)
+        torch.testing.assert_close(hidden, ref_hidden)
+        torch.testing.assert_close(weight, ref_weight)
+        (hidden @ weight.T).logsumexp(-1).sum().backward()
+        grad = model.lm_head.weight.grad  # reduce-scattered onto the sharded parameter
+        assert isinstance(grad, DTensor) and grad.full_tensor().abs().sum() > 0
+    finally:
+        if created:
+            dist.destroy_process_group()

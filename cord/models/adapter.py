@@ -446,7 +446,7 @@ class Qwen2AudioAdapter(ChatAdapter):
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
         super().__init__(model, processor, system_prompt=system_prompt)
         bare = unwrap_model(model)
-        if type(bare).__name__ != "Qwen2AudioForConditionalGeneration":
+        if not isinstance(bare, Qwen2AudioForConditionalGeneration):  # FSDP2 subclasses it
             raise TypeError(
                 f"model must be a Qwen2AudioForConditionalGeneration, got {type(bare).__name__}"
             )
