@@ -146,8 +146,8 @@ class AccelerateStrategy:
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
 
-    def prepare(self, model: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                loader):
+    def prepare(self, model: nn.Module,
+                make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], loader):
         """``(model, optimizer, loader)`` ready to train; the optimizer is made by
         ``make_optimizer(model)`` (after sharding, where there is sharding)."""
         return self.accelerator.prepare(model, make_optimizer(model), loader)

@@ -4,8 +4,9 @@ A model loaded with ``dtype="auto"`` (Qwen2-Audio ships bf16 weights) would othe
 in bf16: AdamW adds ``lr * m / (sqrt(v) + eps)``, at most about ``lr`` per weight, and bf16
 keeps 8 significant bits, so an update below half a bf16 step (between ``|w| / 512`` and
 ``|w| / 256``) rounds away. At ``lr = 3e-5`` every weight above ~0.015 in magnitude stays where
-it is, a large share of a trained LM's weights, and the loss curve does not say so. The trainer therefore upcasts the model to float32 before training
-(``fp32_master_weights=true``, the default); bf16 compute then comes from autocast (``bf16``).
+it is, a large share of a trained LM's weights, and the loss curve does not say so. The trainer
+therefore upcasts the model to float32 before training (``fp32_master_weights=true``, the
+default); bf16 compute then comes from autocast (``bf16``).
 
 :class:`WeightChange` reports, per step, the relative change ``||w' - w|| / ||w||`` and the
 fraction of weights that changed at all, over a fixed sample of the trained weights, so a run
