@@ -70,21 +70,22 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard_fsdp2(model: nn.Module, *, mesh=None, bf16: bool = False) -> nn.Module:
-    """Applies ``fully_shard`` to every block of ``model`` and then to the model (in place).
+def shard_fsdp2(model: nn.Module, *, device_type: str | None = None,
+                bf16: bool = False) -> nn.Module:
+    """Applies ``fully_shard`` to every block of ``model`` and then to the model (in place), over
+    all processes of the default group.
 
     Args:
-        mesh: a 1-D device mesh (default: all processes of the default group, on the
-            current device type).
+        device_type: "cuda" or "cpu" (default: where ``model``'s parameters are).
         bf16: compute in bf16 (``MixedPrecisionPolicy(param_dtype=bf16)``) while the sharded
             parameters, the optimizer and the gradient reduction stay in float32.
     """
     if not dist.is_initialized():
         raise RuntimeError("shard_fsdp2 needs an initialized process group "
                            "(see ensure_process_group)")
-    if mesh is None:
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    if device_type is None:
+        device_type = next(model.parameters()).device.type
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
                                   reduce_dtype=torch.float32 if bf16 else None)
     for block in block_modules(model):
@@ -197,7 +198,8 @@ class FSDP2Strategy(AccelerateStrategy):
 
     def prepare(self, model, make_optimizer, loader):
         units = len(block_modules(model)) + 1
-        model = shard_fsdp2(model.to(self.accelerator.device), bf16=self.bf16)
+        device = self.accelerator.device
+        model = shard_fsdp2(model.to(device), device_type=device.type, bf16=self.bf16)
         self.accelerator.print(f"fsdp2: {units} units (the blocks and the root) sharded over "
                                f"{dist.get_world_size()} process(es)")
         # The loader alone goes through accelerate (per-process shards of the data); preparing
