@@ -56,6 +56,11 @@ if triton_available():
         return tl.where(hi == float("-inf"), float("-inf"), hi + tl.log(1.0 + tl.exp(gap)))
 
     @triton.jit
+    def _row_start(P, i_row, R, stride_a, stride_b):
+        """Pointer to row ``i_row`` = a * R + b of an (A, R, V) view (``i_row`` int64)."""
+        return P + (i_row // R) * stride_a + (i_row % R) * stride_b
+
+    @triton.jit
     def _scaled_blocks(p_x, p_y, o_v, m_ld, inv_temp):
         """One [BLOCK_V] block of each row / tau in fp32, -inf outside ``m_ld``."""
         b_x = tl.load(p_x + o_v, mask=m_ld, other=float("-inf")).to(tl.float32) * inv_temp
@@ -78,10 +83,8 @@ if triton_available():
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_y = Y + i_a * stride_ya + i_b * stride_yb
+        p_x = _row_start(X, i_row, R, stride_xa, stride_xb)
+        p_y = _row_start(Y, i_row, R, stride_ya, stride_yb)
 
         # Read 1: lse of both rows.
         m_x = float("-inf")
@@ -126,12 +129,10 @@ if triton_available():
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_y = Y + i_a * stride_ya + i_b * stride_yb
-        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
-        p_dy = DY + i_a * stride_dya + i_b * stride_dyb
+        p_x = _row_start(X, i_row, R, stride_xa, stride_xb)
+        p_y = _row_start(Y, i_row, R, stride_ya, stride_yb)
+        p_dx = _row_start(DX, i_row, R, stride_dxa, stride_dxb)
+        p_dy = _row_start(DY, i_row, R, stride_dya, stride_dyb)
         # A row whose cotangent is 0 reads nothing and writes exact zeros (masked positions).
         g = tl.load(G + i_row)
         v_read = tl.where(g != 0.0, V, 0)
