@@ -118,9 +118,11 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
 
     def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
                  temperature: float = 1.0, reduction: str = "batchmean",
-                 chunk_bytes: int | None = None, impl: str | None = None):
+                 return_per_token: bool = False, chunk_bytes: int | None = None,
+                 impl: str | None = None):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                          reduction=reduction, impl=impl)
+        self.return_per_token = return_per_token
         self.chunk_bytes = chunk_bytes
 
     def forward(self, student_hidden, teacher_hidden, weight, mask, bias=None,
@@ -128,7 +130,8 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
         return fused_linear_cord_token_loss(
             student_hidden, teacher_hidden, weight, mask, bias=bias,
             teacher_weight=teacher_weight, teacher_bias=teacher_bias,
-            chunk_bytes=self.chunk_bytes, **self.options(),
+            return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
+            **self.options(),
         )
 
 

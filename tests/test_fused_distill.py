@@ -11,6 +11,7 @@ from helpers import rel_err
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cord_kernels import (
+    FusedLinearCordTokenLoss,
     FusedLinearDistillLoss,
     forward_kl,
     fused_linear_cord_token_loss,
@@ -179,6 +180,10 @@ def test_one_operand_dtype_under_autocast():
 
 def test_module():
     hs, ht, W, Wt, _, mask, w = _problem(H_t=24, seed=5)
+    loss, D = FusedLinearCordTokenLoss(top_k=2, return_per_token=True, impl="torch")(
+        hs, ht, W, mask, teacher_weight=Wt)
+    assert D.shape == mask.shape and torch.equal(loss, fused_linear_cord_token_loss(
+        hs, ht, W, mask, teacher_weight=Wt, top_k=2, impl="torch"))
     fn = FusedLinearDistillLoss(divergence="jsd", jsd_beta=0.3, impl="torch")
     assert torch.equal(
         fn(hs, ht, W, mask, token_weights=w, teacher_weight=Wt),
