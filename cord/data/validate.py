@@ -226,7 +226,7 @@ def load_paired_checked(
         if len(bad) > limit:
             raise ValueError(
                 f"{len(bad)} of {total} records are bad ({summary}), more than "
-                f"max_bad_records={max_bad_records} allows; the first is {first}{where}")
+                f"max_bad_records={max_bad_records:g} allows; the first is {first}{where}")
         report(f"skipped {len(bad)} bad record(s) of {total} ({summary})"
                + (f": ids and reasons in {Path(output_dir) / BAD_RECORDS_FILE}"
                   if output_dir is not None else ""))
