@@ -128,7 +128,7 @@ class CordConfig:
     save_total_limit: int | None = option(None, "keep only the newest this many checkpoints "
                                           "(None = all)")
     resume_from_checkpoint: str | None = option(None, 'a checkpoint directory, or "latest" for '
-                                                "the newest one in output_dir")
+                                                "the newest complete one in output_dir")
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
                                   default_factory=lambda: ["tensorboard"])
     disable_tqdm: bool = option(False, "hide the progress bar")
