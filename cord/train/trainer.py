@@ -15,14 +15,17 @@ per-sequence means, so averaged gradients equal those of one process with the gl
 Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
 over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grpo), ``l_sft``,
 ``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
-``judged_fraction`` (GRPO groups); ``agreement`` (audio answer == the model's own text answer,
-per the judge); ``completion_length``; ``grad_norm``, ``learning_rate``, ``skipped``,
-``generated_tokens``, ``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
+``judged_fraction`` (GRPO groups); ``judge_errors`` (judge calls that raised); ``agreement``
+(audio answer == the model's own text answer, per the judge); ``completion_length``;
+``grad_norm``, ``learning_rate``, ``skipped``, ``generated_tokens``, ``tokens_per_second``,
+``step_seconds``, ``step``, ``epoch``.
 
 Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
 the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
 continues exactly where it stopped: data loading never draws from the global RNG, so the next
-rollouts are the ones the uninterrupted run would have sampled.
+rollouts are the ones the uninterrupted run would have sampled. They are written atomically
+(``cord.train.checkpoint``: a kill mid-save leaves the previous ones whole), and SIGTERM/SIGINT
+stops the run after the current step with a checkpoint (``cord.train.preempt``).
 
 Example:
     >>> from cord.config import CordConfig
@@ -178,7 +181,8 @@ class CordTrainer:
         self.judge = judge if judge is not None else build_judge(cfg, self.adapter)
         if self.judge is None and OBJECTIVES[cfg.objective].needs_judge(cfg):
             raise ValueError(f"objective={cfg.objective!r} needs a judge; set judge (not 'none')")
-        if self.judge is not None:  # a judge's exception never kills a step: "undecided"
+        if self.judge is not None and not isinstance(self.judge, GuardedJudge):
+            # A judge's exception never kills a step: its verdicts become "undecided".
             self.judge = GuardedJudge(self.judge)
         sr = int(getattr(self.adapter, "sampling_rate", 16000))
         self.train_dataset = (train_dataset if train_dataset is not None else build_dataset(
