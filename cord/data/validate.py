@@ -147,9 +147,11 @@ def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
                              require_answer)
     features = _output_features(dataset, has_answer)
     features[_BAD] = Value("string")
+    # Never from the datasets cache: the check is about the files as they are now (a file
+    # restored since the last run must count as good).
     decoded = dataset.map(_TolerantDecoder(decoder), with_indices=True, features=features,
-                          num_proc=num_proc, desc=f"checking and decoding audio at "
-                          f"{sampling_rate} Hz")
+                          num_proc=num_proc, load_from_cache_file=False,
+                          desc=f"checking and decoding audio at {sampling_rate} Hz")
     reasons, all_ids = decoded[_BAD], decoded["id"]
     good_rows = []
     for i, reason in enumerate(reasons):
