@@ -262,21 +262,19 @@ class _OneProcess:
 
     is_main_process, num_processes = True, 1
 
-    def __init__(self, fail: OSError | None = None):
-        self.fail = fail
-
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, path):
-        Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / "model.safetensors").write_text("weights")
-        if self.fail is not None:
-            raise self.fail
-
 
 def _save(out, step, fail=None, limit=None):
-    return save_atomically(_OneProcess(fail), out, step, lambda p: None, save_total_limit=limit)
+    def write_state(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "model.safetensors").write_text("weights")
+        if fail is not None:
+            raise fail
+
+    return save_atomically(_OneProcess(), out, step, write_state, lambda p: None,
+                           save_total_limit=limit)
 
 
 @pytest.mark.parametrize("err, says", [

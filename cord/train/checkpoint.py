@@ -156,14 +156,16 @@ def _describe(err: OSError) -> str:
 
 
 def save_atomically(accelerator, output_dir: str | os.PathLike, step: int,
-                    write_extra: Callable[[Path], None], *,
+                    write_state: Callable[[Path], None], write_extra: Callable[[Path], None], *,
                     save_total_limit: int | None = None) -> Path:
     """Writes ``output_dir/checkpoint-<step>`` atomically; every process calls it.
 
-    ``accelerator.save_state`` writes the state into the ``.partial`` sibling (each process its
-    own RNG file), then the main process calls ``write_extra(dir)`` (trainer state, config),
-    flushes, writes the marker and renames the directory into place; after that, and only then,
-    ``save_total_limit`` rotates older complete checkpoints away.
+    ``write_state(dir)`` runs on every process and writes the training state into the
+    ``.partial`` sibling (``accelerator.save_state``: each process its own RNG file); then the
+    main process calls ``write_extra(dir)`` (trainer state, config), flushes, writes the marker
+    and renames the directory into place; after that, and only then, ``save_total_limit``
+    rotates older complete checkpoints away. ``accelerator`` gives the process layout, the
+    barriers and the all-reduce that makes every process agree the save succeeded.
 
     Raises:
         CheckpointSaveError: any OSError on any process; the partial directory is removed and
@@ -180,7 +182,7 @@ def save_atomically(accelerator, output_dir: str | os.PathLike, step: int,
             if tmp.exists():  # a save of this step that was interrupted earlier
                 shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        write_state(tmp)
         if acc.is_main_process:
             write_extra(tmp)
             delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)

@@ -244,8 +244,12 @@ class CordTrainer:
                  "log_history": self.log_history[-100:]}, indent=1))
             self.config.to_yaml(path / "cord_config.yaml")
 
+        def write_state(path: Path) -> None:  # every process
+            self.accelerator.save_state(str(path))
+
         path = save_atomically(self.accelerator, self.output_dir, self.state.global_step,
-                               write_extra, save_total_limit=self.config.save_total_limit)
+                               write_state, write_extra,
+                               save_total_limit=self.config.save_total_limit)
         self._last_saved_step = self.state.global_step
         return path
 
