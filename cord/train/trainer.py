@@ -15,17 +15,18 @@ per-sequence means, so averaged gradients equal those of one process with the gl
 Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
 over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grpo), ``l_sft``,
 ``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
-``judged_fraction`` (GRPO groups); ``judge_errors`` (judge calls that raised); ``agreement``
-(audio answer == the model's own text answer, per the judge); ``completion_length``;
-``grad_norm``, ``learning_rate``, ``skipped``, ``generated_tokens``, ``tokens_per_second``,
-``step_seconds``, ``step``, ``epoch``.
+``judged_fraction`` (GRPO groups); ``agreement`` (audio answer == the model's own text answer,
+per the judge); ``completion_length``; ``grad_norm``, ``learning_rate``, ``skipped``,
+``generated_tokens``, ``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
 
 Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
 the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
 continues exactly where it stopped: data loading never draws from the global RNG, so the next
 rollouts are the ones the uninterrupted run would have sampled. They are written atomically
 (``cord.train.checkpoint``: a kill mid-save leaves the previous ones whole), and SIGTERM/SIGINT
-stops the run after the current step with a checkpoint (``cord.train.preempt``).
+stops the run after the current step with a checkpoint (``cord.train.preempt``). A judge that
+raises never kills a step: its verdicts count as unjudged, and the failed calls are logged as
+``judge_errors``.
 
 Example:
     >>> from cord.config import CordConfig
