@@ -57,12 +57,6 @@ class CordConfig:
     dataset_size: int = option(64, "number of examples of a synthesized dataset")
     dataset_audio: str = option("tts", 'audio of a synthesized dataset: "tts" (eSpeak NG) or '
                                 '"tone" (one tone per character)')
-    on_bad_record: str = option("error", '"error": a bad record of a dataset file stops the run '
-                                "before step 1; \"skip\": train on the rest (listed in "
-                                "output_dir/bad_records.jsonl)")
-    max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
-                                           "records are bad: a count (>= 1), a fraction (< 1) "
-                                           "or None (no limit)")
     objective: str = option("cord", "cord (L_tok + L_seq) | opd | grpo | sft | fkl | alarm")
     teacher: str = option("live", "live (current weights, the paper) | base (frozen initial "
                           "weights) | ema")
@@ -129,6 +123,12 @@ class CordConfig:
                                           "(None = all)")
     resume_from_checkpoint: str | None = option(None, 'a checkpoint directory, or "latest" for '
                                                 "the newest complete one in output_dir")
+    on_bad_record: str = option("error", '"error": a bad record of a dataset file stops the run '
+                                "before step 1; \"skip\": train on the rest (listed in "
+                                "output_dir/bad_records.jsonl)")
+    max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
+                                           "records are bad: a count (>= 1), a fraction (< 1) "
+                                           "or None (no limit)")
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
                                   default_factory=lambda: ["tensorboard"])
     disable_tqdm: bool = option(False, "hide the progress bar")
@@ -149,12 +149,6 @@ class CordConfig:
         _choice("objective", self.objective, tuple(OBJECTIVES))
         _choice("teacher", self.teacher, TEACHERS)
         _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
-        _choice("on_bad_record", self.on_bad_record, ("error", "skip"))
-        if self.max_bad_records is not None and not (
-                self.max_bad_records >= 0
-                and (self.max_bad_records < 1 or float(self.max_bad_records).is_integer())):
-            raise ValueError("max_bad_records must be a whole count >= 1, a fraction in [0, 1) "
-                             f"or None, got {self.max_bad_records}")
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         for r in self.report_to:
             _choice("report_to", r, REPORT_TO)
@@ -189,6 +183,12 @@ class CordConfig:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
             raise ValueError("model must be 'tiny' or a local model directory, got ''")
+        _choice("on_bad_record", self.on_bad_record, ("error", "skip"))
+        if self.max_bad_records is not None and not (
+                self.max_bad_records >= 0
+                and (self.max_bad_records < 1 or float(self.max_bad_records).is_integer())):
+            raise ValueError("max_bad_records must be a whole count >= 1, a fraction in [0, 1) "
+                             f"or None, got {self.max_bad_records}")
 
     # -- loading ------------------------------------------------------------------------------
 
