@@ -41,7 +41,7 @@ from cord_kernels.torch_path import TorchJSDFunction
 # Per-row statistics saved by the forward: max and log-sum of s/tau and of u/tau, K_p, K_q.
 N_STATS = 6
 
-if triton_available():
+if triton_available():  # Triton is optional: without it only the torch path exists
     import triton
     import triton.language as tl
 

@@ -15,7 +15,12 @@ temperature 1 (``GKDConfig.temperature`` is the sampling temperature).
 
 from __future__ import annotations
 
+import tempfile
+
 import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 
 import cord_kernels
@@ -48,9 +53,6 @@ class CordJSDGKDTrainer(GKDTrainer):
 
 def tiny_tokenizer(words: list[str]):
     """A word-level fast tokenizer with pad / eos tokens, built in memory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -60,8 +62,6 @@ def tiny_tokenizer(words: list[str]):
 
 def tiny_causal_lm(vocab_size: int, hidden_size: int, seed: int):
     """A random-init Qwen2 causal LM from a config (no weights downloaded)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size,
                       intermediate_size=2 * hidden_size, num_hidden_layers=1,
@@ -88,8 +88,6 @@ def collate(tokenizer, rows: list[dict]) -> dict:
 
 
 def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1) -> CordJSDGKDTrainer:
-    from datasets import Dataset
-
     words = "what is two plus three five four one the answer".split()
     tokenizer = tiny_tokenizer(words)
     rows = [{"prompt": "what is two plus three", "completion": "the answer is five"},
@@ -106,8 +104,6 @@ def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1) -> Cord
 
 
 if __name__ == "__main__":
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(tmp, steps=2)
         trainer.train()
