@@ -12,12 +12,12 @@ from cord_kernels.torch_path import TorchKLDivFunction, TorchLogprobFunction
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_kl_both_gradients(dtype, temperature):
+def test_kl_both_gradients(dtype, temperature, device):
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(3, 4, 90, generator=g) * 3).to(dtype).requires_grad_()
-    y = (torch.randn(3, 4, 90, generator=g) * 3).to(dtype).requires_grad_()
+    x = (torch.randn(3, 4, 90, generator=g) * 3).to(device, dtype).requires_grad_()
+    y = (torch.randn(3, 4, 90, generator=g) * 3).to(device, dtype).requires_grad_()
     d = TorchKLDivFunction.apply(x, y, None, temperature)
-    cot = torch.randn(d.shape, generator=g)
+    cot = torch.randn(d.shape, generator=g).to(device)
     gx, gy = torch.autograd.grad(d, [x, y], cot)
     x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
     d64 = ref.reverse_kl(x64, y64, temperature=temperature, teacher_grad=True)
@@ -27,10 +27,10 @@ def test_kl_both_gradients(dtype, temperature):
         assert rel_err(a, b) < TOL[dtype]
 
 
-def test_row_mask_zeroes_garbage_rows():
-    x = torch.randn(2, 5, 30, requires_grad=True)
-    y = torch.randn(2, 5, 30)
-    mask = torch.ones(2, 5, dtype=torch.bool)
+def test_row_mask_zeroes_garbage_rows(device):
+    x = torch.randn(2, 5, 30, device=device, requires_grad=True)
+    y = torch.randn(2, 5, 30, device=device)
+    mask = torch.ones(2, 5, dtype=torch.bool, device=device)
     mask[1, 3:] = False
     with torch.no_grad():
         x[1, 3:] = float("nan")
