@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -363,7 +364,8 @@ def cmd_measure(out: Path, dry_run: bool, budget_s: float) -> None:
             [(4096, QWEN2_VOCAB), (16384, QWEN2_VOCAB)],
             (16384, QWEN2_7B_VOCAB, QWEN2_7B_HIDDEN), 16384, 5)
     else:  # the dry run: the same code on shapes a CPU runs in seconds
-        logits_shapes, fused_shape, variant_n, reps = [(16, 1024), (32, 1024)], (64, 1024, 32), 16, 1
+        logits_shapes, fused_shape, variant_n, reps = (
+            [(16, 1024), (32, 1024)], (64, 1024, 32), 16, 1)
     # Shares of the step's budget: the sweep, the fused-linear comparison, the variants.
     t = Budget(budget_s)
     measure_logits(out, dry_run, device, dtype, Budget(0.45 * t.left()), logits_shapes, reps)
@@ -380,7 +382,8 @@ def _metrics(line: str) -> dict:
     out = {}
     for k, val in _METRIC.findall(line):
         try:
-            out[k] = float(val)
+            x = float(val)
+            out[k] = x if math.isfinite(x) else None  # strict JSON has no NaN
         except ValueError:
             out[k] = val == "True"
     return out
