@@ -45,6 +45,8 @@ class Provider:
     note: str = ""
     # torch.compile providers compile on their first call: warm them up outside any timing.
     needs_warmup: bool = False
+    # The modes worth a row (None: every mode of the run).
+    modes: tuple[str, ...] | None = None
 
     @property
     def slug(self) -> str:
@@ -179,7 +181,8 @@ def _cpu_only(device: torch.device) -> str | None:
 def _ours_compiled(build: Callable[[LogitsCase], Closure]) -> Provider:
     return Provider("cord_kernels.compile (CORD_TORCH_COMPILE=1)", "ours",
                     _with_torch_compile(build), _cpu_only, needs_warmup=True,
-                    note="opt-in compiled torch path; first call compiles (see first call)")
+                    note="opt-in compiled torch path; its first call compiles",
+                    modes=("fwd+bwd",))
 
 
 def _liger_reverse_kl(c: LogitsCase) -> Closure:

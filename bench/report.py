@@ -264,6 +264,9 @@ def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
         mem, mem_x = _mem_cells(fb, on_cuda)
         gbps = f"{fb['gbps']:.3g}{_of_peak(fb)}" if fb.get("gbps") else "-"
         name = f"**{prov}**" if fb["role"] == "ours" else prov
+        first = max((m.get("first_call_s") or 0.0 for m in modes.values()), default=0.0)
+        if first:  # what a compiled provider's first call costs (the compile), untimed above
+            name += f" (first call {first:.1f} s)"
         lines.append(f"| {name} | {shape_id} | {t['fwd']} | {t['bwd']} | {t['fwd+bwd']} | "
                      f"{_x(fb.get('time_vs_naive'))} | {best} | {mem} | {mem_x} | {gbps} |")
     return lines
