@@ -1,40 +1,112 @@
 """The ``cord`` command. Each subcommand lives in its own module, imported only when that
-subcommand runs, which defines ``add_arguments(parser)`` and ``run(args) -> int``."""
+subcommand runs, which defines ``add_arguments(parser)`` and ``run(args) -> int``.
+
+A user error (a bad option, a missing file) prints one line naming the problem and its fix and
+exits with status 2; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 SUBCOMMANDS = {
-    "train": ("cord.train_cli", "train a model with CORD or one of the paper's baselines"),
-    "synth": ("cord.synth", "synthesise the audio side of a paired dataset from its text"),
-    "eval": ("cord.evaluate", "audio vs text accuracy, the modality gap and its reduction"),
-    "analyze": ("cord.analyze", "the paper's KL analysis of audio rollouts, as plots"),
-    "demo": ("cord.demo", "CORD closing a real audio-text gap on a tiny model, on the CPU"),
+    "train": ("cord.train.cli", "train a model with CORD or one of the paper's baselines"),
+    "synth": ("cord.data.synth", "synthesise the audio side of a paired dataset from its text"),
+    "eval": ("cord.eval.evaluate", "audio vs text accuracy, the modality gap and its reduction"),
+    "analyze": ("cord.eval.analyze", "the paper's KL analysis of audio rollouts, as plots"),
+    "demo": ("cord.demo.demo", "CORD closing a real audio-text gap on a tiny model, on the CPU"),
 }
+
+#: What a user can get wrong; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+_KEY_VALUE = re.compile(r"^[A-Za-z_][\w.-]*=")
+_DEBUG_HELP = "show the full traceback of an error"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every option whose help does not already say it, except
+    where there is nothing to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only ``command``'s module is imported (heavy imports stay lazy)."""
     parser = argparse.ArgumentParser(
-        prog="cord", description="CORD: on-policy cross-modal self-distillation."
+        prog="cord", description="CORD: on-policy cross-modal self-distillation.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=_DEBUG_HELP)
         p.set_defaults(_module=module)
         if name == command:
+            # Local import, for start-up cost: only the chosen subcommand's module loads.
             importlib.import_module(module).add_arguments(p)
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[command]
+
+
+def _normalize(argv: list[str], known: set[str]) -> list[str]:
+    """For a command that takes ``key=value`` overrides: ``--key value`` and ``--key=value``
+    of an option the parser does not define become ``key=value`` too, so all three spellings
+    work and an unknown key is reported by the config, by name, with a suggestion."""
+    out, i = [], 0
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--") and item != "--" and item.split("=", 1)[0] not in known:
+            key, sep, value = item[2:].partition("=")
+            if not sep:
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    raise ValueError(f"option --{key} needs a value: --{key} VALUE or "
+                                     f"{key}=VALUE")
+                value, i = argv[i + 1], i + 1
+            item = f"{key.replace('-', '_')}={value}"
+        out.append(item)
+        i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
+    debug = "--debug" in argv
+    try:
+        if command in SUBCOMMANDS:
+            sub = _subparser(parser, command)
+            if any(a.dest == "overrides" for a in sub._actions):
+                known = {s for a in sub._actions for s in a.option_strings}
+                argv = _normalize(argv, known)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # key=value after an option: argparse fills a positional only once
+            bad = [e for e in extras if not _KEY_VALUE.match(e)]
+            if bad or not hasattr(args, "overrides"):
+                parser.error(f"unrecognized arguments: {' '.join(bad or extras)}")
+            args.overrides = list(args.overrides or []) + extras
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split())  # one line, whatever the exception held
+        print(f"cord {command}: error: {message} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

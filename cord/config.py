@@ -20,10 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OBJECTIVES = ("cord", "opd", "grpo", "sft", "fkl", "alarm")
+import yaml
+
 TEACHERS = ("live", "base", "ema")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
+#: How the trainer spreads the model over processes (``cord.train.distributed``).
+DISTRIBUTED = ("accelerate", "fsdp2")
+#: Datasets ``cord train`` synthesizes itself; any other ``dataset`` is a path.
+SYNTHETIC_DATASETS = ("arithmetic", "multiple_choice")
 
 DEFAULT_REPHRASE_PROMPT = (
     "Rewrite the answer below so that it reads as an answer to a question that was heard, "
@@ -32,84 +37,109 @@ DEFAULT_REPHRASE_PROMPT = (
 )
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, hparam: bool = True,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its one-line ``help`` (shown by ``cord train --help`` and the
+    README); ``hparam=False`` keeps it out of the TensorBoard hparams (long free text)."""
+    if not help:
+        raise ValueError("every CordConfig option needs a help text")
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, "hparam": hparam})
+
+
 @dataclass
 class CordConfig:
     """Options of ``cord train`` (see ``examples/configs`` for annotated files)."""
 
     # -- what to train ---------------------------------------------------------------------
-    model: str = "tiny"
-    """"tiny" (a random-init Qwen2-Audio built offline) or a local Qwen2-Audio directory."""
-    dataset: str = "arithmetic"
-    """"arithmetic" / "multiple_choice" (synthesized) or a path for ``cord.data.load_paired``."""
-    dataset_size: int = 64
-    """Number of examples of a synthesized dataset."""
-    dataset_audio: str = "tts"
-    """Audio of a synthesized dataset: "tts" (eSpeak NG) or "tone" (one tone per character)."""
-    objective: str = "cord"
-    """cord (L_tok + L_seq) | opd | grpo | sft | fkl | alarm."""
-    teacher: str = "live"
-    """live (current weights, the paper) | base (frozen initial weights) | ema."""
-    teacher_ema_decay: float = 0.99
-    judge: str = "match"
-    """"match" (final-answer matching), "model" (the policy asked yes/no) or "none";
-    gives the rewards of L_seq and the agreement metric."""
-    instruction: str = ""
-    """Text appended to the user turn of both the audio and the text prompt."""
-    system_prompt: str | None = None
+    model: str = option("tiny", '"tiny" (a random-init Qwen2-Audio built offline) or a local '
+                        "Qwen2-Audio directory")
+    dataset: str = option("arithmetic", '"arithmetic" / "multiple_choice" (synthesized) or a '
+                          "paired JSONL/CSV/parquet file or saved dataset folder")
+    dataset_size: int = option(64, "number of examples of a synthesized dataset")
+    dataset_audio: str = option("tts", 'audio of a synthesized dataset: "tts" (eSpeak NG) or '
+                                '"tone" (one tone per character)')
+    objective: str = option("cord", "cord (L_tok + L_seq) | opd | grpo | sft | fkl | alarm")
+    teacher: str = option("live", "live (current weights, the paper) | base (frozen initial "
+                          "weights) | ema")
+    teacher_ema_decay: float = option(0.99, "decay d of the EMA teacher, in [0, 1)")
+    judge: str = option("match", '"match" (final-answer matching), "model" (the policy asked '
+                        'yes/no) or "none"; rewards of L_seq and the agreement metric')
+    instruction: str = option("", "text appended to the user turn of both the audio and the "
+                              "text prompt")
+    system_prompt: str | None = option(None, "system turn of every prompt (None: the chat "
+                                       "template's default)")
 
     # -- CORD token loss (paper eqs. 4-7) ----------------------------------------------------
-    cord_top_k: int = 20
-    cord_alpha: float = 2.0
-    """Weight of the top-K highest-divergence tokens (alpha in the paper)."""
-    cord_position_beta: float = 2.0
-    """Weight of the first token, decaying linearly to 1 (the paper's beta; not TRL's beta)."""
-    cord_kl_temperature: float = 1.0
-    """tau of the KL (softmax(logits / tau)); independent of the sampling temperature."""
-    cord_seq_weight: float = 1.0
-    """Weight of L_seq in L_cord = L_tok + w * L_seq (0 skips the GRPO rollouts)."""
-    use_fused_linear: bool = False
-    """Hidden states in, logits never materialised (cord_kernels' fused-linear losses)."""
+    cord_top_k: int = option(20, "number of highest-divergence tokens that get the extra "
+                             "weight alpha")
+    cord_alpha: float = option(2.0, "weight of the top-K highest-divergence tokens (the "
+                               "paper's alpha)")
+    cord_position_beta: float = option(2.0, "weight of the first token, decaying linearly to 1 "
+                                       "(the paper's beta; not TRL's beta)")
+    cord_kl_temperature: float = option(1.0, "tau of the KL (softmax(logits / tau)); "
+                                        "independent of the sampling temperature")
+    cord_seq_weight: float = option(1.0, "weight w of L_seq in L_cord = L_tok + w * L_seq "
+                                    "(0 skips the GRPO rollouts and the judge)")
+    use_fused_linear: bool = option(False, "hidden states in, logits never materialised "
+                                    "(cord_kernels' fused-linear losses)")
 
     # -- rollouts ----------------------------------------------------------------------------
-    num_generations: int = 4
-    temperature: float = 1.0
-    """Sampling temperature of the token-loss rollouts and teacher rollouts (0 = greedy)."""
-    grpo_temperature: float = 1.5
-    reference_temperature: float = 1.0
-    """Temperature of the text-conditioned judge references (0 = greedy)."""
-    max_completion_length: int = 200
-    alarm_rephrase_prompt: str = DEFAULT_REPHRASE_PROMPT
+    num_generations: int = option(4, "GRPO group size: audio rollouts per prompt for L_seq")
+    temperature: float = option(1.0, "sampling temperature of the token-loss and teacher "
+                                "rollouts (0 = greedy)")
+    grpo_temperature: float = option(1.5, "sampling temperature of the GRPO rollouts")
+    reference_temperature: float = option(1.0, "temperature of the text-conditioned judge "
+                                          "references (0 = greedy)")
+    max_completion_length: int = option(200, "most tokens generated per rollout")
+    alarm_rephrase_prompt: str = option(DEFAULT_REPHRASE_PROMPT, "ALARM's rephrasing request; "
+                                        "must contain {answer}", hparam=False)
 
     # -- optimisation (TRL/transformers names) -------------------------------------------
-    learning_rate: float = 3e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_scheduler_type: str = "constant"
-    warmup_steps: int = 0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    """Optimizer steps to run; -1 derives it from num_train_epochs."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm (0 disables clipping; the norm is still logged)."""
-    bf16: bool | None = None
-    """bf16 autocast; None = on when a CUDA device supports it."""
-    gradient_checkpointing: bool = False
-    seed: int = 42
+    learning_rate: float = option(3e-5, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.999, "AdamW beta2")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon")
+    lr_scheduler_type: str = option("constant", "learning-rate schedule: " + " | ".join(SCHEDULERS))
+    warmup_steps: int = option(0, "steps of linear learning-rate warm-up")
+    per_device_train_batch_size: int = option(1, "prompts per micro-batch on each process")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    num_train_epochs: float = option(1.0, "epochs to run when max_steps is -1")
+    max_steps: int = option(-1, "optimizer steps to run; -1 derives it from num_train_epochs")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm (0 disables clipping; the "
+                                  "norm is still logged)")
+    bf16: bool | None = option(None, "bf16 autocast; None = on when a CUDA device supports it")
+    fp32_master_weights: bool = option(True, "train float32 weights even when the model was "
+                                       "loaded in bf16/fp16 (bf16 compute comes from autocast); "
+                                       "false updates the low-precision weights directly")
+    distributed: str = option("accelerate", "accelerate (whatever `accelerate launch` set up: "
+                              "DDP, FSDP, DeepSpeed) | fsdp2 (the trainer shards the model "
+                              "with torch's fully_shard itself; also on the CPU)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
+                                          "(less memory, more time)")
+    seed: int = option(42, "seed of the weights of model=tiny, the data order and the rollouts")
 
     # -- logging and checkpoints ----------------------------------------------------------
-    output_dir: str = "cord-output"
-    logging_steps: int = 1
-    save_steps: int = 500
-    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
-    save_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    """A checkpoint directory, or "latest" for the newest one in output_dir."""
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    disable_tqdm: bool = False
+    output_dir: str = option("cord-output", "where checkpoints, metrics.jsonl and the final "
+                             "model go")
+    logging_steps: int = option(10, "print and record the metrics averaged over this many "
+                                "steps")
+    save_steps: int = option(500, "save a resumable checkpoint every this many steps (0 = only "
+                             "at the end)")
+    save_total_limit: int | None = option(None, "keep only the newest this many checkpoints "
+                                          "(None = all)")
+    resume_from_checkpoint: str | None = option(None, 'a checkpoint directory, or "latest" for '
+                                                "the newest complete one in output_dir")
+    on_bad_record: str = option("error", '"error": a bad record of a dataset file stops the run '
+                                "before step 1; \"skip\": train on the rest (listed in "
+                                "output_dir/bad_records.jsonl)")
+    max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
+                                           "records are bad: a count (>= 1), a fraction (< 1) "
+                                           "or None (no limit)")
+    report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
+                                  default_factory=lambda: ["tensorboard"])
+    disable_tqdm: bool = option(False, "hide the progress bar")
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -120,10 +150,15 @@ class CordConfig:
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        _choice("objective", self.objective, OBJECTIVES)
+        # Local import, for start-up cost: the registry holds the loss functions (torch,
+        # cord_kernels), and `cord train --help` reads this module's fields only.
+        from cord.train.objectives import OBJECTIVES
+
+        _choice("objective", self.objective, tuple(OBJECTIVES))
         _choice("teacher", self.teacher, TEACHERS)
         _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        _choice("distributed", self.distributed, DISTRIBUTED)
         for r in self.report_to:
             _choice("report_to", r, REPORT_TO)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
@@ -148,9 +183,7 @@ class CordConfig:
                              f"got {self.max_steps}")
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ValueError("num_train_epochs must be > 0 when max_steps is -1")
-        if self.objective in ("grpo", "cord") and self.num_generations < 2 and (
-            self.objective == "grpo" or self.cord_seq_weight > 0
-        ):
+        if OBJECTIVES[self.objective].needs_groups(self) and self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2 for objective={self.objective!r} (GRPO compares "
                 f"rollouts within a group), got {self.num_generations}"
@@ -159,6 +192,12 @@ class CordConfig:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
             raise ValueError("model must be 'tiny' or a local model directory, got ''")
+        _choice("on_bad_record", self.on_bad_record, ("error", "skip"))
+        if self.max_bad_records is not None and not (
+                self.max_bad_records >= 0
+                and (self.max_bad_records < 1 or float(self.max_bad_records).is_integer())):
+            raise ValueError("max_bad_records must be a whole count >= 1, a fraction in [0, 1) "
+                             f"or None, got {self.max_bad_records}")
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -173,15 +212,14 @@ class CordConfig:
             if key not in known:
                 close = difflib.get_close_matches(str(key), sorted(known), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown config key {key!r}{hint}")
+                raise ValueError(f"unknown config key {key!r}{hint}; `cord train --help` lists "
+                                 "the options")
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, overrides: list[str] = ()) -> CordConfig:
         """Reads a YAML mapping (or starts from defaults) and applies ``key=value`` overrides;
         values are parsed as YAML (``max_steps=4``, ``report_to=[none]``, ``bf16=true``)."""
-        import yaml
-
         values: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
@@ -195,22 +233,76 @@ class CordConfig:
         values.update(parse_overrides(overrides))
         return cls.from_dict(values)
 
+    def check_paths(self, *, model: bool = True, dataset: bool = True) -> None:
+        """Raises ValueError, naming the fix, when ``model`` or ``dataset`` names a path
+        that does not exist (checked before anything is built, not in ``__post_init__``: a
+        saved config stays loadable on another machine)."""
+        if model and self.model != "tiny" and not Path(self.model).is_dir():
+            raise ValueError(
+                f"model {self.model!r} is not a directory: pass model=tiny or a local folder "
+                "holding a saved Qwen2-Audio (nothing is downloaded)")
+        if dataset and self.dataset not in SYNTHETIC_DATASETS and not Path(self.dataset).exists():
+            raise ValueError(
+                f"dataset {self.dataset!r} does not exist: pass an existing .jsonl/.json/.csv/"
+                f".parquet file or saved dataset folder, or one of {list(SYNTHETIC_DATASETS)}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        import yaml
-
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes: Any) -> CordConfig:
         return dataclasses.replace(self, **changes)
 
 
+def hparams(config: CordConfig) -> dict[str, Any]:
+    """The config as TensorBoard hparams: scalars and strings, without the options marked
+    ``hparam=False`` (long free text)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not f.metadata.get("hparam", True):
+            continue
+        if isinstance(value, (bool, int, float, str)):
+            out[f.name] = value
+        elif value is not None:
+            out[f.name] = str(value)
+    return out
+
+
+def type_name(hint: Any) -> str:
+    """``int``, ``str | None``, ``list[str]``: a field's type as a reader writes it."""
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def describe_options() -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, help)`` of every CordConfig option, in declaration order: the
+    one source of ``cord train --help`` and of the README's option list."""
+    hints = typing.get_type_hints(CordConfig)
+    rows = []
+    for f in dataclasses.fields(CordConfig):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        shown = repr(default)
+        if len(shown) > 40:  # a long text default: its start is enough to recognise it
+            shown = shown[:36] + "...'"
+        rows.append((f.name, type_name(hints[f.name]), shown, f.metadata["help"]))
+    return rows
+
+
+def options_markdown() -> str:
+    """The README's option list of ``cord train``, generated from :func:`describe_options`."""
+    lines = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    for name, hint, default, help_text in describe_options():
+        cells = [f"`{name}`", f"`{hint}`", f"`{default}`", help_text]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars/lists)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -29,6 +29,10 @@ WHEELS=(
     dill==0.4.1                 # datasets (< 0.4.2)
     multiprocess==0.70.19       # datasets (< 0.70.20), needs dill >= 0.4.1
     xxhash==3.5.0               # datasets
+    # `cord train` reads audio through soundfile (cord/data/paired.py imports it).
+    soundfile==0.13.1           # bundles libsndfile
+    cffi==2.0.0                 # soundfile
+    pycparser==2.23             # cffi
     # datasets imports httpx and requests at import; the image may have them (then unused).
     httpx==0.28.1
     httpcore==1.0.9

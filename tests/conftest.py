@@ -1,4 +1,4 @@
-"""Shared test setup.
+"""Shared test setup: fixtures only (helpers that tests import are in ``helpers.py``).
 
 Two kinds of session:
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import warnings
 
-COMPILED_SESSION = os.environ.get("CORD_TEST_COMPILED", "0") == "1"
+from helpers import COMPILED_SESSION, cuda_skip_reason  # imports torch, never triton
+
 if COMPILED_SESSION and os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise RuntimeError("CORD_TEST_COMPILED=1 runs the compiled kernels: unset TRITON_INTERPRET")
 
@@ -38,17 +39,6 @@ import torch._dynamo  # noqa: E402
 
 # The interpreter evaluates both branches of tl.where with numpy, so -inf - -inf warns there.
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
-
-
-def cuda_skip_reason() -> str | None:
-    """Why the compiled Triton kernels cannot run on CUDA in this session, or None."""
-    if not torch.cuda.is_available():
-        return "CUDA is not available here (torch.cuda.is_available() is False)"
-    if not COMPILED_SESSION:
-        return ("this session decorated the kernels for the Triton interpreter (tests/conftest.py "
-                "sets TRITON_INTERPRET=1); run CUDA cases with CORD_TEST_COMPILED=1, as "
-                "scripts/gpu_check.sh does")
-    return None
 
 
 # Kernel and loss tests take ``device``: cpu (interpreter or torch path) and cuda (compiled
@@ -101,26 +91,6 @@ def nan_poison(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(orig_empty_like(*a, **k)))
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (absolute when the reference is exactly 0)."""
-    out, ref = out.double(), ref.double()
-    if not torch.isfinite(ref).all():
-        same_nonfinite = torch.equal(torch.isfinite(out), torch.isfinite(ref)) and torch.equal(
-            out[~torch.isfinite(ref)], ref[~torch.isfinite(ref)]
-        )
-        if not same_nonfinite:
-            return float("inf")
-        keep = torch.isfinite(ref)
-        out, ref = out[keep], ref[keep]
-    num = (out - ref).norm().item()
-    den = ref.norm().item()
-    return num / den if den > 0 else num
-
-
-# (dtype, relative tolerance) of SPEC section 4.
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-
-
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads on a shared CPU; they only contend."""
@@ -128,12 +98,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tone_records(texts, sr: int = 16000) -> list[dict]:
-    """Paired records whose audio is a short tone sequence per text (no TTS needed)."""
-    from cord.trainer import tone_audio
-
-    return [{"id": str(i), "text": t, "answer": None,
-             "audio": {"array": tone_audio(t, sr), "sampling_rate": sr}}
-            for i, t in enumerate(texts)]

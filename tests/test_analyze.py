@@ -9,7 +9,7 @@ from argparse import Namespace
 import pytest
 import torch
 
-from cord.analyze import (
+from cord.eval.analyze import (
     Rollout,
     kl_statistics,
     load_rollouts,

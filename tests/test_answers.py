@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from cord.answers import answers_agree, extract_choice, extract_math_answer, math_equal
+from cord.rewards.answers import answers_agree, extract_choice, extract_math_answer, math_equal
 
 CHOICE_CASES = [
     ("The answer is (B)", "B"),

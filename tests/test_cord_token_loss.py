@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, rel_err
+from helpers import TOL, rel_err
 
 from cord_kernels import cord_token_loss, cord_weights, reverse_kl
 from cord_kernels import reference as ref

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cord.data import (
+from cord.data.paired import (
     PairedBatch,
     PairedExample,
     collate_paired,
     load_audio,
     load_paired,
-    make_arithmetic_dataset,
-    make_multiple_choice_dataset,
     read_records,
     resample,
 )
@@ -249,10 +247,10 @@ def test_collate_paired_with_dataloader(wav_dir):
     ds = load_paired(_write(wav_dir / "p.jsonl", RECORDS, "jsonl"), sampling_rate=16_000)
     batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=collate_paired)))
     assert isinstance(batch, PairedBatch)
-    texts, audios, ids, answers = batch
-    assert ids == ["q1", "q2"] and answers == ["5", "16"] and texts[0] == "What is 2 + 3?"
-    assert [a.shape for a in audios] == [(8_000,), (4_000,)]
-    assert all(a.dtype == np.float32 for a in audios)
+    assert batch.ids == ["q1", "q2"] and batch.answers == ["5", "16"]
+    assert batch.texts[0] == "What is 2 + 3?" and batch.sampling_rate == 16_000
+    assert [a.shape for a in batch.audios] == [(8_000,), (4_000,)]
+    assert all(a.dtype == np.float32 for a in batch.audios)
 
 
 def test_collate_paired_examples_and_errors():
@@ -281,45 +279,3 @@ def test_read_records_jsonl_with_mixed_answer_types(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Synthetic tasks
 # ---------------------------------------------------------------------------------------------
-
-
-def test_make_arithmetic_dataset_is_correct_and_seeded():
-    records = make_arithmetic_dataset(50, seed=3)
-    assert records == make_arithmetic_dataset(50, seed=3)
-    assert records != make_arithmetic_dataset(50, seed=4)
-    assert len({r["id"] for r in records}) == 50
-    for r in records:
-        a, op, b = r["text"].removeprefix("What is ").removesuffix("?").split()
-        expected = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
-        assert r["answer"] == str(expected) and int(r["answer"]) >= 0
-        assert r["kind"] == "math"
-    assert {r["text"].split()[3] for r in make_arithmetic_dataset(30, operations="+")} == {"+"}
-
-
-def test_make_multiple_choice_dataset_is_consistent():
-    records = make_multiple_choice_dataset(60, seed=1)
-    assert records == make_multiple_choice_dataset(60, seed=1)
-    positions = {r["answer"] for r in records}
-    assert positions == set("ABCD")  # the gold letter is not always in one place
-    for r in records:
-        question, *options = r["text"].split("\n")
-        assert [o[:3] for o in options] == ["(A)", "(B)", "(C)", "(D)"]
-        chosen = options["ABCD".index(r["answer"])][4:]
-        values = [o[4:] for o in options]
-        assert len(set(values)) == 4, r
-        if question == "Which number is the largest?":
-            assert int(chosen) == max(int(v) for v in values)
-        elif question.startswith("What is "):
-            a, _, b = question.removeprefix("What is ").removesuffix("?").split()
-            assert int(chosen) == int(a) + int(b)
-    assert make_multiple_choice_dataset(1, instruction="Answer with the letter.")[0][
-        "text"
-    ].endswith("\nAnswer with the letter.")
-
-
-@pytest.mark.parametrize("n", [0, -1, 2.5, True])
-def test_synthetic_tasks_reject_bad_n(n):
-    with pytest.raises(ValueError, match="n must be a positive int"):
-        make_arithmetic_dataset(n)
-    with pytest.raises(ValueError, match="n must be a positive int"):
-        make_multiple_choice_dataset(n)

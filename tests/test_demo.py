@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cord.demo import BASE_NAME, METHODS, run_demo
-from cord.gap_task import QUICK, SlottedSpeech, all_questions, make_splits
+from cord.demo.demo import BASE_NAME, METHODS, run_demo
+from cord.demo.gap_task import QUICK, SlottedSpeech, all_questions, make_splits
 
 
 def test_splits_are_disjoint_and_held_out():
@@ -79,7 +79,7 @@ def test_quick_demo_end_to_end(quick_demo):
 
 
 def test_pretrained_base_is_cached(quick_demo):
-    from cord.gap_task import attach_audio, pretrained_base
+    from cord.demo.gap_task import attach_audio, pretrained_base
 
     out, results = quick_demo
     splits = make_splits(QUICK)

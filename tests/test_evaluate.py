@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cord.evaluate import (
+from cord.eval.evaluate import (
     evaluate,
     gap_reduction,
     gap_summary,
@@ -169,7 +169,7 @@ def test_cli_on_a_voicebench_file_with_the_tiny_model(tmp_path, capsys):
     """End to end: VoiceBench-layout JSONL with WAV files -> JSON, table, reduction vs a base."""
     import soundfile as sf
 
-    from cord.evaluate import add_arguments, run
+    from cord.eval.evaluate import add_arguments, run
 
     rows = []
     for i, (prompt, ref) in enumerate([("Which is largest? (A) 3 (B) 9", "B"), ("2 + 2?", "4")]):

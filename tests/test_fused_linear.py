@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, rel_err
+from helpers import TOL, rel_err
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cord_kernels import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cord.judge import (
+from cord.rewards.judge import (
     AGREE,
     DEFAULT_JUDGE_PROMPT,
     DISAGREE,

@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 import torch
-from conftest import COMPILED_SESSION, rel_err
+from helpers import COMPILED_SESSION, rel_err
 
 from cord_kernels import reference as ref
 from cord_kernels import reverse_kl, token_logprobs

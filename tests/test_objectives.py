@@ -8,15 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tone_records
 
 import cord_kernels
-from cord.adapter import Qwen2AudioAdapter
 from cord.config import CordConfig
-from cord.objectives import OBJECTIVES, PairedBatch, StepContext, judge_rewards
-from cord.teacher import Teacher
-from cord.tiny import build_tiny_qwen2_audio
-from cord.trainer import CordTrainer, tone_audio
+from cord.data.paired import PairedBatch, collate_paired
+from cord.data.synthetic import tone_audio, tone_records
+from cord.models.adapter import Qwen2AudioAdapter
+from cord.models.tiny import build_tiny_qwen2_audio
+from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, judge_rewards
+from cord.train.teacher import Teacher
+from cord.train.trainer import CordTrainer
 
 TEXTS = ["What is 1 + 2?", "What is 3 * 4?", "What is 9 - 5?", "What is 7 + 7?"]
 
@@ -43,7 +44,7 @@ def tiny_config(tmp_path, **kw):
     base = dict(model="tiny", max_steps=2, per_device_train_batch_size=2,
                 max_completion_length=6, num_generations=2, learning_rate=1e-3,
                 output_dir=str(tmp_path), report_to=["none"], save_steps=0,
-                disable_tqdm=True, seed=0)
+                disable_tqdm=True, seed=0, logging_steps=1)
     base.update(kw)
     return CordConfig(**base)
 
@@ -171,23 +172,33 @@ def test_alarm_rephrases_the_text_answer_before_sft(tmp_path):
     assert len(rephrase_asks) == 2 and m["first_answer_length"] > 0
 
 
-def test_paired_batch_parsing_errors():
-    recs = records(TEXTS[:2])
-    b = PairedBatch.from_any(recs)
-    assert b.texts == TEXTS[:2] and b.sampling_rate == 16000 and len(b) == 2
-    recs[1]["audio"]["sampling_rate"] = 8000
-    with pytest.raises(ValueError, match="sampling rate"):
-        PairedBatch.from_any(recs)
-    with pytest.raises(ValueError, match="'audio'"):
-        PairedBatch.from_any({"text": ["x"]})
-    # The output of cord.data.collate_paired (audio already at the model's rate).
-    from cord.data import collate_paired
+def test_compute_loss_takes_the_one_paired_batch():
+    b = collate_paired(records(TEXTS[:2]))
+    assert isinstance(b, PairedBatch)
+    assert b.texts == TEXTS[:2] and b.ids == ["0", "1"] and b.sampling_rate == 16000
+    assert len(b) == 2 and b.audios[0].dtype == np.float32
+    ctx = StepContext(adapter=None, teacher=None, config=CordConfig(), judge=None)
+    with pytest.raises(TypeError, match="PairedBatch"):
+        compute_loss(ctx, records(TEXTS[:2]))  # raw records: collate them first
+    # cord needs a judge for L_seq; the registry says so before any rollout is sampled
+    with pytest.raises(ValueError, match="needs a judge"):
+        compute_loss(ctx, b)
 
-    collated = collate_paired(records(TEXTS[:2]))
-    b = PairedBatch.from_any(collated, sampling_rate=16000)
-    assert b.texts == TEXTS[:2] and b.ids == ["0", "1"] and b.audios[0].dtype == np.float32
-    with pytest.raises(ValueError, match="sampling_rate"):
-        PairedBatch.from_any(collated)
+
+def test_registry_rules_follow_the_config():
+    seq = CordConfig(objective="cord")
+    no_seq = CordConfig(objective="cord", cord_seq_weight=0.0, num_generations=1)
+    cord = OBJECTIVES["cord"]
+    assert cord.needs_judge(seq) and cord.needs_groups(seq)
+    assert not cord.needs_judge(no_seq) and not cord.needs_groups(no_seq)
+    assert OBJECTIVES["grpo"].needs_groups(no_seq) and OBJECTIVES["grpo"].needs_judge(no_seq)
+    for name in ("opd", "sft", "fkl", "alarm"):
+        assert not OBJECTIVES[name].needs_judge(seq) and not OBJECTIVES[name].needs_groups(seq)
+    # Config validation consults the same registry.
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        CordConfig(objective="grpo", num_generations=1)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        CordConfig(objective="dpo")
 
 
 @pytest.mark.parametrize("objective, teacher", [("cord", "live"), ("cord", "base"),

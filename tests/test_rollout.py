@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cord.adapter import Qwen2AudioAdapter
-from cord.rollout import completion_mask, sample, text_references
-from cord.teacher import Teacher
-from cord.tiny import build_tiny_qwen2_audio
-from cord.trainer import tone_audio
+from cord.data.synthetic import tone_audio
+from cord.models.adapter import Qwen2AudioAdapter
+from cord.models.tiny import build_tiny_qwen2_audio
+from cord.train.rollout import completion_mask, sample, text_references
+from cord.train.teacher import Teacher
 
 QUESTIONS = ["What is 1 + 2?", "What is 13 * 4? Think.", "Which is larger, 7 or 9?"]
 

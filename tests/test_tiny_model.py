@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cord.adapter import ModelAdapter, Qwen2AudioAdapter
-from cord.tiny import SPECIAL_TOKENS, build_tiny_qwen2_audio, build_tiny_tokenizer
-from cord.trainer import tone_audio
+from cord.data.synthetic import tone_audio
+from cord.models.adapter import ModelAdapter, Qwen2AudioAdapter, build_adapter
+from cord.models.tiny import SPECIAL_TOKENS, build_tiny_qwen2_audio, build_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -137,13 +137,10 @@ def test_forward_and_generate_are_fast_on_cpu(tiny):
 
 
 def test_saved_tiny_model_loads_back_offline(tiny, tmp_path):
-    from cord.config import CordConfig
-    from cord.trainer import build_adapter
-
     model, processor, adapter = tiny
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    loaded = build_adapter(CordConfig(model=str(tmp_path)))
+    loaded = build_adapter(str(tmp_path))
     wave = [tone_audio("What is 1 + 2?", 16000)]
     a = adapter.audio_prompts(wave, sampling_rate=16000)
     b = loaded.audio_prompts(wave, sampling_rate=16000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, rel_err
+from helpers import TOL, rel_err
 
 from cord_kernels import reference as ref
 from cord_kernels.torch_path import TorchKLDivFunction, TorchLogprobFunction

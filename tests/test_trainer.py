@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from conftest import tone_records
 
-import cord.trainer as trainer_mod
-from cord import metrics as M
+import cord.train.trainer as trainer_mod
 from cord.config import CordConfig
-from cord.trainer import CordTrainer, TrainerState, train
+from cord.data.synthetic import tone_records
+from cord.train import metrics as M
+from cord.train.trainer import CordTrainer, TrainerState, train
 
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1)]]
 
@@ -32,7 +32,7 @@ def config(tmp_path, **kw):
     base = dict(model="tiny", objective="cord", max_steps=3, per_device_train_batch_size=1,
                 gradient_accumulation_steps=2, max_completion_length=5, num_generations=2,
                 learning_rate=1e-3, output_dir=str(tmp_path), report_to=["none"],
-                save_steps=0, disable_tqdm=True, seed=0)
+                save_steps=0, disable_tqdm=True, seed=0, logging_steps=1)
     base.update(kw)
     return CordConfig(**base)
 
@@ -140,7 +140,7 @@ def test_train_function_logs_everywhere(tmp_path):
     assert (tmp_path / "cord_config.yaml").is_file()
 
 
-def test_logging_window_averages_its_steps(tmp_path, monkeypatch):
+def test_logging_window_averages_its_steps(tmp_path, monkeypatch, capsys):
     cfg = config(tmp_path, objective="opd", max_steps=4, gradient_accumulation_steps=1,
                  logging_steps=2)
     t = CordTrainer(cfg, train_dataset=records(), judge=None)
@@ -155,6 +155,8 @@ def test_logging_window_averages_its_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "compute_loss", spy)
     t.train()
     assert [m["step"] for m in t.log_history] == [2, 4]
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("loss=")]
+    assert len(printed) == 2 and "step=2 " in printed[0]  # one line per window, not per step
     assert t.log_history[0]["loss"] == pytest.approx((seen[0] + seen[1]) / 2, rel=1e-6)
     assert t.log_history[1]["loss"] == pytest.approx((seen[2] + seen[3]) / 2, rel=1e-6)
 
@@ -166,8 +168,10 @@ def test_trainer_rejects_bad_setups(tmp_path):
         CordTrainer(config(tmp_path, objective="grpo", judge="none"), train_dataset=records())
     with pytest.raises(ValueError, match="empty"):
         CordTrainer(config(tmp_path, objective="sft"), train_dataset=[], judge=None)
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match="model .* is not a directory"):
         CordTrainer(config(tmp_path, model=str(tmp_path / "nope")), train_dataset=records())
+    with pytest.raises(ValueError, match="dataset .* does not exist"):  # before the model
+        CordTrainer(config(tmp_path, dataset=str(tmp_path / "nope.jsonl")))
 
 
 def test_trainer_state_round_trip():
@@ -213,11 +217,12 @@ def test_cli_trains_the_tiny_model_on_a_synthesized_dataset(tmp_path, capsys):
     # No --config: model=tiny, dataset=arithmetic with eSpeak NG audio, the match judge.
     from cord.cli import main
 
-    code = main(["train", "max_steps=2", "dataset_size=2", "max_completion_length=4",
+    code = main(["train", "--max_steps", "2", "dataset_size=2", "--max_completion_length=4",
                  "num_generations=2", f"output_dir={tmp_path}", "report_to=none",
                  "disable_tqdm=true"])
     assert code == 0
     out = capsys.readouterr().out
     assert "cord: cord for 2 steps on 1 process(es)" in out and "final: loss=" in out
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["completion_length"] > 0
+    # logging_steps defaults to 10: a 2-step run logs its last step only
+    assert [r["step"] for r in rows] == [2] and rows[-1]["completion_length"] > 0

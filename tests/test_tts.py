@@ -12,8 +12,8 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cord.spoken_math import fraction_words, number_to_words, ordinal_words, to_spoken
-from cord.tts import EspeakEngine, KokoroEngine, TTSEngine, get_engine
+from cord.data.spoken_math import fraction_words, number_to_words, ordinal_words, to_spoken
+from cord.data.tts import EspeakEngine, KokoroEngine, TTSEngine, get_engine
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +326,7 @@ def _write_jsonl(path, records):
 
 def test_cord_synth_end_to_end_and_resume(tmp_path, capsys):
     from cord.cli import main
-    from cord.data import load_paired
+    from cord.data.paired import load_paired
 
     source = tmp_path / "questions.jsonl"
     _write_jsonl(source, RECORDS)
@@ -368,7 +368,7 @@ def test_cord_synth_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_synthesize_dataset_without_spoken_math_and_with_overwrite(tmp_path, espeak):
-    from cord.synth import synthesize_dataset
+    from cord.data.synth import synthesize_dataset
 
     report = synthesize_dataset(RECORDS[:1], tmp_path, espeak, spoken_math=False, progress=False)
     assert report.written == 1 and report.skipped == 0 and report.audio_seconds > 0.3
@@ -389,7 +389,7 @@ def test_synthesize_dataset_without_spoken_math_and_with_overwrite(tmp_path, esp
 
 
 def test_synthesize_dataset_bad_records(tmp_path, espeak):
-    from cord.synth import synthesize_dataset
+    from cord.data.synth import synthesize_dataset
 
     with pytest.raises(ValueError, match="record 'b'.*empty"):
         synthesize_dataset([{"id": "a", "text": "hi"}, {"id": "b", "text": "  "}], tmp_path, espeak)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cuda_skip_reason
+from helpers import cuda_skip_reason
 
 from cord_kernels import cord_token_loss, forward_kl, token_logprobs
 

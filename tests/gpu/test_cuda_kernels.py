@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, cuda_skip_reason, rel_err
+from helpers import TOL, cuda_skip_reason, rel_err
 
 from cord_kernels import (
     cord_token_loss,

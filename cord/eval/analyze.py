@@ -28,7 +28,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+import torch
+from matplotlib import colors
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from tqdm.auto import tqdm
+
+from cord.data.paired import audio_of
+from cord.eval.evaluate import load_items, normalize_record, score_response
+from cord.models.adapter import build_adapter, resolve_device
+from cord.train.rollout import sample
+from cord_kernels import reverse_kl
 
 HIGH_KL_PERCENTILE = 80.0  # the paper's threshold between "pivotal" and aligned tokens
 
@@ -165,13 +178,11 @@ def kl_statistics(
 # --------------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]):
+    """A figure and its axes outside pyplot: no global backend or figure registry is touched,
+    so plotting never needs a display and never leaks figures."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def _display(token: str) -> str:
@@ -182,12 +193,11 @@ def _display(token: str) -> str:
 
 def plot_kl_distribution(rollouts: Sequence[Rollout], stats: dict, path: str | Path) -> Path:
     """Figure 3 left: log-scale histogram with the percentile line, and D_t vs position."""
-    plt = _pyplot()
     kl = np.concatenate([np.asarray(r.kl, dtype=np.float64) for r in rollouts])
     positions = np.concatenate([np.arange(len(r.kl)) for r in rollouts])
     floor = max(float(kl[kl > 0].min()) if (kl > 0).any() else 1e-6, 1e-8)
     kl_pos = np.clip(kl, floor, None)  # log axis: exact zeros drawn at the smallest positive D
-    fig, (ax_h, ax_s) = plt.subplots(2, 1, figsize=(6.4, 6.4))
+    fig, (ax_h, ax_s) = _figure(2, 1, figsize=(6.4, 6.4))
     bins = np.logspace(np.log10(kl_pos.min()), np.log10(kl_pos.max() * 1.0001), 40)
     ax_h.hist(kl_pos, bins=bins, color="#4C72B0", alpha=0.85)
     ax_h.set_xscale("log")
@@ -204,14 +214,12 @@ def plot_kl_distribution(rollouts: Sequence[Rollout], stats: dict, path: str | P
     ax_s.set_title(f"KL vs position: Pearson r = {stats['pearson_r_position']:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_token_regions(stats: dict, path: str | Path) -> Path:
     """Figure 3 (a)-(b) as bar charts: most frequent tokens in the high vs low KL regions."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
+    fig, axes = _figure(1, 2, figsize=(9, 4.8))
     high_title = f"(a) high-KL region (> {stats['threshold']:.3g})"
     panels = (
         (axes[0], stats["high_tokens"], "#C44E52", high_title),
@@ -226,7 +234,6 @@ def plot_token_regions(stats: dict, path: str | Path) -> Path:
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -241,20 +248,17 @@ def pick_rollout(rollouts: Sequence[Rollout]) -> int:
 
 def plot_rollout(rollout: Rollout, path: str | Path, *, per_line: int = 12) -> Path:
     """Figure 2: the rollout token by token, each block coloured by its D_t, value underneath."""
-    plt = _pyplot()
-    from matplotlib import colors
-
     n = len(rollout.tokens)
     per_line = max(1, min(per_line, n))
     rows = max(1, math.ceil(n / per_line))
-    fig, ax = plt.subplots(figsize=(1.0 * per_line + 1.2, 0.9 * rows + 1.2))
+    fig, ax = _figure(figsize=(1.0 * per_line + 1.2, 0.9 * rows + 1.2))
     vmax = max(max(rollout.kl, default=0.0), 1e-6)
     norm = colors.Normalize(vmin=0.0, vmax=vmax)
-    cmap = plt.get_cmap("Reds")
+    cmap = matplotlib.colormaps["Reds"]
     for i, (tok, d) in enumerate(zip(rollout.tokens, rollout.kl)):
         r, c = divmod(i, per_line)
         ax.add_patch(
-            plt.Rectangle((c, -r), 0.95, 0.8, facecolor=cmap(norm(d)), edgecolor="#444444")
+            Rectangle((c, -r), 0.95, 0.8, facecolor=cmap(norm(d)), edgecolor="#444444")
         )
         ink = "white" if norm(d) > 0.6 else "black"  # readable on the darkest reds
         ax.text(c + 0.475, -r + 0.5, _display(tok)[:10], ha="center", va="center", fontsize=8,
@@ -269,10 +273,9 @@ def plot_rollout(rollout: Rollout, path: str | Path, *, per_line: int = 12) -> P
     if rollout.prompt:
         title += f"\nprompt: {rollout.prompt[:90]}"
     ax.set_title(title, fontsize=9)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, label="KL")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, label="KL")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -308,10 +311,6 @@ def token_kl(student_logits, teacher_logits, mask):
     the text prompt; mask: (B, T) bool of generated positions. Returns (B, T) float32 with 0 at
     masked positions, computed by ``cord_kernels.reverse_kl``.
     """
-    import torch
-
-    from cord_kernels import reverse_kl
-
     with torch.no_grad():
         d = reverse_kl(student_logits.float(), teacher_logits.float())
     return d.masked_fill(~mask.bool(), 0.0)
@@ -329,33 +328,26 @@ def rollout_kl(
 ) -> list[Rollout]:
     """Audio-conditioned rollouts of ``items`` with the per-token reverse KL to the text side.
 
-    For each batch: sample y ~ p(·|x^a) (``cord.rollout.sample``), score the same tokens under
+    For each batch: sample y ~ p(·|x^a) (``cord.train.rollout.sample``), score the same tokens under
     the audio prompt (student) and the text prompt (teacher) with
     ``adapter.completion_logits`` and take :func:`token_kl`. Items with an ``answer`` get
-    ``correct`` from :func:`cord.evaluate.score_response`.
+    ``correct`` from :func:`cord.eval.evaluate.score_response`.
 
     Args:
-        adapter: a :class:`cord.adapter.ModelAdapter`.
+        adapter: a :class:`cord.models.adapter.ModelAdapter`.
         items: records ``{text, audio={array, sampling_rate}, answer?}``.
     """
-    import torch
-
-    from cord.evaluate import _audio_of, normalize_record, score_response
-    from cord.rollout import sample
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out: list[Rollout] = []
     starts = range(0, len(items), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc="audio rollouts + KL", unit="batch", leave=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for s in starts:
             batch = list(items[s : s + batch_size])
-            audios = [_audio_of(r) for r in batch]
+            audios = [audio_of(r) for r in batch]
             x_a = adapter.audio_prompts([a for a, _ in audios], sampling_rate=audios[0][1])
             x_t = adapter.text_prompts([r["text"] for r in batch])
             ro = sample(adapter, x_a, temperature=temperature, max_new_tokens=max_new_tokens)
@@ -400,11 +392,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="model directory (Qwen2-Audio layout) to roll out")
     parser.add_argument("--data", help="paired dataset (with --model): JSONL/CSV/parquet/dir")
     parser.add_argument("--limit", type=int, default=64, help="items to roll out (with --model)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--percentile", type=float, default=HIGH_KL_PERCENTILE)
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="most tokens per rollout (with --model)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature of the rollouts (with --model)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="prompts per generate call (with --model)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rollout sampling")
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs (with --model): auto (the GPU when there is "
+                             "one, else the CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--percentile", type=float, default=HIGH_KL_PERCENTILE,
+                        help="threshold between high- and low-KL tokens")
     parser.add_argument("--output-dir", default="cord_analysis", help="where the PNGs go")
 
 
@@ -413,10 +412,11 @@ def run(args: argparse.Namespace) -> int:
         rollouts = load_rollouts(args.rollouts)
     else:
         if not args.data:
-            raise SystemExit("cord analyze: --model needs --data (a paired dataset)")
-        from cord.evaluate import load_adapter, load_items
-
-        adapter = load_adapter(args.model)
+            raise ValueError("--model needs --data: add --data PAIRED.jsonl (a paired dataset)")
+        if not Path(args.data).exists():
+            raise FileNotFoundError(f"--data {args.data}: no such file or folder; pass an "
+                                    "existing JSONL/CSV/parquet file or saved dataset")
+        adapter = build_adapter(args.model, device=resolve_device(args.device))
         sr = int(getattr(adapter, "sampling_rate", 16_000))
         items = load_items(args.data, limit=args.limit, sampling_rate=sr)
         rollouts = rollout_kl(

@@ -15,10 +15,9 @@ paper's reward compares the audio answer with the model's own text answer, not a
 
     ds = load_paired("paired.jsonl", sampling_rate=16_000)
     loader = DataLoader(ds, batch_size=4, collate_fn=collate_paired)
-    texts, audios, ids, answers = next(iter(loader))
+    batch = next(iter(loader))             # a PairedBatch: ids, texts, audios, sampling_rate
 
-:func:`make_arithmetic_dataset` and :func:`make_multiple_choice_dataset` make small text-only
-tasks for tests and demos; ``cord synth`` adds their audio.
+Small synthetic tasks are in :mod:`cord.data.synthetic`; ``cord synth`` adds audio to any set.
 """
 
 from __future__ import annotations
@@ -26,17 +25,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
+import datasets
 import numpy as np
-
-if TYPE_CHECKING:
-    import datasets
+import soundfile as sf
+from datasets import Features, List, Value
+from scipy.signal import resample_poly
+from tqdm.auto import tqdm
 
 __all__ = [
     "load_paired",
@@ -46,8 +46,8 @@ __all__ = [
     "PairedExample",
     "PairedBatch",
     "collate_paired",
-    "make_arithmetic_dataset",
-    "make_multiple_choice_dataset",
+    "audio_of",
+    "wav_truncation",
 ]
 
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -60,8 +60,6 @@ _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 
 def _open_dataset(source: Any) -> tuple[datasets.Dataset, Path | None]:
     """The source as a ``datasets.Dataset`` plus the folder relative audio paths start from."""
-    import datasets
-
     if isinstance(source, datasets.Dataset):
         return source, None
     if isinstance(source, datasets.DatasetDict):
@@ -129,13 +127,14 @@ def read_records(source: Any) -> list[dict[str, Any]]:
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """``(num_samples,)`` float32 audio from ``orig_sr`` to ``target_sr`` Hz (polyphase filter,
-    ``scipy.signal.resample_poly``)."""
+    ``scipy.signal.resample_poly``; a copy-free no-op when the rates match)."""
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sampling rates must be > 0, got {orig_sr} -> {target_sr}")
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be a 1-D waveform, got shape {audio.shape}")
     if orig_sr == target_sr:
-        return np.asarray(audio, dtype=np.float32)
-    from scipy.signal import resample_poly
-
+        return audio
     g = gcd(int(orig_sr), int(target_sr))
     return resample_poly(audio, target_sr // g, orig_sr // g).astype(np.float32)
 
@@ -158,13 +157,48 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return candidate
 
 
-def _read_file(source: Any, record_id: str, what: str) -> tuple[np.ndarray, int]:
-    import soundfile as sf
+def wav_truncation(source: Any) -> str | None:
+    """Why a RIFF/WAVE file (a path or a binary file object) is truncated, or None.
 
+    libsndfile reads a WAV whose data chunk was cut short without complaint, returning the
+    samples that are there; the header still says how many bytes there should be."""
+    own = isinstance(source, (str, os.PathLike))
+    fh = open(source, "rb") if own else source
+    try:
+        start = fh.tell()
+        size = fh.seek(0, io.SEEK_END) - start
+        fh.seek(start)
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            chunk = fh.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                # 0 and 0xFFFFFFFF are what streaming writers leave when the size is unknown
+                if declared not in (0, 0xFFFFFFFF) and pos + 8 + declared > size:
+                    return (f"truncated: the header declares {declared} bytes of samples, the "
+                            f"file holds {size - pos - 8}")
+                return None
+            pos += 8 + declared + (declared & 1)  # chunks are padded to an even size
+            fh.seek(start + pos)
+        return None
+    finally:
+        if own:
+            fh.close()
+        else:
+            fh.seek(start)
+
+
+def _read_file(source: Any, record_id: str, what: str) -> tuple[np.ndarray, int]:
     try:
         audio, sr = sf.read(source, dtype="float32", always_2d=True)
+        truncated = wav_truncation(source)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or OSError
         raise ValueError(f"record {record_id!r}: cannot read audio {what}: {e}") from e
+    if truncated:
+        raise ValueError(f"record {record_id!r}: audio {what} is {truncated}")
     return audio.mean(axis=1), int(sr)
 
 
@@ -221,8 +255,6 @@ def load_audio(
 
 
 def _output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Features:
-    from datasets import Features, List, Value
-
     features = dict(dataset.features)
     features["id"] = Value("string")
     features["text"] = Value("string")
@@ -259,15 +291,11 @@ def load_paired(
         a missing or empty answer (with ``require_answer``), duplicate ids, or audio that is
         missing or cannot be read.
     """
-    import datasets
-
     if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate <= 0:
         raise ValueError(f"sampling_rate must be a positive int, got {sampling_rate!r}")
     if _is_record_list(source):
         # Decode in Python before anything becomes arrow: a list may mix paths, 1-D and
         # (samples, channels) arrays, which arrow cannot hold in one column.
-        from tqdm.auto import tqdm
-
         columns = list(dict.fromkeys(key for record in source for key in record))
         _check_columns(columns, require_answer)
         decode = _RecordDecoder(
@@ -393,13 +421,20 @@ class PairedExample:
         )
 
 
-class PairedBatch(NamedTuple):
-    """What :func:`collate_paired` returns; unpacks as ``texts, audios, ids, answers``."""
+@dataclass
+class PairedBatch:
+    """One micro-batch of paired prompts (what :func:`collate_paired` returns): the audio is a
+    list of variable-length ``(num_samples,)`` float32 arrays at ``sampling_rate`` Hz (the
+    model's processor pads and extracts features)."""
 
-    texts: list[str]
-    audios: list[np.ndarray]  # each (num_samples,) float32, lengths differ
     ids: list[str]
+    texts: list[str]
+    audios: list[np.ndarray]
+    sampling_rate: int
     answers: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.texts)
 
 
 def collate_paired(batch: Sequence[Mapping[str, Any] | PairedExample]) -> PairedBatch:
@@ -413,115 +448,20 @@ def collate_paired(batch: Sequence[Mapping[str, Any] | PairedExample]) -> Paired
     if len(rates) != 1:
         raise ValueError(f"examples in a batch must share one sampling rate, got {sorted(rates)}")
     return PairedBatch(
+        ids=[e.id for e in examples],
         texts=[e.text for e in examples],
         audios=[e.audio for e in examples],
-        ids=[e.id for e in examples],
+        sampling_rate=rates.pop(),
         answers=[e.answer for e in examples],
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Small synthetic tasks
-# ---------------------------------------------------------------------------------------------
-
-_OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-def make_arithmetic_dataset(
-    n: int,
-    seed: int = 0,
-    *,
-    max_operand: int = 20,
-    operations: str = "+-*",
-    template: str = "What is {a} {op} {b}?",
-) -> list[dict[str, str]]:
-    """``n`` arithmetic questions ``{"id", "text", "answer", "kind": "math"}``, e.g.
-    ``"What is 7 + 5?"`` / ``"12"``. Operands are in [0, max_operand]; subtraction puts the larger
-    operand first so answers are never negative. Same ``seed``, same records."""
-    _check_count(n)
-    if max_operand < 1:
-        raise ValueError(f"max_operand must be >= 1, got {max_operand}")
-    if not operations or any(op not in _OPERATIONS for op in operations):
-        raise ValueError(f"operations must be a non-empty string over '+-*', got {operations!r}")
-    rng = random.Random(seed)
-    records = []
-    for i in range(n):
-        op = rng.choice(operations)
-        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        if op == "-" and b > a:
-            a, b = b, a
-        records.append({
-            "id": f"arith-{i:05d}",
-            "text": template.format(a=a, op=op, b=b),
-            "answer": str(_OPERATIONS[op](a, b)),
-            "kind": "math",
-        })  # fmt: skip
-    return records
-
-
-_CATEGORIES = {
-    "an animal": ["dog", "cat", "horse", "lion", "rabbit", "sheep", "tiger", "mouse"],
-    "a color": ["red", "blue", "green", "yellow", "purple", "brown", "white", "black"],
-    "a fruit": ["apple", "banana", "grape", "lemon", "cherry", "mango", "peach", "pear"],
-    "a vehicle": ["car", "bus", "train", "bicycle", "truck", "boat", "plane", "tractor"],
-}
-_LETTERS = "ABCD"
-
-
-def _category_question(rng: random.Random) -> tuple[str, str, list[str]]:
-    category, *others = rng.sample(sorted(_CATEGORIES), k=len(_CATEGORIES))
-    correct = rng.choice(_CATEGORIES[category])
-    wrong = [rng.choice(_CATEGORIES[c]) for c in others[:3]]
-    return f"Which of these is {category}?", correct, wrong
-
-
-def _largest_question(rng: random.Random) -> tuple[str, str, list[str]]:
-    numbers = rng.sample(range(1, 100), k=4)
-    correct = max(numbers)
-    return "Which number is the largest?", str(correct), [str(x) for x in numbers if x != correct]
-
-
-def _sum_question(rng: random.Random) -> tuple[str, str, list[str]]:
-    a, b = rng.randint(1, 20), rng.randint(1, 20)
-    offsets = rng.sample([-3, -2, -1, 1, 2, 3], k=3)
-    return f"What is {a} + {b}?", str(a + b), [str(a + b + d) for d in offsets]
-
-
-def make_multiple_choice_dataset(
-    n: int, seed: int = 0, *, instruction: str | None = None
-) -> list[dict[str, str]]:
-    """``n`` four-option questions ``{"id", "text", "answer", "kind": "choice"}``, options
-    labelled (A)-(D) one per line, the gold letter uniformly placed, e.g.::
-
-        Which of these is a fruit?
-        (A) bus
-        (B) mango
-        (C) red
-        (D) lion                        answer "B"
-
-    ``instruction`` (e.g. ``"Answer with the letter."``) is appended as a last line."""
-    _check_count(n)
-    rng = random.Random(seed)
-    makers = (_category_question, _largest_question, _sum_question)
-    records = []
-    for i in range(n):
-        question, correct, wrong = makers[i % len(makers)](rng)
-        position = rng.randrange(4)
-        options = wrong[:position] + [correct] + wrong[position:]
-        lines = [question] + [
-            f"({letter}) {o}" for letter, o in zip(_LETTERS, options, strict=True)
-        ]
-        if instruction:
-            lines.append(instruction)
-        records.append({
-            "id": f"choice-{i:05d}",
-            "text": "\n".join(lines),
-            "answer": _LETTERS[position],
-            "kind": "choice",
-        })  # fmt: skip
-    return records
-
-
-def _check_count(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+def audio_of(record: Mapping[str, Any]) -> tuple[np.ndarray, int]:
+    """``(waveform, sampling_rate)`` of a decoded record (a row of :func:`load_paired`)."""
+    audio = record["audio"]
+    if isinstance(audio, Mapping) and "array" in audio:
+        return np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
+    raise ValueError(
+        f"record {record.get('id')!r}: audio must be decoded ({{'array', 'sampling_rate'}}); "
+        "read the records with cord.data.paired.load_paired"
+    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cord.adapter import ModelAdapter, PromptBatch
+from cord.models.adapter import ModelAdapter, PromptBatch
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
@@ -113,9 +113,12 @@ def text_references(
     temperature: float = 1.0,
     max_new_tokens: int = 200,
     instruction: str | None = None,
+    device: torch.device | str | None = None,
 ) -> list[str]:
-    """The model's own answers to the text prompts: the judge's reference y_hat ~ p(.|x^t)."""
+    """The model's own answers to the text prompts: the judge's reference y_hat ~ p(.|x^t)
+    (paper eq. 8), always from the current weights whatever the teacher kind."""
     prompts = adapter.text_prompts(list(texts), instruction=instruction)
-    return sample(
-        adapter, prompts, temperature=temperature, max_new_tokens=max_new_tokens
-    ).texts
+    if device is not None:
+        prompts = prompts.to(device)
+    return sample(adapter, prompts, temperature=temperature, max_new_tokens=max_new_tokens,
+                  device=device).texts

@@ -18,72 +18,21 @@ loss of the global batch. All losses come from the public ``cord_kernels`` API.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 import cord_kernels
-from cord import metrics as M
-from cord.adapter import ModelAdapter, PromptBatch
 from cord.config import CordConfig
-from cord.rollout import Rollouts, sample
-from cord.teacher import Teacher
-
-
-@dataclass
-class PairedBatch:
-    """One micro-batch of paired prompts (what ``cord.data.collate_paired`` yields)."""
-
-    ids: list[str]
-    texts: list[str]
-    audios: list[np.ndarray]
-    sampling_rate: int
-    answers: list[Any] | None = None
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @classmethod
-    def from_any(cls, batch: Any, *, sampling_rate: int | None = None) -> PairedBatch:
-        """Accepts a PairedBatch, a list of records, a dict of lists, or the output of
-        ``cord.data.collate_paired`` (its audio is at the model's rate: ``sampling_rate``)."""
-        if isinstance(batch, PairedBatch):
-            return batch
-        if hasattr(batch, "texts") and hasattr(batch, "audios"):  # cord.data.PairedBatch
-            if sampling_rate is None:
-                raise ValueError("sampling_rate is needed for a batch without audio rates")
-            return cls([str(i) for i in batch.ids], list(batch.texts),
-                       [np.asarray(a, dtype=np.float32) for a in batch.audios],
-                       int(sampling_rate), list(batch.answers))
-        if isinstance(batch, list):  # records {id, text, audio={array, sampling_rate}, answer}
-            batch = {k: [r.get(k) for r in batch] for k in ("id", "text", "audio", "answer")}
-        if not isinstance(batch, dict):
-            raise TypeError(f"a batch must be a dict of lists or a list of records, got "
-                            f"{type(batch).__name__}")
-        for key in ("text", "audio"):
-            if key not in batch:
-                raise ValueError(f"a batch needs a {key!r} column, got {sorted(batch)}")
-        texts = list(batch["text"])
-        audios, rates = [], set()
-        for a in batch["audio"]:
-            if isinstance(a, dict):
-                audios.append(np.asarray(a["array"], dtype=np.float32))
-                rates.add(int(a["sampling_rate"]))
-            else:
-                audios.append(np.asarray(a, dtype=np.float32))
-        if "sampling_rate" in batch and not isinstance(batch["sampling_rate"], (list, tuple)):
-            rates.add(int(batch["sampling_rate"]))
-        if len(rates) != 1:
-            raise ValueError(f"a batch needs exactly one audio sampling rate, got {sorted(rates)}")
-        ids = batch.get("id") or [str(i) for i in range(len(texts))]
-        answers = batch.get("answer")
-        return cls([str(i) for i in ids], texts, audios, rates.pop(),
-                   None if answers is None else list(answers))
+from cord.data.paired import PairedBatch
+from cord.models.adapter import ModelAdapter, PromptBatch
+from cord.train import metrics as M
+from cord.train.rollout import Rollouts, sample, text_references
+from cord.train.teacher import Teacher
+from cord_kernels import fused_linear_cord_token_loss, fused_linear_token_logprobs
 
 
 @dataclass
@@ -118,24 +67,14 @@ def _prompts(ctx: StepContext, batch: PairedBatch) -> tuple[PromptBatch, PromptB
     return x_a.to(ctx.device), x_t.to(ctx.device)
 
 
-def _fused() -> tuple[Callable, Callable]:
-    if not hasattr(cord_kernels, "fused_linear_cord_token_loss"):
-        raise RuntimeError(
-            "use_fused_linear=True needs cord_kernels.fused_linear_cord_token_loss and "
-            "fused_linear_token_logprobs, which this cord_kernels does not provide"
-        )
-    return cord_kernels.fused_linear_cord_token_loss, cord_kernels.fused_linear_token_logprobs
-
-
 def token_logprobs_of(
     ctx: StepContext, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """(B, T) differentiable log p(completion token | prefix, prompt) under the student."""
     labels = ids.masked_fill(~mask, -100)
     if ctx.config.use_fused_linear:
-        _, fused_logprobs = _fused()
         h = ctx.adapter.completion_hidden(prompts, ids, mask)
-        return fused_logprobs(h.hidden, h.weight, labels, bias=h.bias)
+        return fused_linear_token_logprobs(h.hidden, h.weight, labels, bias=h.bias)
     logits = ctx.adapter.completion_logits(prompts, ids, mask)
     return cord_kernels.token_logprobs(logits, labels)
 
@@ -155,16 +94,13 @@ def token_kl_loss(
     ids, mask = rollouts.completion_ids, rollouts.completion_mask
     tau = cfg.cord_kl_temperature
     if cfg.use_fused_linear:
-        fused_loss, _ = _fused()
         hs = ctx.adapter.completion_hidden(x_a, ids, mask)
         ht = ctx.teacher.completion_hidden(x_t, ids, mask)
         extra = {}
         if ctx.teacher.kind != "live":  # the frozen teacher has its own LM head
-            if "teacher_weight" not in inspect.signature(fused_loss).parameters:
-                raise ValueError("use_fused_linear with teacher != 'live' needs a fused loss "
-                                 "that takes teacher_weight")
             extra = {"teacher_weight": ht.weight, "teacher_bias": ht.bias}
-        loss = fused_loss(hs.hidden, ht.hidden, hs.weight, mask, bias=hs.bias, top_k=top_k,
+        loss = fused_linear_cord_token_loss(hs.hidden, ht.hidden, hs.weight, mask, bias=hs.bias,
+                                            top_k=top_k,
                           alpha=alpha, beta=beta, temperature=tau, **extra)
         with torch.no_grad():  # D for the metrics, one sequence of logits at a time
             kl = torch.stack([
@@ -204,14 +140,6 @@ def judge_rewards(
         raise ValueError(f"judge verdicts must be 1, 0 or -1, got {bad[:3]}")
     return torch.tensor([math.nan if v == -1 else float(v) for v in verdicts],
                         device=ctx.device)
-
-
-def text_references(ctx: StepContext, x_t: PromptBatch) -> list[str]:
-    """The model's own text answers y_hat ~ p_theta(.|x^t), current weights (the judge's
-    references, paper eq. 8), whatever the teacher kind."""
-    cfg = ctx.config
-    return sample(ctx.adapter, x_t, temperature=cfg.reference_temperature,
-                  max_new_tokens=cfg.max_completion_length, device=ctx.device).texts
 
 
 def sequence_loss(
@@ -257,7 +185,10 @@ def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = Fals
     tokens = 0
     references = None
     if with_seq or (with_tok and ctx.judge is not None):
-        references = text_references(ctx, x_t)
+        references = text_references(
+            ctx.adapter, batch.texts, temperature=cfg.reference_temperature,
+            max_new_tokens=cfg.max_completion_length, instruction=cfg.instruction or None,
+            device=ctx.device)
     if with_tok:
         ro = sample(ctx.adapter, x_a, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_completion_length, device=ctx.device)
@@ -336,25 +267,64 @@ def alarm_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     return out
 
 
-OBJECTIVES: dict[str, Callable[[StepContext, PairedBatch], LossOutput]] = {
-    "cord": cord_objective,
-    "opd": lambda ctx, b: cord_objective(ctx, b, uniform=True, with_seq=False),
-    "grpo": lambda ctx, b: cord_objective(ctx, b, with_tok=False),
-    "sft": sft_objective,
-    "fkl": fkl_objective,
-    "alarm": alarm_objective,
-}
-
-#: Objectives whose loss needs judge verdicts (the others use a judge only for metrics).
-NEEDS_JUDGE = ("cord", "grpo")
+def _cord_has_seq(config: CordConfig) -> bool:
+    """The one rule for CORD's L_seq: it (with its GRPO groups and judge) runs only when its
+    weight is positive."""
+    return config.cord_seq_weight > 0
 
 
-def compute_loss(ctx: StepContext, batch: Any) -> LossOutput:
-    """Runs ``ctx.config.objective`` on one micro-batch."""
-    name = ctx.config.objective
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {name!r}")
-    batch = PairedBatch.from_any(batch, sampling_rate=getattr(ctx.adapter, "sampling_rate", None))
-    if name == "cord" and ctx.config.cord_seq_weight == 0:
-        return cord_objective(ctx, batch, with_seq=False)
-    return OBJECTIVES[name](ctx, batch)
+def _always(config: CordConfig) -> bool:
+    return True
+
+
+def _never(config: CordConfig) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective: its loss on a micro-batch and what it needs for a config.
+
+    ``needs_judge(config)``: the loss itself needs judge verdicts (a judge may still be used for
+    the agreement metric when it is not needed); ``needs_groups(config)``: the loss compares a
+    group of ``num_generations`` rollouts per prompt (GRPO), so ``num_generations >= 2``."""
+
+    name: str
+    loss: Callable[[StepContext, PairedBatch], LossOutput]
+    needs_judge: Callable[[CordConfig], bool]
+    needs_groups: Callable[[CordConfig], bool]
+
+
+def _cord(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    return cord_objective(ctx, batch, with_seq=_cord_has_seq(ctx.config))
+
+
+def _opd(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    return cord_objective(ctx, batch, uniform=True, with_seq=False)
+
+
+def _grpo(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    return cord_objective(ctx, batch, with_tok=False)
+
+
+#: The objective registry: config validation, the trainer and :func:`compute_loss` consult it.
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("cord", _cord, needs_judge=_cord_has_seq, needs_groups=_cord_has_seq),
+    Objective("opd", _opd, needs_judge=_never, needs_groups=_never),
+    Objective("grpo", _grpo, needs_judge=_always, needs_groups=_always),
+    Objective("sft", sft_objective, needs_judge=_never, needs_groups=_never),
+    Objective("fkl", fkl_objective, needs_judge=_never, needs_groups=_never),
+    Objective("alarm", alarm_objective, needs_judge=_never, needs_groups=_never),
+)}
+
+
+def compute_loss(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    """Runs ``ctx.config.objective`` on one micro-batch (a :class:`PairedBatch`, as
+    :func:`cord.data.paired.collate_paired` makes it)."""
+    if not isinstance(batch, PairedBatch):
+        raise TypeError(f"batch must be a cord.data.paired.PairedBatch (collate_paired), got "
+                        f"{type(batch).__name__}")
+    objective = OBJECTIVES[ctx.config.objective]  # the config validated the name
+    if ctx.judge is None and objective.needs_judge(ctx.config):
+        raise ValueError(f"objective {objective.name!r} needs a judge (config 'judge')")
+    return objective.loss(ctx, batch)

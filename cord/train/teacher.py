@@ -21,9 +21,9 @@ import copy
 import torch
 from torch import nn
 
-from cord.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
-
-TEACHER_KINDS = ("live", "base", "ema")
+from cord.config import TEACHERS
+from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
+from cord.train.distributed import full_tensor
 
 
 class Teacher(nn.Module):
@@ -37,8 +37,8 @@ class Teacher(nn.Module):
 
     def __init__(self, kind: str, adapter: ModelAdapter, *, ema_decay: float = 0.99):
         super().__init__()
-        if kind not in TEACHER_KINDS:
-            raise ValueError(f"teacher must be one of {TEACHER_KINDS}, got {kind!r}")
+        if kind not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {kind!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"teacher_ema_decay must be in [0, 1), got {ema_decay}")
         self.kind = kind
@@ -84,6 +84,7 @@ class Teacher(nn.Module):
         student = unwrap_model(self._student.model)
         d = self.ema_decay
         for t, s in zip(self.frozen.parameters(), student.parameters(), strict=True):
-            t.lerp_(s.detach().to(t.dtype), 1.0 - d)
+            # A sharded (FSDP2) student parameter is gathered: the EMA copy is whole.
+            t.lerp_(full_tensor(s.detach()).to(t.device, t.dtype), 1.0 - d)
         for t, s in zip(self.frozen.buffers(), student.buffers(), strict=True):
             t.copy_(s)

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import ctypes
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -127,7 +128,7 @@ class _EspeakLibrary:
     _create_lock = threading.Lock()
 
     def __init__(self) -> None:
-        try:
+        try:  # local: the error below says how to install it
             import espeakng_loader
         except ImportError as e:  # pragma: no cover - it is a dependency of the train extra
             raise ImportError(
@@ -307,9 +308,7 @@ class KokoroEngine:
             )
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
-        import inspect
-
-        from kokoro import KModel, KPipeline
+        from kokoro import KModel, KPipeline  # local: kokoro is an optional extra
 
         # With a local config, checkpoint and voice file, and a model instance handed to the
         # pipeline, Kokoro has nothing to fetch. ``repo_id`` only names the model (newer

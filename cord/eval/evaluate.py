@@ -4,11 +4,13 @@ Each benchmark item is asked twice, once from its audio and once from its text, 
 answers are scored against the item's reference:
 
 - multiple choice (a reference that is an option letter, VoiceBench's ``audio`` / ``prompt`` /
-  ``reference`` records): the option letter is extracted with :func:`cord.answers.extract_choice`,
+  ``reference`` records): the option letter is extracted with
+  :func:`cord.rewards.answers.extract_choice`,
   which tolerates the usual phrasings ("The answer is (B)", "B.", "I choose option b", ...);
   responses it cannot read are counted wrong and reported as ``unparsed``;
-- math (any other reference, numeric or LaTeX): :func:`cord.answers.extract_math_answer` then
-  :func:`cord.answers.math_equal` (exact rationals, then math-verify).
+- math (any other reference, numeric or LaTeX):
+  :func:`cord.rewards.answers.extract_math_answer` then
+  :func:`cord.rewards.answers.math_equal` (exact rationals, then math-verify).
 
 The paper's metrics (SPEC section 1), per benchmark b and method m:
 
@@ -31,7 +33,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ANSWER_KINDS = ("auto", "choice", "math")
+import torch
+from tqdm.auto import tqdm
+
+from cord.data.paired import audio_of, load_paired, read_records
+from cord.models.adapter import build_adapter, resolve_device
+from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
+from cord.train.rollout import completion_mask
+
 _LETTER_REFERENCE = re.compile(r"^\s*\(?([A-Za-z])\)?\s*\.?\s*$")
 
 
@@ -58,8 +67,6 @@ def score_response(
         >>> score_response("so the answer is 12", "12", "math")
         (True, True)
     """
-    from cord.answers import extract_choice, extract_math_answer, math_equal
-
     if kind not in ANSWER_KINDS:
         raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
     if reference is None or not str(reference).strip():
@@ -105,8 +112,6 @@ def normalize_record(record: Mapping[str, Any], index: int) -> dict[str, Any]:
 def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16_000) -> list:
     """Benchmark records from a file, folder, ``datasets.Dataset`` or list (see
     :func:`normalize_record`), audio decoded at ``sampling_rate``; the first ``limit``."""
-    from cord.data import load_paired, read_records
-
     records = source if isinstance(source, list) else read_records(source)
     if limit is not None:
         if limit < 1:
@@ -120,18 +125,6 @@ def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16
             if isinstance(r["audio"], str) and not Path(r["audio"]).is_absolute():
                 r["audio"] = str(base.parent / r["audio"])
     return list(load_paired(rows, sampling_rate=sampling_rate))
-
-
-def _audio_of(record: Mapping[str, Any]):
-    import numpy as np
-
-    audio = record["audio"]
-    if isinstance(audio, Mapping):
-        return np.asarray(audio["array"], dtype=np.float32), int(audio["sampling_rate"])
-    raise ValueError(
-        f"record {record.get('id')!r}: audio must be decoded ({{'array', 'sampling_rate'}}); "
-        "read the benchmark with cord.evaluate.load_items"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,10 +146,6 @@ def generate_answers(
 ) -> list[str]:
     """The model's responses to the audio (``modality="audio"``) or text prompts of
     ``records``, greedy by default."""
-    import torch
-
-    from cord.rollout import completion_mask
-
     if modality not in ("audio", "text"):
         raise ValueError(f"modality must be 'audio' or 'text', got {modality!r}")
     if batch_size < 1:
@@ -164,14 +153,12 @@ def generate_answers(
     responses: list[str] = []
     starts = range(0, len(records), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=desc or f"answering from {modality}", unit="batch",
                       leave=False)
     for s in starts:
         batch = records[s : s + batch_size]
         if modality == "audio":
-            audios = [_audio_of(r) for r in batch]
+            audios = [audio_of(r) for r in batch]
             rates = {sr for _, sr in audios}
             if len(rates) != 1:
                 raise ValueError(f"a batch mixes sampling rates {sorted(rates)}")
@@ -214,7 +201,7 @@ def evaluate(
     """Scores ``adapter``'s answers to every item of ``dataset`` from text and from audio.
 
     Args:
-        adapter: a :class:`cord.adapter.ModelAdapter`.
+        adapter: a :class:`cord.models.adapter.ModelAdapter`.
         dataset: records ``{id, text, audio={array, sampling_rate}, answer}`` (VoiceBench's
             ``prompt``/``reference`` are accepted too), e.g. from :func:`load_items`.
         kind: "auto" (per item: letter references are multiple choice, others math),
@@ -406,14 +393,6 @@ def gap_table(results_by_method: Mapping[str, Any], base: str | Mapping[str, Any
 # --------------------------------------------------------------------------------------------
 
 
-def load_adapter(model: str, *, system_prompt: str | None = None):
-    """A :class:`cord.adapter.Qwen2AudioAdapter` for ``"tiny"`` or a local model directory."""
-    from cord.config import CordConfig
-    from cord.trainer import build_adapter
-
-    return build_adapter(CordConfig(model=model, system_prompt=system_prompt, report_to=["none"]))
-
-
 def _parse_data_args(values: Sequence[str]) -> dict[str, str]:
     """``["mmsu=a.jsonl", "b.jsonl"]`` -> ``{"mmsu": "a.jsonl", "b": "b.jsonl"}``."""
     out: dict[str, str] = {}
@@ -432,13 +411,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="[NAME=]PATH",
                         help="benchmark file(s): JSONL/JSON/CSV/parquet or a saved dataset with "
                              "text/prompt, audio and answer/reference")
-    parser.add_argument("--kind", choices=ANSWER_KINDS, default="auto")
+    parser.add_argument("--kind", choices=ANSWER_KINDS, default="auto",
+                        help="how answers are scored: auto (letter references are multiple "
+                             "choice, others math), choice or math")
     parser.add_argument("--choices", default="ABCD", help="option letters of multiple choice")
     parser.add_argument("--instruction", default=None, help="appended to both prompts")
-    parser.add_argument("--system-prompt", default=None)
+    parser.add_argument("--system-prompt", default=None,
+                        help="system turn of every prompt (default: the chat template's)")
     parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs: auto (the GPU when there is one, else the "
+                             "CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--name", default=None, help="method name in the table (default: model)")
     parser.add_argument("--base", default=None,
@@ -448,10 +433,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    adapter = load_adapter(args.model, system_prompt=args.system_prompt)
+    data = _parse_data_args(args.data)  # user errors before the model is built
+    for name, path in data.items():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--data {name}={path}: no such file or folder; pass an "
+                                    "existing JSONL/JSON/CSV/parquet file or saved dataset")
+    if args.base and not Path(args.base).is_file():
+        raise FileNotFoundError(f"--base {args.base}: no such file; pass the results.json that "
+                                "`cord eval` wrote for the base model")
+    device = resolve_device(args.device)  # a bad --device fails before the model loads
+    adapter = build_adapter(args.model, system_prompt=args.system_prompt, device=device)
+    print(f"cord eval: {args.model} on {device}")
     sr = int(getattr(adapter, "sampling_rate", 16_000))
     benchmarks = {}
-    for name, path in _parse_data_args(args.data).items():
+    for name, path in data.items():
         items = load_items(path, limit=args.limit, sampling_rate=sr)
         benchmarks[name] = evaluate(
             adapter, items, name=name, kind=args.kind, choices=args.choices,

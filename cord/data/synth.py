@@ -29,6 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from cord.data.paired import read_records, resample
+from cord.data.spoken_math import to_spoken
+from cord.data.tts import get_engine
+
 __all__ = ["add_arguments", "run", "synthesize_dataset", "SynthReport", "audio_filename"]
 
 
@@ -41,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-jsonl", default=None, help="output records (default: OUTPUT_DIR/paired.jsonl)"
     )
-    parser.add_argument("--engine", choices=("espeak", "kokoro"), default="espeak")
+    parser.add_argument("--engine", choices=("espeak", "kokoro"), default="espeak",
+                        help="TTS engine: espeak (eSpeak NG, offline) or kokoro (local weights)")
     parser.add_argument(
         "--voice",
         default=None,
@@ -55,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spoken-math",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="read LaTeX and math symbols aloud as words (default on)",
+        help="read LaTeX and math symbols aloud as words",
     )
     parser.add_argument(
         "--sample-rate",
@@ -63,8 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="resample the WAVs to this rate, e.g. 16000 (default: the engine's own rate)",
     )
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text", help="column holding the text to speak")
+    parser.add_argument("--id-column", default="id",
+                        help="column holding the record ids (WAV names); the row number if absent")
     parser.add_argument("--limit", type=int, default=None, help="only the first N records")
     parser.add_argument("--overwrite", action="store_true", help="re-synthesise existing WAVs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -101,8 +110,6 @@ def _record_ids(records: Sequence[Mapping[str, Any]], id_key: str) -> list[str]:
 
 
 def _write_wav_atomic(path: Path, audio: Any, sample_rate: int) -> None:
-    import soundfile as sf
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
     os.replace(tmp, path)
@@ -142,8 +149,9 @@ def synthesize_dataset(
     Args:
         records: dicts with ``text_key`` (and ``id_key``; the row number is the id otherwise).
         out_dir: output folder, created if needed.
-        engine: a :class:`cord.tts.TTSEngine` or an engine name for :func:`cord.tts.get_engine`.
-        spoken_math: normalise math to words first (:func:`cord.spoken_math.to_spoken`).
+        engine: a :class:`cord.data.tts.TTSEngine` or an engine name for
+            :func:`cord.data.tts.get_engine`.
+        spoken_math: normalise math to words first (:func:`cord.data.spoken_math.to_spoken`).
         overwrite: re-synthesise WAVs that exist (default: keep them, i.e. resume, unless the
             previous ``output_jsonl`` records a different spoken text for that id).
         output_jsonl: where to write the output records; relative paths are under ``out_dir``;
@@ -156,12 +164,6 @@ def synthesize_dataset(
         path relative to the JSONL's folder, absolute when no JSONL is written) and
         ``spoken_text``.
     """
-    from tqdm.auto import tqdm
-
-    from cord.data import resample
-    from cord.spoken_math import to_spoken
-    from cord.tts import get_engine
-
     if isinstance(engine, str):
         engine = get_engine(engine)
     if not hasattr(engine, "synthesize") or not hasattr(engine, "sample_rate"):
@@ -231,8 +233,6 @@ def synthesize_dataset(
 
 
 def _build_engine(args: argparse.Namespace) -> Any:
-    from cord.tts import get_engine
-
     if args.engine == "espeak":
         return get_engine("espeak", voice=args.voice or "en-us", rate=args.rate)
     return get_engine(
@@ -245,8 +245,10 @@ def _build_engine(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cord.data import read_records
-
+    if not Path(args.input).exists():
+        raise FileNotFoundError(
+            f"input {args.input!r} does not exist: pass a .jsonl/.json/.csv/.parquet file or a "
+            "saved dataset folder with a text column")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     records = read_records(args.input)

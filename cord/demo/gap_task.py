@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cord.data.paired import resample
+from cord.data.tts import get_engine
+from cord.models.adapter import PromptBatch, Qwen2AudioAdapter, build_adapter
+from cord.models.tiny import build_tiny_qwen2_audio
+from cord_kernels import token_logprobs
 
 NUMBER_WORDS = "zero one two three four five six seven eight nine".split()
 OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b}
@@ -57,7 +66,7 @@ class GapTaskConfig:
     """Spoken questions WITH answers in pre-training; the other training questions are heard
     only for transcription and form the unlabelled pool that post-training distils on."""
     seed: int = 0
-    # model (cord.tiny.build_tiny_qwen2_audio)
+    # model (cord.models.tiny.build_tiny_qwen2_audio)
     hidden_size: int = 64
     num_layers: int = 4
     audio_d_model: int = 64
@@ -135,8 +144,6 @@ def completion_text(answer: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    import os
-
     root = os.environ.get("CORD_CACHE", str(Path.home() / ".cache" / "cord"))
     return Path(root) / "demo"
 
@@ -163,9 +170,6 @@ class SlottedSpeech:
         self._engine = None
 
     def _synthesize(self, word: str) -> np.ndarray:
-        from cord.data import resample
-        from cord.tts import get_engine
-
         if self._engine is None:
             self._engine = get_engine("espeak", rate=self.rate)
         wave = resample(self._engine.synthesize(word), self._engine.sample_rate, SAMPLING_RATE)
@@ -213,10 +217,8 @@ def task_words() -> list[str]:
 
 
 def build_gap_model(config: GapTaskConfig, *, seed: int | None = None):
-    """A random-init tiny Qwen2-Audio (``cord.tiny``) sized by ``config``, and its adapter."""
-    from cord.adapter import Qwen2AudioAdapter
-    from cord.tiny import build_tiny_qwen2_audio
-
+    """A random-init tiny Qwen2-Audio (``cord.models.tiny``) sized by ``config``, and its
+    adapter."""
     model, processor = build_tiny_qwen2_audio(
         seed=config.seed if seed is None else seed,
         vocab_words=task_words(),
@@ -239,8 +241,6 @@ class _Batcher:
     batch (the processor runs once per item, not once per step)."""
 
     def __init__(self, adapter, records, modality: str, target: str):
-        import torch
-
         self.n = len(records)
         if modality == "audio":
             instruction = TRANSCRIBE_INSTRUCTION if target == "transcript" else None
@@ -262,8 +262,6 @@ class _Batcher:
             self.mask[i, : len(row)] = True
 
     def batch(self, idx):
-        from cord.adapter import PromptBatch
-
         p = self.prompts
         am = p.attention_mask[idx]
         first = int((am.sum(0) > 0).nonzero()[0])  # drop columns that are padding in all rows
@@ -275,8 +273,6 @@ class _Batcher:
 
 def nll(adapter, prompts, completion, mask):
     """Mean over sequences of the summed negative log-likelihood of the completion tokens."""
-    from cord_kernels import token_logprobs
-
     logits = adapter.completion_logits(prompts, completion, mask)
     lp = token_logprobs(logits, completion)
     return -(lp * mask).sum(-1).mean()
@@ -287,8 +283,6 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
     """Trains the tiny model on: text QA (every train question), audio transcription (every
     train question) and audio QA (``splits["audio_qa"]`` only, one batch every
     ``audio_qa_every`` steps). Returns the loss history."""
-    import torch
-
     model = adapter.model
     model.train()
     gen = torch.Generator().manual_seed(config.seed)
@@ -301,8 +295,6 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
     steps = range(config.pretrain_steps)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         steps = bar = tqdm(steps, desc="pre-training (text >> audio)", unit="step")
     history = []
 
@@ -335,16 +327,11 @@ def pretrained_base(config: GapTaskConfig, splits, *, cache_dir: str | Path | No
                     progress: bool = True, refresh: bool = False):
     """The pretrained gap model's adapter, loaded from ``cache_dir`` if this configuration was
     pretrained before (same key), else pretrained and saved there."""
-    from cord.adapter import Qwen2AudioAdapter
-
     path = Path(cache_dir or default_cache_dir()) / f"base-{config.key()}"
     if path.is_dir() and not refresh:
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        model.eval()
-        return Qwen2AudioAdapter(model, processor), True
+        adapter = build_adapter(path)
+        adapter.model.eval()
+        return adapter, True
     adapter = build_gap_model(config)
     pretrain(adapter, splits, config, progress=progress)
     path.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,22 @@ requires the mel input to be exactly ``2 * max_source_positions`` frames long.
 
 Example:
     >>> model, processor = build_tiny_qwen2_audio(seed=0)
-    >>> adapter = Qwen2AudioAdapter(model, processor)        # cord.adapter
+    >>> adapter = Qwen2AudioAdapter(model, processor)        # cord.models.adapter
 """
 
 from __future__ import annotations
 
 import string
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
+    WhisperFeatureExtractor,
+)
 
 #: Words the tiny tokenizer merges into single tokens (a BPE over them, byte fallback for the rest).
 DEFAULT_WORDS: tuple[str, ...] = tuple(
@@ -78,9 +88,6 @@ def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None):
     and without a leading space, capitalised or not) is one token; a number caps the
     vocabulary instead. ``eos_token`` is ``<|im_end|>``, ``pad_token`` is ``<|endoftext|>``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     if vocab_words is not None and (
         isinstance(vocab_words, str) or not all(isinstance(w, str) for w in vocab_words)
     ):
@@ -152,14 +159,6 @@ def build_tiny_qwen2_audio(
     Returns:
         ``(model, processor)``; the model is in eval mode, float32, on the CPU.
     """
-    import torch
-    from transformers import (
-        Qwen2AudioConfig,
-        Qwen2AudioForConditionalGeneration,
-        Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
-    )
-
     for name, value in [
         ("hidden_size", hidden_size), ("num_layers", num_layers), ("audio_d_model", audio_d_model),
         ("audio_layers", audio_layers), ("chunk_seconds", chunk_seconds),

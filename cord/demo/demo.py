@@ -1,12 +1,13 @@
 """``cord demo``: CORD closing a real audio-text gap of a tiny audio LM, on the CPU, in minutes.
 
-1. Builds the spoken/written arithmetic task of :mod:`cord.gap_task` (eSpeak NG speech, cached).
+1. Builds the spoken/written arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech,
+   cached).
 2. Pre-trains a tiny Qwen2-Audio-shaped model with much more text than audio supervision, which
    opens a real modality gap (cached per configuration: a second run skips it).
 3. Measures its text and audio accuracy on held-out questions.
 4. From that same start, for every seed, post-trains it on the (unlabelled) paired training
    prompts with the paper's SFT and forward-KL baselines and with CORD, through
-   :class:`cord.trainer.CordTrainer` with identical settings, and measures each again.
+   :class:`cord.train.trainer.CordTrainer` with identical settings, and measures each again.
 5. Prints the paper's Table 1 for it (accuracy per modality, Δ, gap reduction) and writes it as
    markdown and JSON, with the KL analysis of the base model's audio rollouts as PNGs.
 
@@ -25,6 +26,23 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from cord.config import CordConfig
+from cord.demo.gap_task import (
+    QUICK,
+    GapTaskConfig,
+    SlottedSpeech,
+    attach_audio,
+    make_splits,
+    pretrained_base,
+)
+from cord.eval.analyze import analyze_rollouts, rollout_kl, save_rollouts, summary_line
+from cord.eval.evaluate import evaluate, gap_summary, gap_table
+from cord.rewards.judge import build_judge
+from cord.train.trainer import CordTrainer
 
 METHODS = {"sft": "+ SFT", "fkl": "+ Forward KL", "cord": "+ CORD"}
 BASE_NAME = "Tiny base"
@@ -50,8 +68,6 @@ QUICK_POST = PostTrainConfig(max_steps=6, batch_size=8)
 
 
 def _sizes(size: str):
-    from cord.gap_task import QUICK, GapTaskConfig
-
     if size == "full":
         return GapTaskConfig(), FULL_POST
     if size == "tiny":
@@ -60,19 +76,13 @@ def _sizes(size: str):
 
 
 def _say(msg: str) -> None:
-    from tqdm.auto import tqdm
-
     tqdm.write(msg)
 
 
 def post_train(base_adapter, method: str, train_records, post: PostTrainConfig, *, seed: int,
                output_dir: Path, progress: bool = True):
-    """A copy of the base model trained with ``method`` by :class:`cord.trainer.CordTrainer`;
+    """A copy of the base model trained with ``method`` by :class:`cord.train.trainer.CordTrainer`;
     returns its adapter and the trainer's last metrics."""
-    from cord.config import CordConfig
-    from cord.judge import build_judge
-    from cord.trainer import CordTrainer
-
     adapter = base_adapter.with_model(copy.deepcopy(base_adapter.model))
     config = CordConfig(
         model="tiny",  # unused: the adapter is passed in
@@ -100,8 +110,6 @@ def post_train(base_adapter, method: str, train_records, post: PostTrainConfig, 
 
 
 def _evaluate(adapter, records, name: str, progress: bool):
-    from cord.evaluate import evaluate
-
     return evaluate(adapter, records, name=name, max_new_tokens=12, batch_size=60,
                     progress=progress)
 
@@ -149,8 +157,6 @@ def summary_markdown(results: dict[str, Any], command: str) -> str:
     ]
     stats = results.get("kl_analysis")
     if stats:
-        from cord.analyze import summary_line
-
         lines += [
             "KL analysis of the base model's audio rollouts (the paper's Figures 2-3): "
             + summary_line(stats) + ".",
@@ -189,8 +195,6 @@ def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cor
             model is tiny, and a single thread does not stall when other processes share the
             cores (two spinning OpenMP threads on a busy 2-core machine ran 50x slower).
     """
-    import torch
-
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -204,11 +208,6 @@ def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cor
 
 def _run_demo(*, size, seeds, methods, output_dir, cache_dir, refresh, analysis, progress,
               post_overrides, command) -> dict[str, Any]:
-    import torch
-
-    from cord.evaluate import gap_summary, gap_table
-    from cord.gap_task import SlottedSpeech, attach_audio, make_splits, pretrained_base
-
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
@@ -283,8 +282,6 @@ def _run_demo(*, size, seeds, methods, output_dir, cache_dir, refresh, analysis,
     table = gap_table(table_runs, BASE_NAME)
     stats = None
     if analysis:
-        from cord.analyze import analyze_rollouts, rollout_kl, save_rollouts
-
         t = time.perf_counter()
         rollouts = rollout_kl(base, splits["eval"], max_new_tokens=post.max_completion_length,
                               temperature=1.0, batch_size=60, seed=0, progress=progress)
@@ -316,14 +313,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=("full", "tiny"), default="full",
                         help="full: the README's numbers (~15 min on 2 cores); tiny: ~1-2 min")
     parser.add_argument("--quick", action="store_true", help="same as --size tiny")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="post-training seeds (one run of every method per seed)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS),
-                        default=["sft", "fkl", "cord"])
-    parser.add_argument("--output-dir", default="cord_demo")
+                        default=["sft", "fkl", "cord"], help="post-training methods to compare")
+    parser.add_argument("--output-dir", default="cord_demo",
+                        help="where results.json, table.md, README.md and the PNGs go")
     parser.add_argument("--cache-dir", default=None,
                         help="speech and pre-trained bases (default ~/.cache/cord/demo)")
     parser.add_argument("--refresh", action="store_true", help="pre-train even if cached")
-    parser.add_argument("--steps", type=int, default=None, help="post-training steps per run")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="post-training steps per run (default: 150, or 6 with --quick)")
     parser.add_argument("--no-analysis", action="store_true", help="skip the KL plots")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the model is tiny, and one thread "
@@ -343,8 +343,6 @@ def run(args: argparse.Namespace) -> int:
     print(results["table"])
     print(results["verdict"])
     if results["kl_analysis"]:
-        from cord.analyze import summary_line
-
         print("KL analysis of the base model's audio rollouts: "
               + summary_line(results["kl_analysis"]))
     t = results["timings_s"]
