@@ -48,7 +48,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from transformers import AutoProcessor, GenerationConfig, Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import resample
 from cord.models.tiny import build_tiny_qwen2_audio
@@ -237,10 +237,10 @@ class ChatAdapter:
         max_new_tokens: int,
         temperature: float,
         num_return_sequences: int = 1,
-        top_p: float = 1.0,
-        top_k: int = 0,
     ) -> torch.Tensor:
-        """Samples completions; ``temperature=0`` decodes greedily.
+        """Draws completions from the model's own distribution; ``temperature=0`` decodes
+        greedily. Nothing comes from the model's ``generation_config`` (see
+        :func:`sampling_config`): on-policy samples are draws from p_theta.
 
         Returns:
             (B * num_return_sequences, T) long ids of the new tokens, the copies of prompt i in
@@ -249,27 +249,17 @@ class ChatAdapter:
         model = unwrap_model(self.model)
         device = next(model.parameters()).device
         prompts = prompts.to(device)
-        sample = temperature > 0
-        opts: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            num_return_sequences=num_return_sequences,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_ids,
-        )
-        if self.suppress_token_ids:
-            opts["suppress_tokens"] = list(self.suppress_token_ids)
-        if sample:
-            opts.update(temperature=temperature, top_p=top_p, top_k=top_k)
-        else:
-            opts.update(temperature=None, top_p=None, top_k=None)
+        config = sampling_config(
+            max_new_tokens=max_new_tokens, temperature=temperature,
+            num_return_sequences=num_return_sequences, pad_token_id=self.pad_token_id,
+            eos_token_ids=self.eos_token_ids, suppress_token_ids=self.suppress_token_ids)
         was_training = model.training
         model.eval()
         try:
-            with gathered_parameters(self.model):
+            with gathered_parameters(self.model), _only_generation_config(model, config):
                 out = model.generate(
                     input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
-                    **prompts.model_kwargs, **opts,
+                    generation_config=config, **prompts.model_kwargs,
                 )
         finally:
             model.train(was_training)
@@ -345,6 +335,60 @@ class ChatAdapter:
         new.__dict__.update(self.__dict__)
         new.model = model
         return new
+
+
+def sampling_config(
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    num_return_sequences: int = 1,
+    pad_token_id: int,
+    eos_token_ids: Sequence[int],
+    suppress_token_ids: Sequence[int] = (),
+) -> GenerationConfig:
+    """The explicit generation config of every sampling call: a draw from softmax(logits / T)
+    (greedy for ``temperature=0``) and nothing else.
+
+    Every logits processor ``generate`` knows is set to its neutral value: no top-k / top-p /
+    min-p / typical / epsilon / eta truncation, no repetition penalty, no n-gram blocking, no
+    forced minimum length, no bad words or sequence bias, no forced BOS/EOS, one beam. The
+    one deliberate exception is ``suppress_token_ids``: placeholders (Qwen2-Audio's
+    ``<|AUDIO|>``) that would change the meaning of a completion fed back, so the samples are
+    p_theta conditioned on never emitting them (their mass is ~0 in a trained model).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sample = temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=0,
+        do_sample=sample, num_beams=1, num_beam_groups=1,
+        num_return_sequences=num_return_sequences,
+        temperature=float(temperature) if sample else 1.0,
+        top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, length_penalty=1.0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+        renormalize_logits=False, remove_invalid_values=False, use_cache=True,
+        pad_token_id=int(pad_token_id), eos_token_id=[int(e) for e in eos_token_ids],
+        suppress_tokens=[int(t) for t in suppress_token_ids] or None,
+    )
+
+
+@contextmanager
+def _only_generation_config(model: nn.Module, config: GenerationConfig):
+    """Makes ``config`` the model's ``generation_config`` for one ``generate`` call.
+
+    ``generate`` fills every field a passed config leaves None from ``model.generation_config``
+    (transformers 5), and fields such as ``min_p``, ``bad_words_ids``, ``sequence_bias``,
+    ``forced_eos_token_id`` or ``top_h`` are neutral only as None: the one way to inherit
+    nothing is to have nothing to inherit from."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 @contextmanager
