@@ -96,7 +96,7 @@ def test_greedy_is_deterministic_and_references_are_text_answers(adapter):
     a = sample(adapter, x_a, temperature=0.0, max_new_tokens=6)
     b = sample(adapter, x_a, temperature=0.0, max_new_tokens=6)
     assert torch.equal(a.completion_ids, b.completion_ids)
-    refs = text_references(adapter, QUESTIONS[:2], temperature=0.0, max_new_tokens=6)
+    refs = text_references(adapter, QUESTIONS[:2], temperature=0.0, max_new_tokens=6).texts
     x_t = adapter.text_prompts(QUESTIONS[:2])
     direct = sample(adapter, x_t, temperature=0.0, max_new_tokens=6)
     assert refs == direct.texts

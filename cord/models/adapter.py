@@ -23,7 +23,9 @@ Subclass :class:`ChatAdapter` (or write any class with the same methods, see
 - ``_encode(texts, audios)``: runs the processor; must return left-padded ``input_ids`` and
   ``attention_mask`` plus any per-example tensors (mel features, their masks) the model's
   ``forward`` and ``generate`` take as keyword arguments;
-- ``lm_head(model)``: the output projection, if it is not ``model.lm_head``.
+- ``lm_head(model)``: the output projection, if it is not ``model.lm_head``;
+- ``module_groups``: the submodules behind the ``audio`` and ``projector`` parameter groups
+  (what ``trainable=audio|projector`` trains).
 
 The forward pass always gets ``position_ids = cumsum(attention_mask) - 1``, the same positions
 ``generate`` uses for left-padded prompts, so logits scored here are the ones that were sampled.
@@ -130,6 +132,8 @@ class ModelAdapter(Protocol):
         ...
 
     def with_model(self, model: nn.Module) -> ModelAdapter: ...
+
+    def parameter_group(self, group: str) -> list[tuple[str, nn.Parameter]]: ...
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -329,6 +333,33 @@ class ChatAdapter:
             for ids, m in zip(completion_ids.cpu(), completion_mask.cpu(), strict=True)
         ]
 
+    # -- parameter groups ----------------------------------------------------------------------
+
+    #: ``trainable`` group -> names of the bare model's child modules it holds ("all" is every
+    #: parameter). Subclasses name their audio encoder and projector here.
+    module_groups: dict[str, tuple[str, ...]] = {}
+
+    def parameter_group(self, group: str) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of the bare model in ``group``: "all", or one of
+        :attr:`module_groups` ("audio" = audio encoder + projector, "projector")."""
+        bare = unwrap_model(self.model)
+        if group == "all":
+            return list(bare.named_parameters())
+        if group not in self.module_groups:
+            raise ValueError(f"trainable must be one of {['all', *self.module_groups]} for "
+                             f"{type(self).__name__}, got {group!r}")
+        names = {id(q): n for n, q in bare.named_parameters()}
+        out = []
+        for child in self.module_groups[group]:
+            # transformers 5 nests the parts under ``model``; older layouts had them on top.
+            found = [m for prefix in ("", "model.") for m in [_submodule(bare, prefix + child)]
+                     if m is not None]
+            if not found:
+                raise TypeError(f"{type(bare).__name__} has no submodule {child!r} (parameter "
+                                f"group {group!r})")
+            out += [(names[id(q)], q) for q in found[0].parameters()]
+        return out
+
     def with_model(self, model: nn.Module) -> ChatAdapter:
         """The same adapter over another model (a frozen or EMA teacher, a prepared model)."""
         new = object.__new__(type(self))
@@ -432,7 +463,12 @@ class Qwen2AudioAdapter(ChatAdapter):
     The audio goes in the user turn through the chat template
     (``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>``); the processor expands ``<|AUDIO|>`` to
     one token per encoder frame and returns ``input_features`` and ``feature_attention_mask``.
+    Parameter groups: ``audio`` = the Whisper-style ``audio_tower`` + ``multi_modal_projector``,
+    ``projector`` = ``multi_modal_projector`` alone.
     """
+
+    module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
+                     "projector": ("multi_modal_projector",)}
 
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
         super().__init__(model, processor, system_prompt=system_prompt)
@@ -447,6 +483,27 @@ class Qwen2AudioAdapter(ChatAdapter):
         ids = [tok.convert_tokens_to_ids(n) for n in names]
         self.suppress_token_ids = sorted({int(i) for i in ids
                                           if i is not None and i != tok.unk_token_id})
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def train_only(adapter: ModelAdapter, group: str) -> tuple[int, int]:
+    """Freezes every parameter of ``adapter.model`` outside ``group`` (``requires_grad``
+    False) and unfreezes the group; returns ``(trained, total)`` parameter counts."""
+    chosen = {id(q) for _, q in adapter.parameter_group(group)}
+    trained = total = 0
+    for q in unwrap_model(adapter.model).parameters():
+        q.requires_grad_(id(q) in chosen)
+        total += q.numel()
+        trained += q.numel() if id(q) in chosen else 0
+    if trained == 0:
+        raise ValueError(f"trainable={group!r} selects no parameter")
+    return trained, total
 
 
 def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
