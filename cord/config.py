@@ -25,6 +25,8 @@ import yaml
 TEACHERS = ("live", "base", "ema")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
+#: How the trainer spreads the model over processes (``cord.train.distributed``).
+DISTRIBUTED = ("accelerate", "fsdp2")
 #: Datasets ``cord train`` synthesizes itself; any other ``dataset`` is a path.
 SYNTHETIC_DATASETS = ("arithmetic", "multiple_choice")
 #: What a rollout the judge cannot score gets: reward 0 (the paper's binary reward) or no
@@ -121,6 +123,12 @@ class CordConfig:
     max_grad_norm: float = option(1.0, "clip the global gradient norm (0 disables clipping; the "
                                   "norm is still logged)")
     bf16: bool | None = option(None, "bf16 autocast; None = on when a CUDA device supports it")
+    fp32_master_weights: bool = option(True, "train float32 weights even when the model was "
+                                       "loaded in bf16/fp16 (bf16 compute comes from autocast); "
+                                       "false updates the low-precision weights directly")
+    distributed: str = option("accelerate", "accelerate (whatever `accelerate launch` set up: "
+                              "DDP, FSDP, DeepSpeed) | fsdp2 (the trainer shards the model "
+                              "with torch's fully_shard itself; also on the CPU)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
                                           "(less memory, more time)")
     seed: int = option(42, "seed of the weights of model=tiny, the data order and the rollouts")
@@ -160,6 +168,7 @@ class CordConfig:
             _choice("trainable", self.trainable, TRAINABLE)
         _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        _choice("distributed", self.distributed, DISTRIBUTED)
         for r in self.report_to:
             _choice("report_to", r, REPORT_TO)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",

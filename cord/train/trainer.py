@@ -9,7 +9,8 @@ the weights, the optimizer and the schedule untouched), the AdamW step, the EMA 
 metrics and checkpoints.
 
 Distributed: run under ``accelerate launch`` (DDP, FSDP, DeepSpeed; see
-``examples/accelerate/``). Each process samples its own share of the global batch; losses are
+``examples/accelerate/``), or shard with FSDP2 here (``distributed=fsdp2``,
+``cord.train.distributed``). Each process samples its own share of the global batch; losses are
 per-sequence means, so averaged gradients equal those of one process with the global batch.
 
 Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
@@ -17,7 +18,9 @@ over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grp
 ``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
 ``judged_fraction`` (GRPO groups); ``agreement`` and ``agreement_judged_fraction`` (audio answer
 == the teacher's text answer, per the judge; see ``cord.train.metrics``); ``completion_length``;
-``grad_norm``, ``learning_rate``, ``skipped``, ``generated_tokens`` (cumulative over the run and
+``grad_norm``; ``weight_change`` (relative change ||w' - w|| / ||w|| of the trained weights per
+step) and ``weights_changed`` (the fraction that changed at all; see ``cord.train.precision``);
+``learning_rate``, ``skipped``, ``generated_tokens`` (cumulative over the run and
 all processes: every rollout, GRPO group, judge reference and teacher rollout),
 ``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
 
@@ -64,7 +67,9 @@ from cord.data.synthetic import synthetic_dataset
 from cord.models.adapter import ModelAdapter, build_adapter, train_only, unwrap_model
 from cord.rewards.judge import build_judge as make_judge
 from cord.train import metrics as M
+from cord.train.distributed import build_strategy
 from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, trainable_group
+from cord.train.precision import WeightChange, fp32_master_weights
 from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -171,6 +176,8 @@ class CordTrainer:
         self.adapter = adapter if adapter is not None else build_adapter(
             cfg.model, seed=cfg.seed, system_prompt=cfg.system_prompt)
         model = self.adapter.model
+        if cfg.fp32_master_weights:  # before the teacher copies the model
+            fp32_master_weights(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
@@ -187,15 +194,20 @@ class CordTrainer:
 
         self.trainable = trainable_group(cfg)
         self.trained_parameters, self.total_parameters = train_only(self.adapter, self.trainable)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+
+        def make_optimizer(net):  # after sharding, where the strategy shards
+            return torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
+                                     lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+
         loader = torch.utils.data.DataLoader(
             self.train_dataset, batch_size=cfg.per_device_train_batch_size, shuffle=True,
             collate_fn=collate_paired, drop_last=False,
         )
-        self.model, self.optimizer, self.dataloader = acc.prepare(model, optimizer, loader)
+        # DDP/FSDP/DeepSpeed through accelerate, or FSDP2 applied here (cord.train.distributed).
+        self.parallel = build_strategy(cfg.distributed, acc, bf16=mixed)
+        self.model, self.optimizer, self.dataloader = self.parallel.prepare(
+            model, make_optimizer, loader)
         self.adapter = self.adapter.with_model(self.model)
         self.teacher.set_student(self.adapter)
 
@@ -233,7 +245,7 @@ class CordTrainer:
         """Saves everything needed to resume exactly to ``output_dir/checkpoint-<step>``."""
         acc = self.accelerator
         path = self.output_dir / f"checkpoint-{self.state.global_step}"
-        acc.save_state(str(path))
+        self.parallel.save(path, self.model, self.optimizer)
         self._last_saved_step = self.state.global_step
         if acc.is_main_process:
             (path / TRAINER_STATE_NAME).write_text(json.dumps(
@@ -258,7 +270,7 @@ class CordTrainer:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
-        self.accelerator.load_state(str(path))
+        self.parallel.load(path, self.model, self.optimizer)
         self._last_saved_step = self.state.global_step
         self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
 
@@ -267,9 +279,7 @@ class CordTrainer:
         acc = self.accelerator
         path = Path(path) if path is not None else self.output_dir / "final"
         acc.wait_for_everyone()
-        bare = acc.unwrap_model(self.model)
-        bare.save_pretrained(str(path), is_main_process=acc.is_main_process,
-                             save_function=acc.save, state_dict=acc.get_state_dict(self.model))
+        self.parallel.save_pretrained(self.model, path)
         if acc.is_main_process and hasattr(self.adapter, "processor"):
             self.adapter.processor.save_pretrained(str(path))
         if acc.is_main_process:
@@ -341,8 +351,10 @@ class CordTrainer:
         last: dict[str, Any] = {}
         batches = self._batches()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        moved = WeightChange(params)  # what each step really did to the weights
         # The logging window: metrics are averaged over the steps since the last log line.
-        window: dict[str, Any] = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": []}
+        window: dict[str, Any] = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": [],
+                                  "moves": []}
         while self.state.global_step < self.max_steps:
             t0 = time.perf_counter()
             parts, tokens, finite_loss = [], 0, True
@@ -357,10 +369,12 @@ class CordTrainer:
                 tokens += out.num_generated_tokens
             # Every process has all-reduced gradients here: the norm (and the verdict) agree.
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(acc.clip_grad_norm_(params, max_norm))
+            grad_norm = self.parallel.clip_grad_norm_(params, max_norm)
             finite = _all_true(acc, finite_loss) and math.isfinite(grad_norm)
             if finite:
+                moved.before()
                 self.optimizer.step()
+                window["moves"].append(moved.after())
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                     self.teacher.update()
@@ -387,6 +401,7 @@ class CordTrainer:
                 all_parts = gather_object(window["parts"])
                 all_tokens = window["tokens"]
                 metrics = M.mean_metrics(all_parts)
+                metrics.update(M.mean_metrics(window["moves"]))
                 # The loss of a skipped step is reported as it was (NaN/Inf), not averaged away.
                 metrics["loss"] = float(np.mean([p["loss"] for p in all_parts]))
                 metrics.update(
@@ -399,7 +414,8 @@ class CordTrainer:
                 )
                 self._log(metrics, bar)
                 last = metrics
-                window = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": []}
+                window = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": [],
+                          "moves": []}
             if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps:
                 self.save_checkpoint()
             if self.on_step_end is not None:
@@ -411,6 +427,7 @@ class CordTrainer:
             self.save_checkpoint()
         self.save_model()
         acc.end_training()
+        self.parallel.close()
         return last
 
 
