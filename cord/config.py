@@ -143,7 +143,13 @@ class CordConfig:
     save_total_limit: int | None = option(None, "keep only the newest this many checkpoints "
                                           "(None = all)")
     resume_from_checkpoint: str | None = option(None, 'a checkpoint directory, or "latest" for '
-                                                "the newest one in output_dir")
+                                                "the newest complete one in output_dir")
+    on_bad_record: str = option("error", '"error": a bad record of a dataset file stops the run '
+                                "before step 1; \"skip\": train on the rest (listed in "
+                                "output_dir/bad_records.jsonl)")
+    max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
+                                           "records are bad: a count (>= 1), a fraction (< 1) "
+                                           "or None (no limit)")
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
                                   default_factory=lambda: ["tensorboard"])
     disable_tqdm: bool = option(False, "hide the progress bar")
@@ -205,6 +211,12 @@ class CordConfig:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
             raise ValueError("model must be 'tiny' or a local model directory, got ''")
+        _choice("on_bad_record", self.on_bad_record, ("error", "skip"))
+        if self.max_bad_records is not None and not (
+                self.max_bad_records >= 0
+                and (self.max_bad_records < 1 or float(self.max_bad_records).is_integer())):
+            raise ValueError("max_bad_records must be a whole count >= 1, a fraction in [0, 1) "
+                             f"or None, got {self.max_bad_records}")
 
     # -- loading ------------------------------------------------------------------------------
 

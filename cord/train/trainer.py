@@ -31,7 +31,11 @@ frozen parameters get ``requires_grad=False`` and stay out of the optimizer; the
 Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
 the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
 continues exactly where it stopped: data loading never draws from the global RNG, so the next
-rollouts are the ones the uninterrupted run would have sampled.
+rollouts are the ones the uninterrupted run would have sampled. They are written atomically
+(``cord.train.checkpoint``: a kill mid-save leaves the previous ones whole), and SIGTERM/SIGINT
+stops the run after the current step with a checkpoint (``cord.train.preempt``). A judge that
+raises never kills a step: its verdicts count as unjudged, and the failed calls are logged as
+``judge_errors``.
 
 Example:
     >>> from cord.config import CordConfig
@@ -42,7 +46,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +65,23 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from cord.config import SYNTHETIC_DATASETS, CordConfig, hparams
-from cord.data.paired import collate_paired, load_paired
+from cord.data.paired import collate_paired
 from cord.data.synthetic import synthetic_dataset
+from cord.data.validate import load_paired_checked
 from cord.models.adapter import ModelAdapter, build_adapter, train_only, unwrap_model
+from cord.rewards.judge import GuardedJudge
 from cord.rewards.judge import build_judge as make_judge
 from cord.train import metrics as M
+from cord.train.checkpoint import (
+    complete_checkpoints,
+    resolve_checkpoint,
+    save_atomically,
+    trim_metrics,
+)
 from cord.train.distributed import build_strategy
 from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, trainable_group
 from cord.train.precision import WeightChange, fp32_master_weights
+from cord.train.preempt import GracefulStop
 from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -80,14 +92,20 @@ TRAINING_INFO_NAME = "training_info.json"
 # -- building the pieces from a config ---------------------------------------------------------
 
 
-def build_dataset(config: CordConfig, sampling_rate: int):
+def build_dataset(config: CordConfig, sampling_rate: int, *, report=print,
+                  write_bad_records: bool = True):
     """The training prompts: a synthesized task (audio by eSpeak NG, or tones with
-    ``dataset_audio="tone"``) or ``load_paired(config.dataset)``."""
+    ``dataset_audio="tone"``) or the records of ``config.dataset``, every one checked first
+    under ``config.on_bad_record`` / ``max_bad_records`` (``cord.data.validate``; the bad ones
+    listed in ``output_dir/bad_records.jsonl`` when ``write_bad_records``)."""
     if config.dataset in SYNTHETIC_DATASETS:
         return synthetic_dataset(config.dataset, config.dataset_size, seed=config.seed,
                                  audio=config.dataset_audio, sampling_rate=sampling_rate,
                                  progress=not config.disable_tqdm)
-    return load_paired(config.dataset, sampling_rate=sampling_rate)
+    return load_paired_checked(
+        config.dataset, sampling_rate=sampling_rate, on_bad_record=config.on_bad_record,
+        max_bad_records=config.max_bad_records, report=report,
+        output_dir=config.output_dir if write_bad_records else None)
 
 
 def build_judge(config: CordConfig, adapter: ModelAdapter):
@@ -186,9 +204,12 @@ class CordTrainer:
         self.judge = judge if judge is not None else build_judge(cfg, self.adapter)
         if self.judge is None and OBJECTIVES[cfg.objective].needs_judge(cfg):
             raise ValueError(f"objective={cfg.objective!r} needs a judge; set judge (not 'none')")
+        if self.judge is not None and not isinstance(self.judge, GuardedJudge):
+            # A judge's exception never kills a step: its verdicts become "undecided".
+            self.judge = GuardedJudge(self.judge)
         sr = int(getattr(self.adapter, "sampling_rate", 16000))
-        self.train_dataset = (train_dataset if train_dataset is not None
-                              else build_dataset(cfg, sr))
+        self.train_dataset = (train_dataset if train_dataset is not None else build_dataset(
+            cfg, sr, report=acc.print, write_bad_records=acc.is_main_process))
         if len(self.train_dataset) == 0:
             raise ValueError("train_dataset is empty")
 
@@ -223,6 +244,8 @@ class CordTrainer:
         self.ctx = StepContext(self.adapter, self.teacher, cfg, self.judge, acc.device)
         self.log_history: list[dict[str, Any]] = []
         self._last_saved_step = -1
+        #: The signal that stopped the run early (``"SIGTERM"``), None when it ran to the end.
+        self.stop_reason: str | None = None
 
     # -- schedule ------------------------------------------------------------------------
 
@@ -237,39 +260,34 @@ class CordTrainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoints(self) -> list[Path]:
-        """Checkpoint directories in ``output_dir``, oldest first."""
-        found = [p for p in self.output_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[11:]))
+        """Complete checkpoint directories in ``output_dir``, oldest first."""
+        return complete_checkpoints(self.output_dir)
 
     def save_checkpoint(self) -> Path:
-        """Saves everything needed to resume exactly to ``output_dir/checkpoint-<step>``."""
-        acc = self.accelerator
-        path = self.output_dir / f"checkpoint-{self.state.global_step}"
-        self.parallel.save(path, self.model, self.optimizer)
-        self._last_saved_step = self.state.global_step
-        if acc.is_main_process:
+        """Saves everything needed to resume exactly to ``output_dir/checkpoint-<step>``,
+        atomically (``cord.train.checkpoint``); raises ``CheckpointSaveError`` on a failed
+        write, leaving the previous checkpoints intact."""
+
+        def write_extra(path: Path) -> None:
             (path / TRAINER_STATE_NAME).write_text(json.dumps(
                 {**self.state.state_dict(), "max_steps": self.max_steps,
                  "log_history": self.log_history[-100:]}, indent=1))
             self.config.to_yaml(path / "cord_config.yaml")
-            limit = self.config.save_total_limit
-            if limit:
-                for old in self.checkpoints()[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+
+        def write_state(path: Path) -> None:  # every process
+            self.parallel.save(path, self.model, self.optimizer)
+
+        path = save_atomically(self.accelerator, self.output_dir, self.state.global_step,
+                               write_state, write_extra,
+                               save_total_limit=self.config.save_total_limit)
+        self._last_saved_step = self.state.global_step
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restores model, optimizer, scheduler, RNG, teacher and trainer state."""
-        if str(path) == "latest":
-            found = self.checkpoints()
-            if not found:
-                raise FileNotFoundError(f"resume_from_checkpoint='latest' but {self.output_dir} "
-                                        "holds no checkpoint-* directory")
-            path = found[-1]
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
+        """Restores model, optimizer, scheduler, RNG, teacher and trainer state from ``path``
+        or, for ``"latest"``, the newest complete checkpoint (partial ones are reported)."""
+        path = resolve_checkpoint(self.output_dir, path, report=self.accelerator.print,
+                                  remove_stale=self.accelerator.is_main_process)
         self.parallel.load(path, self.model, self.optimizer)
         self._last_saved_step = self.state.global_step
         self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
@@ -330,7 +348,25 @@ class CordTrainer:
                  and math.isfinite(v) and k != "step"}, step=metrics["step"])
 
     def train(self) -> dict[str, Any]:
-        """Runs to ``max_steps``; returns the metrics of the last step."""
+        """Runs to ``max_steps``; returns the metrics of the last logged step.
+
+        On SIGTERM/SIGINT it stops after the current optimizer step instead, saves a checkpoint
+        and returns with ``stop_reason`` set (``cord.train.preempt``)."""
+        with GracefulStop() as stop:
+            return self._train(stop)
+
+    def _judge_failures(self) -> dict[str, int]:
+        """Judge calls that raised in the logging window, summed over processes."""
+        if not isinstance(self.judge, GuardedJudge):
+            return {}
+        last = self.judge.last_error
+        errors = sum(gather_object([self.judge.pop_counts()["judge_errors"]]))
+        if errors:
+            self.accelerator.print(f"the judge failed {errors} time(s) since the last log line "
+                                   f"(latest: {last}); those verdicts count as unjudged")
+        return {"judge_errors": errors}
+
+    def _train(self, stop: GracefulStop) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +375,8 @@ class CordTrainer:
             acc.init_trackers("cord", config=hparams(cfg))
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
+        if acc.is_main_process:  # the steps after the start are (re)done and (re)logged
+            trim_metrics(self.output_dir / "metrics.jsonl", self.state.global_step)
         global_batch = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                         * acc.num_processes)
         acc.print(f"cord: {cfg.objective} for {self.max_steps} steps on {acc.num_processes} "
@@ -402,6 +440,7 @@ class CordTrainer:
                 all_tokens = window["tokens"]
                 metrics = M.mean_metrics(all_parts)
                 metrics.update(M.mean_metrics(window["moves"]))
+                metrics.update(self._judge_failures())
                 # The loss of a skipped step is reported as it was (NaN/Inf), not averaged away.
                 metrics["loss"] = float(np.mean([p["loss"] for p in all_parts]))
                 metrics.update(
@@ -421,11 +460,20 @@ class CordTrainer:
             if self.on_step_end is not None:
                 self.on_step_end(step, self)
                 self.model.train()
+            # Every process asks (one all-reduce), so all stop after this same step.
+            if step < self.max_steps and stop.requested(acc):
+                self.stop_reason = stop.reason or "a stop signal on another process"
+                break
         if bar is not None:
             bar.close()
         if self._last_saved_step != self.state.global_step:
             self.save_checkpoint()
-        self.save_model()
+        if self.stop_reason is not None:
+            acc.print(f"cord: stopped by {self.stop_reason} after step {self.state.global_step} "
+                      f"of {self.max_steps}; checkpoint-{self.state.global_step} is saved: "
+                      "resume with resume_from_checkpoint=latest")
+        else:
+            self.save_model()
         acc.end_training()
         self.parallel.close()
         return last
