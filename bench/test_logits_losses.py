@@ -17,6 +17,7 @@ CASES = [
     if loss != "jsd"  # bench/test_distill.py: fwd+bwd only in the default run
     for provider in LOGITS_PROVIDERS[loss]
     for mode in CONFIG.modes
+    if provider.modes is None or mode in provider.modes
 ]
 
 

@@ -26,14 +26,13 @@ Layout: kernels, launchers (``jsd_fwd``, ``jsd_bwd``), custom ops, autograd Func
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 
 from cord_kernels._dispatch import Impl, resolve_impl, triton_available
-from cord_kernels._rows import NUM_WARPS, block_v, row_view
+from cord_kernels._rows import block_v, launch_device, num_warps, row_view
 from cord_kernels._validation import check_bool, check_logits_pair, check_temperature, check_unit
 from cord_kernels.kl import forward_kl, reverse_kl
 from cord_kernels.torch_path import TorchJSDFunction
@@ -165,11 +164,6 @@ if triton_available():  # Triton is optional: without it only the torch path exi
 # ----------------------------------------------------------------------------- launchers
 
 
-def _on_device(x: torch.Tensor):
-    """Launch on the tensors' GPU, not on whatever device is current."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
 def _beta_args(beta: float) -> tuple[float, float, float]:
     if not 0.0 < beta < 1.0:
         raise ValueError(f"the JSD kernels need 0 < beta < 1 (0 and 1 are the KLs), got {beta}")
@@ -186,13 +180,13 @@ def jsd_fwd(x: torch.Tensor, y: torch.Tensor, beta: float, temperature: float
     stats = torch.empty(n, N_STATS, device=x.device, dtype=torch.float32)
     if n == 0:
         return d, stats
-    with _on_device(x):
+    with launch_device(x):
         _jsd_fwd_kernel[(n,)](
             vx.tensor, vy.tensor, d, stats,
             *vx.strides(), *vy.strides(),
             vx.rows_per_a, V, 1.0 / temperature, *_beta_args(beta),
             BLOCK_V=block_v(V),
-            num_warps=NUM_WARPS,
+            num_warps=num_warps(),
         )
     return d, stats
 
@@ -207,13 +201,10 @@ def jsd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: to
     n, V = vx.n_rows, x.shape[-1]
     if n == 0 or (dx is None and dy is None):
         return
-    for name, buf in (("dx", dx), ("dy", dy)):
-        if buf is not None and not buf.is_contiguous():
-            # row_view may copy a non-contiguous buffer, and the kernel would write the copy.
-            raise ValueError(f"{name} must be contiguous")
-    vdx = row_view(dx) if dx is not None else vx
-    vdy = row_view(dy) if dy is not None else vy
-    with _on_device(x):
+    # Outputs must be written where they live: row_view raises rather than copy them.
+    vdx = row_view(dx, writable=True) if dx is not None else vx
+    vdy = row_view(dy, writable=True) if dy is not None else vy
+    with launch_device(x):
         _jsd_bwd_kernel[(n,)](
             vx.tensor, vy.tensor, stats, grad_rows.reshape(-1).float().contiguous(),
             vdx.tensor, vdy.tensor,
@@ -222,7 +213,7 @@ def jsd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: to
             HAS_DX=dx is not None,
             HAS_DY=dy is not None,
             BLOCK_V=block_v(V),
-            num_warps=NUM_WARPS,
+            num_warps=num_warps(),
         )
 
 
