@@ -424,7 +424,10 @@ def sampling_config(
         do_sample=sample, num_beams=1, num_beam_groups=1,
         num_return_sequences=num_return_sequences,
         temperature=float(temperature) if sample else 1.0,
-        top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        # top_k=0 disables top-k when sampling; greedy takes None (transformers warns that a
+        # sampling flag is ignored otherwise, and nothing can be inherited: see below)
+        top_k=0 if sample else None, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, length_penalty=1.0,
         no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
         renormalize_logits=False, remove_invalid_values=False, use_cache=True,
