@@ -25,6 +25,8 @@ import yaml
 TEACHERS = ("live", "base", "ema")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
+#: How the trainer spreads the model over processes (``cord.train.distributed``).
+DISTRIBUTED = ("accelerate", "fsdp2")
 #: Datasets ``cord train`` synthesizes itself; any other ``dataset`` is a path.
 SYNTHETIC_DATASETS = ("arithmetic", "multiple_choice")
 
@@ -108,6 +110,12 @@ class CordConfig:
     max_grad_norm: float = option(1.0, "clip the global gradient norm (0 disables clipping; the "
                                   "norm is still logged)")
     bf16: bool | None = option(None, "bf16 autocast; None = on when a CUDA device supports it")
+    fp32_master_weights: bool = option(True, "train float32 weights even when the model was "
+                                       "loaded in bf16/fp16 (bf16 compute comes from autocast); "
+                                       "false updates the low-precision weights directly")
+    distributed: str = option("accelerate", "accelerate (whatever `accelerate launch` set up: "
+                              "DDP, FSDP, DeepSpeed) | fsdp2 (the trainer shards the model "
+                              "with torch's fully_shard itself; also on the CPU)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
                                           "(less memory, more time)")
     seed: int = option(42, "seed of the weights of model=tiny, the data order and the rollouts")
@@ -122,7 +130,13 @@ class CordConfig:
     save_total_limit: int | None = option(None, "keep only the newest this many checkpoints "
                                           "(None = all)")
     resume_from_checkpoint: str | None = option(None, 'a checkpoint directory, or "latest" for '
-                                                "the newest one in output_dir")
+                                                "the newest complete one in output_dir")
+    on_bad_record: str = option("error", '"error": a bad record of a dataset file stops the run '
+                                "before step 1; \"skip\": train on the rest (listed in "
+                                "output_dir/bad_records.jsonl)")
+    max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
+                                           "records are bad: a count (>= 1), a fraction (< 1) "
+                                           "or None (no limit)")
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
                                   default_factory=lambda: ["tensorboard"])
     disable_tqdm: bool = option(False, "hide the progress bar")
@@ -144,6 +158,7 @@ class CordConfig:
         _choice("teacher", self.teacher, TEACHERS)
         _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
+        _choice("distributed", self.distributed, DISTRIBUTED)
         for r in self.report_to:
             _choice("report_to", r, REPORT_TO)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
@@ -177,6 +192,12 @@ class CordConfig:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
             raise ValueError("model must be 'tiny' or a local model directory, got ''")
+        _choice("on_bad_record", self.on_bad_record, ("error", "skip"))
+        if self.max_bad_records is not None and not (
+                self.max_bad_records >= 0
+                and (self.max_bad_records < 1 or float(self.max_bad_records).is_integer())):
+            raise ValueError("max_bad_records must be a whole count >= 1, a fraction in [0, 1) "
+                             f"or None, got {self.max_bad_records}")
 
     # -- loading ------------------------------------------------------------------------------
 

@@ -11,24 +11,17 @@ the same loss and the same update.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import final_weights, launch_cpu_train, logged, write_paired_dataset
 
 from cord.config import CordConfig
-from cord.data.synthetic import tone_audio
 from cord.models.tiny import build_tiny_qwen2_audio
 from cord.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1),
-                                             (4, 4), (7, 2)]]
 OPTIONS = [
     "model=tiny", "objective=cord", "cord_seq_weight=0", "judge=none", "temperature=0",
     "max_completion_length=6", "max_steps=2", "learning_rate=1e-3", "report_to=none",
@@ -39,49 +32,11 @@ OPTIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _write_dataset(path: Path) -> Path:
-    import soundfile as sf
-
-    lines = []
-    for i, text in enumerate(TEXTS):
-        wav = path / f"q{i}.wav"
-        sf.write(wav, tone_audio(text, 16000), 16000, subtype="FLOAT")
-        lines.append(json.dumps({"id": f"q{i}", "text": text, "audio": wav.name}))
-    data = path / "paired.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    return data
-
-
-def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(out / "final" / "model.safetensors")
-
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_two_processes_match_one(tmp_path):
-    data = _write_dataset(tmp_path)
+    data = write_paired_dataset(tmp_path)
     two = tmp_path / "two"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "examples" / "accelerate" / "cpu_2proc.yaml"),
-        "--main_process_port", str(_free_port()),
-        "-m", "cord.cli", "train", f"dataset={data}", f"output_dir={two}",
-        "per_device_train_batch_size=1", *OPTIONS,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "ACCELERATE_USE_CPU": "true"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = launch_cpu_train(ROOT, tmp_path, [f"dataset={data}", f"output_dir={two}",
+                                             "per_device_train_batch_size=1", *OPTIONS])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     torch.set_num_threads(1)
@@ -90,10 +45,10 @@ def test_two_processes_match_one(tmp_path):
                                          "per_device_train_batch_size=2", *OPTIONS])
     train(config)
 
-    l1, l2 = _losses(one), _losses(two)
+    l1, l2 = logged(one), logged(two)
     assert len(l1) == len(l2) == 2
     assert l1 == pytest.approx(l2, rel=1e-3)  # small KLs: last-bit differences show
-    w1, w2 = _final_weights(one), _final_weights(two)
+    w1, w2 = final_weights(one), final_weights(two)
     assert w1.keys() == w2.keys()
     for name in w1:
         # Adam's update is ~lr * sign(g) per step: a tenth of lr bounds last-bit differences.

@@ -47,6 +47,7 @@ __all__ = [
     "PairedBatch",
     "collate_paired",
     "audio_of",
+    "wav_truncation",
     "write_paired",
 ]
 
@@ -157,11 +158,48 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return candidate
 
 
+def wav_truncation(source: Any) -> str | None:
+    """Why a RIFF/WAVE file (a path or a binary file object) is truncated, or None.
+
+    libsndfile reads a WAV whose data chunk was cut short without complaint, returning the
+    samples that are there; the header still says how many bytes there should be."""
+    own = isinstance(source, (str, os.PathLike))
+    fh = open(source, "rb") if own else source
+    try:
+        start = fh.tell()
+        size = fh.seek(0, io.SEEK_END) - start
+        fh.seek(start)
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            chunk = fh.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                # 0 and 0xFFFFFFFF are what streaming writers leave when the size is unknown
+                if declared not in (0, 0xFFFFFFFF) and pos + 8 + declared > size:
+                    return (f"truncated: the header declares {declared} bytes of samples, the "
+                            f"file holds {size - pos - 8}")
+                return None
+            pos += 8 + declared + (declared & 1)  # chunks are padded to an even size
+            fh.seek(start + pos)
+        return None
+    finally:
+        if own:
+            fh.close()
+        else:
+            fh.seek(start)
+
+
 def _read_file(source: Any, record_id: str, what: str) -> tuple[np.ndarray, int]:
     try:
         audio, sr = sf.read(source, dtype="float32", always_2d=True)
+        truncated = wav_truncation(source)
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or OSError
         raise ValueError(f"record {record_id!r}: cannot read audio {what}: {e}") from e
+    if truncated:
+        raise ValueError(f"record {record_id!r}: audio {what} is {truncated}")
     return audio.mean(axis=1), int(sr)
 
 

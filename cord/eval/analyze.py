@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from cord.data.paired import audio_of
 from cord.eval.evaluate import load_items, normalize_record, score_response
-from cord.models.adapter import build_adapter
+from cord.models.adapter import build_adapter, resolve_device
 from cord.train.rollout import sample
 from cord_kernels import reverse_kl
 
@@ -399,6 +399,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per generate call (with --model)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout sampling")
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs (with --model): auto (the GPU when there is "
+                             "one, else the CPU), cpu, cuda, cuda:N")
     parser.add_argument("--percentile", type=float, default=HIGH_KL_PERCENTILE,
                         help="threshold between high- and low-KL tokens")
     parser.add_argument("--output-dir", default="cord_analysis", help="where the PNGs go")
@@ -413,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data}: no such file or folder; pass an "
                                     "existing JSONL/CSV/parquet file or saved dataset")
-        adapter = build_adapter(args.model)
+        adapter = build_adapter(args.model, device=resolve_device(args.device))
         sr = int(getattr(adapter, "sampling_rate", 16_000))
         items = load_items(args.data, limit=args.limit, sampling_rate=sr)
         rollouts = rollout_kl(

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cord.data.paired import audio_of, load_paired, read_records
-from cord.models.adapter import build_adapter
+from cord.models.adapter import build_adapter, resolve_device
 from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
 from cord.train.rollout import completion_mask
 
@@ -420,6 +420,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="system turn of every prompt (default: the chat template's)")
     parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs: auto (the GPU when there is one, else the "
+                             "CPU), cpu, cuda, cuda:N")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--name", default=None, help="method name in the table (default: model)")
@@ -438,7 +441,9 @@ def run(args: argparse.Namespace) -> int:
     if args.base and not Path(args.base).is_file():
         raise FileNotFoundError(f"--base {args.base}: no such file; pass the results.json that "
                                 "`cord eval` wrote for the base model")
-    adapter = build_adapter(args.model, system_prompt=args.system_prompt)
+    device = resolve_device(args.device)  # a bad --device fails before the model loads
+    adapter = build_adapter(args.model, system_prompt=args.system_prompt, device=device)
+    print(f"cord eval: {args.model} on {device}")
     sr = int(getattr(adapter, "sampling_rate", 16_000))
     benchmarks = {}
     for name, path in data.items():

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
@@ -263,6 +264,10 @@ class ChatAdapter:
             opts.update(temperature=temperature, top_p=top_p, top_k=top_k)
         else:
             opts.update(temperature=None, top_p=None, top_k=None)
+        if isinstance(self.model, FSDPModule) and torch.distributed.get_world_size() > 1:
+            # Every process keeps stepping until all are done, so that any collective a
+            # sharded forward still issues stays matched across processes.
+            opts["synced_gpus"] = True
         was_training = model.training
         model.eval()
         try:
@@ -278,7 +283,18 @@ class ChatAdapter:
     # -- scoring -------------------------------------------------------------------------------
 
     def lm_head(self, model: nn.Module) -> nn.Module:
-        return model.lm_head
+        """The output projection: ``get_output_embeddings()`` (``lm_head`` in transformers 5,
+        ``language_model.lm_head`` in 4.x), else a ``lm_head`` attribute."""
+        get = getattr(model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        if head is None:
+            head = getattr(model, "lm_head", None)
+        if not isinstance(head, nn.Module) or not isinstance(getattr(head, "weight", None),
+                                                              torch.Tensor):
+            raise TypeError(
+                f"{type(model).__name__} has no LM head (get_output_embeddings() returned "
+                f"{type(head).__name__}); override ChatAdapter.lm_head for this model")
+        return head
 
     def _forward(self, prompts: PromptBatch, completion_ids, completion_mask):
         """Runs prompt + completion; returns the model output and the prompt length P."""
@@ -312,10 +328,13 @@ class ChatAdapter:
         """(B, T, V) logits; position t is the distribution that predicts ``completion_ids[:, t]``.
 
         Differentiable (wrap in ``torch.no_grad()`` for a teacher pass).
+
+        The LM head runs on the T completion positions only, never on the P prompt positions:
+        the (B, P+T, V) logits of a plain forward (and their zero-filled gradient) are never
+        made.
         """
-        out, p = self._forward(prompts, completion_ids, completion_mask)
-        t = completion_ids.shape[1]
-        return out.logits[:, p - 1 : p - 1 + t]
+        hidden, head = self._completion_states(prompts, completion_ids, completion_mask)
+        return head(hidden)  # the module, so that engine hooks on it (ZeRO-3) still fire
 
     def completion_hidden(
         self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
@@ -324,13 +343,20 @@ class ChatAdapter:
 
         The LM head is bypassed for the forward (the model returns hidden states as its
         "logits"), so the (B, P+T, V) logits are never computed; the forward still goes through
-        the (possibly DDP-wrapped) model so gradient hooks fire as usual.
+        the (possibly DDP- or FSDP-wrapped) model so gradient hooks fire as usual. Under FSDP2
+        the head belongs to the root unit, which stays gathered after its forward: the weight
+        returned is the full (V, H) weight, and its gradient is reduce-scattered in backward.
         """
+        hidden, head = self._completion_states(prompts, completion_ids, completion_mask)
+        return CompletionHidden(hidden, head.weight, head.bias)
+
+    def _completion_states(self, prompts, completion_ids, completion_mask):
+        """(B, T, H) final hidden states on the completion and the LM head module."""
         bare = unwrap_model(self.model)
         with _bypassed_lm_head(bare, self.lm_head(bare)) as head:
             out, p = self._forward(prompts, completion_ids, completion_mask)
         t = completion_ids.shape[1]
-        return CompletionHidden(out.logits[:, p - 1 : p - 1 + t], head.weight, head.bias)
+        return out.logits[:, p - 1 : p - 1 + t], head
 
     def decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
         """Completions as text (masked tokens and special tokens dropped)."""
@@ -349,10 +375,15 @@ class ChatAdapter:
 
 @contextmanager
 def gathered_parameters(model: nn.Module):
-    """Full parameters for ``generate`` under FSDP (v1) or DeepSpeed ZeRO-3 (no-op otherwise).
+    """Full parameters for ``generate`` under FSDP (v1, v2) or DeepSpeed ZeRO-3 (no-op
+    otherwise).
 
     Sharded engines only hold full weights inside their own forward; ``generate`` runs the bare
     model many times, so the shards are gathered once around the whole call."""
+    if isinstance(model, FSDPModule):
+        with _fsdp2_gathered(model):
+            yield
+        return
     if isinstance(model, FSDP):
         with FSDP.summon_full_params(model, writeback=False, recurse=True):
             yield
@@ -368,18 +399,40 @@ def gathered_parameters(model: nn.Module):
 
 
 @contextmanager
+def _fsdp2_gathered(model: nn.Module):
+    """FSDP2: the blocks keep the parameters their first forward gathers until the end of the
+    block (instead of gathering and freeing them again for every generated token), then free
+    them. The root unit already stays gathered after its forward."""
+    blocks = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+    # FSDP2 has a setter for reshard_after_forward but no getter: read what the setter writes.
+    before = [any(g.post_forward_mesh_info is not None
+                  for g in m._get_fsdp_state()._fsdp_param_groups) for m in blocks]
+    for m in blocks:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m, reshard in zip(blocks, before, strict=True):
+            m.set_reshard_after_forward(reshard, recurse=False)
+            m.reshard()
+
+
+@contextmanager
 def _bypassed_lm_head(model: nn.Module, head: nn.Module):
-    names = [n for n, m in model.named_children() if m is head]
-    if not names:
+    """Replaces ``head`` (wherever it sits in ``model``) by an identity for the duration."""
+    found = [(parent, name) for parent in model.modules()
+             for name, child in parent.named_children() if child is head]
+    if not found:
         raise TypeError(
-            f"{type(model).__name__}'s LM head is not a direct child module; override "
+            f"{type(model).__name__}'s LM head is not a submodule of the model; override "
             "ChatAdapter.completion_hidden for this model"
         )
-    setattr(model, names[0], nn.Identity())
+    parent, name = found[0]
+    setattr(parent, name, nn.Identity())
     try:
         yield head
     finally:
-        setattr(model, names[0], head)
+        setattr(parent, name, head)
 
 
 class Qwen2AudioAdapter(ChatAdapter):
@@ -393,7 +446,7 @@ class Qwen2AudioAdapter(ChatAdapter):
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
         super().__init__(model, processor, system_prompt=system_prompt)
         bare = unwrap_model(model)
-        if type(bare).__name__ != "Qwen2AudioForConditionalGeneration":
+        if not isinstance(bare, Qwen2AudioForConditionalGeneration):  # FSDP2 subclasses it
             raise TypeError(
                 f"model must be a Qwen2AudioForConditionalGeneration, got {type(bare).__name__}"
             )
@@ -405,11 +458,37 @@ class Qwen2AudioAdapter(ChatAdapter):
                                           if i is not None and i != tok.unk_token_id})
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device a model runs on: ``"auto"`` is the current CUDA device when CUDA is
+    available and the CPU otherwise; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` are checked to exist.
+
+    Raises:
+        ValueError: an unknown device string, or a CUDA device this machine does not have.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") \
+            from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use "
+                             "device 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    return dev
+
+
 def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
-                  system_prompt: str | None = None) -> Qwen2AudioAdapter:
+                  system_prompt: str | None = None,
+                  device: str | torch.device | None = None) -> Qwen2AudioAdapter:
     """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
     ``seed``); anything else is a local directory holding a saved Qwen2-Audio (nothing is
-    downloaded)."""
+    downloaded). ``device`` (see :func:`resolve_device`) moves the model there; None leaves it
+    on the CPU, where the trainer's accelerate places it."""
     if str(model) == "tiny":
         net, processor = build_tiny_qwen2_audio(seed=seed)
     else:
@@ -423,4 +502,6 @@ def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
             path, local_files_only=True, dtype="auto"
         )
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    if device is not None:
+        net.to(resolve_device(device))
     return Qwen2AudioAdapter(net, processor, system_prompt=system_prompt)

@@ -32,6 +32,7 @@ __all__ = [
     "AGREE",
     "DISAGREE",
     "UNJUDGED",
+    "GuardedJudge",
 ]
 
 AGREE, DISAGREE, UNJUDGED = 1, 0, -1
@@ -228,6 +229,62 @@ class LocalModelJudge:
             if was_training:
                 model.train()
         return verdicts
+
+
+class GuardedJudge:
+    """Wraps a judge so that its failures never kill a training step.
+
+    An exception inside ``judge`` (a model judge running out of memory, a tokenizer error), a
+    wrong number of verdicts or a verdict outside {1, 0, -1} makes every verdict of that call
+    :data:`UNJUDGED` ("could not judge"; the objective's unjudged-reward policy applies), and
+    is counted. Verdicts the judge itself could not decide (an unparseable model reply) are
+    counted too.
+
+    Attributes:
+        errors: calls that raised or returned malformed verdicts, since the last :meth:`pop_counts`.
+        unjudged: verdicts returned as UNJUDGED for any reason, since the last :meth:`pop_counts`.
+        last_error: the message of the latest failure (for the log), or None.
+    """
+
+    def __init__(self, judge: Any) -> None:
+        # An object with a ``judge`` method works too, as everywhere a judge is taken.
+        fn = getattr(judge, "judge", judge)
+        if not callable(fn):
+            raise TypeError(f"judge must be callable or have a judge method, got "
+                            f"{type(judge).__name__}")
+        self.inner = judge
+        self._fn = fn
+        self.errors = 0
+        self.unjudged = 0
+        self.last_error: str | None = None
+
+    def __call__(
+        self, questions: list[str], candidates: list[str], references: list[str]
+    ) -> list[int]:
+        _check_lengths(questions, candidates, references)  # a caller's bug still raises
+        try:
+            verdicts = list(self._fn(questions, candidates, references))
+            if len(verdicts) != len(candidates):
+                raise ValueError(f"returned {len(verdicts)} verdicts for {len(candidates)} "
+                                 "candidates")
+            bad = [v for v in verdicts if v not in (AGREE, DISAGREE, UNJUDGED)]
+            if bad:
+                raise ValueError(f"verdicts must be 1, 0 or -1, got {bad[:3]}")
+        except Exception as err:  # noqa: BLE001 -- any judge failure becomes "undecided"
+            self.errors += 1
+            self.last_error = f"{type(err).__name__}: {err}"
+            verdicts = [UNJUDGED] * len(candidates)
+        self.unjudged += sum(v == UNJUDGED for v in verdicts)
+        return [int(v) for v in verdicts]
+
+    def pop_counts(self) -> dict[str, int]:
+        """``{"judge_errors", "unjudged"}`` since the previous call, then resets them."""
+        out = {"judge_errors": self.errors, "unjudged": self.unjudged}
+        self.errors = self.unjudged = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"GuardedJudge({self.inner!r})"
 
 
 JUDGES: dict[str, type] = {"match": AnswerMatchJudge, "model": LocalModelJudge}

@@ -8,12 +8,18 @@ Without ``--config`` every option has its default (``model=tiny``, ``dataset=ari
 the command runs on the CPU as is. Options are the fields of :class:`cord.config.CordConfig`,
 given as ``key=value``, ``--key value`` or ``--key=value`` (later ones win); ``--help`` lists
 them with their type, default and meaning, from the fields' own metadata.
+
+Exit statuses: 0 done; 1 a crash (traceback); 2 a user error, bad data included (one line);
+74 a checkpoint could not be written (disk full, permissions; the previous one is intact);
+75 stopped by SIGTERM/SIGINT after saving a checkpoint (resume with
+``resume_from_checkpoint=latest``); 128 + N on a second signal N (130, 143): exited at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import typing
 
 import yaml
@@ -62,12 +68,20 @@ def run(args: argparse.Namespace) -> int:
     # --print-config and every user error above answer without them.
     import torch
 
-    from cord.train.trainer import train
+    from cord.train.checkpoint import EXIT_CHECKPOINT_FAILED, EXIT_PREEMPTED, CheckpointSaveError
+    from cord.train.trainer import CordTrainer
 
     if config.model == "tiny" and not torch.cuda.is_available():
         # A tiny model gains nothing from intra-op threads on a CPU; they only contend.
         torch.set_num_threads(1)
-    metrics = train(config)
+    trainer = CordTrainer(config)
+    try:
+        metrics = trainer.train()
+    except CheckpointSaveError as err:
+        print(f"cord train: error: {err}", file=sys.stderr)
+        return EXIT_CHECKPOINT_FAILED
+    if trainer.stop_reason is not None:
+        return EXIT_PREEMPTED
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
         return 0
     shown = {k: v for k, v in metrics.items() if not isinstance(v, bool)}

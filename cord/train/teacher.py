@@ -23,6 +23,7 @@ from torch import nn
 
 from cord.config import TEACHERS
 from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch, unwrap_model
+from cord.train.distributed import full_tensor
 
 
 class Teacher(nn.Module):
@@ -83,6 +84,7 @@ class Teacher(nn.Module):
         student = unwrap_model(self._student.model)
         d = self.ema_decay
         for t, s in zip(self.frozen.parameters(), student.parameters(), strict=True):
-            t.lerp_(s.detach().to(t.dtype), 1.0 - d)
+            # A sharded (FSDP2) student parameter is gathered: the EMA copy is whole.
+            t.lerp_(full_tensor(s.detach()).to(t.device, t.dtype), 1.0 - d)
         for t, s in zip(self.frozen.buffers(), student.buffers(), strict=True):
             t.copy_(s)

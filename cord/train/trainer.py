@@ -9,20 +9,27 @@ the weights, the optimizer and the schedule untouched), the AdamW step, the EMA 
 metrics and checkpoints.
 
 Distributed: run under ``accelerate launch`` (DDP, FSDP, DeepSpeed; see
-``examples/accelerate/``). Each process samples its own share of the global batch; losses are
+``examples/accelerate/``), or shard with FSDP2 here (``distributed=fsdp2``,
+``cord.train.distributed``). Each process samples its own share of the global batch; losses are
 per-sequence means, so averaged gradients equal those of one process with the global batch.
 
 Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
 over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grpo), ``l_sft``,
 ``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
 ``judged_fraction`` (GRPO groups); ``agreement`` (audio answer == the model's own text answer,
-per the judge); ``completion_length``; ``grad_norm``, ``learning_rate``, ``skipped``,
+per the judge); ``completion_length``; ``grad_norm``; ``weight_change`` (relative change
+||w' - w|| / ||w|| of the trained weights per step) and ``weights_changed`` (the fraction that
+changed at all; see ``cord.train.precision``); ``learning_rate``, ``skipped``,
 ``generated_tokens``, ``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
 
 Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
 the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
 continues exactly where it stopped: data loading never draws from the global RNG, so the next
-rollouts are the ones the uninterrupted run would have sampled.
+rollouts are the ones the uninterrupted run would have sampled. They are written atomically
+(``cord.train.checkpoint``: a kill mid-save leaves the previous ones whole), and SIGTERM/SIGINT
+stops the run after the current step with a checkpoint (``cord.train.preempt``). A judge that
+raises never kills a step: its verdicts count as unjudged, and the failed calls are logged as
+``judge_errors``.
 
 Example:
     >>> from cord.config import CordConfig
@@ -33,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +59,23 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from cord.config import SYNTHETIC_DATASETS, CordConfig, hparams
-from cord.data.paired import collate_paired, load_paired
+from cord.data.paired import collate_paired
 from cord.data.synthetic import synthetic_dataset
+from cord.data.validate import load_paired_checked
 from cord.models.adapter import ModelAdapter, build_adapter, unwrap_model
+from cord.rewards.judge import GuardedJudge
 from cord.rewards.judge import build_judge as make_judge
 from cord.train import metrics as M
+from cord.train.checkpoint import (
+    complete_checkpoints,
+    resolve_checkpoint,
+    save_atomically,
+    trim_metrics,
+)
+from cord.train.distributed import build_strategy
 from cord.train.objectives import OBJECTIVES, StepContext, compute_loss
+from cord.train.precision import WeightChange, fp32_master_weights
+from cord.train.preempt import GracefulStop
 from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -67,14 +84,20 @@ TRAINER_STATE_NAME = "trainer_state.json"
 # -- building the pieces from a config ---------------------------------------------------------
 
 
-def build_dataset(config: CordConfig, sampling_rate: int):
+def build_dataset(config: CordConfig, sampling_rate: int, *, report=print,
+                  write_bad_records: bool = True):
     """The training prompts: a synthesized task (audio by eSpeak NG, or tones with
-    ``dataset_audio="tone"``) or ``load_paired(config.dataset)``."""
+    ``dataset_audio="tone"``) or the records of ``config.dataset``, every one checked first
+    under ``config.on_bad_record`` / ``max_bad_records`` (``cord.data.validate``; the bad ones
+    listed in ``output_dir/bad_records.jsonl`` when ``write_bad_records``)."""
     if config.dataset in SYNTHETIC_DATASETS:
         return synthetic_dataset(config.dataset, config.dataset_size, seed=config.seed,
                                  audio=config.dataset_audio, sampling_rate=sampling_rate,
                                  progress=not config.disable_tqdm)
-    return load_paired(config.dataset, sampling_rate=sampling_rate)
+    return load_paired_checked(
+        config.dataset, sampling_rate=sampling_rate, on_bad_record=config.on_bad_record,
+        max_bad_records=config.max_bad_records, report=report,
+        output_dir=config.output_dir if write_bad_records else None)
 
 
 def build_judge(config: CordConfig, adapter: ModelAdapter):
@@ -156,6 +179,8 @@ class CordTrainer:
         self.adapter = adapter if adapter is not None else build_adapter(
             cfg.model, seed=cfg.seed, system_prompt=cfg.system_prompt)
         model = self.adapter.model
+        if cfg.fp32_master_weights:  # before the teacher copies the model
+            fp32_master_weights(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
@@ -164,21 +189,28 @@ class CordTrainer:
         self.judge = judge if judge is not None else build_judge(cfg, self.adapter)
         if self.judge is None and OBJECTIVES[cfg.objective].needs_judge(cfg):
             raise ValueError(f"objective={cfg.objective!r} needs a judge; set judge (not 'none')")
+        if self.judge is not None and not isinstance(self.judge, GuardedJudge):
+            # A judge's exception never kills a step: its verdicts become "undecided".
+            self.judge = GuardedJudge(self.judge)
         sr = int(getattr(self.adapter, "sampling_rate", 16000))
-        self.train_dataset = (train_dataset if train_dataset is not None
-                              else build_dataset(cfg, sr))
+        self.train_dataset = (train_dataset if train_dataset is not None else build_dataset(
+            cfg, sr, report=acc.print, write_bad_records=acc.is_main_process))
         if len(self.train_dataset) == 0:
             raise ValueError("train_dataset is empty")
 
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+        def make_optimizer(net):  # after sharding, where the strategy shards
+            return torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
+                                     lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                     eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+
         loader = torch.utils.data.DataLoader(
             self.train_dataset, batch_size=cfg.per_device_train_batch_size, shuffle=True,
             collate_fn=collate_paired, drop_last=False,
         )
-        self.model, self.optimizer, self.dataloader = acc.prepare(model, optimizer, loader)
+        # DDP/FSDP/DeepSpeed through accelerate, or FSDP2 applied here (cord.train.distributed).
+        self.parallel = build_strategy(cfg.distributed, acc, bf16=mixed)
+        self.model, self.optimizer, self.dataloader = self.parallel.prepare(
+            model, make_optimizer, loader)
         self.adapter = self.adapter.with_model(self.model)
         self.teacher.set_student(self.adapter)
 
@@ -194,6 +226,8 @@ class CordTrainer:
         self.ctx = StepContext(self.adapter, self.teacher, cfg, self.judge, acc.device)
         self.log_history: list[dict[str, Any]] = []
         self._last_saved_step = -1
+        #: The signal that stopped the run early (``"SIGTERM"``), None when it ran to the end.
+        self.stop_reason: str | None = None
 
     # -- schedule ------------------------------------------------------------------------
 
@@ -208,40 +242,35 @@ class CordTrainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoints(self) -> list[Path]:
-        """Checkpoint directories in ``output_dir``, oldest first."""
-        found = [p for p in self.output_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[11:]))
+        """Complete checkpoint directories in ``output_dir``, oldest first."""
+        return complete_checkpoints(self.output_dir)
 
     def save_checkpoint(self) -> Path:
-        """Saves everything needed to resume exactly to ``output_dir/checkpoint-<step>``."""
-        acc = self.accelerator
-        path = self.output_dir / f"checkpoint-{self.state.global_step}"
-        acc.save_state(str(path))
-        self._last_saved_step = self.state.global_step
-        if acc.is_main_process:
+        """Saves everything needed to resume exactly to ``output_dir/checkpoint-<step>``,
+        atomically (``cord.train.checkpoint``); raises ``CheckpointSaveError`` on a failed
+        write, leaving the previous checkpoints intact."""
+
+        def write_extra(path: Path) -> None:
             (path / TRAINER_STATE_NAME).write_text(json.dumps(
                 {**self.state.state_dict(), "max_steps": self.max_steps,
                  "log_history": self.log_history[-100:]}, indent=1))
             self.config.to_yaml(path / "cord_config.yaml")
-            limit = self.config.save_total_limit
-            if limit:
-                for old in self.checkpoints()[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+
+        def write_state(path: Path) -> None:  # every process
+            self.parallel.save(path, self.model, self.optimizer)
+
+        path = save_atomically(self.accelerator, self.output_dir, self.state.global_step,
+                               write_state, write_extra,
+                               save_total_limit=self.config.save_total_limit)
+        self._last_saved_step = self.state.global_step
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restores model, optimizer, scheduler, RNG, teacher and trainer state."""
-        if str(path) == "latest":
-            found = self.checkpoints()
-            if not found:
-                raise FileNotFoundError(f"resume_from_checkpoint='latest' but {self.output_dir} "
-                                        "holds no checkpoint-* directory")
-            path = found[-1]
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint directory at {path}")
-        self.accelerator.load_state(str(path))
+        """Restores model, optimizer, scheduler, RNG, teacher and trainer state from ``path``
+        or, for ``"latest"``, the newest complete checkpoint (partial ones are reported)."""
+        path = resolve_checkpoint(self.output_dir, path, report=self.accelerator.print,
+                                  remove_stale=self.accelerator.is_main_process)
+        self.parallel.load(path, self.model, self.optimizer)
         self._last_saved_step = self.state.global_step
         self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
 
@@ -250,9 +279,7 @@ class CordTrainer:
         acc = self.accelerator
         path = Path(path) if path is not None else self.output_dir / "final"
         acc.wait_for_everyone()
-        bare = acc.unwrap_model(self.model)
-        bare.save_pretrained(str(path), is_main_process=acc.is_main_process,
-                             save_function=acc.save, state_dict=acc.get_state_dict(self.model))
+        self.parallel.save_pretrained(self.model, path)
         if acc.is_main_process and hasattr(self.adapter, "processor"):
             self.adapter.processor.save_pretrained(str(path))
         acc.wait_for_everyone()
@@ -297,7 +324,25 @@ class CordTrainer:
                  and math.isfinite(v) and k != "step"}, step=metrics["step"])
 
     def train(self) -> dict[str, Any]:
-        """Runs to ``max_steps``; returns the metrics of the last step."""
+        """Runs to ``max_steps``; returns the metrics of the last logged step.
+
+        On SIGTERM/SIGINT it stops after the current optimizer step instead, saves a checkpoint
+        and returns with ``stop_reason`` set (``cord.train.preempt``)."""
+        with GracefulStop() as stop:
+            return self._train(stop)
+
+    def _judge_failures(self) -> dict[str, int]:
+        """Judge calls that raised in the logging window, summed over processes."""
+        if not isinstance(self.judge, GuardedJudge):
+            return {}
+        last = self.judge.last_error
+        errors = sum(gather_object([self.judge.pop_counts()["judge_errors"]]))
+        if errors:
+            self.accelerator.print(f"the judge failed {errors} time(s) since the last log line "
+                                   f"(latest: {last}); those verdicts count as unjudged")
+        return {"judge_errors": errors}
+
+    def _train(self, stop: GracefulStop) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +351,8 @@ class CordTrainer:
             acc.init_trackers("cord", config=hparams(cfg))
         if cfg.resume_from_checkpoint:
             self.load_checkpoint(cfg.resume_from_checkpoint)
+        if acc.is_main_process:  # the steps after the start are (re)done and (re)logged
+            trim_metrics(self.output_dir / "metrics.jsonl", self.state.global_step)
         global_batch = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                         * acc.num_processes)
         acc.print(f"cord: {cfg.objective} for {self.max_steps} steps on {acc.num_processes} "
@@ -318,8 +365,10 @@ class CordTrainer:
         last: dict[str, Any] = {}
         batches = self._batches()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        moved = WeightChange(params)  # what each step really did to the weights
         # The logging window: metrics are averaged over the steps since the last log line.
-        window: dict[str, Any] = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": []}
+        window: dict[str, Any] = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": [],
+                                  "moves": []}
         while self.state.global_step < self.max_steps:
             t0 = time.perf_counter()
             parts, tokens, finite_loss = [], 0, True
@@ -334,10 +383,12 @@ class CordTrainer:
                 tokens += out.num_generated_tokens
             # Every process has all-reduced gradients here: the norm (and the verdict) agree.
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(acc.clip_grad_norm_(params, max_norm))
+            grad_norm = self.parallel.clip_grad_norm_(params, max_norm)
             finite = _all_true(acc, finite_loss) and math.isfinite(grad_norm)
             if finite:
+                moved.before()
                 self.optimizer.step()
+                window["moves"].append(moved.after())
                 if not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                     self.teacher.update()
@@ -363,6 +414,8 @@ class CordTrainer:
                 all_parts = gather_object(window["parts"])
                 all_tokens = sum(gather_object([window["tokens"]]))
                 metrics = M.mean_metrics(all_parts)
+                metrics.update(M.mean_metrics(window["moves"]))
+                metrics.update(self._judge_failures())
                 # The loss of a skipped step is reported as it was (NaN/Inf), not averaged away.
                 metrics["loss"] = float(np.mean([p["loss"] for p in all_parts]))
                 metrics.update(
@@ -375,15 +428,26 @@ class CordTrainer:
                 )
                 self._log(metrics, bar)
                 last = metrics
-                window = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": []}
+                window = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": [],
+                          "moves": []}
             if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps:
                 self.save_checkpoint()
+            # Every process asks (one all-reduce), so all stop after this same step.
+            if step < self.max_steps and stop.requested(acc):
+                self.stop_reason = stop.reason or "a stop signal on another process"
+                break
         if bar is not None:
             bar.close()
         if self._last_saved_step != self.state.global_step:
             self.save_checkpoint()
-        self.save_model()
+        if self.stop_reason is not None:
+            acc.print(f"cord: stopped by {self.stop_reason} after step {self.state.global_step} "
+                      f"of {self.max_steps}; checkpoint-{self.state.global_step} is saved: "
+                      "resume with resume_from_checkpoint=latest")
+        else:
+            self.save_model()
         acc.end_training()
+        self.parallel.close()
         return last
 
 
