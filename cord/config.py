@@ -29,6 +29,11 @@ REPORT_TO = ("none", "tensorboard", "wandb", "all")
 DISTRIBUTED = ("accelerate", "fsdp2")
 #: Datasets ``cord train`` synthesizes itself; any other ``dataset`` is a path.
 SYNTHETIC_DATASETS = ("arithmetic", "multiple_choice")
+#: What a rollout the judge cannot score gets: reward 0 (the paper's binary reward) or no
+#: advantage (left out of its group's mean).
+UNJUDGED_REWARDS = ("zero", "skip")
+#: Parameter groups ``trainable`` may name (``ModelAdapter.parameter_group``).
+TRAINABLE = ("all", "audio", "projector")
 
 DEFAULT_REPHRASE_PROMPT = (
     "Rewrite the answer below so that it reads as an answer to a question that was heard, "
@@ -59,12 +64,20 @@ class CordConfig:
     dataset_size: int = option(64, "number of examples of a synthesized dataset")
     dataset_audio: str = option("tts", 'audio of a synthesized dataset: "tts" (eSpeak NG) or '
                                 '"tone" (one tone per character)')
-    objective: str = option("cord", "cord (L_tok + L_seq) | opd | grpo | sft | fkl | alarm")
+    objective: str = option("cord", "the paper's Table 3: grpo (L_seq) | grpo_opd (uniform L_tok + "
+                            "L_seq) | cord (weighted L_tok + L_seq); also opd (uniform L_tok) | "
+                            "sft | fkl | alarm")
+    trainable: str | None = option(None, "parameters trained: all | audio (audio encoder + "
+                                   "projector) | projector; None = the objective's default "
+                                   "(alarm: audio, the others: all)")
     teacher: str = option("live", "live (current weights, the paper) | base (frozen initial "
                           "weights) | ema")
     teacher_ema_decay: float = option(0.99, "decay d of the EMA teacher, in [0, 1)")
     judge: str = option("match", '"match" (final-answer matching), "model" (the policy asked '
                         'yes/no) or "none"; rewards of L_seq and the agreement metric')
+    unjudged_reward: str = option("zero", 'a rollout the judge cannot score: "zero" (reward 0, '
+                                  'the paper\'s binary reward) or "skip" (advantage 0, left out '
+                                  "of its group's mean)")
     instruction: str = option("", "text appended to the user turn of both the audio and the "
                               "text prompt")
     system_prompt: str | None = option(None, "system turn of every prompt (None: the chat "
@@ -89,8 +102,8 @@ class CordConfig:
     temperature: float = option(1.0, "sampling temperature of the token-loss and teacher "
                                 "rollouts (0 = greedy)")
     grpo_temperature: float = option(1.5, "sampling temperature of the GRPO rollouts")
-    reference_temperature: float = option(1.0, "temperature of the text-conditioned judge "
-                                          "references (0 = greedy)")
+    reference_temperature: float = option(1.0, "temperature of the judge's references, the "
+                                          "teacher's answers to the text prompts (0 = greedy)")
     max_completion_length: int = option(200, "most tokens generated per rollout")
     alarm_rephrase_prompt: str = option(DEFAULT_REPHRASE_PROMPT, "ALARM's rephrasing request; "
                                         "must contain {answer}", hparam=False)
@@ -156,6 +169,9 @@ class CordConfig:
 
         _choice("objective", self.objective, tuple(OBJECTIVES))
         _choice("teacher", self.teacher, TEACHERS)
+        _choice("unjudged_reward", self.unjudged_reward, UNJUDGED_REWARDS)
+        if self.trainable is not None:
+            _choice("trainable", self.trainable, TRAINABLE)
         _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
         _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _choice("distributed", self.distributed, DISTRIBUTED)
@@ -188,6 +204,9 @@ class CordConfig:
                 f"num_generations must be >= 2 for objective={self.objective!r} (GRPO compares "
                 f"rollouts within a group), got {self.num_generations}"
             )
+        if self.objective == "grpo_opd" and self.cord_seq_weight == 0:
+            raise ValueError("cord_seq_weight must be > 0 for objective='grpo_opd' (L_tok + w * "
+                             "L_seq); without L_seq use objective='opd'")
         if "{answer}" not in self.alarm_rephrase_prompt:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:

@@ -48,6 +48,8 @@ def test_two_processes_match_one(tmp_path):
     l1, l2 = logged(one), logged(two)
     assert len(l1) == len(l2) == 2
     assert l1 == pytest.approx(l2, rel=1e-3)  # small KLs: last-bit differences show
+    # Greedy rollouts: the same completions, counted over both processes, cumulatively.
+    assert logged(one, "generated_tokens") == logged(two, "generated_tokens")
     w1, w2 = final_weights(one), final_weights(two)
     assert w1.keys() == w2.keys()
     for name in w1:

@@ -200,3 +200,37 @@ def test_cli_on_a_voicebench_file_with_the_tiny_model(tmp_path, capsys):
     table = (tmp_path / "table.md").read_text()
     assert "| base |" in table and "| random tiny |" in table
     assert "gap reduction" in capsys.readouterr().out
+
+
+def test_cli_reports_how_many_parameters_were_trained(tmp_path, capsys):
+    """A model saved by the trainer with trainable=projector: cord eval prints the counts."""
+    import argparse
+
+    from cord.config import CordConfig
+    from cord.data.synthetic import tone_records
+    from cord.eval.evaluate import add_arguments, run, training_info
+    from cord.train.trainer import CordTrainer
+
+    texts = ["What is 1 + 2?", "What is 3 * 4?"]
+    cfg = CordConfig(model="tiny", objective="sft", trainable="projector", max_steps=1,
+                     per_device_train_batch_size=2, max_completion_length=4, seed=0,
+                     output_dir=str(tmp_path / "run"), report_to=["none"], save_steps=0,
+                     disable_tqdm=True)
+    trainer = CordTrainer(cfg, train_dataset=tone_records(texts))
+    trainer.train()
+    saved = tmp_path / "run" / "final"
+    info = training_info(saved)
+    assert info["trained_parameters"] == trainer.trained_parameters < info["total_parameters"]
+    assert training_info("tiny") is None and training_info(tmp_path) is None
+    data = tmp_path / "bench.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "answer": "3", "audio": {
+        "array": [0.1] * 8000, "sampling_rate": 16000}}) for t in texts))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--model", str(saved), "--data", str(data), "--max-new-tokens",
+                              "2", "--output", str(tmp_path / "out.json")])
+    assert run(args) == 0
+    printed = capsys.readouterr().out
+    assert (f"trained {info['trained_parameters']:,} of {info['total_parameters']:,} parameters"
+            in printed and "trainable=projector" in printed)
+    assert json.loads((tmp_path / "out.json").read_text())["training"] == info

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from cord.data.synthetic import tone_audio
-from cord.models.adapter import Qwen2AudioAdapter
+from cord.models.adapter import Qwen2AudioAdapter, sampling_config
 from cord.models.tiny import build_tiny_qwen2_audio
 from cord.train.rollout import completion_mask, sample, text_references
 from cord.train.teacher import Teacher
@@ -95,7 +96,7 @@ def test_greedy_is_deterministic_and_references_are_text_answers(adapter):
     a = sample(adapter, x_a, temperature=0.0, max_new_tokens=6)
     b = sample(adapter, x_a, temperature=0.0, max_new_tokens=6)
     assert torch.equal(a.completion_ids, b.completion_ids)
-    refs = text_references(adapter, QUESTIONS[:2], temperature=0.0, max_new_tokens=6)
+    refs = text_references(adapter, QUESTIONS[:2], temperature=0.0, max_new_tokens=6).texts
     x_t = adapter.text_prompts(QUESTIONS[:2])
     direct = sample(adapter, x_t, temperature=0.0, max_new_tokens=6)
     assert refs == direct.texts
@@ -156,3 +157,56 @@ def test_audio_placeholders_are_never_generated():
                 max_new_tokens=8)
     assert not (ro.completion_ids == audio_id).any()
     adapter.completion_logits(ro.prompts, ro.completion_ids, ro.completion_mask)  # no mismatch
+
+
+def test_samples_are_draws_from_the_softmax_whatever_the_generation_config():
+    """The model's generation_config asks for repetition_penalty=1.3, top_k=5 (and more); the
+    sampled first tokens must still follow softmax(logits) (chi-square), while plain
+    ``model.generate`` with that config is rejected by the same test (its power)."""
+    stats = pytest.importorskip("scipy.stats")
+    model, processor = build_tiny_qwen2_audio(seed=0)
+    with torch.no_grad():  # a peaked softmax: the penalties and cut-offs change it visibly
+        model.lm_head.weight.mul_(12.0)
+    gen = model.generation_config
+    gen.repetition_penalty, gen.top_k, gen.top_p = 1.3, 5, 0.9
+    gen.no_repeat_ngram_size, gen.min_new_tokens = 1, 2
+    adapter = Qwen2AudioAdapter(model, processor)
+    x_t = adapter.text_prompts(["What is 1 + 2? Say one two three."])
+    with torch.no_grad():
+        logits = model(input_ids=x_t.input_ids, attention_mask=x_t.attention_mask).logits[0, -1]
+    # The adapter never emits its placeholder tokens: p_theta conditioned on not emitting them.
+    logits[adapter.suppress_token_ids] = -float("inf")
+    probs = torch.softmax(logits.double(), -1).numpy()
+    n = 2000
+    expected = probs * n
+    keep = expected >= 5  # chi-square cells: the likely tokens one by one, the rest pooled
+    assert keep.sum() >= 8 and probs[np.argsort(probs)[:-5]].sum() > 0.2
+
+    def p_value(first_tokens):
+        counts = np.bincount(first_tokens.numpy(), minlength=len(probs))
+        obs = np.append(counts[keep], counts[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+        return stats.chisquare(obs, exp).pvalue
+
+    torch.manual_seed(0)
+    ours = sample(adapter, x_t, num_generations=n, temperature=1.0, max_new_tokens=1)
+    assert p_value(ours.completion_ids[:, 0]) > 1e-3
+    assert model.generation_config.top_k == 5  # the model's own config is left as it was
+    torch.manual_seed(0)
+    inherited = model.generate(input_ids=x_t.input_ids, attention_mask=x_t.attention_mask,
+                               do_sample=True, max_new_tokens=2, num_return_sequences=n,
+                               suppress_tokens=adapter.suppress_token_ids)
+    assert p_value(inherited[:, x_t.input_ids.shape[1]]) < 1e-6
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_the_sampling_config_is_neutral(temperature):
+    c = sampling_config(max_new_tokens=4, temperature=temperature, pad_token_id=0,
+                        eos_token_ids=[2], suppress_token_ids=[7])
+    assert c.do_sample is (temperature > 0) and c.num_beams == 1
+    assert c.temperature == (temperature or 1.0) and c.top_k == 0 and c.top_p == 1.0
+    assert c.repetition_penalty == 1.0 and c.no_repeat_ngram_size == 0
+    assert c.min_new_tokens == 0 and c.bad_words_ids is None and c.min_p is None
+    assert c.suppress_tokens == [7] and c.eos_token_id == [2]
+    with pytest.raises(ValueError, match="temperature"):
+        sampling_config(max_new_tokens=4, temperature=-1.0, pad_token_id=0, eos_token_ids=[2])

@@ -197,10 +197,15 @@ def test_kl_stats_mean_and_p80_over_valid_tokens():
         M.kl_stats(kl, mask[:, :2])
 
 
-def test_reward_stats_ignore_unjudged():
-    out = M.reward_stats(torch.tensor([1.0, 0.0, float("nan"), 1.0]))
-    assert out["reward"] == pytest.approx(2 / 3) and out["judged_fraction"] == 0.75
-    assert math.isnan(M.reward_stats([float("nan")])["reward"])
+def test_reward_stats_count_unjudged_as_zero_or_skip_them():
+    r = torch.tensor([1.0, 0.0, float("nan"), 1.0])
+    skip = M.reward_stats(r, unjudged="skip")
+    assert skip["reward"] == pytest.approx(2 / 3) and skip["judged_fraction"] == 0.75
+    assert M.reward_stats(r) == {"reward": 0.5, "judged_fraction": 0.75}  # "zero", the default
+    assert math.isnan(M.reward_stats([float("nan")], unjudged="skip")["reward"])
+    assert M.reward_stats([float("nan")])["reward"] == 0.0
+    with pytest.raises(ValueError, match="unjudged"):
+        M.reward_stats(r, unjudged="nan")
 
 
 def test_mean_metrics_tokens_per_second_and_finiteness():

@@ -40,6 +40,7 @@ from cord.data.paired import audio_of, load_paired, read_records
 from cord.models.adapter import build_adapter, resolve_device
 from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
 from cord.train.rollout import completion_mask
+from cord.train.trainer import TRAINING_INFO_NAME
 
 _LETTER_REFERENCE = re.compile(r"^\s*\(?([A-Za-z])\)?\s*\.?\s*$")
 
@@ -393,6 +394,23 @@ def gap_table(results_by_method: Mapping[str, Any], base: str | Mapping[str, Any
 # --------------------------------------------------------------------------------------------
 
 
+def training_info(model: str | Path) -> dict[str, Any] | None:
+    """What ``cord train`` trained in a saved model folder (its ``training_info.json``), or
+    None (a base model, ``tiny``, or a folder saved elsewhere)."""
+    path = Path(model) / TRAINING_INFO_NAME
+    if str(model) == "tiny" or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def describe_training(info: Mapping[str, Any]) -> str:
+    """``trained 2,112 of 224,896 parameters (0.9%, trainable=projector, objective=alarm)``."""
+    trained, total = int(info["trained_parameters"]), int(info["total_parameters"])
+    share = 100 * trained / total if total else math.nan
+    return (f"trained {trained:,} of {total:,} parameters ({share:.1f}%, "
+            f"trainable={info.get('trainable', '?')}, objective={info.get('objective', '?')})")
+
+
 def _parse_data_args(values: Sequence[str]) -> dict[str, str]:
     """``["mmsu=a.jsonl", "b.jsonl"]`` -> ``{"mmsu": "a.jsonl", "b": "b.jsonl"}``."""
     out: dict[str, str] = {}
@@ -444,6 +462,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # a bad --device fails before the model loads
     adapter = build_adapter(args.model, system_prompt=args.system_prompt, device=device)
     print(f"cord eval: {args.model} on {device}")
+    trained = training_info(args.model)
+    if trained is not None:
+        print(f"{args.model}: {describe_training(trained)}")
     sr = int(getattr(adapter, "sampling_rate", 16_000))
     benchmarks = {}
     for name, path in data.items():
@@ -459,6 +480,8 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * r['audio']['accuracy']:.1f}% (unparsed {100 * r['audio']['unparsed']:.1f}%)")
     method = args.name or args.model
     run_result = {"method": method, "model": args.model, "benchmarks": benchmarks}
+    if trained is not None:
+        run_result["training"] = trained
     methods: dict[str, Any] = {method: run_result}
     base_name = method
     if args.base:

@@ -23,7 +23,9 @@ Subclass :class:`ChatAdapter` (or write any class with the same methods, see
 - ``_encode(texts, audios)``: runs the processor; must return left-padded ``input_ids`` and
   ``attention_mask`` plus any per-example tensors (mel features, their masks) the model's
   ``forward`` and ``generate`` take as keyword arguments;
-- ``lm_head(model)``: the output projection, if it is not ``model.lm_head``.
+- ``lm_head(model)``: the output projection, if it is not ``model.lm_head``;
+- ``module_groups``: the submodules behind the ``audio`` and ``projector`` parameter groups
+  (what ``trainable=audio|projector`` trains).
 
 The forward pass always gets ``position_ids = cumsum(attention_mask) - 1``, the same positions
 ``generate`` uses for left-padded prompts, so logits scored here are the ones that were sampled.
@@ -49,7 +51,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from transformers import AutoProcessor, GenerationConfig, Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import resample
 from cord.models.tiny import build_tiny_qwen2_audio
@@ -131,6 +133,8 @@ class ModelAdapter(Protocol):
         ...
 
     def with_model(self, model: nn.Module) -> ModelAdapter: ...
+
+    def parameter_group(self, group: str) -> list[tuple[str, nn.Parameter]]: ...
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -238,10 +242,10 @@ class ChatAdapter:
         max_new_tokens: int,
         temperature: float,
         num_return_sequences: int = 1,
-        top_p: float = 1.0,
-        top_k: int = 0,
     ) -> torch.Tensor:
-        """Samples completions; ``temperature=0`` decodes greedily.
+        """Draws completions from the model's own distribution; ``temperature=0`` decodes
+        greedily. Nothing comes from the model's ``generation_config`` (see
+        :func:`sampling_config`): on-policy samples are draws from p_theta.
 
         Returns:
             (B * num_return_sequences, T) long ids of the new tokens, the copies of prompt i in
@@ -250,31 +254,22 @@ class ChatAdapter:
         model = unwrap_model(self.model)
         device = next(model.parameters()).device
         prompts = prompts.to(device)
-        sample = temperature > 0
-        opts: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            num_return_sequences=num_return_sequences,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_ids,
-        )
-        if self.suppress_token_ids:
-            opts["suppress_tokens"] = list(self.suppress_token_ids)
-        if sample:
-            opts.update(temperature=temperature, top_p=top_p, top_k=top_k)
-        else:
-            opts.update(temperature=None, top_p=None, top_k=None)
+        config = sampling_config(
+            max_new_tokens=max_new_tokens, temperature=temperature,
+            num_return_sequences=num_return_sequences, pad_token_id=self.pad_token_id,
+            eos_token_ids=self.eos_token_ids, suppress_token_ids=self.suppress_token_ids)
+        extra: dict[str, Any] = {}
         if isinstance(self.model, FSDPModule) and torch.distributed.get_world_size() > 1:
             # Every process keeps stepping until all are done, so that any collective a
             # sharded forward still issues stays matched across processes.
-            opts["synced_gpus"] = True
+            extra["synced_gpus"] = True
         was_training = model.training
         model.eval()
         try:
-            with gathered_parameters(self.model):
+            with gathered_parameters(self.model), _only_generation_config(model, config):
                 out = model.generate(
                     input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
-                    **prompts.model_kwargs, **opts,
+                    generation_config=config, **extra, **prompts.model_kwargs,
                 )
         finally:
             model.train(was_training)
@@ -365,12 +360,93 @@ class ChatAdapter:
             for ids, m in zip(completion_ids.cpu(), completion_mask.cpu(), strict=True)
         ]
 
+    # -- parameter groups ----------------------------------------------------------------------
+
+    #: ``trainable`` group -> names of the bare model's child modules it holds ("all" is every
+    #: parameter). Subclasses name their audio encoder and projector here.
+    module_groups: dict[str, tuple[str, ...]] = {}
+
+    def parameter_group(self, group: str) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of the bare model in ``group``: "all", or one of
+        :attr:`module_groups` ("audio" = audio encoder + projector, "projector")."""
+        bare = unwrap_model(self.model)
+        if group == "all":
+            return list(bare.named_parameters())
+        if group not in self.module_groups:
+            raise ValueError(f"trainable must be one of {['all', *self.module_groups]} for "
+                             f"{type(self).__name__}, got {group!r}")
+        names = {id(q): n for n, q in bare.named_parameters()}
+        out = []
+        for child in self.module_groups[group]:
+            # transformers 5 nests the parts under ``model``; older layouts had them on top.
+            found = [m for prefix in ("", "model.") for m in [_submodule(bare, prefix + child)]
+                     if m is not None]
+            if not found:
+                raise TypeError(f"{type(bare).__name__} has no submodule {child!r} (parameter "
+                                f"group {group!r})")
+            out += [(names[id(q)], q) for q in found[0].parameters()]
+        return out
+
     def with_model(self, model: nn.Module) -> ChatAdapter:
         """The same adapter over another model (a frozen or EMA teacher, a prepared model)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.model = model
         return new
+
+
+def sampling_config(
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    num_return_sequences: int = 1,
+    pad_token_id: int,
+    eos_token_ids: Sequence[int],
+    suppress_token_ids: Sequence[int] = (),
+) -> GenerationConfig:
+    """The explicit generation config of every sampling call: a draw from softmax(logits / T)
+    (greedy for ``temperature=0``) and nothing else.
+
+    Every logits processor ``generate`` knows is set to its neutral value: no top-k / top-p /
+    min-p / typical / epsilon / eta truncation, no repetition penalty, no n-gram blocking, no
+    forced minimum length, no bad words or sequence bias, no forced BOS/EOS, one beam. The
+    one deliberate exception is ``suppress_token_ids``: placeholders (Qwen2-Audio's
+    ``<|AUDIO|>``) that would change the meaning of a completion fed back, so the samples are
+    p_theta conditioned on never emitting them (their mass is ~0 in a trained model).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sample = temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=0,
+        do_sample=sample, num_beams=1, num_beam_groups=1,
+        num_return_sequences=num_return_sequences,
+        temperature=float(temperature) if sample else 1.0,
+        top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+        repetition_penalty=1.0, encoder_repetition_penalty=1.0, length_penalty=1.0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+        renormalize_logits=False, remove_invalid_values=False, use_cache=True,
+        pad_token_id=int(pad_token_id), eos_token_id=[int(e) for e in eos_token_ids],
+        suppress_tokens=[int(t) for t in suppress_token_ids] or None,
+    )
+
+
+@contextmanager
+def _only_generation_config(model: nn.Module, config: GenerationConfig):
+    """Makes ``config`` the model's ``generation_config`` for one ``generate`` call.
+
+    ``generate`` fills every field a passed config leaves None from ``model.generation_config``
+    (transformers 5), and fields such as ``min_p``, ``bad_words_ids``, ``sequence_bias``,
+    ``forced_eos_token_id`` or ``top_h`` are neutral only as None: the one way to inherit
+    nothing is to have nothing to inherit from."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 @contextmanager
@@ -441,7 +517,12 @@ class Qwen2AudioAdapter(ChatAdapter):
     The audio goes in the user turn through the chat template
     (``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>``); the processor expands ``<|AUDIO|>`` to
     one token per encoder frame and returns ``input_features`` and ``feature_attention_mask``.
+    Parameter groups: ``audio`` = the Whisper-style ``audio_tower`` + ``multi_modal_projector``,
+    ``projector`` = ``multi_modal_projector`` alone.
     """
+
+    module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
+                     "projector": ("multi_modal_projector",)}
 
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
         super().__init__(model, processor, system_prompt=system_prompt)
@@ -456,6 +537,27 @@ class Qwen2AudioAdapter(ChatAdapter):
         ids = [tok.convert_tokens_to_ids(n) for n in names]
         self.suppress_token_ids = sorted({int(i) for i in ids
                                           if i is not None and i != tok.unk_token_id})
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def train_only(adapter: ModelAdapter, group: str) -> tuple[int, int]:
+    """Freezes every parameter of ``adapter.model`` outside ``group`` (``requires_grad``
+    False) and unfreezes the group; returns ``(trained, total)`` parameter counts."""
+    chosen = {id(q) for _, q in adapter.parameter_group(group)}
+    trained = total = 0
+    for q in unwrap_model(adapter.model).parameters():
+        q.requires_grad_(id(q) in chosen)
+        total += q.numel()
+        trained += q.numel() if id(q) in chosen else 0
+    if trained == 0:
+        raise ValueError(f"trainable={group!r} selects no parameter")
+    return trained, total
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -2,9 +2,14 @@
 
     kl_mean, kl_p80   mean and 80th percentile of the per-token reverse KL D_t over the
                       generated tokens (the paper reports the 80th percentile: 0.23 on MMSU)
-    reward            mean judge reward over judged rollouts (-1 = unjudged is left out)
-    agreement         the same on the token-loss rollouts: how often the audio answer agrees
-                      with the model's own text answer
+    reward            mean judge reward of the GRPO rollouts as the loss sees it: unjudged ones
+                      count 0 (``unjudged_reward="zero"``) or are left out ("skip")
+    judged_fraction   share of the GRPO rollouts the judge could score
+    agreement         share of the rollouts whose answer the judge finds equal to the text
+                      reference, over ALL rollouts (an unjudged one does not agree), so it is
+                      defined for every batch; on the token-loss rollouts (cord, opd,
+                      grpo_opd) or, for grpo, on the GRPO rollouts
+    agreement_judged_fraction  share of those rollouts the judge could score
     tokens_per_second generated completion tokens per wall-clock second
 """
 
@@ -14,6 +19,8 @@ import math
 from collections.abc import Iterable, Mapping
 
 import torch
+
+from cord.config import UNJUDGED_REWARDS
 
 
 def kl_stats(kl: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -35,16 +42,46 @@ def kl_stats(kl: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     return {"kl_mean": float(d.mean()), "kl_p80": float(torch.quantile(d, 0.8))}
 
 
-def reward_stats(rewards: torch.Tensor | Iterable[float]) -> dict[str, float]:
-    """Mean reward over judged rollouts (NaN rewards are unjudged) and the judged fraction."""
-    r = torch.as_tensor(list(rewards) if not isinstance(rewards, torch.Tensor) else rewards,
-                        dtype=torch.float32).flatten()
+def _rewards(rewards: torch.Tensor | Iterable[float]) -> torch.Tensor:
+    return torch.as_tensor(list(rewards) if not isinstance(rewards, torch.Tensor) else rewards,
+                           dtype=torch.float32).detach().cpu().flatten()
+
+
+def reward_stats(rewards: torch.Tensor | Iterable[float], *,
+                 unjudged: str = "zero") -> dict[str, float]:
+    """Mean reward as the loss sees it and the judged fraction.
+
+    Args:
+        rewards: judge rewards, NaN where the judge could not score a rollout.
+        unjudged: ``"zero"``: an unjudged rollout counts as reward 0 (the mean is over all);
+            ``"skip"``: it is left out (the mean is over the judged ones, NaN when none is).
+    """
+    if unjudged not in UNJUDGED_REWARDS:
+        raise ValueError(f"unjudged must be one of {list(UNJUDGED_REWARDS)}, got {unjudged!r}")
+    r = _rewards(rewards)
     judged = ~torch.isnan(r)
     n = int(judged.sum())
-    return {
-        "reward": float(r[judged].mean()) if n else math.nan,
-        "judged_fraction": n / r.numel() if r.numel() else math.nan,
-    }
+    if unjudged == "zero":
+        mean = float(torch.nan_to_num(r, nan=0.0).mean()) if r.numel() else math.nan
+    else:
+        mean = float(r[judged].mean()) if n else math.nan
+    return {"reward": mean, "judged_fraction": n / r.numel() if r.numel() else math.nan}
+
+
+def agreement_stats(verdicts: torch.Tensor | Iterable[float]) -> dict[str, float]:
+    """Share of rollouts judged to agree with their reference, over all rollouts (unjudged =
+    does not agree), and the share the judge could score. Both are defined for any non-empty
+    batch: over judged items only, a batch the judge cannot score at all would give 0/0.
+
+    Args:
+        verdicts: 1.0 agree, 0.0 disagree, NaN unjudged.
+    """
+    r = _rewards(verdicts)
+    if r.numel() == 0:
+        raise ValueError("verdicts must hold at least one rollout")
+    judged = ~torch.isnan(r)
+    return {"agreement": float((r == 1.0).float().mean()),
+            "agreement_judged_fraction": float(judged.float().mean())}
 
 
 def tokens_per_second(num_tokens: int, seconds: float) -> float:

@@ -1,11 +1,18 @@
 """Training objectives: CORD and the paper's baselines, each one micro-batch -> loss + metrics.
 
-    cord   L_tok + w * L_seq   on-policy audio rollouts (T=1.0) scored by the student (audio
-                               prompt) and the teacher (text prompt, same tokens), plus GRPO
-                               over groups of N audio rollouts (T=1.5) judged against the
-                               model's own text answer (paper eqs. 2-11)
-    opd    L_tok, alpha = beta = 1   uniform on-policy reverse KL
-    grpo   L_seq only
+The paper's Table 3 ladder:
+
+    grpo      (ii)  L_seq only: GRPO over groups of N audio rollouts (T=1.5), binary rewards
+                    from a judge comparing each with the teacher's answer to the text prompt
+                    (paper eqs. 8-10)
+    grpo_opd  (iii) L_tok with alpha = beta = 1 (uniform on-policy reverse KL) + w * L_seq
+    cord      (iv)  L_tok + w * L_seq: on-policy audio rollouts (T=1.0) scored by the student
+                    (audio prompt) and the teacher (text prompt, same tokens), weighted by
+                    divergence and position (paper eqs. 2-11)
+
+and the other baselines:
+
+    opd    L_tok, alpha = beta = 1, alone   uniform on-policy reverse KL, no L_seq
     sft    -sum_t log p(y_hat_t | y_hat_<t, x^a) / B   on teacher rollouts y_hat ~ p(.|x^t)
     fkl    sum_t KL(q_t || p_t) / B                    on teacher rollouts (paper eq. 13)
     alarm  sft on the teacher's answer rephrased by the model itself so that it no longer
@@ -127,7 +134,8 @@ def _project(hidden, weight, bias):
 def judge_rewards(
     ctx: StepContext, questions: list[str], candidates: list[str], references: list[str]
 ) -> torch.Tensor:
-    """Judge verdicts as float rewards, NaN where the judge could not decide (-1)."""
+    """Judge verdicts as float rewards, NaN where the judge could not decide (-1); see
+    :func:`loss_rewards` for what the loss makes of those."""
     if ctx.judge is None:
         raise ValueError(f"objective {ctx.config.objective!r} needs a judge (config 'judge')")
     judge = getattr(ctx.judge, "judge", ctx.judge)  # a Judge is a callable
@@ -142,21 +150,30 @@ def judge_rewards(
                         device=ctx.device)
 
 
+def loss_rewards(rewards: torch.Tensor, unjudged: str) -> torch.Tensor:
+    """The rewards GRPO sees: an unjudged (NaN) rollout gets 0 for ``unjudged="zero"`` (binary
+    rewards, as in the paper: a garbled answer is penalised) and stays NaN for ``"skip"``
+    (advantage 0 and left out of its group's mean)."""
+    return torch.nan_to_num(rewards, nan=0.0) if unjudged == "zero" else rewards
+
+
 def sequence_loss(
     ctx: StepContext, batch: PairedBatch, x_a: PromptBatch, references: list[str]
-) -> tuple[torch.Tensor, dict[str, float], int]:
-    """L_seq: GRPO over N audio rollouts per prompt, judged against the text references."""
+) -> tuple[torch.Tensor, dict[str, float], int, torch.Tensor]:
+    """L_seq: GRPO over N audio rollouts per prompt, judged against the text references.
+    Returns the loss, its metrics, the generated tokens and the raw verdicts (NaN unjudged)."""
     cfg = ctx.config
     n = cfg.num_generations
     group = sample(ctx.adapter, x_a, num_generations=n, temperature=cfg.grpo_temperature,
                    max_new_tokens=cfg.max_completion_length, device=ctx.device)
-    rewards = judge_rewards(ctx, [q for q in batch.texts for _ in range(n)], group.texts,
-                            [r for r in references for _ in range(n)])
+    verdicts = judge_rewards(ctx, [q for q in batch.texts for _ in range(n)], group.texts,
+                             [r for r in references for _ in range(n)])
     lp = token_logprobs_of(ctx, group.prompts, group.completion_ids, group.completion_mask)
-    loss = cord_kernels.grpo_loss(lp, group.completion_mask, rewards, group_size=n)
-    stats = M.reward_stats(rewards)
+    loss = cord_kernels.grpo_loss(lp, group.completion_mask,
+                                  loss_rewards(verdicts, cfg.unjudged_reward), group_size=n)
+    stats = M.reward_stats(verdicts, unjudged=cfg.unjudged_reward)
     stats["group_completion_length"] = float(group.lengths.float().mean())
-    return loss, stats, group.num_tokens
+    return loss, stats, group.num_tokens, verdicts
 
 
 def teacher_rollouts(ctx: StepContext, x_t: PromptBatch) -> Rollouts:
@@ -177,7 +194,8 @@ def _tok_metrics(kl: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
 
 def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = False,
                    with_tok: bool = True, with_seq: bool = True) -> LossOutput:
-    """L_tok (+ w * L_seq); ``uniform`` gives OPD, ``with_tok=False`` plain GRPO."""
+    """L_tok (+ w * L_seq): ``uniform`` weights every token 1 (OPD), ``with_tok=False`` is plain
+    GRPO. The judge's references are the TEACHER's answers to the text prompts."""
     cfg = ctx.config
     x_a, x_t = _prompts(ctx, batch)
     metrics: dict[str, float] = {}
@@ -185,10 +203,13 @@ def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = Fals
     tokens = 0
     references = None
     if with_seq or (with_tok and ctx.judge is not None):
-        references = text_references(
-            ctx.adapter, batch.texts, temperature=cfg.reference_temperature,
+        refs = text_references(
+            ctx.teacher.adapter, batch.texts, temperature=cfg.reference_temperature,
             max_new_tokens=cfg.max_completion_length, instruction=cfg.instruction or None,
             device=ctx.device)
+        references = refs.texts
+        tokens += refs.num_tokens
+        metrics["reference_length"] = float(refs.lengths.float().mean())
     if with_tok:
         ro = sample(ctx.adapter, x_a, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_completion_length, device=ctx.device)
@@ -200,17 +221,17 @@ def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = Fals
         metrics["l_tok"] = float(l_tok.detach())
         metrics.update(_tok_metrics(kl, ro.completion_mask))
         if references is not None and ctx.judge is not None:
-            agree = judge_rewards(ctx, batch.texts, ro.texts, references)
-            metrics["agreement"] = M.reward_stats(agree)["reward"]
+            metrics.update(M.agreement_stats(judge_rewards(ctx, batch.texts, ro.texts,
+                                                           references)))
     if with_seq:
-        l_seq, stats, n_tok = sequence_loss(ctx, batch, x_a, references)
+        l_seq, stats, n_tok, verdicts = sequence_loss(ctx, batch, x_a, references)
         weight = cfg.cord_seq_weight if with_tok else 1.0
         loss = loss + weight * l_seq
         tokens += n_tok
         metrics["l_seq"] = float(l_seq.detach())
         metrics.update(stats)
         if not with_tok:
-            metrics["agreement"] = stats["reward"]
+            metrics.update(M.agreement_stats(verdicts))
     return LossOutput(loss, metrics, tokens)
 
 
@@ -287,12 +308,14 @@ class Objective:
 
     ``needs_judge(config)``: the loss itself needs judge verdicts (a judge may still be used for
     the agreement metric when it is not needed); ``needs_groups(config)``: the loss compares a
-    group of ``num_generations`` rollouts per prompt (GRPO), so ``num_generations >= 2``."""
+    group of ``num_generations`` rollouts per prompt (GRPO), so ``num_generations >= 2``;
+    ``trainable``: the parameter group trained when the config's ``trainable`` is None."""
 
     name: str
     loss: Callable[[StepContext, PairedBatch], LossOutput]
     needs_judge: Callable[[CordConfig], bool]
     needs_groups: Callable[[CordConfig], bool]
+    trainable: str = "all"
 
 
 def _cord(ctx: StepContext, batch: PairedBatch) -> LossOutput:
@@ -307,15 +330,28 @@ def _grpo(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     return cord_objective(ctx, batch, with_tok=False)
 
 
+def _grpo_opd(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    return cord_objective(ctx, batch, uniform=True)
+
+
 #: The objective registry: config validation, the trainer and :func:`compute_loss` consult it.
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    # the paper's Table 3 ladder: (ii), (iii), (iv)
+    Objective("grpo", _grpo, needs_judge=_always, needs_groups=_always),
+    Objective("grpo_opd", _grpo_opd, needs_judge=_always, needs_groups=_always),
     Objective("cord", _cord, needs_judge=_cord_has_seq, needs_groups=_cord_has_seq),
     Objective("opd", _opd, needs_judge=_never, needs_groups=_never),
-    Objective("grpo", _grpo, needs_judge=_always, needs_groups=_always),
     Objective("sft", sft_objective, needs_judge=_never, needs_groups=_never),
     Objective("fkl", fkl_objective, needs_judge=_never, needs_groups=_never),
-    Objective("alarm", alarm_objective, needs_judge=_never, needs_groups=_never),
+    # ALARM freezes the LLM and trains the audio side
+    Objective("alarm", alarm_objective, needs_judge=_never, needs_groups=_never,
+              trainable="audio"),
 )}
+
+
+def trainable_group(config: CordConfig) -> str:
+    """The parameter group a run trains: ``config.trainable``, or the objective's default."""
+    return config.trainable or OBJECTIVES[config.objective].trainable
 
 
 def compute_loss(ctx: StepContext, batch: PairedBatch) -> LossOutput:

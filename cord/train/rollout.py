@@ -114,11 +114,17 @@ def text_references(
     max_new_tokens: int = 200,
     instruction: str | None = None,
     device: torch.device | str | None = None,
-) -> list[str]:
-    """The model's own answers to the text prompts: the judge's reference y_hat ~ p(.|x^t)
-    (paper eq. 8), always from the current weights whatever the teacher kind."""
+) -> Rollouts:
+    """The judge's references y_hat ~ p(.|x^t) (paper eq. 8): answers to the text prompts,
+    sampled like every rollout (temperature 0 = greedy).
+
+    Args:
+        adapter: the TEACHER's adapter (``Teacher.adapter``): the current weights for the live
+            teacher (the paper), the frozen or EMA copy otherwise, so the judge rewards
+            agreement with the same text side that L_tok pulls towards.
+    """
     prompts = adapter.text_prompts(list(texts), instruction=instruction)
     if device is not None:
         prompts = prompts.to(device)
     return sample(adapter, prompts, temperature=temperature, max_new_tokens=max_new_tokens,
-                  device=device).texts
+                  device=device)

@@ -4,6 +4,9 @@ CORD's teacher is the model itself seeing the text prompt x^t instead of the aud
 runs the text prompt plus the SAME completion tokens the student was scored on, so teacher
 position t and student position t predict the same token (``completion_logits`` aligns both).
 
+The teacher also answers the text prompts: those answers are the judge's references for L_seq
+(paper eq. 8), so L_tok and the GRPO reward pull towards the same text side whatever the kind.
+
 Kinds:
     ``live``: the current weights (the paper): a second no-grad forward of the trained model.
     ``base``: a frozen copy of the initial weights (a fixed target, as in classic distillation).

@@ -16,11 +16,17 @@ per-sequence means, so averaged gradients equal those of one process with the gl
 Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
 over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grpo), ``l_sft``,
 ``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
-``judged_fraction`` (GRPO groups); ``agreement`` (audio answer == the model's own text answer,
-per the judge); ``completion_length``; ``grad_norm``; ``weight_change`` (relative change
-||w' - w|| / ||w|| of the trained weights per step) and ``weights_changed`` (the fraction that
-changed at all; see ``cord.train.precision``); ``learning_rate``, ``skipped``,
-``generated_tokens``, ``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
+``judged_fraction`` (GRPO groups); ``agreement`` and ``agreement_judged_fraction`` (audio answer
+== the teacher's text answer, per the judge; see ``cord.train.metrics``); ``completion_length``;
+``grad_norm``; ``weight_change`` (relative change ||w' - w|| / ||w|| of the trained weights per
+step) and ``weights_changed`` (the fraction that changed at all; see ``cord.train.precision``);
+``learning_rate``, ``skipped``, ``generated_tokens`` (cumulative over the run and
+all processes: every rollout, GRPO group, judge reference and teacher rollout),
+``tokens_per_second``, ``step_seconds``, ``step``, ``epoch``.
+
+``trainable`` (all | audio | projector, default the objective's) freezes everything else:
+frozen parameters get ``requires_grad=False`` and stay out of the optimizer; the counts go to
+``training_info.json`` in the saved model folder.
 
 Checkpoints (``output_dir/checkpoint-<step>``) hold the model, optimizer, scheduler, RNG states,
 the EMA teacher and the trainer state (step, epoch, position in the epoch), so a resumed run
@@ -62,7 +68,7 @@ from cord.config import SYNTHETIC_DATASETS, CordConfig, hparams
 from cord.data.paired import collate_paired
 from cord.data.synthetic import synthetic_dataset
 from cord.data.validate import load_paired_checked
-from cord.models.adapter import ModelAdapter, build_adapter, unwrap_model
+from cord.models.adapter import ModelAdapter, build_adapter, train_only, unwrap_model
 from cord.rewards.judge import GuardedJudge
 from cord.rewards.judge import build_judge as make_judge
 from cord.train import metrics as M
@@ -73,12 +79,14 @@ from cord.train.checkpoint import (
     trim_metrics,
 )
 from cord.train.distributed import build_strategy
-from cord.train.objectives import OBJECTIVES, StepContext, compute_loss
+from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, trainable_group
 from cord.train.precision import WeightChange, fp32_master_weights
 from cord.train.preempt import GracefulStop
 from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
+#: Written next to the saved model: what was trained (read by ``cord eval``).
+TRAINING_INFO_NAME = "training_info.json"
 
 
 # -- building the pieces from a config ---------------------------------------------------------
@@ -145,15 +153,22 @@ class CordTrainer:
             ``cord.data.paired.load_paired`` or a list); built from ``config.dataset`` when None.
         judge: an object with ``judge(questions, candidates, references) -> list[int]``; built
             from ``config.judge`` when None.
+        on_step_end: called as ``on_step_end(step, trainer)`` after every optimizer step (and
+            its log line), e.g. to measure validation accuracy for training curves; the model
+            is put back in train mode afterwards. Its return value is ignored.
     """
 
     def __init__(self, config: CordConfig, adapter: ModelAdapter | None = None,
-                 train_dataset=None, judge=None):
+                 train_dataset=None, judge=None, on_step_end=None):
         if not isinstance(config, CordConfig):
             raise TypeError(f"config must be a CordConfig, got {type(config).__name__}")
         # User errors before any model is built.
         config.check_paths(model=adapter is None, dataset=train_dataset is None)
+        if on_step_end is not None and not callable(on_step_end):
+            raise TypeError(f"on_step_end must be callable as on_step_end(step, trainer), got "
+                            f"{type(on_step_end).__name__}")
         self.config = config
+        self.on_step_end = on_step_end
         cfg = config
         mixed = cfg.bf16 if cfg.bf16 is not None else (
             torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -197,6 +212,9 @@ class CordTrainer:
             cfg, sr, report=acc.print, write_bad_records=acc.is_main_process))
         if len(self.train_dataset) == 0:
             raise ValueError("train_dataset is empty")
+
+        self.trainable = trainable_group(cfg)
+        self.trained_parameters, self.total_parameters = train_only(self.adapter, self.trainable)
 
         def make_optimizer(net):  # after sharding, where the strategy shards
             return torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
@@ -282,6 +300,12 @@ class CordTrainer:
         self.parallel.save_pretrained(self.model, path)
         if acc.is_main_process and hasattr(self.adapter, "processor"):
             self.adapter.processor.save_pretrained(str(path))
+        if acc.is_main_process:
+            (path / TRAINING_INFO_NAME).write_text(json.dumps({
+                "objective": self.config.objective, "trainable": self.trainable,
+                "trained_parameters": self.trained_parameters,
+                "total_parameters": self.total_parameters, "steps": self.state.global_step,
+                "generated_tokens": self.state.total_generated_tokens}, indent=1))
         acc.wait_for_everyone()
         return path
 
@@ -398,6 +422,7 @@ class CordTrainer:
                           f"{'loss' if not finite_loss else 'gradient norm'}; step skipped")
             self.optimizer.zero_grad(set_to_none=True)
             self.state.global_step += 1
+            tokens = _sum_all(acc, tokens)  # every process's: generated_tokens is the run's
             self.state.total_generated_tokens += tokens
             elapsed = time.perf_counter() - t0
             if bar is not None:
@@ -412,7 +437,7 @@ class CordTrainer:
             # micro-batches); a skipped step is always logged on its own line.
             if step % cfg.logging_steps == 0 or step == self.max_steps or not finite:
                 all_parts = gather_object(window["parts"])
-                all_tokens = sum(gather_object([window["tokens"]]))
+                all_tokens = window["tokens"]
                 metrics = M.mean_metrics(all_parts)
                 metrics.update(M.mean_metrics(window["moves"]))
                 metrics.update(self._judge_failures())
@@ -422,7 +447,7 @@ class CordTrainer:
                     step=step, grad_norm=float(np.mean(window["grad_norms"])),
                     epoch=self.state.epoch + self.state.batches_in_epoch / len(self.dataloader),
                     learning_rate=self.scheduler.get_last_lr()[0], skipped=not finite,
-                    generated_tokens=all_tokens,
+                    generated_tokens=self.state.total_generated_tokens,
                     tokens_per_second=M.tokens_per_second(all_tokens, window["seconds"]),
                     step_seconds=window["seconds"] / len(window["grad_norms"]),
                 )
@@ -432,6 +457,9 @@ class CordTrainer:
                           "moves": []}
             if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps:
                 self.save_checkpoint()
+            if self.on_step_end is not None:
+                self.on_step_end(step, self)
+                self.model.train()
             # Every process asks (one all-reduce), so all stop after this same step.
             if step < self.max_steps and stop.requested(acc):
                 self.stop_reason = stop.reason or "a stop signal on another process"
@@ -452,9 +480,10 @@ class CordTrainer:
 
 
 def train(config: CordConfig, *, adapter: ModelAdapter | None = None, train_dataset=None,
-          judge=None) -> dict[str, Any]:
+          judge=None, on_step_end=None) -> dict[str, Any]:
     """Builds a :class:`CordTrainer` from ``config`` and trains; returns the final metrics."""
-    return CordTrainer(config, adapter=adapter, train_dataset=train_dataset, judge=judge).train()
+    return CordTrainer(config, adapter=adapter, train_dataset=train_dataset, judge=judge,
+                       on_step_end=on_step_end).train()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -465,6 +494,13 @@ def _all_true(acc, flag: bool) -> bool:
         return bool(flag)
     t = torch.tensor([0.0 if flag else 1.0], device=acc.device)
     return bool(acc.reduce(t, reduction="sum").item() == 0)
+
+
+def _sum_all(acc, n: int) -> int:
+    if acc.num_processes == 1:
+        return int(n)
+    t = torch.tensor([float(n)], device=acc.device)
+    return int(acc.reduce(t, reduction="sum").item())
 
 
 def _fmt(v: Any) -> str:
