@@ -5,6 +5,7 @@ Who wins is not asserted: that is what the demo measures."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -53,8 +54,12 @@ def test_worked_answers_restate_the_operands_and_are_right():
             value += WORDS.index(w) if op == "plus" else -WORDS.index(w)
             assert 0 <= value <= 9
         assert r["answer"] == str(value)
-        steps = r["worked"].split(" , ")
-        assert steps[0].split()[0] == str(WORDS.index(words[0]))  # the heard first operand
+        steps = re.findall(r"(\d)([+-])(\d)=(\d)", r["worked"])
+        # every step restates what was heard: the operation and its operand, in order
+        assert [(op, b) for _, op, b, _ in steps] == [
+            ("+" if op == "plus" else "-", str(WORDS.index(w)))
+            for op, w in zip(words[1::2], words[2::2])]
+        assert steps[0][0] == str(WORDS.index(words[0]))
         assert r["worked"].endswith(f"so the answer is {value}")
 
 
@@ -122,8 +127,9 @@ def quick_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     cold = run_demo(mode="quick", output_dir=root / "cold", cache_dir=root / "cache",
                     progress=False)
+    # the warm run reads the cached base and runs its jobs in two worker processes
     warm = run_demo(mode="quick", output_dir=root / "warm", cache_dir=root / "cache",
-                    progress=False, save_models=False)
+                    progress=False, save_models=False, workers=2)
     return root, cold, warm
 
 
@@ -163,6 +169,8 @@ def test_quick_demo_measures_every_precondition_and_writes_the_report(quick_runs
 
 
 def test_cold_and_warm_runs_give_the_same_tables(quick_runs):
+    """The same command and seeds give the same numbers whatever the cache holds and however
+    many workers run the jobs."""
     _, cold, warm = quick_runs
     assert cold["base_source"] == "pre-trained" and warm["base_source"] == "cached"
     assert warm["summary"] == cold["summary"]

@@ -468,11 +468,13 @@ def audio_of(record: Mapping[str, Any]) -> tuple[np.ndarray, int]:
     )
 
 
-def write_paired(records: Sequence[Mapping[str, Any]], directory: str | os.PathLike) -> Path:
+def write_paired(records: Sequence[Mapping[str, Any]], directory: str | os.PathLike, *,
+                 subtype: str = "FLOAT") -> Path:
     """Writes in-memory paired records (``audio = {"array", "sampling_rate"}``) as
-    ``directory/paired.jsonl`` plus one float WAV per record under ``directory/audio/``, which
-    :func:`load_paired` and ``cord eval --data`` read back sample for sample. Returns the JSONL
-    path. Keys other than ``audio`` are kept as they are."""
+    ``directory/paired.jsonl`` plus one WAV per record under ``directory/audio/``, which
+    :func:`load_paired` and ``cord eval --data`` read. ``subtype="FLOAT"`` reads back sample
+    for sample; ``"PCM_16"`` is half the size, rounded to 16 bits. Returns the JSONL path. Keys
+    other than ``audio`` are kept as they are."""
     out = Path(directory)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
@@ -484,7 +486,7 @@ def write_paired(records: Sequence[Mapping[str, Any]], directory: str | os.PathL
         seen.add(record_id)
         array, rate = audio_of(record)
         name = f"audio/{len(lines):06d}.wav"  # ids may hold characters unsafe in file names
-        sf.write(str(out / name), np.asarray(array, dtype=np.float32), rate, subtype="FLOAT")
+        sf.write(str(out / name), np.asarray(array, dtype=np.float32), rate, subtype=subtype)
         lines.append(json.dumps({**{k: v for k, v in record.items() if k != "audio"},
                                  "id": record_id, "audio": name}))
     path = out / "paired.jsonl"

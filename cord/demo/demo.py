@@ -188,6 +188,8 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     base_rollouts, base_kl = M.kl_profile(base, splits["eval"][: M.KL_ITEMS], post)
     curves_base = P.accuracies(base, splits["val"][: M.CURVE_ITEMS],
                                max_new_tokens=post.max_completion_length)
+    grad_norms = M.loss_gradient_norms(base, [{k: r[k] for k in ("id", "text", "audio")}
+                                              for r in splits["distill"]], post)
     timings["base_eval"] = time.perf_counter() - t
     b = scores[BASE][0]
     _say(f"base: text {100 * b['text']:.1f}%, audio {100 * b['audio']:.1f}%, mean audio rollout "
@@ -236,7 +238,8 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     save_rollouts(base_rollouts, out / "base_rollouts.jsonl")
     if save_models:
         R.save_model(base, out / "models" / BASE)
-        write_paired(splits["eval"], out / "eval_set")
+        # 16-bit: half the float size; cord eval on it matches up to that rounding
+        write_paired(splits["eval"], out / "eval_set", subtype="PCM_16")
     results = R.assemble(
         mode=mode, task=asdict(task), post=asdict(post), seeds=list(seeds),
         methods=list(methods), rates=rates, scores=scores, tokens=tokens,
@@ -246,6 +249,7 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
             pairs=tuple(p for p in PAIRS if p[0] in methods and p[1] in methods)),
         base_kl=base_kl, kl_after=kl_after, kl_stats=kl_stats, curves=curves,
         curves_base=curves_base, long_runs=long_runs or None, grid=grid, base_source=source)
+    results["loss_gradient_norms"] = grad_norms
     shutil.rmtree(scratch, ignore_errors=True)
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
