@@ -116,6 +116,14 @@ def _expensive(loss: str, shape, mode: str) -> bool:
 
 def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str) -> None:
     """Times ``provider`` on ``loss`` at ``shape`` in ``mode`` and records the result."""
+    started = time.perf_counter()
+    try:
+        _run_benchmark(benchmark, loss=loss, provider=provider, shape=shape, mode=mode)
+    finally:  # skips included: a provider's cost is all the time it held the run
+        RECORDER.add_time(loss, provider.name, time.perf_counter() - started)
+
+
+def _run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str) -> None:
     base = dict(loss=loss, provider=provider, shape=shape, mode=mode)
     reason = provider.unavailable(CONFIG.device) or memory_guard(loss, shape, provider)
     if reason:
@@ -130,11 +138,15 @@ def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str)
 
     # Warm-up, untimed: compiles torch.compile graphs and Triton kernels, and tells how many
     # rounds fit the time budget. Multi-second CPU calls skip it and take two timed rounds.
-    calibration = None
-    rounds = 2
+    calibration = first_call = None
+    # Multi-second fused-linear calls: one timed round by default (their spread is a few %),
+    # two in the full sweep.
+    rounds = 2 if CONFIG.full else 1
     try:
         if provider.needs_warmup or CONFIG.on_cuda:  # on a GPU: Triton JIT, autotuning
+            t0 = time.perf_counter()
             run_once(closure, leaves, "fwd+bwd", CONFIG.device)
+            first_call = time.perf_counter() - t0  # torch.compile's cost, reported
         if not _expensive(loss, shape, mode):
             t0 = time.perf_counter()
             run_once(closure, leaves, mode, CONFIG.device)
@@ -168,7 +180,7 @@ def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str)
     for t in leaves:
         t.grad = None
     row = RECORDER.ok(**base, stats=stats, calibration_s=calibration, memory=memory,
-                      valid_fraction=case.mask.float().mean().item())
+                      valid_fraction=case.mask.float().mean().item(), first_call_s=first_call)
     if mode == "fwd+bwd" and not CONFIG.on_cuda:
         spec = {"loss": loss, "provider": provider.name, "n_tokens": shape.n_tokens,
                 "vocab": shape.vocab, "dtype": str(CONFIG.dtype).removeprefix("torch.")}
@@ -177,28 +189,49 @@ def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str)
         PENDING_PROBES.append((row, spec))
 
 
-# CPU memory probes wait for the end of the session: each is a fresh interpreter (seconds of
-# imports), and run after the timings they can go two at a time without disturbing them (a
-# process's peak RSS does not depend on what else runs).
+# CPU memory probes wait for the end of the session. Each is a fresh interpreter (seconds of
+# imports): one process per loss family and shape measures all its providers in turn (inputs
+# built once, freed memory handed back to the OS between providers), two processes at a time
+# after the timings (a process's peak RSS does not depend on what else runs).
 PENDING_PROBES: list[tuple[dict, dict]] = []
 PROBE_WORKERS = 2
 
 
+def _probe_group(spec: dict) -> tuple:
+    fused = spec["loss"].startswith("fused_linear")
+    return (spec["loss"] if fused else "logits", spec["n_tokens"], spec["vocab"],
+            spec.get("hidden"), spec["dtype"])
+
+
 def run_pending_probes(report=print) -> None:
-    """Fills ``row["memory"]`` of every recorded CPU fwd+bwd row from a fresh-process probe."""
+    """Fills ``row["memory"]`` of every recorded CPU fwd+bwd row from fresh-process probes."""
     from concurrent.futures import ThreadPoolExecutor
 
     jobs, PENDING_PROBES[:] = list(PENDING_PROBES), []
     if not jobs:
         return
-    report(f"cord bench: measuring peak RSS in {len(jobs)} fresh processes "
-           f"({PROBE_WORKERS} at a time)")
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for row, spec in jobs:
+        groups.setdefault(_probe_group(spec), []).append((row, spec))
+    report(f"cord bench: measuring peak RSS of {len(jobs)} providers in {len(groups)} fresh "
+           f"processes ({PROBE_WORKERS} at a time)")
+
+    def run(group):
+        t0 = time.perf_counter()
+        results = cpu_peak_rss([spec for _, spec in group])
+        return results, time.perf_counter() - t0
+
     with ThreadPoolExecutor(PROBE_WORKERS) as pool:
-        futures = [(row, spec, pool.submit(cpu_peak_rss, spec)) for row, spec in jobs]
-        for i, (row, spec, fut) in enumerate(futures, 1):
-            row["memory"] = fut.result()
-            mem = row["memory"]
-            got = (f"{mem['delta_bytes'] / 2**20:.0f} MiB over inputs" if "delta_bytes" in mem
-                   else mem.get("error", "?"))
-            report(f"  [{i}/{len(jobs)}] {spec['loss']} {row['shape_id']} "
-                   f"{spec['provider']}: {got}")
+        futures = [(group, pool.submit(run, group)) for group in groups.values()]
+        i = 0
+        for group, fut in futures:
+            results, seconds = fut.result()
+            for (row, spec), mem in zip(group, results):
+                i += 1
+                row["memory"] = mem
+                # The process's time, shared evenly: imports and inputs serve every provider.
+                RECORDER.add_time(spec["loss"], spec["provider"], seconds / len(group))
+                got = (f"{mem['delta_bytes'] / 2**20:.0f} MiB over inputs"
+                       if "delta_bytes" in mem else mem.get("error", "?"))
+                report(f"  [{i}/{len(jobs)}] {spec['loss']} {row['shape_id']} "
+                       f"{spec['provider']}: {got}")

@@ -5,10 +5,10 @@ training step), ``bwd`` (``backward()`` of a loss computed untimed in setup) and
 
 Memory:
     CUDA: ``torch.cuda.max_memory_allocated`` over one fwd+bwd, minus what was allocated before.
-    CPU: the peak resident set of a FRESH process per provider and shape (``bench.rss_probe``):
-    the process imports, builds the inputs (and warms up a compiled provider), resets the
-    kernel's high-water mark, runs fwd+bwd once and reports the peak both absolute and minus
-    its resident size just before the run.
+    CPU: the peak resident set in a FRESH process per shape (``bench.rss_probe``): the process
+    imports and builds the inputs once; per provider it warms up a compiled one, hands freed
+    memory back to the OS, resets the kernel's high-water mark, runs fwd+bwd once and reports
+    the peak both absolute and minus its resident size just before the run.
 """
 
 from __future__ import annotations
@@ -100,22 +100,22 @@ def cuda_peak_bytes(closure, leaves, device: torch.device) -> dict[str, int]:
     return {"peak_bytes": peak, "delta_bytes": peak - base, "method": "cuda_max_allocated"}
 
 
-def cpu_peak_rss(spec: dict, timeout: float = 900.0) -> dict:
-    """Runs ``bench.rss_probe`` for one provider and shape in a fresh interpreter.
+def cpu_peak_rss(specs: list[dict], timeout: float = 1800.0) -> list[dict]:
+    """Runs ``bench.rss_probe`` for several providers of one shape in one fresh interpreter.
 
-    ``spec``: {"loss", "provider", "n_tokens", "vocab", "hidden" (fused only), "dtype"}.
-    Returns the probe's JSON (peak_bytes, delta_bytes, baseline_bytes, ...), or
-    {"error": ...} when the probe failed.
+    Each spec: {"loss", "provider", "n_tokens", "vocab", "hidden" (fused only), "dtype"}.
+    Returns the probe's JSON per spec (peak_bytes, delta_bytes, baseline_bytes, ...), or
+    {"error": ...} for every spec when the probe process failed.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "bench.rss_probe", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "bench.rss_probe", json.dumps(specs)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"error": f"probe exited {proc.returncode}: {' | '.join(tail)}"}
+        return [{"error": f"probe exited {proc.returncode}: {' | '.join(tail)}"}] * len(specs)
     return json.loads(lines[-1])
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ class Provider:
     note: str = ""
     # torch.compile providers compile on their first call: warm them up outside any timing.
     needs_warmup: bool = False
+    # The modes worth a row (None: every mode of the run).
+    modes: tuple[str, ...] | None = None
 
     @property
     def slug(self) -> str:
@@ -146,6 +149,42 @@ def _ours_logprobs(c: LogitsCase) -> Closure:
     return lambda: token_logprobs(c.student, c.labels).sum()
 
 
+def _with_torch_compile(build: Callable[[LogitsCase], Closure]) -> Callable[[LogitsCase], Closure]:
+    """cord_kernels with the opt-in compiled torch path: CORD_TORCH_COMPILE=1 around the
+    forward call (backward follows what forward chose)."""
+
+    def wrapped(c: LogitsCase) -> Closure:
+        inner = build(c)
+
+        def loss() -> torch.Tensor:
+            before = os.environ.get("CORD_TORCH_COMPILE")
+            os.environ["CORD_TORCH_COMPILE"] = "1"
+            try:
+                return inner()
+            finally:
+                if before is None:
+                    del os.environ["CORD_TORCH_COMPILE"]
+                else:
+                    os.environ["CORD_TORCH_COMPILE"] = before
+
+        return loss
+
+    return wrapped
+
+
+def _cpu_only(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return "the opt-in compiled torch path is for CPUs; on CUDA cord_kernels runs Triton"
+    return None
+
+
+def _ours_compiled(build: Callable[[LogitsCase], Closure]) -> Provider:
+    return Provider("cord_kernels.compile (CORD_TORCH_COMPILE=1)", "ours",
+                    _with_torch_compile(build), _cpu_only, needs_warmup=True,
+                    note="opt-in compiled torch path; its first call compiles",
+                    modes=("fwd+bwd",))
+
+
 def _liger_reverse_kl(c: LogitsCase) -> Closure:
     from liger_kernel.transformers import LigerJSD
 
@@ -182,6 +221,7 @@ def _trl_logprobs(c: LogitsCase) -> Closure:
 LOGITS_PROVIDERS: dict[str, list[Provider]] = {
     "reverse_kl": [
         Provider("cord_kernels", "ours", _ours_reverse_kl),
+        _ours_compiled(_ours_reverse_kl),
         Provider("torch", "naive",
                  lambda c: lambda: _masked_sum_per_batch(naive_reverse_kl(c.student, c.teacher),
                                                          c.mask)),
@@ -195,6 +235,7 @@ LOGITS_PROVIDERS: dict[str, list[Provider]] = {
     ],
     "cord_token_loss": [
         Provider("cord_kernels", "ours", _ours_cord),
+        _ours_compiled(_ours_cord),
         Provider("torch", "naive",
                  lambda c: lambda: _weighted(naive_reverse_kl(c.student, c.teacher), c.mask)),
         Provider("torch.compile", "peer",
@@ -204,6 +245,7 @@ LOGITS_PROVIDERS: dict[str, list[Provider]] = {
     ],
     "token_logprobs": [
         Provider("cord_kernels", "ours", _ours_logprobs),
+        _ours_compiled(_ours_logprobs),
         Provider("torch", "naive",
                  lambda c: lambda: naive_token_logprobs(c.student, c.labels).sum()),
         Provider("torch.compile", "peer",

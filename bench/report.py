@@ -39,6 +39,17 @@ class Recorder:
         self.commit = _git_commit()  # the code the run started from
         self.load_samples: list[float] = []  # 1-min load average at each row
         self.elapsed_s: float | None = None  # set when re-rendering a saved run
+        # (loss, provider) -> seconds the run spent on it: timing, warm-up, skips, probes.
+        self.provider_seconds: dict[tuple[str, str], float] = {}
+
+    def add_time(self, loss: str, provider: str, seconds: float) -> None:
+        key = (loss, provider)
+        self.provider_seconds[key] = self.provider_seconds.get(key, 0.0) + seconds
+
+    def slowest(self, k: int = 3) -> list[tuple[str, str, float]]:
+        """The ``k`` providers the run spent most time on: (loss, provider, seconds)."""
+        ranked = sorted(self.provider_seconds.items(), key=lambda kv: -kv[1])[:k]
+        return [(loss, prov, sec) for (loss, prov), sec in ranked]
 
     def _row(self, loss, provider, shape, mode, status, **extra) -> dict:
         """Appends a row and returns it (the caller may fill ``memory`` in later)."""
@@ -57,10 +68,10 @@ class Recorder:
         self._row(loss, provider, shape, mode, "error", reason=reason)
 
     def ok(self, *, loss, provider, shape, mode, stats, calibration_s: float | None, memory,
-           valid_fraction: float | None = None) -> dict:
+           valid_fraction: float | None = None, first_call_s: float | None = None) -> dict:
         cfg = self.config
         extra = {"calibration_s": calibration_s, "memory": memory,
-                 "valid_fraction": valid_fraction}
+                 "valid_fraction": valid_fraction, "first_call_s": first_call_s}
         if stats is not None:
             extra.update(time_s=stats.median, time_min_s=stats.min, time_max_s=stats.max,
                          rounds=stats.rounds)
@@ -84,6 +95,8 @@ class Recorder:
         ok = sum(r["status"] == "ok" for r in self.rows)
         skipped = sum(r["status"] == "skipped" for r in self.rows)
         lines = [f"cord bench: {ok} measured, {skipped} skipped"]
+        for loss, prov, sec in self.slowest(3):
+            lines.append(f"  slowest: {prov} ({loss}) {sec:.1f} s")
         for r in compute_ratios(self.rows):
             if r.get("ours_vs_best_peer_time") and r["mode"] == "fwd+bwd":
                 lines.append(
@@ -176,7 +189,10 @@ def _run_note(rec: Recorder) -> str:
     minutes = _elapsed_min(rec)
     if not math.isfinite(minutes):  # re-rendered from an older results.json
         return ""
-    return f" This run took {minutes:.1f} min{_load_note(rec)}."
+    slow = rec.slowest(3)
+    where = ("; the three providers it spent most time on: " + ", ".join(
+        f"{prov} ({loss}) {sec:.0f} s" for loss, prov, sec in slow)) if slow else ""
+    return f" This run took {minutes:.1f} min{_load_note(rec)}{where}."
 
 
 def _load_note(rec: Recorder) -> str:
@@ -248,6 +264,9 @@ def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
         mem, mem_x = _mem_cells(fb, on_cuda)
         gbps = f"{fb['gbps']:.3g}{_of_peak(fb)}" if fb.get("gbps") else "-"
         name = f"**{prov}**" if fb["role"] == "ours" else prov
+        first = max((m.get("first_call_s") or 0.0 for m in modes.values()), default=0.0)
+        if first:  # what a compiled provider's first call costs (the compile), untimed above
+            name += f" (first call {first:.1f} s)"
         lines.append(f"| {name} | {shape_id} | {t['fwd']} | {t['bwd']} | {t['fwd+bwd']} | "
                      f"{_x(fb.get('time_vs_naive'))} | {best} | {mem} | {mem_x} | {gbps} |")
     return lines
@@ -493,6 +512,8 @@ def rerender(results_json: Path) -> list[Path]:
     rec.static_gpu_note, rec.commit = data["static_gpu_note"], data["commit"]
     rec.load_samples = data.get("load_samples", [])
     rec.elapsed_s = data.get("elapsed_s", float("nan"))
+    rec.provider_seconds = {(r["loss"], r["provider"]): r["seconds"]
+                            for r in data.get("provider_seconds", [])}
     out_dir = Path(results_json).parent
     md = out_dir / "README_PERF.md"
     md.write_text(render_markdown(rec, machine=data["machine"],
@@ -520,6 +541,9 @@ def write_outputs(rec: Recorder, out_dir: Path) -> list[Path]:
         "static_gpu_note": rec.static_gpu_note,
         "elapsed_s": _elapsed_min(rec) * 60,
         "load_samples": rec.load_samples,
+        "provider_seconds": [{"loss": loss, "provider": prov, "seconds": sec}
+                             for (loss, prov), sec in sorted(rec.provider_seconds.items(),
+                                                             key=lambda kv: -kv[1])],
     }
     paths = [out_dir / "results.json", out_dir / "README_PERF.md"]
     paths[0].write_text(json.dumps(payload, indent=1, default=str) + "\n")

@@ -16,6 +16,7 @@ CASES = [
     for loss in LOGITS_LOSSES
     for provider in LOGITS_PROVIDERS[loss]
     for mode in CONFIG.modes
+    if provider.modes is None or mode in provider.modes
 ]
 
 

@@ -1,30 +1,80 @@
-"""Row views and launch configuration shared by the streaming (one program per row) kernels.
+"""Row views, launch configuration and the launch device shared by the streaming kernels.
 
 The kernels index a row ``i`` of a ``(..., V)`` tensor through two strides: ``i = a * R + b``
 with ``offset = a * stride_a + b * stride_b``. That covers contiguous tensors and the sliced
 views people actually pass (``logits[:, :-1]`` of a (B, T, V) tensor) without a copy.
+
+Launch config (one per kernel family; each program streams one row in BLOCK_V chunks):
+4096 lanes over 8 warps = 16 elements per thread: for bf16 that is two 16-byte loads per
+operand per iteration, for fp32 four, and it keeps every streaming kernel under ~64 registers
+with no spills on sm_80/sm_90 (tests/test_gpu_build.py checks both). Smaller vocabularies use
+the next power of two so tiny V does not waste lanes. Two environment variables override it,
+for measuring other settings (``scripts/gpu_check.sh`` tries BLOCK_V 8192 with 16 warps):
+
+    CORD_BLOCK_V     a power of two >= 16: the largest block (default 4096)
+    CORD_NUM_WARPS   1, 2, 4, 8, 16 or 32 (default 8)
+
+Vectorised loads need 16-byte aligned rows: Triton specialises ``V`` and the row strides as
+multiples of 16 only when they are, so a vocabulary with V % 8 != 0 in bf16 (V % 4 != 0 in
+fp32), e.g. Qwen2's unpadded 151,643, is read with scalar loads. Models pad their heads to a
+multiple of 64 or 128 (Qwen2: 151,936) for this reason; the GPU check measures both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 
-# One launch config per kernel family. Each program streams one row in BLOCK_V chunks.
-# 4096 lanes over 8 warps = 16 elements per thread: for bf16 that is two 16-byte loads per
-# operand per iteration, for fp32 four, and it keeps every streaming kernel under ~64
-# registers with no spills on sm_80/sm_90 (tests/test_gpu_build.py checks both). Smaller
-# vocabularies use the next power of two so tiny V does not waste lanes.
+from cord_kernels._interpreter import fix_scalar_index_for_numpy
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":  # the kernels are being decorated for it
+    fix_scalar_index_for_numpy()
+
 MAX_BLOCK_V = 4096
 NUM_WARPS = 8
+_WARP_CHOICES = (1, 2, 4, 8, 16, 32)
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def block_v(vocab: int) -> int:
-    override = os.environ.get("CORD_BLOCK_V")
-    cap = int(override) if override else MAX_BLOCK_V
+    """The BLOCK_V a launcher uses for rows of ``vocab`` logits."""
+    cap = _env_int("CORD_BLOCK_V")
+    if cap is None:
+        cap = MAX_BLOCK_V
+    elif cap < 16 or cap & (cap - 1):
+        # tl.arange needs a power of two; a bad value would only fail inside Triton's compiler.
+        raise ValueError(f"CORD_BLOCK_V must be a power of two >= 16, got {cap}")
     return max(16, min(cap, 1 << max(vocab - 1, 0).bit_length()))
+
+
+def num_warps() -> int:
+    """The warps per program of the streaming kernels (``CORD_NUM_WARPS``, default 8)."""
+    w = _env_int("CORD_NUM_WARPS")
+    if w is None:
+        return NUM_WARPS
+    if w not in _WARP_CHOICES:
+        raise ValueError(f"CORD_NUM_WARPS must be one of {_WARP_CHOICES}, got {w}")
+    return w
+
+
+def launch_device(x: torch.Tensor):
+    """Launch on ``x``'s GPU, not on whichever GPU is current: Triton launches on the current
+    CUDA device, so a tensor on cuda:1 under current device 0 would be read by a kernel
+    running on the wrong GPU."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -46,14 +96,48 @@ class RowView:
         return self.tensor.stride(0), self.tensor.stride(1)
 
 
-def row_view(x: torch.Tensor) -> RowView:
-    lead = tuple(x.shape[:-1])
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+def _as_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """x as (A, R, V) sharing its storage, or None when no such view exists (a non-unit
+    last stride, or >= 4 leading dims whose strides do not merge)."""
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        return None
     if x.dim() == 1:
-        v = x.view(1, 1, -1)
-    elif x.dim() == 2:
-        v = x.unsqueeze(0)
-    else:
-        v = x.reshape(-1, x.shape[-2], x.shape[-1])  # a view unless dims >= 4 are interleaved
+        return x.view(1, 1, -1)
+    if x.dim() == 2:
+        return x.unsqueeze(0)
+    try:
+        return x.view(math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1])
+    except RuntimeError:  # dims >= 4 interleaved: only a copy has this shape
+        return None
+
+
+def rows_writable(x: torch.Tensor) -> bool:
+    """Whether a kernel can write x's rows in place (``inplace_backward`` needs it)."""
+    return _as_rows(x) is not None
+
+
+def row_view(x: torch.Tensor, *, writable: bool = False) -> RowView:
+    """x as (A, R, V) rows. Read-only inputs that have no such view are copied; an output
+    (``writable=True``) cannot be, since the kernel's writes would land in the copy."""
+    lead = tuple(x.shape[:-1])
+    v = _as_rows(x)
+    if v is None:
+        if writable:
+            raise ValueError(
+                f"a kernel output of shape {tuple(x.shape)} and strides {x.stride()} has no "
+                "(rows, V) view with a unit last stride; writing it would only fill a copy"
+            )
+        x = x.contiguous()
+        v = x.view(math.prod(x.shape[:-2]), x.shape[-2] if x.dim() > 1 else 1, x.shape[-1])
     return RowView(v, lead)
+
+
+def check_inplace_backward(name: str, logits: torch.Tensor, inplace_backward: bool) -> None:
+    """``inplace_backward=True`` writes the gradient into ``logits``' own storage, which needs
+    rows the kernel can address in place."""
+    if inplace_backward and not rows_writable(logits):
+        raise ValueError(
+            f"inplace_backward=True needs {name} with a unit last stride whose leading dims "
+            f"form one (rows, V) view, got shape {tuple(logits.shape)} and strides "
+            f"{logits.stride()}; pass a contiguous tensor or inplace_backward=False"
+        )

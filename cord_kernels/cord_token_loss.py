@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from cord_kernels._dispatch import resolve_impl
+from cord_kernels._rows import check_inplace_backward
 from cord_kernels._validation import (
     check_bool,
     check_logits_pair,
@@ -87,6 +88,7 @@ def cord_token_loss(
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
                                      temperature).float()
     else:
+        check_inplace_backward("student_logits", student_logits, inplace_backward)
         d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
                         inplace_backward=inplace_backward)
     w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=beta)

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels._dispatch import resolve_impl, triton_available
-from cord_kernels._rows import NUM_WARPS, block_v, row_view
+from cord_kernels._rows import (
+    block_v,
+    check_inplace_backward,
+    launch_device,
+    num_warps,
+    row_view,
+)
 from cord_kernels._validation import check_bool, check_logits_pair, check_temperature
 from cord_kernels.torch_path import TorchKLDivFunction
 
@@ -159,14 +165,15 @@ def kl_fwd(
     rm = row_mask.reshape(-1) if row_mask is not None else None
     if rm is not None and rm.dtype == torch.bool:
         rm = rm.view(torch.uint8)
-    _kl_fwd_kernel[(n,)](
-        vx.tensor, vy.tensor, rm, d, lse_x, lse_y,
-        *vx.strides(), *vy.strides(),
-        vx.rows_per_a, V, 1.0 / temperature,
-        HAS_ROW_MASK=rm is not None,
-        BLOCK_V=block_v(V),
-        num_warps=NUM_WARPS,
-    )
+    with launch_device(x):
+        _kl_fwd_kernel[(n,)](
+            vx.tensor, vy.tensor, rm, d, lse_x, lse_y,
+            *vx.strides(), *vy.strides(),
+            vx.rows_per_a, V, 1.0 / temperature,
+            HAS_ROW_MASK=rm is not None,
+            BLOCK_V=block_v(V),
+            num_warps=num_warps(),
+        )
     return d, lse_x, lse_y
 
 
@@ -188,21 +195,20 @@ def kl_bwd(
     n, V = vx.n_rows, x.shape[-1]
     if n == 0 or (dx is None and dy is None):
         return
-    vdx = row_view(dx) if dx is not None else vx
-    vdy = row_view(dy) if dy is not None else vy
-    for name, buf in (("dx", dx), ("dy", dy)):
-        if buf is not None and buf.stride(-1) != 1:
-            raise ValueError(f"{name} must have a unit last stride")
-    _kl_bwd_kernel[(n,)](
-        vx.tensor, vy.tensor, lse_x, lse_y, d, grad_rows.reshape(-1).float().contiguous(),
-        vdx.tensor, vdy.tensor,
-        *vx.strides(), *vy.strides(), *vdx.strides(), *vdy.strides(),
-        vx.rows_per_a, V, 1.0 / temperature,
-        HAS_DX=dx is not None,
-        HAS_DY=dy is not None,
-        BLOCK_V=block_v(V),
-        num_warps=NUM_WARPS,
-    )
+    # Outputs must be written where they live: row_view raises rather than copy them.
+    vdx = row_view(dx, writable=True) if dx is not None else vx
+    vdy = row_view(dy, writable=True) if dy is not None else vy
+    with launch_device(x):
+        _kl_bwd_kernel[(n,)](
+            vx.tensor, vy.tensor, lse_x, lse_y, d, grad_rows.reshape(-1).float().contiguous(),
+            vdx.tensor, vdy.tensor,
+            *vx.strides(), *vy.strides(), *vdx.strides(), *vdy.strides(),
+            vx.rows_per_a, V, 1.0 / temperature,
+            HAS_DX=dx is not None,
+            HAS_DY=dy is not None,
+            BLOCK_V=block_v(V),
+            num_warps=num_warps(),
+        )
 
 
 # ---------------------------------------------------------------- torch custom ops (compile)
@@ -270,10 +276,13 @@ class KLDivFunction(torch.autograd.Function):
         params: KLParams = ctx.params
         need_dx, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dx = dy = None
+        # Fresh gradients are contiguous: empty_like would copy a transposed input's strides,
+        # and the kernel writes rows with a unit last stride.
         if need_dx:
-            dx = x if params.inplace_backward else torch.empty_like(x)
+            dx = x if params.inplace_backward else torch.empty_like(
+                x, memory_format=torch.contiguous_format)
         if need_dy:
-            dy = torch.empty_like(y)
+            dy = torch.empty_like(y, memory_format=torch.contiguous_format)
         _kl_bwd_op(x, y, lse_x, lse_y, d, grad_d, params.temperature, dx, dy)
         return dx, dy, None, None
 
@@ -330,6 +339,7 @@ def reverse_kl(
     u = teacher_logits if teacher_grad else teacher_logits.detach()
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return TorchKLDivFunction.apply(student_logits, u, None, temperature).float()
+    check_inplace_backward("student_logits", student_logits, inplace_backward)
     return kl_div_rows(student_logits, u, None, temperature=temperature,
                        inplace_backward=inplace_backward)
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels._dispatch import resolve_impl, triton_available
-from cord_kernels._rows import NUM_WARPS, block_v, row_view
+from cord_kernels._rows import (
+    block_v,
+    check_inplace_backward,
+    launch_device,
+    num_warps,
+    row_view,
+)
 from cord_kernels._validation import (
     check_bool,
     check_labels,
@@ -95,26 +101,29 @@ def logprob_fwd(x, labels, temperature: float, ignore_index: int):
     out = torch.empty(n, device=x.device, dtype=torch.float32)
     lse = torch.empty(n, 2, device=x.device, dtype=torch.float32)
     if n:
-        _logprob_fwd_kernel[(n,)](
-            vx.tensor, labels.reshape(-1).contiguous(), out, lse, *vx.strides(),
-            vx.rows_per_a, V, 1.0 / temperature, ignore_index,
-            BLOCK_V=block_v(V), num_warps=NUM_WARPS,
-        )
+        with launch_device(x):
+            _logprob_fwd_kernel[(n,)](
+                vx.tensor, labels.reshape(-1).contiguous(), out, lse, *vx.strides(),
+                vx.rows_per_a, V, 1.0 / temperature, ignore_index,
+                BLOCK_V=block_v(V), num_warps=num_warps(),
+            )
     return out, lse
 
 
 def logprob_bwd(x, labels, lse, grad_rows, temperature: float, ignore_index: int, dx) -> None:
     """Writes dlogp/dx scaled per row by ``grad_rows`` into ``dx`` (may be x itself)."""
-    vx, vdx = row_view(x), row_view(dx)
+    # dx must be written where it lives (it may be x itself): row_view raises rather than copy.
+    vx, vdx = row_view(x), row_view(dx, writable=True)
     n, V = vx.n_rows, x.shape[-1]
     if n:
-        _logprob_bwd_kernel[(n,)](
-            vx.tensor, labels.reshape(-1).contiguous(), lse,
-            grad_rows.reshape(-1).float().contiguous(), vdx.tensor,
-            *vx.strides(), *vdx.strides(),
-            vx.rows_per_a, V, 1.0 / temperature, ignore_index,
-            BLOCK_V=block_v(V), num_warps=NUM_WARPS,
-        )
+        with launch_device(x):
+            _logprob_bwd_kernel[(n,)](
+                vx.tensor, labels.reshape(-1).contiguous(), lse,
+                grad_rows.reshape(-1).float().contiguous(), vdx.tensor,
+                *vx.strides(), *vdx.strides(),
+                vx.rows_per_a, V, 1.0 / temperature, ignore_index,
+                BLOCK_V=block_v(V), num_warps=num_warps(),
+            )
 
 
 @torch.library.custom_op("cord_kernels::logprob_fwd", mutates_args=())
@@ -169,7 +178,8 @@ class TokenLogprobsFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, labels, lse = ctx.saved_tensors
         p: LogprobParams = ctx.params
-        dx = x if p.inplace_backward else torch.empty_like(x)
+        # A fresh gradient is contiguous (the kernel writes rows with a unit last stride).
+        dx = x if p.inplace_backward else torch.empty_like(x, memory_format=torch.contiguous_format)
         _logprob_bwd_op(x, labels, lse, grad_out, p.temperature, p.ignore_index, dx)
         return dx, None, None
 
@@ -211,6 +221,7 @@ def token_logprobs(
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if resolve_impl(impl, logits) == "torch":
         return TorchLogprobFunction.apply(logits, labels, temperature, ignore_index).float()
+    check_inplace_backward("logits", logits, inplace_backward)
     return TokenLogprobsFunction.apply(
         logits, labels, LogprobParams(temperature, ignore_index, inplace_backward)
     )

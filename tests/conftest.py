@@ -1,9 +1,16 @@
 """Shared test setup: fixtures only (helpers that tests import are in ``helpers.py``).
 
-Triton decides at decoration time whether a ``@triton.jit`` function runs in the interpreter,
-so ``TRITON_INTERPRET=1`` is set before anything imports ``cord_kernels``; it is then removed
-again, so that ``impl=None`` means the torch path on CPU for the rest of the suite (trainer
-tests stay fast). Kernel tests opt into Triton with the ``interpret`` fixture.
+Two kinds of session:
+
+* the default (CPU CI): Triton decides at decoration time whether a ``@triton.jit`` function
+  runs in the interpreter, so ``TRITON_INTERPRET=1`` is set before anything imports
+  ``cord_kernels``; it is then removed again, so that ``impl=None`` means the torch path on
+  CPU for the rest of the suite (trainer tests stay fast). Kernel tests opt into Triton with
+  the ``interpret`` fixture. Interpreted kernels can never run on CUDA tensors, so every
+  ``device="cuda"`` case and every ``gpu`` test skips here, saying so.
+* ``CORD_TEST_COMPILED=1`` (what ``scripts/gpu_check.sh`` runs, in a fresh process): the
+  kernels are compiled for the GPU, ``device="cuda"`` cases and ``tests/gpu`` run, and the
+  CPU cases of the kernel tests skip (they need the interpreter).
 """
 
 from __future__ import annotations
@@ -11,14 +18,20 @@ from __future__ import annotations
 import os
 import warnings
 
-_had = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-import cord_kernels  # noqa: E402,F401  (decorates the kernels as interpreted functions)
+from helpers import COMPILED_SESSION, cuda_skip_reason  # imports torch, never triton
 
-if _had is None:
-    del os.environ["TRITON_INTERPRET"]
-else:
-    os.environ["TRITON_INTERPRET"] = _had
+if COMPILED_SESSION and os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise RuntimeError("CORD_TEST_COMPILED=1 runs the compiled kernels: unset TRITON_INTERPRET")
+
+if not COMPILED_SESSION:
+    _had = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    import cord_kernels  # noqa: E402,F401  (decorates the kernels as interpreted functions)
+
+    if _had is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _had
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -28,9 +41,32 @@ import torch._dynamo  # noqa: E402
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
 
 
+# Kernel and loss tests take ``device``: cpu (interpreter or torch path) and cuda (compiled
+# kernels). Each case is marked with its device so that ``-m cuda`` selects the GPU half.
+DEVICES = [pytest.param("cpu", marks=pytest.mark.cpu),
+           pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    if request.param == "cuda":
+        reason = cuda_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    elif COMPILED_SESSION:
+        pytest.skip("CPU kernel cases need the Triton interpreter: plain pytest runs them")
+    return torch.device(request.param)
+
+
 @pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels on CPU tensors through the interpreter."""
+def interpret(monkeypatch, request):
+    """Run Triton kernels on CPU tensors through the interpreter (a no-op for CUDA cases,
+    which run the compiled kernels)."""
+    on_cuda = "device" in request.fixturenames and request.getfixturevalue("device").type == "cuda"
+    if on_cuda:
+        return
+    if COMPILED_SESSION:
+        pytest.skip("needs the Triton interpreter: plain pytest (not CORD_TEST_COMPILED=1) runs it")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 

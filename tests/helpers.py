@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+# CORD_TEST_COMPILED=1: a session on the compiled kernels (see conftest.py), where the
+# device="cuda" cases and tests/gpu run.
+COMPILED_SESSION = os.environ.get("CORD_TEST_COMPILED", "0") == "1"
+
+
+def cuda_skip_reason() -> str | None:
+    """Why the compiled Triton kernels cannot run on CUDA in this session, or None."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available here (torch.cuda.is_available() is False)"
+    if not COMPILED_SESSION:
+        return ("this session decorated the kernels for the Triton interpreter (tests/conftest.py "
+                "sets TRITON_INTERPRET=1); run CUDA cases with CORD_TEST_COMPILED=1, as "
+                "scripts/gpu_check.sh does")
+    return None
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -149,14 +149,33 @@ def test_counted_bytes_and_flops():
 
 
 def test_rss_probe_reports_a_peak_above_its_baseline():
+    """One fresh process measures several providers of a shape, each from its own baseline."""
     from bench.measure import cpu_peak_rss
 
     spec = {"loss": "reverse_kl", "provider": "torch", "n_tokens": 64, "vocab": 4096}
-    mem = cpu_peak_rss(spec, timeout=300)
-    assert "error" not in mem, mem
+    mems = cpu_peak_rss([spec, {**spec, "provider": "cord_kernels"},
+                         {**spec, "provider": "no such provider"}], timeout=300)
+    naive, ours, bad = mems
+    for mem in (naive, ours):
+        assert "error" not in mem, mem
+        assert mem["peak_bytes"] == mem["baseline_bytes"] + mem["delta_bytes"]
     # Naive reverse KL keeps several fp32 (N, V) temporaries: at least one 1 MiB tensor.
-    assert mem["delta_bytes"] >= 64 * 4096 * 4
-    assert mem["peak_bytes"] == mem["baseline_bytes"] + mem["delta_bytes"]
+    assert naive["delta_bytes"] >= 64 * 4096 * 4
+    assert "provider for 'reverse_kl' must be one of" in bad["error"]
+
+
+def test_recorder_keeps_time_per_provider_and_reports_the_slowest():
+    rec = Recorder(load_config())
+    for loss, prov, sec in (("reverse_kl", "torch", 2.0), ("reverse_kl", "torch", 3.0),
+                            ("token_logprobs", "trl", 1.0), ("reverse_kl", "liger", 9.0),
+                            ("reverse_kl", "cord_kernels", 0.5)):
+        rec.add_time(loss, prov, sec)
+    assert rec.slowest(3) == [("reverse_kl", "liger", 9.0), ("reverse_kl", "torch", 5.0),
+                              ("token_logprobs", "trl", 1.0)]
+    rec.rows.append({"loss": "reverse_kl", "provider": "torch", "role": "naive",
+                     "mode": "fwd+bwd", "shape_id": "N1-V1", "status": "skipped",
+                     "reason": "x", "note": ""})
+    assert "liger (reverse_kl) 9 s, torch (reverse_kl) 5 s" in render_markdown(rec)
 
 
 def _fake_stats(median):

@@ -12,11 +12,11 @@ from cord_kernels import reference as ref
 REDUCTIONS = ["batchmean", "sum", "mean", "none"]
 
 
-def _batch(B, T, V, dtype=torch.float32, seed=0, p_mask=0.3):
+def _batch(B, T, V, dtype=torch.float32, seed=0, p_mask=0.3, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(B, T, V, generator=g) * 2).to(dtype)
-    u = (torch.randn(B, T, V, generator=g) * 2).to(dtype)
-    mask = torch.rand(B, T, generator=g) > p_mask
+    s = (torch.randn(B, T, V, generator=g) * 2).to(device, dtype)
+    u = (torch.randn(B, T, V, generator=g) * 2).to(device, dtype)
+    mask = (torch.rand(B, T, generator=g) > p_mask).to(device)
     return s, u, mask
 
 
@@ -43,8 +43,8 @@ def _loss_and_grad(s, u, mask, impl, reduction, **kw):
     ],
 )
 def test_matches_fp64_reference(B, T, V, dtype, top_k, alpha, beta, temperature, impl,
-                                reduction, interpret, nan_poison):
-    s, u, mask = _batch(B, T, V, dtype)
+                                reduction, device, interpret, nan_poison):
+    s, u, mask = _batch(B, T, V, dtype, device=device)
     mask[0] = False  # an all-masked sequence
     kw = dict(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature)
     out, gs, expect, g64 = _loss_and_grad(s, u, mask, impl, reduction, **kw)
@@ -57,8 +57,8 @@ def test_matches_fp64_reference(B, T, V, dtype, top_k, alpha, beta, temperature,
         assert out.shape == (B, T) and (out[~mask] == 0).all()
 
 
-def test_reductions_relate(interpret):
-    s, u, mask = _batch(3, 10, 40)
+def test_reductions_relate(device, interpret):
+    s, u, mask = _batch(3, 10, 40, device=device)
     per_tok = cord_token_loss(s, u, mask, reduction="none", impl="triton")
     total = per_tok.sum()
     torch.testing.assert_close(cord_token_loss(s, u, mask, reduction="sum", impl="triton"), total)
@@ -67,8 +67,8 @@ def test_reductions_relate(interpret):
                                total / mask.sum())
 
 
-def test_is_weighted_sum_of_reverse_kl(interpret):
-    s, u, mask = _batch(2, 30, 60, seed=5)
+def test_is_weighted_sum_of_reverse_kl(device, interpret):
+    s, u, mask = _batch(2, 30, 60, seed=5, device=device)
     d = reverse_kl(s, u, impl="triton")
     w = cord_weights(torch.where(mask, d, 0.0), mask, top_k=7)
     out = cord_token_loss(s, u, mask, top_k=7, reduction="none", impl="triton")
@@ -76,8 +76,8 @@ def test_is_weighted_sum_of_reverse_kl(interpret):
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_garbage_in_masked_rows_does_not_leak(impl, interpret):
-    s, u, mask = _batch(2, 8, 30, seed=2)
+def test_garbage_in_masked_rows_does_not_leak(impl, device, interpret):
+    s, u, mask = _batch(2, 8, 30, seed=2, device=device)
     mask[:, -3:] = False
     s[:, -3:] = float("nan")
     u[:, -2:] = float("-inf")
@@ -88,9 +88,9 @@ def test_garbage_in_masked_rows_does_not_leak(impl, interpret):
     assert (s.grad[:, -3:] == 0).all()
 
 
-def test_all_masked_batch_gives_zero(interpret):
-    s, u, _ = _batch(2, 4, 20)
-    mask = torch.zeros(2, 4, dtype=torch.bool)
+def test_all_masked_batch_gives_zero(device, interpret):
+    s, u, _ = _batch(2, 4, 20, device=device)
+    mask = torch.zeros(2, 4, dtype=torch.bool, device=device)
     s.requires_grad_()
     for reduction in ["batchmean", "sum", "mean"]:
         loss = cord_token_loss(s, u, mask, reduction=reduction, impl="triton")
@@ -99,16 +99,16 @@ def test_all_masked_batch_gives_zero(interpret):
         assert (g == 0).all()
 
 
-def test_teacher_gets_no_gradient(interpret):
-    s, u, mask = _batch(2, 5, 20)
+def test_teacher_gets_no_gradient(device, interpret):
+    s, u, mask = _batch(2, 5, 20, device=device)
     u.requires_grad_()
     s.requires_grad_()
     cord_token_loss(s, u, mask, impl="triton").backward()
     assert u.grad is None and s.grad is not None
 
 
-def test_extreme_logits(interpret):
-    s, u, mask = _batch(2, 5, 64, seed=9)
+def test_extreme_logits(device, interpret):
+    s, u, mask = _batch(2, 5, 64, seed=9, device=device)
     s[0, 0, :4] = 1e4
     u[1, 2, :] = -1e4
     u[1, 2, 7] = 1e4
@@ -116,8 +116,8 @@ def test_extreme_logits(interpret):
     assert rel_err(out, expect) < 1e-5 and rel_err(gs, g64) < 1e-5
 
 
-def test_inplace_backward(interpret):
-    s, u, mask = _batch(2, 6, 40)
+def test_inplace_backward(device, interpret):
+    s, u, mask = _batch(2, 6, 40, device=device)
     leaf_ref = s.clone().requires_grad_()
     ref.cord_token_loss(leaf_ref, u, mask).backward()
     leaf = s.clone().requires_grad_()

@@ -64,7 +64,7 @@ def test_alpha_beta_one_is_uniform_opd():
     torch.testing.assert_close(w, mask.float())
 
 
-def test_matches_a_loop_over_sequences():
+def test_matches_a_loop_over_sequences(device):
     """The batched version against a direct transcription of eqs. 4-6."""
     g = torch.Generator().manual_seed(0)
     kl = torch.rand(6, 40, generator=g).round(decimals=1)  # rounding makes ties common
@@ -72,7 +72,7 @@ def test_matches_a_loop_over_sequences():
     mask[0] = False
     mask[1, 1:] = False
     K, a, b = 5, 2.0, 3.0
-    w = cord_weights(kl, mask, top_k=K, alpha=a, beta=b)
+    w = cord_weights(kl.to(device), mask.to(device), top_k=K, alpha=a, beta=b).cpu()
     for i in range(6):
         pos = mask[i].nonzero().flatten().tolist()
         T = len(pos)

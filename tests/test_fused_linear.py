@@ -27,7 +27,8 @@ def _rows_bytes(rows: int, V: int, tiles: int = 2) -> int:
     return rows * tiles * 4 * V
 
 
-def _problem(B, T, H, V, *, dtype=torch.float32, seed=0, p_mask=0.3, bias=True):
+def _problem(B, T, H, V, *, dtype=torch.float32, seed=0, p_mask=0.3, bias=True,
+             device="cpu"):
     g = torch.Generator().manual_seed(seed)
     hs = torch.randn(B, T, H, generator=g)
     ht = (hs + 0.5 * torch.randn(B, T, H, generator=g)).to(dtype)  # a teacher close by
@@ -37,7 +38,7 @@ def _problem(B, T, H, V, *, dtype=torch.float32, seed=0, p_mask=0.3, bias=True):
     # Ragged right padding, then random holes inside the sequences.
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     mask = (torch.arange(T)[None] < lengths[:, None]) & (torch.rand(B, T, generator=g) > p_mask)
-    return hs, ht, W, b, mask
+    return tuple(None if t is None else t.to(device) for t in (hs, ht, W, b, mask))
 
 
 def _leaves(*tensors):
@@ -120,8 +121,9 @@ CORD_CASES = [
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("shape, chunk, opts", CORD_CASES)
-def test_cord_matches_references(shape, chunk, opts, impl, reduction, interpret, nan_poison):
-    hs, ht, W, b, mask = _problem(**shape)
+def test_cord_matches_references(shape, chunk, opts, impl, reduction, device, interpret,
+                                 nan_poison):
+    hs, ht, W, b, mask = _problem(**shape, device=device)
     mask[1] = False  # an all-masked sequence
     rows = chunk["chunk_rows"]
     chunk_bytes = None if rows is None else _rows_bytes(rows, shape["V"])
@@ -131,8 +133,8 @@ def test_cord_matches_references(shape, chunk, opts, impl, reduction, interpret,
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cord_half_precision(dtype, impl, interpret, nan_poison):
-    hs, ht, W, b, mask = _problem(3, 12, 32, 150, dtype=dtype, seed=1)
+def test_cord_half_precision(dtype, impl, device, interpret, nan_poison):
+    hs, ht, W, b, mask = _problem(3, 12, 32, 150, dtype=dtype, seed=1, device=device)
     _check_cord(hs, ht, W, b, mask, impl=impl, reduction="batchmean", tol=TOL[dtype],
                 chunk_bytes=_rows_bytes(9, 150), top_k=4)
 
@@ -365,13 +367,14 @@ LOGPROB_CASES = [
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("lead, H, V, dtype, temperature, rows, bias", LOGPROB_CASES)
 def test_logprobs_match_references(lead, H, V, dtype, temperature, rows, bias, impl,
-                                   interpret, nan_poison):
+                                   device, interpret, nan_poison):
     g = torch.Generator().manual_seed(9)
-    hs = torch.randn(*lead, H, generator=g).to(dtype)
-    W = (torch.randn(V, H, generator=g) / H**0.5 * 3).to(dtype)
-    b = torch.randn(V, generator=g).to(dtype) if bias else None
+    hs = torch.randn(*lead, H, generator=g).to(device, dtype)
+    W = (torch.randn(V, H, generator=g) / H**0.5 * 3).to(device, dtype)
+    b = torch.randn(V, generator=g).to(device, dtype) if bias else None
     labels = torch.randint(0, V, lead, generator=g)
     labels[torch.rand(lead, generator=g) < 0.3] = -7  # custom ignore_index
+    labels = labels.to(device)
     chunk_bytes = None if rows is None else _rows_bytes(rows, V, tiles=1)
 
     x = _leaves(hs, W, b)

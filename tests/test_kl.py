@@ -22,10 +22,10 @@ CASES = [
 ]
 
 
-def _inputs(lead, V, dtype, seed=0, scale=3.0):
+def _inputs(lead, V, dtype, seed=0, scale=3.0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(*lead, V, generator=g) * scale).to(dtype)
-    u = (torch.randn(*lead, V, generator=g) * scale).to(dtype)
+    s = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
+    u = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
     return s, u
 
 
@@ -54,34 +54,34 @@ def _check(fn, ref_fn, s, u, *, temperature, teacher_grad, impl, tol):
 @pytest.mark.parametrize("lead, V, dtype, temperature", CASES)
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_matches_fp64_reference(lead, V, dtype, temperature, direction, impl, interpret,
-                                nan_poison):
+def test_matches_fp64_reference(lead, V, dtype, temperature, direction, impl, device,
+                                interpret, nan_poison):
     fn, ref_fn = (reverse_kl, ref.reverse_kl) if direction == "reverse" else (
         forward_kl, ref.forward_kl)
-    s, u = _inputs(lead, V, dtype)
+    s, u = _inputs(lead, V, dtype, device=device)
     out = _check(fn, ref_fn, s, u, temperature=temperature, teacher_grad=False, impl=impl,
                  tol=TOL[dtype])
     assert (out >= -1e-6).all()
 
 
 @pytest.mark.parametrize("direction", ["reverse", "forward"])
-def test_teacher_grad(direction, interpret, nan_poison):
+def test_teacher_grad(direction, device, interpret, nan_poison):
     fn, ref_fn = (reverse_kl, ref.reverse_kl) if direction == "reverse" else (
         forward_kl, ref.forward_kl)
-    s, u = _inputs((5,), 300, torch.float32, seed=1)
+    s, u = _inputs((5,), 300, torch.float32, seed=1, device=device)
     _check(fn, ref_fn, s, u, temperature=1.3, teacher_grad=True, impl="triton", tol=1e-5)
 
 
-def test_teacher_detached_by_default(interpret):
-    s, u = _inputs((3,), 50, torch.float32)
+def test_teacher_detached_by_default(device, interpret):
+    s, u = _inputs((3,), 50, torch.float32, device=device)
     u.requires_grad_()
     reverse_kl(s.requires_grad_(), u, impl="triton").sum().backward()
     assert u.grad is None and s.grad is not None
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_extreme_and_neg_inf_logits(impl, interpret, nan_poison):
-    s, u = _inputs((6,), 150, torch.float32, seed=2)
+def test_extreme_and_neg_inf_logits(impl, device, interpret, nan_poison):
+    s, u = _inputs((6,), 150, torch.float32, seed=2, device=device)
     s[0, :10] = 1e4
     u[1, :20] = -1e4
     s[2, 5:40] = float("-inf")  # p = 0 there: contributes nothing, even against -inf teacher
@@ -97,25 +97,25 @@ def test_extreme_and_neg_inf_logits(impl, interpret, nan_poison):
            impl=impl, tol=1e-5)
 
 
-def test_teacher_neg_inf_where_student_has_mass_is_inf(interpret):
-    s = torch.zeros(1, 8)
-    u = torch.zeros(1, 8)
+def test_teacher_neg_inf_where_student_has_mass_is_inf(device, interpret):
+    s = torch.zeros(1, 8, device=device)
+    u = torch.zeros(1, 8, device=device)
     u[0, 3] = float("-inf")
     assert torch.isinf(reverse_kl(s, u, impl="triton")).all()
     assert torch.isinf(ref.reverse_kl(s, u)).all()
 
 
-def test_identical_rows_give_zero(interpret):
-    s, _ = _inputs((4, 3), 99, torch.float32)
+def test_identical_rows_give_zero(device, interpret):
+    s, _ = _inputs((4, 3), 99, torch.float32, device=device)
     d = reverse_kl(s, s.clone(), impl="triton")
     assert d.abs().max() < 1e-6
 
 
-def test_strided_views_without_copy(interpret, nan_poison):
+def test_strided_views_without_copy(device, interpret, nan_poison):
     """logits[:, :-1] of a (B, T, V) tensor and a padded row stride go through the kernel's
     two-level row indexing."""
-    base_s, base_u = _inputs((2, 6), 80, torch.float32, seed=3)
-    wide = torch.randn(2, 6, 96)
+    base_s, base_u = _inputs((2, 6), 80, torch.float32, seed=3, device=device)
+    wide = torch.randn(2, 6, 96, device=device)
     wide[..., :80] = base_s
     s = wide[:, :-1, :80]  # row stride 96, batch stride 6*96
     u = base_u[:, 1:]
@@ -124,8 +124,8 @@ def test_strided_views_without_copy(interpret, nan_poison):
            impl="triton", tol=1e-5)
 
 
-def test_inplace_backward_writes_into_student_buffer(interpret):
-    s, u = _inputs((4, 5), 77, torch.float32, seed=4)
+def test_inplace_backward_writes_into_student_buffer(device, interpret):
+    s, u = _inputs((4, 5), 77, torch.float32, seed=4, device=device)
     s_ref = s.clone().requires_grad_()
     ref.reverse_kl(s_ref, u).sum().backward()
 
@@ -138,9 +138,9 @@ def test_inplace_backward_writes_into_student_buffer(interpret):
     assert rel_err(logits.detach(), s_ref.grad) < 1e-5 and logits.data_ptr() == buf_ptr
 
 
-def test_empty_rows(interpret):
-    s = torch.randn(0, 10, requires_grad=True)
-    d = reverse_kl(s, torch.randn(0, 10), impl="triton")
+def test_empty_rows(device, interpret):
+    s = torch.randn(0, 10, device=device, requires_grad=True)
+    d = reverse_kl(s, torch.randn(0, 10, device=device), impl="triton")
     assert d.shape == (0,)
     d.sum().backward()
     assert s.grad.shape == (0, 10)
@@ -158,3 +158,28 @@ def test_impl_none_picks_triton_under_interpreter(interpret, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     reverse_kl(s, u)  # CPU without the interpreter: the torch path
     assert calls == [1]
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_non_unit_last_stride_and_interleaved_dims(direction, device, interpret, nan_poison):
+    """A transposed input (last stride != 1) and a 4-D permuted one whose leading dims have no
+    (rows, V) view are copied for reading, and their gradients still come back right."""
+    fn, ref_fn = (reverse_kl, ref.reverse_kl) if direction == "reverse" else (
+        forward_kl, ref.forward_kl)
+    s, u = _inputs((40,), 6, torch.float32, seed=6, device=device)
+    _check(fn, ref_fn, s.T, u.T, temperature=1.0, teacher_grad=True, impl="triton", tol=1e-5)
+    s4, u4 = _inputs((3, 4, 5), 33, torch.float32, seed=7, device=device)
+    s4, u4 = s4.permute(1, 0, 2, 3), u4.permute(1, 0, 2, 3)
+    _check(fn, ref_fn, s4, u4, temperature=1.0, teacher_grad=True, impl="triton", tol=1e-5)
+
+
+def test_inplace_backward_needs_rows_it_can_write(device, interpret):
+    s, u = _inputs((40,), 6, torch.float32, device=device)
+    with pytest.raises(ValueError, match="inplace_backward"):
+        reverse_kl(s.T.requires_grad_(), u.T, impl="triton", inplace_backward=True)
+    s4, u4 = _inputs((3, 4, 5), 33, torch.float32, device=device)
+    with pytest.raises(ValueError, match="inplace_backward"):
+        reverse_kl(s4.permute(1, 0, 2, 3), u4.permute(1, 0, 2, 3), impl="triton",
+                   inplace_backward=True)
+    # The torch path ignores the option, so it accepts such views.
+    reverse_kl(s.T, u.T, impl="torch", inplace_backward=True)
