@@ -75,7 +75,7 @@ class GapTaskConfig:
     val_questions: int = 200
     transfer_questions: int = 200
     train_questions: int = 3000
-    audio_qa: int = 300
+    audio_qa: int = 150
     """Spoken questions WITH worked answers in pre-training; the other training questions are
     heard only for transcription and form the unlabelled pool that post-training distils on."""
     seed: int = 0
@@ -90,7 +90,7 @@ class GapTaskConfig:
     """Long enough for the longest question (9 words of 0.48 s); longer audio would be cut."""
     tts_rate: int = 175
     # pre-training
-    pretrain_steps: int = 900
+    pretrain_steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 3e-3
     audio_qa_every: int = 2
