@@ -126,7 +126,7 @@ def floor_entry_passes(loss: str, mode: str) -> int:
     """Minimal (N, V) passes over HBM for the logits-in losses: reads of s (and u) and the
     write of ds. Reverse KL fwd+bwd: read s, u, write ds = 3 (SPEC section 3: 6 B/entry in
     bf16); token log-probs: read x, write dx = 2."""
-    two_inputs = loss in ("reverse_kl", "cord_token_loss")
+    two_inputs = loss in ("reverse_kl", "cord_token_loss", "jsd")
     reads = 2 if two_inputs else 1
     return {"fwd": reads, "bwd": reads + 1, "fwd+bwd": reads + 1}[mode]
 
@@ -138,7 +138,8 @@ def floor_bytes(loss: str, mode: str, n_tokens: int, vocab: int, dtype: torch.dt
 
 def gemm_count(loss: str, mode: str) -> int:
     """GEMMs of shape 2*N*H*V the fused-linear losses cannot avoid."""
-    fwd = 2 if loss == "fused_linear_cord_token_loss" else 1
+    # The distillation losses project both sides; the log-prob loss one.
+    fwd = 1 if loss == "fused_linear_token_logprobs" else 2
     return {"fwd": fwd, "bwd": 2, "fwd+bwd": fwd + 2}[mode]
 
 

@@ -12,14 +12,18 @@ Losses (the scalar each closure returns):
     reverse_kl                    sum_valid D_t / B
     cord_token_loss               sum_t w_t D_t / B, CORD weights (top-K, position)
     token_logprobs                sum_valid log p(y_t)
+    jsd                           sum_valid JSD_0.5(p, q) / B (TRL's / Liger's generalized JSD)
     fused_linear_cord_token_loss  cord_token_loss on logits = hidden @ W.T
     fused_linear_token_logprobs   token_logprobs on logits = hidden @ W.T
+    fused_linear_distill_loss[d]  sum_valid Div_t / B on logits = hidden @ W.T, for d one of
+                                  reverse_kl, forward_kl, jsd (beta 0.5)
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +33,13 @@ import torch.nn.functional as F
 
 from bench.inputs import IGNORE_INDEX, HiddenCase, LogitsCase
 
-LOGITS_LOSSES = ("reverse_kl", "cord_token_loss", "token_logprobs")
-FUSED_LOSSES = ("fused_linear_cord_token_loss", "fused_linear_token_logprobs")
+LOGITS_LOSSES = ("reverse_kl", "cord_token_loss", "token_logprobs", "jsd")
+# TRL's and Liger's beta for each divergence of fused_linear_distill_loss (0: forward KL,
+# 1: reverse KL, in between the generalized JSD), and the JSD's beta everywhere here.
+DISTILL_BETA = {"reverse_kl": 1.0, "forward_kl": 0.0, "jsd": 0.5}
+JSD_BETA = DISTILL_BETA["jsd"]
+DISTILL_LOSSES = tuple(f"fused_linear_distill_loss[{d}]" for d in DISTILL_BETA)
+FUSED_LOSSES = ("fused_linear_cord_token_loss", "fused_linear_token_logprobs", *DISTILL_LOSSES)
 
 Closure = Callable[[], torch.Tensor]
 
@@ -73,23 +82,6 @@ def _cuda_only(package: str) -> Callable[[torch.device], str | None]:
     return check
 
 
-@functools.cache
-def fused_linear_import_error() -> str | None:
-    """None when cord_kernels exports the fused-linear losses, else why not."""
-    try:
-        import cord_kernels
-
-        cord_kernels.fused_linear_cord_token_loss  # noqa: B018
-        cord_kernels.fused_linear_token_logprobs  # noqa: B018
-    except (ImportError, AttributeError) as err:
-        return f"cord_kernels has no fused-linear losses yet ({err})"
-    return None
-
-
-def _ours_fused(device: torch.device) -> str | None:
-    return fused_linear_import_error()
-
-
 # ------------------------------------------------------------------- shared naive building blocks
 
 
@@ -105,6 +97,26 @@ def naive_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     logp = F.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return picked.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+
+def naive_jsd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """(..., V) logits -> (...) generalized JSD (beta = JSD_BETA) in fp32, as TRL writes it:
+    log-softmax of both, the mixture's log by logsumexp, two KLs."""
+    log_p = F.log_softmax(student.float(), dim=-1)
+    log_q = F.log_softmax(teacher.float(), dim=-1)
+    log_m = torch.logaddexp(log_p + math.log1p(-JSD_BETA), log_q + math.log(JSD_BETA))
+    kl_q = (log_q.exp() * (log_q - log_m)).sum(-1)
+    kl_p = (log_p.exp() * (log_p - log_m)).sum(-1)
+    return JSD_BETA * kl_q + (1 - JSD_BETA) * kl_p
+
+
+def naive_divergence(divergence: str, student: torch.Tensor, teacher: torch.Tensor):
+    """The per-row divergence of ``fused_linear_distill_loss[divergence]`` in plain torch."""
+    if divergence == "reverse_kl":
+        return naive_reverse_kl(student, teacher)
+    if divergence == "forward_kl":
+        return naive_reverse_kl(teacher, student)
+    return naive_jsd(student, teacher)
 
 
 @functools.cache
@@ -202,6 +214,39 @@ def _liger_reverse_kl(c: LogitsCase) -> Closure:
     return loss
 
 
+def _ours_jsd(c: LogitsCase) -> Closure:
+    from cord_kernels import jsd
+
+    return lambda: _masked_sum_per_batch(jsd(c.student, c.teacher, beta=JSD_BETA), c.mask)
+
+
+def _trl_jsd(c: LogitsCase) -> Closure:
+    # trl.experimental warns on import: a peer's own choice, imported only when used.
+    from trl.experimental.gkd import GKDTrainer
+
+    labels = torch.where(c.mask, 0, IGNORE_INDEX)
+    B = c.mask.shape[0]
+    return lambda: GKDTrainer.generalized_jsd_loss(c.student, c.teacher, labels=labels,
+                                                   beta=JSD_BETA, reduction="sum") / B
+
+
+def _liger_jsd(c: LogitsCase) -> Closure:
+    from liger_kernel.transformers import LigerJSD
+
+    # LigerJSD(student log-probs, teacher log-probs, labels), mixture (1 - beta) p + beta q,
+    # mean over the valid rows (so it differs from ours by the factor B / n_valid).
+    fn = LigerJSD(beta=JSD_BETA, ignore_index=IGNORE_INDEX)
+    V = c.student.shape[-1]
+    labels = torch.where(c.mask, 0, IGNORE_INDEX).view(-1)
+
+    def loss() -> torch.Tensor:
+        log_p = F.log_softmax(c.student.view(-1, V).float(), dim=-1)
+        log_q = F.log_softmax(c.teacher.view(-1, V).float(), dim=-1)
+        return fn(log_p, log_q, labels)
+
+    return loss
+
+
 def _liger_logprobs(c: LogitsCase) -> Closure:
     from liger_kernel.transformers.functional import liger_cross_entropy
 
@@ -255,6 +300,21 @@ LOGITS_PROVIDERS: dict[str, list[Provider]] = {
                  lambda device: _missing("trl")),
         Provider("liger cross_entropy", "peer", _liger_logprobs, _cuda_only("liger_kernel"),
                  note="-cross_entropy(reduction='none')"),
+    ],
+    "jsd": [
+        Provider("cord_kernels", "ours", _ours_jsd),
+        Provider("torch", "naive",
+                 lambda c: lambda: _masked_sum_per_batch(naive_jsd(c.student, c.teacher),
+                                                         c.mask)),
+        Provider("torch.compile", "peer",
+                 lambda c: lambda: _masked_sum_per_batch(
+                     _compiled(naive_jsd)(c.student, c.teacher), c.mask),
+                 needs_warmup=True),
+        Provider("trl generalized_jsd_loss", "peer", _trl_jsd, lambda device: _missing("trl"),
+                 note="GKDTrainer's loss (eager torch), sum / B"),
+        Provider(f"liger LigerJSD(beta={JSD_BETA})", "peer", _liger_jsd,
+                 _cuda_only("liger_kernel"),
+                 note="mean over valid rows; log_softmax of both sides in torch first"),
     ],
 }
 
@@ -380,9 +440,80 @@ def _liger_fused_jsd(c: HiddenCase) -> Closure:
                       c.weight.detach(), c.labels.reshape(-1))
 
 
+def _ours_fused_distill(divergence: str) -> Callable[[HiddenCase], Closure]:
+    def build(c: HiddenCase) -> Closure:
+        from cord_kernels import fused_linear_distill_loss
+
+        return lambda: fused_linear_distill_loss(c.student_hidden, c.teacher_hidden, c.weight,
+                                                 c.mask, divergence=divergence,
+                                                 jsd_beta=JSD_BETA)
+
+    return build
+
+
+def _naive_fused_distill(divergence: str) -> Callable[[HiddenCase], Closure]:
+    def build(c: HiddenCase) -> Closure:
+        def loss() -> torch.Tensor:
+            s = c.student_hidden @ c.weight.T  # (B, T, V) materialised
+            with torch.no_grad():
+                u = c.teacher_hidden @ c.weight.T
+            return _masked_sum_per_batch(naive_divergence(divergence, s, u), c.mask)
+
+        return loss
+
+    return build
+
+
+def _trl_fused_distill(beta: float) -> Callable[[HiddenCase], Closure]:
+    def build(c: HiddenCase) -> Closure:
+        from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+        valid = c.mask.reshape(-1)
+        B = c.mask.shape[0]
+
+        def loss() -> torch.Tensor:
+            # As TRL's DistillationTrainer calls it, on the valid rows only.
+            d, _entropy = ChunkedDivergenceFunction.apply(
+                _flat(c.student_hidden)[valid], c.weight, None, _flat(c.teacher_hidden)[valid],
+                c.weight.detach(), None, beta)
+            return d.sum() / B
+
+        return loss
+
+    return build
+
+
+def _liger_fused_distill(beta: float) -> Callable[[HiddenCase], Closure]:
+    def build(c: HiddenCase) -> Closure:
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta,
+                                     ignore_index=IGNORE_INDEX, compiled=c.weight.is_cuda,
+                                     chunk_size=1024)
+        return lambda: fn(_flat(c.student_hidden), c.weight, _flat(c.teacher_hidden),
+                          c.weight.detach(), c.labels.reshape(-1))
+
+    return build
+
+
+def _distill_providers(divergence: str) -> list[Provider]:
+    beta = DISTILL_BETA[divergence]
+    return [
+        Provider("cord_kernels", "ours", _ours_fused_distill(divergence)),
+        Provider("4 GEMMs, valid rows", "floor", _floor(True, valid_only=True),
+                 note="student + teacher projections, grad wrt hidden and weight"),
+        Provider("torch", "naive", _naive_fused_distill(divergence),
+                 note="materialised (N, V) logits"),
+        Provider("trl ChunkedDivergenceFunction", "peer", _trl_fused_distill(beta),
+                 lambda device: _missing("trl"), note=f"beta={beta}, valid rows"),
+        Provider("liger LigerFusedLinearJSDLoss", "peer", _liger_fused_distill(beta),
+                 _liger_fused_available, note=f"beta={beta}, mean over valid tokens"),
+    ]
+
+
 FUSED_PROVIDERS: dict[str, list[Provider]] = {
     "fused_linear_cord_token_loss": [
-        Provider("cord_kernels", "ours", _ours_fused_cord, _ours_fused),
+        Provider("cord_kernels", "ours", _ours_fused_cord),
         Provider("4 GEMMs (floor)", "floor", _floor(True),
                  note="student + teacher projections, grad wrt hidden and weight"),
         Provider("4 GEMMs, valid rows", "floor", _floor(True, valid_only=True),
@@ -394,13 +525,14 @@ FUSED_PROVIDERS: dict[str, list[Provider]] = {
                  _liger_fused_available, note="beta=1, uniform weights (no per-token weights)"),
     ],
     "fused_linear_token_logprobs": [
-        Provider("cord_kernels", "ours", _ours_fused_logprobs, _ours_fused),
+        Provider("cord_kernels", "ours", _ours_fused_logprobs),
         Provider("3 GEMMs (floor)", "floor", _floor(False),
                  note="projection, grad wrt hidden and weight"),
         Provider("torch", "naive", _naive_fused_logprobs, note="materialised (N, V) logits"),
         Provider("trl ChunkedLogProbFunction", "peer", _trl_fused_logprobs,
                  lambda device: _missing("trl")),
     ],
+    **{f"fused_linear_distill_loss[{d}]": _distill_providers(d) for d in DISTILL_BETA},
 }
 
 ALL_PROVIDERS = {**LOGITS_PROVIDERS, **FUSED_PROVIDERS}

@@ -14,6 +14,7 @@ CASES = [
                  id=f"{loss}-{shape.id}-{provider.slug}-{mode}")
     for shape in CONFIG.logits_shapes
     for loss in LOGITS_LOSSES
+    if loss != "jsd"  # bench/test_distill.py: fwd+bwd only in the default run
     for provider in LOGITS_PROVIDERS[loss]
     for mode in CONFIG.modes
     if provider.modes is None or mode in provider.modes

@@ -1,9 +1,11 @@
 """cord_kernels: fused losses for CORD, on-policy cross-modal self-distillation.
 
-Logits in:   reverse_kl, forward_kl, token_logprobs, cord_weights, cord_token_loss, grpo_loss
-Hidden in:   fused_linear_cord_token_loss, fused_linear_token_logprobs
-Modules:     ReverseKL, ForwardKL, TokenLogprobs, CordTokenLoss, FusedLinearCordTokenLoss,
-             FusedLinearTokenLogprobs, GRPOLoss
+Logits in:   reverse_kl, forward_kl, jsd, token_logprobs, cord_weights, cord_token_loss,
+             grpo_loss
+Hidden in:   fused_linear_distill_loss, fused_linear_cord_token_loss,
+             fused_linear_token_logprobs
+Modules:     ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
+             FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss
 
 Every function takes keyword-only options and ``impl="triton" | "torch" | None``; None runs the
 Triton kernels on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the torch reference
@@ -11,13 +13,18 @@ otherwise. Importing this package never touches a GPU.
 """
 
 from cord_kernels.cord_token_loss import cord_token_loss
-from cord_kernels.fused_linear import fused_linear_cord_token_loss, fused_linear_token_logprobs
+from cord_kernels.fused_cord import fused_linear_cord_token_loss
+from cord_kernels.fused_distill import fused_linear_distill_loss
+from cord_kernels.fused_logprobs import fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
+from cord_kernels.jsd import jsd
 from cord_kernels.kl import forward_kl, reverse_kl
 from cord_kernels.modules import (
+    JSD,
     CordTokenLoss,
     ForwardKL,
     FusedLinearCordTokenLoss,
+    FusedLinearDistillLoss,
     FusedLinearTokenLogprobs,
     GRPOLoss,
     ReverseKL,
@@ -31,16 +38,20 @@ __version__ = "0.1.0"
 __all__ = [
     "reverse_kl",
     "forward_kl",
+    "jsd",
     "token_logprobs",
     "cord_weights",
     "cord_token_loss",
+    "fused_linear_distill_loss",
     "fused_linear_cord_token_loss",
     "fused_linear_token_logprobs",
     "grpo_loss",
     "ReverseKL",
     "ForwardKL",
+    "JSD",
     "TokenLogprobs",
     "CordTokenLoss",
+    "FusedLinearDistillLoss",
     "FusedLinearCordTokenLoss",
     "FusedLinearTokenLogprobs",
     "GRPOLoss",

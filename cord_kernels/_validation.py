@@ -101,6 +101,16 @@ def check_nonneg_number(name: str, value) -> float:
     return v
 
 
+def check_unit(name: str, value) -> float:
+    """A number in [0, 1] (the JSD's beta)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
 def check_top_k(top_k) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int):
         raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")

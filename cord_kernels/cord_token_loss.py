@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._dispatch import resolve_impl
+from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._rows import check_inplace_backward
 from cord_kernels._validation import (
     check_bool,
@@ -23,7 +23,7 @@ from cord_kernels._validation import (
     check_top_k,
 )
 from cord_kernels.kl import kl_div_rows
-from cord_kernels.reference import reduce_weighted
+from cord_kernels.reduction import reduce_weighted
 from cord_kernels.torch_path import TorchKLDivFunction
 from cord_kernels.weights import cord_weights
 
@@ -84,7 +84,7 @@ def cord_token_loss(
         top_k, alpha, beta, temperature, reduction
     )
     check_bool("inplace_backward", inplace_backward)
-    if resolve_impl(impl, student_logits, teacher_logits) == "torch":
+    if resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
                                      temperature).float()
     else:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cord_kernels._validation import check_reduction, check_unit
 from cord_kernels.cord_token_loss import check_cord_options, cord_token_loss
-from cord_kernels.fused_linear import fused_linear_cord_token_loss, fused_linear_token_logprobs
+from cord_kernels.divergence_rows import DIVERGENCES
+from cord_kernels.fused_cord import fused_linear_cord_token_loss
+from cord_kernels.fused_distill import fused_linear_distill_loss
+from cord_kernels.fused_logprobs import fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
+from cord_kernels.jsd import jsd
 from cord_kernels.kl import forward_kl, reverse_kl
 from cord_kernels.token_logprobs import token_logprobs
 
@@ -36,6 +41,29 @@ class ForwardKL(_KL):
     """Per-row KL(q || p); see :func:`cord_kernels.forward_kl`."""
 
     _fn = staticmethod(forward_kl)
+
+
+class JSD(nn.Module):
+    """Per-row generalized JSD (TRL's and Liger's beta); see :func:`cord_kernels.jsd`.
+
+    Example:
+        >>> loss_fn = JSD(beta=0.5)
+        >>> d = loss_fn(student_logits, teacher_logits)        # (B, T)
+    """
+
+    def __init__(self, *, beta: float = 0.5, temperature: float = 1.0,
+                 teacher_grad: bool = False, impl: str | None = None):
+        super().__init__()
+        check_unit("beta", beta)  # fail at construction, not at the first step
+        self.beta, self.temperature, self.teacher_grad, self.impl = (
+            beta, temperature, teacher_grad, impl)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return jsd(student_logits, teacher_logits, beta=self.beta, temperature=self.temperature,
+                   teacher_grad=self.teacher_grad, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, temperature={self.temperature}"
 
 
 class TokenLogprobs(nn.Module):
@@ -90,9 +118,11 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
 
     def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
                  temperature: float = 1.0, reduction: str = "batchmean",
-                 chunk_bytes: int | None = None, impl: str | None = None):
+                 return_per_token: bool = False, chunk_bytes: int | None = None,
+                 impl: str | None = None):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                          reduction=reduction, impl=impl)
+        self.return_per_token = return_per_token
         self.chunk_bytes = chunk_bytes
 
     def forward(self, student_hidden, teacher_hidden, weight, mask, bias=None,
@@ -100,8 +130,50 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
         return fused_linear_cord_token_loss(
             student_hidden, teacher_hidden, weight, mask, bias=bias,
             teacher_weight=teacher_weight, teacher_bias=teacher_bias,
-            chunk_bytes=self.chunk_bytes, **self.options(),
+            return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
+            **self.options(),
         )
+
+
+class FusedLinearDistillLoss(nn.Module):
+    """A weighted distillation loss (reverse KL, forward KL or JSD) from hidden states and LM
+    heads; see :func:`cord_kernels.fused_linear_distill_loss`.
+
+    Example:
+        >>> loss_fn = FusedLinearDistillLoss(divergence="jsd", jsd_beta=0.5)
+        >>> loss = loss_fn(h_s, h_t, student.lm_head.weight, mask,
+        ...                teacher_weight=teacher.lm_head.weight, token_weights=w)
+    """
+
+    def __init__(self, *, divergence: str = "reverse_kl", jsd_beta: float = 0.5,
+                 temperature: float = 1.0, reduction: str = "batchmean",
+                 return_per_token: bool = False, chunk_bytes: int | None = None,
+                 impl: str | None = None):
+        super().__init__()
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        check_unit("jsd_beta", jsd_beta)
+        check_reduction(reduction)
+        self.divergence, self.jsd_beta, self.temperature = divergence, jsd_beta, temperature
+        self.reduction, self.return_per_token = reduction, return_per_token
+        self.chunk_bytes, self.impl = chunk_bytes, impl
+
+    def options(self) -> dict:
+        return dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
+                    temperature=self.temperature, reduction=self.reduction,
+                    return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
+                    impl=self.impl)
+
+    def forward(self, student_hidden, teacher_hidden, weight, mask, token_weights=None,
+                bias=None, teacher_weight=None, teacher_bias=None):
+        return fused_linear_distill_loss(
+            student_hidden, teacher_hidden, weight, mask, token_weights=token_weights,
+            bias=bias, teacher_weight=teacher_weight, teacher_bias=teacher_bias,
+            **self.options(),
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
 
 
 class FusedLinearTokenLogprobs(nn.Module):

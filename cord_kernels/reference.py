@@ -7,9 +7,12 @@ float32 otherwise; the public functions cast what they return to float32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from cord_kernels.reduction import reduce_weighted
 from cord_kernels.weights import cord_weights
 
 
@@ -40,6 +43,30 @@ def forward_kl(student_logits, teacher_logits, *, temperature=1.0, teacher_grad=
     return _kl_rows(u, student_logits, temperature)
 
 
+def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, teacher_grad=False):
+    """beta KL(q || m) + (1 - beta) KL(p || m), m = (1 - beta) p + beta q, per row; beta = 0
+    is forward_kl and beta = 1 reverse_kl (TRL's special cases)."""
+    if beta == 0:
+        return forward_kl(student_logits, teacher_logits, temperature=temperature,
+                          teacher_grad=teacher_grad)
+    if beta == 1:
+        return reverse_kl(student_logits, teacher_logits, temperature=temperature,
+                          teacher_grad=teacher_grad)
+    u = teacher_logits if teacher_grad else teacher_logits.detach()
+    dt = _compute_dtype(student_logits)
+    log_p = F.log_softmax(student_logits.to(dt) / temperature, dim=-1)
+    log_q = F.log_softmax(u.to(dt) / temperature, dim=-1)
+    p, q = log_p.exp(), log_q.exp()
+    # Where p = q = 0 the mixture's log is -inf and logaddexp's gradient NaN: feed it zeros
+    # there (those entries are dropped below anyway).
+    both = (p == 0) & (q == 0)
+    log_m = torch.logaddexp(torch.where(both, 0.0, log_p) + math.log1p(-beta),
+                            torch.where(both, 0.0, log_q) + math.log(beta))
+    kl_pm = (p * torch.where(p > 0, log_p - log_m, 0.0)).sum(-1)
+    kl_qm = (q * torch.where(q > 0, log_q - log_m, 0.0)).sum(-1)
+    return beta * kl_qm + (1 - beta) * kl_pm
+
+
 def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100):
     """log softmax(logits/tau)[label] per row; 0 (and no gradient) where label == ignore_index."""
     dt = _compute_dtype(logits)
@@ -48,18 +75,6 @@ def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100):
     safe = torch.where(ignored, 0, labels).long()
     out = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return torch.where(ignored, 0.0, out)
-
-
-def reduce_weighted(per_token: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The reductions of ``cord_token_loss`` over a (B, T) tensor of w_t * D_t."""
-    if reduction == "none":
-        return per_token
-    total = per_token.sum()
-    if reduction == "sum":
-        return total
-    if reduction == "batchmean":
-        return total / max(per_token.shape[0], 1)
-    return total / mask.sum().clamp_min(1)  # "mean" over valid tokens
 
 
 def cord_token_loss(

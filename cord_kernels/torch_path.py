@@ -8,6 +8,7 @@ does not need to happen, and only what backward needs saved:
 
     reverse/forward KL   saves p and (log p - log q): two (N, V) fp32 tensors
     token log-probs      saves lse per row only; backward rebuilds softmax from the logits
+    generalized JSD      saves p and (log p - log m) (and q, log q - log m for teacher_grad)
 
 Masked rows (``row_mask`` False) get D = 0 and an exactly-zero gradient whatever they hold.
 
@@ -23,6 +24,7 @@ off by default; inside an outer ``torch.compile`` the eager functions are traced
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -181,3 +183,47 @@ class TorchLogprobFunction(torch.autograd.Function):
         dx = p.mul_(g.neg())
         dx.scatter_add_(-1, safe.unsqueeze(-1), g)
         return dx, None, None, None
+
+
+def log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
+    """log((1 - beta) p + beta q) for 0 < beta < 1; -inf where p = q = 0."""
+    return torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
+
+
+class TorchJSDFunction(torch.autograd.Function):
+    """Per-row generalized JSD, m = (1 - beta) P_x + beta P_y, 0 < beta < 1 (x: the student):
+    beta KL(P_y || m) + (1 - beta) KL(P_x || m). Saves P and (log P - log m) of each input that
+    needs a gradient: two (N, V) fp32 tensors for the student alone."""
+
+    @staticmethod
+    def forward(ctx, x, y, beta: float, temperature: float):
+        with torch.no_grad():
+            log_p = torch.log_softmax(_scaled(x, temperature), dim=-1)
+            log_q = torch.log_softmax(_scaled(y, temperature), dim=-1)
+            log_m = log_mixture(log_p, log_q, beta)
+            p, q = log_p.exp(), log_q.exp()
+            # log P - log m, in log P's buffer; entries with P = 0 contribute nothing
+            # (0 log 0 = 0, and -inf - -inf where both sides are 0).
+            diff_p = log_p.sub_(log_m).masked_fill_(p == 0, 0.0)
+            diff_q = log_q.sub_(log_m).masked_fill_(q == 0, 0.0)
+            k_p = torch.linalg.vecdot(p, diff_p)  # KL(P_x || m): (..., V) . (..., V) -> (...)
+            k_q = torch.linalg.vecdot(q, diff_q)  # KL(P_y || m)
+            d = beta * k_q + (1.0 - beta) * k_p
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.save_for_backward(p if need_x else None, diff_p if need_x else None, k_p,
+                              q if need_y else None, diff_q if need_y else None, k_q)
+        ctx.beta, ctx.temperature = beta, temperature
+        return d
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        p, diff_p, k_p, q, diff_q, k_q = ctx.saved_tensors
+        g = (grad_d / ctx.temperature).unsqueeze(-1)
+        dx = dy = None
+        if ctx.needs_input_grad[0]:
+            # dJSD/dx_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
+            dx = (diff_p - k_p.unsqueeze(-1)).mul_(p).mul_(g * (1.0 - ctx.beta))
+        if ctx.needs_input_grad[1]:
+            # dJSD/dy_v = (1/tau) beta q_v (log q_v - log m_v - K_q)
+            dy = (diff_q - k_q.unsqueeze(-1)).mul_(q).mul_(g * ctx.beta)
+        return dx, dy, None, None

@@ -4,7 +4,7 @@
 
 For each loss and dtype: the worst ||out - ref|| / ||ref|| over a set of shapes (values, and
 gradients with a random cotangent) of the Triton path run by the interpreter on CPU tensors,
-against the float64 torch reference.
+against the float64 torch reference (the absolute error where the reference is 0).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from cord_kernels import (  # noqa: E402
     cord_token_loss,
     forward_kl,
     fused_linear_cord_token_loss,
+    fused_linear_distill_loss,
+    jsd,
     reverse_kl,
     token_logprobs,
 )
@@ -32,7 +34,9 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 def rel(a, b):
     a, b = a.double(), b.double()
     den = b.norm().item()
-    return (a - b).norm().item() / den if den > 0 else (a - b).norm().item()
+    # A reference that is 0 up to fp64 rounding (V = 1: every divergence is exactly 0) gives
+    # the absolute error instead.
+    return (a - b).norm().item() / den if den > 1e-12 else (a - b).norm().item()
 
 
 def run_case(name, dtype, B, T, V, g):
@@ -48,6 +52,10 @@ def run_case(name, dtype, B, T, V, g):
             x64, u.double(), temperature=0.8)
     elif name == "forward_kl":
         out, exp = forward_kl(x, u, impl="triton"), ref.forward_kl(x64, u.double())
+    elif name.startswith("jsd"):
+        beta = float(name[len("jsd(beta="):-1])
+        out = jsd(x, u, beta=beta, temperature=0.8, impl="triton")
+        exp = ref.jsd(x64, u.double(), beta=beta, temperature=0.8)
     elif name == "token_logprobs":
         out, exp = token_logprobs(x, labels, impl="triton"), ref.token_logprobs(x64, labels)
     else:
@@ -59,16 +67,22 @@ def run_case(name, dtype, B, T, V, g):
     return rel(out, exp), rel(gx, g64)
 
 
-def fused_case(dtype, g):
+def fused_case(dtype, g, divergence=None):
+    """The CORD loss (divergence None) or fused_linear_distill_loss with that divergence."""
     B, T, H, V = 3, 9, 24, 301
     hs = torch.randn(B, T, H, generator=g).to(dtype).requires_grad_()
     ht = torch.randn(B, T, H, generator=g).to(dtype)
     w = (torch.randn(V, H, generator=g) / 3).to(dtype).requires_grad_()
     mask = torch.rand(B, T, generator=g) > 0.3
-    out = fused_linear_cord_token_loss(hs, ht, w, mask, top_k=3, impl="triton")
-    gh, gw = torch.autograd.grad(out, [hs, w])
     hs64, w64 = hs.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    exp = ref.fused_linear_cord_token_loss(hs64, ht.double(), w64, mask, top_k=3)
+    if divergence is None:
+        out = fused_linear_cord_token_loss(hs, ht, w, mask, top_k=3, impl="triton")
+        exp = ref.fused_linear_cord_token_loss(hs64, ht.double(), w64, mask, top_k=3)
+    else:
+        out = fused_linear_distill_loss(hs, ht, w, mask, divergence=divergence, impl="triton")
+        s, u = ref._project(hs64, w64, None), ref._project(ht.double(), w64.detach(), None)
+        exp = (torch.where(mask, ref.jsd(s, u), 0.0)).sum() / B
+    gh, gw = torch.autograd.grad(out, [hs, w])
     gh64, gw64 = torch.autograd.grad(exp, [hs64, w64])
     return rel(out, exp), max(rel(gh, gh64), rel(gw, gw64))
 
@@ -77,7 +91,8 @@ def main():
     g = torch.Generator().manual_seed(0)
     print("| kernel path | dtype | value rel. error (max) | gradient rel. error (max) |")
     print("|---|---|---|---|")
-    for name in ["reverse_kl", "forward_kl", "token_logprobs", "cord_token_loss"]:
+    for name in ["reverse_kl", "forward_kl", "jsd(beta=0.1)", "jsd(beta=0.5)", "jsd(beta=0.9)",
+                 "token_logprobs", "cord_token_loss"]:
         for dtype in DTYPES:
             errs = [run_case(name, dtype, *shape, g) for shape in SHAPES]
             print(f"| {name} | {str(dtype)[6:]} | {max(e[0] for e in errs):.1e} | "
@@ -85,6 +100,9 @@ def main():
     for dtype in DTYPES:
         v, gr = fused_case(dtype, g)
         print(f"| fused_linear_cord_token_loss | {str(dtype)[6:]} | {v:.1e} | {gr:.1e} |")
+    for dtype in DTYPES:
+        v, gr = fused_case(dtype, g, "jsd")
+        print(f"| fused_linear_distill_loss(jsd) | {str(dtype)[6:]} | {v:.1e} | {gr:.1e} |")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,29 @@ def test_interpreter_requested_after_import_gives_a_clear_error():
     out = subprocess.run([sys.executable, "-c", LATE_INTERPRET], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_cuda_without_triton_raises_instead_of_falling_back():
+    """A broken Triton on CUDA must not quietly take the torch path (several (N, V) fp32
+    tensors): impl=None raises and names the fix; impl="torch" is the explicit opt-in."""
+    from cord_kernels._dispatch import Impl, decide_impl
+
+    with pytest.raises(RuntimeError, match="impl='torch'"):
+        decide_impl(None, on_cuda=True, triton_ok=False)
+    with pytest.raises(RuntimeError, match="triton cannot be imported"):
+        decide_impl("triton", on_cuda=True, triton_ok=False)
+    assert decide_impl("torch", on_cuda=True, triton_ok=False) is Impl.TORCH
+    assert decide_impl(None, on_cuda=True, triton_ok=True) is Impl.TRITON
+    assert decide_impl(None, on_cuda=False, triton_ok=False) is Impl.TORCH
+
+
+def test_dispatch_knows_no_kernel():
+    """_dispatch imports no kernel module (kl.py imports _dispatch, not the other way)."""
+    import ast
+    from pathlib import Path
+
+    import cord_kernels._dispatch as d
+
+    tree = ast.parse(Path(d.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "cord_kernels._validation"}, imported

@@ -14,9 +14,11 @@ import sys
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 SCRIPT = r"""
 import json
-from cord_kernels._compile import build_table
+from scripts.kernel_builds import build_table
 rows = [dict(name=r.name, arch=r.arch, dtype=r.dtype, registers=r.registers,
              spill_bytes=r.spill_bytes, ldg128=r.ldg128) for r in build_table()]
 print(json.dumps(rows))
@@ -25,7 +27,9 @@ print(json.dumps(rows))
 # Loads of one operand per loop iteration: BLOCK_V=4096 over 256 threads is 16 elements per
 # thread, i.e. two 16-byte loads for bf16 and four for fp32.
 LOADS_PER_OPERAND = {"bf16": 2, "fp32": 4}
+# jsd_fwd reads both rows twice (lse first: log m needs both normalizers), so 4 operands.
 OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
+            "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2,
             "logprob_fwd": 1, "logprob_bwd": 1}
 
 
@@ -37,8 +41,9 @@ def build_rows():
         pytest.skip(f"triton's NVIDIA backend is unavailable: {e}")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    # scripts/ is imported from the repository root.
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=600)
+                         env=env, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     print("\nkernel               arch dtype  REG spill LDG.E.128")

@@ -2,6 +2,7 @@
 
     kl_mean, kl_p80   mean and 80th percentile of the per-token reverse KL D_t over the
                       generated tokens (the paper reports the 80th percentile: 0.23 on MMSU)
+    fkl_mean, fkl_p80 the same for the forward KL the fkl objective minimises (its own loss)
     reward            mean judge reward of the GRPO rollouts as the loss sees it: unjudged ones
                       count 0 (``unjudged_reward="zero"``) or are left out ("skip")
     judged_fraction   share of the GRPO rollouts the judge could score

@@ -35,11 +35,15 @@ import torch
 import cord_kernels
 from cord.config import CordConfig
 from cord.data.paired import PairedBatch
-from cord.models.adapter import ModelAdapter, PromptBatch
+from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch
 from cord.train import metrics as M
 from cord.train.rollout import Rollouts, sample, text_references
 from cord.train.teacher import Teacher
-from cord_kernels import fused_linear_cord_token_loss, fused_linear_token_logprobs
+from cord_kernels import (
+    fused_linear_cord_token_loss,
+    fused_linear_distill_loss,
+    fused_linear_token_logprobs,
+)
 
 
 @dataclass
@@ -100,23 +104,12 @@ def token_kl_loss(
     cfg = ctx.config
     ids, mask = rollouts.completion_ids, rollouts.completion_mask
     tau = cfg.cord_kl_temperature
-    if cfg.use_fused_linear:
+    if cfg.use_fused_linear:  # D comes with the loss: the logits are never projected
         hs = ctx.adapter.completion_hidden(x_a, ids, mask)
         ht = ctx.teacher.completion_hidden(x_t, ids, mask)
-        extra = {}
-        if ctx.teacher.kind != "live":  # the frozen teacher has its own LM head
-            extra = {"teacher_weight": ht.weight, "teacher_bias": ht.bias}
-        loss = fused_linear_cord_token_loss(hs.hidden, ht.hidden, hs.weight, mask, bias=hs.bias,
-                                            top_k=top_k,
-                          alpha=alpha, beta=beta, temperature=tau, **extra)
-        with torch.no_grad():  # D for the metrics, one sequence of logits at a time
-            kl = torch.stack([
-                cord_kernels.reverse_kl(_project(hs.hidden[i], hs.weight, hs.bias),
-                                        _project(ht.hidden[i], ht.weight, ht.bias),
-                                        temperature=tau)
-                for i in range(len(ids))
-            ])
-        return loss, kl.masked_fill(~mask, 0.0)
+        return fused_linear_cord_token_loss(
+            hs.hidden, ht.hidden, hs.weight, mask, bias=hs.bias, top_k=top_k, alpha=alpha,
+            beta=beta, temperature=tau, return_per_token=True, **_teacher_head(ctx, ht))
     s = ctx.adapter.completion_logits(x_a, ids, mask)
     u = ctx.teacher.completion_logits(x_t, ids, mask)
     loss = cord_kernels.cord_token_loss(s, u, mask, top_k=top_k, alpha=alpha, beta=beta,
@@ -126,9 +119,11 @@ def token_kl_loss(
     return loss, kl
 
 
-def _project(hidden, weight, bias):
-    logits = hidden.float() @ weight.float().T
-    return logits if bias is None else logits + bias.float()
+def _teacher_head(ctx: StepContext, ht: CompletionHidden) -> dict[str, Any]:
+    """The frozen (base/EMA) teacher has its own LM head; the live one shares the student's."""
+    if ctx.teacher.kind == "live":
+        return {}
+    return {"teacher_weight": ht.weight, "teacher_bias": ht.bias}
 
 
 def judge_rewards(
@@ -256,20 +251,23 @@ def fkl_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     x_a, x_t = _prompts(ctx, batch)
     ro = teacher_rollouts(ctx, x_t)
     ids, mask = ro.completion_ids, ro.completion_mask
-    if cfg.use_fused_linear:  # no fused forward KL: project one side at a time
+    tau = cfg.cord_kl_temperature
+    if cfg.use_fused_linear:  # hidden states in; the per-token KL comes with the loss
         hs = ctx.adapter.completion_hidden(x_a, ids, mask)
         ht = ctx.teacher.completion_hidden(x_t, ids, mask)
-        s = _project(hs.hidden, hs.weight, hs.bias)
-        u = _project(ht.hidden, ht.weight, ht.bias)
+        loss, fkl = fused_linear_distill_loss(
+            hs.hidden, ht.hidden, hs.weight, mask, divergence="forward_kl", bias=hs.bias,
+            temperature=tau, return_per_token=True, **_teacher_head(ctx, ht))
     else:
         s = ctx.adapter.completion_logits(x_a, ids, mask)
         u = ctx.teacher.completion_logits(x_t, ids, mask)
-    fkl = cord_kernels.forward_kl(s, u, temperature=cfg.cord_kl_temperature)
-    loss = torch.where(mask, fkl, 0.0).sum() / max(len(ids), 1)
-    with torch.no_grad():
-        rkl = cord_kernels.reverse_kl(s.detach(), u, temperature=cfg.cord_kl_temperature)
-    metrics = {"l_fkl": float(loss.detach())}
-    metrics.update(_tok_metrics(rkl.masked_fill(~mask, 0.0), mask))
+        per_token = torch.where(mask, cord_kernels.forward_kl(s, u, temperature=tau), 0.0)
+        loss = per_token.sum() / max(len(ids), 1)
+        fkl = per_token.detach()
+    stats = M.kl_stats(fkl, mask)  # KL(q || p) per token, the loss's own divergence
+    metrics = {"l_fkl": float(loss.detach()), "fkl_mean": stats["kl_mean"],
+               "fkl_p80": stats["kl_p80"],
+               "completion_length": float(mask.sum(-1).float().mean())}
     return LossOutput(loss, metrics, ro.num_tokens)
 
 

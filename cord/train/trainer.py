@@ -15,7 +15,8 @@ per-sequence means, so averaged gradients equal those of one process with the gl
 
 Metrics (console line + progress bar, ``output_dir/metrics.jsonl``, accelerate trackers), averaged
 over the steps of a logging window: ``loss``; ``l_tok``, ``l_seq`` (cord/opd/grpo), ``l_sft``,
-``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts); ``reward`` and
+``l_fkl``; ``kl_mean``, ``kl_p80`` (per-token reverse KL D on the rollouts; for fkl ``fkl_mean``,
+``fkl_p80``, its forward KL); ``reward`` and
 ``judged_fraction`` (GRPO groups); ``agreement`` and ``agreement_judged_fraction`` (audio answer
 == the teacher's text answer, per the judge; see ``cord.train.metrics``); ``completion_length``;
 ``grad_norm``; ``weight_change`` (relative change ||w' - w|| / ||w|| of the trained weights per

@@ -1,4 +1,7 @@
-"""Ahead-of-time GPU builds of every Triton kernel, on a machine without a GPU.
+"""Ahead-of-time GPU builds of every Triton kernel, on a machine without a GPU (dev tooling:
+tests/test_gpu_build.py and bench/test_static_gpu.py use it; the runtime package does not).
+
+    python -m scripts.kernel_builds        # the table: kernel, arch, dtype, REG, spills, LDG.E.128
 
 ``triton.compile`` lowers a kernel to PTX and, with the ``ptxas`` that ships in
 ``triton/backends/nvidia/bin``, to a cubin for a chosen architecture. ``cuobjdump`` then reads
@@ -56,6 +59,7 @@ def _tools_dir() -> Path:
 
 def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelBuild]:
     """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
+    from cord_kernels.jsd import _jsd_bwd_kernel, _jsd_fwd_kernel
     from cord_kernels.kl import _kl_bwd_kernel, _kl_fwd_kernel
     from cord_kernels.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
 
@@ -85,6 +89,28 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
              "HAS_DX": "constexpr", "HAS_DY": "constexpr", "BLOCK_V": "constexpr"},
             {"HAS_DX": has_dx, "HAS_DY": has_dy, "BLOCK_V": bv},
             ("X", "Y", "LseX", "LseY", "D", "G", "DX", "DY", *strides, *dstrides, "V"),
+        ))
+    jsd_scalars = {"R": "i32", "V": "i32", "inv_temp": "fp32", "beta": "fp32",
+                   "log_1mb": "fp32", "log_b": "fp32"}
+    builds.append(KernelBuild(
+        "jsd_fwd",
+        _jsd_fwd_kernel,
+        {"X": f"*{t}", "Y": f"*{t}", "D": "*fp32", "Stats": "*fp32",
+         **dict.fromkeys(strides, "i64"), **jsd_scalars, "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Y", "D", "Stats", *strides, "V"),
+    ))
+    # (dx, dy): student only (the default), and with teacher_grad=True.
+    for has_dy in (False, True):
+        builds.append(KernelBuild(
+            f"jsd_bwd_dx{'_dy' if has_dy else ''}",
+            _jsd_bwd_kernel,
+            {"X": f"*{t}", "Y": f"*{t}", "Stats": "*fp32", "G": "*fp32", "DX": f"*{t}",
+             "DY": f"*{t}", **dict.fromkeys(strides, "i64"), **dict.fromkeys(dstrides, "i64"),
+             **jsd_scalars, "HAS_DX": "constexpr", "HAS_DY": "constexpr",
+             "BLOCK_V": "constexpr"},
+            {"HAS_DX": True, "HAS_DY": has_dy, "BLOCK_V": bv},
+            ("X", "Y", "Stats", "G", "DX", "DY", *strides, *dstrides, "V"),
         ))
     builds.append(KernelBuild(
         "logprob_fwd",
@@ -141,3 +167,15 @@ def compile_build(build: KernelBuild, arch: int, *, num_warps: int = NUM_WARPS) 
 def build_table(archs=(80, 90), dtypes=("bf16", "fp32")) -> list[BuildReport]:
     return [compile_build(b, arch) for dtype in dtypes for b in kernel_builds(dtype)
             for arch in archs]
+
+
+def main() -> None:
+    print(f"{'kernel':<20} arch dtype  REG spill LDG.E.128   (BLOCK_V={block_v(QWEN2_VOCAB)}, "
+          f"{NUM_WARPS} warps, V={QWEN2_VOCAB})")
+    for r in build_table():
+        print(f"{r.name:<20} sm{r.arch} {r.dtype:<5} {r.registers:>4} {r.spill_bytes:>5} "
+              f"{r.ldg128:>9}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,498 @@
+"""LM head + a weighted distillation loss (reverse KL, forward KL or JSD), without (N, V) logits.
+
+    loss = reduce( sum_valid w_t Div_t ),  Div_t between softmax(s_t/tau), s = h_s W^T (+ b)
+                                           and softmax(u_t/tau), u = h_t W_t^T (+ b_t)
+
+4 GEMMs in all (SPEC section 3) for the scalar reductions: for each chunk of valid tokens
+
+    1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)               2 GEMMs into fp32 tiles
+    2. Div_t per row (``divergence_rows.py``)
+    3. the weights w of the chunk's rows (``TokenWeighting``)
+    4. w_t dDiv_t/ds_t overwrites the student tile in place: ds
+    5. grad_h = ds @ W,  grad_W += ds.T @ h_s,  grad_b += sum_rows ds       2 GEMMs
+
+all in forward, as in Liger's fused linear cross entropy; backward only scales the stored
+gradients by the scalar cotangent. (TRL's ChunkedDivergenceFunction recomputes both projections
+in backward: 6 GEMMs.) Gradients of W and b accumulate in fp32 across chunks even for bf16
+inputs: rounding each chunk's product to bf16 before summing biases training.
+
+The weights come from a :class:`TokenWeighting`. Fixed per-token weights (``token_weights``) are
+known before any logit, so chunks may cut sequences anywhere. CORD's weights (``fused_cord.py``)
+need every D of a sequence for its top-K, so its chunks hold WHOLE sequences; a sequence longer
+than a chunk is cut into pieces done with a provisional weight, and once all its D are known
+the rows whose final weight differs get the missing gradient from a recompute of just those
+rows (4 small GEMMs).
+
+``reduction="none"`` returns (B, T) w_t Div_t. Its per-token cotangent is unknown in forward,
+and grad_W = sum_t g_t w_t (dDiv_t/ds_t)^T h_t cannot be formed without it, so forward computes
+Div only (2 GEMMs) and backward recomputes both projections (4 GEMMs): 6 GEMMs in all.
+``return_per_token=True`` also returns the detached (B, T) Div at no extra GEMM.
+
+Layout: the weighting protocol and fixed weights, the problem (one call's data), the driver,
+the two autograd Functions, input checks, ``run_distill`` (shared with ``fused_cord.py``) and
+the public ``fused_linear_distill_loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from cord_kernels._dispatch import Impl, resolve_impl
+from cord_kernels._validation import (
+    check_bool,
+    check_float,
+    check_mask,
+    check_reduction,
+    check_same_device,
+    check_temperature,
+    check_tensor,
+    check_unit,
+)
+from cord_kernels.divergence_rows import (
+    DIVERGENCES,
+    Divergence,
+    divergence_rows,
+    resolve_divergence,
+)
+from cord_kernels.fused_linear import (
+    DEFAULT_CHUNK_BYTES,
+    Chunk,
+    Grads,
+    LMHead,
+    check_chunk_bytes,
+    check_head,
+    compute_dtype,
+    no_autocast,
+    operand_dtype,
+    rows_per_chunk,
+)
+from cord_kernels.reduction import reduce_total
+
+# ----------------------------------------------------------------------------- weighting
+
+
+class TokenWeighting(Protocol):
+    """Where each valid row's weight w_t comes from (rows in valid-row order, ``pos``)."""
+
+    def plan(self, problem: DistillProblem) -> list[Chunk]:
+        """The chunks to walk; a chunk with ``whole=False`` gets provisional weights."""
+        ...
+
+    def chunk_weights(self, problem: DistillProblem, d: torch.Tensor, chunk: Chunk
+                      ) -> torch.Tensor:
+        """(rows of chunk,) weights from the chunk's Div ``d``."""
+        ...
+
+    def final_weights(self, problem: DistillProblem, d_all: torch.Tensor) -> torch.Tensor:
+        """(n_valid,) weights from every valid row's Div."""
+        ...
+
+
+class FixedWeights:
+    """Weights known up front: ``token_weights`` at the valid rows (1 when None)."""
+
+    def __init__(self, token_weights: torch.Tensor | None):
+        self.token_weights = token_weights
+
+    def _valid(self, problem: DistillProblem) -> torch.Tensor:
+        if self.token_weights is None:
+            return torch.ones(problem.n_valid, dtype=torch.float32, device=problem.device)
+        return self.token_weights.reshape(-1)[problem.index].float()
+
+    def plan(self, problem):
+        n, step = problem.n_valid, problem.max_rows
+        return [Chunk(lo, min(lo + step, n), 0, problem.B, True) for lo in range(0, n, step)]
+
+    def chunk_weights(self, problem, d, chunk):
+        return self._valid(problem)[chunk.row_lo:chunk.row_hi]
+
+    def final_weights(self, problem, d_all):
+        return self._valid(problem)
+
+
+# ------------------------------------------------------------------------------- problem
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    divergence: Divergence = Divergence.REVERSE_KL
+    beta: float = 0.5  # the JSD's
+    temperature: float = 1.0
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    impl: Impl = Impl.TORCH
+    operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
+
+
+class DistillProblem:
+    """Everything one call needs: flat hidden states, heads, the valid rows and the tiles.
+
+    Rows are addressed two ways: ``pos`` indexes the list of valid rows (sequence-major, so
+    each sequence's rows are contiguous), ``index[pos]`` is the flat row id b * T + t.
+    """
+
+    def __init__(self, student_hidden, teacher_hidden, weight, bias, teacher_weight,
+                 teacher_bias, mask, params: DistillParams):
+        B, T, _ = student_hidden.shape
+        self.B, self.T, self.V = B, T, weight.shape[0]
+        self.mask = mask
+        self.device = student_hidden.device
+        self.dtype = compute_dtype(student_hidden, weight)
+        self.hs = student_hidden.detach().reshape(B * T, student_hidden.shape[-1])
+        self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
+        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
+                           params.operands[0], self.dtype)
+        if teacher_weight is None:
+            self.teacher_head = self.head
+        else:
+            self.teacher_head = LMHead(
+                teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
+                params.operands[1], self.dtype)
+        self.rows = divergence_rows(params.divergence, params.beta, params.temperature,
+                                    params.impl)
+        # The one host sync: which rows are valid, and how many per sequence.
+        self.counts = mask.sum(1).tolist()
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+        self.n_valid = int(sum(self.counts))
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 2, self.dtype)
+        self._tiles: torch.Tensor | None = None
+
+    def tiles(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (n, V) tiles, views of one buffer allocated once per call."""
+        if self._tiles is None or self._tiles.shape[1] < n:
+            rows = min(self.max_rows, max(n, self.n_valid))
+            self._tiles = torch.empty(2, rows, self.V, dtype=self.dtype, device=self.device)
+        return self._tiles[0, :n], self._tiles[1, :n]
+
+    def release(self) -> None:
+        self._tiles = None
+
+    def logits(self, index: torch.Tensor):
+        """Student and teacher logits tiles (n, V) of the given flat row ids, plus the student
+        hidden rows (n, H) for the weight gradient."""
+        s, u = self.tiles(index.numel())
+        h_s = self.head.rows(self.hs, index)
+        self.head.project(h_s, s)
+        self.teacher_head.project(self.teacher_head.rows(self.ht, index), u)
+        return s, u, h_s
+
+    def dense(self, values: torch.Tensor, seq_lo: int = 0, seq_hi: int | None = None,
+              pos_lo: int = 0, pos_hi: int | None = None) -> torch.Tensor:
+        """Scatters per-row values of valid rows ``[pos_lo, pos_hi)`` into (seqs, T) fp32."""
+        seq_hi = self.B if seq_hi is None else seq_hi
+        pos_hi = self.n_valid if pos_hi is None else pos_hi
+        out = torch.zeros((seq_hi - seq_lo) * self.T, dtype=torch.float32, device=self.device)
+        out[self.index[pos_lo:pos_hi] - seq_lo * self.T] = values.float()
+        return out.view(seq_hi - seq_lo, self.T)
+
+    def div_rows(self) -> torch.Tensor:
+        """Div of every valid row, in chunks, without gradients (2 GEMMs)."""
+        d = torch.empty(self.n_valid, dtype=torch.float32, device=self.device)
+        for lo in range(0, self.n_valid, self.max_rows):
+            hi = min(lo + self.max_rows, self.n_valid)
+            s, u, _ = self.logits(self.index[lo:hi])
+            d[lo:hi] = self.rows.stats(s, u, want_grad=False).d
+        return d
+
+    def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: Grads) -> None:
+        """Adds the gradient of sum_rows g * Div over the valid rows at positions ``pos``
+        (distinct; None: all of them, g then covering every valid row) in 4 GEMMs."""
+        n = self.n_valid if pos is None else pos.numel()
+        for lo in range(0, n, self.max_rows):
+            hi = min(lo + self.max_rows, n)
+            rows = slice(lo, hi) if pos is None else pos[lo:hi]
+            s, u, h_s = self.logits(self.index[rows])
+            state = self.rows.stats(s, u)
+            row_scale = self.rows.write_grad(s, u, state, g[lo:hi].float())
+            self.head.backprop(s, h_s, row_scale, rows, grads)
+
+    def grads(self, needs_input_grad) -> Grads:
+        """Accumulators for the gradients autograd asks for (student hidden, weight, bias)."""
+        need_h, _, need_w, need_b = needs_input_grad[:4]
+        return Grads.allocate(self.n_valid, self.head, need_h, need_w,
+                              need_b and self.head.bias is not None, self.device)
+
+
+# -------------------------------------------------------------------------------- driver
+
+
+def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grads | None):
+    """sum_t w_t Div_t over valid rows, and (if ``grads``) its gradients, in 4 GEMMs.
+
+    Returns (total, d, w): the fp32 scalar and the per-valid-row Div and final weights.
+    """
+    n = problem.n_valid
+    d_all = torch.zeros(n, dtype=torch.float32, device=problem.device)
+    w_applied = torch.zeros_like(d_all)  # the weight each row's gradient was formed with
+    provisional = torch.zeros(n, dtype=torch.bool, device=problem.device)
+    plan = weighting.plan(problem)
+    for c in plan:
+        s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
+        state = problem.rows.stats(s, u, want_grad=grads is not None)
+        d = state.d.float()
+        d_all[c.row_lo:c.row_hi] = d
+        w = weighting.chunk_weights(problem, d, c)
+        if not c.whole:
+            provisional[c.row_lo:c.row_hi] = True
+        w_applied[c.row_lo:c.row_hi] = w
+        if grads is not None:
+            row_scale = problem.rows.write_grad(s, u, state, w)  # s <- w dDiv/ds
+            problem.head.backprop(s, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
+    w_all = weighting.final_weights(problem, d_all)
+    if grads is not None and not all(c.whole for c in plan):
+        # Rows whose gradient was formed with a provisional weight get the difference.
+        delta = torch.where(provisional, w_all - w_applied, 0.0)
+        fix = delta.nonzero().squeeze(1)
+        if fix.numel():
+            problem.backprop_rows(fix, delta[fix], grads)
+    problem.release()
+    return (w_all * d_all).sum(), d_all, w_all
+
+
+def _head_grads(grads: Grads, problem: DistillProblem, hidden, weight, bias):
+    """The (hidden, weight, bias) gradients in their inputs' shapes and dtypes."""
+    gw = grads.weight_or_zeros()
+    return (grads.hidden_for(problem.index, hidden.shape, hidden.dtype),
+            None if gw is None else gw.to(weight.dtype),
+            None if grads.bias is None else grads.bias.to(bias.dtype))
+
+
+class FusedDistillSumFunction(torch.autograd.Function):
+    """(sum_t w_t Div_t, detached (B, T) Div) from hidden states; gradients formed in forward
+    (4 GEMMs), scaled by the cotangent in backward."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        # args: student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+        # mask, weighting (a TokenWeighting), params (DistillParams)
+        student_hidden, _, weight, bias = args[:4]
+        weighting, params = args[7:]
+        with no_autocast(student_hidden.device):
+            problem = DistillProblem(*args[:7], params)
+            grads = problem.grads(ctx.needs_input_grad)
+            total, d, _ = weighted_sum(problem, weighting, grads)
+        # Kept in fp32 until backward has scaled them, then cast to the inputs' dtypes.
+        ctx.save_for_backward(grads.hidden_for(problem.index, student_hidden.shape),
+                              grads.weight_or_zeros(), grads.bias)
+        ctx.dtypes = [None if t is None else t.dtype for t in (student_hidden, weight, bias)]
+        ctx.used = False
+        per_token = problem.dense(d)
+        ctx.mark_non_differentiable(per_token)
+        return total, per_token
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_per_token):
+        if ctx.used:
+            raise RuntimeError(
+                "the fused-linear distillation losses scale their stored gradients in place, so "
+                "their graph can be backpropagated once only (retain_graph is not supported)"
+            )
+        ctx.used = True
+        # The stored gradients belong to this graph alone: scale them in place (no second
+        # copy of the (V, H) weight gradient).
+        gh, gw, gb = (None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
+                      for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+        return gh, None, gw, gb, None, None, None, None, None
+
+
+class FusedDistillPerTokenFunction(torch.autograd.Function):
+    """((B, T) w_t Div_t, detached (B, T) Div) from hidden states: Div in forward (2 GEMMs),
+    gradients in backward by recomputing both projections (4 GEMMs), since the per-token
+    cotangent weighs grad_W."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        # args: as FusedDistillSumFunction's
+        weighting, params = args[7:]
+        with no_autocast(args[0].device):
+            problem = DistillProblem(*args[:7], params)
+            d = problem.div_rows()
+            w = weighting.final_weights(problem, d)
+            problem.release()
+        ctx.save_for_backward(*args[:7], w)
+        ctx.params = params
+        per_token = problem.dense(d)
+        ctx.mark_non_differentiable(per_token)
+        return problem.dense(w * d), per_token
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_per_token):
+        sh, th, weight, bias, tw, tb, mask, w = ctx.saved_tensors
+        with no_autocast(sh.device):
+            problem = DistillProblem(sh, th, weight, bias, tw, tb, mask, ctx.params)
+            grads = problem.grads(ctx.needs_input_grad)
+            g = grad_out.reshape(-1).float()[problem.index] * w
+            problem.backprop_rows(None, g, grads)
+            problem.release()
+        gh, gw, gb = _head_grads(grads, problem, sh, weight, bias)
+        return gh, None, gw, gb, None, None, None, None, None
+
+
+# -------------------------------------------------------------------------------- checks
+
+
+def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
+                         teacher_bias, mask) -> torch.Tensor:
+    """Checks the tensors of a fused-linear distillation loss; returns the mask as bool."""
+    check_tensor("student_hidden", student_hidden, ndim=3)
+    check_float("student_hidden", student_hidden)
+    check_tensor("teacher_hidden", teacher_hidden, ndim=3)
+    check_float("teacher_hidden", teacher_hidden)
+    if teacher_hidden.shape[:2] != student_hidden.shape[:2]:
+        raise ValueError(
+            f"teacher_hidden must have the (B, T) = {tuple(student_hidden.shape[:2])} of "
+            f"student_hidden, got shape {tuple(teacher_hidden.shape)}"
+        )
+    check_head(weight, bias, student_hidden)
+    if teacher_weight is None:
+        if teacher_bias is not None:
+            raise ValueError("teacher_bias needs teacher_weight (without a teacher head the "
+                             "teacher uses weight and bias)")
+        if teacher_hidden.shape[-1] != student_hidden.shape[-1]:
+            raise ValueError(
+                f"teacher_hidden has hidden size {teacher_hidden.shape[-1]} but weight has "
+                f"shape (V, H) = {tuple(weight.shape)}; pass teacher_weight for a teacher "
+                "with its own head"
+            )
+        check_same_device(("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden))
+    else:
+        check_head(teacher_weight, teacher_bias, teacher_hidden,
+                   names=("teacher_weight", "teacher_bias", "teacher_hidden"))
+        if teacher_weight.shape[0] != weight.shape[0]:
+            raise ValueError(
+                f"vocabulary mismatch: weight has V={weight.shape[0]} but teacher_weight has "
+                f"V={teacher_weight.shape[0]}"
+            )
+        check_same_device(("weight", weight), ("teacher_weight", teacher_weight))
+    mask = check_mask(mask, tuple(student_hidden.shape[:2]), like="student_hidden")
+    check_same_device(("student_hidden", student_hidden), ("mask", mask))
+    return mask
+
+
+def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
+    if token_weights is None:
+        return None
+    check_tensor("token_weights", token_weights)
+    if not token_weights.dtype.is_floating_point:
+        raise TypeError(f"token_weights must be a float tensor, got {token_weights.dtype}")
+    if tuple(token_weights.shape) != tuple(mask.shape):
+        raise ValueError(f"token_weights must have shape {tuple(mask.shape)} (the (B, T) of "
+                         f"mask), got {tuple(token_weights.shape)}")
+    check_same_device(("mask", mask), ("token_weights", token_weights))
+    if token_weights.requires_grad:
+        raise ValueError("token_weights must not require grad (they are fixed weights; pass "
+                         "token_weights.detach())")
+    bad = ~torch.isfinite(token_weights) | (token_weights < 0)
+    if bool((bad & mask).any()):  # one host sync, next to the one that finds the valid rows
+        raise ValueError("token_weights must be finite and >= 0 at every valid position")
+    return token_weights
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
+                teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
+                beta: float, temperature: float, reduction: str, chunk_bytes: int,
+                impl: str | None, return_per_token: bool):
+    """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
+    impl = resolve_impl(impl, student_hidden, weight)
+    t_hidden = teacher_hidden.detach()
+    t_weight = None if teacher_weight is None else teacher_weight.detach()
+    operands = (operand_dtype(student_hidden, weight),
+                operand_dtype(t_hidden, weight if t_weight is None else t_weight))
+    params = DistillParams(divergence, beta, temperature, chunk_bytes, impl, operands)
+    args = (student_hidden, t_hidden, weight, bias, t_weight,
+            None if teacher_bias is None else teacher_bias.detach(), mask, weighting, params)
+    if reduction == "none":
+        loss, per_token = FusedDistillPerTokenFunction.apply(*args)
+    else:
+        differentiable = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (student_hidden, weight, bias))
+        if differentiable:
+            total, per_token = FusedDistillSumFunction.apply(*args)
+        else:  # evaluation: the 2 projection GEMMs only
+            with no_autocast(student_hidden.device):
+                problem = DistillProblem(*args[:7], params)
+                total, d, _ = weighted_sum(problem, weighting, None)
+            per_token = problem.dense(d)
+        loss = reduce_total(total, mask, reduction)
+    return (loss, per_token) if return_per_token else loss
+
+
+def fused_linear_distill_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    divergence: str = "reverse_kl",
+    jsd_beta: float = 0.5,
+    token_weights: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    return_per_token: bool = False,
+    chunk_bytes: int | None = None,
+    impl: str | None = None,
+):
+    """A per-token distillation loss from hidden states and LM heads, never holding the logits.
+
+    Equals, on s = student_hidden @ weight.T (+ bias) and u = teacher_hidden @ W_t.T (+ b_t):
+
+        Div_t = reverse_kl(s_t, u_t) | forward_kl(s_t, u_t) | jsd(s_t, u_t, beta=jsd_beta)
+        "batchmean": sum_valid w_t Div_t / B,  "sum": sum_valid w_t Div_t,
+        "mean": sum_valid w_t Div_t / sum mask,  "none": (B, T) w_t Div_t (0 where masked)
+
+    Cost: 4 GEMMs of (valid tokens) x H x V for the scalar reductions, all run in forward
+    (backward only scales the stored gradients, so the graph is backpropagated once); 3 with a
+    frozen head, 2 under ``torch.no_grad()``, 6 for ``reduction="none"``. Masked rows are
+    never projected. Memory: the fp32 gradient of ``weight`` and at most ``chunk_bytes`` of
+    logits tiles.
+
+    Args:
+        student_hidden: (B, T, H_s) final hidden states of the student (gets the gradient).
+        teacher_hidden: (B, T, H_t) of the teacher on the same tokens (never gets a gradient).
+        weight: (V, H_s) the student's LM head (gets a gradient, accumulated in fp32).
+        mask: (B, T) bool (or 0/1 integer), True at the positions that count.
+        divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd".
+        jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL).
+        token_weights: None (1 on valid tokens) or a (B, T) float tensor >= 0 without grad.
+        bias: optional (V,) student head bias (gets a gradient).
+        teacher_weight, teacher_bias: the teacher's own head (V, H_t) and (V,); default: the
+            student's head, detached (then H_t must equal H_s).
+        temperature: tau > 0, applied to both sides.
+        reduction: "batchmean" | "sum" | "mean" | "none".
+        return_per_token: also return the detached (B, T) fp32 Div_t, 0 where masked (what a
+            trainer logs, without projecting again).
+        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).
+        impl: "triton" (the streaming kernels on each chunk), "torch" or None.
+
+    Returns:
+        the loss (fp32 scalar, or (B, T) for "none"); ``(loss, per_token)`` with
+        ``return_per_token=True``.
+
+    Example:
+        >>> h_s = student(ids, output_hidden_states=True).hidden_states[-1][:, :-1]
+        >>> h_t = teacher(ids, output_hidden_states=True).hidden_states[-1][:, :-1]
+        >>> loss, div = fused_linear_distill_loss(h_s, h_t, student.lm_head.weight, mask,
+        ...     divergence="jsd", teacher_weight=teacher.lm_head.weight, return_per_token=True)
+        >>> loss.backward()
+    """
+    mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
+                                teacher_bias, mask)
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    beta = check_unit("jsd_beta", jsd_beta)
+    token_weights = check_token_weights(token_weights, mask)
+    return run_distill(
+        student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
+        FixedWeights(token_weights), divergence=resolve_divergence(divergence, beta), beta=beta,
+        temperature=check_temperature(temperature), reduction=check_reduction(reduction),
+        chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
+        return_per_token=check_bool("return_per_token", return_per_token),
+    )

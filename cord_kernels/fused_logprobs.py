@@ -1,0 +1,249 @@
+"""LM head + token log-probs, log softmax((h @ W.T + b) / tau)[label], without (N, V) logits.
+
+For GRPO (log p(y | x) of each rollout) and SFT. The cotangent is per token, so forward
+projects each chunk once and keeps lse per row (1 GEMM); backward recomputes the chunk's
+logits and turns them into the gradient in place (3 GEMMs): 4 GEMMs in all. Rows whose label
+is ``ignore_index`` are never projected.
+
+The per-row math follows :class:`LogprobRows`, in torch (row blocks, as in
+``divergence_rows.py``) or through the streaming kernels of ``token_logprobs.py``.
+
+Layout: the row-math protocol and its two versions, the problem, the autograd Function, the
+public function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from cord_kernels._dispatch import Impl, resolve_impl
+from cord_kernels._validation import (
+    check_float,
+    check_labels,
+    check_same_device,
+    check_temperature,
+    check_tensor,
+)
+from cord_kernels.fused_linear import (
+    DEFAULT_CHUNK_BYTES,
+    Grads,
+    LMHead,
+    check_chunk_bytes,
+    check_head,
+    compute_dtype,
+    no_autocast,
+    operand_dtype,
+    row_block,
+    row_math_threads,
+    rows_per_chunk,
+)
+from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
+
+
+class LogprobRows(Protocol):
+    """Per-row math of the log-prob loss on an (n, V) logits tile ``x`` of one chunk."""
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(label), lse) per row; x may be scaled in place."""
+        ...
+
+    def write_grad(self, x: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor,
+                   g: torch.Tensor) -> torch.Tensor | None:
+        """Turns x into g dlogp/dx up to the returned row scale (None: x holds it)."""
+        ...
+
+
+class TorchLogprobRows:
+    """log p(label) per row and its gradient in torch. ``write_grad`` turns x into
+    1[v = label] - p_v and returns the row scale g / tau."""
+
+    def __init__(self, temperature: float):
+        self.inv_t = 1.0 / temperature
+
+    def forward(self, x, labels):
+        n = x.shape[0]
+        lse = torch.empty(n, dtype=x.dtype, device=x.device)
+        r = row_block(x.shape[1])
+        with row_math_threads(x.device):
+            for a in range(0, n, r):
+                b_x = x[a:a + r]
+                if self.inv_t != 1.0:
+                    b_x.mul_(self.inv_t)
+                lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
+        picked = x.gather(1, labels.unsqueeze(1)).squeeze(1)
+        return picked - lse, lse
+
+    def write_grad(self, x, labels, lse, g) -> torch.Tensor:
+        r = row_block(x.shape[1])
+        with row_math_threads(x.device):
+            for a in range(0, x.shape[0], r):
+                # dlogp/dx_v = (1/tau) (1[v = label] - p_v): -p_v here, the label below.
+                b_x = x[a:a + r]
+                if self.inv_t != 1.0:
+                    b_x.mul_(self.inv_t)
+                b_x.sub_(lse[a:a + r, None]).exp_().neg_()
+        x.scatter_add_(1, labels.unsqueeze(1), torch.ones_like(labels, dtype=x.dtype)[:, None])
+        return g * self.inv_t
+
+
+class TritonLogprobRows:
+    """The same contract through the streaming kernels of ``token_logprobs.py``."""
+
+    def __init__(self, temperature: float, ignore_index: int):
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+
+    def forward(self, x, labels):
+        return logprob_fwd(x, labels, self.temperature, self.ignore_index)
+
+    def write_grad(self, x, labels, lse, g) -> None:
+        logprob_bwd(x, labels, lse, g, self.temperature, self.ignore_index, x)
+        return None
+
+
+# ------------------------------------------------------------------------------- problem
+
+
+@dataclass(frozen=True)
+class FusedLogprobParams:
+    temperature: float = 1.0
+    ignore_index: int = -100
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    impl: Impl = Impl.TORCH
+    operand: torch.dtype = torch.float32
+
+
+class _LogprobProblem:
+    """One call of the log-prob loss: flat hidden states, the head, the rows whose label is
+    not ``ignore_index`` (``index``, found with one host sync) and one (chunk, V) tile."""
+
+    def __init__(self, hidden, weight, bias, labels, params: FusedLogprobParams):
+        H = hidden.shape[-1]
+        self.V = weight.shape[0]
+        self.params = params
+        self.dtype = compute_dtype(hidden, weight)
+        self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
+        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
+                           params.operand, self.dtype)
+        self.rows: LogprobRows = TritonLogprobRows(params.temperature, params.ignore_index) \
+            if params.impl is Impl.TRITON else TorchLogprobRows(params.temperature)
+        flat = labels.reshape(-1)
+        self.index = (flat != params.ignore_index).nonzero().squeeze(1)
+        self.labels = flat[self.index].long()
+        self.n_valid = self.index.numel()
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 1, self.dtype)
+        buf_rows = min(self.max_rows, self.n_valid)
+        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
+
+    def chunks(self):
+        """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
+        for lo in range(0, self.n_valid, self.max_rows):
+            hi = min(lo + self.max_rows, self.n_valid)
+            idx = self.index[lo:hi]
+            h = self.head.rows(self.h, idx)
+            x = self.head.project(h, self.tile[:hi - lo])
+            yield lo, hi, idx, h, x
+
+
+class FusedTokenLogprobsFunction(torch.autograd.Function):
+    """Per-token log p(label) from hidden states: 1 GEMM per chunk in forward, 3 in backward
+    (the logits are recomputed; only lse per row is kept)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, params: FusedLogprobParams):
+        problem = _LogprobProblem(hidden, weight, bias, labels, params)
+        out = torch.zeros(labels.numel(), dtype=torch.float32, device=hidden.device)
+        lse_parts = []
+        with no_autocast(hidden.device):
+            for lo, hi, idx, _, x in problem.chunks():
+                logp, lse = problem.rows.forward(x, problem.labels[lo:hi])
+                out[idx] = logp.float()
+                lse_parts.append(lse)
+        lse = torch.cat(lse_parts) if lse_parts else None
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.params = params
+        return out.view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        problem = _LogprobProblem(hidden, weight, bias, labels, ctx.params)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grads = Grads.allocate(problem.n_valid, problem.head, need_h, need_w,
+                                need_b and bias is not None, hidden.device)
+        g_all = grad_out.reshape(-1).float()
+        with no_autocast(hidden.device):
+            for lo, hi, idx, h, x in problem.chunks():
+                row_scale = problem.rows.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
+                                                    g_all[idx])
+                problem.head.backprop(x, h, row_scale, slice(lo, hi), grads)
+        gw = grads.weight_or_zeros()
+        return (
+            grads.hidden_for(problem.index, hidden.shape, hidden.dtype),
+            None if gw is None else gw.to(weight.dtype),
+            None if grads.bias is None else grads.bias.to(bias.dtype),
+            None,
+            None,
+        )
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def fused_linear_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    chunk_bytes: int | None = None,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """log softmax((hidden @ weight.T + bias) / tau)[label] per position, without (N, V) logits.
+
+    For GRPO (log p(y | x) of each rollout) and SFT. The cotangent is per token, so forward
+    projects each chunk once and keeps only lse per row (1 GEMM); backward recomputes each
+    chunk's logits, writes the gradient (1/tau)(1[v = label] - p_v) into them in place and
+    backpropagates it through the head (3 GEMMs): 4 GEMMs of (valid tokens) x H x V in all.
+    ``ignore_index`` positions are never projected.
+
+    Args:
+        hidden: (..., H) final hidden states (gets the gradient).
+        weight: (V, H) LM head (gets a gradient, accumulated in fp32); bias: optional (V,).
+        labels: (...) integer token ids in [0, V), or ``ignore_index`` (gives 0, no gradient).
+        temperature: tau > 0.
+        chunk_bytes: budget for the fp32 logits tile (default 1 GiB: ``chunk_bytes // (4 V)``
+            tokens per chunk).
+        impl: "triton", "torch" or None.
+
+    Returns:
+        (...) fp32 log-probabilities, differentiable wrt hidden, weight and bias.
+
+    Example:
+        >>> h = model(input_ids).hidden_states[-1][:, :-1]            # (B, T-1, H)
+        >>> lp = fused_linear_token_logprobs(h, model.lm_head.weight, input_ids[:, 1:])
+        >>> seq_logp = (lp * completion_mask).sum(-1)                  # log p(y | x)
+    """
+    check_tensor("hidden", hidden, min_ndim=2)
+    check_float("hidden", hidden)
+    check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
+    check_labels(labels, tuple(hidden.shape[:-1]))
+    check_same_device(("hidden", hidden), ("labels", labels))
+    temperature = check_temperature(temperature)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    chunk_bytes = check_chunk_bytes(chunk_bytes)
+    valid = labels != ignore_index
+    if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
+        raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
+                         f"weight) or equal ignore_index={ignore_index}")
+    params = FusedLogprobParams(temperature, ignore_index, chunk_bytes,
+                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight))
+    return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

@@ -1,0 +1,30 @@
+"""The reductions every token loss shares (``cord_token_loss``, the fused-linear losses and
+the reference oracle all import them from here).
+
+    "batchmean": sum_t w_t D_t / B   (the paper's: summed over tokens, averaged over sequences)
+    "sum":       sum_t w_t D_t
+    "mean":      sum_t w_t D_t / (number of valid tokens)
+    "none":      the (B, T) tensor of w_t D_t itself
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reduce_total(total: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduces the scalar ``total`` = sum_t w_t D_t over a (B, T) ``mask`` (not "none")."""
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / max(mask.shape[0], 1)
+    if reduction == "mean":  # over valid tokens; an all-masked batch gives 0, not NaN
+        return total / mask.sum().clamp_min(1)
+    raise ValueError(f"reduce_total handles 'batchmean', 'sum' and 'mean', got {reduction!r}")
+
+
+def reduce_weighted(per_token: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduces a (B, T) tensor of w_t D_t (0 where masked) as ``reduction`` says."""
+    if reduction == "none":
+        return per_token
+    return reduce_total(per_token.sum(), mask, reduction)
