@@ -48,6 +48,7 @@ __all__ = [
     "collate_paired",
     "audio_of",
     "wav_truncation",
+    "write_paired",
 ]
 
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -465,3 +466,29 @@ def audio_of(record: Mapping[str, Any]) -> tuple[np.ndarray, int]:
         f"record {record.get('id')!r}: audio must be decoded ({{'array', 'sampling_rate'}}); "
         "read the records with cord.data.paired.load_paired"
     )
+
+
+def write_paired(records: Sequence[Mapping[str, Any]], directory: str | os.PathLike, *,
+                 subtype: str = "FLOAT") -> Path:
+    """Writes in-memory paired records (``audio = {"array", "sampling_rate"}``) as
+    ``directory/paired.jsonl`` plus one WAV per record under ``directory/audio/``, which
+    :func:`load_paired` and ``cord eval --data`` read. ``subtype="FLOAT"`` reads back sample
+    for sample; ``"PCM_16"`` is half the size, rounded to 16 bits. Returns the JSONL path. Keys
+    other than ``audio`` are kept as they are."""
+    out = Path(directory)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    lines = []
+    for i, record in enumerate(records):
+        record_id = str(record.get("id", i))
+        if record_id in seen:
+            raise ValueError(f"records must have unique ids, {record_id!r} repeats")
+        seen.add(record_id)
+        array, rate = audio_of(record)
+        name = f"audio/{len(lines):06d}.wav"  # ids may hold characters unsafe in file names
+        sf.write(str(out / name), np.asarray(array, dtype=np.float32), rate, subtype=subtype)
+        lines.append(json.dumps({**{k: v for k, v in record.items() if k != "audio"},
+                                 "id": record_id, "audio": name}))
+    path = out / "paired.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

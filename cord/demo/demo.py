@@ -1,352 +1,315 @@
-"""``cord demo``: CORD closing a real audio-text gap of a tiny audio LM, on the CPU, in minutes.
+"""``cord demo``: a fair test of CORD against the paper's baselines on a tiny audio LM, on a CPU.
 
-1. Builds the spoken/written arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech,
-   cached).
-2. Pre-trains a tiny Qwen2-Audio-shaped model with much more text than audio supervision, which
-   opens a real modality gap (cached per configuration: a second run skips it).
-3. Measures its text and audio accuracy on held-out questions.
-4. From that same start, for every seed, post-trains it on the (unlabelled) paired training
-   prompts with the paper's SFT and forward-KL baselines and with CORD, through
-   :class:`cord.train.trainer.CordTrainer` with identical settings, and measures each again.
-5. Prints the paper's Table 1 for it (accuracy per modality, Δ, gap reduction) and writes it as
-   markdown and JSON, with the KL analysis of the base model's audio rollouts as PNGs.
+1. Builds the multi-step spoken arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech).
+2. Pre-trains a tiny Qwen2-Audio-shaped model with much more text than spoken-QA supervision,
+   which opens a gap in the paper's regime (audio at 40-85% of text accuracy). The base is
+   cached per configuration and always read back from disk, so cold and warm runs agree.
+3. Measures the preconditions of a fair test (base accuracies, completion length against K,
+   the text side kept) and prints each with its bound.
+4. From that same start, for every seed, post-trains with every method
+   (:mod:`cord.demo.posttrain`: same prompts, steps, batch and rollout settings; learning rates
+   chosen by one rule on a validation split) and scores each on held-out items: audio and text
+   accuracy, retention (transcription, which post-training never targets) and transfer (a
+   question form post-training never sees).
+5. Reports the paper's Table 1 and Table 3 with paired-bootstrap 95% confidence intervals,
+   training curves and the KL figures (:mod:`cord.demo.report`).
 
-``cord demo --quick`` runs the same pipeline at a much smaller size (the CI test).
+Modes: ``--quick`` (the CI smoke test, one seed), the default (3 seeds), ``--full`` (the
+learning-rate grid, 5 seeds, the α = β sweep and long GRPO runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import os
 import platform
+import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cord.config import CordConfig
-from cord.demo.gap_task import (
-    QUICK,
-    GapTaskConfig,
-    SlottedSpeech,
-    attach_audio,
-    make_splits,
-    pretrained_base,
-)
-from cord.eval.analyze import analyze_rollouts, rollout_kl, save_rollouts, summary_line
-from cord.eval.evaluate import evaluate, gap_summary, gap_table
-from cord.rewards.judge import build_judge
-from cord.train.trainer import CordTrainer
+from cord.data.paired import write_paired
+from cord.demo import jobs as J
+from cord.demo import measure as M
+from cord.demo import posttrain as P
+from cord.demo import report as R
+from cord.demo.gap_task import QUICK, GapTaskConfig, pretrained_base
+from cord.eval.analyze import analyze_rollouts, save_rollouts
+from cord.eval.stats import paired_bootstrap
 
-METHODS = {"sft": "+ SFT", "fkl": "+ Forward KL", "cord": "+ CORD"}
-BASE_NAME = "Tiny base"
+MODES = ("quick", "default", "full")
+BASE = "base"
+RATES_FILE = Path(__file__).with_name("learning_rates.json")
+"""The rates the full mode's grid chose (committed; the default and quick modes use them)."""
+PAIRS = (("cord", "fkl"), ("cord", "sft"), ("cord", "grpo_opd"))
 
 
-@dataclass(frozen=True)
-class PostTrainConfig:
-    """Settings shared by every post-training method (only ``objective`` differs)."""
-
-    max_steps: int = 150
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    max_completion_length: int = 12
-    num_generations: int = 4
-    temperature: float = 1.0
-    teacher: str = "base"
-    """The text-conditioned teacher: "base" (frozen start) keeps a 100k-parameter model at this
-    learning rate from drifting its own targets; "live" (the paper's) is an option."""
-
-
-FULL_POST = PostTrainConfig()
-QUICK_POST = PostTrainConfig(max_steps=6, batch_size=8)
-
-
-def _sizes(size: str):
-    if size == "full":
-        return GapTaskConfig(), FULL_POST
-    if size == "tiny":
-        return QUICK, QUICK_POST
-    raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
+def settings(mode: str) -> dict[str, Any]:
+    """Task, post-training budget, seeds and methods of a mode."""
+    if mode == "quick":
+        return {"task": QUICK, "post": P.PostTrainConfig(max_steps=4, batch_size=8,
+                                                         eval_every=2),
+                "seeds": (0,), "methods": P.DEFAULT_METHODS, "grid": False}
+    if mode == "default":
+        return {"task": GapTaskConfig(), "post": P.PostTrainConfig(), "seeds": (0, 1, 2),
+                "methods": P.DEFAULT_METHODS, "grid": False}
+    if mode == "full":
+        return {"task": GapTaskConfig(), "post": P.PostTrainConfig(), "seeds": (0, 1, 2, 3, 4),
+                "methods": P.DEFAULT_METHODS + ("cord_ab3",), "grid": True}
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def _say(msg: str) -> None:
     tqdm.write(msg)
 
 
-def post_train(base_adapter, method: str, train_records, post: PostTrainConfig, *, seed: int,
-               output_dir: Path, progress: bool = True):
-    """A copy of the base model trained with ``method`` by :class:`cord.train.trainer.CordTrainer`;
-    returns its adapter and the trainer's last metrics."""
-    adapter = base_adapter.with_model(copy.deepcopy(base_adapter.model))
-    config = CordConfig(
-        model="tiny",  # unused: the adapter is passed in
-        objective=method,
-        learning_rate=post.learning_rate,
-        per_device_train_batch_size=post.batch_size,
-        max_steps=post.max_steps,
-        max_completion_length=post.max_completion_length,
-        num_generations=post.num_generations,
-        temperature=post.temperature,
-        teacher=post.teacher,
-        seed=seed,
-        output_dir=str(output_dir),
-        save_steps=0,
-        logging_steps=post.max_steps,
-        report_to=["none"],
-        disable_tqdm=not progress,
-    )
-    trainer = CordTrainer(config, adapter=adapter, train_dataset=train_records,
-                          judge=build_judge("match"))
-    metrics = trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.eval()
-    return base_adapter.with_model(model), metrics
+# --------------------------------------------------------------------------------------------
+# The demo
+# --------------------------------------------------------------------------------------------
 
 
-def _evaluate(adapter, records, name: str, progress: bool):
-    return evaluate(adapter, records, name=name, max_new_tokens=12, batch_size=60,
-                    progress=progress)
+def _rates(mode, ctx: J.Context, methods, scratch: Path, workers: int, base_val):
+    """Learning rates per method: the grid in the full mode, else the committed choice."""
+    if not settings(mode)["grid"]:
+        if not RATES_FILE.is_file():
+            raise FileNotFoundError(f"{RATES_FILE} is missing: run `cord demo --full --rates-only`"
+                                    " to choose the learning rates")
+        chosen = P.load_rates(RATES_FILE)
+        missing = [m for m in methods if m not in chosen]
+        if missing:
+            raise ValueError(f"{RATES_FILE} has no learning rate for {missing}: run "
+                             "`cord demo --full --rates-only`")
+        return {m: chosen[m] for m in methods}, None
+    jobs = [J.Job(m, 0, lr, scratch / f"grid-{m}-{lr:g}", score=False)
+            for m in methods for lr in P.LEARNING_RATES]
+
+    def done(job, r):
+        _say(f"  grid {job.method} lr {job.learning_rate:g}: validation text "
+             f"{100 * r['val']['text']:.1f}%, audio {100 * r['val']['audio']:.1f}%")
+
+    results = J.run_jobs(ctx, jobs, workers=workers, on_done=done)
+    grid: dict[str, dict[float, dict[str, float]]] = {m: {} for m in methods}
+    for job, r in zip(jobs, results):
+        grid[job.method][job.learning_rate] = r["val"]
+    selected = {m: P.select_rate(grid[m], base_val["text"]) for m in methods}
+    record = P.rates_record(grid, selected, base_val, ctx.post)
+    return {m: selected[m]["rate"] for m in methods}, record
 
 
-def _verdict(summary: dict[str, Any], methods: list[str]) -> str:
-    """One honest sentence on the paper's ordering CORD > FKL > SFT (in gap reduction)."""
-    red = {m: summary[METHODS[m]]["reduction"] for m in methods}
-    std = {m: summary[METHODS[m]]["reduction_std"] for m in methods}
-    parts = [f"{METHODS[m][2:]} {100 * red[m]:.1f}% ± {100 * std[m]:.1f}" for m in methods]
-    text = "gap reduction (mean ± std over seeds): " + ", ".join(parts) + "."
-    if all(m in red for m in ("cord", "fkl", "sft")):
-        order = red["cord"] > red["fkl"] > red["sft"]
-        text += (" The paper's ordering (CORD > forward KL > SFT) "
-                 + ("holds here." if order else "does NOT hold here."))
-        if order:
-            # Whether the differences exceed the spread between seeds.
-            sep = (red["cord"] - std["cord"] > red["fkl"] + std["fkl"]
-                   and red["fkl"] - std["fkl"] > red["sft"] + std["sft"])
-            text += (" The differences are larger than one seed standard deviation."
-                     if sep else " Some differences are within one seed standard deviation.")
-    return text
-
-
-def summary_markdown(results: dict[str, Any], command: str) -> str:
-    """The demo's report as markdown: command, table, verdict, KL analysis, figures, timings."""
-    t = results["timings_s"]
-    post = results["post_training"]
-    task = results["task"]
-    lines = [
-        "# `cord demo`: a tiny audio LM's modality gap, and how much of it each method closes",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Held-out spoken/written arithmetic questions ({task['eval_questions']}), "
-        f"{len(results['seeds'])} post-training seed(s) {results['seeds']} from one pre-trained "
-        f"start; {post['max_steps']} steps of {post['batch_size']} prompts per method, "
-        f"learning rate {post['learning_rate']:g}, identical settings for every method. "
-        "Accuracies in %, mean ± std over seeds; Δ = Acc_text(base) − Acc_audio(method); "
-        "gap reduction = 1 − Δ_method / Δ_base.",
-        "",
-        results["table"].rstrip(),
-        "",
-        results["verdict"],
-        "",
-    ]
-    stats = results.get("kl_analysis")
-    if stats:
-        lines += [
-            "KL analysis of the base model's audio rollouts (the paper's Figures 2-3): "
-            + summary_line(stats) + ".",
-            "",
-            "![KL distribution](kl_distribution.png) ![high vs low KL tokens](kl_tokens.png)",
-            "",
-            "![one rollout](kl_rollout.png)",
-            "",
-        ]
-    m = results["machine"]
-    phases = ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total")
-    lines += [
-        f"Wall time {t['total'] / 60:.1f} min ({phases}); Python {m['python']}, torch "
-        f"{m['torch']}, {m['threads']} threads"
-        + (", pre-trained base loaded from cache" if results["base_from_cache"] else "") + ".",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def run_demo(*, size: str = "full", seeds=(0, 1, 2), methods=("sft", "fkl", "cord"),
-             output_dir: str | Path = "cord_demo", cache_dir: str | Path | None = None,
-             refresh: bool = False, analysis: bool = True, progress: bool = True,
-             post_overrides: dict[str, Any] | None = None,
-             command: str = "cord demo", threads: int | None = 1) -> dict[str, Any]:
+def run_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
+             methods: Sequence[str] | None = None, output_dir: str | Path = "cord_demo",
+             cache_dir: str | Path | None = None, refresh: bool = False,
+             progress: bool = True, command: str = "cord demo", threads: int | None = 1,
+             save_models: bool = True, rates_only: bool = False, workers: int = 1
+             ) -> dict[str, Any]:
     """The whole demo; returns (and writes to ``output_dir/results.json``) every number.
 
     Args:
-        size: "full" (the README's numbers) or "tiny" (the same pipeline in ~1-2 minutes).
-        seeds: post-training seeds (rollout sampling and data order); the pre-trained start is
-            the same for all of them.
-        methods: any of "sft", "fkl", "cord".
+        mode: "quick" (CI size, one seed), "default" (3 seeds) or "full" (learning-rate grid,
+            5 seeds, α = β sweep, long GRPO runs).
+        seeds, methods: override the mode's (methods from :data:`cord.demo.posttrain.METHODS`).
         cache_dir: word clips and pre-trained bases (default ``~/.cache/cord/demo``).
-        refresh: pre-train again even if a cached base exists.
         threads: torch CPU threads while the demo runs (restored after); 1 by default: the
             model is tiny, and a single thread does not stall when other processes share the
-            cores (two spinning OpenMP threads on a busy 2-core machine ran 50x slower).
+            cores.
+        save_models: write the base and every method's seed-0 model and the held-out set.
+        workers: post-training jobs run in this many one-thread processes (the tables do not
+            depend on it; 2 halves the time on a 2-core machine).
+        rates_only: with ``mode="full"``, stop after the learning-rate grid (it writes
+            ``learning_rates.json``, which the default and quick modes read from the package).
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    cfg = settings(mode)
+    seeds = tuple(cfg["seeds"] if seeds is None else seeds)
+    methods = tuple(cfg["methods"] if methods is None else methods)
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    if rates_only and not cfg["grid"]:
+        raise ValueError("rates_only needs mode='full' (the mode that runs the grid)")
+    bad = [m for m in methods if m not in P.METHODS]
+    if bad or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {list(P.METHODS)}, got "
+                         f"{list(methods)}")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_demo(size=size, seeds=seeds, methods=methods, output_dir=output_dir,
-                         cache_dir=cache_dir, refresh=refresh, analysis=analysis,
-                         progress=progress, post_overrides=post_overrides, command=command)
+        return _run_demo(mode, cfg["task"], cfg["post"], seeds, methods, Path(output_dir),
+                         cache_dir, refresh, progress, command, save_models, rates_only, workers)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_demo(*, size, seeds, methods, output_dir, cache_dir, refresh, analysis, progress,
-              post_overrides, command) -> dict[str, Any]:
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
-                         f"{list(methods)}")
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
-    task, post = _sizes(size)
-    if post_overrides:
-        post = replace(post, **post_overrides)
-    out = Path(output_dir)
+def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods, out: Path,
+              cache_dir, refresh, progress, command, save_models, rates_only, workers
+              ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    scratch = out / ".scratch"  # the trainer's checkpoints; removed at the end
     timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    t_start = t = time.perf_counter()
 
-    # 1. Data.
-    t = time.perf_counter()
-    splits = make_splits(task)
-    speech = SlottedSpeech(slot_seconds=task.slot_seconds, rate=task.tts_rate,
-                           cache_dir=cache_dir)
-    splits = {k: attach_audio(v, speech) for k, v in splits.items()}
+    splits = J.task_splits(task, cache_dir)
     timings["speech"] = time.perf_counter() - t
-    _say(f"task: {len(splits['train'])} training questions (text QA and audio transcription on "
-         f"all, audio QA on {len(splits['audio_qa'])}; the other {len(splits['distill'])} are "
-         f"the unlabelled pairs of post-training), {len(splits['eval'])} held-out questions; "
-         "speech by eSpeak NG")
+    _say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
+         f"spoken QA on {len(splits['audio_qa'])}; the other {len(splits['distill'])} are the "
+         f"unlabelled pairs of post-training); {len(splits['val'])} validation, "
+         f"{len(splits['eval'])} held-out and {len(splits['transfer'])} transfer questions")
 
-    # 2. The gap.
     t = time.perf_counter()
-    base, cached = pretrained_base(task, splits, cache_dir=cache_dir, progress=progress,
-                                   refresh=refresh)
+    base, base_path, source = pretrained_base(task, splits, cache_dir=cache_dir,
+                                              progress=progress, refresh=refresh)
     timings["pretrain"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in base.model.parameters())
-    _say(f"base model: {n_params / 1e3:.0f}k parameters, "
-         + ("loaded from cache" if cached else f"pre-trained in {timings['pretrain']:.0f} s"))
+    _say(f"base: {n_params / 1e3:.0f}k parameters, {source} ({base_path})")
+    ctx = J.Context(task, post, base_path, cache_dir)
 
-    # 3. Base accuracy.
     t = time.perf_counter()
-    base_run = {"method": BASE_NAME,
-                "benchmarks": {"arith": _evaluate(base, splits["eval"], "arith", progress)}}
-    timings["eval"] = time.perf_counter() - t
-    b = base_run["benchmarks"]["arith"]
-    _say(f"{BASE_NAME}: text {100 * b['text']['accuracy']:.1f}%, audio "
-         f"{100 * b['audio']['accuracy']:.1f}% -> gap {100 * b['gap']:.1f} points")
+    base_val = P.accuracies(base, splits["val"], max_new_tokens=post.max_completion_length)
+    rates, grid = _rates(mode, ctx, methods, scratch, workers, base_val)
+    timings["rate_grid"] = time.perf_counter() - t
+    if grid is not None:
+        (out / "learning_rates.json").write_text(json.dumps(grid, indent=1))
+        if rates_only:
+            shutil.rmtree(scratch, ignore_errors=True)
+            return {"mode": mode, "learning_rate_grid": grid, "learning_rates": rates,
+                    "timings_s": {**timings, "total": time.perf_counter() - t_start}}
 
-    # 4. Post-training from the same start.
-    # Post-training sees only unlabelled pairs: the answer column is dropped.
-    train_records = [{k: r[k] for k in ("id", "text", "audio")} for r in splits["distill"]]
-    runs: dict[str, list[dict[str, Any]]] = {METHODS[m]: [] for m in methods}
-    train_metrics: dict[str, list[dict[str, Any]]] = {METHODS[m]: [] for m in methods}
     t = time.perf_counter()
-    jobs = [(s, m) for s in seeds for m in methods]
-    scratch = tempfile.TemporaryDirectory(prefix="cord-demo-")  # the trainer's checkpoints
-    for i, (seed, method) in enumerate(jobs):
-        _say(f"[{i + 1}/{len(jobs)}] {METHODS[method][2:]}, seed {seed}")
-        adapter, metrics = post_train(base, method, train_records, post, seed=seed,
-                                      output_dir=Path(scratch.name) / f"{method}-seed{seed}",
-                                      progress=progress)
-        r = _evaluate(adapter, splits["eval"], "arith", progress)
-        runs[METHODS[method]].append({"method": METHODS[method], "seed": seed,
-                                      "benchmarks": {"arith": r}})
-        train_metrics[METHODS[method]].append(
-            {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
-        _say(f"    text {100 * r['text']['accuracy']:.1f}%, audio "
-             f"{100 * r['audio']['accuracy']:.1f}%")
+    scores = {BASE: [M.score_model(base, splits, post)]}
+    base_rollouts, base_kl = M.kl_profile(base, splits["eval"][: M.KL_ITEMS], post)
+    curves_base = P.accuracies(base, splits["val"][: M.CURVE_ITEMS],
+                               max_new_tokens=post.max_completion_length)
+    grad_norms = M.loss_gradient_norms(base, [{k: r[k] for k in ("id", "text", "audio")}
+                                              for r in splits["distill"]], post)
+    timings["base_eval"] = time.perf_counter() - t
+    b = scores[BASE][0]
+    _say(f"base: text {100 * b['text']:.1f}%, audio {100 * b['audio']:.1f}%, mean audio rollout "
+         f"{base_kl['mean_length']:.1f} tokens (K = {post.top_k})")
+
+    t = time.perf_counter()
+    first = seeds[0]
+    jobs = [J.Job(m, s, rates[m], scratch / f"{m}-{s}", curve=s == first,
+                  kl_threshold=base_kl["high_threshold"] if s == first else None,
+                  save_to=out / "models" / m if save_models and s == first else None)
+            for s in seeds for m in methods]
+    if mode == "full":  # does GRPO alone collapse over 4x the steps, while OPD holds it?
+        jobs += [J.Job(m, first, rates[m], scratch / f"long-{m}", max_steps=4 * post.max_steps,
+                       curve=True, eval_every=post.max_steps // 2, score=False)
+                 for m in ("grpo", "grpo_opd") if m in methods]
+    count = [0]
+
+    def done(job, r):
+        count[0] += 1
+        head = f"[{count[0]}/{len(jobs)}] {P.METHODS[job.method].label[2:]}, seed {job.seed}"
+        if "scores" in r:
+            s = r["scores"]
+            _say(f"{head}: text {100 * s['text']:.1f}%, audio {100 * s['audio']:.1f}%, transfer "
+                 f"{100 * s['transfer']:.1f}%, retention {100 * s['retention']:.1f}%")
+        else:
+            _say(f"{head}: long run, validation audio "
+                 f"{100 * r['curve'][-1]['audio']:.1f}% after {r['curve'][-1]['step']} steps")
+
+    results = J.run_jobs(ctx, jobs, workers=workers, on_done=done)
     timings["post_train"] = time.perf_counter() - t
-    scratch.cleanup()
-    torch.manual_seed(0)
+    curves, kl_after, long_runs = {}, {}, {}
+    tokens: dict[str, list[int]] = {m: [] for m in methods}
+    for job, r in zip(jobs, results):
+        if job.max_steps is not None:
+            long_runs[job.method] = r["curve"]
+            continue
+        scores.setdefault(job.method, []).append(r["scores"])
+        tokens[job.method].append(r["tokens"])
+        if job.curve:
+            curves[job.method] = r["curve"]
+        if "kl_after" in r:
+            kl_after[job.method] = r["kl_after"]
 
-    # 5. Table 1 and the analysis.
-    table_runs = {BASE_NAME: base_run, **runs}
-    summary = gap_summary(table_runs, BASE_NAME)
-    table = gap_table(table_runs, BASE_NAME)
-    stats = None
-    if analysis:
-        t = time.perf_counter()
-        rollouts = rollout_kl(base, splits["eval"], max_new_tokens=post.max_completion_length,
-                              temperature=1.0, batch_size=60, seed=0, progress=progress)
-        save_rollouts(rollouts, out / "base_rollouts.jsonl")
-        stats = analyze_rollouts(rollouts, out)
-        timings["analysis"] = time.perf_counter() - t
+    t = time.perf_counter()
+    kl_stats = analyze_rollouts(base_rollouts, out)
+    save_rollouts(base_rollouts, out / "base_rollouts.jsonl")
+    if save_models:
+        R.save_model(base, out / "models" / BASE)
+        # 16-bit: half the float size; cord eval on it matches up to that rounding
+        write_paired(splits["eval"], out / "eval_set", subtype="PCM_16")
+    results = R.assemble(
+        mode=mode, task=asdict(task), post=asdict(post), seeds=list(seeds),
+        methods=list(methods), rates=rates, scores=scores, tokens=tokens,
+        bootstrap=paired_bootstrap(
+            np.asarray(b["text_items"]), np.asarray(b["audio_items"]),
+            {m: np.asarray([s["audio_items"] for s in scores[m]]) for m in methods},
+            pairs=tuple(p for p in PAIRS if p[0] in methods and p[1] in methods)),
+        base_kl=base_kl, kl_after=kl_after, kl_stats=kl_stats, curves=curves,
+        curves_base=curves_base, long_runs=long_runs or None, grid=grid, base_source=source)
+    results["loss_gradient_norms"] = grad_norms
+    shutil.rmtree(scratch, ignore_errors=True)
+    timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
-    verdict = _verdict(summary, list(methods))
-
-    results = {
-        "size": size, "seeds": list(seeds), "methods": list(methods),
-        "task": asdict(task), "post_training": asdict(post),
-        "base": base_run, "runs": runs, "train_metrics": train_metrics,
-        "summary": {k: {kk: vv for kk, vv in v.items() if kk != "per_run"}
-                    for k, v in summary.items()},
-        "table": table, "verdict": verdict, "kl_analysis": stats,
-        "timings_s": timings, "base_from_cache": cached,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu": platform.processor() or
-                    platform.machine()},
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(table)
-    (out / "README.md").write_text(summary_markdown(results, command))
+    results["timings_s"] = timings
+    results["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "workers": workers,
+                          "cpu": platform.processor() or platform.machine()}
+    R.write_report(results, out, command)
     return results
 
 
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", choices=("full", "tiny"), default="full",
-                        help="full: the README's numbers (~15 min on 2 cores); tiny: ~1-2 min")
-    parser.add_argument("--quick", action="store_true", help="same as --size tiny")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="post-training seeds (one run of every method per seed)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
-                        default=["sft", "fkl", "cord"], help="post-training methods to compare")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="the CI smoke test: small task, 4 steps, one seed (about 1 min)")
+    size.add_argument("--full", action="store_true",
+                      help="the learning-rate grid, 5 seeds, the α = β sweep and long GRPO runs "
+                           "(about an hour); writes learning_rates.json")
+    parser.add_argument("--rates-only", action="store_true",
+                        help="with --full: run only the learning-rate grid and write "
+                             "learning_rates.json (copy it to cord/demo/ to make it the default)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="post-training seeds (default: 0 1 2; 0..4 with --full; 0 with "
+                             "--quick)")
+    parser.add_argument("--methods", nargs="+", choices=list(P.METHODS), default=None,
+                        help=f"methods to compare (default: {' '.join(P.DEFAULT_METHODS)})")
     parser.add_argument("--output-dir", default="cord_demo",
-                        help="where results.json, table.md, README.md and the PNGs go")
+                        help="where results.json, README.md, the tables, plots and models go")
     parser.add_argument("--cache-dir", default=None,
-                        help="speech and pre-trained bases (default ~/.cache/cord/demo)")
-    parser.add_argument("--refresh", action="store_true", help="pre-train even if cached")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="post-training steps per run (default: 150, or 6 with --quick)")
-    parser.add_argument("--no-analysis", action="store_true", help="skip the KL plots")
+                        help="speech clips and pre-trained bases (default ~/.cache/cord/demo)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="pre-train the base again even if it is cached")
+    parser.add_argument("--no-save-models", action="store_true",
+                        help="do not write the base and seed-0 models and the held-out set")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="post-training jobs in parallel, one process each (the tables do "
+                             "not depend on it)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: the model is tiny, and one thread "
-                             "does not stall when other processes share the cores)")
+                        help="torch CPU threads (1: the model is tiny, and one thread does not "
+                             "stall when other processes share the cores)")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {"max_steps": args.steps} if args.steps else None
+    mode = "quick" if args.quick else "full" if args.full else "default"
     results = run_demo(
-        size="tiny" if args.quick else args.size, seeds=args.seeds, methods=args.methods,
-        output_dir=args.output_dir, cache_dir=args.cache_dir, refresh=args.refresh,
-        analysis=not args.no_analysis, post_overrides=overrides,
+        mode=mode, seeds=args.seeds, methods=args.methods, output_dir=args.output_dir,
+        cache_dir=args.cache_dir, refresh=args.refresh, save_models=not args.no_save_models,
         command="cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo",
-        threads=args.threads,
+        threads=args.threads, rates_only=args.rates_only, workers=args.workers,
     )
     print()
-    print(results["table"])
-    print(results["verdict"])
-    if results["kl_analysis"]:
-        print("KL analysis of the base model's audio rollouts: "
-              + summary_line(results["kl_analysis"]))
-    t = results["timings_s"]
-    phases = ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if k != "total")
-    print(f"total {t['total'] / 60:.1f} min ({phases})")
-    print(f"wrote {Path(args.output_dir)}/: README.md, results.json, table.md and the KL PNGs")
+    if args.rates_only:
+        print(json.dumps(results["learning_rate_grid"]["selected"], indent=1))
+        print(f"wrote {Path(args.output_dir) / 'learning_rates.json'}")
+        return 0
+    print(R.console_summary(results))
+    print(f"wrote {Path(args.output_dir)}/: README.md, results.json, the tables and the plots")
     return 0

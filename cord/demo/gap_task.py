@@ -1,31 +1,39 @@
-"""The demo's task: spoken and written arithmetic, and a tiny audio LM with a real modality gap.
+"""The demo's task: multi-step spoken arithmetic with worked answers, and a tiny audio LM whose
+audio side is competent but worse than its text side.
 
-Questions are small sums and differences in words ("what is seven plus two"), asked either as
-text or as speech synthesised by eSpeak NG; the answer is written as ``"so the answer is 9"``.
+A question chains small sums and differences ("what is seven plus two minus three"), asked as
+text or as speech synthesised by eSpeak NG. The answer restates the operands it heard and works
+step by step, ``"7+2=9, 9-3=6, so the answer is 6"``, so an early mis-hearing changes
+every step after it: the cascade the paper describes, over answers long enough that a top-K
+selection of tokens is selective.
 
-The gap is made the way it arises in real audio LMs: the language model learns the task from
-plenty of TEXT, while its audio path gets mostly transcription (it learns to hear the words)
-and only a few spoken questions with answers. It then answers written questions well and
-spoken ones much worse, although it can hear them: the same knowledge, reached worse from
-audio. That is what CORD distils across (the text-conditioned model teaches the audio one).
+The gap is made the way it arises in real audio LMs. The language model learns the task from
+plenty of TEXT; its audio path gets plenty of transcription (it learns to hear the words) but
+only a few hundred spoken questions with worked answers. It then answers written questions
+well and spoken ones clearly worse, although it can hear them: the same knowledge, reached
+worse from audio. That is what CORD distils across.
+
+Splits (no question is in two of them; :func:`make_splits`):
+
+- ``train``: text QA and audio transcription in pre-training; ``audio_qa`` (a small part of
+  it) also as spoken QA. The rest, ``distill``, is the pool of unlabelled audio/text pairs that
+  every post-training method uses. Every training question uses one of the first
+  ``len(TEMPLATES) - 1`` phrasings.
+- ``val``: held-out questions for choosing learning rates (never scored in the tables).
+- ``eval``: held-out questions, scored from audio and from text.
+- ``transfer``: held-out questions in the last phrasing, which pre-training saw only as text
+  and post-training never sees: does what post-training teaches carry to a new question form?
 
 Audio: each word is synthesised once, its silence trimmed, and placed in a fixed-length slot,
-so an utterance is a sequence of word slots (a simplification that lets a 100k-parameter encoder
-learn to hear in a couple of minutes on a CPU). Word clips are cached on disk.
-
-Splits (no question is in two of them):
-
-- ``train``: text QA and audio transcription on all of them in pre-training; audio QA only on
-  the ``audio_qa`` part. The other part, ``distill``, is the pool of unlabelled audio/text
-  pairs that CORD, SFT and forward KL post-train on: questions the model has heard (to
-  transcribe) and read (with answers), but never had to answer from audio.
-- ``eval``: held-out questions (phrasings never seen with those numbers), scored from audio and
-  from text.
+so an utterance is a sequence of word slots (a simplification that lets a small encoder learn
+to hear in a couple of minutes on a CPU). Word clips are cached on disk; they are a pure
+function of the word and the eSpeak settings, so the cache never changes a result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -37,18 +45,18 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import resample
 from cord.data.tts import get_engine
-from cord.models.adapter import PromptBatch, Qwen2AudioAdapter, build_adapter
+from cord.models.adapter import PromptBatch, Qwen2AudioAdapter
 from cord.models.tiny import build_tiny_qwen2_audio
 from cord_kernels import token_logprobs
 
 NUMBER_WORDS = "zero one two three four five six seven eight nine".split()
-OPERATIONS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b}
-TEMPLATES = ("{a} {op} {b}", "what is {a} {op} {b}", "compute {a} {op} {b}",
-             "tell me {a} {op} {b}")
-ANSWER_FORMAT = "so the answer is {answer}"
+OPERATIONS = {"plus": ("+", lambda a, b: a + b), "minus": ("-", lambda a, b: a - b)}
+TEMPLATES = ("{q}", "what is {q}", "compute {q}", "tell me {q}")
+"""Question phrasings; the last one is the transfer form (text-only in pre-training)."""
 TRANSCRIBE_INSTRUCTION = "repeat"
 SAMPLING_RATE = 16_000
 
@@ -57,26 +65,32 @@ SAMPLING_RATE = 16_000
 class GapTaskConfig:
     """Sizes of the task, the model and the pre-training that opens the gap.
 
-    The defaults are the full demo; :data:`QUICK` is the CI size.
+    The defaults are the default demo; :data:`QUICK` is the CI size.
     """
 
-    max_operand: int = 9
-    eval_questions: int = 120
-    audio_qa: int = 250
-    """Spoken questions WITH answers in pre-training; the other training questions are heard
-    only for transcription and form the unlabelled pool that post-training distils on."""
+    operations: int = 3
+    """Operations per question (operands = operations + 1); every intermediate result is a
+    single digit, so each step is one lookup and the chain is what makes it hard."""
+    eval_questions: int = 500
+    val_questions: int = 200
+    transfer_questions: int = 200
+    train_questions: int = 3000
+    audio_qa: int = 150
+    """Spoken questions WITH worked answers in pre-training; the other training questions are
+    heard only for transcription and form the unlabelled pool that post-training distils on."""
     seed: int = 0
     # model (cord.models.tiny.build_tiny_qwen2_audio)
     hidden_size: int = 64
     num_layers: int = 4
     audio_d_model: int = 64
     audio_layers: int = 2
-    # audio
-    slot_seconds: float = 0.45
-    chunk_seconds: int = 3
+    # audio: 0.48 s slots are exactly 6 audio tokens per word at the tiny encoder's rate
+    slot_seconds: float = 0.48
+    chunk_seconds: int = 5
+    """Long enough for the longest question (9 words of 0.48 s); longer audio would be cut."""
     tts_rate: int = 175
     # pre-training
-    pretrain_steps: int = 700
+    pretrain_steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 3e-3
     audio_qa_every: int = 2
@@ -88,54 +102,106 @@ class GapTaskConfig:
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-QUICK = GapTaskConfig(eval_questions=40, audio_qa=120, pretrain_steps=400, batch_size=16,
-                      hidden_size=64, num_layers=2, audio_d_model=48, audio_layers=1)
+QUICK = GapTaskConfig(eval_questions=120, val_questions=40, transfer_questions=40,
+                      train_questions=400, audio_qa=60, pretrain_steps=60, batch_size=8,
+                      hidden_size=32, num_layers=1, audio_d_model=32, audio_layers=1)
+"""The CI smoke test's size: the whole pipeline in about a minute, far too little pre-training
+for the paper's regime (its report says which preconditions fail)."""
 
 
 # --------------------------------------------------------------------------------------------
-# Questions
+# Questions and worked answers
 # --------------------------------------------------------------------------------------------
+
+
+def _chains(operations: int):
+    """Every (operands, ops) chain whose intermediate results all stay in 0..9."""
+    for nums in itertools.product(range(10), repeat=operations + 1):
+        for ops in itertools.product(OPERATIONS, repeat=operations):
+            value, steps = nums[0], []
+            for op, b in zip(ops, nums[1:]):
+                symbol, fn = OPERATIONS[op]
+                result = fn(value, b)
+                if not 0 <= result <= 9:
+                    break
+                steps.append(f"{value}{symbol}{b}={result},")
+                value = result
+            else:
+                yield nums, ops, steps, value
+
+
+def worked_answer(steps: Sequence[str], answer: int | str) -> str:
+    """``"7+2=9, 9-3=6, so the answer is 6"``: the completion the model learns (digits and
+    symbols are one token each: about 27 tokens with three operations)."""
+    return " ".join([*steps, f"so the answer is {answer}"])
 
 
 def all_questions(config: GapTaskConfig) -> list[dict[str, Any]]:
-    """Every (template, a, op, b) question with b ≤ a for minus (answers are never negative)."""
+    """One record per chain: ``{id, question, answer, worked}`` (no phrasing yet)."""
+    if config.operations < 1:
+        raise ValueError(f"operations must be >= 1, got {config.operations}")
     out = []
-    for a in range(config.max_operand + 1):
-        for b in range(config.max_operand + 1):
-            for op, fn in OPERATIONS.items():
-                if op == "minus" and b > a:
-                    continue
-                for t, template in enumerate(TEMPLATES):
-                    text = template.format(a=NUMBER_WORDS[a], op=op, b=NUMBER_WORDS[b])
-                    out.append({
-                        "id": f"t{t}-{a}{op}{b}",
-                        "text": text,
-                        "answer": str(fn(a, b)),
-                        "kind": "math",
-                        "transcript": text,
-                    })  # fmt: skip
+    for nums, ops, steps, value in _chains(config.operations):
+        words = [NUMBER_WORDS[nums[0]]]
+        for op, b in zip(ops, nums[1:]):
+            words += [op, NUMBER_WORDS[b]]
+        out.append({"id": "".join(str(n) + (o[0] if i < len(ops) else "")
+                                  for i, (n, o) in enumerate(itertools.zip_longest(nums, ops,
+                                                                                   fillvalue=""))),
+                    "question": " ".join(words), "answer": str(value),
+                    "worked": worked_answer(steps, value)})
     return out
 
 
+def _phrase(record: dict[str, Any], template: int) -> dict[str, Any]:
+    text = TEMPLATES[template].format(q=record["question"])
+    return {"id": f"t{template}-{record['id']}", "text": text, "answer": record["answer"],
+            "worked": record["worked"], "transcript": text, "kind": "math"}
+
+
 def make_splits(config: GapTaskConfig) -> dict[str, list[dict[str, Any]]]:
-    """``{"train", "eval", "audio_qa", "distill"}``: ``train`` and ``eval`` are disjoint;
-    ``audio_qa`` (spoken questions with answers in pre-training) and ``distill`` (the rest of
-    ``train``: the unlabelled paired prompts of post-training) split ``train``."""
-    questions = all_questions(config)
-    if config.eval_questions >= len(questions) // 2:
-        raise ValueError(f"eval_questions must be below half of the {len(questions)} questions, "
-                         f"got {config.eval_questions}")
+    """``{"train", "audio_qa", "distill", "val", "eval", "transfer"}`` (see the module doc):
+    records ``{id, text, answer, worked, transcript, kind}``; no chain is in two splits."""
+    chains = all_questions(config)
+    sizes = {"train_questions": config.train_questions, "val_questions": config.val_questions,
+             "eval_questions": config.eval_questions,
+             "transfer_questions": config.transfer_questions}
+    for name, n in sizes.items():
+        if n < 1:
+            raise ValueError(f"{name} must be >= 1, got {n}")
+    if sum(sizes.values()) > len(chains):
+        raise ValueError(f"the splits need {sum(sizes.values())} questions but "
+                         f"operations={config.operations} gives only {len(chains)}")
+    if not 0 < config.audio_qa < config.train_questions:
+        raise ValueError(f"audio_qa must be in [1, {config.train_questions - 1}], got "
+                         f"{config.audio_qa}")
     rng = random.Random(config.seed)
-    rng.shuffle(questions)
-    held_out, train = questions[: config.eval_questions], questions[config.eval_questions :]
-    if not 0 < config.audio_qa < len(train):
-        raise ValueError(f"audio_qa must be in [1, {len(train) - 1}], got {config.audio_qa}")
-    return {"train": train, "eval": held_out, "audio_qa": train[: config.audio_qa],
-            "distill": train[config.audio_qa :]}
+    rng.shuffle(chains)
+    known = len(TEMPLATES) - 1  # phrasings seen in every role; the last is the transfer form
 
+    def phrased(records, offset, templates):
+        return [_phrase(r, templates[(offset + i) % len(templates)])
+                for i, r in enumerate(records)]
 
-def completion_text(answer: str) -> str:
-    return ANSWER_FORMAT.format(answer=answer)
+    cut = np.cumsum([config.train_questions, config.val_questions, config.eval_questions,
+                     config.transfer_questions])
+    train = phrased(chains[: cut[0]], 0, range(known))
+    splits = {
+        "train": train,
+        "audio_qa": train[: config.audio_qa],
+        "distill": train[config.audio_qa :],
+        "val": phrased(chains[cut[0] : cut[1]], 1, range(known)),
+        "eval": phrased(chains[cut[1] : cut[2]], 2, range(known)),
+        "transfer": phrased(chains[cut[2] : cut[3]], 0, [known]),
+    }
+    # the transfer form is learnt from text in pre-training (on the training chains)
+    splits["text_only"] = phrased(chains[: cut[0]], 0, [known])
+    longest = max(len(r["text"].split()) for v in splits.values() for r in v)
+    if longest * config.slot_seconds > config.chunk_seconds:
+        # the feature extractor would silently cut the end of the longest questions
+        raise ValueError(f"chunk_seconds={config.chunk_seconds} is shorter than the longest "
+                         f"question ({longest} words of {config.slot_seconds} s); raise it")
+    return splits
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +221,7 @@ class SlottedSpeech:
     zero-padded (or cut) to ``slot_seconds``; the clips are cached in ``cache_dir``.
     """
 
-    def __init__(self, *, slot_seconds: float = 0.45, rate: int = 175,
+    def __init__(self, *, slot_seconds: float = 0.48, rate: int = 175,
                  cache_dir: str | Path | None = None):
         if slot_seconds <= 0:
             raise ValueError(f"slot_seconds must be > 0, got {slot_seconds}")
@@ -212,13 +278,12 @@ def task_words() -> list[str]:
     words = set(NUMBER_WORDS) | set(OPERATIONS) | {TRANSCRIBE_INSTRUCTION}
     for t in TEMPLATES:
         words |= {w for w in t.split() if not w.startswith("{")}
-    words |= set(ANSWER_FORMAT.replace("{answer}", "").split())
+    words |= set(worked_answer([], "").split())
     return sorted(words)
 
 
-def build_gap_model(config: GapTaskConfig, *, seed: int | None = None):
-    """A random-init tiny Qwen2-Audio (``cord.models.tiny``) sized by ``config``, and its
-    adapter."""
+def build_gap_model(config: GapTaskConfig, *, seed: int | None = None) -> Qwen2AudioAdapter:
+    """A random-init tiny Qwen2-Audio sized by ``config``, and its adapter."""
     model, processor = build_tiny_qwen2_audio(
         seed=config.seed if seed is None else seed,
         vocab_words=task_words(),
@@ -249,11 +314,9 @@ class _Batcher:
                 instruction=instruction)
         else:
             self.prompts = adapter.text_prompts([r["text"] for r in records])
-        texts = [r["transcript"] if target == "transcript" else completion_text(r["answer"])
-                 for r in records]
         tok = adapter.tokenizer
-        ids = [tok(t, add_special_tokens=False)["input_ids"] + [adapter.eos_token_ids[0]]
-               for t in texts]
+        ids = [tok(r[target], add_special_tokens=False)["input_ids"] + [adapter.eos_token_ids[0]]
+               for r in records]
         width = max(map(len, ids))
         self.completion = torch.full((self.n, width), adapter.pad_token_id, dtype=torch.long)
         self.mask = torch.zeros((self.n, width), dtype=torch.bool)
@@ -279,30 +342,30 @@ def nll(adapter, prompts, completion, mask):
 
 
 def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
-             progress: bool = True, log_every: int = 0) -> list[dict[str, float]]:
-    """Trains the tiny model on: text QA (every train question), audio transcription (every
-    train question) and audio QA (``splits["audio_qa"]`` only, one batch every
-    ``audio_qa_every`` steps). Returns the loss history."""
+             progress: bool = True) -> list[dict[str, float]]:
+    """Trains the tiny model on text QA (every train question, in every phrasing including
+    the transfer form), audio transcription (every train question) and audio QA
+    (``splits["audio_qa"]`` only, one batch every ``audio_qa_every`` steps). Returns the loss
+    history. Deterministic for a given configuration (its own generator, fixed order)."""
     model = adapter.model
     model.train()
+    torch.manual_seed(config.seed)  # dropout-free model; the generator below draws the batches
     gen = torch.Generator().manual_seed(config.seed)
-    text_qa = _Batcher(adapter, splits["train"], "text", "answer")
+    text_qa = _Batcher(adapter, splits["train"] + splits["text_only"], "text", "worked")
     transcribe = _Batcher(adapter, splits["train"], "audio", "transcript")
-    audio_qa = _Batcher(adapter, splits["audio_qa"], "audio", "answer")
+    audio_qa = _Batcher(adapter, splits["audio_qa"], "audio", "worked")
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
-    steps = range(config.pretrain_steps)
-    bar = None
-    if progress:
-        steps = bar = tqdm(steps, desc="pre-training (text >> audio)", unit="step")
+    bar = tqdm(range(config.pretrain_steps), desc="pre-training (text >> audio)", unit="step",
+               disable=not progress)
     history = []
 
     def draw(b: _Batcher):
         size = min(config.batch_size, b.n)
         return torch.randperm(b.n, generator=gen)[:size]
 
-    for step in steps:
+    for step in bar:
         losses = {"text_qa": nll(adapter, *text_qa.batch(draw(text_qa))),
                   "transcribe": nll(adapter, *transcribe.batch(draw(transcribe)))}
         if step % config.audio_qa_every == 0:
@@ -315,26 +378,46 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
         sched.step()
         record = {k: float(v.detach()) for k, v in losses.items()}
         history.append(record)
-        if bar is not None and step % 10 == 0:
+        if step % 10 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
-        if log_every and (step + 1) % log_every == 0 and bar is None:
-            print(step + 1, {k: round(v, 4) for k, v in record.items()}, flush=True)
     model.eval()
     return history
 
 
+def load_base(path: str | Path) -> Qwen2AudioAdapter:
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model.eval()
+    return Qwen2AudioAdapter(model, processor)
+
+
+SHIPPED_BASES = Path(__file__).with_name("bases")
+"""Pre-trained bases committed with the package, one folder per configuration key: the same
+weights on every machine, so the default demo needs no pre-training (``--refresh`` redoes it)."""
+
+
 def pretrained_base(config: GapTaskConfig, splits, *, cache_dir: str | Path | None = None,
                     progress: bool = True, refresh: bool = False):
-    """The pretrained gap model's adapter, loaded from ``cache_dir`` if this configuration was
-    pretrained before (same key), else pretrained and saved there."""
-    path = Path(cache_dir or default_cache_dir()) / f"base-{config.key()}"
-    if path.is_dir() and not refresh:
-        adapter = build_adapter(path)
-        adapter.model.eval()
-        return adapter, True
+    """``(adapter, path, source)``: the pre-trained gap model of ``config``.
+
+    Looked up first among the :data:`SHIPPED_BASES`, then in ``cache_dir``; otherwise (or with
+    ``refresh``) pre-trained now and saved to ``cache_dir``. Either way the model returned is the
+    one READ BACK from disk, so a cold run and a warm run start from bit-identical weights and
+    give the same tables. ``source`` says which: "shipped", "cached" or "pre-trained".
+    """
+    name = f"base-{config.key()}"
+    if not refresh:
+        for source, root in (("shipped", SHIPPED_BASES),
+                             ("cached", Path(cache_dir or default_cache_dir()))):
+            if (root / name / "pretrained.json").is_file():
+                return load_base(root / name), root / name, source
+    path = Path(cache_dir or default_cache_dir()) / name
     adapter = build_gap_model(config)
-    pretrain(adapter, splits, config, progress=progress)
+    history = pretrain(adapter, splits, config, progress=progress)
     path.mkdir(parents=True, exist_ok=True)
     adapter.model.save_pretrained(path)
     adapter.processor.save_pretrained(path)
-    return adapter, False
+    # written last: a folder without it (an interrupted save) is never used
+    (path / "pretrained.json").write_text(json.dumps(
+        {"key": config.key(), "config": asdict(config), "final_losses": history[-1]}, indent=1))
+    return load_base(path), path, "pre-trained"
