@@ -204,7 +204,9 @@ def test_the_sampling_config_is_neutral(temperature):
     c = sampling_config(max_new_tokens=4, temperature=temperature, pad_token_id=0,
                         eos_token_ids=[2], suppress_token_ids=[7])
     assert c.do_sample is (temperature > 0) and c.num_beams == 1
-    assert c.temperature == (temperature or 1.0) and c.top_k == 0 and c.top_p == 1.0
+    # top-k off when sampling; unset when greedy (nothing to truncate, and no warning)
+    assert c.temperature == (temperature or 1.0) and c.top_p == 1.0
+    assert c.top_k == (0 if temperature > 0 else None)
     assert c.repetition_penalty == 1.0 and c.no_repeat_ngram_size == 0
     assert c.min_new_tokens == 0 and c.bad_words_ids is None and c.min_p is None
     assert c.suppress_tokens == [7] and c.eos_token_id == [2]

@@ -265,6 +265,23 @@ def _output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Fe
     return Features(features)
 
 
+def open_encoded(source: Any, sampling_rate: int, require_answer: bool
+                 ) -> tuple[datasets.Dataset, _RecordDecoder, bool]:
+    """A file or saved dataset with its audio still encoded, checked for columns and records,
+    and the decoder of its rows: ``(dataset, decoder, has_answer)``."""
+    dataset, base_dir = _open_dataset(source)
+    _check_columns(dataset.column_names, require_answer)
+    if len(dataset) == 0:
+        raise ValueError("paired data has no records")
+    if isinstance(dataset.features.get("audio"), datasets.Audio):
+        # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
+        dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
+    has_answer = "answer" in dataset.column_names
+    decoder = _RecordDecoder(sampling_rate, base_dir, "id" in dataset.column_names, has_answer,
+                             require_answer)
+    return dataset, decoder, has_answer
+
+
 def load_paired(
     source: Any,
     *,
@@ -310,17 +327,7 @@ def load_paired(
         dataset = datasets.Dataset.from_list(rows)
         dataset = dataset.cast(_output_features(dataset, "answer" in columns))
     else:
-        dataset, base_dir = _open_dataset(source)
-        _check_columns(dataset.column_names, require_answer)
-        if len(dataset) == 0:
-            raise ValueError("paired data has no records")
-        if isinstance(dataset.features.get("audio"), datasets.Audio):
-            # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
-            dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
-        has_answer = "answer" in dataset.column_names
-        decode = _RecordDecoder(
-            sampling_rate, base_dir, "id" in dataset.column_names, has_answer, require_answer
-        )
+        dataset, decode, has_answer = open_encoded(source, sampling_rate, require_answer)
         dataset = dataset.map(
             decode,
             with_indices=True,

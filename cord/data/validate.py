@@ -34,10 +34,10 @@ from datasets import Value
 from cord.data.paired import (
     _check_columns,
     _is_record_list,
-    _open_dataset,
     _output_features,
     _RecordDecoder,
     load_paired,
+    open_encoded,
 )
 
 __all__ = ["BAD_RECORDS_FILE", "ON_BAD_RECORD", "BadRecord", "load_paired_checked",
@@ -136,15 +136,7 @@ def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
             rows.append(i)
         keep = _drop_duplicates(ids, rows, bad)
         return [good[k] for k in keep], bad, len(source)
-    dataset, base_dir = _open_dataset(source)
-    _check_columns(dataset.column_names, require_answer)
-    if len(dataset) == 0:
-        raise ValueError("paired data has no records")
-    if isinstance(dataset.features.get("audio"), datasets.Audio):
-        dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
-    has_answer = "answer" in dataset.column_names
-    decoder = _RecordDecoder(sampling_rate, base_dir, "id" in dataset.column_names, has_answer,
-                             require_answer)
+    dataset, decoder, has_answer = open_encoded(source, sampling_rate, require_answer)
     features = _output_features(dataset, has_answer)
     features[_BAD] = Value("string")
     # Never from the datasets cache: the check is about the files as they are now (a file

@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -50,10 +49,11 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import AutoProcessor, GenerationConfig, Qwen2AudioForConditionalGeneration
+from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import resample
+from cord.models.generation import only_generation_config, sampling_config
+from cord.models.sharding import bypassed_lm_head, gathered_parameters
 from cord.models.tiny import build_tiny_qwen2_audio
 
 
@@ -266,7 +266,7 @@ class ChatAdapter:
         was_training = model.training
         model.eval()
         try:
-            with gathered_parameters(self.model), _only_generation_config(model, config):
+            with gathered_parameters(self.model), only_generation_config(model, config):
                 out = model.generate(
                     input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
                     generation_config=config, **extra, **prompts.model_kwargs,
@@ -348,7 +348,7 @@ class ChatAdapter:
     def _completion_states(self, prompts, completion_ids, completion_mask):
         """(B, T, H) final hidden states on the completion and the LM head module."""
         bare = unwrap_model(self.model)
-        with _bypassed_lm_head(bare, self.lm_head(bare)) as head:
+        with bypassed_lm_head(bare, self.lm_head(bare)) as head:
             out, p = self._forward(prompts, completion_ids, completion_mask)
         t = completion_ids.shape[1]
         return out.logits[:, p - 1 : p - 1 + t], head
@@ -393,125 +393,6 @@ class ChatAdapter:
         new.__dict__.update(self.__dict__)
         new.model = model
         return new
-
-
-def sampling_config(
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    num_return_sequences: int = 1,
-    pad_token_id: int,
-    eos_token_ids: Sequence[int],
-    suppress_token_ids: Sequence[int] = (),
-) -> GenerationConfig:
-    """The explicit generation config of every sampling call: a draw from softmax(logits / T)
-    (greedy for ``temperature=0``) and nothing else.
-
-    Every logits processor ``generate`` knows is set to its neutral value: no top-k / top-p /
-    min-p / typical / epsilon / eta truncation, no repetition penalty, no n-gram blocking, no
-    forced minimum length, no bad words or sequence bias, no forced BOS/EOS, one beam. The
-    one deliberate exception is ``suppress_token_ids``: placeholders (Qwen2-Audio's
-    ``<|AUDIO|>``) that would change the meaning of a completion fed back, so the samples are
-    p_theta conditioned on never emitting them (their mass is ~0 in a trained model).
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    sample = temperature > 0
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=0,
-        do_sample=sample, num_beams=1, num_beam_groups=1,
-        num_return_sequences=num_return_sequences,
-        temperature=float(temperature) if sample else 1.0,
-        # top_k=0 disables top-k when sampling; greedy takes None (transformers warns that a
-        # sampling flag is ignored otherwise, and nothing can be inherited: see below)
-        top_k=0 if sample else None, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0,
-        eta_cutoff=0.0,
-        repetition_penalty=1.0, encoder_repetition_penalty=1.0, length_penalty=1.0,
-        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
-        renormalize_logits=False, remove_invalid_values=False, use_cache=True,
-        pad_token_id=int(pad_token_id), eos_token_id=[int(e) for e in eos_token_ids],
-        suppress_tokens=[int(t) for t in suppress_token_ids] or None,
-    )
-
-
-@contextmanager
-def _only_generation_config(model: nn.Module, config: GenerationConfig):
-    """Makes ``config`` the model's ``generation_config`` for one ``generate`` call.
-
-    ``generate`` fills every field a passed config leaves None from ``model.generation_config``
-    (transformers 5), and fields such as ``min_p``, ``bad_words_ids``, ``sequence_bias``,
-    ``forced_eos_token_id`` or ``top_h`` are neutral only as None: the one way to inherit
-    nothing is to have nothing to inherit from."""
-    saved = model.generation_config
-    model.generation_config = config
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-@contextmanager
-def gathered_parameters(model: nn.Module):
-    """Full parameters for ``generate`` under FSDP (v1, v2) or DeepSpeed ZeRO-3 (no-op
-    otherwise).
-
-    Sharded engines only hold full weights inside their own forward; ``generate`` runs the bare
-    model many times, so the shards are gathered once around the whole call."""
-    if isinstance(model, FSDPModule):
-        with _fsdp2_gathered(model):
-            yield
-        return
-    if isinstance(model, FSDP):
-        with FSDP.summon_full_params(model, writeback=False, recurse=True):
-            yield
-        return
-    stage = getattr(model, "zero_optimization_stage", None)
-    if callable(stage) and stage() == 3:
-        import deepspeed  # local: an optional dependency, present only under DeepSpeed
-
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            yield
-        return
-    yield
-
-
-@contextmanager
-def _fsdp2_gathered(model: nn.Module):
-    """FSDP2: the blocks keep the parameters their first forward gathers until the end of the
-    block (instead of gathering and freeing them again for every generated token), then free
-    them. The root unit already stays gathered after its forward."""
-    blocks = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
-    # FSDP2 has a setter for reshard_after_forward but no getter: read what the setter writes.
-    before = [any(g.post_forward_mesh_info is not None
-                  for g in m._get_fsdp_state()._fsdp_param_groups) for m in blocks]
-    for m in blocks:
-        m.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield
-    finally:
-        for m, reshard in zip(blocks, before, strict=True):
-            m.set_reshard_after_forward(reshard, recurse=False)
-            m.reshard()
-
-
-@contextmanager
-def _bypassed_lm_head(model: nn.Module, head: nn.Module):
-    """Replaces ``head`` (wherever it sits in ``model``) by an identity for the duration."""
-    found = [(parent, name) for parent in model.modules()
-             for name, child in parent.named_children() if child is head]
-    if not found:
-        raise TypeError(
-            f"{type(model).__name__}'s LM head is not a submodule of the model; override "
-            "ChatAdapter.completion_hidden for this model"
-        )
-    parent, name = found[0]
-    setattr(parent, name, nn.Identity())
-    try:
-        yield head
-    finally:
-        setattr(parent, name, head)
 
 
 class Qwen2AudioAdapter(ChatAdapter):
