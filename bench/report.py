@@ -404,7 +404,10 @@ def _headline(rows: list[dict]) -> list[str]:
         if r.get("best_peer_memory"):
             parts.append(f"{_x(r['ours_vs_best_peer_mem'])} vs the leanest peer "
                          f"({r['best_peer_memory']})")
-        lines.append(f"- `{r['loss']}` {r['shape_id']}: {_ms(r['time_s'])}; " + ", ".join(parts))
+        # two "ours" rows per shape on the CPU: the eager torch path and the compiled opt-in
+        who = "" if r["provider"] == "cord_kernels" else f" [{r['provider']}]"
+        lines.append(f"- `{r['loss']}`{who} {r['shape_id']}: {_ms(r['time_s'])}; "
+                     + ", ".join(parts))
     return (["Summary, fwd+bwd (x < 1: cord_kernels is faster / leaner):", "", *lines, ""]
             if lines else [])
 
