@@ -132,6 +132,20 @@ def row_view(x: torch.Tensor, *, writable: bool = False) -> RowView:
     return RowView(v, lead)
 
 
+def pair_backward_views(x: torch.Tensor, y: torch.Tensor, dx: torch.Tensor | None,
+                        dy: torch.Tensor | None):
+    """Row views ``(vx, vy, vdx, vdy)`` of a two-operand backward (student x, teacher y) and of
+    its gradient outputs, or None when there is nothing to write. Outputs must be written where
+    they live: ``row_view`` raises rather than copy them; a missing output aliases its input's
+    view (the kernel never writes it)."""
+    vx, vy = row_view(x), row_view(y)
+    if vx.n_rows == 0 or (dx is None and dy is None):
+        return None
+    vdx = row_view(dx, writable=True) if dx is not None else vx
+    vdy = row_view(dy, writable=True) if dy is not None else vy
+    return vx, vy, vdx, vdy
+
+
 def check_inplace_backward(name: str, logits: torch.Tensor, inplace_backward: bool) -> None:
     """``inplace_backward=True`` writes the gradient into ``logits``' own storage, which needs
     rows the kernel can address in place."""

@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels._dispatch import Impl, resolve_impl, triton_available
-from cord_kernels._rows import block_v, launch_device, num_warps, row_view
+from cord_kernels._rows import (
+    block_v,
+    launch_device,
+    num_warps,
+    pair_backward_views,
+    row_view,
+)
 from cord_kernels._validation import check_bool, check_logits_pair, check_temperature, check_unit
 from cord_kernels.kl import forward_kl, reverse_kl
 from cord_kernels.torch_path import TorchJSDFunction
@@ -197,13 +203,11 @@ def jsd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: to
     """Writes dJSD/dx and/or dJSD/dy scaled per row by ``grad_rows`` ((n_rows,) fp32) into
     ``dx``/``dy`` (x's shape; ``dx`` may be x itself: each element is read before the same
     program writes it). Rows with grad 0 get exact zeros."""
-    vx, vy = row_view(x), row_view(y)
-    n, V = vx.n_rows, x.shape[-1]
-    if n == 0 or (dx is None and dy is None):
+    views = pair_backward_views(x, y, dx, dy)
+    if views is None:
         return
-    # Outputs must be written where they live: row_view raises rather than copy them.
-    vdx = row_view(dx, writable=True) if dx is not None else vx
-    vdy = row_view(dy, writable=True) if dy is not None else vy
+    vx, vy, vdx, vdy = views
+    n, V = vx.n_rows, x.shape[-1]
     with launch_device(x):
         _jsd_bwd_kernel[(n,)](
             vx.tensor, vy.tensor, stats, grad_rows.reshape(-1).float().contiguous(),

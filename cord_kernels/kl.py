@@ -26,6 +26,7 @@ from cord_kernels._rows import (
     check_inplace_backward,
     launch_device,
     num_warps,
+    pair_backward_views,
     row_view,
 )
 from cord_kernels._validation import check_bool, check_logits_pair, check_temperature
@@ -191,13 +192,11 @@ def kl_bwd(
     """Writes dKL/dx and/or dKL/dy, scaled per row by ``grad_rows`` (fp32, (n_rows,)), into
     ``dx``/``dy`` (same shape as x; may be x itself: every element is read before it is
     written, by the same program). Rows with grad 0 get exact zeros."""
-    vx, vy = row_view(x), row_view(y)
-    n, V = vx.n_rows, x.shape[-1]
-    if n == 0 or (dx is None and dy is None):
+    views = pair_backward_views(x, y, dx, dy)
+    if views is None:
         return
-    # Outputs must be written where they live: row_view raises rather than copy them.
-    vdx = row_view(dx, writable=True) if dx is not None else vx
-    vdy = row_view(dy, writable=True) if dy is not None else vy
+    vx, vy, vdx, vdy = views
+    n, V = vx.n_rows, x.shape[-1]
     with launch_device(x):
         _kl_bwd_kernel[(n,)](
             vx.tensor, vy.tensor, lse_x, lse_y, d, grad_rows.reshape(-1).float().contiguous(),
