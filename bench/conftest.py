@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bench.config import BenchConfig
-from bench.harness import CONFIG, RECORDER, run_pending_probes
+from bench.harness import CONFIG, RECORDER
 from bench.report import Recorder, write_outputs
 
 
@@ -26,7 +26,6 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     say = reporter.write_line if reporter is not None else print
     say("")
-    run_pending_probes(say)
     paths = write_outputs(RECORDER, CONFIG.out_dir)
     say(RECORDER.summary_text())
     for p in paths:

@@ -15,7 +15,7 @@ import torch
 
 from bench.config import BenchConfig, load_config
 from bench.inputs import make_hidden_case, make_logits_case
-from bench.measure import cpu_peak_rss, cuda_peak_bytes, gemm_flops, mode_callables, run_once
+from bench.measure import CpuPeakRss, cuda_peak_bytes, gemm_flops, mode_callables, run_once
 from bench.providers import FUSED_LOSSES, Provider
 from bench.report import Recorder
 
@@ -111,7 +111,7 @@ def _expensive(loss: str, shape, mode: str) -> bool:
     if CONFIG.on_cuda or loss not in FUSED_LOSSES:
         return False
     return gemm_flops(loss, mode, shape.n_tokens, shape.vocab, shape.hidden) > (
-        3.0 * _CPU_GEMM_FLOPS_GUESS)
+        1.0 * _CPU_GEMM_FLOPS_GUESS)
 
 
 def run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str) -> None:
@@ -137,10 +137,9 @@ def _run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str
     benchmark.extra_info.update(provider=provider.name, role=provider.role)
 
     # Warm-up, untimed: compiles torch.compile graphs and Triton kernels, and tells how many
-    # rounds fit the time budget. Multi-second CPU calls skip it and take two timed rounds.
+    # rounds fit the time budget. Fused-linear CPU calls of over ~1 s of GEMMs skip it and
+    # take one timed round by default (their spread is a few %), two in the full sweep.
     calibration = first_call = None
-    # Multi-second fused-linear calls: one timed round by default (their spread is a few %),
-    # two in the full sweep.
     rounds = 2 if CONFIG.full else 1
     try:
         if provider.needs_warmup or CONFIG.on_cuda:  # on a GPU: Triton JIT, autotuning
@@ -153,10 +152,23 @@ def _run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str
             calibration = time.perf_counter() - t0
             rounds = _rounds_for(calibration)
         target, setup = mode_callables(closure, leaves, mode, CONFIG.device)
+        rss = CpuPeakRss() if mode == "fwd+bwd" and not CONFIG.on_cuda else None
+        if rss is not None:  # the window opens before the last round (a full gc.collect
+            calls = [0]      # takes ~0.2 s with dynamo loaded: not before every round)
+
+            def setup(_setup=setup):
+                args = _setup()
+                calls[0] += 1
+                if calls[0] == rounds:
+                    rss.start()
+                return args
         benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
         memory = None
-        if mode == "fwd+bwd" and CONFIG.on_cuda:
+        if rss is not None:
+            memory = rss.stop()
+        elif mode == "fwd+bwd" and CONFIG.on_cuda:
             memory = cuda_peak_bytes(closure, leaves, CONFIG.device)
+        if memory is not None:
             benchmark.extra_info.update(memory)
     except torch.OutOfMemoryError:
         del closure
@@ -181,57 +193,3 @@ def _run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str
         t.grad = None
     row = RECORDER.ok(**base, stats=stats, calibration_s=calibration, memory=memory,
                       valid_fraction=case.mask.float().mean().item(), first_call_s=first_call)
-    if mode == "fwd+bwd" and not CONFIG.on_cuda:
-        spec = {"loss": loss, "provider": provider.name, "n_tokens": shape.n_tokens,
-                "vocab": shape.vocab, "dtype": str(CONFIG.dtype).removeprefix("torch.")}
-        if hasattr(shape, "hidden"):
-            spec["hidden"] = shape.hidden
-        PENDING_PROBES.append((row, spec))
-
-
-# CPU memory probes wait for the end of the session. Each is a fresh interpreter (seconds of
-# imports): one process per loss family and shape measures all its providers in turn (inputs
-# built once, freed memory handed back to the OS between providers), two processes at a time
-# after the timings (a process's peak RSS does not depend on what else runs).
-PENDING_PROBES: list[tuple[dict, dict]] = []
-PROBE_WORKERS = 2
-
-
-def _probe_group(spec: dict) -> tuple:
-    fused = spec["loss"].startswith("fused_linear")
-    return (spec["loss"] if fused else "logits", spec["n_tokens"], spec["vocab"],
-            spec.get("hidden"), spec["dtype"])
-
-
-def run_pending_probes(report=print) -> None:
-    """Fills ``row["memory"]`` of every recorded CPU fwd+bwd row from fresh-process probes."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    jobs, PENDING_PROBES[:] = list(PENDING_PROBES), []
-    if not jobs:
-        return
-    groups: dict[tuple, list[tuple[dict, dict]]] = {}
-    for row, spec in jobs:
-        groups.setdefault(_probe_group(spec), []).append((row, spec))
-    report(f"cord bench: measuring peak RSS of {len(jobs)} providers in {len(groups)} fresh "
-           f"processes ({PROBE_WORKERS} at a time)")
-
-    def run(group):
-        t0 = time.perf_counter()
-        results = cpu_peak_rss([spec for _, spec in group])
-        return results, time.perf_counter() - t0
-
-    with ThreadPoolExecutor(PROBE_WORKERS) as pool:
-        futures = [(group, pool.submit(run, group)) for group in groups.values()]
-        i = 0
-        for group, fut in futures:
-            results, seconds = fut.result()
-            for (row, spec), mem in zip(group, results):
-                i += 1
-                row["memory"] = mem
-                # The process's time, shared evenly: imports and inputs serve every provider.
-                RECORDER.add_time(spec["loss"], spec["provider"], seconds / len(group))
-                got = (f"{mem['delta_bytes'] / 2**20:.0f} MiB over inputs"
-                       if "delta_bytes" in mem else mem.get("error", "?"))
-                report(f"  [{i}/{len(jobs)}] {spec['loss']} {row['shape_id']} "
-                       f"{spec['provider']}: {got}")

@@ -5,25 +5,26 @@ training step), ``bwd`` (``backward()`` of a loss computed untimed in setup) and
 
 Memory:
     CUDA: ``torch.cuda.max_memory_allocated`` over one fwd+bwd, minus what was allocated before.
-    CPU: the peak resident set in a FRESH process per shape (``bench.rss_probe``): the process
-    imports and builds the inputs once; per provider it warms up a compiled one, hands freed
-    memory back to the OS, resets the kernel's high-water mark, runs fwd+bwd once and reports
-    the peak both absolute and minus its resident size just before the run.
+    CPU: the peak resident set over one fwd+bwd (the last timed round), in the bench process
+    itself: before the round, freed memory goes back to the OS (``malloc_trim``) and the
+    kernel's high-water mark is reset (``/proc/self/clear_refs``), so neither imports, the
+    inputs, torch.compile's compiler nor an earlier provider appear in it; reported absolute
+    and minus the resident size just before the round. (The kernel's mark is per process
+    and the round runs alone, so a fresh process per provider would measure the same peak,
+    at the cost of re-importing torch, TRL and Liger for each.)
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import gc
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 MODES = ("fwd", "bwd", "fwd+bwd")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------- modes
@@ -100,23 +101,52 @@ def cuda_peak_bytes(closure, leaves, device: torch.device) -> dict[str, int]:
     return {"peak_bytes": peak, "delta_bytes": peak - base, "method": "cuda_max_allocated"}
 
 
-def cpu_peak_rss(specs: list[dict], timeout: float = 1800.0) -> list[dict]:
-    """Runs ``bench.rss_probe`` for several providers of one shape in one fresh interpreter.
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
-    Each spec: {"loss", "provider", "n_tokens", "vocab", "hidden" (fused only), "dtype"}.
-    Returns the probe's JSON per spec (peak_bytes, delta_bytes, baseline_bytes, ...), or
-    {"error": ...} for every spec when the probe process failed.
+
+def _trim_heap() -> None:
+    """Hands freed heap pages back to the OS so a round's peak starts from a clean resident
+    set (glibc only; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class CpuPeakRss:
+    """The peak resident set of what runs between :meth:`start` and :meth:`stop`.
+
+    ``start`` frees what it can and resets the kernel's high-water mark; ``stop`` reads it.
+    Where the reset is not allowed (no ``/proc/self/clear_refs``), ``stop`` returns an
+    ``error`` instead of a number that would include every earlier peak of the process.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "bench.rss_probe", json.dumps(specs)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return [{"error": f"probe exited {proc.returncode}: {' | '.join(tail)}"}] * len(specs)
-    return json.loads(lines[-1])
+
+    def __init__(self):
+        self.baseline_kib: int | None = None
+        self.reset_ok = False
+
+    def start(self) -> None:
+        gc.collect()
+        _trim_heap()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: peak RSS := current RSS
+            self.reset_ok = True
+        except OSError:
+            self.reset_ok = False
+        self.baseline_kib = _status_kib("VmRSS")
+
+    def stop(self) -> dict:
+        if self.baseline_kib is None:
+            raise RuntimeError("CpuPeakRss.stop() before start()")
+        if not self.reset_ok:
+            return {"error": "cannot reset the peak RSS here (/proc/self/clear_refs)"}
+        peak = _status_kib("VmHWM")
+        return {"peak_bytes": peak * 1024, "baseline_bytes": self.baseline_kib * 1024,
+                "delta_bytes": (peak - self.baseline_kib) * 1024, "method": "cpu_peak_rss"}
 
 
 # ------------------------------------------------------------------ bytes, flops, device peaks

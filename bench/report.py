@@ -39,7 +39,7 @@ class Recorder:
         self.commit = _git_commit()  # the code the run started from
         self.load_samples: list[float] = []  # 1-min load average at each row
         self.elapsed_s: float | None = None  # set when re-rendering a saved run
-        # (loss, provider) -> seconds the run spent on it: timing, warm-up, skips, probes.
+        # (loss, provider) -> seconds the run spent on it: timing, warm-up, skips.
         self.provider_seconds: dict[tuple[str, str], float] = {}
 
     def add_time(self, loss: str, provider: str, seconds: float) -> None:
@@ -238,7 +238,7 @@ def _index(rows):
 def _mem_cells(row: dict | None, on_cuda: bool) -> tuple[str, str]:
     mem = (row or {}).get("memory") or {}
     if "error" in mem:
-        return "probe failed", "-"
+        return "not measured", "-"
     if not mem:
         return "-", "-"
     return f"{_mb(mem['delta_bytes'])} ({_mb(mem['peak_bytes'])})", _x(row.get("mem_vs_naive"))
@@ -246,18 +246,23 @@ def _mem_cells(row: dict | None, on_cuda: bool) -> tuple[str, str]:
 
 def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
     unit = "GB/s (floor bytes)" if on_cuda else "GB/s"
-    head = ("| Provider | N x V | fwd | bwd | fwd+bwd | x naive | x best peer | "
+    # A column per mode the run timed (the CPU default times fwd+bwd only).
+    timed = [m for m in ("fwd", "bwd", "fwd+bwd")
+             if any(r["loss"] == loss and r["mode"] == m for r in rows)] or ["fwd+bwd"]
+    head = (f"| Provider | N x V | {' | '.join(timed)} | x naive | x best peer | "
             f"peak mem: over inputs (total) | mem x naive | {unit} |")
-    lines = [head, "|" + "---|" * 10]
+    width = 7 + len(timed)
+    lines = [head, "|" + "---|" * width]
     for (lss, shape_id, prov), modes in _index(rows).items():
         if lss != loss:
             continue
         fb = modes.get("fwd+bwd") or next(iter(modes.values()))
         if fb["status"] != "ok":
-            lines.append(f"| {prov} | {shape_id} | {fb['status']} (see below) | | | | | | | |")
+            lines.append(f"| {prov} | {shape_id} | {fb['status']} (see below) |"
+                         + " |" * (width - 3))
             continue
         t = {m: _ms(modes[m].get("time_s")) if m in modes and modes[m]["status"] == "ok"
-             else "-" for m in ("fwd", "bwd", "fwd+bwd")}
+             else "-" for m in timed}
         best = _x(fb.get("ours_vs_best_peer_time")) if fb["role"] == "ours" else ""
         if fb["role"] == "ours" and fb.get("best_peer_time"):
             best += f" ({fb['best_peer_time']})"
@@ -267,7 +272,7 @@ def _logits_table(loss: str, rows: list[dict], on_cuda: bool) -> list[str]:
         first = max((m.get("first_call_s") or 0.0 for m in modes.values()), default=0.0)
         if first:  # what a compiled provider's first call costs (the compile), untimed above
             name += f" (first call {first:.1f} s)"
-        lines.append(f"| {name} | {shape_id} | {t['fwd']} | {t['bwd']} | {t['fwd+bwd']} | "
+        lines.append(f"| {name} | {shape_id} | {' | '.join(t.values())} | "
                      f"{_x(fb.get('time_vs_naive'))} | {best} | {mem} | {mem_x} | {gbps} |")
     return lines
 
@@ -340,8 +345,9 @@ def render_markdown(rec: Recorder, *, machine: str | None = None,
         "run (x < 1 is better). Memory is the peak over one fwd+bwd "
         + ("(`torch.cuda.max_memory_allocated`) above what was allocated before it."
            if cfg.on_cuda else
-           "in a fresh process per provider and shape (peak RSS above the RSS after imports "
-           "and inputs; the absolute peak RSS in parentheses)."),
+           "(the last timed round): peak RSS above the RSS just before it, with freed memory "
+           "handed back and the kernel's high-water mark reset first; the absolute peak RSS "
+           "in parentheses."),
         "",
     ]
     out += _headline(rows)

@@ -177,6 +177,38 @@ def test_cold_and_warm_runs_give_the_same_tables(quick_runs):
     assert warm["per_seed"] == cold["per_seed"]
 
 
+def test_budget_runs_get_their_own_table_and_plot(quick_runs, tmp_path):
+    """The full mode's longer runs: reported beside the same seed's default-budget run, with
+    item-bootstrap CIs, in results.json, the report and long_runs.png. (Stand-in long runs
+    here: the quick run's own seed-0 scores, so the gap reductions must equal the summary's.)"""
+    from cord.demo import report as R
+
+    _, results, _ = quick_runs
+    per_seed = results["per_seed"]
+    b = per_seed["base"][0]
+    steps = 4 * results["post_training"]["max_steps"]
+    long_runs = {m: {"steps": steps, "scores": per_seed[m][0], "tokens": 7,
+                     "curve": [{"step": steps, "text": 1.0, "audio": per_seed[m][0]["audio"]}]}
+                 for m in ("sft", "cord")}
+    boot = paired_bootstrap(np.asarray(b["text_items"]), np.asarray(b["audio_items"]),
+                            {m: np.asarray([r["scores"]["audio_items"]])
+                             for m, r in long_runs.items()}, pairs=(("cord", "sft"),))
+    results = {**results, "long_runs": long_runs,
+               "budget": R._budget(per_seed, long_runs, boot, results["learning_rates"])}
+    budget = results["budget"]["methods"]
+    for m in long_runs:
+        assert budget[m]["audio"] == budget[m]["audio_default_budget"] == per_seed[m][0]["audio"]
+        assert budget[m]["gap_reduction"] == pytest.approx(float(gap_reduction(
+            np.asarray(b["text_items"], float), np.asarray(b["audio_items"], float),
+            np.asarray(per_seed[m][0]["audio_items"], float))))
+    R.write_report(results, tmp_path, "cord demo --full")
+    readme = (tmp_path / "README.md").read_text()
+    assert f"## Budget: {steps} steps instead of" in readme
+    assert f"audio acc, {steps} steps" in readme and "+ CORD" in R.budget_table(results)
+    assert "cord - sft" in json.loads((tmp_path / "results.json").read_text())["budget"]["paired"]
+    assert (tmp_path / "long_runs.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="methods"):
         run_demo(mode="quick", methods=("dpo",))

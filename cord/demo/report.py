@@ -73,8 +73,8 @@ def preconditions(mode: str, post: dict, scores: dict, base_kl: dict, kl_stats: 
 
 
 def assemble(*, mode, task, post, seeds, methods, rates, scores, tokens, bootstrap, base_kl,
-             kl_after, kl_stats, curves, curves_base, long_runs, grid, base_source
-             ) -> dict[str, Any]:
+             kl_after, kl_stats, curves, curves_base, long_runs, grid, base_source,
+             long_bootstrap=None) -> dict[str, Any]:
     b = scores["base"][0]
     summary = {"base": {"text": b["text"], "audio": b["audio"], "gap_reduction": 0.0,
                         "gap_reduction_ci95": [0.0, 0.0], "text_after": b["text"],
@@ -104,10 +104,25 @@ def assemble(*, mode, task, post, seeds, methods, rates, scores, tokens, bootstr
         "kl": {"base": base_kl, "after": kl_after,
                "base_analysis": {k: v for k, v in kl_stats.items() if k != "figures"}},
         "curves": curves, "curves_base": curves_base, "long_runs": long_runs,
+        "budget": _budget(scores, long_runs, long_bootstrap, rates) if long_runs else None,
         "base_source": base_source,
         "per_seed": {m: [{k: v for k, v in s.items()} for s in runs]
                      for m, runs in scores.items()},
     }
+
+
+def _budget(scores, long_runs, bootstrap, rates) -> dict[str, Any]:
+    """The long runs beside the same seed's run at the default budget."""
+    rows = {}
+    for m, run in long_runs.items():
+        s = run["scores"]
+        rows[m] = {"steps": run["steps"], "audio": s["audio"], "text_after": s["text"],
+                   "retention": s["retention"], "transfer": s["transfer"],
+                   "generated_tokens": run["tokens"], "learning_rate": rates[m],
+                   "audio_default_budget": scores[m][0]["audio"],
+                   "gap_reduction": bootstrap["methods"][m]["mean"],
+                   "gap_reduction_ci95": bootstrap["methods"][m]["ci95"]}
+    return {"methods": rows, "paired": bootstrap["paired"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,9 +149,51 @@ def table(results: dict[str, Any], rows: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_table(results: dict[str, Any]) -> str:
+def budget_table(results: dict[str, Any]) -> str:
+    """Markdown: every method's seed-0 run at the default budget and at LONG times it."""
+    budget, s = results["budget"], results["summary"]
+    steps = results["post_training"]["max_steps"]
+    base_text = s["base"]["text"]
+    long_steps = next(iter(budget["methods"].values()))["steps"]
+    head = ["Method", f"audio acc, {steps} steps", f"audio acc, {long_steps} steps",
+            f"gap reduction, {long_steps} steps [95% CI]", "text after", "retention",
+            "transfer", "generated tokens"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             f"| Base | {_pc(s['base']['audio'])} | {_pc(s['base']['audio'])} | — | "
+             f"{_pc(base_text)} | {_pc(s['base']['retention'])} | {_pc(s['base']['transfer'])}"
+             " | — |"]
+    for m, row in budget["methods"].items():
+        lines.append("| " + " | ".join([
+            label(m), _pc(row["audio_default_budget"]), _pc(row["audio"]),
+            f"{_pc(row['gap_reduction'])} {_ci(row['gap_reduction_ci95'])}",
+            _pc(row["text_after"]), _pc(row["retention"]), _pc(row["transfer"]),
+            f"{row['generated_tokens']:,}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def grid_table(results: dict[str, Any]) -> str:
+    """Markdown: validation audio / text accuracy of every method at every learning rate of
+    the grid, the chosen rate in bold. A column is the paper's protocol (one rate for all)."""
+    grid = results["learning_rate_grid"]
+    rates = sorted({float(r) for g in grid["grid"].values() for r in g})
+    head = ["Method", *[f"lr {r:g}" for r in rates]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             f"| Base | {_pc(grid['base_val']['audio'])} / {_pc(grid['base_val']['text'])}"
+             + " |" * len(rates)]
+    for m, g in grid["grid"].items():
+        chosen = grid["selected"][m]["rate"]
+        cells = []
+        for r in rates:
+            acc = g.get(f"{r:g}")
+            cell = "-" if acc is None else f"{_pc(acc['audio'])} / {_pc(acc['text'])}"
+            cells.append(f"**{cell}**" if acc is not None and r == chosen else cell)
+        lines.append("| " + " | ".join([label(m), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(results: dict[str, Any], paired: dict | None = None) -> str:
     lines = ["| difference in gap reduction | mean | 95% CI |", "|---|---|---|"]
-    for pair, v in results["paired"].items():
+    for pair, v in (results["paired"] if paired is None else paired).items():
         a, b = pair.split(" - ")
         lines.append(f"| {label(a)[2:]} − {label(b)[2:]} | {_pc(v['mean'])} | {_ci(v['ci95'])} |")
     return "\n".join(lines) + "\n"
@@ -210,12 +267,13 @@ def plot_long_runs(results: dict[str, Any], path: Path) -> Path | None:
     base = results["curves_base"]
     fig = Figure(figsize=(5, 3.4))
     ax = fig.subplots()
-    for m, curve in runs.items():
+    for m, run in runs.items():
+        curve = run["curve"]
         ax.plot([0] + [c["step"] for c in curve],
                 [100 * base["audio"]] + [100 * c["audio"] for c in curve], marker="o",
                 label=label(m)[2:])
     ax.set(xlabel="step", ylabel="validation audio accuracy (%)",
-           title="long runs: does GRPO collapse?")
+           title="validation audio over the longer budget")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -243,6 +301,8 @@ def console_summary(results: dict[str, Any]) -> str:
               table(results, P.TABLE1), "Table 3 (the ablation ladder)", table(results, P.TABLE3)]
     if results["paired"]:
         parts.append(paired_table(results))
+    if results.get("budget"):
+        parts += ["Budget (seed 0, longer runs)", budget_table(results)]
     t = results.get("timings_s")
     if t:
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total")
@@ -291,6 +351,21 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
         lines += ["## Figure 4: α = β", "", tables["sweep.md"]]
     if results["paired"]:
         lines += ["## Paired differences", "", paired_table(results)]
+    if results.get("learning_rate_grid"):
+        lines += ["## The learning-rate grid (validation)", "",
+                  "Validation audio / text accuracy (%) after the default budget at each rate; "
+                  "bold: the rule's choice. One column is the paper's protocol (one rate for "
+                  "every method).", "", grid_table(results)]
+    if results.get("budget"):
+        steps = results["post_training"]["max_steps"]
+        long_steps = next(iter(results["budget"]["methods"].values()))["steps"]
+        lines += [f"## Budget: {long_steps} steps instead of {steps}", "",
+                  f"Seed {results['seeds'][0]} of every method again, {long_steps} steps at the "
+                  "same learning rate, scored on the same held-out items; one seed, so the CIs "
+                  "resample items only. Validation curves: `long_runs.png`.", "",
+                  budget_table(results)]
+        if results["budget"]["paired"]:
+            lines += [paired_table(results, results["budget"]["paired"])]
     kl = results["kl"]
     lines += ["## KL on the audio rollouts", "",
               f"Base: mean KL {kl['base']['mean_kl']:.4f}, high-KL tokens (above the base's "
