@@ -214,3 +214,19 @@ def test_bad_arguments():
         run_demo(mode="quick", methods=("dpo",))
     with pytest.raises(ValueError, match="mode"):
         run_demo(mode="huge")
+    with pytest.raises(ValueError, match="rates_only needs mode='full' or 'long'"):
+        run_demo(mode="default", rates_only=True)
+
+
+def test_long_mode_is_the_default_comparison_at_four_times_the_steps():
+    """Same task, batch and rollouts as the default; only the budget and the rates differ,
+    and the rates come from the same rule run at that budget."""
+    from cord.demo.demo import LONG, settings
+
+    default, long = settings("default"), settings("long")
+    assert long["task"] == default["task"]
+    assert long["post"].max_steps == LONG * default["post"].max_steps
+    assert {k: v for k, v in vars(long["post"]).items() if k not in ("max_steps", "eval_every")} \
+        == {k: v for k, v in vars(default["post"]).items() if k not in ("max_steps", "eval_every")}
+    assert long["grid"] and set(long["rates"]) <= set(P.LEARNING_RATES)
+    assert {"sft", "fkl", "cord"} <= set(long["methods"]) and len(long["seeds"]) >= 3

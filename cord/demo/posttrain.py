@@ -140,9 +140,10 @@ def load_rates(path: Path) -> dict[str, float]:
 
 
 def rates_record(grid: dict[str, dict[float, dict[str, float]]], selected: dict[str, dict],
-                 base_val: dict[str, float], post: PostTrainConfig) -> dict[str, Any]:
+                 base_val: dict[str, float], post: PostTrainConfig,
+                 rates: Sequence[float] = LEARNING_RATES) -> dict[str, Any]:
     return {
-        "rule": (f"per method, among {list(LEARNING_RATES)}: the smallest validation gap whose "
+        "rule": (f"per method, among {list(rates)}: the smallest validation gap whose "
                  f"validation text accuracy is within {TEXT_TOLERANCE:.0%} of the base's"),
         "base_val": base_val,
         "post_training": asdict(post),

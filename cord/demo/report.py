@@ -15,7 +15,7 @@ from cord.demo import posttrain as P
 BASE_TEXT_MIN = 0.85
 AUDIO_RATIO = (0.40, 0.85)
 MIN_EVAL_ITEMS = 500
-MIN_SEEDS = {"quick": 1, "default": 3, "full": 5}
+MIN_SEEDS = {"quick": 1, "default": 3, "full": 5, "long": 3}
 DEFINITIONS = (
     "Δ = Acc_text(base) − Acc_audio(method), the paper's gap: how far the method's audio "
     "answers stay below the base model's text answers. Gap reduction = 1 − Δ_method / Δ_base "
