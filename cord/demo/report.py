@@ -353,16 +353,19 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
         lines += ["## Paired differences", "", paired_table(results)]
     if results.get("learning_rate_grid"):
         lines += ["## The learning-rate grid (validation)", "",
-                  "Validation audio / text accuracy (%) after the default budget at each rate; "
-                  "bold: the rule's choice. One column is the paper's protocol (one rate for "
-                  "every method).", "", grid_table(results)]
+                  f"Validation audio / text accuracy (%) after {post['max_steps']} steps at each "
+                  "rate, seed 0; bold: the rule's choice. One column is the paper's protocol "
+                  "(one rate for every method).", "", grid_table(results)]
     if results.get("budget"):
         steps = results["post_training"]["max_steps"]
         long_steps = next(iter(results["budget"]["methods"].values()))["steps"]
         lines += [f"## Budget: {long_steps} steps instead of {steps}", "",
                   f"Seed {results['seeds'][0]} of every method again, {long_steps} steps at the "
-                  "same learning rate, scored on the same held-out items; one seed, so the CIs "
-                  "resample items only. Validation curves: `long_runs.png`.", "",
+                  f"learning rate the rule chose for {steps} steps, scored on the same held-out "
+                  "items; one seed, so the CIs resample items only. The rates are not re-tuned "
+                  f"for {long_steps} steps, so this shows what a rate tuned on a short run does "
+                  "over a longer one; `cord demo --long` applies the rule at the longer budget "
+                  "and is the fair comparison. Validation curves: `long_runs.png`.", "",
                   budget_table(results)]
         if results["budget"]["paired"]:
             lines += [paired_table(results, results["budget"]["paired"])]
