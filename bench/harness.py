@@ -153,13 +153,16 @@ def _run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str
             rounds = _rounds_for(calibration)
         target, setup = mode_callables(closure, leaves, mode, CONFIG.device)
         rss = CpuPeakRss() if mode == "fwd+bwd" and not CONFIG.on_cuda else None
-        if rss is not None:  # the window opens before the last round (a full gc.collect
-            calls = [0]      # takes ~0.2 s with dynamo loaded: not before every round)
+        if rss is not None:
+            # The window opens before the last round only: a full gc.collect takes ~0.2 s
+            # once dynamo is loaded. (--benchmark-disable, and xdist, run one round.)
+            last = 1 if getattr(benchmark, "disabled", False) else rounds
+            calls = [0]
 
             def setup(_setup=setup):
                 args = _setup()
                 calls[0] += 1
-                if calls[0] == rounds:
+                if calls[0] == last:
                     rss.start()
                 return args
         benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
