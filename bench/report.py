@@ -209,11 +209,19 @@ def _load_note(rec: Recorder) -> str:
 
 
 def _git_commit() -> str:
+    """HEAD's short hash, with "-dirty" when tracked code differs from it (the committed
+    results files themselves do not count): the numbers then come from uncommitted code."""
+    here = Path(__file__).parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=here, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                  ".", ":(exclude)bench/results", ":(exclude)docs"],
+                                 capture_output=True, text=True, cwd=here.parent,
+                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("-dirty" if changed else "")
 
 
 def _command(full: bool) -> str:
