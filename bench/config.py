@@ -1,7 +1,7 @@
 """What the benchmark run measures: device, dtype, shapes and how many timed rounds.
 
-Defaults finish in about four minutes on a 2-core CPU (fwd+bwd only): a Qwen2-sized vocabulary with few rows
-for the logits-in losses and the N=1024 fused-linear comparison of SPEC section 3.
+Defaults finish in about four minutes on a 2-core CPU (fwd+bwd only): a Qwen2-sized vocabulary
+with few rows for the logits-in losses and the N=1024 fused-linear comparison of SPEC section 3.
 ``CORD_BENCH_FULL=1`` sweeps the shapes that matter on a GPU (V up to 262,400, N up to 16k);
 shapes whose inputs cannot fit in the memory at hand are skipped with the reason.
 

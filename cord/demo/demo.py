@@ -53,8 +53,8 @@ RATES_FILE = Path(__file__).with_name("learning_rates.json")
 """The rates the full mode's grid chose (committed; the default and quick modes use them)."""
 PAIRS = (("cord", "fkl"), ("cord", "sft"), ("cord", "grpo_opd"))
 LONG = 4
-"""The full mode's budget check: seed 0 of every default method again at this many times the
-steps."""
+"""The longer budget, in multiples of the default steps: the long mode's, and the full mode's
+seed-0 check of every default method."""
 
 
 def settings(mode: str) -> dict[str, Any]:
@@ -88,6 +88,15 @@ def _say(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # The demo
 # --------------------------------------------------------------------------------------------
+
+
+def _bootstrap(base_scores: dict, audio_items: dict[str, list]) -> dict[str, dict]:
+    """Paired-bootstrap gap reductions of ``{method: [per-seed item scores]}`` against the
+    base, with the :data:`PAIRS` whose both sides ran."""
+    return paired_bootstrap(
+        np.asarray(base_scores["text_items"]), np.asarray(base_scores["audio_items"]),
+        {m: np.asarray(items) for m, items in audio_items.items()},
+        pairs=tuple(p for p in PAIRS if p[0] in audio_items and p[1] in audio_items))
 
 
 def _rates(mode, ctx: J.Context, methods, scratch: Path, workers: int, base_val):
@@ -140,8 +149,9 @@ def run_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         save_models: write the base and every method's seed-0 model and the held-out set.
         workers: post-training jobs run in this many one-thread processes (the tables do not
             depend on it; 2 halves the time on a 2-core machine).
-        rates_only: with ``mode="full"`` or ``"long"``, stop after the learning-rate grid (it writes
-            ``learning_rates.json``, which the default and quick modes read from the package).
+        rates_only: with ``mode="full"`` or ``"long"``, stop after the learning-rate grid
+            (it writes ``learning_rates.json``; the full mode's, committed in the package, is
+            what the default and quick modes read).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -264,17 +274,11 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     results = R.assemble(
         mode=mode, task=asdict(task), post=asdict(post), seeds=list(seeds),
         methods=list(methods), rates=rates, scores=scores, tokens=tokens,
-        bootstrap=paired_bootstrap(
-            np.asarray(b["text_items"]), np.asarray(b["audio_items"]),
-            {m: np.asarray([s["audio_items"] for s in scores[m]]) for m in methods},
-            pairs=tuple(p for p in PAIRS if p[0] in methods and p[1] in methods)),
+        bootstrap=_bootstrap(b, {m: [s["audio_items"] for s in scores[m]] for m in methods}),
         base_kl=base_kl, kl_after=kl_after, kl_stats=kl_stats, curves=curves,
         curves_base=curves_base, long_runs=long_runs or None, grid=grid, base_source=source,
-        long_bootstrap=paired_bootstrap(
-            np.asarray(b["text_items"]), np.asarray(b["audio_items"]),
-            {m: np.asarray([r["scores"]["audio_items"]]) for m, r in long_runs.items()},
-            pairs=tuple(p for p in PAIRS if p[0] in long_runs and p[1] in long_runs))
-        if long_runs else None)
+        long_bootstrap=_bootstrap(b, {m: [r["scores"]["audio_items"]]
+                                      for m, r in long_runs.items()}) if long_runs else None)
     results["loss_gradient_norms"] = grad_norms
     shutil.rmtree(scratch, ignore_errors=True)
     timings["report"] = time.perf_counter() - t
@@ -298,15 +302,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the CI smoke test: small task, 4 steps, one seed (about 1 min)")
     size.add_argument("--full", action="store_true",
                       help="the learning-rate grid, 5 seeds, the α = β sweep and every method "
-                           "again at 4x the steps (about 40 min with 2 workers); writes "
+                           "again at 4x the steps (20 min on 2 cores with 2 workers); writes "
                            "learning_rates.json")
     size.add_argument("--long", action="store_true",
                       help="SFT, FKL, GRPO + OPD and CORD at 4x the steps, learning rates chosen "
-                           "by the same rule at that budget, 3 seeds (about 45 min with 2 "
+                           "by the same rule at that budget, 3 seeds (23 min on 2 cores with 2 "
                            "workers)")
     parser.add_argument("--rates-only", action="store_true",
-                        help="with --full: run only the learning-rate grid and write "
-                             "learning_rates.json (copy it to cord/demo/ to make it the default)")
+                        help="with --full or --long: run only the learning-rate grid and write "
+                             "learning_rates.json (--full's, copied to cord/demo/, is the "
+                             "default's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="post-training seeds (default: 0 1 2; 0..4 with --full; 0 with "
                              "--quick)")
