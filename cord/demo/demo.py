@@ -43,7 +43,7 @@ from cord.demo import jobs as J
 from cord.demo import measure as M
 from cord.demo import posttrain as P
 from cord.demo import report as R
-from cord.demo.gap_task import QUICK, GapTaskConfig, pretrained_base
+from cord.demo.gap_task import QUICK, GapTaskConfig, default_cache_dir, pretrained_base
 from cord.eval.analyze import analyze_rollouts, save_rollouts
 from cord.eval.stats import paired_bootstrap
 
@@ -184,6 +184,8 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
 
+    _say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
+         "--cache-dir or the CORD_CACHE variable moves it)")
     splits = J.task_splits(task, cache_dir)
     timings["speech"] = time.perf_counter() - t
     _say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
@@ -296,7 +298,20 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
 # --------------------------------------------------------------------------------------------
 
 
+TASKS = ("claim", "operands")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=TASKS, default="claim",
+                        help="claim (default): an imperfect text teacher, transfer to a task "
+                             "no method post-trains on and retention of an audio skill, where "
+                             "the paper makes its claim; operands: the earlier in-domain test "
+                             "with a perfect teacher")
+    parser.add_argument("--reevaluate", metavar="DIR", default=None,
+                        help="re-score the saved models of a claim-demo run in DIR on fresh "
+                             "held-out items drawn from --eval-seed, and print the tables")
+    parser.add_argument("--eval-seed", type=int, default=1,
+                        help="with --reevaluate: the seed of the fresh held-out items")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="the CI smoke test: small task, 4 steps, one seed (about 1 min)")
@@ -320,7 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="cord_demo",
                         help="where results.json, README.md, the tables, plots and models go")
     parser.add_argument("--cache-dir", default=None,
-                        help="speech clips and pre-trained bases (default ~/.cache/cord/demo)")
+                        help="speech clips and pre-trained bases (default $CORD_CACHE/demo, "
+                             "else ~/.cache/cord/demo); printed once at the start")
     parser.add_argument("--refresh", action="store_true",
                         help="pre-train the base again even if it is cached")
     parser.add_argument("--no-save-models", action="store_true",
@@ -333,9 +349,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "stall when other processes share the cores)")
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars (transformers' "Writing model shards" per save) would interleave
+    with the demo's own lines; the demo prints one line per finished job instead."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def run(args: argparse.Namespace) -> int:
+    from cord.demo import claim_demo as C
+    from cord.demo import claim_report as CR
+
+    _quiet_libraries()
     mode = ("quick" if args.quick else "full" if args.full else "long" if args.long
             else "default")
+    command = "cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo"
+    if args.reevaluate:
+        result = C.reevaluate(args.reevaluate, args.eval_seed, cache_dir=args.cache_dir)
+        print(CR.verdict_block(result))
+        print(CR.summary_table(result["summary"]["a"]))
+        print(CR.paired_table(result["paired"]["a"]))
+        print(f"wrote {Path(args.reevaluate) / f'reevaluate-{args.eval_seed}'}/")
+        return 0
+    if args.task == "claim":
+        torch.set_num_threads(args.threads)
+        if mode == "long":
+            raise SystemExit("cord demo: --long runs only with --task operands")
+        results = C.run_claim_demo(
+            mode=mode, seeds=args.seeds, methods=args.methods, output_dir=args.output_dir,
+            cache_dir=args.cache_dir, refresh=args.refresh, save_models=not args.no_save_models,
+            command=command, rates_only=args.rates_only, workers=args.workers)
+        print()
+        if args.rates_only:
+            print(json.dumps(results["learning_rate_grid"]["selected"], indent=1))
+            return 0
+        print(CR.console_summary(results))
+        print(f"wrote {Path(args.output_dir)}/: README.md, results.json and the plots")
+        return 0
     results = run_demo(
         mode=mode, seeds=args.seeds, methods=args.methods, output_dir=args.output_dir,
         cache_dir=args.cache_dir, refresh=args.refresh, save_models=not args.no_save_models,

@@ -305,10 +305,12 @@ class _Batcher:
     """Prompt and completion tensors of one (split, modality, target) built once, sliced per
     batch (the processor runs once per item, not once per step)."""
 
-    def __init__(self, adapter, records, modality: str, target: str):
+    def __init__(self, adapter, records, modality: str, target: str, *,
+                 instruction: str | None = None):
         self.n = len(records)
         if modality == "audio":
-            instruction = TRANSCRIBE_INSTRUCTION if target == "transcript" else None
+            if target == "transcript":
+                instruction = TRANSCRIBE_INSTRUCTION
             self.prompts = adapter.audio_prompts(
                 [r["audio"]["array"] for r in records], sampling_rate=SAMPLING_RATE,
                 instruction=instruction)
@@ -396,12 +398,14 @@ SHIPPED_BASES = Path(__file__).with_name("bases")
 weights on every machine, so the default demo needs no pre-training (``--refresh`` redoes it)."""
 
 
-def pretrained_base(config: GapTaskConfig, splits, *, cache_dir: str | Path | None = None,
-                    progress: bool = True, refresh: bool = False):
+def pretrained_base(config, splits, *, cache_dir: str | Path | None = None,
+                    progress: bool = True, refresh: bool = False, build=None, train=None):
     """``(adapter, path, source)``: the pre-trained gap model of ``config``.
 
     Looked up first among the :data:`SHIPPED_BASES`, then in ``cache_dir``; otherwise (or with
-    ``refresh``) pre-trained now and saved to ``cache_dir``. Either way the model returned is the
+    ``refresh``) pre-trained now (``build(config)`` then ``train(adapter, splits, config)``,
+    by default this task's :func:`build_gap_model` and :func:`pretrain`) and saved to
+    ``cache_dir``. Either way the model returned is the
     one READ BACK from disk, so a cold run and a warm run start from bit-identical weights and
     give the same tables. ``source`` says which: "shipped", "cached" or "pre-trained".
     """
@@ -412,8 +416,8 @@ def pretrained_base(config: GapTaskConfig, splits, *, cache_dir: str | Path | No
             if (root / name / "pretrained.json").is_file():
                 return load_base(root / name), root / name, source
     path = Path(cache_dir or default_cache_dir()) / name
-    adapter = build_gap_model(config)
-    history = pretrain(adapter, splits, config, progress=progress)
+    adapter = (build or build_gap_model)(config)
+    history = (train or pretrain)(adapter, splits, config, progress=progress)
     path.mkdir(parents=True, exist_ok=True)
     adapter.model.save_pretrained(path)
     adapter.processor.save_pretrained(path)

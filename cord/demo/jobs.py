@@ -9,6 +9,8 @@ one process, and the tables do not change with the worker count.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -18,7 +20,9 @@ from typing import Any
 
 import torch
 
+from cord.demo import claim_measure as CM
 from cord.demo import measure as M
+from cord.demo.claim_task import ClaimTaskConfig, attach_claim_audio, make_claim_splits
 from cord.demo.gap_task import GapTaskConfig, SlottedSpeech, attach_audio, load_base, make_splits
 from cord.demo.posttrain import PostTrainConfig, accuracies, post_train
 
@@ -43,7 +47,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Context:
-    task: GapTaskConfig
+    task: GapTaskConfig | ClaimTaskConfig
     post: PostTrainConfig
     base_path: Path
     cache_dir: Path | None
@@ -53,15 +57,27 @@ _SPLITS: dict[GapTaskConfig, dict[str, list]] = {}
 _BASES: dict[Path, Any] = {}
 
 
-def task_splits(task: GapTaskConfig, cache_dir) -> dict[str, list]:
+def task_splits(task: GapTaskConfig | ClaimTaskConfig, cache_dir) -> dict[str, list]:
     """The task's splits with audio (once per process)."""
     if task not in _SPLITS:
-        splits = make_splits(task)
         speech = SlottedSpeech(slot_seconds=task.slot_seconds, rate=task.tts_rate,
                                cache_dir=cache_dir)
-        _SPLITS[task] = {k: v if k == "text_only" else attach_audio(v, speech)
-                         for k, v in splits.items()}
+        if isinstance(task, ClaimTaskConfig):
+            _SPLITS[task] = attach_claim_audio(make_claim_splits(task), task, speech)
+        else:
+            splits = make_splits(task)
+            _SPLITS[task] = {k: v if k == "text_only" else attach_audio(v, speech)
+                             for k, v in splits.items()}
     return _SPLITS[task]
+
+
+def training_records(task, splits: dict[str, list]) -> list[dict]:
+    """The unlabelled paired prompts every method post-trains on. The claim task's carry the
+    gold worked chain as ``answer``, which only the gold-SFT diagnostic reads."""
+    if isinstance(task, ClaimTaskConfig):
+        return [{"id": r["id"], "text": r["text"], "audio": r["audio"], "answer": r["worked"]}
+                for r in splits["pool"]]
+    return [{k: r[k] for k in ("id", "text", "audio")} for r in splits["distill"]]
 
 
 def _base(path: Path):
@@ -76,24 +92,35 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     splits = task_splits(ctx.task, ctx.cache_dir)
     base = _base(ctx.base_path)
     post = ctx.post if job.eval_every is None else replace(ctx.post, eval_every=job.eval_every)
-    records = [{k: r[k] for k in ("id", "text", "audio")} for r in splits["distill"]]
+    claim = isinstance(ctx.task, ClaimTaskConfig)
     curve: list[dict[str, float]] = []
-    hook = (M.curve_hook(curve, splits["val"][: M.CURVE_ITEMS], post, post.eval_every)
-            if job.curve else None)
-    adapter, tokens = post_train(base, job.method, records, post,
-                                 learning_rate=job.learning_rate, seed=job.seed,
-                                 output_dir=job.scratch, max_steps=job.max_steps,
-                                 on_step_end=hook)
+    hook = None
+    if job.curve:
+        hook = (CM.curve_hook(curve, splits, post, post.eval_every) if claim else
+                M.curve_hook(curve, splits["val"][: M.CURVE_ITEMS], post, post.eval_every))
+    # The trainer's own lines (its start line, the last step's metrics) would interleave
+    # across workers without naming the job; the demo prints one line per job instead, and
+    # the metrics stay in the job's scratch metrics.jsonl.
+    with contextlib.redirect_stdout(io.StringIO()):
+        adapter, tokens = post_train(base, job.method, training_records(ctx.task, splits),
+                                     post, learning_rate=job.learning_rate, seed=job.seed,
+                                     output_dir=job.scratch, max_steps=job.max_steps,
+                                     on_step_end=hook)
     out: dict[str, Any] = {"method": job.method, "seed": job.seed, "tokens": tokens}
     if job.curve:
         out["curve"] = curve
     if job.score:
-        out["scores"] = M.score_model(adapter, splits, post)
+        out["scores"] = (CM.score_claim_model(adapter, splits, post) if claim
+                         else M.score_model(adapter, splits, post))
+    elif claim:
+        out["val"] = CM.validation_scores(adapter, splits, post)
     else:
         out["val"] = accuracies(adapter, splits["val"], max_new_tokens=post.max_completion_length)
     if job.kl_threshold is not None:
-        out["kl_after"] = M.kl_profile(adapter, splits["eval"][: M.KL_ITEMS], post,
-                                       threshold=job.kl_threshold)[1]
+        out["kl_after"] = (CM.kl_by_correctness(adapter, splits["eval"][: CM.KL_ITEMS], post)[1]
+                           if claim else
+                           M.kl_profile(adapter, splits["eval"][: M.KL_ITEMS], post,
+                                        threshold=job.kl_threshold)[1])
     if job.save_to is not None:
         job.save_to.mkdir(parents=True, exist_ok=True)
         adapter.model.save_pretrained(job.save_to)

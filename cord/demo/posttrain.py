@@ -39,6 +39,8 @@ METHODS: dict[str, Method] = {
     "cord": Method("+ CORD", "cord"),
     "cord_ab1": Method("+ CORD α=β=1", "cord", {"cord_alpha": 1.0, "cord_position_beta": 1.0}),
     "cord_ab3": Method("+ CORD α=β=3", "cord", {"cord_alpha": 3.0, "cord_position_beta": 3.0}),
+    # a diagnostic, not a competitor: SFT on the gold chains instead of the teacher's samples
+    "sft_gold": Method("+ gold SFT (diagnostic)", "sft_gold"),
 }
 TABLE1 = ("sft", "fkl", "cord")
 TABLE3 = ("grpo", "grpo_opd", "cord")

@@ -283,8 +283,9 @@ def modality_gaps(run: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, 
 
 
 def gap_reduction(mean_delta_method: float, mean_delta_base: float) -> float:
-    """The paper's ``1 − mean Δ_method / mean Δ_base`` (NaN when the base has no gap)."""
-    if mean_delta_base == 0:
+    """The paper's ``1 − mean Δ_method / mean Δ_base``; NaN when the base has no gap to close
+    (Δ_base <= 0: a negative base gap would flip the sign, and a zero one divide by zero)."""
+    if not mean_delta_base > 0:
         return float("nan")
     return 1.0 - mean_delta_method / mean_delta_base
 

@@ -20,11 +20,18 @@ def gap_reduction(base_text: np.ndarray, base_audio: np.ndarray,
 
     ``base_text``/``base_audio``: (..., items) 0/1; ``method_audio``: (..., items) accuracy per
     item (a mean over seeds is allowed).
+
+    NaN where the base has no gap to close: Δ_base below one item's worth (1 / items), zero or
+    negative included. A reduction of a gap that is not there is undefined, not 100%; the
+    reports print it as "n/a (no gap on the base)" and the bootstrap drops such replicates.
     """
-    delta_base = base_text.mean(-1) - base_audio.mean(-1)
-    delta_method = base_text.mean(-1) - method_audio.mean(-1)
+    base_text = np.asarray(base_text, dtype=np.float64)
+    n = base_text.shape[-1]
+    delta_base = base_text.mean(-1) - np.asarray(base_audio, dtype=np.float64).mean(-1)
+    delta_method = base_text.mean(-1) - np.asarray(method_audio, dtype=np.float64).mean(-1)
+    no_gap = delta_base < 1.0 / n - 1e-12
     with np.errstate(divide="ignore", invalid="ignore"):
-        return 1.0 - delta_method / delta_base
+        return np.where(no_gap, np.nan, 1.0 - delta_method / np.where(no_gap, 1.0, delta_base))
 
 
 def paired_bootstrap(
@@ -90,3 +97,68 @@ def paired_bootstrap(
         "paired": {f"{a} - {b}": {"mean": point[a] - point[b], "ci95": ci(boot[a] - boot[b])}
                    for a, b in pairs},
     }
+
+
+def ci95(replicates: np.ndarray, level: float = 0.95) -> list[float]:
+    """Percentile interval of bootstrap replicates (non-finite ones dropped; NaNs if none are
+    left, as when the base has no gap in any replicate)."""
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return [float(np.percentile(values, lo_q)), float(np.percentile(values, hi_q))]
+
+
+class PairedItemBootstrap:
+    """One bootstrap draw shared by every method and metric: per replicate, the items of each
+    item set (drawn independently per set) and the post-training seeds (shared by all sets and
+    methods, since seed s of every method saw the same data order).
+
+    Every statistic of every method is computed on the same replicates, so differences between
+    methods (and the max over two methods) are paired replicate by replicate.
+
+    Args:
+        sizes: item-set name -> number of items.
+        seeds: number of post-training seeds of the methods.
+    """
+
+    def __init__(self, sizes: Mapping[str, int], seeds: int, *, resamples: int = 2000,
+                 seed: int = 0):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        rng = np.random.default_rng(seed)
+        self.sizes = dict(sizes)
+        self.items = {k: rng.integers(0, n, size=(resamples, n)) for k, n in self.sizes.items()}
+        self.seeds = rng.integers(0, seeds, size=(resamples, seeds))
+        self.n_seeds = seeds
+
+    def _per_item(self, name: str, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point per-item means, (resamples, items) replicate per-item means)."""
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim == 1:
+            a = a[None]
+        n = self.sizes[name]
+        if a.shape[-1] != n or a.shape[0] not in (1, self.n_seeds):
+            raise ValueError(f"a {name!r} array must be (1 or {self.n_seeds} seeds, {n} items), "
+                             f"got {a.shape}")
+        point = a.mean(0)
+        if a.shape[0] == 1:  # the base: one model, no seed to draw
+            reps = a[0][self.items[name]]
+        else:
+            reps = np.take_along_axis(a[self.seeds].mean(1), self.items[name], axis=1)
+        return point, reps
+
+    def accuracy(self, name: str, a) -> tuple[float, np.ndarray]:
+        """Mean accuracy of ``a`` ((seeds, items) or (items,) 0/1) on set ``name``: the point
+        estimate and its (resamples,) replicates."""
+        point, reps = self._per_item(name, a)
+        return float(point.mean()), reps.mean(-1)
+
+    def gap_reduction(self, name: str, base_text, base_audio, method_audio
+                      ) -> tuple[float, np.ndarray]:
+        """:func:`gap_reduction` of ``method_audio`` on set ``name``, with replicates."""
+        bt, bt_reps = self._per_item(name, base_text)
+        ba, ba_reps = self._per_item(name, base_audio)
+        ma, ma_reps = self._per_item(name, method_audio)
+        return (float(gap_reduction(bt, ba, ma)), gap_reduction(bt_reps, ba_reps, ma_reps))

@@ -15,6 +15,7 @@ and the other baselines:
     opd    L_tok, alpha = beta = 1, alone   uniform on-policy reverse KL, no L_seq
     sft    -sum_t log p(y_hat_t | y_hat_<t, x^a) / B   on teacher rollouts y_hat ~ p(.|x^t)
     fkl    sum_t KL(q_t || p_t) / B                    on teacher rollouts (paper eq. 13)
+    sft_gold  sft on the dataset's reference answers (a diagnostic: imitation of gold answers)
     alarm  sft on the teacher's answer rephrased by the model itself so that it no longer
            mentions reading a text (ALARM's self-rephrasing)
 
@@ -245,6 +246,27 @@ def _sft_on(ctx: StepContext, x_a: PromptBatch, ids, mask) -> LossOutput:
     return LossOutput(loss, metrics, int(mask.sum()))
 
 
+def gold_sft_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
+    """-sum_t log p(y_t | ., x^a) / B on the dataset's reference answers y (its ``answer``
+    column, ended with EOS): imitation of gold answers instead of the teacher's samples. A
+    diagnostic beside ``sft``: the gap between the two is what imitating a wrong teacher costs."""
+    missing = [i for i, a in zip(batch.ids, batch.answers) if not a]
+    if missing:
+        raise ValueError(f"objective 'sft_gold' trains on the dataset's 'answer' column, but "
+                         f"records {missing[:5]} have none")
+    x_a, _ = _prompts(ctx, batch)
+    tok = ctx.adapter.tokenizer
+    rows = [tok(a, add_special_tokens=False)["input_ids"] + [ctx.adapter.eos_token_ids[0]]
+            for a in batch.answers]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), ctx.adapter.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    return _sft_on(ctx, x_a, ids.to(ctx.device), mask.to(ctx.device))
+
+
 def fkl_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     """sum_t KL(q_t || p_t) / B on teacher rollouts (the paper's forward-KL baseline)."""
     cfg = ctx.config
@@ -341,6 +363,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("opd", _opd, needs_judge=_never, needs_groups=_never),
     Objective("sft", sft_objective, needs_judge=_never, needs_groups=_never),
     Objective("fkl", fkl_objective, needs_judge=_never, needs_groups=_never),
+    Objective("sft_gold", gold_sft_objective, needs_judge=_never, needs_groups=_never),
     # ALARM freezes the LLM and trains the audio side
     Objective("alarm", alarm_objective, needs_judge=_never, needs_groups=_never,
               trainable="audio"),

@@ -1,0 +1,352 @@
+"""The claim demo's results: preconditions, summaries with paired-bootstrap CIs, the verdict,
+tables, plots and the README of a run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cord.demo import posttrain as P
+from cord.demo.verdict import METRICS, VERDICT_RULE, verdict
+from cord.eval.stats import PairedItemBootstrap, ci95
+
+#: name -> (low, high) bound; None is unbounded on that side
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "teacher_accuracy": (0.40, 0.80),
+    "base_audio_over_text": (0.50, 0.85),
+    "late_first_errors": (0.30, None),
+    "teacher_recovery": (0.50, None),
+    "retention_base": (0.70, 0.95),
+    "transfer_base_gap": (0.10, None),
+}
+PAIRS = (("cord", "sft"), ("cord", "fkl"), ("cord", "grpo_opd"))
+BEST_IMITATION = "cord - max(sft, fkl)"
+TABLES = {"a": "learning rate per method", "b": "one shared learning rate"}
+METRIC_LABELS = {
+    "in_domain_gap_reduction": "in-domain gap reduction",
+    "transfer_gap_reduction": "transfer gap reduction",
+    "retention": "retention",
+    "text_after": "text after",
+}
+NO_GAP = "n/a (no gap on the base)"
+
+
+def _bound_text(lo, hi) -> str:
+    if hi is None:
+        return f">= {lo}"
+    return f"in [{lo}, {hi}]"
+
+
+def preconditions(values: dict[str, float | None], *, self_correction: bool
+                  ) -> dict[str, dict[str, Any]]:
+    """``{name: {value, bound, ok}}`` for the :data:`BOUNDS` (``teacher_recovery`` is checked
+    only with the self-correction prior on; without it, it is reported with bound "n/a")."""
+    out = {}
+    for name, (lo, hi) in BOUNDS.items():
+        v = values.get(name)
+        if name == "teacher_recovery" and not self_correction:
+            out[name] = {"value": v, "bound": "n/a (no self-correction prior)", "ok": True}
+            continue
+        ok = v is not None and not math.isnan(v) and v >= lo and (hi is None or v <= hi)
+        out[name] = {"value": v, "bound": _bound_text(lo, hi), "ok": bool(ok)}
+    return out
+
+
+def summarize(scores: dict[str, list[dict]], tokens: dict[str, list[int]],
+              rates: dict[str, float], *, resamples: int = 2000) -> dict[str, Any]:
+    """Per method (seeds pooled) every metric with its 95% CI, and the paired differences.
+
+    ``scores``: method -> per-seed :func:`cord.demo.claim_measure.score_claim_model` dicts,
+    with ``"base"`` holding the base's single entry.
+    """
+    base = scores["base"][0]
+    methods = [m for m in scores if m != "base"]
+    seeds = {len(scores[m]) for m in methods}
+    if len(seeds) != 1:
+        raise ValueError(f"every method needs the same number of seeds, got "
+                         f"{ {m: len(scores[m]) for m in methods} }")
+    boot = PairedItemBootstrap({"eval": len(base["eval_audio_items"]),
+                                "transfer": len(base["transfer_audio_items"]),
+                                "retention": len(base["retention_items"])},
+                               seeds.pop(), resamples=resamples)
+
+    def stack(m, key):
+        return np.asarray([s[key] for s in scores[m]], dtype=np.float64)
+
+    points: dict[str, dict[str, float]] = {}
+    reps: dict[str, dict[str, np.ndarray]] = {}
+    for m in ["base", *methods]:
+        p, r = {}, {}
+        p["in_domain_gap_reduction"], r["in_domain_gap_reduction"] = boot.gap_reduction(
+            "eval", base["eval_text_items"], base["eval_audio_items"], stack(m, "eval_audio_items"))
+        p["transfer_gap_reduction"], r["transfer_gap_reduction"] = boot.gap_reduction(
+            "transfer", base["transfer_text_items"], base["transfer_audio_items"],
+            stack(m, "transfer_audio_items"))
+        p["retention"], r["retention"] = boot.accuracy("retention", stack(m, "retention_items"))
+        p["text_after"], r["text_after"] = boot.accuracy("eval", stack(m, "eval_text_items"))
+        points[m], reps[m] = p, r
+    summary = {}
+    for m in ["base", *methods]:
+        runs = scores[m]
+        row: dict[str, Any] = {}
+        for metric in METRIC_LABELS:
+            row[metric] = points[m][metric]
+            row[f"{metric}_ci95"] = ci95(reps[m][metric]) if m != "base" or metric in (
+                "retention", "text_after") else [points[m][metric]] * 2
+        row.update({
+            "audio": float(np.mean([s["audio"] for s in runs])),
+            "audio_std": float(np.std([s["audio"] for s in runs], ddof=1)) if len(runs) > 1
+            else 0.0,
+            "text": float(np.mean([s["text"] for s in runs])),
+            "transfer_text": float(np.mean([s["transfer_text"] for s in runs])),
+            "transfer_audio": float(np.mean([s["transfer_audio"] for s in runs])),
+            "recovery_text": float(np.mean([s["recovery_text"] for s in runs])),
+            "recovery_audio": float(np.mean([s["recovery_audio"] for s in runs])),
+            "generated_tokens": int(np.mean(tokens[m])) if m in tokens else 0,
+        })
+        if m in rates:
+            row["learning_rate"] = rates[m]
+        summary[m] = row
+    paired: dict[str, dict[str, dict[str, Any]]] = {}
+    metrics = (*METRICS, "text_after")
+    for a, b in PAIRS:
+        if a in reps and b in reps:
+            paired[f"{a} - {b}"] = {
+                k: {"mean": points[a][k] - points[b][k], "ci95": ci95(reps[a][k] - reps[b][k])}
+                for k in metrics}
+    if all(m in reps for m in ("cord", "sft", "fkl")):
+        paired[BEST_IMITATION] = {
+            k: {"mean": points["cord"][k] - max(points["sft"][k], points["fkl"][k]),
+                "ci95": ci95(reps["cord"][k] - np.fmax(reps["sft"][k], reps["fkl"][k]))}
+            for k in metrics}
+    return {"summary": summary, "paired": paired,
+            "verdict": verdict(paired) if BEST_IMITATION in paired else None}
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+
+
+def _pc(x, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.{digits}f}"
+
+
+def _with_ci(row: dict, metric: str) -> str:
+    value = row[metric]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NO_GAP if "gap" in metric else "n/a"
+    lo, hi = row[f"{metric}_ci95"]
+    return f"{_pc(value)} [{_pc(lo)}, {_pc(hi)}]"
+
+
+def label(method: str) -> str:
+    return "Base" if method == "base" else P.METHODS[method].label
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    head = ["Method", "lr", "in-domain audio", "in-domain gap reduction [95% CI]",
+            "transfer audio", "transfer gap reduction [95% CI]", "retention [95% CI]",
+            "text after [95% CI]", "recovery text / audio", "generated tokens"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, row in summary.items():
+        audio = _pc(row["audio"]) + (f" ± {_pc(row['audio_std'])}" if row.get("audio_std")
+                                     else "")
+        lines.append("| " + " | ".join([
+            label(m), f"{row['learning_rate']:g}" if "learning_rate" in row else "—", audio,
+            "—" if m == "base" else _with_ci(row, "in_domain_gap_reduction"),
+            _pc(row["transfer_audio"]),
+            "—" if m == "base" else _with_ci(row, "transfer_gap_reduction"),
+            _with_ci(row, "retention"), _with_ci(row, "text_after"),
+            f"{_pc(row['recovery_text'], 0)} / {_pc(row['recovery_audio'], 0)}",
+            f"{row['generated_tokens']:,}" if m != "base" else "—"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(paired: dict[str, Any]) -> str:
+    metrics = list(METRIC_LABELS)
+    lines = ["| difference | " + " | ".join(METRIC_LABELS[k] for k in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for pair, values in paired.items():
+        cells = []
+        for k in metrics:
+            v = values[k]
+            cells.append("n/a" if math.isnan(v["mean"]) else
+                         f"{100 * v['mean']:+.1f} [{_pc(v['ci95'][0])}, {_pc(v['ci95'][1])}]")
+        name = pair.replace("cord", "CORD").replace("sft", "SFT").replace("fkl", "FKL").replace(
+            "grpo_opd", "GRPO+OPD").replace(" - ", " − ")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def preconditions_table(pre: dict[str, dict]) -> str:
+    lines = ["| precondition | value | bound | ok |", "|---|---|---|---|"]
+    for name, p in pre.items():
+        v = p["value"]
+        shown = "n/a" if v is None else f"{v:.3f}"
+        lines.append(f"| {name} | {shown} | {p['bound']} | {'yes' if p['ok'] else '**NO**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def failed(pre: dict[str, dict]) -> list[str]:
+    return [k for k, p in pre.items() if not p["ok"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
+    """Validation in-domain gap, transfer gap, retention and text accuracy against step."""
+    curves = results.get("curves") or {}
+    if not curves:
+        return None
+    base = results["curves_base"]
+    fig = Figure(figsize=(13, 3.2))
+    axes = fig.subplots(1, 4)
+    panels = (("in-domain gap (text base − audio)", lambda p: base["text"] - p["audio"]),
+              ("transfer gap (text base − audio)",
+               lambda p: base["transfer_text"] - p["transfer_audio"]),
+              ("retention (beep counting)", lambda p: p["retention"]),
+              ("text accuracy (in-domain)", lambda p: p["text"]))
+    for ax, (title, f) in zip(axes, panels):
+        for i, (m, curve) in enumerate(curves.items()):
+            steps = [0] + [p["step"] for p in curve]
+            ax.plot(steps, [100 * f(base)] + [100 * f(p) for p in curve], marker="o",
+                    label=label(m)[2:], color=f"C{i}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("%")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_kl_correct_wrong(results: dict[str, Any], path: Path) -> Path | None:
+    """The paper's Figure 2 contrast: mean KL along correct and wrong audio rollouts, on the
+    base and after each method (seed 0)."""
+    kl = results.get("kl") or {}
+    rows = [("base", kl.get("base"))] + list((kl.get("after") or {}).items())
+    rows = [(m, s) for m, s in rows if s]
+    if not rows:
+        return None
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    for j, (key, name) in enumerate((("mean_kl_correct", "correct rollouts"),
+                                     ("mean_kl_incorrect", "wrong rollouts"))):
+        ax.bar(x + 0.4 * j - 0.2, [s.get(key) or 0.0 for _, s in rows], 0.4, label=name)
+    ax.set_xticks(x, [label(m).lstrip("+ ") for m, _ in rows], fontsize=8, rotation=15)
+    ax.set_ylabel("mean KL(audio || text) per token")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_reductions(results: dict[str, Any], path: Path, table: str = "a") -> Path:
+    """Every method's in-domain and transfer gap reduction and retention with 95% CIs."""
+    summary = results["summary"][table]
+    methods = [m for m in summary if m != "base"]
+    fig = Figure(figsize=(11, 3.2))
+    axes = fig.subplots(1, 3, sharey=True)
+    for ax, metric in zip(axes, ("in_domain_gap_reduction", "transfer_gap_reduction",
+                                 "retention")):
+        for i, m in enumerate(methods):
+            row = summary[m]
+            v, (lo, hi) = row[metric], row[f"{metric}_ci95"]
+            if v is None or math.isnan(v):
+                continue
+            ax.errorbar([100 * v], [i], xerr=[[100 * (v - lo)], [100 * (hi - v)]], fmt="o",
+                        color=f"C{i}", capsize=3)
+        if metric == "retention":
+            ax.axvline(100 * summary["base"]["retention"], color="gray", ls="--", lw=1)
+        else:
+            ax.axvline(0, color="gray", ls="--", lw=1)
+        ax.set_title(METRIC_LABELS[metric] + " (%)", fontsize=9)
+    axes[0].set_yticks(range(len(methods)), [label(m).lstrip("+ ") for m in methods],
+                       fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# README of a run
+# --------------------------------------------------------------------------------------------
+
+
+def verdict_block(results: dict[str, Any]) -> str:
+    lines = [f"**Verdict rule (fixed before any result).** {VERDICT_RULE}", ""]
+    for table, v in results["verdict"].items():
+        lines.append(f"- **Table ({table}), {TABLES[table]}: {v or 'n/a'}**")
+    missing = [t for t in TABLES if t not in results["verdict"]]
+    for t in missing:
+        lines.append(f"- Table ({t}), {TABLES[t]}: not run in this mode (`cord demo --full` "
+                     "runs it).")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], out: Path, command: str) -> None:
+    """results.json, the tables as markdown, the plots and README.md in ``out``."""
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    figs = [f for f in (plot_curves(results, out / "curves.png"),
+                        plot_kl_correct_wrong(results, out / "kl_correct_wrong.png"),
+                        plot_reductions(results, out / "claim.png")) if f]
+    pre = results["preconditions"]
+    lines = ["# `cord demo`: CORD where the paper makes its claim", "",
+             f"Command: `{command}`", ""]
+    bad = failed(pre)
+    if bad:
+        lines += [f"**Preconditions not met: {', '.join(bad)}.** The comparison below is "
+                  "outside the paper's regime in these respects; read it with that in mind.", ""]
+    lines += [verdict_block(results), preconditions_table(pre), results["setting"], ""]
+    for table in results["summary"]:
+        lines += [f"## Table ({table}): {TABLES[table]}", "",
+                  summary_table(results["summary"][table]),
+                  "Paired differences (percentage points, 95% CI):", "",
+                  paired_table(results["paired"][table]), ""]
+    if results.get("learning_rate_grid"):
+        lines += ["Learning rates: " + results["learning_rate_grid"]["rule"], ""]
+    kl = results.get("kl") or {}
+    if kl.get("base"):
+        lines += ["## KL along correct and wrong audio rollouts (seed 0, T = 1)", "",
+                  "| model | mean KL, correct | mean KL, wrong | KL on the first wrong token | "
+                  "correct rollouts |", "|---|---|---|---|---|"]
+        for m, s in [("base", kl["base"]), *kl.get("after", {}).items()]:
+            cells = [f"{s[k]:.4f}" if s.get(k) is not None else "n/a"
+                     for k in ("mean_kl_correct", "mean_kl_incorrect", "kl_first_wrong_token")]
+            lines.append(f"| {label(m)} | " + " | ".join(cells)
+                         + f" | {_pc(s['correct_share'])}% |")
+        lines.append("")
+    if results.get("loss_gradient_norms"):
+        g = results["loss_gradient_norms"]
+        lines += ["Gradient norms on the base (mean over 4 micro-batches): "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in g.items()), ""]
+    lines += [f"![{f.stem}]({f.name})" for f in figs]
+    t = results["timings_s"]
+    lines += ["", f"Wall time {t['total'] / 60:.1f} min ("
+              + ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total")
+              + f"); {results['environment']}."]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def console_summary(results: dict[str, Any]) -> str:
+    out = []
+    bad = failed(results["preconditions"])
+    if bad:
+        out.append(f"preconditions not met: {', '.join(bad)}")
+    for table, v in results["verdict"].items():
+        out.append(f"verdict, table ({table}) [{TABLES[table]}]: {v}")
+        out.append(summary_table(results["summary"][table]))
+        out.append(paired_table(results["paired"][table]))
+    return "\n".join(out)

@@ -1,0 +1,449 @@
+"""The claim task: where the paper makes its claim. An IMPERFECT text teacher, a task no method
+post-trains on (transfer) and an audio skill no method post-trains on (retention).
+
+Three skills share one tiny audio LM:
+
+- **Column arithmetic** (the distillation task). "forty seven plus thirty eight", spoken or
+  written; the answer restates the operands it heard and works column by column,
+  ``"47+38: units 7+8=15 carry 1, tens 4+3+1=8, answer 85"`` (about 35 tokens), so an early
+  mis-hearing or a wrong carry changes everything after it.
+- **Comparison** (the transfer task). "which is larger forty seven or thirty eight" ->
+  ``"47 or 38: tens 4>3, answer 47"``, learnt from plenty of text and a few spoken items, so it
+  has a modality gap of its own; no post-training method ever sees it.
+- **Counting beeps** (the retention task). A clip of 1-6 tones and the instruction "count" ->
+  ``"answer 4"``. Audio only; no post-training method ever sees it.
+
+The teacher is imperfect by construction: the text side learns arithmetic from only
+``text_questions`` worked examples (trained to convergence), and the distillation pool holds
+fresh questions it never saw, on which it is right only part of the time. Nothing is injected
+into its answers: its errors are its own. With ``self_correction`` on, about 10% of the
+pre-training chains contain a wrong step followed by ``"no,"`` and the fix, so the teacher can
+recover from a wrong prefix, which gives reverse KL along wrong audio rollouts something to pull
+toward (:func:`recovery_prefixes` measures it).
+
+Every split is a set of distinct questions: no arithmetic question is in two of ``text_train``,
+``pool``, ``val`` and ``eval``; no comparison in two of ``compare_train``, ``compare_val`` and
+``transfer``; beep clips are drawn from disjoint seeds. :func:`fresh_eval_sets` draws new
+held-out sets from another seed, excluding everything any model trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cord.demo.gap_task import (
+    SAMPLING_RATE,
+    TRANSCRIBE_INSTRUCTION,
+    SlottedSpeech,
+    _Batcher,
+    nll,
+)
+from cord.models.adapter import Qwen2AudioAdapter
+from cord.models.tiny import build_tiny_qwen2_audio
+
+ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen").split()
+TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+ARITH_TEMPLATES = ("{q}", "what is {q}", "compute {q}")
+COMPARE_TEMPLATE = "which is larger {a} or {b}"
+COUNT_INSTRUCTION = "count"
+CHAIN_WORDS = ("units", "tens", "carry", "borrow", "answer", "no", "or")
+
+
+def number_words(n: int) -> str:
+    """``47 -> "forty seven"`` for 0 <= n <= 99."""
+    if not 0 <= n <= 99:
+        raise ValueError(f"n must be in [0, 99], got {n}")
+    if n < 20:
+        return ONES[n]
+    tens, units = divmod(n, 10)
+    return TENS[tens] + ("" if units == 0 else " " + ONES[units])
+
+
+@dataclass(frozen=True)
+class ClaimTaskConfig:
+    """Sizes of the claim task, the model and its pre-training.
+
+    The defaults are the default demo's; :data:`CLAIM_QUICK` is the CI size.
+    """
+
+    text_questions: int = 250
+    """Worked arithmetic examples the text side learns from: the knob that makes the teacher
+    imperfect (about 70% right on fresh questions at 250, 99% at 500+)."""
+    audio_qa: int = 150
+    """Of those, the ones also heard as spoken questions with worked answers."""
+    pool_questions: int = 2000
+    """The distillation pool: fresh questions, heard in pre-training only for transcription."""
+    val_questions: int = 200
+    eval_questions: int = 400
+    compare_text: int = 2000
+    compare_audio: int = 100
+    compare_val: int = 100
+    transfer_questions: int = 300
+    count_train: int = 300
+    count_val: int = 100
+    retention_items: int = 200
+    max_beeps: int = 6
+    count_slots: int = 8
+    self_correction: bool = True
+    correction_share: float = 0.1
+    seed: int = 0
+    # model (cord.models.tiny.build_tiny_qwen2_audio)
+    hidden_size: int = 64
+    num_layers: int = 4
+    audio_d_model: int = 64
+    audio_layers: int = 2
+    slot_seconds: float = 0.48
+    chunk_seconds: int = 5
+    tts_rate: int = 175
+    # pre-training
+    pretrain_steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+
+    def key(self) -> str:
+        """A short hash naming the cached pre-trained model of this configuration."""
+        blob = json.dumps({"task": "claim", **asdict(self)}, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+CLAIM_QUICK = ClaimTaskConfig(
+    text_questions=120, audio_qa=40, pool_questions=200, val_questions=40, eval_questions=80,
+    compare_text=200, compare_audio=40, compare_val=20, transfer_questions=60, count_train=80,
+    count_val=20, retention_items=40, hidden_size=32, num_layers=1, audio_d_model=32,
+    audio_layers=1, pretrain_steps=60, batch_size=8)
+"""The CI smoke test's size: the whole pipeline in about a minute, far too little pre-training
+for the paper's regime (its report says which preconditions fail)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Column arithmetic
+# --------------------------------------------------------------------------------------------
+
+
+def arithmetic_steps(a: int, op: str, b: int) -> tuple[list[str], int]:
+    """The column-by-column steps of ``a op b`` and the result (``op`` is "+" or "-")."""
+    au, at = a % 10, a // 10
+    bu, bt = b % 10, b // 10
+    if op == "+":
+        units = au + bu
+        carry = units // 10
+        steps = [f"units {au}+{bu}={units}" + (" carry 1," if carry else ",")]
+        tens = at + bt + carry
+        steps.append(f"tens {at}+{bt}" + ("+1" if carry else "") + f"={tens},")
+        return steps, a + b
+    if op == "-":
+        if a < b:
+            raise ValueError(f"a - b needs a >= b, got {a} - {b}")
+        borrow = int(au < bu)
+        units = au + 10 * borrow - bu
+        steps = [f"units {au + 10 * borrow}-{bu}={units}" + (" borrow 1," if borrow else ",")]
+        tens = at - borrow - bt
+        steps.append(f"tens {at}" + ("-1" if borrow else "") + f"-{bt}={tens},")
+        return steps, a - b
+    raise ValueError(f"op must be '+' or '-', got {op!r}")
+
+
+def worked_chain(a: int, op: str, b: int) -> str:
+    """``"47+38: units 7+8=15 carry 1, tens 4+3+1=8, answer 85"``."""
+    steps, value = arithmetic_steps(a, op, b)
+    return " ".join([f"{a}{op}{b}:", *steps, f"answer {value}"])
+
+
+def corrected_chain(a: int, op: str, b: int, rng: random.Random) -> str:
+    """The chain with one wrong step followed by ``"no,"`` and the right step: a wrong restated
+    operand (as a mis-hearing would give) or a wrong column result (as a slip would)."""
+    steps, value = arithmetic_steps(a, op, b)
+    head = f"{a}{op}{b}:"
+    where = rng.randrange(3)
+    if where == 0:  # the operand restatement
+        wrong_b = (b + rng.choice((-1, 1, 10, -10))) % 90 + 10 if b >= 10 else b + 1
+        if op == "-" and a < wrong_b:
+            wrong_b = max(10, b - 1)
+        wrong = f"{a}{op}{wrong_b}:" if wrong_b != b else f"{a}{op}{b + 1}:"
+        return " ".join([wrong, "no,", head, *steps, f"answer {value}"])
+    step = steps[where - 1]
+    eq = step.index("=")
+    end = eq + 1
+    while end < len(step) and step[end].isdigit():
+        end += 1
+    right = int(step[eq + 1 : end])
+    bad = right + rng.choice((-1, 1)) if right > 0 else right + 1
+    wrong_step = step[:eq + 1] + str(bad)
+    fixed = list(steps)
+    fixed[where - 1] = f"{wrong_step} no, {step.split(' ', 1)[1]}"
+    return " ".join([head, *fixed, f"answer {value}"])
+
+
+def _arith_record(a: int, op: str, b: int, template: int) -> dict[str, Any]:
+    q = f"{number_words(a)} {'plus' if op == '+' else 'minus'} {number_words(b)}"
+    text = ARITH_TEMPLATES[template].format(q=q)
+    _, value = arithmetic_steps(a, op, b)
+    return {"id": f"ar-{a}{op}{b}", "text": text, "transcript": text, "answer": str(value),
+            "worked": worked_chain(a, op, b), "operands": [a, op, b], "kind": "math"}
+
+
+def all_arith() -> list[tuple[int, str, int]]:
+    """Every two-digit question: a + b, and a - b with a >= b (10 <= a, b <= 99)."""
+    out = [(a, "+", b) for a in range(10, 100) for b in range(10, 100)]
+    out += [(a, "-", b) for a in range(10, 100) for b in range(10, a + 1)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison (transfer) and beeps (retention)
+# --------------------------------------------------------------------------------------------
+
+
+def compare_chain(a: int, b: int) -> str:
+    """``"47 or 38: tens 4>3, answer 47"`` (units compared when the tens are equal)."""
+    at, bt = a // 10, b // 10
+    sign = ">" if at > bt else "<" if at < bt else "="
+    parts = [f"{a} or {b}:", f"tens {at}{sign}{bt},"]
+    if sign == "=":
+        au, bu = a % 10, b % 10
+        parts.append(f"units {au}{'>' if au > bu else '<'}{bu},")
+    parts.append(f"answer {max(a, b)}")
+    return " ".join(parts)
+
+
+def _compare_record(a: int, b: int) -> dict[str, Any]:
+    text = COMPARE_TEMPLATE.format(a=number_words(a), b=number_words(b))
+    return {"id": f"cmp-{a}-{b}", "text": text, "transcript": text, "answer": str(max(a, b)),
+            "worked": compare_chain(a, b), "kind": "math"}
+
+
+def all_compare() -> list[tuple[int, int]]:
+    return [(a, b) for a in range(10, 100) for b in range(10, 100) if a != b]
+
+
+def beep_clip(count: int, *, slots: int, slot_seconds: float, rng: np.random.Generator
+              ) -> np.ndarray:
+    """``count`` tones (random pitch 300-1500 Hz, length 60-200 ms, loudness) at random
+    places at least 80 ms apart in ``slots * slot_seconds`` of faint noise, 16 kHz float32."""
+    n = int(round(slots * slot_seconds * SAMPLING_RATE))
+    wave = rng.normal(0.0, rng.uniform(0.005, 0.03), n).astype(np.float32)
+    cell = n // slots  # one tone per cell at most, anywhere inside it but off its edges,
+    margin = int(0.04 * SAMPLING_RATE)  # so two tones are always at least 80 ms apart
+    for c in sorted(rng.choice(slots, size=count, replace=False)):
+        length = int(rng.uniform(0.06, 0.2) * SAMPLING_RATE)
+        start = c * cell + margin + int(rng.integers(0, max(1, cell - length - 2 * margin)))
+        t = np.arange(length) / SAMPLING_RATE
+        tone = rng.uniform(0.15, 0.5) * np.sin(2 * np.pi * rng.uniform(300, 1500) * t)
+        ramp = np.minimum(1.0, np.minimum(np.arange(length), np.arange(length)[::-1]) / 80)
+        wave[start : start + length] += (tone * ramp).astype(np.float32)
+    return wave
+
+
+def beep_records(n: int, config: ClaimTaskConfig, seed: int, prefix: str) -> list[dict]:
+    """``n`` counting items with audio (counts uniform in 1..max_beeps), from ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        count = int(rng.integers(1, config.max_beeps + 1))
+        clip = beep_clip(count, slots=config.count_slots, slot_seconds=config.slot_seconds,
+                         rng=rng)
+        out.append({"id": f"{prefix}-{i}", "text": COUNT_INSTRUCTION, "answer": str(count),
+                    "worked": f"answer {count}", "kind": "math",
+                    "audio": {"array": clip, "sampling_rate": SAMPLING_RATE}})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+#: beep seeds: (train, val, retention) are config.seed * 1000 + these, so they never collide
+_BEEP_SEEDS = {"count_train": 11, "count_val": 12, "retention": 13}
+
+
+def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]]:
+    """Text-only splits (audio is attached by :func:`attach_claim_audio`):
+
+    ``text_train`` (worked arithmetic the text side learns, with self-correcting copies in
+    ``text_train_targets``), ``audio_qa`` (of those, also spoken), ``pool`` (the unlabelled
+    distillation pool), ``val``, ``eval``, ``compare_train``, ``compare_audio``,
+    ``compare_val``, ``transfer``.
+    """
+    for name in ("text_questions", "pool_questions", "val_questions", "eval_questions",
+                 "compare_text", "compare_val", "transfer_questions", "count_train",
+                 "count_val", "retention_items"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0 < config.audio_qa <= config.text_questions:
+        raise ValueError(f"audio_qa must be in [1, text_questions={config.text_questions}], "
+                         f"got {config.audio_qa}")
+    if not 0 < config.compare_audio <= config.compare_text:
+        raise ValueError(f"compare_audio must be in [1, compare_text={config.compare_text}], "
+                         f"got {config.compare_audio}")
+    if not 1 <= config.max_beeps <= config.count_slots:
+        raise ValueError(f"max_beeps must be in [1, count_slots={config.count_slots}], got "
+                         f"{config.max_beeps}")
+    rng = random.Random(config.seed)
+    arith = all_arith()
+    rng.shuffle(arith)
+    sizes = [config.text_questions, config.pool_questions, config.val_questions,
+             config.eval_questions]
+    cut = np.cumsum(sizes)
+    if cut[-1] > len(arith):
+        raise ValueError(f"the arithmetic splits need {cut[-1]} questions, only {len(arith)} "
+                         "exist")
+    templates = len(ARITH_TEMPLATES)
+
+    def phrased(qs, offset=0):
+        return [_arith_record(a, op, b, (offset + i) % templates) for i, (a, op, b) in
+                enumerate(qs)]
+
+    text_train = phrased(arith[: cut[0]])
+    targets = [r["worked"] for r in text_train]
+    corrections = []
+    if config.self_correction:
+        # about correction_share of ALL chains are self-correcting: extra copies, not
+        # replacements, so every training question is also seen worked cleanly
+        n_fix = round(config.correction_share / (1 - config.correction_share)
+                      * len(text_train))
+        for r in rng.sample(text_train, min(n_fix, len(text_train))):
+            a, op, b = r["operands"]
+            corrections.append({**r, "worked": corrected_chain(a, op, b, rng)})
+    compare = all_compare()
+    rng.shuffle(compare)
+    ccut = np.cumsum([config.compare_text, config.compare_val, config.transfer_questions])
+    compare_train = [_compare_record(a, b) for a, b in compare[: ccut[0]]]
+    splits = {
+        "text_train": text_train,
+        "text_train_targets": text_train + corrections,
+        "audio_qa": text_train[: config.audio_qa],
+        "pool": phrased(arith[cut[0] : cut[1]], 1),
+        "val": phrased(arith[cut[1] : cut[2]], 2),
+        "eval": phrased(arith[cut[2] : cut[3]], 0),
+        "compare_train": compare_train,
+        "compare_audio": compare_train[: config.compare_audio],
+        "compare_val": [_compare_record(a, b) for a, b in compare[ccut[0] : ccut[1]]],
+        "transfer": [_compare_record(a, b) for a, b in compare[ccut[1] : ccut[2]]],
+    }
+    assert len(targets) == len(text_train)
+    return splits
+
+
+def fresh_eval_sets(config: ClaimTaskConfig, eval_seed: int) -> dict[str, list[dict]]:
+    """New held-out ``eval``, ``transfer`` and ``retention`` sets drawn from ``eval_seed``,
+    excluding every question any split of ``config`` holds (what was tuned on or trained on),
+    at the configuration's sizes. Text only for eval/transfer; retention clips carry audio."""
+    used = make_claim_splits(config)
+    seen_arith = {tuple(r["operands"]) for k in ("text_train", "pool", "val", "eval")
+                  for r in used[k]}
+    seen_cmp = {r["id"] for k in ("compare_train", "compare_val", "transfer") for r in used[k]}
+    rng = random.Random(10_000 + eval_seed)
+    arith = [q for q in all_arith() if q not in seen_arith]
+    rng.shuffle(arith)
+    compare = [(a, b) for a, b in all_compare() if f"cmp-{a}-{b}" not in seen_cmp]
+    rng.shuffle(compare)
+    if len(arith) < config.eval_questions or len(compare) < config.transfer_questions:
+        raise ValueError("not enough unseen questions left for a fresh evaluation set")
+    return {
+        "eval": [_arith_record(a, op, b, i % len(ARITH_TEMPLATES))
+                 for i, (a, op, b) in enumerate(arith[: config.eval_questions])],
+        "transfer": [_compare_record(a, b) for a, b in compare[: config.transfer_questions]],
+        "retention": beep_records(config.retention_items, config, 10_000 + eval_seed,
+                                  f"beep-e{eval_seed}"),
+    }
+
+
+def claim_words() -> list[str]:
+    words = set(ONES) | set(TENS[2:]) | {"plus", "minus", TRANSCRIBE_INSTRUCTION,
+                                         COUNT_INSTRUCTION, *CHAIN_WORDS}
+    for t in (*ARITH_TEMPLATES, COMPARE_TEMPLATE):
+        words |= {w for w in t.split() if not w.startswith("{")}
+    return sorted(words)
+
+
+def attach_claim_audio(splits: dict[str, list[dict]], config: ClaimTaskConfig,
+                       speech: SlottedSpeech) -> dict[str, list[dict]]:
+    """The splits with speech attached where a split is ever heard, plus the beep splits
+    (``count_train``, ``count_val``, ``retention``)."""
+    heard = ("audio_qa", "pool", "val", "eval", "compare_audio", "compare_val", "transfer",
+             "text_train")
+    speech.prepare([w for k in heard for r in splits[k] for w in r["text"].split()])
+    out = {}
+    for k, v in splits.items():
+        out[k] = ([{**r, "audio": {"array": speech.speak(r["text"]),
+                                   "sampling_rate": SAMPLING_RATE}} for r in v]
+                  if k in heard else v)
+    base = config.seed * 1000
+    out["count_train"] = beep_records(config.count_train, config,
+                                      base + _BEEP_SEEDS["count_train"], "beep-t")
+    out["count_val"] = beep_records(config.count_val, config, base + _BEEP_SEEDS["count_val"],
+                                    "beep-v")
+    out["retention"] = beep_records(config.retention_items, config,
+                                    base + _BEEP_SEEDS["retention"], "beep-r")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Model and pre-training
+# --------------------------------------------------------------------------------------------
+
+
+def build_claim_model(config: ClaimTaskConfig, *, seed: int | None = None) -> Qwen2AudioAdapter:
+    """A random-init tiny Qwen2-Audio sized by ``config``, and its adapter."""
+    model, processor = build_tiny_qwen2_audio(
+        seed=config.seed if seed is None else seed, vocab_words=claim_words(),
+        hidden_size=config.hidden_size, num_layers=config.num_layers,
+        audio_d_model=config.audio_d_model, audio_layers=config.audio_layers,
+        chunk_seconds=config.chunk_seconds)
+    return Qwen2AudioAdapter(model, processor)
+
+
+def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConfig, *,
+                   progress: bool = True) -> list[dict[str, float]]:
+    """Pre-trains the three skills: every step a batch of text arithmetic (``text_train``
+    with its self-correcting copies), text comparison and audio transcription (of the pool,
+    the text-trained questions and the spoken comparisons); every other step a batch of spoken
+    arithmetic QA, spoken comparison QA and beep counting. Deterministic for a configuration."""
+    model = adapter.model
+    model.train()
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    heard = splits["pool"] + splits["text_train"] + splits["compare_audio"]
+    groups = {
+        "text_arith": (_Batcher(adapter, splits["text_train_targets"], "text", "worked"), 1),
+        "text_compare": (_Batcher(adapter, splits["compare_train"], "text", "worked"), 1),
+        "transcribe": (_Batcher(adapter, heard, "audio", "transcript"), 1),
+        "audio_arith": (_Batcher(adapter, splits["audio_qa"], "audio", "worked"), 2),
+        "audio_compare": (_Batcher(adapter, splits["compare_audio"], "audio", "worked"), 2),
+        "count": (_Batcher(adapter, splits["count_train"], "audio", "worked",
+                           instruction=COUNT_INSTRUCTION), 2),
+    }
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
+    bar = tqdm(range(config.pretrain_steps), desc="pre-training the claim base", unit="step",
+               disable=not progress)
+    history = []
+    for step in bar:
+        losses = {}
+        for name, (batcher, every) in groups.items():
+            if step % every == 0:
+                idx = torch.randperm(batcher.n, generator=gen)[: min(config.batch_size,
+                                                                     batcher.n)]
+                losses[name] = nll(adapter, *batcher.batch(idx))
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        record = {k: float(v.detach()) for k, v in losses.items()}
+        history.append(record)
+        if step % 10 == 0:
+            bar.set_postfix({k: f"{v:.2f}" for k, v in record.items()})
+    model.eval()
+    return history
