@@ -19,7 +19,7 @@ fresh questions it never saw, on which it is right only part of the time. Nothin
 into its answers: its errors are its own. With ``self_correction`` on, about 10% of the
 pre-training chains contain a wrong step followed by ``"no,"`` and the fix, so the teacher can
 recover from a wrong prefix, which gives reverse KL along wrong audio rollouts something to pull
-toward (:func:`recovery_prefixes` measures it).
+toward (:func:`cord.demo.claim_measure.recovery_rate` measures it).
 
 Every split is a set of distinct questions: no arithmetic question is in two of ``text_train``,
 ``pool``, ``val`` and ``eval``; no comparison in two of ``compare_train``, ``compare_val`` and
@@ -227,15 +227,16 @@ def all_compare() -> list[tuple[int, int]]:
 
 def beep_clip(count: int, *, slots: int, slot_seconds: float, rng: np.random.Generator
               ) -> np.ndarray:
-    """``count`` tones (random pitch 300-1500 Hz, length 60-200 ms, loudness) at random
-    places at least 80 ms apart in ``slots * slot_seconds`` of faint noise, 16 kHz float32."""
+    """``count`` tones (random pitch 300-1500 Hz, length 60-200 ms, loudness), each inside its
+    own one of ``slots`` equal cells at a random place (two may touch across a cell boundary,
+    which makes some clips genuinely hard to count), in ``slots * slot_seconds`` of faint
+    noise; 16 kHz float32."""
     n = int(round(slots * slot_seconds * SAMPLING_RATE))
     wave = rng.normal(0.0, rng.uniform(0.005, 0.03), n).astype(np.float32)
-    cell = n // slots  # one tone per cell at most, anywhere inside it but off its edges,
-    margin = int(0.04 * SAMPLING_RATE)  # so two tones are always at least 80 ms apart
+    cell = n // slots  # one tone per cell at most, placed anywhere inside it
     for c in sorted(rng.choice(slots, size=count, replace=False)):
         length = int(rng.uniform(0.06, 0.2) * SAMPLING_RATE)
-        start = c * cell + margin + int(rng.integers(0, max(1, cell - length - 2 * margin)))
+        start = c * cell + int(rng.integers(0, max(1, cell - length)))
         t = np.arange(length) / SAMPLING_RATE
         tone = rng.uniform(0.15, 0.5) * np.sin(2 * np.pi * rng.uniform(300, 1500) * t)
         ramp = np.minimum(1.0, np.minimum(np.arange(length), np.arange(length)[::-1]) / 80)
