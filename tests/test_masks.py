@@ -175,3 +175,19 @@ def test_jsd_beta_with_another_divergence_is_an_error(divergence):
     # the default beta alongside another divergence is not "set", so it stays accepted
     fused_linear_distill_loss(hs, ht, w, labels != -100, divergence=divergence, jsd_beta=0.5,
                               impl="torch")
+
+
+@pytest.mark.parametrize("fn", [cord_token_loss, fused_linear_cord_token_loss,
+                                fused_linear_distill_loss], ids=lambda f: f.__name__)
+def test_docstrings_say_batchmean_is_per_sequence_and_trl_is_our_mean(fn):
+    doc = " ".join(fn.__doc__.split())
+    assert "batchmean = mean * mask.sum() / B" in doc
+    assert "TRL" in doc and "valid tokens" in doc
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_batchmean_is_mean_times_valid_tokens_over_sequences(loss):
+    hs, ht, w, labels = _inputs()
+    mean = loss(hs, ht, w, labels=labels, reduction="mean")
+    n_valid = int((labels != -100).sum())
+    torch.testing.assert_close(loss(hs, ht, w, labels=labels), mean * n_valid / B)
