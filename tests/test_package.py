@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import pyproject
 from packaging.requirements import Requirement
 
 import cord_kernels
@@ -43,12 +44,7 @@ def test_all_holds_the_functions_and_the_wrappers_stay_importable():
 
 
 def _dependencies() -> list[Requirement]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+    return [Requirement(r) for r in pyproject()["project"]["dependencies"]]
 
 
 @pytest.mark.parametrize("platform, wanted", [("linux", True), ("darwin", False),
