@@ -113,7 +113,7 @@ def check_mask_or_labels(mask, labels, ignore_index, shape: tuple[int, ...], *,
     if mask is not None:
         raise ValueError("pass mask= or labels=, not both (labels give the mask "
                          "labels != ignore_index)")
-    check_labels(labels, shape)
+    check_labels(labels, shape, like)
     return labels != ignore_index
 
 
@@ -192,18 +192,29 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_inplace_backward_option(inplace_backward, impl) -> bool:
+    """``inplace_backward`` is a Triton-path option: with ``impl="torch"`` asked for it would be
+    silently unused, so that is an error (with impl=None it is a hint, ignored where the torch
+    path runs, so one script runs on GPU and CPU)."""
+    check_bool("inplace_backward", inplace_backward)
+    if impl == "torch" and inplace_backward:
+        raise ValueError("inplace_backward=True is a Triton-path option, but impl='torch' was "
+                         "asked for; drop one of them")
+    return inplace_backward
+
+
 def check_reduction(reduction) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
-def check_labels(labels, shape: tuple[int, ...]) -> None:
+def check_labels(labels, shape: tuple[int, ...], like: str = "logits") -> None:
     check_tensor("labels", labels)
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(
-            f"labels must have shape {tuple(shape)} (the leading dimensions of logits), "
+            f"labels must have shape {tuple(shape)} (the leading dimensions of {like}), "
             f"got {tuple(labels.shape)}"
         )

@@ -13,7 +13,7 @@ import torch
 from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._rows import check_inplace_backward
 from cord_kernels._validation import (
-    check_bool,
+    check_inplace_backward_option,
     check_logits_pair,
     check_mask_or_labels,
     check_nonneg_number,
@@ -77,7 +77,8 @@ def cord_token_loss(
         num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
             returns sum w D / num_items_in_batch, so that gradient accumulation gives the
             full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
-        inplace_backward: Triton path: write the gradient into ``student_logits``' storage.
+        inplace_backward: Triton path: write the gradient into ``student_logits``' storage
+            (ignored where impl=None picks the torch path; an error with impl="torch").
         impl: "triton", "torch" or None.
 
     Example:
@@ -96,7 +97,7 @@ def cord_token_loss(
         top_k, alpha, beta, temperature, reduction
     )
     num_items = check_num_items(num_items_in_batch, reduction)
-    check_bool("inplace_backward", inplace_backward)
+    check_inplace_backward_option(inplace_backward, impl)
     if resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
                                      temperature).float()

@@ -1,5 +1,5 @@
-"""Masks, TRL-style labels and num_items_in_batch in every token loss (issue 20, items 2-3;
-issue 22).
+"""Masks, TRL-style labels, num_items_in_batch and options the chosen variant does not use,
+in every token loss (issue 20, items 2-4; issue 22).
 
 TRL-style labels (-100, token ids) passed as the mask used to count as valid positions and
 silently change the loss (12.16 instead of 13.01); now any value but 0/1 is a ValueError. The
@@ -21,6 +21,8 @@ from cord_kernels import (
     fused_linear_cord_token_loss,
     fused_linear_distill_loss,
     grpo_loss,
+    reverse_kl,
+    token_logprobs,
 )
 
 B, T, V, H = 4, 6, 11, 5
@@ -191,3 +193,15 @@ def test_batchmean_is_mean_times_valid_tokens_over_sequences(loss):
     mean = loss(hs, ht, w, labels=labels, reduction="mean")
     n_valid = int((labels != -100).sum())
     torch.testing.assert_close(loss(hs, ht, w, labels=labels), mean * n_valid / B)
+
+
+@pytest.mark.parametrize("call", [
+    lambda s, u, m: reverse_kl(s, u, impl="torch", inplace_backward=True),
+    lambda s, u, m: token_logprobs(s, m.long(), impl="torch", inplace_backward=True),
+    lambda s, u, m: cord_token_loss(s, u, m, impl="torch", inplace_backward=True),
+], ids=["reverse_kl", "token_logprobs", "cord_token_loss"])
+def test_inplace_backward_with_the_torch_path_asked_for_is_an_error(call):
+    hs, ht, w, labels = _inputs()
+    with pytest.raises(ValueError, match="inplace_backward=True is a Triton-path option, but "
+                                         "impl='torch' was asked for"):
+        call(hs @ w.T, ht @ w.T, labels != -100)
