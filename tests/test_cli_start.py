@@ -75,6 +75,7 @@ def test_help_answers_without_heavy_imports(command):
      "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     (["eval", "--model", "tiny", "--data", "tests/helpers.py", "--limit", "0"],
      "--limit must be >= 1, got 0"),
+    (["synth", "tests/helpers.py", "-o", "out", "--limit", "0"], "--limit must be >= 1, got 0"),
     (["analyze", "--rollouts", "missing.jsonl"], "--rollouts missing.jsonl: no such file"),
     (["analyze", "--rollouts", "tests/helpers.py", "--percentile", "120"],
      "--percentile must be in (0, 100)"),
