@@ -1,8 +1,12 @@
 """The ``cord`` command. Each subcommand lives in its own module, imported only when that
-subcommand runs, which defines ``add_arguments(parser)`` and ``run(args) -> int``.
+subcommand runs, which defines ``add_arguments(parser)`` and ``run(args) -> int``. That module
+imports nothing heavy at its top (torch, transformers, datasets come inside ``run``, after the
+checks), so ``--help`` and a user error answer at once (tests/test_cli_start.py).
 
 A user error (a bad option, a missing file) prints one line naming the problem and its fix and
-exits with status 2; ``--debug`` shows the traceback instead.
+exits with status 2; ``--debug`` shows the traceback instead. So does a module of the
+``[train]`` extra that is not installed (after ``pip install .``): the line says what to
+install.
 """
 
 from __future__ import annotations
@@ -115,7 +119,9 @@ def _check_flags(argv: list[str], known: set[str], command: str) -> None:
     (argparse says only "unrecognized arguments", after its other checks)."""
     for item in argv:
         flag = item.split("=", 1)[0]
-        if not flag.startswith("--") or flag == "--" or flag in known:
+        if flag == "--":  # positionals only from here on
+            return
+        if not flag.startswith("--") or flag in known:
             continue
         if any(k.startswith(flag) for k in known):  # argparse's unique-prefix abbreviation
             continue
