@@ -40,16 +40,18 @@ class MalformedLine:
         return f"{self.path}: line {self.line}: {self.reason}"
 
 
-def _what_is(text: str, line_no: int, last: bool, error: json.JSONDecodeError | None,
-             value: Any = None) -> str:
-    """Why the line ``text`` is not a JSON object, saying what was expected."""
-    if error is None:
-        kind = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean",
-                type(None): "null"}.get(type(value), "a JSON number")
-        return f"{_EXPECTED}, got {kind}: {text[:60]}"
-    if last and text.lstrip().startswith("{"):  # an object cut off: the write did not finish
+def _not_an_object(text: str, value: Any) -> str:
+    """Why the line ``text``, valid JSON holding ``value``, is not a record."""
+    kind = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean",
+            type(None): "null"}.get(type(value), "a JSON number")
+    return f"{_EXPECTED}, got {kind}: {text[:60]}"
+
+
+def _not_json(text: str, line_no: int, unterminated: bool, error: json.JSONDecodeError) -> str:
+    """Why the line ``text`` is not JSON, with a guess at the cause where one is likely."""
+    if unterminated and text.startswith("{"):  # no newline after an open object: cut off
         return f"{_EXPECTED}, got an unfinished object (the file looks truncated): {error.msg}"
-    if line_no == 1 and "," in text and not text.lstrip().startswith(("{", "[")):
+    if line_no == 1 and "," in text and not text.startswith(("{", "[")):
         return (f"{_EXPECTED}, got comma-separated text (a CSV file? give it a .csv name): "
                 f"{text[:60]}")
     return f"{_EXPECTED}, got invalid JSON ({error.msg} at column {error.colno})"
@@ -61,26 +63,25 @@ def scan_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Malf
     Raises ValueError for a file with no line at all, or none that is a JSON object (there is
     nothing to skip to)."""
     path = str(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
-    if not numbered:
-        raise ValueError(f"{path}: the file is empty; {_EXPECTED}")
     records: list[dict[str, Any]] = []
     malformed: list[MalformedLine] = []
-    last = numbered[-1][0]
-    for line_no, text in numbered:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            reason = _what_is(text, line_no, line_no == last and lines[-1] != "", err)
-            malformed.append(MalformedLine(path, line_no, reason))
-            continue
-        if isinstance(value, dict):
-            records.append(value)
-        else:
-            malformed.append(MalformedLine(path, line_no, _what_is(text, line_no, False, None,
-                                                                   value)))
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                reason = _not_json(text, line_no, not line.endswith("\n"), err)
+                malformed.append(MalformedLine(path, line_no, reason))
+                continue
+            if isinstance(value, dict):
+                records.append(value)
+            else:
+                malformed.append(MalformedLine(path, line_no, _not_an_object(text, value)))
+    if not records and not malformed:
+        raise ValueError(f"{path}: the file is empty; {_EXPECTED}")
     if not records:
         raise ValueError(f"{malformed[0].message()}; no line of the file is a JSON object")
     return records, malformed
