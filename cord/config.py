@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 TEACHERS = ("live", "base", "ema")
+#: The judges of ``cord.rewards.judge`` plus "none" (no judge: no L_seq, no agreement metric).
+JUDGES = ("match", "model", "none")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 #: How the trainer spreads the model over processes (``cord.train.distributed``).
@@ -163,11 +165,12 @@ class CordConfig:
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        # Local import, for start-up cost: the registry holds the loss functions (torch,
-        # cord_kernels), and `cord train --help` reads this module's fields only.
-        from cord.train.objectives import OBJECTIVES
+        # Local import: the light half of the objective registry (no torch), so a config error
+        # answers at once.
+        from cord.train.needs import NEEDS
 
-        _choice("objective", self.objective, tuple(OBJECTIVES))
+        _choice("objective", self.objective, tuple(NEEDS))
+        _choice("judge", self.judge, JUDGES)
         _choice("teacher", self.teacher, TEACHERS)
         _choice("unjudged_reward", self.unjudged_reward, UNJUDGED_REWARDS)
         if self.trainable is not None:
@@ -199,7 +202,7 @@ class CordConfig:
                              f"got {self.max_steps}")
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ValueError("num_train_epochs must be > 0 when max_steps is -1")
-        if OBJECTIVES[self.objective].needs_groups(self) and self.num_generations < 2:
+        if NEEDS[self.objective].needs_groups(self) and self.num_generations < 2:
             raise ValueError(
                 f"num_generations must be >= 2 for objective={self.objective!r} (GRPO compares "
                 f"rollouts within a group), got {self.num_generations}"

@@ -1,15 +1,42 @@
-"""cord_kernels: fused losses for CORD, on-policy cross-modal self-distillation.
+"""cord_kernels: fused losses for on-policy distillation (CORD, OPD, GKD-style JSD).
 
-Logits in:   reverse_kl, forward_kl, jsd, token_logprobs, cord_weights, cord_token_loss,
-             grpo_loss
-Hidden in:   fused_linear_distill_loss, fused_linear_cord_token_loss,
-             fused_linear_token_logprobs
-Modules:     ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
-             FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss
+Logits in (..., V); per-row results are (...) float32:
+    reverse_kl(s, u)              KL(p || q) per row; p = softmax(s/tau) student, q teacher
+    forward_kl(s, u)              KL(q || p) per row
+    jsd(s, u, beta=0.5)           generalized JSD per row (TRL's and Liger's beta)
+    token_logprobs(logits, labels)              log p(label) per row (SFT, GRPO)
+    cord_weights(kl, mask)                      CORD token weights (B, T), no grad
+    cord_token_loss(s, u, mask | labels=)       the CORD weighted reverse-KL loss (eq. 7)
+    grpo_loss(token_logprobs, mask, rewards, group_size=N)    GRPO sequence loss (eqs. 8-10)
 
-Every function takes keyword-only options and ``impl="triton" | "torch" | None``; None runs the
-Triton kernels on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the torch reference
-otherwise. Importing this package never touches a GPU.
+Hidden states in, the LM-head logits never held:
+    fused_linear_distill_loss(h_s, h_t, W, mask | labels=, divergence=, token_weights=)
+    fused_linear_cord_token_loss(h_s, h_t, W, mask | labels=)
+    fused_linear_token_logprobs(hidden, W, labels)
+
+nn.Module wrappers holding the options (importable from here; left out of ``__all__`` so
+that ``help(cord_kernels)`` stays a page instead of 10,000 lines of nn.Module methods):
+    ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
+    FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss
+
+Conventions:
+    Options are keyword-only. ``impl="triton" | "torch" | None``: None runs the Triton kernels
+    on CUDA tensors (or under TRITON_INTERPRET=1) and the torch path otherwise; without
+    triton (macOS, Windows) everything runs on the torch path.
+    mask: bool, or int/float holding only 0 and 1 (anything else is a ValueError); or
+    TRL-style ``labels=`` with ``ignore_index=-100``.
+    reduction: "batchmean" = sum / B sequences (the paper's), "mean" = sum / valid tokens
+    (what TRL's and Liger's losses return), "sum", "none"; batchmean = mean * mask.sum() / B.
+    num_items_in_batch=n: sum / n, n the valid tokens of all micro-batches of an optimizer
+    step, so that gradient accumulation gives the full batch's "mean" (TRL's convention).
+
+Example:
+    >>> from cord_kernels import cord_token_loss
+    >>> loss = cord_token_loss(student_logits, teacher_logits.detach(), labels=labels)
+    >>> loss.backward()
+
+help(cord_kernels.cord_token_loss) and the others give shapes, formulas and examples.
+Importing this package never touches a GPU.
 """
 
 from cord_kernels.cord_token_loss import cord_token_loss
@@ -19,7 +46,7 @@ from cord_kernels.fused_logprobs import fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.jsd import jsd
 from cord_kernels.kl import forward_kl, reverse_kl
-from cord_kernels.modules import (
+from cord_kernels.modules import (  # re-exported outside __all__: see the docstring
     JSD,
     CordTokenLoss,
     ForwardKL,
@@ -35,6 +62,7 @@ from cord_kernels.weights import cord_weights
 
 __version__ = "0.1.0"
 
+# The functions; the nn.Module wrappers are importable too (see the docstring).
 __all__ = [
     "reverse_kl",
     "forward_kl",
@@ -46,13 +74,4 @@ __all__ = [
     "fused_linear_cord_token_loss",
     "fused_linear_token_logprobs",
     "grpo_loss",
-    "ReverseKL",
-    "ForwardKL",
-    "JSD",
-    "TokenLogprobs",
-    "CordTokenLoss",
-    "FusedLinearDistillLoss",
-    "FusedLinearCordTokenLoss",
-    "FusedLinearTokenLogprobs",
-    "GRPOLoss",
 ]

@@ -73,14 +73,73 @@ def check_same_device(*named: tuple[str, torch.Tensor]) -> None:
 
 
 def check_mask(mask, shape: tuple[int, ...], *, name: str = "mask", like: str = "") -> torch.Tensor:
-    """Returns the mask as bool. Integer 0/1 masks (attention-mask style) are accepted."""
+    """Returns the mask as bool. A bool mask is taken as is; an integer or float mask must
+    hold only 0 and 1 (attention-mask style). TRL-style labels passed as a mask (-100, token
+    ids) would otherwise count as valid positions and silently change the loss, so any other
+    value is a ValueError. Checking the values costs one host sync; a bool mask costs none."""
     check_tensor(name, mask)
-    if mask.dtype != torch.bool and (mask.dtype.is_floating_point or mask.dtype.is_complex):
-        raise TypeError(f"{name} must be a bool (or integer 0/1) tensor, got {mask.dtype}")
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name} must be a bool, integer or float tensor of 0/1, got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
         where = f" (the leading dimensions of {like})" if like else ""
         raise ValueError(f"{name} must have shape {tuple(shape)}{where}, got {tuple(mask.shape)}")
-    return mask if mask.dtype == torch.bool else mask != 0
+    if mask.dtype == torch.bool:
+        return mask
+    bad = (mask != 0) & (mask != 1)
+    if bool(bad.any()):
+        values = torch.unique(mask[bad]).tolist()
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise ValueError(
+            f"{name} must be bool, or hold only 0 and 1, but it holds {shown}; labels are not "
+            f"a mask: pass {name}=(labels != -100), or labels= where the loss takes it"
+        )
+    return mask != 0
+
+
+def check_mask_or_labels(mask, labels, ignore_index, shape: tuple[int, ...], *,
+                         like: str) -> torch.Tensor:
+    """The bool mask of a distillation loss given either ``mask`` or TRL-style ``labels``
+    (valid where ``labels != ignore_index``), exactly one of them."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if labels is None:
+        if mask is None:
+            raise ValueError("pass mask= (bool, True at the positions that count) or labels= "
+                             "(valid where labels != ignore_index)")
+        if ignore_index != -100:  # an option of labels alone: never silently dropped
+            raise ValueError(f"ignore_index={ignore_index} is used with labels= only; pass "
+                             "labels=, or leave ignore_index at -100")
+        return check_mask(mask, shape, like=like)
+    if mask is not None:
+        raise ValueError("pass mask= or labels=, not both (labels give the mask "
+                         "labels != ignore_index)")
+    check_labels(labels, shape, like)
+    return labels != ignore_index
+
+
+def check_num_items(num_items_in_batch, reduction: str, default_reduction: str = "batchmean"):
+    """``num_items_in_batch`` (None, an int >= 1 or a one-element tensor) under ``reduction``.
+
+    It replaces the reduction's divisor (TRL's gradient-accumulation convention: the sum over
+    a micro-batch divided by the valid tokens of the whole accumulated batch), so a reduction
+    set to anything but its default alongside it would be ignored: that is an error."""
+    if num_items_in_batch is None:
+        return None
+    if reduction != default_reduction:
+        raise ValueError(
+            f"num_items_in_batch divides the sum by the batch's token count and replaces the "
+            f"reduction; leave reduction at {default_reduction!r}, got {reduction!r}")
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError("num_items_in_batch must be a number or a one-element tensor, got "
+                             f"shape {tuple(num_items_in_batch.shape)}")
+        return num_items_in_batch.reshape(())
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, int):
+        raise TypeError(f"num_items_in_batch must be an int or a tensor, got "
+                        f"{type(num_items_in_batch).__name__}")
+    if num_items_in_batch < 1:
+        raise ValueError(f"num_items_in_batch must be >= 1, got {num_items_in_batch}")
+    return num_items_in_batch
 
 
 def check_temperature(temperature) -> float:
@@ -133,18 +192,29 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_inplace_backward_option(inplace_backward, impl) -> bool:
+    """``inplace_backward`` is a Triton-path option: with ``impl="torch"`` asked for it would be
+    silently unused, so that is an error (with impl=None it is a hint, ignored where the torch
+    path runs, so one script runs on GPU and CPU)."""
+    check_bool("inplace_backward", inplace_backward)
+    if impl == "torch" and inplace_backward:
+        raise ValueError("inplace_backward=True is a Triton-path option, but impl='torch' was "
+                         "asked for; drop one of them")
+    return inplace_backward
+
+
 def check_reduction(reduction) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
-def check_labels(labels, shape: tuple[int, ...]) -> None:
+def check_labels(labels, shape: tuple[int, ...], like: str = "logits") -> None:
     check_tensor("labels", labels)
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(
-            f"labels must have shape {tuple(shape)} (the leading dimensions of logits), "
+            f"labels must have shape {tuple(shape)} (the leading dimensions of {like}), "
             f"got {tuple(labels.shape)}"
         )

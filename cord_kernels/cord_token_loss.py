@@ -13,10 +13,11 @@ import torch
 from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._rows import check_inplace_backward
 from cord_kernels._validation import (
-    check_bool,
+    check_inplace_backward_option,
     check_logits_pair,
-    check_mask,
+    check_mask_or_labels,
     check_nonneg_number,
+    check_num_items,
     check_reduction,
     check_same_device,
     check_temperature,
@@ -42,13 +43,16 @@ def check_cord_options(top_k, alpha, beta, temperature, reduction):
 def cord_token_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None = None,
     *,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
     top_k: int = 20,
     alpha: float = 2.0,
     beta: float = 2.0,
     temperature: float = 1.0,
     reduction: str = "batchmean",
+    num_items_in_batch: int | torch.Tensor | None = None,
     inplace_backward: bool = False,
     impl: str | None = None,
 ) -> torch.Tensor:
@@ -61,12 +65,20 @@ def cord_token_loss(
     Args:
         student_logits: (B, T, V) audio-conditioned logits on the rollout (gets the gradient).
         teacher_logits: (B, T, V) text-conditioned logits on the same tokens (detached).
-        mask: (B, T) bool, True at generated positions. Masked rows contribute exactly 0 and
-            are never read by the Triton path.
+        mask: (B, T) bool (or 0/1 int/float), True at generated positions. Masked rows
+            contribute exactly 0 and are never read by the Triton path.
+        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
+            integer labels, valid where ``labels != ignore_index``.
         top_k, alpha, beta: the CORD weights (``alpha = beta = 1`` is uniform OPD).
         temperature: tau > 0.
-        reduction: "batchmean" | "sum" | "mean" | "none".
-        inplace_backward: Triton path: write the gradient into ``student_logits``' storage.
+        reduction: "batchmean" (sum / B, per sequence, the paper's) | "sum" | "mean" (sum /
+            valid tokens) | "none". TRL's losses divide by valid tokens, i.e. our "mean":
+            batchmean = mean * mask.sum() / B.
+        num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
+            returns sum w D / num_items_in_batch, so that gradient accumulation gives the
+            full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
+        inplace_backward: Triton path: write the gradient into ``student_logits``' storage
+            (ignored where impl=None picks the torch path; an error with impl="torch").
         impl: "triton", "torch" or None.
 
     Example:
@@ -78,12 +90,14 @@ def cord_token_loss(
         raise ValueError(
             f"student_logits must have shape (B, T, V), got {tuple(student_logits.shape)}"
         )
-    mask = check_mask(mask, tuple(student_logits.shape[:2]), like="student_logits")
+    mask = check_mask_or_labels(mask, labels, ignore_index, tuple(student_logits.shape[:2]),
+                                like="student_logits")
     check_same_device(("student_logits", student_logits), ("mask", mask))
     top_k, alpha, beta, temperature, reduction = check_cord_options(
         top_k, alpha, beta, temperature, reduction
     )
-    check_bool("inplace_backward", inplace_backward)
+    num_items = check_num_items(num_items_in_batch, reduction)
+    check_inplace_backward_option(inplace_backward, impl)
     if resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
                                      temperature).float()
@@ -92,4 +106,4 @@ def cord_token_loss(
         d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
                         inplace_backward=inplace_backward)
     w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=beta)
-    return reduce_weighted(w * d, mask, reduction)
+    return reduce_weighted(w * d, mask, reduction, num_items)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._validation import check_bool
+from cord_kernels._validation import check_bool, check_num_items
 from cord_kernels.cord_token_loss import check_cord_options
 from cord_kernels.divergence_rows import Divergence
 from cord_kernels.fused_distill import (
@@ -60,8 +60,10 @@ def fused_linear_cord_token_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     weight: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None = None,
     *,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
     bias: torch.Tensor | None = None,
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
@@ -70,6 +72,7 @@ def fused_linear_cord_token_loss(
     beta: float = 2.0,
     temperature: float = 1.0,
     reduction: str = "batchmean",
+    num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
     impl: str | None = None,
@@ -96,13 +99,19 @@ def fused_linear_cord_token_loss(
         teacher_hidden: (B, T, H_t) text-conditioned hidden states on the same tokens (never
             gets a gradient).
         weight: (V, H) LM head (gets a gradient, accumulated in fp32).
-        mask: (B, T) bool (or 0/1 integer), True at generated positions.
+        mask: (B, T) bool (or 0/1 int/float), True at generated positions.
+        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
+            integer labels, valid where ``labels != ignore_index``.
         bias: optional (V,) LM-head bias (gets a gradient).
         teacher_weight, teacher_bias: optional separate teacher head, (V, H_t) and (V,).
         top_k, alpha, beta: CORD weights (``alpha = beta = 1`` is uniform on-policy
             distillation).
         temperature: tau > 0, applied to both branches.
-        reduction: "batchmean" | "sum" | "mean" | "none".
+        reduction: "batchmean" | "sum" | "mean" | "none", as in :func:`cord_token_loss`:
+            batchmean divides by the B sequences, TRL by valid tokens (our "mean"), and
+            batchmean = mean * mask.sum() / B.
+        num_items_in_batch: sum w D / num_items_in_batch instead (TRL's gradient-accumulation
+            convention; the count of valid tokens over all micro-batches of the step).
         return_per_token: also return D, the detached (B, T) fp32 reverse KL, 0 where masked.
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB): a chunk
             holds ``chunk_bytes // (8 V)`` tokens. Sequences longer than that still work.
@@ -120,13 +129,15 @@ def fused_linear_cord_token_loss(
         >>> loss.backward()
     """
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                                teacher_bias, mask)
+                                teacher_bias, mask, labels, ignore_index)
     top_k, alpha, beta, temperature, reduction = check_cord_options(
         top_k, alpha, beta, temperature, reduction
     )
+    num_items = check_num_items(num_items_in_batch, reduction)
     return run_distill(
         student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
         CordWeighting(top_k, alpha, beta), divergence=Divergence.REVERSE_KL, beta=0.5,
         temperature=temperature, reduction=reduction, chunk_bytes=check_chunk_bytes(chunk_bytes),
         impl=impl, return_per_token=check_bool("return_per_token", return_per_token),
+        num_items=num_items,
     )

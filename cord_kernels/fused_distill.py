@@ -44,7 +44,8 @@ from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._validation import (
     check_bool,
     check_float,
-    check_mask,
+    check_mask_or_labels,
+    check_num_items,
     check_reduction,
     check_same_device,
     check_temperature,
@@ -334,8 +335,9 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
 
 
 def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                         teacher_bias, mask) -> torch.Tensor:
-    """Checks the tensors of a fused-linear distillation loss; returns the mask as bool."""
+                         teacher_bias, mask, labels=None, ignore_index=-100) -> torch.Tensor:
+    """Checks the tensors of a fused-linear distillation loss; returns the mask as bool (from
+    ``mask`` or from ``labels != ignore_index``)."""
     check_tensor("student_hidden", student_hidden, ndim=3)
     check_float("student_hidden", student_hidden)
     check_tensor("teacher_hidden", teacher_hidden, ndim=3)
@@ -366,9 +368,22 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
                 f"V={teacher_weight.shape[0]}"
             )
         check_same_device(("weight", weight), ("teacher_weight", teacher_weight))
-    mask = check_mask(mask, tuple(student_hidden.shape[:2]), like="student_hidden")
+    mask = check_mask_or_labels(mask, labels, ignore_index, tuple(student_hidden.shape[:2]),
+                                like="student_hidden")
     check_same_device(("student_hidden", student_hidden), ("mask", mask))
     return mask
+
+
+def check_divergence(divergence, jsd_beta) -> float:
+    """The JSD's beta, checked; ``jsd_beta`` set away from its default for another divergence
+    would be silently unused, so that is an error."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    beta = check_unit("jsd_beta", jsd_beta)
+    if divergence != "jsd" and beta != 0.5:
+        raise ValueError(f"jsd_beta={jsd_beta!r} is used by divergence='jsd' only, got "
+                         f"divergence={divergence!r}; pass divergence='jsd' or drop jsd_beta")
+    return beta
 
 
 def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
@@ -396,7 +411,7 @@ def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | Non
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
                 beta: float, temperature: float, reduction: str, chunk_bytes: int,
-                impl: str | None, return_per_token: bool):
+                impl: str | None, return_per_token: bool, num_items=None):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
     impl = resolve_impl(impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
@@ -418,7 +433,7 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
                 problem = DistillProblem(*args[:7], params)
                 total, d, _ = weighted_sum(problem, weighting, None)
             per_token = problem.dense(d)
-        loss = reduce_total(total, mask, reduction)
+        loss = reduce_total(total, mask, reduction, num_items)
     return (loss, per_token) if return_per_token else loss
 
 
@@ -426,8 +441,10 @@ def fused_linear_distill_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     weight: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None = None,
     *,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
     divergence: str = "reverse_kl",
     jsd_beta: float = 0.5,
     token_weights: torch.Tensor | None = None,
@@ -436,6 +453,7 @@ def fused_linear_distill_loss(
     teacher_bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     reduction: str = "batchmean",
+    num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
     impl: str | None = None,
@@ -458,15 +476,23 @@ def fused_linear_distill_loss(
         student_hidden: (B, T, H_s) final hidden states of the student (gets the gradient).
         teacher_hidden: (B, T, H_t) of the teacher on the same tokens (never gets a gradient).
         weight: (V, H_s) the student's LM head (gets a gradient, accumulated in fp32).
-        mask: (B, T) bool (or 0/1 integer), True at the positions that count.
+        mask: (B, T) bool (or 0/1 int/float), True at the positions that count.
+        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
+            integer labels, valid where ``labels != ignore_index``.
         divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd".
-        jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL).
+        jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL);
+            with another divergence it must stay at its default.
         token_weights: None (1 on valid tokens) or a (B, T) float tensor >= 0 without grad.
         bias: optional (V,) student head bias (gets a gradient).
         teacher_weight, teacher_bias: the teacher's own head (V, H_t) and (V,); default: the
             student's head, detached (then H_t must equal H_s).
         temperature: tau > 0, applied to both sides.
-        reduction: "batchmean" | "sum" | "mean" | "none".
+        reduction: "batchmean" (sum / B, per sequence) | "sum" | "mean" (sum / valid tokens)
+            | "none". TRL's and Liger's losses divide by valid tokens, i.e. our "mean":
+            batchmean = mean * mask.sum() / B.
+        num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
+            returns sum w Div / num_items_in_batch, so that gradient accumulation gives the
+            full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
         return_per_token: also return the detached (B, T) fp32 Div_t, 0 where masked (what a
             trainer logs, without projecting again).
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).
@@ -484,15 +510,14 @@ def fused_linear_distill_loss(
         >>> loss.backward()
     """
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                                teacher_bias, mask)
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    beta = check_unit("jsd_beta", jsd_beta)
+                                teacher_bias, mask, labels, ignore_index)
+    beta = check_divergence(divergence, jsd_beta)
     token_weights = check_token_weights(token_weights, mask)
+    num_items = check_num_items(num_items_in_batch, reduction)
     return run_distill(
         student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
         FixedWeights(token_weights), divergence=resolve_divergence(divergence, beta), beta=beta,
         temperature=check_temperature(temperature), reduction=check_reduction(reduction),
         chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
-        return_per_token=check_bool("return_per_token", return_per_token),
+        return_per_token=check_bool("return_per_token", return_per_token), num_items=num_items,
     )

@@ -29,7 +29,12 @@ from cord_kernels._rows import (
     pair_backward_views,
     row_view,
 )
-from cord_kernels._validation import check_bool, check_logits_pair, check_temperature
+from cord_kernels._validation import (
+    check_bool,
+    check_inplace_backward_option,
+    check_logits_pair,
+    check_temperature,
+)
 from cord_kernels.torch_path import TorchKLDivFunction
 
 if triton_available():
@@ -294,11 +299,11 @@ def kl_div_rows(x, y, row_mask, *, temperature: float, inplace_backward: bool = 
 # ---------------------------------------------------------------------------- public API
 
 
-def _check(student_logits, teacher_logits, temperature, teacher_grad, inplace_backward):
+def _check(student_logits, teacher_logits, temperature, teacher_grad, inplace_backward, impl):
     check_logits_pair(student_logits, teacher_logits)
     temperature = check_temperature(temperature)
     check_bool("teacher_grad", teacher_grad)
-    check_bool("inplace_backward", inplace_backward)
+    check_inplace_backward_option(inplace_backward, impl)
     return temperature
 
 
@@ -323,7 +328,8 @@ def reverse_kl(
         inplace_backward: Triton path only: write dD/ds into ``student_logits``' own storage
             in backward, saving an (N, V) allocation. The student logits are overwritten, so
             nothing else may read them after backward (Triton writes are invisible to
-            autograd's in-place checks). Ignored by the torch path.
+            autograd's in-place checks). Ignored where impl=None picks the torch path; an
+            error with impl="torch".
         impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
 
     Returns:
@@ -334,7 +340,7 @@ def reverse_kl(
         >>> (d * mask).sum().backward()
     """
     temperature = _check(student_logits, teacher_logits, temperature, teacher_grad,
-                         inplace_backward)
+                         inplace_backward, impl)
     u = teacher_logits if teacher_grad else teacher_logits.detach()
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return TorchKLDivFunction.apply(student_logits, u, None, temperature).float()
@@ -360,7 +366,7 @@ def forward_kl(
     Example:
         >>> loss = (forward_kl(student_logits, teacher_logits) * mask).sum() / mask.shape[0]
     """
-    temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False)
+    temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False, impl)
     u = teacher_logits if teacher_grad else teacher_logits.detach()
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return TorchKLDivFunction.apply(u, student_logits, None, temperature).float()

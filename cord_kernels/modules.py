@@ -7,9 +7,8 @@ from torch import nn
 
 from cord_kernels._validation import check_reduction, check_unit
 from cord_kernels.cord_token_loss import check_cord_options, cord_token_loss
-from cord_kernels.divergence_rows import DIVERGENCES
 from cord_kernels.fused_cord import fused_linear_cord_token_loss
-from cord_kernels.fused_distill import fused_linear_distill_loss
+from cord_kernels.fused_distill import check_divergence, fused_linear_distill_loss
 from cord_kernels.fused_logprobs import fused_linear_token_logprobs
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.jsd import jsd
@@ -82,6 +81,9 @@ class TokenLogprobs(nn.Module):
 class CordTokenLoss(nn.Module):
     """The CORD weighted reverse-KL token loss; see :func:`cord_kernels.cord_token_loss`.
 
+    ``forward`` takes ``mask`` or TRL-style ``labels=`` (valid where ``labels !=
+    ignore_index``), and ``num_items_in_batch=`` for gradient accumulation.
+
     Example:
         >>> loss_fn = CordTokenLoss(top_k=20, alpha=2.0, beta=2.0)
         >>> loss = loss_fn(student_logits, teacher_logits, completion_mask)
@@ -89,19 +91,23 @@ class CordTokenLoss(nn.Module):
 
     def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
                  temperature: float = 1.0, reduction: str = "batchmean",
-                 impl: str | None = None):
+                 ignore_index: int = -100, impl: str | None = None):
         super().__init__()
         # Fail at construction, not at the first step.
         check_cord_options(top_k, alpha, beta, temperature, reduction)
         self.top_k, self.alpha, self.beta = top_k, alpha, beta
         self.temperature, self.reduction, self.impl = temperature, reduction, impl
+        self.ignore_index = ignore_index
 
     def options(self) -> dict:
         return dict(top_k=self.top_k, alpha=self.alpha, beta=self.beta,
                     temperature=self.temperature, reduction=self.reduction, impl=self.impl)
 
-    def forward(self, student_logits, teacher_logits, mask):
-        return cord_token_loss(student_logits, teacher_logits, mask, **self.options())
+    def forward(self, student_logits, teacher_logits, mask=None, *, labels=None,
+                num_items_in_batch=None):
+        return cord_token_loss(student_logits, teacher_logits, mask, labels=labels,
+                               ignore_index=self.ignore_index,
+                               num_items_in_batch=num_items_in_batch, **self.options())
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -119,16 +125,18 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
     def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
                  temperature: float = 1.0, reduction: str = "batchmean",
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 impl: str | None = None):
+                 ignore_index: int = -100, impl: str | None = None):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
-                         reduction=reduction, impl=impl)
+                         reduction=reduction, ignore_index=ignore_index, impl=impl)
         self.return_per_token = return_per_token
         self.chunk_bytes = chunk_bytes
 
-    def forward(self, student_hidden, teacher_hidden, weight, mask, bias=None,
-                teacher_weight=None, teacher_bias=None):
+    def forward(self, student_hidden, teacher_hidden, weight, mask=None, bias=None,
+                teacher_weight=None, teacher_bias=None, *, labels=None,
+                num_items_in_batch=None):
         return fused_linear_cord_token_loss(
-            student_hidden, teacher_hidden, weight, mask, bias=bias,
+            student_hidden, teacher_hidden, weight, mask, labels=labels,
+            ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch, bias=bias,
             teacher_weight=teacher_weight, teacher_bias=teacher_bias,
             return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
             **self.options(),
@@ -148,15 +156,13 @@ class FusedLinearDistillLoss(nn.Module):
     def __init__(self, *, divergence: str = "reverse_kl", jsd_beta: float = 0.5,
                  temperature: float = 1.0, reduction: str = "batchmean",
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 impl: str | None = None):
+                 ignore_index: int = -100, impl: str | None = None):
         super().__init__()
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-        check_unit("jsd_beta", jsd_beta)
+        check_divergence(divergence, jsd_beta)
         check_reduction(reduction)
         self.divergence, self.jsd_beta, self.temperature = divergence, jsd_beta, temperature
         self.reduction, self.return_per_token = reduction, return_per_token
-        self.chunk_bytes, self.impl = chunk_bytes, impl
+        self.chunk_bytes, self.impl, self.ignore_index = chunk_bytes, impl, ignore_index
 
     def options(self) -> dict:
         return dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
@@ -164,10 +170,13 @@ class FusedLinearDistillLoss(nn.Module):
                     return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
                     impl=self.impl)
 
-    def forward(self, student_hidden, teacher_hidden, weight, mask, token_weights=None,
-                bias=None, teacher_weight=None, teacher_bias=None):
+    def forward(self, student_hidden, teacher_hidden, weight, mask=None, token_weights=None,
+                bias=None, teacher_weight=None, teacher_bias=None, *, labels=None,
+                num_items_in_batch=None):
         return fused_linear_distill_loss(
-            student_hidden, teacher_hidden, weight, mask, token_weights=token_weights,
+            student_hidden, teacher_hidden, weight, mask, labels=labels,
+            ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
+            token_weights=token_weights,
             bias=bias, teacher_weight=teacher_weight, teacher_bias=teacher_bias,
             **self.options(),
         )

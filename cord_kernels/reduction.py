@@ -5,6 +5,12 @@ the reference oracle all import them from here).
     "sum":       sum_t w_t D_t
     "mean":      sum_t w_t D_t / (number of valid tokens)
     "none":      the (B, T) tensor of w_t D_t itself
+
+TRL's distillation losses (``generalized_jsd_loss``, GKD, ``chunked_divergence``) and Liger's
+divide by valid tokens: that is our "mean", and ``"batchmean" = "mean" * sum(mask) / B``.
+``num_items_in_batch=n`` gives sum_t w_t D_t / n instead (TRL's gradient-accumulation
+convention: n counts the valid tokens of every micro-batch of the optimizer step, so the
+accumulated gradient is the full batch's "mean").
 """
 
 from __future__ import annotations
@@ -12,8 +18,14 @@ from __future__ import annotations
 import torch
 
 
-def reduce_total(total: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduces the scalar ``total`` = sum_t w_t D_t over a (B, T) ``mask`` (not "none")."""
+def reduce_total(total: torch.Tensor, mask: torch.Tensor, reduction: str,
+                 num_items=None) -> torch.Tensor:
+    """Reduces the scalar ``total`` = sum_t w_t D_t over a (B, T) ``mask`` (not "none");
+    ``num_items`` (checked by ``check_num_items``), when given, is the divisor instead."""
+    if num_items is not None:
+        if isinstance(num_items, torch.Tensor):
+            num_items = num_items.to(device=total.device, dtype=total.dtype)
+        return total / num_items
     if reduction == "sum":
         return total
     if reduction == "batchmean":
@@ -23,8 +35,9 @@ def reduce_total(total: torch.Tensor, mask: torch.Tensor, reduction: str) -> tor
     raise ValueError(f"reduce_total handles 'batchmean', 'sum' and 'mean', got {reduction!r}")
 
 
-def reduce_weighted(per_token: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_weighted(per_token: torch.Tensor, mask: torch.Tensor, reduction: str,
+                    num_items=None) -> torch.Tensor:
     """Reduces a (B, T) tensor of w_t D_t (0 where masked) as ``reduction`` says."""
     if reduction == "none":
         return per_token
-    return reduce_total(per_token.sum(), mask, reduction)
+    return reduce_total(per_token.sum(), mask, reduction, num_items)

@@ -20,7 +20,7 @@ from cord_kernels._rows import (
     row_view,
 )
 from cord_kernels._validation import (
-    check_bool,
+    check_inplace_backward_option,
     check_labels,
     check_logits,
     check_same_device,
@@ -202,7 +202,7 @@ def token_logprobs(
             values without a host sync, and an error on the torch path.)
         temperature: tau > 0.
         inplace_backward: Triton path only: write the gradient into ``logits``' storage
-            (``logits`` is garbage after backward).
+            (``logits`` is garbage after backward); an error with impl="torch".
         impl: "triton", "torch" or None.
 
     Returns:
@@ -216,7 +216,7 @@ def token_logprobs(
     check_labels(labels, tuple(logits.shape[:-1]))
     check_same_device(("logits", logits), ("labels", labels))
     temperature = check_temperature(temperature)
-    check_bool("inplace_backward", inplace_backward)
+    check_inplace_backward_option(inplace_backward, impl)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if resolve_impl(impl, logits) == "torch":

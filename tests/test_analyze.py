@@ -15,9 +15,9 @@ from cord.eval.analyze import (
     load_rollouts,
     pearson_r,
     pick_rollout,
-    run,
     token_kl,
 )
+from cord.eval.analyze_cli import run
 
 # Two rollouts, 5 + 3 tokens. All KL values: 0.01 0.5 0.02 0.03 2.0 | 0.04 1.0 0.05
 ROLLOUTS = [

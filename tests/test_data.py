@@ -272,7 +272,7 @@ def test_read_records_jsonl_with_mixed_answer_types(tmp_path):
         {"id": 2, "text": "b", "answer": "x"},
     ]
     path.write_text('{"id": 1}\nnot json\n')
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"line 2: expected one JSON object .* invalid JSON"):
         read_records(path)
 
 

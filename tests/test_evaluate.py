@@ -169,7 +169,7 @@ def test_cli_on_a_voicebench_file_with_the_tiny_model(tmp_path, capsys):
     """End to end: VoiceBench-layout JSONL with WAV files -> JSON, table, reduction vs a base."""
     import soundfile as sf
 
-    from cord.eval.evaluate import add_arguments, run
+    from cord.eval.evaluate_cli import add_arguments, run
 
     rows = []
     for i, (prompt, ref) in enumerate([("Which is largest? (A) 3 (B) 9", "B"), ("2 + 2?", "4")]):
@@ -208,7 +208,8 @@ def test_cli_reports_how_many_parameters_were_trained(tmp_path, capsys):
 
     from cord.config import CordConfig
     from cord.data.synthetic import tone_records
-    from cord.eval.evaluate import add_arguments, run, training_info
+    from cord.eval.evaluate import training_info
+    from cord.eval.evaluate_cli import add_arguments, run
     from cord.train.trainer import CordTrainer
 
     texts = ["What is 1 + 2?", "What is 3 * 4?"]

@@ -426,7 +426,7 @@ def _bad_cord_calls():
         (call(teacher_hidden=torch.randn(2, 4, 8)), ValueError, "teacher_hidden must have"),
         (call(student_hidden=hs[0]), ValueError, "student_hidden must have 3 dimensions"),
         (call(mask=mask[:, :4]), ValueError, "mask must have shape"),
-        (call(mask=mask.float()), TypeError, "mask must be a bool"),
+        (call(mask=mask.float() * 3), ValueError, "mask must be bool, or hold only 0 and 1"),
         (call(weight=W[0]), ValueError, "weight must have 2 dimensions"),
         (call(weight=W.int()), TypeError, "weight must be float32"),
         (call(student_hidden=hs.long()), TypeError, "student_hidden must be float32"),

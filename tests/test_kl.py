@@ -181,5 +181,7 @@ def test_inplace_backward_needs_rows_it_can_write(device, interpret):
     with pytest.raises(ValueError, match="inplace_backward"):
         reverse_kl(s4.permute(1, 0, 2, 3), u4.permute(1, 0, 2, 3), impl="triton",
                    inplace_backward=True)
-    # The torch path ignores the option, so it accepts such views.
-    reverse_kl(s.T, u.T, impl="torch", inplace_backward=True)
+    # Asking for the torch path, which cannot honour the option, is an error (issue 20,
+    # item 3: a set option the chosen variant does not use).
+    with pytest.raises(ValueError, match="inplace_backward=True is a Triton-path option"):
+        reverse_kl(s.T, u.T, impl="torch", inplace_backward=True)

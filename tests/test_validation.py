@@ -59,7 +59,7 @@ def test_triton_without_cuda_or_interpreter(monkeypatch):
     "args, kw, exc, match",
     [
         ((S, U, M[:, :2]), {}, ValueError, "mask must have shape"),
-        ((S, U, M.float()), {}, TypeError, "mask must be a bool"),
+        ((S, U, M.float() / 2), {}, ValueError, r"mask must be bool, or hold only 0 and 1"),
         ((S, U, M), {"reduction": "avg"}, ValueError, "reduction must be one of"),
         ((S, U, M), {"top_k": -1}, ValueError, "top_k must be >= 0"),
         ((S, U, M), {"top_k": 2.5}, TypeError, "top_k must be an int"),

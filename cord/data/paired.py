@@ -38,6 +38,8 @@ from datasets import Features, List, Value
 from scipy.signal import resample_poly
 from tqdm.auto import tqdm
 
+from cord.data.records import MalformedLine, is_jsonl, read_jsonl, read_records, scan_jsonl
+
 __all__ = [
     "load_paired",
     "read_records",
@@ -59,8 +61,13 @@ _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_dataset(source: Any) -> tuple[datasets.Dataset, Path | None]:
-    """The source as a ``datasets.Dataset`` plus the folder relative audio paths start from."""
+def _open_dataset(source: Any, malformed: list[MalformedLine] | None = None
+                  ) -> tuple[datasets.Dataset, Path | None]:
+    """The source as a ``datasets.Dataset`` plus the folder relative audio paths start from.
+
+    A ``.jsonl`` file is parsed line by line (``cord.data.records``): a malformed line raises
+    a ValueError naming the file and line, or, when a ``malformed`` list is given, is skipped
+    and appended to it."""
     if isinstance(source, datasets.Dataset):
         return source, None
     if isinstance(source, datasets.DatasetDict):
@@ -80,15 +87,42 @@ def _open_dataset(source: Any) -> tuple[datasets.Dataset, Path | None]:
                 f"source must be a .jsonl, .json, .csv or .parquet file or a saved dataset "
                 f"folder, got {str(path)!r}"
             )
+        if is_jsonl(path):
+            if malformed is None:
+                records = read_jsonl(path)
+            else:
+                records, found = scan_jsonl(path)
+                malformed.extend(found)
+            return _from_records(records), path.parent
         reader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
                   "parquet": datasets.Dataset.from_parquet}[fmt]  # fmt: skip
-        return reader(str(path)), path.parent
+        try:
+            return reader(str(path)), path.parent
+        except Exception as err:  # pyarrow's and datasets' errors: one line naming the file
+            cause = err.__cause__ or err
+            raise ValueError(f"{path}: cannot be read as {path.suffix.lower()[1:]}: "
+                             f"{type(cause).__name__}: {cause}") from err
     if _is_record_list(source):
         return datasets.Dataset.from_list([dict(r) for r in source]), None
     raise TypeError(
         "source must be a path (JSONL/CSV/parquet file or saved dataset folder), a "
         f"datasets.Dataset or a list of dicts, got {type(source).__name__}"
     )
+
+
+def _from_records(records: list[dict[str, Any]]) -> datasets.Dataset:
+    """An arrow dataset of parsed records, every column in every row (``from_list`` takes its
+    columns from the first row only). A column mixing strings with numbers (an ``answer`` of
+    5 in one line and "x" in the next) becomes strings, as arrow's JSON reader makes it."""
+    blank = dict.fromkeys(key for record in records for key in record)
+    rows = [{**blank, **record} for record in records]
+    for key in blank:
+        kinds = {type(row[key]) for row in rows if row[key] is not None}
+        if str in kinds and kinds & {int, float, bool}:
+            for row in rows:
+                if row[key] is not None and not isinstance(row[key], str):
+                    row[key] = json.dumps(row[key])
+    return datasets.Dataset.from_list(rows)
 
 
 def _single_split(dataset_dict: datasets.DatasetDict, where: str) -> datasets.Dataset:
@@ -98,27 +132,6 @@ def _single_split(dataset_dict: datasets.DatasetDict, where: str) -> datasets.Da
             f"load_paired(dataset_dict['train'])"
         )
     return next(iter(dataset_dict.values()))
-
-
-def read_records(source: Any) -> list[dict[str, Any]]:
-    """All records of a JSONL/JSON/CSV/parquet file, saved dataset folder, ``datasets.Dataset``
-    or list of dicts, as plain dicts (no audio decoding). Used by ``cord synth``."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".jsonl":
-        # Read JSONL directly: no arrow type inference, so an ``answer`` that is a number in
-        # one line and a string in another is fine.
-        records = []
-        with open(source, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{source}: line {line_no} is not valid JSON: {e}") from e
-        if not all(isinstance(r, dict) for r in records):
-            raise ValueError(f"{source}: every line must be a JSON object")
-        return records
-    dataset, _ = _open_dataset(source)
-    return [dict(r) for r in dataset]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,11 +278,13 @@ def _output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Fe
     return Features(features)
 
 
-def open_encoded(source: Any, sampling_rate: int, require_answer: bool
+def open_encoded(source: Any, sampling_rate: int, require_answer: bool,
+                 malformed: list[MalformedLine] | None = None
                  ) -> tuple[datasets.Dataset, _RecordDecoder, bool]:
     """A file or saved dataset with its audio still encoded, checked for columns and records,
-    and the decoder of its rows: ``(dataset, decoder, has_answer)``."""
-    dataset, base_dir = _open_dataset(source)
+    and the decoder of its rows: ``(dataset, decoder, has_answer)``. ``malformed``: as for
+    :func:`_open_dataset` (malformed JSONL lines are skipped into it)."""
+    dataset, base_dir = _open_dataset(source, malformed)
     _check_columns(dataset.column_names, require_answer)
     if len(dataset) == 0:
         raise ValueError("paired data has no records")
@@ -319,12 +334,11 @@ def load_paired(
         decode = _RecordDecoder(
             sampling_rate, None, "id" in columns, "answer" in columns, require_answer
         )
-        blank = dict.fromkeys(columns)  # from_list takes its columns from the first row only
         rows = [
-            {**blank, **record, **decode(record, i)}
+            {**record, **decode(record, i)}
             for i, record in enumerate(tqdm(source, desc=f"decoding audio at {sampling_rate} Hz"))
         ]
-        dataset = datasets.Dataset.from_list(rows)
+        dataset = _from_records(rows)
         dataset = dataset.cast(_output_features(dataset, "answer" in columns))
     else:
         dataset, decode, has_answer = open_encoded(source, sampling_rate, require_answer)

@@ -29,10 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
-from tqdm.auto import tqdm
-
-from cord.data.paired import read_records, resample
+from cord.data.records import read_records
 from cord.data.spoken_math import to_spoken
 from cord.data.tts import get_engine
 
@@ -110,6 +107,8 @@ def _record_ids(records: Sequence[Mapping[str, Any]], id_key: str) -> list[str]:
 
 
 def _write_wav_atomic(path: Path, audio: Any, sample_rate: int) -> None:
+    import soundfile as sf  # local imports, for start-up cost: `cord synth --help` skips them
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
     os.replace(tmp, path)
@@ -187,6 +186,10 @@ def synthesize_dataset(
         text = record.get(text_key)
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"record {record_id!r}: {text_key!r} is missing or empty ({text!r})")
+
+    from tqdm.auto import tqdm
+
+    from cord.data.paired import resample  # datasets and scipy, a second to import
 
     previous = _previous_spoken_texts(jsonl_path)
     written = skipped = 0

@@ -5,7 +5,10 @@ its own and collects the ones that fail, instead of stopping at the first:
 
 - unreadable audio, a truncated WAV, a missing audio file, NaN/Inf or empty (0-sample) audio;
 - empty text; a missing answer where one is needed (``require_answer``);
-- a duplicate id (the first record with the id is kept, later ones are bad).
+- a duplicate id (the first record with the id is kept, later ones are bad);
+- a line of a ``.jsonl`` file that is not a JSON object (truncated, CSV, ``[1, 2, 3]``): with
+  ``"error"`` it raises naming the file and line; with ``"skip"`` it counts as a bad record
+  whose id is ``"line N"``.
 
 With ``on_bad_record="error"`` (the default) any bad record raises a ValueError naming it and
 its reason, before a single training step. With ``"skip"`` the bad records are dropped and the
@@ -39,6 +42,7 @@ from cord.data.paired import (
     load_paired,
     open_encoded,
 )
+from cord.data.records import SKIP_MALFORMED_HINT, MalformedLine, malformed_error
 
 __all__ = ["BAD_RECORDS_FILE", "ON_BAD_RECORD", "BadRecord", "load_paired_checked",
            "bad_record_limit"]
@@ -113,9 +117,10 @@ class _TolerantDecoder:
 
 
 def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
-                num_proc: int | None) -> tuple[Any, list[BadRecord], int]:
+                num_proc: int | None, skip_malformed: bool) -> tuple[Any, list[BadRecord], int]:
     """(the good records, the bad ones, the number of records). The good records are a decoded
-    ``datasets.Dataset``, or for a list source the raw good records (load_paired decodes them)."""
+    ``datasets.Dataset``, or for a list source the raw good records (load_paired decodes them).
+    ``skip_malformed``: malformed JSONL lines become bad records instead of raising."""
     bad: list[BadRecord] = []
     if _is_record_list(source):
         columns = list(dict.fromkeys(key for record in source for key in record))
@@ -136,7 +141,13 @@ def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
             rows.append(i)
         keep = _drop_duplicates(ids, rows, bad)
         return [good[k] for k in keep], bad, len(source)
-    dataset, decoder, has_answer = open_encoded(source, sampling_rate, require_answer)
+    malformed: list[MalformedLine] = []
+    dataset, decoder, has_answer = open_encoded(source, sampling_rate, require_answer, malformed)
+    if malformed and not skip_malformed:  # before decoding any audio: the file itself is wrong
+        raise malformed_error(malformed, SKIP_MALFORMED_HINT)
+    # A malformed line has no row of its own: its row is its line number - 1.
+    bad += [BadRecord(m.line - 1, f"line {m.line}", "malformed line", m.message())
+            for m in malformed]
     features = _output_features(dataset, has_answer)
     features[_BAD] = Value("string")
     # Never from the datasets cache: the check is about the files as they are now (a file
@@ -153,7 +164,7 @@ def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
             good_rows.append(i)
     keep = _drop_duplicates([all_ids[i] for i in good_rows], good_rows, bad)
     good = decoded.select([good_rows[k] for k in keep]).remove_columns(_BAD)
-    return good, bad, len(dataset)
+    return good, bad, len(dataset) + len(malformed)
 
 
 def _drop_duplicates(ids: list[str], rows: list[int], bad: list[BadRecord]) -> list[int]:
@@ -201,7 +212,8 @@ def load_paired_checked(
     if on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"on_bad_record must be one of {list(ON_BAD_RECORD)}, got "
                          f"{on_bad_record!r}")
-    good, bad, total = _decode_all(source, sampling_rate, require_answer, num_proc)
+    good, bad, total = _decode_all(source, sampling_rate, require_answer, num_proc,
+                                   skip_malformed=on_bad_record == "skip")
     where = ""
     if bad and output_dir is not None:
         path = Path(output_dir) / BAD_RECORDS_FILE

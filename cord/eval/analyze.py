@@ -38,12 +38,11 @@ from matplotlib.patches import Rectangle
 from tqdm.auto import tqdm
 
 from cord.data.paired import audio_of
+from cord.eval.analyze_cli import HIGH_KL_PERCENTILE
 from cord.eval.evaluate import load_items, normalize_record, score_response
 from cord.models.adapter import build_adapter, resolve_device
 from cord.train.rollout import sample
 from cord_kernels import reverse_kl
-
-HIGH_KL_PERCENTILE = 80.0  # the paper's threshold between "pivotal" and aligned tokens
 
 
 @dataclass
@@ -386,36 +385,11 @@ def summary_line(stats: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--rollouts", help="saved rollouts (JSON/JSONL with 'tokens' and 'kl')")
-    src.add_argument("--model", help="model directory (Qwen2-Audio layout) to roll out")
-    parser.add_argument("--data", help="paired dataset (with --model): JSONL/CSV/parquet/dir")
-    parser.add_argument("--limit", type=int, default=64, help="items to roll out (with --model)")
-    parser.add_argument("--max-new-tokens", type=int, default=200,
-                        help="most tokens per rollout (with --model)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="sampling temperature of the rollouts (with --model)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="prompts per generate call (with --model)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the rollout sampling")
-    parser.add_argument("--device", default="auto",
-                        help="where the model runs (with --model): auto (the GPU when there is "
-                             "one, else the CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--percentile", type=float, default=HIGH_KL_PERCENTILE,
-                        help="threshold between high- and low-KL tokens")
-    parser.add_argument("--output-dir", default="cord_analysis", help="where the PNGs go")
-
-
-def run(args: argparse.Namespace) -> int:
+def run_checked(args: argparse.Namespace) -> int:
+    """``cord analyze`` once :func:`cord.eval.analyze_cli.check_args` has checked ``args``."""
     if args.rollouts:
         rollouts = load_rollouts(args.rollouts)
     else:
-        if not args.data:
-            raise ValueError("--model needs --data: add --data PAIRED.jsonl (a paired dataset)")
-        if not Path(args.data).exists():
-            raise FileNotFoundError(f"--data {args.data}: no such file or folder; pass an "
-                                    "existing JSONL/CSV/parquet file or saved dataset")
         adapter = build_adapter(args.model, device=resolve_device(args.device))
         sr = int(getattr(adapter, "sampling_rate", 16_000))
         items = load_items(args.data, limit=args.limit, sampling_rate=sr)

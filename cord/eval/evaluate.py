@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cord.data.paired import audio_of, load_paired, read_records
+from cord.data.paired import audio_of, load_paired
+from cord.data.records import read_records
 from cord.models.adapter import build_adapter, resolve_device
 from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
 from cord.train.rollout import completion_mask
@@ -412,55 +413,10 @@ def describe_training(info: Mapping[str, Any]) -> str:
             f"trainable={info.get('trainable', '?')}, objective={info.get('objective', '?')})")
 
 
-def _parse_data_args(values: Sequence[str]) -> dict[str, str]:
-    """``["mmsu=a.jsonl", "b.jsonl"]`` -> ``{"mmsu": "a.jsonl", "b": "b.jsonl"}``."""
-    out: dict[str, str] = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep:
-            name, path = Path(v).stem, v
-        if name in out:
-            raise ValueError(f"--data: benchmark name {name!r} given twice")
-        out[name] = path
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help='"tiny" or a local Qwen2-Audio directory')
-    parser.add_argument("--data", nargs="+", required=True, metavar="[NAME=]PATH",
-                        help="benchmark file(s): JSONL/JSON/CSV/parquet or a saved dataset with "
-                             "text/prompt, audio and answer/reference")
-    parser.add_argument("--kind", choices=ANSWER_KINDS, default="auto",
-                        help="how answers are scored: auto (letter references are multiple "
-                             "choice, others math), choice or math")
-    parser.add_argument("--choices", default="ABCD", help="option letters of multiple choice")
-    parser.add_argument("--instruction", default=None, help="appended to both prompts")
-    parser.add_argument("--system-prompt", default=None,
-                        help="system turn of every prompt (default: the chat template's)")
-    parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    parser.add_argument("--device", default="auto",
-                        help="where the model runs: auto (the GPU when there is one, else the "
-                             "CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--name", default=None, help="method name in the table (default: model)")
-    parser.add_argument("--base", default=None,
-                        help="results.json of the base model: adds Δ and the gap reduction")
-    parser.add_argument("--output", default="eval_results.json", help="JSON results file")
-    parser.add_argument("--markdown", default=None, help="also write the table here")
-
-
-def run(args: argparse.Namespace) -> int:
-    data = _parse_data_args(args.data)  # user errors before the model is built
-    for name, path in data.items():
-        if not Path(path).exists():
-            raise FileNotFoundError(f"--data {name}={path}: no such file or folder; pass an "
-                                    "existing JSONL/JSON/CSV/parquet file or saved dataset")
-    if args.base and not Path(args.base).is_file():
-        raise FileNotFoundError(f"--base {args.base}: no such file; pass the results.json that "
-                                "`cord eval` wrote for the base model")
-    device = resolve_device(args.device)  # a bad --device fails before the model loads
+def run_checked(args: argparse.Namespace, data: Mapping[str, str]) -> int:
+    """``cord eval`` once :func:`cord.eval.evaluate_cli.check_args` has checked ``args`` and
+    given the benchmarks ``data`` (name -> path)."""
+    device = resolve_device(args.device)  # a CUDA device that is not there fails here
     adapter = build_adapter(args.model, system_prompt=args.system_prompt, device=device)
     print(f"cord eval: {args.model} on {device}")
     trained = training_info(args.model)

@@ -294,5 +294,6 @@ def build_judge(name: str, **kwargs: Any) -> Judge:
     """``"match"`` -> :class:`AnswerMatchJudge` (``kind=``, ``choices=``); ``"model"`` ->
     :class:`LocalModelJudge` (``model=``, ``tokenizer=``, ...)."""
     if name not in JUDGES:
-        raise ValueError(f"judge must be one of {sorted(JUDGES)}, got {name!r}")
+        raise ValueError(f"judge must be one of {sorted(JUDGES)} (a config's judge may also be "
+                         f"'none', which builds no judge), got {name!r}")
     return JUDGES[name](**kwargs)

@@ -25,6 +25,7 @@ import typing
 import yaml
 
 from cord.config import CordConfig, describe_options, parse_overrides
+from cord.data.records import SKIP_MALFORMED_HINT, is_jsonl, malformed_error, scan_jsonl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +59,23 @@ def config_from_args(args: argparse.Namespace) -> CordConfig:
     return CordConfig.from_yaml(args.config, overrides)
 
 
+def check_dataset_lines(config: CordConfig) -> None:
+    """A JSONL dataset that is empty or has a malformed line fails here, in a second, instead
+    of after the model is built (the trainer's own check, ``cord.data.validate``, counts the
+    lines again with on_bad_record=skip)."""
+    if is_jsonl(config.dataset):
+        _, malformed = scan_jsonl(config.dataset)
+        if malformed and config.on_bad_record == "error":
+            raise malformed_error(malformed, SKIP_MALFORMED_HINT)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     config.check_paths()  # before anything is built (the trainer also checks)
+    check_dataset_lines(config)
     # Local imports, for start-up cost: torch, transformers and accelerate take seconds, and
     # --print-config and every user error above answer without them.
     import torch

@@ -38,6 +38,7 @@ from cord.config import CordConfig
 from cord.data.paired import PairedBatch
 from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch
 from cord.train import metrics as M
+from cord.train.needs import NEEDS, cord_has_seq
 from cord.train.rollout import Rollouts, sample, text_references
 from cord.train.teacher import Teacher
 from cord_kernels import (
@@ -308,20 +309,6 @@ def alarm_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     return out
 
 
-def _cord_has_seq(config: CordConfig) -> bool:
-    """The one rule for CORD's L_seq: it (with its GRPO groups and judge) runs only when its
-    weight is positive."""
-    return config.cord_seq_weight > 0
-
-
-def _always(config: CordConfig) -> bool:
-    return True
-
-
-def _never(config: CordConfig) -> bool:
-    return False
-
-
 @dataclass(frozen=True)
 class Objective:
     """One training objective: its loss on a micro-batch and what it needs for a config.
@@ -337,9 +324,15 @@ class Objective:
     needs_groups: Callable[[CordConfig], bool]
     trainable: str = "all"
 
+    @classmethod
+    def of(cls, name: str, loss: Callable[[StepContext, PairedBatch], LossOutput]) -> Objective:
+        """The objective ``name`` with its needs from :data:`cord.train.needs.NEEDS`."""
+        needs = NEEDS[name]
+        return cls(name, loss, needs.needs_judge, needs.needs_groups, needs.trainable)
+
 
 def _cord(ctx: StepContext, batch: PairedBatch) -> LossOutput:
-    return cord_objective(ctx, batch, with_seq=_cord_has_seq(ctx.config))
+    return cord_objective(ctx, batch, with_seq=cord_has_seq(ctx.config))
 
 
 def _opd(ctx: StepContext, batch: PairedBatch) -> LossOutput:
@@ -354,19 +347,12 @@ def _grpo_opd(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     return cord_objective(ctx, batch, uniform=True)
 
 
-#: The objective registry: config validation, the trainer and :func:`compute_loss` consult it.
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    # the paper's Table 3 ladder: (ii), (iii), (iv)
-    Objective("grpo", _grpo, needs_judge=_always, needs_groups=_always),
-    Objective("grpo_opd", _grpo_opd, needs_judge=_always, needs_groups=_always),
-    Objective("cord", _cord, needs_judge=_cord_has_seq, needs_groups=_cord_has_seq),
-    Objective("opd", _opd, needs_judge=_never, needs_groups=_never),
-    Objective("sft", sft_objective, needs_judge=_never, needs_groups=_never),
-    Objective("fkl", fkl_objective, needs_judge=_never, needs_groups=_never),
-    Objective("sft_gold", gold_sft_objective, needs_judge=_never, needs_groups=_never),
-    # ALARM freezes the LLM and trains the audio side
-    Objective("alarm", alarm_objective, needs_judge=_never, needs_groups=_never,
-              trainable="audio"),
+#: The objective registry: config validation (through ``cord.train.needs``), the trainer and
+#: :func:`compute_loss` consult it.
+OBJECTIVES: dict[str, Objective] = {name: Objective.of(name, loss) for name, loss in (
+    ("grpo", _grpo), ("grpo_opd", _grpo_opd), ("cord", _cord), ("opd", _opd),
+    ("sft", sft_objective), ("fkl", fkl_objective), ("sft_gold", gold_sft_objective),
+    ("alarm", alarm_objective),
 )}
 
 
