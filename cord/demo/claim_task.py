@@ -75,10 +75,10 @@ class ClaimTaskConfig:
     The defaults are the default demo's; :data:`CLAIM_QUICK` is the CI size.
     """
 
-    text_questions: int = 250
+    text_questions: int = 350
     """Worked arithmetic examples the text side learns from: the knob that makes the teacher
-    imperfect (about 70% right on fresh questions at 250, 99% at 500+)."""
-    audio_qa: int = 150
+    imperfect (measured on fresh questions: 44% right at 250, 55% at 300)."""
+    audio_qa: int = 120
     """Of those, the ones also heard as spoken questions with worked answers."""
     pool_questions: int = 2000
     """The distillation pool: fresh questions, heard in pre-training only for transcription."""
@@ -88,13 +88,18 @@ class ClaimTaskConfig:
     compare_audio: int = 100
     compare_val: int = 100
     transfer_questions: int = 300
-    count_train: int = 300
+    count_train: int = 2000
     count_val: int = 100
     retention_items: int = 200
     max_beeps: int = 6
     count_slots: int = 8
     self_correction: bool = True
     correction_share: float = 0.1
+    """Share of the text arithmetic chains seen in pre-training that hold a wrong step, "no,"
+    and the fix (each batch of ``batch_size`` clean chains comes with this share of corrected
+    ones, drawn from ``correction_variants`` different corruptions of every training question,
+    so the prior teaches spotting a wrong step rather than a few memorised slips)."""
+    correction_variants: int = 4
     seed: int = 0
     # model (cord.models.tiny.build_tiny_qwen2_audio)
     hidden_size: int = 64
@@ -269,8 +274,8 @@ _BEEP_SEEDS = {"count_train": 11, "count_val": 12, "retention": 13}
 def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]]:
     """Text-only splits (audio is attached by :func:`attach_claim_audio`):
 
-    ``text_train`` (worked arithmetic the text side learns, with self-correcting copies in
-    ``text_train_targets``), ``audio_qa`` (of those, also spoken), ``pool`` (the unlabelled
+    ``text_train`` (worked arithmetic the text side learns), ``corrections`` (self-correcting
+    chains of those same questions; empty without the prior), ``audio_qa`` (of those, also spoken), ``pool`` (the unlabelled
     distillation pool), ``val``, ``eval``, ``compare_train``, ``compare_audio``,
     ``compare_val``, ``transfer``.
     """
@@ -304,23 +309,19 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
                 enumerate(qs)]
 
     text_train = phrased(arith[: cut[0]])
-    targets = [r["worked"] for r in text_train]
     corrections = []
     if config.self_correction:
-        # about correction_share of ALL chains are self-correcting: extra copies, not
-        # replacements, so every training question is also seen worked cleanly
-        n_fix = round(config.correction_share / (1 - config.correction_share)
-                      * len(text_train))
-        for r in rng.sample(text_train, min(n_fix, len(text_train))):
+        for r in text_train:
             a, op, b = r["operands"]
-            corrections.append({**r, "worked": corrected_chain(a, op, b, rng)})
+            chains = {corrected_chain(a, op, b, rng) for _ in range(config.correction_variants)}
+            corrections += [{**r, "worked": c} for c in sorted(chains)]
     compare = all_compare()
     rng.shuffle(compare)
     ccut = np.cumsum([config.compare_text, config.compare_val, config.transfer_questions])
     compare_train = [_compare_record(a, b) for a, b in compare[: ccut[0]]]
     splits = {
         "text_train": text_train,
-        "text_train_targets": text_train + corrections,
+        "corrections": corrections,
         "audio_qa": text_train[: config.audio_qa],
         "pool": phrased(arith[cut[0] : cut[1]], 1),
         "val": phrased(arith[cut[1] : cut[2]], 2),
@@ -330,7 +331,6 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
         "compare_val": [_compare_record(a, b) for a, b in compare[ccut[0] : ccut[1]]],
         "transfer": [_compare_record(a, b) for a, b in compare[ccut[1] : ccut[2]]],
     }
-    assert len(targets) == len(text_train)
     return splits
 
 
@@ -405,8 +405,8 @@ def build_claim_model(config: ClaimTaskConfig, *, seed: int | None = None) -> Qw
 
 def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConfig, *,
                    progress: bool = True) -> list[dict[str, float]]:
-    """Pre-trains the three skills: every step a batch of text arithmetic (``text_train``
-    with its self-correcting copies), text comparison and audio transcription (of the pool,
+    """Pre-trains the three skills: every step a batch of text arithmetic (``text_train``,
+    and beside it a smaller batch of self-correcting chains), text comparison and audio transcription (of the pool,
     the text-trained questions and the spoken comparisons); every other step a batch of spoken
     arithmetic QA, spoken comparison QA and beep counting. Deterministic for a configuration."""
     model = adapter.model
@@ -414,8 +414,10 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     heard = splits["pool"] + splits["text_train"] + splits["compare_audio"]
+    share = config.correction_share if splits["corrections"] else 0.0
+    fix_batch = round(config.batch_size * share / (1 - share))
     groups = {
-        "text_arith": (_Batcher(adapter, splits["text_train_targets"], "text", "worked"), 1),
+        "text_arith": (_Batcher(adapter, splits["text_train"], "text", "worked"), 1),
         "text_compare": (_Batcher(adapter, splits["compare_train"], "text", "worked"), 1),
         "transcribe": (_Batcher(adapter, heard, "audio", "transcript"), 1),
         "audio_arith": (_Batcher(adapter, splits["audio_qa"], "audio", "worked"), 2),
@@ -423,6 +425,10 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
         "count": (_Batcher(adapter, splits["count_train"], "audio", "worked",
                            instruction=COUNT_INSTRUCTION), 2),
     }
+    sizes = {name: config.batch_size for name in groups}
+    if fix_batch:  # trained beside the clean chains, at correction_share of the chains
+        groups["corrections"] = (_Batcher(adapter, splits["corrections"], "text", "worked"), 1)
+        sizes["corrections"] = fix_batch
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
@@ -433,8 +439,7 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
         losses = {}
         for name, (batcher, every) in groups.items():
             if step % every == 0:
-                idx = torch.randperm(batcher.n, generator=gen)[: min(config.batch_size,
-                                                                     batcher.n)]
+                idx = torch.randperm(batcher.n, generator=gen)[: min(sizes[name], batcher.n)]
                 losses[name] = nll(adapter, *batcher.batch(idx))
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
