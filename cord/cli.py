@@ -23,7 +23,7 @@ SUBCOMMANDS = {
     "eval": ("cord.eval.evaluate_cli",
              "audio vs text accuracy, the modality gap and its reduction"),
     "analyze": ("cord.eval.analyze_cli", "the paper's KL analysis of audio rollouts, as plots"),
-    "demo": ("cord.demo.demo", "CORD closing a real audio-text gap on a tiny model, on the CPU"),
+    "demo": ("cord.demo.cli", "CORD closing a real audio-text gap on a tiny model, on the CPU"),
 }
 
 #: Top-level modules of the ``[train]`` extra (and what it pulls in): without them a

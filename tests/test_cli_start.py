@@ -50,11 +50,7 @@ def _imported(stdout: str) -> list[str]:
     return line.split()[1:]
 
 
-HELP = [pytest.param([], id="cord"), *[
-    pytest.param([name], id=name, marks=pytest.mark.xfail(
-        strict=True, reason="cord/demo/demo.py imports torch at the top; cord/demo is being "
-                            "rewritten elsewhere (issue 20, item 10)"))
-    if name == "demo" else pytest.param([name], id=name) for name in SUBCOMMANDS]]
+HELP = [pytest.param([], id="cord"), *[pytest.param([name], id=name) for name in SUBCOMMANDS]]
 
 
 @pytest.mark.parametrize("command", HELP)

@@ -275,9 +275,9 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
     """Text-only splits (audio is attached by :func:`attach_claim_audio`):
 
     ``text_train`` (worked arithmetic the text side learns), ``corrections`` (self-correcting
-    chains of those same questions; empty without the prior), ``audio_qa`` (of those, also spoken), ``pool`` (the unlabelled
-    distillation pool), ``val``, ``eval``, ``compare_train``, ``compare_audio``,
-    ``compare_val``, ``transfer``.
+    chains of those same questions; empty without the prior), ``audio_qa`` (of those, also
+    spoken), ``pool`` (the unlabelled distillation pool), ``val``, ``eval``,
+    ``compare_train``, ``compare_audio``, ``compare_val``, ``transfer``.
     """
     for name in ("text_questions", "pool_questions", "val_questions", "eval_questions",
                  "compare_text", "compare_val", "transfer_questions", "count_train",
@@ -406,9 +406,10 @@ def build_claim_model(config: ClaimTaskConfig, *, seed: int | None = None) -> Qw
 def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConfig, *,
                    progress: bool = True) -> list[dict[str, float]]:
     """Pre-trains the three skills: every step a batch of text arithmetic (``text_train``,
-    and beside it a smaller batch of self-correcting chains), text comparison and audio transcription (of the pool,
-    the text-trained questions and the spoken comparisons); every other step a batch of spoken
-    arithmetic QA, spoken comparison QA and beep counting. Deterministic for a configuration."""
+    and beside it a smaller batch of self-correcting chains), text comparison and audio
+    transcription (of the pool, the text-trained questions and the spoken comparisons); every
+    other step a batch of spoken arithmetic QA, spoken comparison QA and beep counting.
+    Deterministic for a configuration."""
     model = adapter.model
     model.train()
     torch.manual_seed(config.seed)

@@ -22,12 +22,9 @@ again at that budget, 3 seeds).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -291,115 +288,3 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
                           "cpu": platform.processor() or platform.machine()}
     R.write_report(results, out, command)
     return results
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-TASKS = ("claim", "operands")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", choices=TASKS, default="claim",
-                        help="claim (default): an imperfect text teacher, transfer to a task "
-                             "no method post-trains on and retention of an audio skill, where "
-                             "the paper makes its claim; operands: the earlier in-domain test "
-                             "with a perfect teacher")
-    parser.add_argument("--reevaluate", metavar="DIR", default=None,
-                        help="re-score the saved models of a claim-demo run in DIR on fresh "
-                             "held-out items drawn from --eval-seed, and print the tables")
-    parser.add_argument("--eval-seed", type=int, default=1,
-                        help="with --reevaluate: the seed of the fresh held-out items")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="the CI smoke test: small task, 4 steps, one seed (about 1 min)")
-    size.add_argument("--full", action="store_true",
-                      help="the learning-rate grid, 5 seeds, the α = β sweep and every method "
-                           "again at 4x the steps (20 min on 2 cores with 2 workers); writes "
-                           "learning_rates.json")
-    size.add_argument("--long", action="store_true",
-                      help="SFT, FKL, GRPO + OPD and CORD at 4x the steps, learning rates chosen "
-                           "by the same rule at that budget, 3 seeds (23 min on 2 cores with 2 "
-                           "workers)")
-    parser.add_argument("--rates-only", action="store_true",
-                        help="with --full or --long: run only the learning-rate grid and write "
-                             "learning_rates.json (--full's, copied to cord/demo/, is the "
-                             "default's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="post-training seeds (default: 0 1 2; 0..4 with --full; 0 with "
-                             "--quick)")
-    parser.add_argument("--methods", nargs="+", choices=list(P.METHODS), default=None,
-                        help=f"methods to compare (default: {' '.join(P.DEFAULT_METHODS)})")
-    parser.add_argument("--output-dir", default="cord_demo",
-                        help="where results.json, README.md, the tables, plots and models go")
-    parser.add_argument("--cache-dir", default=None,
-                        help="speech clips and pre-trained bases (default $CORD_CACHE/demo, "
-                             "else ~/.cache/cord/demo); printed once at the start")
-    parser.add_argument("--refresh", action="store_true",
-                        help="pre-train the base again even if it is cached")
-    parser.add_argument("--no-save-models", action="store_true",
-                        help="do not write the base and seed-0 models and the held-out set")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="post-training jobs in parallel, one process each (the tables do "
-                             "not depend on it)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: the model is tiny, and one thread does not "
-                             "stall when other processes share the cores)")
-
-
-def _quiet_libraries() -> None:
-    """Library progress bars (transformers' "Writing model shards" per save) would interleave
-    with the demo's own lines; the demo prints one line per finished job instead."""
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    disable_progress_bars()
-
-
-def run(args: argparse.Namespace) -> int:
-    from cord.demo import claim_demo as C
-    from cord.demo import claim_report as CR
-
-    _quiet_libraries()
-    mode = ("quick" if args.quick else "full" if args.full else "long" if args.long
-            else "default")
-    command = "cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo"
-    if args.reevaluate:
-        result = C.reevaluate(args.reevaluate, args.eval_seed, cache_dir=args.cache_dir)
-        print(CR.verdict_block(result))
-        print(CR.summary_table(result["summary"]["a"]))
-        print(CR.paired_table(result["paired"]["a"]))
-        print(f"wrote {Path(args.reevaluate) / f'reevaluate-{args.eval_seed}'}/")
-        return 0
-    if args.task == "claim":
-        torch.set_num_threads(args.threads)
-        if mode == "long":
-            raise SystemExit("cord demo: --long runs only with --task operands")
-        results = C.run_claim_demo(
-            mode=mode, seeds=args.seeds, methods=args.methods, output_dir=args.output_dir,
-            cache_dir=args.cache_dir, refresh=args.refresh, save_models=not args.no_save_models,
-            command=command, rates_only=args.rates_only, workers=args.workers)
-        print()
-        if args.rates_only:
-            print(json.dumps(results["learning_rate_grid"]["selected"], indent=1))
-            return 0
-        print(CR.console_summary(results))
-        print(f"wrote {Path(args.output_dir)}/: README.md, results.json and the plots")
-        return 0
-    results = run_demo(
-        mode=mode, seeds=args.seeds, methods=args.methods, output_dir=args.output_dir,
-        cache_dir=args.cache_dir, refresh=args.refresh, save_models=not args.no_save_models,
-        command="cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo",
-        threads=args.threads, rates_only=args.rates_only, workers=args.workers,
-    )
-    print()
-    if args.rates_only:
-        print(json.dumps(results["learning_rate_grid"]["selected"], indent=1))
-        print(f"wrote {Path(args.output_dir) / 'learning_rates.json'}")
-        return 0
-    print(R.console_summary(results))
-    print(f"wrote {Path(args.output_dir)}/: README.md, results.json, the tables and the plots")
-    return 0

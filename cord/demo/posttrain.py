@@ -11,40 +11,16 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cord.config import CordConfig
+from cord.demo.methods import DEFAULT_METHODS, METHODS, TABLE1, TABLE3, Method  # noqa: F401
 from cord.eval.evaluate import evaluate
 from cord.rewards.judge import build_judge
 from cord.train.trainer import CordTrainer
 
-
-@dataclass(frozen=True)
-class Method:
-    """One row of the demo's tables: a label and the trainer settings that make it."""
-
-    label: str
-    objective: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-
-
-#: The paper's Table 1 baselines, its Table 3 ladder and the Figure 4 sweep (α = β).
-METHODS: dict[str, Method] = {
-    "sft": Method("+ SFT", "sft"),
-    "fkl": Method("+ Forward KL", "fkl"),
-    "grpo": Method("+ GRPO", "grpo"),
-    "grpo_opd": Method("+ GRPO + OPD", "grpo_opd"),
-    "cord": Method("+ CORD", "cord"),
-    "cord_ab1": Method("+ CORD α=β=1", "cord", {"cord_alpha": 1.0, "cord_position_beta": 1.0}),
-    "cord_ab3": Method("+ CORD α=β=3", "cord", {"cord_alpha": 3.0, "cord_position_beta": 3.0}),
-    # a diagnostic, not a competitor: SFT on the gold chains instead of the teacher's samples
-    "sft_gold": Method("+ gold SFT (diagnostic)", "sft_gold"),
-}
-TABLE1 = ("sft", "fkl", "cord")
-TABLE3 = ("grpo", "grpo_opd", "cord")
-DEFAULT_METHODS = ("sft", "fkl", "grpo", "grpo_opd", "cord")
 SWEEP = ("cord_ab1", "cord", "cord_ab3")
 LEARNING_RATES = (3e-5, 1e-4, 3e-4, 1e-3)
 TEXT_TOLERANCE = 0.03
