@@ -30,6 +30,7 @@ from cord_kernels.modules import (
     ReverseKL,
     TokenLogprobs,
 )
+from cord_kernels.sparse_teacher import sparse_teacher_loss
 from cord_kernels.token_logprobs import token_logprobs
 from cord_kernels.weights import cord_weights
 
@@ -46,6 +47,7 @@ __all__ = [
     "fused_linear_cord_token_loss",
     "fused_linear_token_logprobs",
     "grpo_loss",
+    "sparse_teacher_loss",
     "ReverseKL",
     "ForwardKL",
     "JSD",
