@@ -16,6 +16,7 @@ from cord_kernels.cord_token_loss import cord_token_loss
 from cord_kernels.fused_cord import fused_linear_cord_token_loss
 from cord_kernels.fused_distill import fused_linear_distill_loss
 from cord_kernels.fused_logprobs import fused_linear_token_logprobs
+from cord_kernels.fused_sparse_teacher import fused_linear_sparse_teacher_loss
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.jsd import jsd
 from cord_kernels.kl import forward_kl, reverse_kl
@@ -48,6 +49,7 @@ __all__ = [
     "fused_linear_token_logprobs",
     "grpo_loss",
     "sparse_teacher_loss",
+    "fused_linear_sparse_teacher_loss",
     "ReverseKL",
     "ForwardKL",
     "JSD",
