@@ -4,6 +4,8 @@ Logits in:   reverse_kl, forward_kl, jsd, token_logprobs, cord_weights, cord_tok
              grpo_loss
 Hidden in:   fused_linear_distill_loss, fused_linear_cord_token_loss,
              fused_linear_token_logprobs
+Sparse:      sparse_teacher_loss, fused_linear_sparse_teacher_loss, student_topk_distill_loss,
+             teacher_topk, sampled_token_reverse_kl
 Modules:     ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
              FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss
 
@@ -31,7 +33,10 @@ from cord_kernels.modules import (
     ReverseKL,
     TokenLogprobs,
 )
+from cord_kernels.sampled_token_kl import sampled_token_reverse_kl
 from cord_kernels.sparse_teacher import sparse_teacher_loss
+from cord_kernels.student_topk import student_topk_distill_loss
+from cord_kernels.teacher_topk import teacher_topk
 from cord_kernels.token_logprobs import token_logprobs
 from cord_kernels.weights import cord_weights
 
@@ -50,6 +55,9 @@ __all__ = [
     "grpo_loss",
     "sparse_teacher_loss",
     "fused_linear_sparse_teacher_loss",
+    "student_topk_distill_loss",
+    "teacher_topk",
+    "sampled_token_reverse_kl",
     "ReverseKL",
     "ForwardKL",
     "JSD",

@@ -252,7 +252,7 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
         return gh, gw, gb, None, None, None, None, None
 
 
-def _check_transform(softcap, logit_scale) -> tuple[float, float]:
+def check_transform(softcap, logit_scale) -> tuple[float, float]:
     for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
         if value is None and name == "softcap":
             continue
@@ -323,7 +323,7 @@ def fused_linear_sparse_teacher_loss(
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), weight.shape[0],
                             mask.to(student_hidden.device))
     token_weights = check_token_weights(token_weights, mask)
-    softcap, logit_scale = _check_transform(softcap, logit_scale)
+    softcap, logit_scale = check_transform(softcap, logit_scale)
     params = FusedSparseParams(opts, logit_scale, softcap, check_chunk_bytes(chunk_bytes),
                                resolve_impl(impl, student_hidden, weight),
                                operand_dtype(student_hidden, weight))
