@@ -41,8 +41,6 @@ from cord_kernels.fused_linear import (
     compute_dtype,
     no_autocast,
     operand_dtype,
-    row_block,
-    row_math_threads,
     rows_per_chunk,
 )
 from cord_kernels.reduction import reduce_total
@@ -54,9 +52,10 @@ from cord_kernels.sparse_options import (
 from cord_kernels.support_divergence import support_divergence
 from cord_kernels.support_logprobs import (
     add_sparse_terms,
-    chain_factor,
     support_bwd_dense,
     support_fwd,
+    torch_dense_grad,
+    torch_row_lse,
 )
 
 
@@ -74,31 +73,10 @@ class FusedSparseParams:
 
 
 def _torch_stats(tile, ids, valid, tau):
-    """(a (n, k), lse (n,)) of the (n, V) tile of logits t, in cache-sized row blocks."""
-    n = tile.shape[0]
-    lse = torch.empty(n, dtype=tile.dtype, device=tile.device)
-    r = row_block(tile.shape[1])
-    with row_math_threads(tile.device):
-        for lo in range(0, n, r):
-            blk = tile[lo:lo + r]
-            lse[lo:lo + r] = torch.logsumexp(blk if tau == 1.0 else blk / tau, dim=-1)
+    """(a (n, k), lse (n,)) of the (n, V) tile of logits t."""
+    lse = torch_row_lse(tile, tau)
     gathered = tile.gather(1, torch.where(valid, ids, 0).long()) / tau
     return torch.where(valid, gathered - lse[:, None], float("-inf")), lse
-
-
-def _torch_dense_grad(tile, lse, g_sum, tau, logit_scale, softcap):
-    """tile <- -(1/tau) p G dt/dz, in row blocks (the tile holds t on entry)."""
-    r = row_block(tile.shape[1])
-    transform = logit_scale != 1.0 or bool(softcap)
-    with row_math_threads(tile.device):
-        for lo in range(0, tile.shape[0], r):
-            blk = tile[lo:lo + r]
-            f = chain_factor(blk, logit_scale, softcap) if transform else None
-            if tau != 1.0:
-                blk.mul_(1.0 / tau)
-            blk.sub_(lse[lo:lo + r, None]).exp_().mul_((-g_sum[lo:lo + r] / tau)[:, None])
-            if f is not None:
-                blk.mul_(f)
 
 
 class SparseHeadProblem:
@@ -165,7 +143,7 @@ class SparseHeadProblem:
         if p.impl is Impl.TRITON:
             support_bwd_dense(tile, lse2, g.sum(1), tau, tile, p.logit_scale, p.softcap)
         else:
-            _torch_dense_grad(tile, lse, g.sum(1), tau, p.logit_scale, p.softcap)
+            torch_dense_grad(tile, lse, g.sum(1), tau, tile, p.logit_scale, p.softcap)
         add_sparse_terms(tile, ids, valid, g, a.detach(), lse, tau, p.logit_scale, p.softcap)
         self.head.backprop(tile, h, None, slice(lo, hi), grads)
         return d.detach()

@@ -34,6 +34,7 @@ import torch
 from cord_kernels._dispatch import Impl, triton_available
 from cord_kernels._row_lse import row_lse
 from cord_kernels._rows import block_v, launch_device, num_warps, row_view
+from cord_kernels.fused_linear import row_block, row_math_threads
 
 if triton_available():
     import triton
@@ -234,35 +235,75 @@ class SupportLogprobsFunction(torch.autograd.Function):
         return dx, None, None, None
 
 
+# ------------------------------------------------------------------------- torch path
+
+
+def torch_row_lse(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n,) lse(x / tau) of the (n, V) rows, in cache-sized row blocks (fp64 for fp64)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    lse = torch.empty(x.shape[0], dtype=dt, device=x.device)
+    r = row_block(x.shape[1])
+    with row_math_threads(x.device):
+        for lo in range(0, x.shape[0], r):
+            blk = x[lo:lo + r].to(dt)
+            lse[lo:lo + r] = torch.logsumexp(blk if temperature == 1.0 else blk / temperature, -1)
+    return lse
+
+
+def torch_dense_grad(x: torch.Tensor, lse: torch.Tensor, g_sum: torch.Tensor,
+                     temperature: float, out: torch.Tensor, logit_scale: float = 1.0,
+                     softcap: float = 0.0) -> None:
+    """out (n, V) = -(1/tau) p_v G (times dt/dz for a transform), in row blocks; ``out`` may be
+    ``x`` itself. Rows with G = 0 get exact zeros (whatever x holds there, NaN included)."""
+    dt = lse.dtype
+    in_place = out.data_ptr() == x.data_ptr() and x.dtype == dt
+    transform = logit_scale != 1.0 or bool(softcap)
+    scale = (-g_sum.to(dt) / temperature)[:, None]
+    r = row_block(x.shape[1])
+    with row_math_threads(x.device):
+        for lo in range(0, x.shape[0], r):
+            blk = x[lo:lo + r] if in_place else x[lo:lo + r].to(dt, copy=True)
+            f = chain_factor(blk, logit_scale, softcap) if transform else None
+            if temperature != 1.0:
+                blk.mul_(1.0 / temperature)
+            blk.sub_(lse[lo:lo + r, None]).exp_().mul_(scale[lo:lo + r])
+            if f is not None:
+                blk.mul_(f)
+            blk.masked_fill_(scale[lo:lo + r] == 0, 0.0)
+            if not in_place:
+                out[lo:lo + r] = blk
+
+
 class TorchSupportLogprobsFunction(torch.autograd.Function):
-    """The same in eager torch (``impl="torch"``): logsumexp of the rows, a gather; backward
-    rebuilds softmax from the logits. Saves lse per row, no (N, V) tensor."""
+    """The same in eager torch (``impl="torch"``): lse of the rows in cache-sized blocks and a
+    gather; backward rebuilds softmax from the logits block by block. Saves lse per row."""
 
     @staticmethod
     def forward(ctx, x, ids, slot_valid, temperature: float):
-        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        keep = slot_valid.any(-1, keepdim=True)
-        # Rows without a valid slot are never read (their logits may be NaN padding).
-        xs = torch.where(keep, x.to(dt), 0.0) / temperature
-        lse = torch.logsumexp(xs, dim=-1, keepdim=True)
-        safe = torch.where(slot_valid, ids, 0).long()
-        a = torch.where(slot_valid, xs.gather(-1, safe) - lse, float("-inf"))
-        ctx.save_for_backward(x, safe, slot_valid, lse)
+        V, K = x.shape[-1], ids.shape[-1]
+        x2 = x.reshape(-1, V)
+        valid = slot_valid.reshape(-1, K)
+        # Rows without a valid slot may hold NaN padding: their lse is never used.
+        lse = torch.where(valid.any(1), torch_row_lse(x2, temperature), 0.0)
+        safe = torch.where(valid, ids.reshape(-1, K), 0).long()
+        a = x2.gather(1, safe).to(lse.dtype) / temperature - lse[:, None]
+        a = torch.where(valid, a, float("-inf"))
+        ctx.save_for_backward(x, safe, valid, lse)
         ctx.temperature = temperature
-        return a
+        return a.view(ids.shape)
 
     @staticmethod
     def backward(ctx, grad_a):
-        x, safe, slot_valid, lse = ctx.saved_tensors
+        x, safe, valid, lse = ctx.saved_tensors
         tau = ctx.temperature
-        g = torch.where(slot_valid, grad_a, 0.0)
-        G = g.sum(-1, keepdim=True)
-        keep = G != 0
-        xs = torch.where(keep, x.to(lse.dtype), 0.0) / tau
+        V = x.shape[-1]
+        g = torch.where(valid, grad_a.reshape(valid.shape).to(lse.dtype), 0.0)
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        dx2 = dx.view(-1, V)
         # dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G)
-        dx = torch.where(keep, (xs - lse).exp_().mul_(-G / tau), 0.0)
-        dx.scatter_add_(-1, safe, g / tau)
-        return dx.to(x.dtype), None, None, None
+        torch_dense_grad(x.reshape(-1, V), lse, g.sum(1), tau, dx2)
+        dx2.scatter_add_(1, safe, (g / tau).to(dx.dtype))
+        return dx, None, None, None
 
 
 def support_logprobs(x: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tensor, *,

@@ -44,6 +44,14 @@ def _loss_and_grad(fn, s, lp, ids, mask, cot=None, **kw):
     return out, g
 
 
+def fp32_tolerances(ref_fn, args, kw, expect, g64, *, cot=None):
+    """max(1e-5, 2x the error of the reference formula itself in fp32), for the value and the
+    gradient: a tail bucket next to a near-certain top-k, 1 - p with p ~ 1, loses digits in
+    any fp32 evaluation (test_jsd.py does the same for the JSD's gradient)."""
+    expect32, g32 = _loss_and_grad(ref_fn, *args, cot, **kw)
+    return (max(1e-5, 2 * rel_err(expect32, expect)), max(1e-5, 2 * rel_err(g32, g64)))
+
+
 @st.composite
 def shapes(draw):
     V = draw(st.integers(1, 300))
@@ -63,10 +71,12 @@ def test_matches_fp64_reference(shape, div, tail, temperature, impl, interpret, 
                             impl=impl, **kw)
     expect, g64 = _loss_and_grad(ref.sparse_teacher_loss, s.double(), lp.double(), ids, mask,
                                  cot.double(), reduction="none", **kw)
+    tol, grad_tol = fp32_tolerances(ref.sparse_teacher_loss, (s, lp, ids, mask),
+                                    dict(kw, reduction="none"), expect, g64, cot=cot)
     assert out.dtype == torch.float32 and (out[~mask] == 0).all() and (out >= -1e-6).all()
-    assert rel_err(out, expect) < 1e-5
+    assert rel_err(out, expect) < tol
     assert torch.isfinite(g).all() and (g[~mask] == 0).all()
-    assert rel_err(g, g64) < 1e-5, rel_err(g, g64)
+    assert rel_err(g, g64) < grad_tol, rel_err(g, g64)
 
 
 # Each case is here for a reason.

@@ -74,9 +74,12 @@ def test_matches_fp64_reference(B, T, V, seed, div, tail, impl, temperature, dat
               token_weights=w, reduction="sum")
     out, g = _grad(student_topk_distill_loss, s, u, mask, impl=impl, **kw)
     expect, g64 = _grad(ref.student_topk_distill_loss, s.double(), u.double(), mask, **kw)
-    assert rel_err(out, expect) < 1e-5
+    out32, g32 = _grad(ref.student_topk_distill_loss, s, u, mask, **kw)  # the fp32 formula's
+    tol = max(1e-5, 2 * rel_err(out32, expect))  # own error: see test_sparse_teacher.py's
+    grad_tol = max(1e-5, 2 * rel_err(g32, g64))  # fp32_tolerances
+    assert rel_err(out, expect) < tol
     assert torch.isfinite(g).all() and (g[~mask] == 0).all()
-    assert rel_err(g, g64) < 1e-5
+    assert rel_err(g, g64) < grad_tol
 
 
 def test_inplace_backward_and_num_items(interpret):
