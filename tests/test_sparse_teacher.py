@@ -247,3 +247,20 @@ def test_bad_input():
     # An out-of-range id at an unused slot is never read.
     bad_ids[0, 0, 0] = -1
     assert torch.isfinite(call(ids=bad_ids, lp=unused, impl="torch"))
+
+
+def test_strided_logits_and_inplace_backward_into_a_view(interpret):
+    """logits[:, :-1] of a (B, T+1, V) tensor (a view with a row stride of V but a batch
+    stride of (T+1) V) is read without a copy, and inplace_backward writes the gradient into
+    that view, the sparse terms included."""
+    s, lp, ids, mask, _ = make_batch(2, 5, 90, 6, seed=8, masked=0.2)
+    full = torch.cat([s, torch.randn(2, 1, 90)], dim=1)
+    expect, g_ref = _loss_and_grad(sparse_teacher_loss, s, lp, ids, mask, impl="torch")
+    for inplace in (False, True):
+        leaf = full.clone().requires_grad_()
+        z = leaf * 1.0
+        loss = sparse_teacher_loss(z[:, :-1], lp, ids, mask, impl="triton",
+                                   inplace_backward=inplace)
+        (g,) = torch.autograd.grad(loss, leaf)
+        assert rel_err(loss, expect) < 1e-6
+        assert rel_err(g[:, :-1], g_ref) < 1e-6 and (g[:, -1] == 0).all()
