@@ -7,7 +7,8 @@ Hidden in:   fused_linear_distill_loss, fused_linear_cord_token_loss,
 Sparse:      sparse_teacher_loss, fused_linear_sparse_teacher_loss, student_topk_distill_loss,
              teacher_topk, sampled_token_reverse_kl
 Modules:     ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
-             FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss
+             FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss, SparseTeacherLoss,
+             FusedLinearSparseTeacherLoss
 
 Every function takes keyword-only options and ``impl="triton" | "torch" | None``; None runs the
 Triton kernels on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the torch reference
@@ -34,6 +35,7 @@ from cord_kernels.modules import (
     TokenLogprobs,
 )
 from cord_kernels.sampled_token_kl import sampled_token_reverse_kl
+from cord_kernels.sparse_modules import FusedLinearSparseTeacherLoss, SparseTeacherLoss
 from cord_kernels.sparse_teacher import sparse_teacher_loss
 from cord_kernels.student_topk import student_topk_distill_loss
 from cord_kernels.teacher_topk import teacher_topk
@@ -67,4 +69,6 @@ __all__ = [
     "FusedLinearCordTokenLoss",
     "FusedLinearTokenLogprobs",
     "GRPOLoss",
+    "SparseTeacherLoss",
+    "FusedLinearSparseTeacherLoss",
 ]

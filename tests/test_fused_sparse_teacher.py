@@ -10,7 +10,12 @@ import torch
 from helpers import rel_err
 from test_fused_distill import _GemmCount
 
-from cord_kernels import fused_linear_sparse_teacher_loss, sparse_teacher_loss
+from cord_kernels import (
+    FusedLinearSparseTeacherLoss,
+    SparseTeacherLoss,
+    fused_linear_sparse_teacher_loss,
+    sparse_teacher_loss,
+)
 from cord_kernels import reference as ref
 
 
@@ -183,3 +188,21 @@ def test_bf16_inputs(impl, interpret):
     assert rel_err(loss, expect) < 1e-2
     for g, e in zip(grads, expect_grads):
         assert g.dtype == torch.bfloat16 and rel_err(g, e) < 2e-2
+
+
+def test_modules():
+    hs, W, b, lp, ids, mask, w = _problem(seed=6)
+    fn = FusedLinearSparseTeacherLoss(divergence="jsd", jsd_beta=0.3, tail="renormalize",
+                                      softcap=4.0, impl="torch")
+    assert torch.equal(
+        fn(hs, W, lp, ids, mask, bias=b, token_weights=w, num_items_in_batch=9),
+        fused_linear_sparse_teacher_loss(hs, W, lp, ids, mask, bias=b, token_weights=w,
+                                         num_items_in_batch=9, divergence="jsd", jsd_beta=0.3,
+                                         tail="renormalize", softcap=4.0, impl="torch"))
+    s = hs @ W.T
+    assert torch.equal(SparseTeacherLoss(reduction="mean", impl="torch")(s, lp, ids, mask),
+                       sparse_teacher_loss(s, lp, ids, mask, reduction="mean", impl="torch"))
+    for bad, msg in ((dict(tail="x"), "tail must be one of"),
+                     (dict(softcap=0.0), "softcap must be a finite number > 0")):
+        with pytest.raises(ValueError, match=msg):
+            FusedLinearSparseTeacherLoss(**bad)
