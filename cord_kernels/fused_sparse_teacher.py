@@ -79,11 +79,43 @@ def _torch_stats(tile, ids, valid, tau):
     return torch.where(valid, gathered - lse[:, None], float("-inf")), lse
 
 
-class SparseHeadProblem:
-    """One call's data: flat hidden rows, the head, the teacher's slots at the projected rows
-    (valid positions with at least one used slot), and the tile buffer."""
+class StoredTopK:
+    """The targets of ``fused_linear_sparse_teacher_loss``: the teacher's given top-k. Rows
+    to project: valid positions with at least one used slot."""
 
-    def __init__(self, hidden, weight, bias, lp, ids, valid, params: FusedSparseParams):
+    n_tiles = 1
+
+    def __init__(self, lp, ids, valid):
+        k = ids.shape[-1]
+        self.lp, self.ids, self.valid = (t.reshape(-1, k) for t in (lp.detach(), ids, valid))
+
+    def projected_rows(self) -> torch.Tensor:
+        return self.valid.any(1)
+
+    def select(self, problem: SparseHeadProblem) -> None:
+        """Narrows the targets to the problem's projected rows (again for each problem)."""
+        i = problem.index
+        self.rows = (self.ids[i], self.valid[i], self.lp[i].to(problem.dtype))
+
+    def chunk(self, problem: SparseHeadProblem, lo: int, hi: int, tile: torch.Tensor):
+        """(ids, valid, teacher log-probs) of projected rows [lo, hi), each (n, k)."""
+        return tuple(t[lo:hi] for t in self.rows)
+
+
+def support_stats(tile, ids, valid, tau, impl: Impl):
+    """(a (n, k), lse (n,), lse pair (n, 2) or None) of a logits tile on the given ids."""
+    if impl is Impl.TRITON:
+        a, lse2 = support_fwd(tile, ids, valid, tau)
+        return a, lse2.sum(1), lse2
+    a, lse = _torch_stats(tile, ids, valid, tau)
+    return a, lse, None
+
+
+class SparseHeadProblem:
+    """One call's data: flat hidden rows, the head, the targets (where the support and the
+    teacher's log-probs on it come from), the projected rows and the tile buffer."""
+
+    def __init__(self, hidden, weight, bias, targets, params: FusedSparseParams):
         B, T, H = hidden.shape
         self.B, self.T, self.V = B, T, weight.shape[0]
         self.params = params
@@ -92,14 +124,12 @@ class SparseHeadProblem:
         self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operand, self.dtype)
         self.hs = hidden.detach().reshape(B * T, H)
-        k = ids.shape[-1]
         # The one host sync: which rows are projected.
-        self.index = valid.reshape(B * T, k).any(1).nonzero().squeeze(1)
+        self.index = targets.projected_rows().nonzero().squeeze(1)
         self.n_rows = self.index.numel()
-        self.lp = lp.detach().reshape(B * T, k)[self.index].to(self.dtype)
-        self.ids = ids.reshape(B * T, k)[self.index]
-        self.valid = valid.reshape(B * T, k)[self.index]
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 1, self.dtype)
+        self.targets = targets
+        targets.select(self)
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, targets.n_tiles, self.dtype)
         self._tile = None
 
     def tile(self, n: int) -> torch.Tensor:
@@ -108,17 +138,21 @@ class SparseHeadProblem:
             self._tile = torch.empty(rows, self.V, dtype=self.dtype, device=self.device)
         return self._tile[:n]
 
-    def logits(self, lo: int, hi: int):
-        """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
+    def transform(self, tile: torch.Tensor) -> torch.Tensor:
+        """The model's logit transform, in place: scale, then softcap."""
         p = self.params
-        tile = self.tile(hi - lo)
-        h = self.head.rows(self.hs, self.index[lo:hi])
-        self.head.project(h, tile)
         if p.logit_scale != 1.0:
             tile.mul_(p.logit_scale)
         if p.softcap:
             tile.div_(p.softcap).tanh_().mul_(p.softcap)
-        return tile, h
+        return tile
+
+    def logits(self, lo: int, hi: int):
+        """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
+        tile = self.tile(hi - lo)
+        h = self.head.rows(self.hs, self.index[lo:hi])
+        self.head.project(h, tile)
+        return self.transform(tile), h
 
     def chunk(self, lo: int, hi: int, row_weights: torch.Tensor | None, grads: Grads | None):
         """Div of projected rows [lo, hi); with ``grads``, adds the gradient of
@@ -126,16 +160,12 @@ class SparseHeadProblem:
         p, opts = self.params, self.params.opts
         tau = opts.temperature
         tile, h = self.logits(lo, hi)
-        ids, valid = self.ids[lo:hi], self.valid[lo:hi]
-        if p.impl is Impl.TRITON:
-            a, lse2 = support_fwd(tile, ids, valid, tau)
-            lse = lse2.sum(1)
-        else:
-            a, lse = _torch_stats(tile, ids, valid, tau)
+        ids, valid, b = self.targets.chunk(self, lo, hi, tile)
+        a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
         with torch.enable_grad():
             a = a.detach().requires_grad_(grads is not None)
-            d = support_divergence(a, self.lp[lo:hi], valid, divergence=opts.divergence,
-                                   beta=opts.beta, tail=opts.tail)
+            d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+                                   tail=opts.tail)
             if grads is None:
                 return d.detach()
             (g,) = torch.autograd.grad((row_weights.to(d.dtype) * d).sum(), a)
@@ -178,9 +208,9 @@ class FusedSparseSumFunction(torch.autograd.Function):
     """(sum_t w_t Div_t, detached (B, T) Div); gradients formed in forward (3 GEMMs)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, lp, ids, valid, token_weights, params):
+    def forward(ctx, hidden, weight, bias, token_weights, targets, params):
         with no_autocast(hidden.device):
-            problem = SparseHeadProblem(hidden, weight, bias, lp, ids, valid, params)
+            problem = SparseHeadProblem(hidden, weight, bias, targets, params)
             grads = problem.grads(*ctx.needs_input_grad[:3])
             w = _row_weights(problem, token_weights)
             d = problem.run(w, grads)
@@ -200,7 +230,7 @@ class FusedSparseSumFunction(torch.autograd.Function):
         ctx.used = True
         gh, gw, gb = (None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
                       for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
-        return gh, gw, gb, None, None, None, None, None
+        return gh, gw, gb, None, None, None
 
 
 class FusedSparsePerTokenFunction(torch.autograd.Function):
@@ -208,26 +238,26 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
     by projecting again (3 GEMMs), since the per-token cotangent weighs grad_W."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, lp, ids, valid, token_weights, params):
+    def forward(ctx, hidden, weight, bias, token_weights, targets, params):
         with no_autocast(hidden.device):
-            problem = SparseHeadProblem(hidden, weight, bias, lp, ids, valid, params)
+            problem = SparseHeadProblem(hidden, weight, bias, targets, params)
             d = problem.run(None, None)
             w = _row_weights(problem, token_weights)
-        ctx.save_for_backward(hidden, weight, bias, lp, ids, valid, w)
-        ctx.params = params
+        ctx.save_for_backward(hidden, weight, bias, w)
+        ctx.targets, ctx.params = targets, params
         per_token = problem.dense(d)
         ctx.mark_non_differentiable(per_token)
         return problem.dense(w * d), per_token
 
     @staticmethod
     def backward(ctx, grad_out, _grad_per_token):
-        hidden, weight, bias, lp, ids, valid, w = ctx.saved_tensors
+        hidden, weight, bias, w = ctx.saved_tensors
         with no_autocast(hidden.device):
-            problem = SparseHeadProblem(hidden, weight, bias, lp, ids, valid, ctx.params)
+            problem = SparseHeadProblem(hidden, weight, bias, ctx.targets, ctx.params)
             grads = problem.grads(*ctx.needs_input_grad[:3])
             problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
         gh, gw, gb = _head_grads(grads, problem, hidden, weight, bias)
-        return gh, gw, gb, None, None, None, None, None
+        return gh, gw, gb, None, None, None
 
 
 def check_transform(softcap, logit_scale) -> tuple[float, float]:
@@ -305,18 +335,26 @@ def fused_linear_sparse_teacher_loss(
     params = FusedSparseParams(opts, logit_scale, softcap, check_chunk_bytes(chunk_bytes),
                                resolve_impl(impl, student_hidden, weight),
                                operand_dtype(student_hidden, weight))
-    args = (student_hidden, weight, bias, teacher_topk_logprobs.detach(), teacher_topk_ids,
-            valid, token_weights, params)
+    return run_sparse_head(student_hidden, weight, bias, token_weights,
+                           StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
+                           params)
+
+
+def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):
+    """The checked call shared by the fused-linear sparse losses: the autograd Function the
+    reduction needs (or no graph under ``torch.no_grad()``), then the reduction."""
+    opts = params.opts
+    args = (hidden, weight, bias, token_weights, targets, params)
     if opts.reduction == "none" and opts.num_items_in_batch is None:
         weighted, d = FusedSparsePerTokenFunction.apply(*args)
         return (weighted, d) if opts.return_per_token else weighted
     differentiable = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (student_hidden, weight, bias))
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
     if differentiable:
         total, d = FusedSparseSumFunction.apply(*args)
-    else:  # evaluation: the projection GEMM only
-        with no_autocast(student_hidden.device):
-            problem = SparseHeadProblem(*args[:6], params)
+    else:  # evaluation: the projection GEMM(s) only
+        with no_autocast(hidden.device):
+            problem = SparseHeadProblem(hidden, weight, bias, targets, params)
             d_rows = problem.run(None, None)
             total = (_row_weights(problem, token_weights) * d_rows).sum()
         d = problem.dense(d_rows)
