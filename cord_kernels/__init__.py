@@ -5,7 +5,7 @@ Logits in:   reverse_kl, forward_kl, jsd, token_logprobs, cord_weights, cord_tok
 Hidden in:   fused_linear_distill_loss, fused_linear_cord_token_loss,
              fused_linear_token_logprobs
 Sparse:      sparse_teacher_loss, fused_linear_sparse_teacher_loss, student_topk_distill_loss,
-             teacher_topk, sampled_token_reverse_kl
+             fused_linear_student_topk_distill_loss, teacher_topk, sampled_token_reverse_kl
 Modules:     ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
              FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss, SparseTeacherLoss,
              FusedLinearSparseTeacherLoss
@@ -20,6 +20,7 @@ from cord_kernels.fused_cord import fused_linear_cord_token_loss
 from cord_kernels.fused_distill import fused_linear_distill_loss
 from cord_kernels.fused_logprobs import fused_linear_token_logprobs
 from cord_kernels.fused_sparse_teacher import fused_linear_sparse_teacher_loss
+from cord_kernels.fused_student_topk import fused_linear_student_topk_distill_loss
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.jsd import jsd
 from cord_kernels.kl import forward_kl, reverse_kl
@@ -58,6 +59,7 @@ __all__ = [
     "sparse_teacher_loss",
     "fused_linear_sparse_teacher_loss",
     "student_topk_distill_loss",
+    "fused_linear_student_topk_distill_loss",
     "teacher_topk",
     "sampled_token_reverse_kl",
     "ReverseKL",

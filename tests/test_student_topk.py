@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cord_kernels import (
+    fused_linear_student_topk_distill_loss,
     fused_linear_token_logprobs,
     sampled_token_reverse_kl,
     sparse_teacher_loss,
@@ -193,3 +194,48 @@ def test_sampled_token_bad_input():
         sampled_token_reverse_kl(lp, lp, mask, reduction="none", num_items_in_batch=3)
     with pytest.raises(ValueError, match="reduction must be one of"):
         sampled_token_reverse_kl(lp, lp, mask, reduction="avg")
+
+
+# ------------------------------------------------------- fused_linear_student_topk_distill_loss
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("reduction, rows, teacher_head", [
+    pytest.param("batchmean", None, False, id="batchmean-shared-head"),
+    pytest.param("sum", 4, True, id="sum-4rows-teacher-head"),  # chunks cut sequences
+    pytest.param("none", 5, True, id="none-5rows-teacher-head"),
+])
+def test_fused_matches_logits_in(impl, reduction, rows, teacher_head, interpret, nan_poison):
+    """The same value and gradients as student_topk_distill_loss on the projected (softcapped)
+    logits; 4 GEMMs for a scalar loss."""
+    from test_fused_distill import _GemmCount
+
+    g = torch.Generator().manual_seed(4)
+    B, T, H, V = 3, 6, 16, 97
+    hs, ht = torch.randn(B, T, H, generator=g), torch.randn(B, T, 24 if teacher_head else H,
+                                                             generator=g)
+    W, b = torch.randn(V, H, generator=g) * 0.6, torch.randn(V, generator=g)
+    Wt = torch.randn(V, ht.shape[-1], generator=g) * 0.6
+    mask = torch.rand(B, T, generator=g) > 0.3
+    w = torch.rand(B, T, generator=g)
+    kw = dict(k=7, divergence="jsd", jsd_beta=0.4, tail="renormalize", temperature=1.2,
+              token_weights=w, reduction=reduction)
+    teacher = dict(teacher_weight=Wt) if teacher_head else {}
+    leaves = [t.clone().requires_grad_() for t in (hs, W, b)]
+    with _GemmCount(V, [H, ht.shape[-1]]) as count:
+        loss = fused_linear_student_topk_distill_loss(
+            leaves[0], ht, leaves[1], mask, bias=leaves[2], softcap=3.0, impl=impl,
+            chunk_bytes=None if rows is None else rows * 2 * 4 * V, **teacher, **kw)
+    cot = torch.randn_like(loss)
+    grads = torch.autograd.grad(loss, leaves, cot)
+    x = [t.clone().requires_grad_() for t in (hs, W, b)]
+    s = 3.0 * torch.tanh((x[0] @ x[1].T + x[2]) / 3.0)
+    u = 3.0 * torch.tanh((ht @ Wt.T if teacher_head else ht @ W.T + b) / 3.0)
+    expect = student_topk_distill_loss(s, u.detach(), mask, impl="torch", **kw)
+    expect_grads = torch.autograd.grad(expect, x, cot)
+    assert rel_err(loss, expect) < 1e-5
+    for got, e in zip(grads, expect_grads):
+        assert rel_err(got, e) < 2e-5
+    if reduction != "none":
+        # student projection, grad wrt hidden and weight (H), teacher projection (H_t)
+        assert count.flops == 2 * int(mask.sum()) * V * (3 * H + ht.shape[-1])
