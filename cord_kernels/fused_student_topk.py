@@ -21,7 +21,7 @@ from cord_kernels.fused_sparse_teacher import (
     run_sparse_head,
     support_stats,
 )
-from cord_kernels.sparse_options import check_sparse_options
+from cord_kernels.sparse_options import check_k, check_sparse_options
 
 
 class StudentTopK:
@@ -93,10 +93,7 @@ def fused_linear_student_topk_distill_loss(
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                 teacher_bias, mask)
     V = weight.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= V:
-        raise ValueError(f"k must be in [1, V] = [1, {V}], got {k}")
+    check_k(k, V)
     opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
                                 return_per_token, num_items_in_batch)
     token_weights = check_token_weights(token_weights, mask)

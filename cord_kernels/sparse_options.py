@@ -60,6 +60,15 @@ def check_num_items(num_items_in_batch, reduction: str):
     return num_items_in_batch
 
 
+def check_k(k, vocab: int) -> int:
+    """A support size: an int in [1, V]."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must be in [1, V] = [1, {vocab}], got {k}")
+    return k
+
+
 def check_sparse_options(divergence, jsd_beta, tail, temperature, reduction, return_per_token,
                          num_items_in_batch) -> SparseOptions:
     if divergence not in DIVERGENCES:

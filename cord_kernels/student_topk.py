@@ -16,7 +16,7 @@ from cord_kernels._dispatch import resolve_impl
 from cord_kernels._rows import check_inplace_backward
 from cord_kernels._validation import check_bool, check_logits_pair, check_mask
 from cord_kernels.fused_distill import check_token_weights
-from cord_kernels.sparse_options import check_sparse_options, reduce_sparse
+from cord_kernels.sparse_options import check_k, check_sparse_options, reduce_sparse
 from cord_kernels.support_divergence import support_divergence
 from cord_kernels.support_logprobs import support_logprobs
 
@@ -65,10 +65,7 @@ def student_topk_distill_loss(
         raise ValueError(f"student_logits must be (B, T, V), got {tuple(student_logits.shape)}")
     B, T, V = student_logits.shape
     mask = check_mask(mask, (B, T), like="student_logits").to(student_logits.device)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= V:
-        raise ValueError(f"k must be in [1, V] = [1, {V}], got {k}")
+    check_k(k, V)
     opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
                                 return_per_token, num_items_in_batch)
     token_weights = check_token_weights(token_weights, mask)

@@ -28,6 +28,7 @@ from cord_kernels.fused_linear import (
     operand_dtype,
 )
 from cord_kernels.fused_sparse_teacher import check_transform
+from cord_kernels.sparse_options import check_k
 
 
 def _topk_rows(x: torch.Tensor, k: int, temperature: float):
@@ -101,10 +102,7 @@ def teacher_topk(
 
         def chunk_logits(lo, hi):
             return rows[lo:hi]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= V:
-        raise ValueError(f"k must be in [1, V] = [1, {V}], got {k}")
+    check_k(k, V)
     n = rows.shape[0]
     dt = compute_dtype(hidden)
     lp = torch.empty(n, k, dtype=dt, device=hidden.device)
