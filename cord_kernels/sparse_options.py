@@ -85,9 +85,10 @@ def check_sparse_options(divergence, jsd_beta, tail, temperature, reduction, ret
 
 def check_topk_pair(logprobs, ids, lead_shape: tuple[int, ...], vocab: int, mask: torch.Tensor,
                     names=("teacher_topk_logprobs", "teacher_topk_ids")) -> torch.Tensor:
-    """Checks a (B, T, k) log-probs / ids pair; returns the slot validity (B, T, k): a finite or
-    +finite log-prob (not -inf, not NaN) at a valid position. Ids at valid slots must lie in
-    [0, V) (one host sync)."""
+    """Checks a (B, T, k) log-probs / ids pair; returns the slot validity (B, T, k): a log-prob
+    other than -inf (and not NaN) at a valid position. Ids at used slots must lie in [0, V):
+    one host sync, skipped inside ``torch.compile`` (an id out of range then reads NaN on the
+    Triton path)."""
     lp_name, id_name = names
     check_tensor(lp_name, logprobs, ndim=len(lead_shape) + 1)
     check_float(lp_name, logprobs)
@@ -104,6 +105,8 @@ def check_topk_pair(logprobs, ids, lead_shape: tuple[int, ...], vocab: int, mask
                          f"(the same k), got {tuple(ids.shape)}")
     check_same_device((lp_name, logprobs), (id_name, ids), ("mask", mask))
     valid = (logprobs > float("-inf")) & mask.unsqueeze(-1)
+    if torch.compiler.is_compiling():  # no host sync inside a compiled graph: unchecked there
+        return valid
     bad = valid & ((ids < 0) | (ids >= vocab))
     if bool(bad.any()):
         raise ValueError(f"{id_name} must lie in [0, {vocab}) (the vocabulary) at every used "

@@ -241,6 +241,8 @@ class SupportLogprobsFunction(torch.autograd.Function):
 def torch_row_lse(x: torch.Tensor, temperature: float) -> torch.Tensor:
     """(n,) lse(x / tau) of the (n, V) rows, in cache-sized row blocks (fp64 for fp64)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if torch.compiler.is_compiling():  # one op for inductor to fuse (no thread switching)
+        return torch.logsumexp(x.to(dt) / temperature, -1)
     lse = torch.empty(x.shape[0], dtype=dt, device=x.device)
     r = row_block(x.shape[1])
     with row_math_threads(x.device):
@@ -256,6 +258,12 @@ def torch_dense_grad(x: torch.Tensor, lse: torch.Tensor, g_sum: torch.Tensor,
     """out (n, V) = -(1/tau) p_v G (times dt/dz for a transform), in row blocks; ``out`` may be
     ``x`` itself. Rows with G = 0 get exact zeros (whatever x holds there, NaN included)."""
     dt = lse.dtype
+    if torch.compiler.is_compiling():  # whole-tensor ops for inductor to fuse
+        f = chain_factor(x.to(dt), logit_scale, softcap) if logit_scale != 1.0 or softcap else 1.0
+        grad = ((x.to(dt) / temperature - lse[:, None]).exp() * (-g_sum.to(dt) / temperature)
+                [:, None] * f)
+        out.copy_(torch.where((g_sum != 0)[:, None], grad, 0.0))
+        return
     in_place = out.data_ptr() == x.data_ptr() and x.dtype == dt
     transform = logit_scale != 1.0 or bool(softcap)
     scale = (-g_sum.to(dt) / temperature)[:, None]
