@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels._dispatch import Impl, triton_available
-from cord_kernels._row_lse import row_lse
 from cord_kernels._rows import block_v, launch_device, num_warps, row_view
 from cord_kernels.fused_linear import row_block, row_math_threads
 
 if triton_available():
     import triton
     import triton.language as tl
+
+    from cord_kernels._row_lse import row_lse
 
     @triton.jit
     def _support_fwd_kernel(

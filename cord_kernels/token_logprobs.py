@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels._dispatch import resolve_impl, triton_available
-from cord_kernels._row_lse import row_lse
 from cord_kernels._rows import (
     block_v,
     check_inplace_backward,
@@ -32,6 +31,8 @@ from cord_kernels.torch_path import TorchLogprobFunction
 if triton_available():
     import triton
     import triton.language as tl
+
+    from cord_kernels._row_lse import row_lse
 
     @triton.jit
     def _logprob_fwd_kernel(
