@@ -19,6 +19,11 @@ for Div, backward recomputes (1 + 2 GEMMs). Chunks hold at most ``chunk_bytes`` 
 Logit transforms: Gemma 2 / Gemma 3n (``final_logit_softcapping``) and Cohere (``logit_scale``)
 apply them between the head and the softmax; passing ``softcap=`` / ``logit_scale=`` applies
 them inside the stream, so the loss matches the model's own logits.
+
+Layout: row math on a tile, the targets (where a chunk's support and teacher log-probs come
+from: ``StoredTopK`` here, the student's own top-k in ``fused_student_topk.py``), the problem
+and its chunk driver, the two autograd Functions, ``run_sparse_head`` (shared by both fused
+sparse losses) and the public function.
 """
 
 from __future__ import annotations
@@ -205,7 +210,8 @@ def _row_weights(problem: SparseHeadProblem, token_weights) -> torch.Tensor:
 
 
 class FusedSparseSumFunction(torch.autograd.Function):
-    """(sum_t w_t Div_t, detached (B, T) Div); gradients formed in forward (3 GEMMs)."""
+    """(sum_t w_t Div_t, detached (B, T) Div); gradients formed in forward (3 GEMMs, 4 when
+    the targets project a teacher)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, token_weights, targets, params):
