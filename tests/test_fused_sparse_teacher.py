@@ -206,3 +206,28 @@ def test_modules():
                      (dict(softcap=0.0), "softcap must be a finite number > 0")):
         with pytest.raises(ValueError, match=msg):
             FusedLinearSparseTeacherLoss(**bad)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_all_masked_batch_is_zero_with_zero_gradients(impl, interpret):
+    """No valid position at all: every loss is exactly 0 for every reduction (mean included,
+    not 0/0), the gradients exist and are 0, and nothing is projected."""
+    from cord_kernels import fused_linear_student_topk_distill_loss, student_topk_distill_loss
+
+    hs, W, b, lp, ids, mask, w = _problem(seed=7)
+    mask = torch.zeros_like(mask)
+    s = torch.full((*mask.shape, W.shape[0]), float("nan"))
+    for reduction in ("batchmean", "sum", "mean", "none"):
+        x = [t.clone().requires_grad_() for t in (hs, W, b, s)]
+        losses = [
+            fused_linear_sparse_teacher_loss(x[0], x[1], lp, ids, mask, bias=x[2], impl=impl,
+                                             reduction=reduction),
+            fused_linear_student_topk_distill_loss(x[0], hs, x[1], mask, k=3, bias=x[2],
+                                                   impl=impl, reduction=reduction),
+            sparse_teacher_loss(x[3], lp, ids, mask, impl=impl, reduction=reduction),
+            student_topk_distill_loss(x[3], s, mask, k=3, impl=impl, reduction=reduction),
+        ]
+        for loss in losses:
+            assert (loss == 0).all()
+            grads = torch.autograd.grad(loss.sum(), x, allow_unused=True)
+            assert all(g is None or (g == 0).all() for g in grads)
