@@ -35,6 +35,9 @@ from cord_kernels._dispatch import Impl, triton_available
 from cord_kernels._rows import block_v, launch_device, num_warps, row_view
 from cord_kernels.fused_linear import row_block, row_math_threads
 
+# Slots gathered per iteration of the forward kernel (k = 64, a typical server top-k, in one).
+MAX_BLOCK_K = 128
+
 if triton_available():
     import triton
     import triton.language as tl
@@ -51,24 +54,34 @@ if triton_available():
     ):
         i_row = tl.program_id(0).to(tl.int64)
         p_x = X + (i_row // R) * stride_xa + (i_row % R) * stride_xb
-        o_k = tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_valid = tl.load(SlotValid + i_row * K + o_k, mask=m_k, other=0) != 0
+        p_valid = SlotValid + i_row * K
+        p_out = Out + i_row * K
         o_2 = tl.arange(0, 2)
-        if tl.sum(b_valid.to(tl.int32), axis=0) == 0:
+        # The k slots go in BLOCK_K chunks (k can be large: a server's top-1000).
+        n_valid = 0
+        for i_k in range(0, K, BLOCK_K):
+            o_k = i_k + tl.arange(0, BLOCK_K)
+            n_valid += tl.sum(tl.load(p_valid + o_k, mask=o_k < K, other=0).to(tl.int32), axis=0)
+        if n_valid == 0:
             # Nothing on the support (a masked row): not read, all slots -inf.
-            tl.store(Out + i_row * K + o_k, tl.full((BLOCK_K,), float("-inf"), tl.float32),
-                     mask=m_k)
+            for i_k in range(0, K, BLOCK_K):
+                o_k = i_k + tl.arange(0, BLOCK_K)
+                tl.store(p_out + o_k, tl.full((BLOCK_K,), float("-inf"), tl.float32),
+                         mask=o_k < K)
             tl.store(Lse + 2 * i_row + o_2, tl.zeros((2,), tl.float32))
             return
         m, log_s = row_lse(p_x, V, inv_temp, BLOCK_V)
-        b_ids = tl.load(Ids + i_row * K + o_k, mask=b_valid, other=0).to(tl.int64)
-        # Ids were range-checked on the host; an id outside [0, V) would read NaN here.
-        m_id = b_valid & (b_ids >= 0) & (b_ids < V)
-        b_xid = tl.load(p_x + b_ids, mask=m_id, other=float("nan")).to(tl.float32) * inv_temp
-        # a_j = (x_j - max) - log(sum), exact for huge logits (see kl.py).
-        b_a = tl.where(b_valid, (b_xid - m) - log_s, float("-inf"))  # [BLOCK_K]
-        tl.store(Out + i_row * K + o_k, b_a, mask=m_k)
+        for i_k in range(0, K, BLOCK_K):
+            o_k = i_k + tl.arange(0, BLOCK_K)
+            m_k = o_k < K
+            b_valid = tl.load(p_valid + o_k, mask=m_k, other=0) != 0
+            b_ids = tl.load(Ids + i_row * K + o_k, mask=b_valid, other=0).to(tl.int64)
+            # Ids were range-checked on the host; an id outside [0, V) would read NaN here.
+            m_id = b_valid & (b_ids >= 0) & (b_ids < V)
+            b_xid = tl.load(p_x + b_ids, mask=m_id, other=float("nan")).to(tl.float32) * inv_temp
+            # a_j = (x_j - max) - log(sum), exact for huge logits (see kl.py).
+            b_a = tl.where(b_valid, (b_xid - m) - log_s, float("-inf"))  # [BLOCK_K]
+            tl.store(p_out + o_k, b_a, mask=m_k)
         tl.store(Lse + 2 * i_row + o_2, tl.where(o_2 == 0, m, log_s))
 
     @triton.jit
@@ -118,7 +131,7 @@ def support_fwd(x: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tensor,
                 vx.tensor, ids.reshape(n, K).contiguous(),
                 slot_valid.reshape(n, K).contiguous().view(torch.uint8), out, lse,
                 *vx.strides(), vx.rows_per_a, V, K, 1.0 / temperature,
-                BLOCK_V=block_v(V), BLOCK_K=max(2, triton.next_power_of_2(K)),
+                BLOCK_V=block_v(V), BLOCK_K=min(MAX_BLOCK_K, max(2, triton.next_power_of_2(K))),
                 num_warps=num_warps(),
             )
     elif n:

@@ -85,6 +85,7 @@ CASES = [
     pytest.param(2, 3, 4500, 64, torch.float32, id="N6-V4500-k64-fp32"),  # V > BLOCK_V
     pytest.param(2, 4, 77, 1, torch.float32, id="N8-V77-k1-fp32"),  # k = 1 (TRL's top-1)
     pytest.param(2, 3, 40, 40, torch.float32, id="N6-V40-k40-fp32"),  # k = V
+    pytest.param(2, 3, 700, 300, torch.float32, id="N6-V700-k300-fp32"),  # k > MAX_BLOCK_K
     pytest.param(2, 4, 257, 16, torch.bfloat16, id="N8-V257-k16-bf16"),  # one past a block
     pytest.param(2, 4, 200, 5, torch.float16, id="N8-V200-k5-fp16"),
 ]
