@@ -8,6 +8,10 @@ shapes whose inputs cannot fit in the memory at hand are skipped with the reason
 Environment:
     CORD_BENCH_FULL=1        the full sweep
     CORD_BENCH_QUICK=1       tiny shapes: checks the harness end to end in about a minute
+    CORD_BENCH_SPARSE_FULL=1 the sparse-teacher rows at issue 22's sizes (N=4096, V=151,936,
+                             k in {1, 8, 64}); the harness's memory guard wants ~30 GB of RAM
+                             for N=4096 on a CPU, so a 24 GB machine sets N lower with
+    CORD_BENCH_SPARSE_N=1024 (the token count of those rows)
     CORD_BENCH_DEVICE=cpu    force the CPU even where CUDA is present
     CORD_BENCH_OUT=DIR       where results go (default bench/results)
 """
@@ -64,6 +68,13 @@ class BenchConfig:
     modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd")
     fused_modes: tuple[str, ...] = ("fwd+bwd",)
     out_dir: Path = field(default=RESULTS_DIR)
+    # Sparse-teacher losses (bench/test_sparse.py): teacher top-k sizes and the shapes, logits
+    # in and hidden states in. The CPU default is one small case (k = 8, N = 256); issue 22's
+    # N = 4096 sweep runs on CUDA, with CORD_BENCH_FULL=1 or CORD_BENCH_SPARSE_FULL=1.
+    sparse_ks: tuple[int, ...] = (8,)
+    sparse_logits_shapes: tuple[LogitsShape, ...] = (LogitsShape(256, QWEN2_VOCAB),)
+    sparse_fused_shapes: tuple[HiddenShape, ...] = (
+        HiddenShape(256, QWEN2_VOCAB, QWEN2_0_5B_HIDDEN),)
 
     @property
     def on_cuda(self) -> bool:
@@ -82,6 +93,15 @@ def _pick_device() -> torch.device:
     if forced:
         return torch.device(forced)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _env_tokens(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
 
 
 def load_config() -> BenchConfig:
@@ -118,5 +138,13 @@ def load_config() -> BenchConfig:
         fused_lp = (HiddenShape(256, QWEN2_VOCAB, H),)
         fused_modes = ("fwd+bwd",)
     out = Path(os.environ.get("CORD_BENCH_OUT", RESULTS_DIR))
+    sparse = {}
+    if os.environ.get("CORD_BENCH_QUICK", "0") == "1":
+        sparse = dict(sparse_ks=(8,), sparse_logits_shapes=(LogitsShape(64, 4096),),
+                      sparse_fused_shapes=(HiddenShape(256, 4096, 64),))
+    elif full or on_cuda or os.environ.get("CORD_BENCH_SPARSE_FULL", "0") == "1":
+        n = _env_tokens("CORD_BENCH_SPARSE_N", 4096)
+        sparse = dict(sparse_ks=(1, 8, 64), sparse_logits_shapes=(LogitsShape(n, QWEN2_VOCAB),),
+                      sparse_fused_shapes=(HiddenShape(n, QWEN2_VOCAB, H),))
     return BenchConfig(full, device, dtype, logits, fused, fused_lp, modes=modes,
-                       fused_modes=fused_modes, out_dir=out)
+                       fused_modes=fused_modes, out_dir=out, **sparse)

@@ -19,6 +19,11 @@ every row it finished:
                           (torch.mm in the same run), peak memory
     launch_variants.json  BLOCK_V x warps of the streaming kernels, and V = 151,643 (rows not
                           16-byte aligned: scalar loads) beside 151,936
+    sparse_teacher.json   the sparse-teacher loss (teacher top-k, k in {1, 8, 64}) against
+                          TRL's server loss, bf16, N = 16,384: logits in (V = 151,936; GB/s
+                          against the 6 B/entry two-pass bytes: read s twice, write ds) and
+                          fused linear (H = 3584, V = 152,064; % of the 3-GEMM floor), with
+                          peak memory
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ FILES = {
     "logits_sweep": "logits_sweep.json",
     "fused_linear": "fused_linear.json",
     "launch_variants": "launch_variants.json",
+    "sparse_teacher": "sparse_teacher.json",
     "train": "train.json",
 }
 SUMMARY = "summary.md"
@@ -56,6 +62,7 @@ REQUIRED = {
     "logits_sweep": ("copy_gb_s", "rows"),
     "fused_linear": ("gemm_tflops", "rows"),
     "launch_variants": ("best", "rows"),
+    "sparse_teacher": ("copy_gb_s", "gemm_tflops", "rows"),
     "train": ("returncode", "seconds", "steps", "final"),
 }
 
@@ -355,6 +362,59 @@ def measure_variants(out, dry_run, device, dtype, budget: Budget, n, reps) -> No
                 os.environ[k] = val
 
 
+def measure_sparse(out, dry_run, device, dtype, budget: Budget, logits_shape, fused_shape,
+                   reps) -> None:
+    """Every sparse-teacher provider (ours, naive torch, TRL's server loss; the 3-GEMM floor
+    and the dense-teacher fused KL beside the fused one) for each teacher top-k size."""
+    from bench.inputs import make_hidden_case, make_logits_case
+    from bench.measure import gemm_flops
+    from bench.providers import FUSED_PROVIDERS, LOGITS_PROVIDERS, SPARSE_KS
+
+    bw = copy_gb_s(device, 2**31 if device.type == "cuda" else 2**24)
+    n, v, h = fused_shape
+    rate = gemm_tflops(device, n, h, v, dtype)
+    elt = torch.empty((), dtype=dtype).element_size()
+    rows = []
+
+    def run(loss, providers, case, extra, finish):
+        for p in providers:
+            row = {"loss": loss, "provider": p.name, "role": p.role, **extra}
+            if budget.left() <= 0:
+                row.update(status="skipped", reason="the step's time budget was spent")
+            else:
+                row.update(_time_provider(p, case, device, reps))
+            if row["status"] == "ok":
+                finish(row)
+            rows.append(row)
+            write(out, "sparse_teacher", dry_run, copy_gb_s=bw, gemm_tflops=rate,
+                  dtype=str(dtype), rows=rows)
+
+    ln, lv = logits_shape
+    case = make_logits_case(ln, lv, dtype=dtype, device=device)
+    for k in SPARSE_KS:
+        def logits_rates(row):  # two passes over s (lse, then the gradient) and the ds write
+            t = row["time_ms"] / 1e3
+            row.update(gb_s=3 * elt * ln * lv / t / 1e9,
+                       pct_floor_6=100 * (3 * elt * ln * lv / (bw * 1e9)) / t)
+
+        loss = f"sparse_teacher_loss[k{k}]"
+        run(loss, LOGITS_PROVIDERS[loss], case, {"k": k, "n_tokens": ln, "vocab": lv},
+            logits_rates)
+    del case
+    case = make_hidden_case(n, v, h, dtype=dtype, device=device)
+    for k in SPARSE_KS:
+        loss = f"fused_linear_sparse_teacher_loss[k{k}]"
+        flops = gemm_flops(loss, "fwd+bwd", n, v, h)
+
+        def fused_rates(row, flops=flops):
+            t = row["time_ms"] / 1e3
+            row.update(tflops=flops / t / 1e12,
+                       pct_gemm_floor=100 * (flops / (rate * 1e12)) / t)
+
+        run(loss, FUSED_PROVIDERS[loss], case, {"k": k, "n_tokens": n, "vocab": v, "hidden": h},
+            fused_rates)
+
+
 def cmd_measure(out: Path, dry_run: bool, budget_s: float) -> None:
     on_cuda = torch.cuda.is_available() and not dry_run
     device = torch.device("cuda" if on_cuda else "cpu")
@@ -366,10 +426,13 @@ def cmd_measure(out: Path, dry_run: bool, budget_s: float) -> None:
     else:  # the dry run: the same code on shapes a CPU runs in seconds
         logits_shapes, fused_shape, variant_n, reps = (
             [(16, 1024), (32, 1024)], (64, 1024, 32), 16, 1)
-    # Shares of the step's budget: the sweep, the fused-linear comparison, the variants.
+    # Shares of the step's budget: the sweep, the fused-linear comparison, the sparse-teacher
+    # rows, the variants.
     t = Budget(budget_s)
-    measure_logits(out, dry_run, device, dtype, Budget(0.45 * t.left()), logits_shapes, reps)
-    measure_fused(out, dry_run, device, dtype, Budget(0.75 * t.left()), fused_shape, reps)
+    measure_logits(out, dry_run, device, dtype, Budget(0.35 * t.left()), logits_shapes, reps)
+    measure_fused(out, dry_run, device, dtype, Budget(0.45 * t.left()), fused_shape, reps)
+    measure_sparse(out, dry_run, device, dtype, Budget(0.65 * t.left()), logits_shapes[-1],
+                   fused_shape, reps)
     measure_variants(out, dry_run, device, dtype, Budget(t.left()), variant_n, reps)
 
 
@@ -473,6 +536,17 @@ def cmd_summary(out: Path, dry_run: bool) -> None:
         ("V", lambda r: str(r["vocab"])), ("BLOCK_V", lambda r: str(r.get("block_v"))),
         ("warps", lambda r: str(r.get("num_warps"))),
         ("ms", lambda r: _fmt(r.get("time_ms"), ".2f")), ("status", _status)])
+    sp = _load(out, "sparse_teacher")
+    lines += ["", f"## Sparse teacher (top-k), fwd+bwd ({sp.get('dtype')}); copy "
+              f"{_fmt(sp.get('copy_gb_s'))} GB/s, torch.mm {_fmt(sp.get('gemm_tflops'))} "
+              "TFLOP/s", ""]
+    lines += _table(sp.get("rows", []), [
+        ("loss", "loss"), ("provider", "provider"), ("N", lambda r: str(r["n_tokens"])),
+        ("V", lambda r: str(r["vocab"])), ("ms", lambda r: _fmt(r.get("time_ms"), ".2f")),
+        ("GB/s (6 B/entry)", "gb_s"), ("% of copy bw", "pct_floor_6"), ("TFLOP/s", "tflops"),
+        ("% of 3-GEMM floor", "pct_gemm_floor"),
+        ("peak GiB", lambda r: _fmt(r["peak_bytes"] / 2**30, ".2f") if "peak_bytes" in r
+         else ""), ("status", _status)])
     tr = _load(out, "train")
     last = tr.get("final") or (tr.get("steps") or [{}])[-1]
     lines += ["", "## cord train (tiny model, bf16, use_fused_linear=true)", "",

@@ -168,8 +168,9 @@ def floor_bytes(loss: str, mode: str, n_tokens: int, vocab: int, dtype: torch.dt
 
 def gemm_count(loss: str, mode: str) -> int:
     """GEMMs of shape 2*N*H*V the fused-linear losses cannot avoid."""
-    # The distillation losses project both sides; the log-prob loss one.
-    fwd = 1 if loss == "fused_linear_token_logprobs" else 2
+    # The distillation losses project both sides; the log-prob loss and the sparse-teacher
+    # loss (whose teacher is its top-k) the student only.
+    fwd = 1 if loss == "fused_linear_token_logprobs" or "sparse" in loss else 2
     return {"fwd": fwd, "bwd": 2, "fwd+bwd": fwd + 2}[mode]
 
 

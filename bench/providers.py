@@ -6,7 +6,8 @@ loss computes the same per-token quantity; where a peer's API cannot express the
 (Liger has no per-token weights), ``note`` says what it computes instead.
 
 Roles: ``ours`` (cord_kernels), ``naive`` (the eager torch baseline every ratio refers to),
-``peer`` (what people use today) and ``floor`` (plain GEMMs: no loss can be cheaper).
+``peer`` (what people use today), ``floor`` (plain GEMMs: no loss can be cheaper) and
+``baseline`` (another cord_kernels loss shown for comparison, never a peer).
 
 Losses (the scalar each closure returns):
     reverse_kl                    sum_valid D_t / B
@@ -17,6 +18,9 @@ Losses (the scalar each closure returns):
     fused_linear_token_logprobs   token_logprobs on logits = hidden @ W.T
     fused_linear_distill_loss[d]  sum_valid Div_t / B on logits = hidden @ W.T, for d one of
                                   reverse_kl, forward_kl, jsd (beta 0.5)
+    sparse_teacher_loss[kK]       TRL's server loss against the teacher's top-K log-probs: forward
+                                  KL with the tail bucket, mean over valid tokens
+    fused_linear_sparse_teacher_loss[kK]  the same on logits = hidden @ W.T
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ LOGITS_LOSSES = ("reverse_kl", "cord_token_loss", "token_logprobs", "jsd")
 DISTILL_BETA = {"reverse_kl": 1.0, "forward_kl": 0.0, "jsd": 0.5}
 JSD_BETA = DISTILL_BETA["jsd"]
 DISTILL_LOSSES = tuple(f"fused_linear_distill_loss[{d}]" for d in DISTILL_BETA)
-FUSED_LOSSES = ("fused_linear_cord_token_loss", "fused_linear_token_logprobs", *DISTILL_LOSSES)
+# Teacher top-k sizes of the sparse-teacher rows (bench/test_sparse.py; the config picks).
+SPARSE_KS = (1, 8, 64)
+SPARSE_LOSSES = tuple(f"sparse_teacher_loss[k{k}]" for k in SPARSE_KS)
+FUSED_SPARSE_LOSSES = tuple(f"fused_linear_sparse_teacher_loss[k{k}]" for k in SPARSE_KS)
+FUSED_LOSSES = ("fused_linear_cord_token_loss", "fused_linear_token_logprobs", *DISTILL_LOSSES,
+                *FUSED_SPARSE_LOSSES)
 
 Closure = Callable[[], torch.Tensor]
 
@@ -511,6 +520,122 @@ def _distill_providers(divergence: str) -> list[Provider]:
     ]
 
 
+# ------------------------------------------------------------------ sparse-teacher providers
+
+
+class _TeacherTopK:
+    """The teacher's top-k of the latest case, computed once outside any timing (and shared
+    by every provider of that case, so all of them see the same targets)."""
+
+    def __init__(self):
+        self.case, self.k, self.value = None, None, None
+
+    def __call__(self, c, k: int):
+        if self.case is not c or self.k != k:
+            from cord_kernels import teacher_topk
+
+            self.value = None
+            src = (c.teacher if isinstance(c, LogitsCase)
+                   else (c.teacher_hidden, c.weight.detach()))
+            self.case, self.k, self.value = c, k, teacher_topk(src, k)
+        return self.value
+
+
+_teacher_topk = _TeacherTopK()
+
+
+def naive_sparse_forward_kl(student: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+    """Forward KL on the top-k plus a tail bucket, mean over valid tokens, as a training script
+    writes it: log-softmax of the whole student, gather, two tails."""
+    log_p = F.log_softmax(student.float(), dim=-1).gather(-1, ids)
+
+    def tail(x):
+        log_sum = torch.logsumexp(x, dim=-1, keepdim=True).clamp(max=-1e-7)
+        return torch.cat([x, torch.log(-torch.expm1(log_sum))], dim=-1)
+
+    a, b = tail(log_p), tail(lp.float())
+    d = (b.exp() * (b - a)).sum(-1)
+    return d[mask].sum() / mask.sum().clamp_min(1)
+
+
+def trl_server_loss(student: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+    """TRL's server trainer (``_compute_server_forward_kl_loss`` with ``loss_add_tail``): its own
+    ``_add_tail_bucket``, ``_jsd_divergence`` (beta 0, support mask) and reduction."""
+    from trl.experimental.server_distillation import server_distillation_trainer as sd
+
+    student_log_probs = F.log_softmax(student.float(), dim=-1)
+    valid = lp > float("-inf")
+    neg_inf = torch.full((), float("-inf"), device=lp.device)
+    a = torch.where(valid, student_log_probs.gather(-1, ids), neg_inf)
+    b = torch.where(valid, lp.float(), neg_inf)
+    a, support = sd._add_tail_bucket(a, valid)
+    b, _ = sd._add_tail_bucket(b, valid)
+    jsd = sd._jsd_divergence(a, b, 0.0, support).sum(-1)
+    return sd.ServerDistillationTrainer._reduce_divergence_loss(jsd, completion_mask=mask)
+
+
+def _sparse_k(loss: str) -> int:
+    return int(loss.rsplit("[k", 1)[1].rstrip("]"))
+
+
+def _sparse_logits_providers(k: int) -> list[Provider]:
+    def ours(c):
+        from cord_kernels import sparse_teacher_loss
+
+        lp, ids = _teacher_topk(c, k)
+        return lambda: sparse_teacher_loss(c.student, lp, ids, c.mask, reduction="mean")
+
+    def naive(c):
+        lp, ids = _teacher_topk(c, k)
+        return lambda: naive_sparse_forward_kl(c.student, lp, ids, c.mask)
+
+    def trl(c):
+        lp, ids = _teacher_topk(c, k)
+        return lambda: trl_server_loss(c.student, lp, ids, c.mask)
+
+    return [
+        Provider("cord_kernels", "ours", ours),
+        Provider("torch", "naive", naive, note="materialised log-softmax"),
+        Provider("trl server loss", "peer", trl, lambda device: _missing("trl"),
+                 note="TRL's _add_tail_bucket + _jsd_divergence(beta=0)"),
+    ]
+
+
+def _sparse_fused_providers(k: int) -> list[Provider]:
+    def ours(c):
+        from cord_kernels import fused_linear_sparse_teacher_loss
+
+        lp, ids = _teacher_topk(c, k)
+        return lambda: fused_linear_sparse_teacher_loss(c.student_hidden, c.weight, lp, ids,
+                                                        c.mask, reduction="mean")
+
+    def materialised(loss_fn):
+        def build(c):
+            lp, ids = _teacher_topk(c, k)
+            return lambda: loss_fn(c.student_hidden @ c.weight.T, lp, ids, c.mask)
+
+        return build
+
+    return [
+        Provider("cord_kernels", "ours", ours),
+        Provider("3 GEMMs, valid rows", "floor", _floor(False, valid_only=True),
+                 note="projection, grad wrt hidden and weight (torch.mm)"),
+        Provider("torch", "naive", materialised(naive_sparse_forward_kl),
+                 note="materialised (N, V) logits"),
+        Provider("trl server loss", "peer", materialised(trl_server_loss),
+                 lambda device: _missing("trl"),
+                 note="materialised logits, then TRL's _add_tail_bucket + _jsd_divergence"),
+        Provider("cord_kernels dense-teacher reverse KL", "baseline",
+                 _ours_fused_distill("reverse_kl"),
+                 note="fused_linear_distill_loss with the full teacher (4 GEMMs): its memory"),
+    ]
+
+
+LOGITS_PROVIDERS.update({loss: _sparse_logits_providers(_sparse_k(loss))
+                         for loss in SPARSE_LOSSES})
+
 FUSED_PROVIDERS: dict[str, list[Provider]] = {
     "fused_linear_cord_token_loss": [
         Provider("cord_kernels", "ours", _ours_fused_cord),
@@ -533,6 +658,7 @@ FUSED_PROVIDERS: dict[str, list[Provider]] = {
                  lambda device: _missing("trl")),
     ],
     **{f"fused_linear_distill_loss[{d}]": _distill_providers(d) for d in DISTILL_BETA},
+    **{loss: _sparse_fused_providers(_sparse_k(loss)) for loss in FUSED_SPARSE_LOSSES},
 }
 
 ALL_PROVIDERS = {**LOGITS_PROVIDERS, **FUSED_PROVIDERS}

@@ -14,10 +14,19 @@ Hidden states in, the LM-head logits never held:
     fused_linear_cord_token_loss(h_s, h_t, W, mask | labels=)
     fused_linear_token_logprobs(hidden, W, labels)
 
+Sparse teachers (a teacher known by its top-k log-probs, e.g. from a vLLM server):
+    sparse_teacher_loss(s, topk_logprobs, topk_ids, mask, divergence=, tail=)
+    fused_linear_sparse_teacher_loss(h_s, W, topk_logprobs, topk_ids, mask, softcap=)
+    student_topk_distill_loss(s, u, mask, k=)          SDPO's top-k mode (student's top-k)
+    fused_linear_student_topk_distill_loss(h_s, h_t, W, mask, k=)
+    teacher_topk(logits | (hidden, W), k)             -> (topk_logprobs, topk_ids), streamed
+    sampled_token_reverse_kl(lp_s, lp_t, mask)         SDPO's sampled-token estimator
+
 nn.Module wrappers holding the options (importable from here; left out of ``__all__`` so
 that ``help(cord_kernels)`` stays a page instead of 10,000 lines of nn.Module methods):
     ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
-    FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss
+    FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss, SparseTeacherLoss,
+    FusedLinearSparseTeacherLoss
 
 Conventions:
     Options are keyword-only. ``impl="triton" | "torch" | None``: None runs the Triton kernels
@@ -43,6 +52,8 @@ from cord_kernels.cord_token_loss import cord_token_loss
 from cord_kernels.fused_cord import fused_linear_cord_token_loss
 from cord_kernels.fused_distill import fused_linear_distill_loss
 from cord_kernels.fused_logprobs import fused_linear_token_logprobs
+from cord_kernels.fused_sparse_teacher import fused_linear_sparse_teacher_loss
+from cord_kernels.fused_student_topk import fused_linear_student_topk_distill_loss
 from cord_kernels.grpo import grpo_loss
 from cord_kernels.jsd import jsd
 from cord_kernels.kl import forward_kl, reverse_kl
@@ -57,6 +68,11 @@ from cord_kernels.modules import (  # re-exported outside __all__: see the docst
     ReverseKL,
     TokenLogprobs,
 )
+from cord_kernels.sampled_token_kl import sampled_token_reverse_kl
+from cord_kernels.sparse_modules import FusedLinearSparseTeacherLoss, SparseTeacherLoss
+from cord_kernels.sparse_teacher import sparse_teacher_loss
+from cord_kernels.student_topk import student_topk_distill_loss
+from cord_kernels.teacher_topk import teacher_topk
 from cord_kernels.token_logprobs import token_logprobs
 from cord_kernels.weights import cord_weights
 
@@ -74,4 +90,10 @@ __all__ = [
     "fused_linear_cord_token_loss",
     "fused_linear_token_logprobs",
     "grpo_loss",
+    "sparse_teacher_loss",
+    "fused_linear_sparse_teacher_loss",
+    "student_topk_distill_loss",
+    "fused_linear_student_topk_distill_loss",
+    "teacher_topk",
+    "sampled_token_reverse_kl",
 ]

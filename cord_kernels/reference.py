@@ -140,3 +140,101 @@ def fused_linear_token_logprobs(hidden, weight, labels, *, bias=None, temperatur
     """``token_logprobs`` on materialised logits (the oracle)."""
     return token_logprobs(_project(hidden, weight, bias), labels, temperature=temperature,
                           ignore_index=ignore_index)
+
+
+# ------------------------------------------------------------------- sparse teachers (2c)
+
+
+def _sparse_divergence(a, b, valid, *, divergence, beta, tail):
+    """Div per row on the slots (written in probabilities, apart from the library's log-space
+    support_divergence.py): a, b student / teacher log-probs at the slots, valid (..., k)."""
+    p = torch.where(valid, a, float("-inf")).exp()
+    q = torch.where(valid, b, float("-inf")).exp()
+    any_valid = valid.any(-1, keepdim=True)
+    if tail == "bucket":  # TRL's _add_tail_bucket: the mass is capped at exp(-1e-7)
+        cap = math.exp(-1e-7)
+        p = torch.cat([p, 1 - p.sum(-1, keepdim=True).clamp(max=cap)], dim=-1)
+        q = torch.cat([q, 1 - q.sum(-1, keepdim=True).clamp(max=cap)], dim=-1)
+        support = torch.cat([valid, any_valid], dim=-1)
+    else:
+        p = p / torch.where(any_valid, p.sum(-1, keepdim=True), 1.0)
+        q = q / torch.where(any_valid, q.sum(-1, keepdim=True), 1.0)
+        support = valid
+    p, q = torch.where(support, p, 0.0), torch.where(support, q, 0.0)
+
+    def kl(x, y):
+        return torch.where(x > 0, x * (torch.where(x > 0, x, 1.0) / y).log(), 0.0).sum(-1)
+
+    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0):
+        return kl(q, p)
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1):
+        return kl(p, q)
+    m = (1 - beta) * p + beta * q
+    return beta * kl(q, m) + (1 - beta) * kl(p, m)
+
+
+def _reduce_sparse(d, mask, token_weights, reduction, num_items_in_batch):
+    w = mask.to(d.dtype) if token_weights is None else torch.where(mask, token_weights.to(
+        d.dtype), 0.0)
+    per_token = w * torch.where(mask, d, 0.0)
+    if num_items_in_batch is not None:
+        return per_token.sum() / num_items_in_batch
+    return reduce_weighted(per_token, mask, reduction)
+
+
+def sparse_teacher_loss(student_logits, teacher_topk_logprobs, teacher_topk_ids, mask, *,
+                        divergence="forward_kl", jsd_beta=0.5, tail="bucket",
+                        token_weights=None, temperature=1.0, reduction="batchmean",
+                        num_items_in_batch=None):
+    """The sparse-teacher loss on the materialised student log-softmax (the oracle)."""
+    dt = _compute_dtype(student_logits)
+    s = torch.where(mask.unsqueeze(-1), student_logits.to(dt), 0.0)  # padding may be NaN
+    log_p = F.log_softmax(s / temperature, dim=-1)
+    valid = (teacher_topk_logprobs > float("-inf")) & mask.unsqueeze(-1)
+    a = log_p.gather(-1, torch.where(valid, teacher_topk_ids, 0).long())
+    d = _sparse_divergence(a, teacher_topk_logprobs.to(dt).detach(), valid,
+                           divergence=divergence, beta=jsd_beta, tail=tail)
+    return _reduce_sparse(d, mask, token_weights, reduction, num_items_in_batch)
+
+
+def fused_linear_sparse_teacher_loss(student_hidden, weight, teacher_topk_logprobs,
+                                     teacher_topk_ids, mask, *, bias=None, softcap=None,
+                                     logit_scale=1.0, **kw):
+    """``sparse_teacher_loss`` on materialised logits, after the model's logit transform:
+    t = logit_scale * (h @ W.T + b), then softcap * tanh(t / softcap) (Gemma 2's order)."""
+    logits = _project(student_hidden, weight, bias) * logit_scale
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    return sparse_teacher_loss(logits, teacher_topk_logprobs, teacher_topk_ids, mask, **kw)
+
+
+def student_topk_distill_loss(student_logits, teacher_logits, mask, *, k,
+                              divergence="reverse_kl", jsd_beta=0.5, tail="bucket",
+                              token_weights=None, temperature=1.0, reduction="batchmean",
+                              num_items_in_batch=None):
+    """SDPO's top-k mode on materialised log-softmaxes: the student's top-k is the support."""
+    dt = _compute_dtype(student_logits)
+    keep = mask.unsqueeze(-1)
+    s = torch.where(keep, student_logits.to(dt), 0.0)
+    u = torch.where(keep, teacher_logits.to(dt), 0.0).detach()
+    log_p = F.log_softmax(s / temperature, dim=-1)
+    log_q = F.log_softmax(u / temperature, dim=-1)
+    ids = s.detach().topk(k, dim=-1).indices
+    valid = keep.expand(ids.shape)
+    d = _sparse_divergence(log_p.gather(-1, ids), log_q.gather(-1, ids), valid,
+                           divergence=divergence, beta=jsd_beta, tail=tail)
+    return _reduce_sparse(d, mask, token_weights, reduction, num_items_in_batch)
+
+
+def teacher_topk(logits, k, *, temperature=1.0):
+    """(top-k log-probs, ids) of log_softmax(logits / tau)."""
+    return F.log_softmax(logits.to(_compute_dtype(logits)) / temperature, dim=-1).topk(k, dim=-1)
+
+
+def sampled_token_reverse_kl(student_logprobs, teacher_logprobs, mask, *, token_weights=None,
+                             reduction="batchmean", num_items_in_batch=None):
+    """TRL SDPO's estimator (lp_s - lp_t).detach() * lp_s per token."""
+    lp_s = torch.where(mask, student_logprobs, 0.0)
+    lp_t = torch.where(mask, teacher_logprobs, 0.0)
+    d = (lp_s - lp_t).detach() * lp_s
+    return _reduce_sparse(d, mask, token_weights, reduction, num_items_in_batch)

@@ -32,6 +32,8 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    from cord_kernels._row_lse import row_lse
+
     @triton.jit
     def _logprob_fwd_kernel(
         X, Labels, Out, Lse,
@@ -46,16 +48,7 @@ if triton_available():
             tl.store(Out + i_row, 0.0)
             tl.store(Lse + 2 * i_row + tl.arange(0, 2), tl.zeros((2,), tl.float32))
             return
-        m = float("-inf")
-        s = 0.0
-        for i_v in range(0, V, BLOCK_V):
-            o_v = i_v + tl.arange(0, BLOCK_V)
-            b_x = tl.load(p_x + o_v, mask=o_v < V, other=float("-inf")).to(tl.float32) * inv_temp
-            m_new = tl.maximum(m, tl.max(b_x, axis=0))  # [BLOCK_V] -> scalar
-            m_s = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - m_s) + tl.sum(tl.exp(b_x - m_s), axis=0)
-            m = m_new
-        log_s = tl.log(s)
+        m, log_s = row_lse(p_x, V, inv_temp, BLOCK_V)
         in_range = (label >= 0) & (label < V)
         # An out-of-range label cannot be checked on the host without a sync: it gives NaN.
         x_l = tl.load(p_x + label, mask=in_range, other=float("nan")).to(tl.float32) * inv_temp

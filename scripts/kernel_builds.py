@@ -61,6 +61,7 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
     """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
     from cord_kernels.jsd import _jsd_bwd_kernel, _jsd_fwd_kernel
     from cord_kernels.kl import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
     from cord_kernels.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
 
     t = _TL_DTYPE[dtype]
@@ -131,6 +132,27 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
         {"BLOCK_V": bv},
         ("X", "Labels", "Lse", "G", "DX", "stride_xa", "stride_xb", "stride_dxa",
          "stride_dxb", "V"),
+    ))
+    # The sparse-teacher losses: lse + a k-gather, then the dense gradient (k = 64, a typical
+    # server top-k; the launcher pads k to a power of two).
+    builds.append(KernelBuild(
+        "support_fwd",
+        _support_fwd_kernel,
+        {"X": f"*{t}", "Ids": "*i64", "SlotValid": "*u8", "Out": "*fp32", "Lse": "*fp32",
+         "stride_xa": "i64", "stride_xb": "i64", "R": "i32", "V": "i32", "K": "i32",
+         "inv_temp": "fp32", "BLOCK_V": "constexpr", "BLOCK_K": "constexpr"},
+        {"BLOCK_V": bv, "BLOCK_K": 64},
+        ("X", "Ids", "SlotValid", "Out", "Lse", "stride_xa", "stride_xb", "V", "K"),
+    ))
+    builds.append(KernelBuild(
+        "support_bwd",
+        _support_bwd_kernel,
+        {"X": f"*{t}", "Lse": "*fp32", "GSum": "*fp32", "DX": f"*{t}", "stride_xa": "i64",
+         "stride_xb": "i64", "stride_dxa": "i64", "stride_dxb": "i64", "R": "i32", "V": "i32",
+         "inv_temp": "fp32", "logit_scale": "fp32", "inv_softcap": "fp32",
+         "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Lse", "GSum", "DX", "stride_xa", "stride_xb", "stride_dxa", "stride_dxb", "V"),
     ))
     return builds
 

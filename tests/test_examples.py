@@ -82,3 +82,33 @@ def test_opd_step_between_two_different_models(one_torch_thread):
     assert rel_err(out["loss"], (w * d).sum() / seq.shape[0]) < 1e-4
     moved = (student.lm_head.weight - before.lm_head.weight).abs().max()
     assert moved > 0
+
+
+def test_trl_server_batch_into_the_fused_sparse_loss(one_torch_thread):
+    """A TRL-style server batch (topk_logprobs, topk_token_ids, -inf at unused slots) through
+    the example's step equals TRL's own server loss (_add_tail_bucket, _jsd_divergence with
+    beta 0, masked batchmean) on the student's materialised logits, and moves the student."""
+    pytest.importorskip("trl")
+    from trl.experimental.server_distillation import server_distillation_trainer as sd
+
+    ex = _load("trl_server_sparse_distill")
+    student, teacher = ex.tiny_lm(32, seed=0), ex.tiny_lm(48, seed=1)
+    before = copy.deepcopy(student)
+    ids = torch.randint(1, 97, (3, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 3:] = False
+    batch = ex.fake_server_batch(teacher, ids, 4, k=5, unused_from=3)
+    assert (batch["topk_logprobs"][..., 3:] == float("-inf")).all()
+    loss, per_token = ex.distill_step(student, torch.optim.SGD(student.parameters(), lr=0.1),
+                                      ids, mask, batch, 4)
+    with torch.no_grad():
+        log_p = torch.log_softmax(before(ids).logits[:, 3:-1], dim=-1)
+    lp, top = batch["topk_logprobs"], batch["topk_token_ids"]
+    valid = lp > float("-inf")
+    a = torch.where(valid, log_p.gather(-1, top), float("-inf"))
+    a, support = sd._add_tail_bucket(a, valid)
+    b, _ = sd._add_tail_bucket(torch.where(valid, lp, float("-inf")), valid)
+    d = sd._jsd_divergence(a, b, 0.0, support).sum(-1)
+    trl = sd.ServerDistillationTrainer._reduce_divergence_loss(d, completion_mask=mask)
+    assert rel_err(loss, trl) < 1e-4 and rel_err(per_token[mask], d[mask]) < 1e-4
+    assert (student.lm_head.weight - before.lm_head.weight).abs().max() > 0

@@ -30,7 +30,7 @@ LOADS_PER_OPERAND = {"bf16": 2, "fp32": 4}
 # jsd_fwd reads both rows twice (lse first: log m needs both normalizers), so 4 operands.
 OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
             "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2,
-            "logprob_fwd": 1, "logprob_bwd": 1}
+            "logprob_fwd": 1, "logprob_bwd": 1, "support_fwd": 1, "support_bwd": 1}
 
 
 @pytest.fixture(scope="module")

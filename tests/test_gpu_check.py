@@ -78,6 +78,12 @@ def test_dry_run_rows_have_the_measured_columns(dry_run):
     fused = _doc(out, "fused_linear")
     assert any(r["provider"] == "cord_kernels" and r["status"] == "ok" for r in fused["rows"])
     assert all(r["tflops"] > 0 for r in fused["rows"] if r["status"] == "ok")
+    sparse = _doc(out, "sparse_teacher")
+    ours = [r for r in sparse["rows"] if r["provider"] == "cord_kernels" and r["status"] == "ok"]
+    assert {(r["loss"].split("[")[0], r["k"]) for r in ours} == {
+        (loss, k) for loss in ("sparse_teacher_loss", "fused_linear_sparse_teacher_loss")
+        for k in (1, 8, 64)}
+    assert all(r["gb_s"] > 0 if "gb_s" in r else r["tflops"] > 0 for r in ours)
     variants = _doc(out, "launch_variants")
     assert {(r["block_v"], r["num_warps"]) for r in variants["rows"]} >= {(8192, 16), (4096, 8)}
     assert any(r["vocab"] == gpu_check.UNALIGNED_VOCAB for r in variants["rows"])

@@ -1,0 +1,377 @@
+"""LM head + the sparse-teacher loss, without (N, V) logits: 3 GEMMs, the floor.
+
+    loss = reduce( sum_valid w_t Div_t ),  Div_t as ``sparse_teacher_loss`` on the logits
+    t = transform(h W^T (+ b)):  t = logit_scale * z, then softcap * tanh(t / softcap)
+
+The teacher is its top-k log-probs, so there is no teacher projection: for each chunk of valid
+rows (those with at least one used slot)
+
+    1. tile = transform(h @ W.T (+ b))                        1 GEMM into an fp32 tile
+    2. lse per row and the k student log-probs a (``support_logprobs`` kernels or torch)
+    3. Div on the support and g = w dDiv/da, (n, k) torch autograd (``support_divergence``)
+    4. the tile becomes dL/dz: (1/tau)(scatter(g) - p G) times dt/dz of the transform
+    5. grad_h = tile @ W, grad_W += tile.T @ h, grad_b += column sums      2 GEMMs
+
+all in forward for the scalar reductions (backward scales the stored gradients by the
+cotangent, so the graph is backpropagated once). ``reduction="none"``: forward projects once
+for Div, backward recomputes (1 + 2 GEMMs). Chunks hold at most ``chunk_bytes`` of fp32 tile.
+
+Logit transforms: Gemma 2 / Gemma 3n (``final_logit_softcapping``) and Cohere (``logit_scale``)
+apply them between the head and the softmax; passing ``softcap=`` / ``logit_scale=`` applies
+them inside the stream, so the loss matches the model's own logits.
+
+Layout: row math on a tile, the targets (where a chunk's support and teacher log-probs come
+from: ``StoredTopK`` here, the student's own top-k in ``fused_student_topk.py``), the problem
+and its chunk driver, the two autograd Functions, ``run_sparse_head`` (shared by both fused
+sparse losses) and the public function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+
+from cord_kernels._dispatch import Impl, resolve_impl
+from cord_kernels._validation import check_float, check_mask, check_tensor
+from cord_kernels.fused_distill import _head_grads, check_token_weights
+from cord_kernels.fused_linear import (
+    DEFAULT_CHUNK_BYTES,
+    Grads,
+    LMHead,
+    check_chunk_bytes,
+    check_head,
+    compute_dtype,
+    no_autocast,
+    operand_dtype,
+    rows_per_chunk,
+)
+from cord_kernels.reduction import reduce_total
+from cord_kernels.sparse_options import (
+    SparseOptions,
+    check_sparse_options,
+    check_topk_pair,
+)
+from cord_kernels.support_divergence import support_divergence
+from cord_kernels.support_logprobs import (
+    add_sparse_terms,
+    support_bwd_dense,
+    support_fwd,
+    torch_dense_grad,
+    torch_row_lse,
+)
+
+
+@dataclass(frozen=True)
+class FusedSparseParams:
+    opts: SparseOptions
+    logit_scale: float = 1.0
+    softcap: float = 0.0  # 0: none
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    impl: Impl = Impl.TORCH
+    operand: torch.dtype = torch.float32
+
+
+# ------------------------------------------------------------------ row math on a tile
+
+
+def _torch_stats(tile, ids, valid, tau):
+    """(a (n, k), lse (n,)) of the (n, V) tile of logits t."""
+    lse = torch_row_lse(tile, tau)
+    gathered = tile.gather(1, torch.where(valid, ids, 0).long()) / tau
+    return torch.where(valid, gathered - lse[:, None], float("-inf")), lse
+
+
+class StoredTopK:
+    """The targets of ``fused_linear_sparse_teacher_loss``: the teacher's given top-k. Rows
+    to project: valid positions with at least one used slot."""
+
+    n_tiles = 1
+
+    def __init__(self, lp, ids, valid):
+        k = ids.shape[-1]
+        self.lp, self.ids, self.valid = (t.reshape(-1, k) for t in (lp.detach(), ids, valid))
+
+    def projected_rows(self) -> torch.Tensor:
+        return self.valid.any(1)
+
+    def select(self, problem: SparseHeadProblem) -> None:
+        """Narrows the targets to the problem's projected rows (again for each problem)."""
+        i = problem.index
+        self.rows = (self.ids[i], self.valid[i], self.lp[i].to(problem.dtype))
+
+    def chunk(self, problem: SparseHeadProblem, lo: int, hi: int, tile: torch.Tensor):
+        """(ids, valid, teacher log-probs) of projected rows [lo, hi), each (n, k)."""
+        return tuple(t[lo:hi] for t in self.rows)
+
+
+def support_stats(tile, ids, valid, tau, impl: Impl):
+    """(a (n, k), lse (n,), lse pair (n, 2) or None) of a logits tile on the given ids."""
+    if impl is Impl.TRITON:
+        a, lse2 = support_fwd(tile, ids, valid, tau)
+        return a, lse2.sum(1), lse2
+    a, lse = _torch_stats(tile, ids, valid, tau)
+    return a, lse, None
+
+
+class SparseHeadProblem:
+    """One call's data: flat hidden rows, the head, the targets (where the support and the
+    teacher's log-probs on it come from), the projected rows and the tile buffer."""
+
+    def __init__(self, hidden, weight, bias, targets, params: FusedSparseParams):
+        B, T, H = hidden.shape
+        self.B, self.T, self.V = B, T, weight.shape[0]
+        self.params = params
+        self.device = hidden.device
+        self.dtype = compute_dtype(hidden, weight)
+        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
+                           params.operand, self.dtype)
+        self.hs = hidden.detach().reshape(B * T, H)
+        # The one host sync: which rows are projected.
+        self.index = targets.projected_rows().nonzero().squeeze(1)
+        self.n_rows = self.index.numel()
+        self.targets = targets
+        targets.select(self)
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, targets.n_tiles, self.dtype)
+        self._tile = None
+
+    def tile(self, n: int) -> torch.Tensor:
+        if self._tile is None:
+            rows = min(self.max_rows, max(n, self.n_rows))
+            self._tile = torch.empty(rows, self.V, dtype=self.dtype, device=self.device)
+        return self._tile[:n]
+
+    def transform(self, tile: torch.Tensor) -> torch.Tensor:
+        """The model's logit transform, in place: scale, then softcap."""
+        p = self.params
+        if p.logit_scale != 1.0:
+            tile.mul_(p.logit_scale)
+        if p.softcap:
+            tile.div_(p.softcap).tanh_().mul_(p.softcap)
+        return tile
+
+    def logits(self, lo: int, hi: int):
+        """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
+        tile = self.tile(hi - lo)
+        h = self.head.rows(self.hs, self.index[lo:hi])
+        self.head.project(h, tile)
+        return self.transform(tile), h
+
+    def chunk(self, lo: int, hi: int, row_weights: torch.Tensor | None, grads: Grads | None):
+        """Div of projected rows [lo, hi); with ``grads``, adds the gradient of
+        sum_rows row_weights * Div through the head (2 GEMMs)."""
+        p, opts = self.params, self.params.opts
+        tau = opts.temperature
+        tile, h = self.logits(lo, hi)
+        ids, valid, b = self.targets.chunk(self, lo, hi, tile)
+        a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
+        with torch.enable_grad():
+            a = a.detach().requires_grad_(grads is not None)
+            d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+                                   tail=opts.tail)
+            if grads is None:
+                return d.detach()
+            (g,) = torch.autograd.grad((row_weights.to(d.dtype) * d).sum(), a)
+        g = torch.where(valid, g, 0.0)
+        if p.impl is Impl.TRITON:
+            support_bwd_dense(tile, lse2, g.sum(1), tau, tile, p.logit_scale, p.softcap)
+        else:
+            torch_dense_grad(tile, lse, g.sum(1), tau, tile, p.logit_scale, p.softcap)
+        add_sparse_terms(tile, ids, valid, g, a.detach(), lse, tau, p.logit_scale, p.softcap)
+        self.head.backprop(tile, h, None, slice(lo, hi), grads)
+        return d.detach()
+
+    def run(self, row_weights: torch.Tensor | None, grads: Grads | None) -> torch.Tensor:
+        """Div of every projected row (n_rows,), and the gradients when ``grads``."""
+        d = torch.zeros(self.n_rows, dtype=torch.float32, device=self.device)
+        for lo in range(0, self.n_rows, self.max_rows):
+            hi = min(lo + self.max_rows, self.n_rows)
+            w = None if row_weights is None else row_weights[lo:hi]
+            d[lo:hi] = self.chunk(lo, hi, w, grads).float()
+        self._tile = None
+        return d
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.B * self.T, dtype=torch.float32, device=self.device)
+        out[self.index] = values.float()
+        return out.view(self.B, self.T)
+
+    def grads(self, need_h: bool, need_w: bool, need_b: bool) -> Grads:
+        return Grads.allocate(self.n_rows, self.head, need_h, need_w,
+                              need_b and self.head.bias is not None, self.device)
+
+
+def _row_weights(problem: SparseHeadProblem, token_weights) -> torch.Tensor:
+    if token_weights is None:
+        return torch.ones(problem.n_rows, dtype=torch.float32, device=problem.device)
+    return token_weights.reshape(-1)[problem.index].float()
+
+
+class FusedSparseSumFunction(torch.autograd.Function):
+    """(sum_t w_t Div_t, detached (B, T) Div); gradients formed in forward (3 GEMMs, 4 when
+    the targets project a teacher)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_weights, targets, params):
+        with no_autocast(hidden.device):
+            problem = SparseHeadProblem(hidden, weight, bias, targets, params)
+            grads = problem.grads(*ctx.needs_input_grad[:3])
+            w = _row_weights(problem, token_weights)
+            d = problem.run(w, grads)
+        ctx.save_for_backward(grads.hidden_for(problem.index, hidden.shape),
+                              grads.weight_or_zeros(), grads.bias)
+        ctx.dtypes = [None if t is None else t.dtype for t in (hidden, weight, bias)]
+        ctx.used = False
+        per_token = problem.dense(d)
+        ctx.mark_non_differentiable(per_token)
+        return (w * d).sum(), per_token
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_per_token):
+        if ctx.used:
+            raise RuntimeError("fused_linear_sparse_teacher_loss scales its stored gradients in "
+                               "place: its graph can be backpropagated once only")
+        ctx.used = True
+        gh, gw, gb = (None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
+                      for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+        return gh, gw, gb, None, None, None
+
+
+class FusedSparsePerTokenFunction(torch.autograd.Function):
+    """((B, T) w_t Div_t, detached (B, T) Div): Div in forward (1 GEMM), gradients in backward
+    by projecting again (3 GEMMs), since the per-token cotangent weighs grad_W."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_weights, targets, params):
+        with no_autocast(hidden.device):
+            problem = SparseHeadProblem(hidden, weight, bias, targets, params)
+            d = problem.run(None, None)
+            w = _row_weights(problem, token_weights)
+        ctx.save_for_backward(hidden, weight, bias, w)
+        ctx.targets, ctx.params = targets, params
+        per_token = problem.dense(d)
+        ctx.mark_non_differentiable(per_token)
+        return problem.dense(w * d), per_token
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_per_token):
+        hidden, weight, bias, w = ctx.saved_tensors
+        with no_autocast(hidden.device):
+            problem = SparseHeadProblem(hidden, weight, bias, ctx.targets, ctx.params)
+            grads = problem.grads(*ctx.needs_input_grad[:3])
+            problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
+        gh, gw, gb = _head_grads(grads, problem, hidden, weight, bias)
+        return gh, gw, gb, None, None, None
+
+
+def check_transform(softcap, logit_scale) -> tuple[float, float]:
+    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
+        if value is None and name == "softcap":
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(softcap or 0.0), float(logit_scale)
+
+
+def fused_linear_sparse_teacher_loss(
+    student_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    divergence: str = "forward_kl",
+    jsd_beta: float = 0.5,
+    tail: str = "bucket",
+    token_weights: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    reduction: str = "batchmean",
+    return_per_token: bool = False,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_bytes: int | None = None,
+    impl: str | None = None,
+):
+    """:func:`sparse_teacher_loss` from hidden states and the LM head, never holding the logits.
+
+    Equals ``sparse_teacher_loss(t, ...)`` with t = logit_scale * (student_hidden @ weight.T
+    (+ bias)), then t = softcap * tanh(t / softcap) when ``softcap`` is set (Gemma 2's
+    ``final_logit_softcapping``; Cohere's ``logit_scale``). A model with such a transform gives
+    wrong losses without these arguments: pass its config's values.
+
+    Cost: 3 GEMMs of (projected rows) x H x V for the scalar reductions (student logits, grad
+    wrt hidden, grad wrt weight), all in forward; 1 under ``torch.no_grad()``; 4 for
+    ``reduction="none"``. Only valid positions with a used slot are projected. Memory: the fp32
+    weight gradient and at most ``chunk_bytes`` (default 1 GiB) of fp32 logits tile.
+
+    Args:
+        student_hidden: (B, T, H) final hidden states (gets the gradient).
+        weight: (V, H) the LM head (gets a gradient, accumulated in fp32); bias: (V,) or None.
+        teacher_topk_logprobs, teacher_topk_ids, mask, divergence, jsd_beta, tail,
+        token_weights, temperature, reduction, return_per_token, num_items_in_batch:
+            as :func:`sparse_teacher_loss`.
+        softcap: None or c > 0: logits c * tanh(t / c), applied after logit_scale.
+        logit_scale: > 0, multiplies the head's output.
+        chunk_bytes: budget of the fp32 logits tile.
+        impl: "triton" (the streaming kernels on each tile), "torch" or None.
+
+    Example:
+        >>> h = student(ids, output_hidden_states=True).hidden_states[-1][:, :-1]
+        >>> loss = fused_linear_sparse_teacher_loss(h, student.lm_head.weight,
+        ...     batch["topk_logprobs"], batch["topk_token_ids"], completion_mask)
+        >>> loss.backward()
+    """
+    check_tensor("student_hidden", student_hidden, ndim=3)
+    check_float("student_hidden", student_hidden)
+    check_head(weight, bias, student_hidden)
+    B, T, _ = student_hidden.shape
+    mask = check_mask(mask, (B, T), like="student_hidden")
+    opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
+                                return_per_token, num_items_in_batch)
+    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), weight.shape[0],
+                            mask.to(student_hidden.device))
+    token_weights = check_token_weights(token_weights, mask)
+    softcap, logit_scale = check_transform(softcap, logit_scale)
+    params = FusedSparseParams(opts, logit_scale, softcap, check_chunk_bytes(chunk_bytes),
+                               resolve_impl(impl, student_hidden, weight),
+                               operand_dtype(student_hidden, weight))
+    return run_sparse_head(student_hidden, weight, bias, token_weights,
+                           StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
+                           params)
+
+
+def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):
+    """The checked call shared by the fused-linear sparse losses: the autograd Function the
+    reduction needs (or no graph under ``torch.no_grad()``), then the reduction."""
+    opts = params.opts
+    args = (hidden, weight, bias, token_weights, targets, params)
+    if opts.reduction == "none" and opts.num_items_in_batch is None:
+        weighted, d = FusedSparsePerTokenFunction.apply(*args)
+        return (weighted, d) if opts.return_per_token else weighted
+    differentiable = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if differentiable:
+        total, d = FusedSparseSumFunction.apply(*args)
+    else:  # evaluation: the projection GEMM(s) only
+        with no_autocast(hidden.device):
+            problem = SparseHeadProblem(hidden, weight, bias, targets, params)
+            d_rows = problem.run(None, None)
+            total = (_row_weights(problem, token_weights) * d_rows).sum()
+        d = problem.dense(d_rows)
+    return _finish(total, d, mask, opts)
+
+
+def _finish(total, d, mask, opts: SparseOptions):
+    """The reduction of sum_t w_t Div_t, as ``reduce_sparse`` does for the logits-in loss."""
+    n = opts.num_items_in_batch
+    if n is not None:
+        loss = total / (n.to(total.device) if isinstance(n, torch.Tensor) else n)
+    else:
+        loss = reduce_total(total, mask, opts.reduction)
+    return (loss, d) if opts.return_per_token else loss

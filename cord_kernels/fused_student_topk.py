@@ -1,0 +1,107 @@
+"""LM heads + SDPO's top-k loss (the student's top-k is the support), without (N, V) logits.
+
+The chunk driver of ``fused_sparse_teacher.py`` with other targets: for each chunk of valid
+rows the student tile is projected (and transformed) first, its top-k ids are read off it, then
+the teacher's rows are projected into a second tile and read on those ids. 4 GEMMs in all for
+the scalar reductions (student and teacher projections, grad wrt hidden and weight); the tiles
+take ``chunk_bytes`` together.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cord_kernels._dispatch import resolve_impl
+from cord_kernels.fused_distill import check_distill_inputs, check_token_weights
+from cord_kernels.fused_linear import LMHead, check_chunk_bytes, operand_dtype
+from cord_kernels.fused_sparse_teacher import (
+    FusedSparseParams,
+    SparseHeadProblem,
+    check_transform,
+    run_sparse_head,
+    support_stats,
+)
+from cord_kernels.sparse_options import check_k, check_sparse_options
+
+
+class StudentTopK:
+    """Targets: the student tile's own top-k ids; the teacher's log-probs on them from its own
+    projection (same transform). Every valid position is projected."""
+
+    n_tiles = 2
+
+    def __init__(self, teacher_hidden, teacher_weight, teacher_bias, mask, k: int):
+        self.ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+        self.weight, self.bias = teacher_weight.detach(), teacher_bias
+        self.mask, self.k = mask.reshape(-1), k
+
+    def projected_rows(self) -> torch.Tensor:
+        return self.mask
+
+    def select(self, problem: SparseHeadProblem) -> None:
+        self.head = LMHead(self.weight, None if self.bias is None else self.bias.detach(),
+                           operand_dtype(self.ht, self.weight), problem.dtype)
+        self._tile = None
+
+    def chunk(self, problem: SparseHeadProblem, lo: int, hi: int, tile: torch.Tensor):
+        ids = torch.topk(tile, self.k, dim=1, sorted=False).indices  # (n, k) of the student
+        valid = torch.ones_like(ids, dtype=torch.bool)
+        if self._tile is None:
+            self._tile = torch.empty_like(problem.tile(hi - lo))
+        u = self._tile[:hi - lo]
+        self.head.project(self.head.rows(self.ht, problem.index[lo:hi]), u)
+        b, _, _ = support_stats(problem.transform(u), ids, valid,
+                                problem.params.opts.temperature, problem.params.impl)
+        return ids, valid, b
+
+
+def fused_linear_student_topk_distill_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    k: int,
+    bias: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    divergence: str = "reverse_kl",
+    jsd_beta: float = 0.5,
+    tail: str = "bucket",
+    token_weights: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    reduction: str = "batchmean",
+    return_per_token: bool = False,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_bytes: int | None = None,
+    impl: str | None = None,
+):
+    """:func:`student_topk_distill_loss` from hidden states and LM heads (SDPO's top-k mode).
+
+    Equals ``student_topk_distill_loss(s, u, mask, k=k, ...)`` with s = transform(student_hidden
+    @ weight.T (+ bias)) and u = transform(teacher_hidden @ W_t.T (+ b_t)), W_t = teacher_weight
+    (default: ``weight``, detached, as in self-distillation), the transform (``logit_scale``,
+    then ``softcap``) applied to both. 4 GEMMs for the scalar reductions; only valid positions
+    are projected. Gradients to student_hidden, weight and bias; none to the teacher.
+
+    Example:
+        >>> loss = fused_linear_student_topk_distill_loss(h_audio, h_text, lm_head.weight, mask,
+        ...                                               k=20)
+    """
+    mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
+                                teacher_bias, mask)
+    V = weight.shape[0]
+    check_k(k, V)
+    opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
+                                return_per_token, num_items_in_batch)
+    token_weights = check_token_weights(token_weights, mask)
+    softcap, logit_scale = check_transform(softcap, logit_scale)
+    params = FusedSparseParams(opts, logit_scale, softcap, check_chunk_bytes(chunk_bytes),
+                               resolve_impl(impl, student_hidden, weight),
+                               operand_dtype(student_hidden, weight))
+    t_weight, t_bias = (weight, bias) if teacher_weight is None else (teacher_weight,
+                                                                      teacher_bias)
+    targets = StudentTopK(teacher_hidden, t_weight, t_bias, mask, k)
+    return run_sparse_head(student_hidden, weight, bias, token_weights, targets, mask, params)

@@ -1,0 +1,100 @@
+"""Distillation from a sparse teacher: its top-k log-probs per token (TRL's server and async
+distillation trainers, a vLLM teacher's ``topk_logprobs`` / ``topk_token_ids``).
+
+The student's log-probs are needed on the k ids only, but over the whole vocabulary's
+normaliser: ``support_logprobs`` streams lse and gathers the k logits in one read of each row,
+and its backward writes the dense gradient in one more (the student's (B, T, V) log-softmax
+never exists). The divergence on the k (+1 tail) slots is (B, T, k) torch work
+(``support_divergence.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cord_kernels._dispatch import resolve_impl
+from cord_kernels._rows import check_inplace_backward
+from cord_kernels._validation import check_bool, check_logits, check_mask
+from cord_kernels.fused_distill import check_token_weights
+from cord_kernels.sparse_options import check_sparse_options, check_topk_pair, reduce_sparse
+from cord_kernels.support_divergence import support_divergence
+from cord_kernels.support_logprobs import support_logprobs
+
+
+def sparse_teacher_loss(
+    student_logits: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    divergence: str = "forward_kl",
+    jsd_beta: float = 0.5,
+    tail: str = "bucket",
+    token_weights: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    return_per_token: bool = False,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    inplace_backward: bool = False,
+    impl: str | None = None,
+):
+    """A distillation loss against a teacher known only by its top-k log-probs per token.
+
+        log p = log_softmax(s / tau) over the whole vocabulary (streamed), read at the ids
+        S = the valid slots (teacher log-prob > -inf) of the position
+        tail="bucket": P, Q on S plus one bucket 1 - sum_S (TRL's _add_tail_bucket)
+        tail="renormalize": P, Q = p, q renormalised on S
+        Div_t = KL(Q || P) (forward_kl) | KL(P || Q) (reverse_kl)
+                | beta KL(Q || M) + (1 - beta) KL(P || M), M = (1 - beta) P + beta Q (jsd)
+        "batchmean": sum_valid w_t Div_t / B, "sum", "mean": / sum mask, "none": (B, T)
+        num_items_in_batch=n: sum_valid w_t Div_t / n (TRL's gradient accumulation)
+
+    The teacher's log-probs are used as given (temperature divides the student's logits only,
+    as TRL's server trainer does). A valid position without any valid slot has Div 0.
+
+    Args:
+        student_logits: (B, T, V) fp32/bf16/fp16 (gets the gradient).
+        teacher_topk_logprobs: (B, T, k) float, -inf at unused slots (no gradient).
+        teacher_topk_ids: (B, T, k) integer ids in [0, V) (checked at used slots).
+        mask: (B, T) bool (or 0/1 integer), True at the positions that count.
+        divergence: "forward_kl" (TRL's beta 0, the default) | "reverse_kl" | "jsd".
+        jsd_beta: beta in [0, 1] (TRL's: 0 is forward KL, 1 reverse KL).
+        tail: "bucket" | "renormalize".
+        token_weights: None or (B, T) float >= 0 without grad.
+        temperature: tau > 0 on the student's logits.
+        reduction: "batchmean" | "sum" | "mean" | "none".
+        return_per_token: also return the detached (B, T) fp32 Div_t (0 where masked).
+        num_items_in_batch: int or tensor; overrides the reduction with sum / n.
+        inplace_backward: Triton path only: write the gradient into ``student_logits``' storage
+            (garbage afterwards). Ignored by the torch path.
+        impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
+
+    Returns:
+        the fp32 loss (scalar, or (B, T) for "none"), or ``(loss, per_token)``.
+
+    Example:
+        >>> out = teacher_server.get_topk(ids)        # (B, T, k) logprobs and token ids
+        >>> loss = sparse_teacher_loss(student_logits, out["topk_logprobs"],
+        ...                            out["topk_token_ids"], completion_mask)
+        >>> loss.backward()
+    """
+    check_logits("student_logits", student_logits)
+    if student_logits.dim() != 3:
+        raise ValueError(f"student_logits must be (B, T, V), got {tuple(student_logits.shape)}")
+    B, T, V = student_logits.shape
+    mask = check_mask(mask, (B, T), like="student_logits")
+    opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
+                                return_per_token, num_items_in_batch)
+    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), V,
+                            mask.to(student_logits.device))
+    token_weights = check_token_weights(token_weights, mask)
+    check_bool("inplace_backward", inplace_backward)
+    impl = resolve_impl(impl, student_logits)
+    if impl == "triton":
+        check_inplace_backward("student_logits", student_logits, inplace_backward)
+    a = support_logprobs(student_logits, teacher_topk_ids, valid, temperature=opts.temperature,
+                         impl=impl, inplace_backward=inplace_backward)
+    b = teacher_topk_logprobs.detach().to(a.dtype)
+    d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+                           tail=opts.tail)
+    return reduce_sparse(d, mask, token_weights, opts)

@@ -1,0 +1,85 @@
+"""Self-distillation on the student's own top-k (TRL SDPO / SDFT ``distillation_mode=
+"topk_logits"``): the student's k largest logits per row define the support, and the teacher
+(no gradient) is projected onto the same ids.
+
+The ids come from ``torch.topk`` of the student's logits (one read of each row; the same call
+TRL makes, so ties break the same way). Both sides' log-probs on the ids then come from
+``support_logprobs``: lse streamed over the vocabulary plus a k-gather, and for the student a
+streamed dense gradient. Neither (B, T, V) log-softmax exists.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cord_kernels._dispatch import resolve_impl
+from cord_kernels._rows import check_inplace_backward
+from cord_kernels._validation import check_bool, check_logits_pair, check_mask
+from cord_kernels.fused_distill import check_token_weights
+from cord_kernels.sparse_options import check_k, check_sparse_options, reduce_sparse
+from cord_kernels.support_divergence import support_divergence
+from cord_kernels.support_logprobs import support_logprobs
+
+
+def student_topk_distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    k: int,
+    divergence: str = "reverse_kl",
+    jsd_beta: float = 0.5,
+    tail: str = "bucket",
+    token_weights: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    return_per_token: bool = False,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    inplace_backward: bool = False,
+    impl: str | None = None,
+):
+    """The divergence on the student's top-k support (TRL SDPO's top-k mode).
+
+        S_t = the ids of the k largest student logits at t
+        p = softmax(s / tau), q = softmax(u / tau) read on S_t (both over the whole vocabulary)
+        then tail / divergence / reductions exactly as :func:`sparse_teacher_loss`
+
+    TRL's ``compute_topk_self_distillation_loss(s, u, distillation_topk=k,
+    distillation_alpha=beta, distillation_add_tail=tail == "bucket")`` is our per-token value
+    (reduction="none") at tau = 1 with ``divergence="jsd", jsd_beta=alpha``.
+
+    Args:
+        student_logits: (B, T, V) (gets the gradient); teacher_logits: (B, T, V) same dtype
+            (never gets a gradient).
+        k: support size, 1 <= k <= V.
+        divergence: "reverse_kl" (the default, SDPO's alpha 1) | "forward_kl" | "jsd".
+        jsd_beta, tail, token_weights, reduction, return_per_token, num_items_in_batch,
+        inplace_backward, impl: as :func:`sparse_teacher_loss`.
+        temperature: tau > 0 on both sides' logits.
+
+    Example:
+        >>> loss = student_topk_distill_loss(student_logits, teacher_logits, mask, k=20)
+    """
+    check_logits_pair(student_logits, teacher_logits)
+    if student_logits.dim() != 3:
+        raise ValueError(f"student_logits must be (B, T, V), got {tuple(student_logits.shape)}")
+    B, T, V = student_logits.shape
+    mask = check_mask(mask, (B, T), like="student_logits").to(student_logits.device)
+    check_k(k, V)
+    opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
+                                return_per_token, num_items_in_batch)
+    token_weights = check_token_weights(token_weights, mask)
+    check_bool("inplace_backward", inplace_backward)
+    impl = resolve_impl(impl, student_logits, teacher_logits)
+    if impl == "triton":
+        check_inplace_backward("student_logits", student_logits, inplace_backward)
+    ids = torch.topk(student_logits.detach(), k, dim=-1, sorted=False).indices
+    valid = mask.unsqueeze(-1).expand(B, T, k)
+    a = support_logprobs(student_logits, ids, valid, temperature=opts.temperature, impl=impl,
+                         inplace_backward=inplace_backward)
+    with torch.no_grad():
+        b = support_logprobs(teacher_logits.detach(), ids, valid,
+                             temperature=opts.temperature, impl=impl)
+    d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+                           tail=opts.tail)
+    return reduce_sparse(d, mask, token_weights, opts)

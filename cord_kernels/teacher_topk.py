@@ -1,0 +1,115 @@
+"""A teacher's top-k log-probs, computed in row chunks so that a local teacher's sparse targets
+can be stored offline (or fed to ``sparse_teacher_loss`` without its (B, T, V) logits).
+
+    teacher_topk(logits, k)           the top-k of log_softmax(logits / tau)
+    teacher_topk((hidden, weight), k) the same on logits = hidden @ weight.T (+ bias), projected
+                                      a chunk of rows at a time (the logits never exist whole)
+
+The top-k of the log-probs is the top-k of the logits: each chunk takes ``torch.topk`` of its
+logits and subtracts its rows' log-sum-exp; nothing of size (chunk, V) is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cord_kernels._validation import (
+    check_float,
+    check_logits,
+    check_temperature,
+    check_tensor,
+)
+from cord_kernels.fused_linear import (
+    LMHead,
+    check_chunk_bytes,
+    check_head,
+    compute_dtype,
+    no_autocast,
+    operand_dtype,
+)
+from cord_kernels.fused_sparse_teacher import check_transform
+from cord_kernels.sparse_options import check_k
+
+
+def _topk_rows(x: torch.Tensor, k: int, temperature: float):
+    """(n, k) log-probs and ids of an (n, V) chunk of logits."""
+    x = x.to(compute_dtype(x)) / temperature
+    vals, ids = torch.topk(x, k, dim=-1)
+    return vals - torch.logsumexp(x, dim=-1, keepdim=True), ids
+
+
+@torch.no_grad()
+def teacher_topk(
+    logits_or_hidden_weight,
+    k: int,
+    *,
+    temperature: float = 1.0,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    chunk_bytes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's top-k ``(topk_logprobs, topk_ids)`` per row, sorted by decreasing log-prob.
+
+    Args:
+        logits_or_hidden_weight: (..., V) logits, or a pair ``(hidden (..., H), weight (V, H))``
+            of final hidden states and LM head.
+        k: 1 <= k <= V.
+        temperature: tau > 0: log-probs of logits / tau (vLLM's logprobs at that temperature).
+        bias, softcap, logit_scale: the head's bias and logit transform (hidden-state input
+            only; as ``fused_linear_sparse_teacher_loss``).
+        chunk_bytes: budget of one chunk's fp32 logits (default 1 GiB).
+
+    Returns:
+        (..., k) float32 log-probs (fp64 for fp64 input) and (..., k) int64 ids, no gradient.
+
+    Example:
+        >>> lp, ids = teacher_topk((teacher_hidden, teacher.lm_head.weight), 64)
+        >>> torch.save({"topk_logprobs": lp.bfloat16(), "topk_token_ids": ids}, "targets.pt")
+    """
+    chunk_bytes = check_chunk_bytes(chunk_bytes)
+    temperature = check_temperature(temperature)
+    if isinstance(logits_or_hidden_weight, (tuple, list)):
+        if len(logits_or_hidden_weight) != 2:
+            raise ValueError("teacher_topk takes logits or a (hidden, weight) pair, got a "
+                             f"sequence of {len(logits_or_hidden_weight)}")
+        hidden, weight = logits_or_hidden_weight
+        check_tensor("hidden", hidden, min_ndim=1)
+        check_float("hidden", hidden)
+        check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
+        cap, scale = check_transform(softcap, logit_scale)
+        lead, V = tuple(hidden.shape[:-1]), weight.shape[0]
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        head = LMHead(weight, bias, operand_dtype(hidden, weight), compute_dtype(hidden, weight))
+
+        def chunk_logits(lo, hi):
+            out = torch.empty(hi - lo, V, dtype=head.dtype, device=hidden.device)
+            head.project(head.rows(rows, torch.arange(lo, hi, device=hidden.device)), out)
+            if scale != 1.0:
+                out.mul_(scale)
+            if cap:
+                out.div_(cap).tanh_().mul_(cap)
+            return out
+    else:
+        logits = logits_or_hidden_weight
+        check_logits("logits", logits)
+        if bias is not None or softcap is not None or logit_scale != 1.0:
+            raise ValueError("bias, softcap and logit_scale apply to a (hidden, weight) input; "
+                             "apply them to the logits before passing them")
+        lead, V = tuple(logits.shape[:-1]), logits.shape[-1]
+        rows = logits.reshape(-1, V)
+        hidden = logits
+
+        def chunk_logits(lo, hi):
+            return rows[lo:hi]
+    check_k(k, V)
+    n = rows.shape[0]
+    dt = compute_dtype(hidden)
+    lp = torch.empty(n, k, dtype=dt, device=hidden.device)
+    ids = torch.empty(n, k, dtype=torch.int64, device=hidden.device)
+    step = max(1, chunk_bytes // (2 * 4 * V))  # the fp32 chunk and topk's temporaries
+    with no_autocast(hidden.device):
+        for lo in range(0, n, step):
+            hi = min(lo + step, n)
+            lp[lo:hi], ids[lo:hi] = _topk_rows(chunk_logits(lo, hi), k, temperature)
+    return lp.view(*lead, k), ids.view(*lead, k)
