@@ -180,3 +180,25 @@ def test_reevaluation_draws_new_items_and_is_reproducible(quick_claim):
     assert json.dumps(again["summary"], default=float) == json.dumps(one["summary"],
                                                                      default=float)
     assert (run / "reevaluate-1" / "README.md").read_text().startswith("# Re-evaluation")
+
+
+def test_full_mode_runs_the_grid_both_tables_and_the_no_prior_ablation(tmp_path, monkeypatch):
+    """The full mode's code path at the quick size: one rate, one grid seed, three methods."""
+    quick = C.settings("quick")
+
+    def small(mode):
+        return {**quick, "grid": True, "methods": ("sft", "fkl", "cord"),
+                "ablation": {"methods": ("sft", "fkl", "cord"), "seeds": (0,)}}
+
+    monkeypatch.setattr(C, "settings", small)
+    monkeypatch.setattr(C, "RATE_GRID", (3e-4,))
+    monkeypatch.setattr(C, "RATE_SEEDS", (0,))
+    results = C.run_claim_demo(mode="full", output_dir=tmp_path / "run",
+                               cache_dir=tmp_path / "cache", progress=False, save_models=False)
+    assert set(results["verdict"]) == {"a", "b", "no_prior"}
+    assert results["learning_rates"]["b"] == {m: 3e-4 for m in ("sft", "fkl", "cord")}
+    grid = json.loads((tmp_path / "run" / "learning_rates.json").read_text())
+    assert set(grid["selected"]) == {"sft", "fkl", "cord"} and "shared" in grid
+    assert results["preconditions_no_prior"]["teacher_recovery"]["bound"].startswith("n/a")
+    readme = (tmp_path / "run" / "README.md").read_text()
+    assert "## Table (b)" in readme and "## Table (no_prior)" in readme

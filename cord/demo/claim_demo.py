@@ -51,6 +51,12 @@ MODES = ("quick", "default", "full")
 METHODS = ("sft", "fkl", "grpo", "grpo_opd", "cord", "sft_gold")
 """The competitors and the gold-SFT diagnostic (which is never a competitor)."""
 COMPETITORS = ("sft", "fkl", "grpo", "grpo_opd", "cord")
+SWEEP = ("cord_ab1", "cord_ab3")
+"""The full mode's α = β sweep around CORD's α = β = 2 (the paper's Figure 4)."""
+ABLATION = {"methods": ("sft", "fkl", "cord"), "seeds": (0, 1, 2)}
+"""The full mode's no-prior ablation: Table 1's methods from a base pre-trained without the
+self-correction prior (same rates as table (a)), so the teacher cannot recover from a wrong
+prefix: how much of CORD's result rests on that?"""
 RATE_GRID = (1e-4, 3e-4, 1e-3)
 RATE_SEEDS = (0, 1)
 TOLERANCE = 0.03
@@ -74,7 +80,7 @@ def settings(mode: str) -> dict[str, Any]:
                 "grid": False}
     if mode == "full":
         return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2, 3, 4),
-                "grid": True}
+                "grid": True, "methods": METHODS + SWEEP, "ablation": ABLATION}
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
@@ -217,7 +223,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     cfg = settings(mode)
     task, post = cfg["task"], cfg["post"]
     seeds = tuple(cfg["seeds"] if seeds is None else seeds)
-    methods = tuple(METHODS if methods is None else methods)
+    methods = tuple(cfg.get("methods", METHODS) if methods is None else methods)
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     bad = [m for m in methods if m not in P.METHODS]
@@ -308,6 +314,17 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         s = CR.summarize(scores, tokens, table_rates)
         summary[table], paired[table], verdicts[table] = s["summary"], s["paired"], s["verdict"]
         scores_all[table], tokens_all[table] = _compact(scores), tokens
+    if cfg.get("ablation"):
+        ablation = cfg["ablation"]
+        ab_methods = tuple(m for m in ablation["methods"] if m in methods)
+        ab = _no_prior_table(task, post, ab_methods, ablation["seeds"], rates["a"], scratch,
+                             cache_dir=cache_dir, progress=progress, refresh=refresh,
+                             workers=workers)
+        summary["no_prior"], paired["no_prior"], verdicts["no_prior"] = (
+            ab["summary"], ab["paired"], ab["verdict"])
+        pre_no_prior = ab["preconditions"]
+    else:
+        pre_no_prior = None
     timings["post_train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -321,7 +338,8 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     results = {
         "task_name": "claim", "mode": mode, "seeds": list(seeds), "methods": list(methods),
         "task": asdict(task), "post_training": asdict(post), "base_source": source,
-        "preconditions": pre, "summary": summary, "paired": paired, "verdict": verdicts,
+        "preconditions": pre, "preconditions_no_prior": pre_no_prior, "summary": summary,
+        "paired": paired, "verdict": verdicts,
         "verdict_rule": VERDICT_RULE, "learning_rates": rates, "learning_rate_grid": grid,
         "base_measures": {"values": measured["values"],
                           "first_error_positions": measured["first_error_positions"]},
@@ -335,6 +353,26 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     }
     CR.write_report(results, out, command)
     return results
+
+
+def _no_prior_table(task: ClaimTaskConfig, post, methods, seeds, rates, scratch: Path, *,
+                    cache_dir, progress, refresh, workers) -> dict[str, Any]:
+    """The no-prior ablation: the same methods and rates from a base pre-trained without the
+    self-correction prior; its own base scores and preconditions."""
+    nop = replace(task, self_correction=False)
+    splits = J.task_splits(nop, cache_dir)
+    base, path, _ = claim_base(nop, splits, cache_dir=cache_dir, progress=progress,
+                               refresh=refresh)
+    measured = base_measures(base, splits, nop, post)
+    jobs = _jobs(methods, seeds, rates, scratch, None, tag="noprior", save_models=False,
+                 curve=False)
+    results = J.run_jobs(J.Context(nop, post, path, cache_dir), jobs, workers=workers,
+                         on_done=_announcer("no_prior", len(jobs)))
+    scores, tokens, _, _ = _collect(jobs, results)
+    scores["base"] = [measured["scores"]]
+    out = CR.summarize(scores, tokens, rates)
+    out["preconditions"] = CR.preconditions(measured["values"], self_correction=False)
+    return out
 
 
 def setting_text(task: ClaimTaskConfig, post: P.PostTrainConfig, seeds) -> str:

@@ -26,7 +26,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
 }
 PAIRS = (("cord", "sft"), ("cord", "fkl"), ("cord", "grpo_opd"))
 BEST_IMITATION = "cord - max(sft, fkl)"
-TABLES = {"a": "learning rate per method", "b": "one shared learning rate"}
+TABLES = {"a": "learning rate per method", "b": "one shared learning rate",
+          "no_prior": "no self-correction prior in pre-training, rates of table (a)"}
 METRIC_LABELS = {
     "in_domain_gap_reduction": "in-domain gap reduction",
     "transfer_gap_reduction": "transfer gap reduction",
@@ -289,7 +290,7 @@ def verdict_block(results: dict[str, Any]) -> str:
     lines = [f"**Verdict rule (fixed before any result).** {VERDICT_RULE}", ""]
     for table, v in results["verdict"].items():
         lines.append(f"- **Table ({table}), {TABLES[table]}: {v or 'n/a'}**")
-    missing = [t for t in TABLES if t not in results["verdict"]]
+    missing = [t for t in ("a", "b") if t not in results["verdict"]]
     for t in missing:
         lines.append(f"- Table ({t}), {TABLES[t]}: not run in this mode (`cord demo --full` "
                      "runs it).")
