@@ -174,3 +174,15 @@ def test_performance_page_quotes_ratios_only_in_its_generated_blocks():
     outside = re.sub(r"<!-- (perf-[\w-]+):start -->.*?<!-- \1:end -->", "", page, flags=re.S)
     assert "perf-tables" not in outside and "perf-sparse" not in outside
     assert not re.search(r"\bx\d+\.\d+", outside), "quote ratios inside the generated blocks"
+
+
+def test_trainer_page_prose_defaults_are_the_config_defaults():
+    from cord.config import CordConfig
+
+    page = (DOCS / "trainer.md").read_text()
+    quoted = re.findall(r"`(\w+)`\s+=\s+(\d(?:[\d.e-]*\d)?)", page)
+    assert {name for name, _ in quoted} >= {"learning_rate", "num_generations",
+                                            "max_completion_length"}
+    defaults = CordConfig()
+    for name, value in quoted:
+        assert float(value) == getattr(defaults, name), f"docs/trainer.md: {name} = {value}"
