@@ -186,3 +186,20 @@ def test_trainer_page_prose_defaults_are_the_config_defaults():
     defaults = CordConfig()
     for name, value in quoted:
         assert float(value) == getattr(defaults, name), f"docs/trainer.md: {name} = {value}"
+
+
+# (page, what it says, the file it comes from, what that file says)
+QUOTED = [
+    ("verification.md", "at most 8 minutes on one", "scripts/gpu_check.sh", "of the 8 minutes"),
+    ("verification.md", "at most 8 json/markdown files", "scripts/gpu_check.sh",
+     "at most 8 files, json and markdown"),
+    ("verification.md", "a 5-step bf16 `cord train", "scripts/gpu_check.sh", "\nSTEPS=5\n"),
+    ("long_runs.md", "SIGKILL at 10 seeded points", "tests/test_longruns.py",
+     "SIGKILL at 10 seeded random points"),
+]
+
+
+@pytest.mark.parametrize("page,says,source,source_says", QUOTED, ids=lambda x: str(x)[:30])
+def test_numbers_quoted_in_docs_prose_are_those_of_their_source(page, says, source, source_says):
+    assert says in " ".join((DOCS / page).read_text().split()), f"docs/{page} no longer says it"
+    assert source_says in (ROOT / source).read_text(), f"{source} changed: update docs/{page}"
