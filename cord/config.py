@@ -68,7 +68,8 @@ class CordConfig:
                                 '"tone" (one tone per character)')
     objective: str = option("cord", "the paper's Table 3: grpo (L_seq) | grpo_opd (uniform L_tok + "
                             "L_seq) | cord (weighted L_tok + L_seq); also opd (uniform L_tok) | "
-                            "sft | fkl | alarm")
+                            "sft | fkl | alarm | sft_gold (SFT on the dataset's answers, a "
+                            "diagnostic)")
     trainable: str | None = option(None, "parameters trained: all | audio (audio encoder + "
                                    "projector) | projector; None = the objective's default "
                                    "(alarm: audio, the others: all)")
