@@ -363,7 +363,8 @@ def render_markdown(rec: Recorder, *, machine: str | None = None,
         out += [
             "On the CPU, `cord_kernels` runs its torch path (`impl=None` picks it: the Triton "
             "kernels need CUDA), so these rows measure that path; the kernels' bandwidth "
-            "(GB/s against SPEC section 3's 6 B/entry floor) is measured by the same command "
+            "(GB/s against the 6 B/entry floor of docs/performance.md) is measured by the same "
+            "command "
             "on a CUDA machine. For the hidden-states-in losses the algorithm (chunking, GEMM "
             "count, skipped masked rows) is the same on every device. Liger's logits-in "
             "kernels are Triton-only and are skipped here; its chunked fused-linear JSD loss "
@@ -402,26 +403,34 @@ def render_markdown(rec: Recorder, *, machine: str | None = None,
     return "\n".join(out)
 
 
+def _peer_name(provider: str) -> str:
+    return "naive torch" if provider == "torch" else provider
+
+
 def _headline(rows: list[dict]) -> list[str]:
     """One line per loss and shape: cord_kernels' fwd+bwd time and memory against naive torch
-    and the best peer."""
+    and the best peer (naive torch included). A ratio that was not measured is left out."""
     lines = []
     for r in rows:
         if r["role"] != "ours" or r["status"] != "ok" or r["mode"] != "fwd+bwd":
             continue
-        parts = [f"time {_x(r.get('time_vs_naive'))} vs naive torch"]
+        time, mem = [], []
+        if r.get("time_vs_naive") is not None:
+            time.append(f"{_x(r['time_vs_naive'])} vs naive torch")
         if r.get("best_peer_time"):
-            parts.append(f"{_x(r['ours_vs_best_peer_time'])} vs the fastest peer "
-                         f"({r['best_peer_time']})")
+            time.append(f"{_x(r['ours_vs_best_peer_time'])} vs the fastest peer "
+                        f"({_peer_name(r['best_peer_time'])})")
         if r.get("mem_vs_naive") is not None:
-            parts.append(f"memory {_x(r['mem_vs_naive'])} vs naive")
+            mem.append(f"{_x(r['mem_vs_naive'])} vs naive torch")
         if r.get("best_peer_memory"):
-            parts.append(f"{_x(r['ours_vs_best_peer_mem'])} vs the leanest peer "
-                         f"({r['best_peer_memory']})")
+            mem.append(f"{_x(r['ours_vs_best_peer_mem'])} vs the leanest peer "
+                       f"({_peer_name(r['best_peer_memory'])})")
+        parts = ([f"time {', '.join(time)}"] if time else []) + (
+            [f"memory {', '.join(mem)}"] if mem else [])
         # two "ours" rows per shape on the CPU: the eager torch path and the compiled opt-in
         who = "" if r["provider"] == "cord_kernels" else f" [{r['provider']}]"
         lines.append(f"- `{r['loss']}`{who} {r['shape_id']}: {_ms(r['time_s'])}; "
-                     + ", ".join(parts))
+                     + "; ".join(parts))
     return (["Summary, fwd+bwd (x < 1: cord_kernels is faster / leaner):", "", *lines, ""]
             if lines else [])
 
@@ -431,12 +440,16 @@ def _fused_summary(loss: str, rows: list[dict]) -> list[str]:
     for r in rows:
         if r["loss"] != loss or r["status"] != "ok" or r["mode"] != "fwd+bwd":
             continue
-        if r["role"] == "ours" and r.get("time_vs_floor"):
-            lines.append(f"- {r['shape_id']}: cord_kernels / floor GEMMs (all N rows) = "
-                         f"{_x(r['time_vs_floor'])} time.")
-            own = [f for f in rows if f["role"] == "floor" and "valid" in f["provider"]
-                   and f["status"] == "ok" and f["mode"] == r["mode"]
-                   and f["shape_id"] == r["shape_id"] and f["loss"] == loss]
+        own = [f for f in rows if f["role"] == "floor" and "valid" in f["provider"]
+               and f["status"] == "ok" and f["mode"] == r["mode"]
+               and f["shape_id"] == r["shape_id"] and f["loss"] == loss]
+        all_n = [f for f in rows if f["role"] == "floor" and "valid" not in f["provider"]
+                 and f["status"] == "ok" and f["mode"] == r["mode"]
+                 and f["shape_id"] == r["shape_id"] and f["loss"] == loss]
+        if r["role"] == "ours":
+            if all_n:
+                lines.append(f"- {r['shape_id']}: cord_kernels / floor GEMMs (all N rows) = "
+                             f"{_x(r['time_s'] / all_n[0]['time_s'])} time.")
             if own:
                 lines.append(f"- {r['shape_id']}: cord_kernels / floor GEMMs on the valid rows "
                              f"it projects = {_x(r['time_s'] / own[0]['time_s'])} time.")
@@ -514,8 +527,8 @@ def _bars(ax_t, ax_m, loss: str, rows: list[dict]) -> None:
         ax.invert_yaxis()
 
 
-def rerender(results_json: Path) -> list[Path]:
-    """Rewrites README_PERF.md and the plot next to a saved results.json (no re-run)."""
+def _load(results_json: Path):
+    """A Recorder holding a saved results.json's rows, and the json itself."""
     from types import SimpleNamespace
 
     import torch
@@ -531,12 +544,63 @@ def rerender(results_json: Path) -> list[Path]:
     rec.elapsed_s = data.get("elapsed_s", float("nan"))
     rec.provider_seconds = {(r["loss"], r["provider"]): r["seconds"]
                             for r in data.get("provider_seconds", [])}
+    return rec, data
+
+
+def rerender(results_json: Path, *, plot: bool = True) -> list[Path]:
+    """Rewrites README_PERF.md (and the plot) next to a saved results.json (no re-run)."""
+    rec, data = _load(results_json)
     out_dir = Path(results_json).parent
     md = out_dir / "README_PERF.md"
     md.write_text(render_markdown(rec, machine=data["machine"],
                                   created=data["created_utc"]) + "\n")
-    plot = render_plot(rec, out_dir / "perf_vs_tokens.png", machine=data["machine"])
-    return [md] + ([plot] if plot else [])
+    drawn = render_plot(rec, out_dir / "perf_vs_tokens.png", machine=data["machine"]) if plot \
+        else None
+    return [md] + ([drawn] if drawn else [])
+
+
+# The generated blocks of docs/: (page, marker) -> its text from the committed results.json.
+DOCS_RESULTS = Path(__file__).resolve().parent / "results" / "results.json"
+DOCS_SPARSE_RESULTS = DOCS_RESULTS.parent / "sparse_teacher" / "results.json"
+
+
+def _measured_on(data: dict) -> str:
+    dtype = data["dtype"].removeprefix("torch.")
+    when = data["created_utc"].replace("T", " ")[:16] + " UTC"
+    return f"Measured on: {data['machine']}; {dtype} inputs; commit {data['commit']}, {when}."
+
+
+def docs_blocks(results_json: Path = DOCS_RESULTS,
+                sparse_json: Path = DOCS_SPARSE_RESULTS) -> dict[tuple[str, str], str]:
+    """The blocks of docs/performance.md and docs/verification.md written from the committed
+    results.json files, each the text between ``<!-- marker:start -->`` and
+    ``<!-- marker:end -->``."""
+    sparse, sparse_data = _load(sparse_json)
+    compute_ratios(sparse.rows)
+    rec, data = _load(results_json)
+    compute_ratios(rec.rows)
+    fused = [r for r in rec.rows if r["loss"].startswith("fused_linear")]
+    perf = [_measured_on(data), "", *_headline(rec.rows)]
+    for loss in dict.fromkeys(r["loss"] for r in fused):
+        perf += [f"`{loss}`", "", *_fused_table(loss, fused, rec.config.on_cuda), ""]
+        perf += _fused_summary(loss, fused)
+    return {("performance.md", "perf-tables"): "\n".join(perf).rstrip("\n") + "\n",
+            ("performance.md", "perf-sparse"):
+                "\n".join([_measured_on(sparse_data), "", *_headline(sparse.rows)]),
+            ("verification.md", "gpu-build"): "\n".join(_static_table(rec)) + "\n"}
+
+
+def write_docs(docs_dir: Path, results_json: Path = DOCS_RESULTS) -> list[Path]:
+    """Replaces every generated block of the docs pages with :func:`docs_blocks`' text."""
+    written = []
+    for (page, marker), text in docs_blocks(results_json).items():
+        path = Path(docs_dir) / page
+        old = path.read_text()
+        start, end = f"<!-- {marker}:start -->\n", f"<!-- {marker}:end -->"
+        head, rest = old.split(start, 1)
+        path.write_text(head + start + text + end + rest.split(end, 1)[1])
+        written.append(path)
+    return written
 
 
 def write_outputs(rec: Recorder, out_dir: Path) -> list[Path]:
@@ -572,7 +636,11 @@ def write_outputs(rec: Recorder, out_dir: Path) -> list[Path]:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m bench.report bench/results/results.json")
-    for written in rerender(Path(sys.argv[1])):
-        print(f"wrote {written}")
+    if len(sys.argv) == 2 and sys.argv[1] == "--docs":
+        written = write_docs(Path(__file__).resolve().parents[1] / "docs")
+    elif len(sys.argv) == 2:
+        written = rerender(Path(sys.argv[1]))
+    else:
+        sys.exit("usage: python -m bench.report bench/results/results.json | --docs")
+    for path in written:
+        print(f"wrote {path}")

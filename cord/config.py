@@ -46,8 +46,8 @@ DEFAULT_REPHRASE_PROMPT = (
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, hparam: bool = True,
            default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its one-line ``help`` (shown by ``cord train --help`` and the
-    README); ``hparam=False`` keeps it out of the TensorBoard hparams (long free text)."""
+    """A config field with its one-line ``help`` (shown by ``cord train --help`` and
+    docs/trainer.md); ``hparam=False`` keeps it out of the TensorBoard hparams (long free text)."""
     if not help:
         raise ValueError("every CordConfig option needs a help text")
     return field(default=default, default_factory=default_factory,
@@ -68,7 +68,8 @@ class CordConfig:
                                 '"tone" (one tone per character)')
     objective: str = option("cord", "the paper's Table 3: grpo (L_seq) | grpo_opd (uniform L_tok + "
                             "L_seq) | cord (weighted L_tok + L_seq); also opd (uniform L_tok) | "
-                            "sft | fkl | alarm")
+                            "sft | fkl | alarm | sft_gold (SFT on the dataset's answers, a "
+                            "diagnostic)")
     trainable: str | None = option(None, "parameters trained: all | audio (audio encoder + "
                                    "projector) | projector; None = the objective's default "
                                    "(alarm: audio, the others: all)")
@@ -302,7 +303,7 @@ def type_name(hint: Any) -> str:
 
 def describe_options() -> list[tuple[str, str, str, str]]:
     """``(name, type, default, help)`` of every CordConfig option, in declaration order: the
-    one source of ``cord train --help`` and of the README's option list."""
+    one source of ``cord train --help`` and of docs/trainer.md's option list."""
     hints = typing.get_type_hints(CordConfig)
     rows = []
     for f in dataclasses.fields(CordConfig):
@@ -315,7 +316,7 @@ def describe_options() -> list[tuple[str, str, str, str]]:
 
 
 def options_markdown() -> str:
-    """The README's option list of ``cord train``, generated from :func:`describe_options`."""
+    """docs/trainer.md's option list of ``cord train``, generated from :func:`describe_options`."""
     lines = ["| option | type | default | meaning |", "|---|---|---|---|"]
     for name, hint, default, help_text in describe_options():
         cells = [f"`{name}`", f"`{hint}`", f"`{default}`", help_text]

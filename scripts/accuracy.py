@@ -13,10 +13,7 @@ import os
 
 import torch
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    raise SystemExit("run with TRITON_INTERPRET=1 (the kernels run on the CPU through it)")
-
-from cord_kernels import (  # noqa: E402
+from cord_kernels import (
     cord_token_loss,
     forward_kl,
     fused_linear_cord_token_loss,
@@ -25,10 +22,19 @@ from cord_kernels import (  # noqa: E402
     reverse_kl,
     token_logprobs,
 )
-from cord_kernels import reference as ref  # noqa: E402
+from cord_kernels import reference as ref
 
 SHAPES = [(4, 5, 123), (1, 423, 37), (2, 3, 1), (2, 2, 5000), (3, 7, 257)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+LOSSES = ["reverse_kl", "forward_kl", "jsd(beta=0.1)", "jsd(beta=0.5)", "jsd(beta=0.9)",
+          "token_logprobs", "cord_token_loss"]
+FUSED = ["fused_linear_cord_token_loss", "fused_linear_distill_loss(jsd)"]
+HEADER = "| kernel path | dtype | value rel. error (max) | gradient rel. error (max) |"
+
+
+def row_labels() -> list[tuple[str, str]]:
+    """(kernel path, dtype) of every row of the table, in order."""
+    return [(name, str(dtype)[6:]) for name in LOSSES + FUSED for dtype in DTYPES]
 
 
 def rel(a, b):
@@ -88,21 +94,20 @@ def fused_case(dtype, g, divergence=None):
 
 
 def main():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("run with TRITON_INTERPRET=1 (the kernels run on the CPU through it)")
     g = torch.Generator().manual_seed(0)
-    print("| kernel path | dtype | value rel. error (max) | gradient rel. error (max) |")
+    print(HEADER)
     print("|---|---|---|---|")
-    for name in ["reverse_kl", "forward_kl", "jsd(beta=0.1)", "jsd(beta=0.5)", "jsd(beta=0.9)",
-                 "token_logprobs", "cord_token_loss"]:
+    for name in LOSSES:
         for dtype in DTYPES:
             errs = [run_case(name, dtype, *shape, g) for shape in SHAPES]
             print(f"| {name} | {str(dtype)[6:]} | {max(e[0] for e in errs):.1e} | "
                   f"{max(e[1] for e in errs):.1e} |")
-    for dtype in DTYPES:
-        v, gr = fused_case(dtype, g)
-        print(f"| fused_linear_cord_token_loss | {str(dtype)[6:]} | {v:.1e} | {gr:.1e} |")
-    for dtype in DTYPES:
-        v, gr = fused_case(dtype, g, "jsd")
-        print(f"| fused_linear_distill_loss(jsd) | {str(dtype)[6:]} | {v:.1e} | {gr:.1e} |")
+    for name, divergence in zip(FUSED, [None, "jsd"]):
+        for dtype in DTYPES:
+            v, gr = fused_case(dtype, g, divergence)
+            print(f"| {name} | {str(dtype)[6:]} | {v:.1e} | {gr:.1e} |")
 
 
 if __name__ == "__main__":

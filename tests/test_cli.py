@@ -106,14 +106,14 @@ def test_every_option_of_every_command_has_help_and_default():
                 assert shown, f"cord {command} {action.option_strings[0]}: default not shown"
 
 
-def test_readme_option_list_is_generated_from_the_config():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- train-options:start -->\n(.*?)<!-- train-options:end -->", readme,
+def test_trainer_page_option_list_is_generated_from_the_config():
+    page = (ROOT / "docs" / "trainer.md").read_text()
+    block = re.search(r"<!-- train-options:start -->\n(.*?)<!-- train-options:end -->", page,
                       re.S)
-    assert block, "README.md lacks the generated option list markers"
+    assert block, "docs/trainer.md lacks the generated option list markers"
     assert block.group(1) == options_markdown(), (
-        "README's option list is stale: paste cord.config.options_markdown() between the "
-        "train-options markers")
+        "docs/trainer.md's option list is stale: paste cord.config.options_markdown() between "
+        "the train-options markers")
 
 
 def test_default_output_folders_are_ignored_by_git():

@@ -13,8 +13,8 @@ into place. So:
 - a save that fails (``ENOSPC``, a permission error) removes its partial directory and raises
   :class:`CheckpointSaveError`, leaving the previous checkpoints untouched.
 
-Exit statuses of ``cord train`` tied to long runs are defined here (see the README's "Long
-runs"): :data:`EXIT_CHECKPOINT_FAILED` and :data:`EXIT_PREEMPTED`.
+Exit statuses of ``cord train`` tied to long runs are defined here (see docs/long_runs.md):
+:data:`EXIT_CHECKPOINT_FAILED` and :data:`EXIT_PREEMPTED`.
 """
 
 from __future__ import annotations

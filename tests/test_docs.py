@@ -1,0 +1,205 @@
+"""The README and docs/: short, self-contained, links that resolve, and every number or option
+list either generated from its source or checked against it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+CODE_PATH = re.compile(r"`((?:cord|cord_kernels|bench|scripts|tests|examples|docs)/[\w./-]*)`")
+NUMBER = re.compile(r"(?<![\w.])[−-]?\d[\d,]*(?:\.\d+)?")
+
+
+def _block(page: Path, marker: str) -> str:
+    text = page.read_text()
+    found = re.search(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", text, re.S)
+    assert found, f"{page.name} lacks the {marker} markers"
+    return found.group(1)
+
+
+def _name(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+# -- the README -----------------------------------------------------------------------------
+
+
+def test_readme_fits_in_300_lines():
+    assert len(README.read_text().splitlines()) <= 300
+
+
+def test_readme_names_no_path_outside_the_repository():
+    text = README.read_text()
+    assert "../" not in text
+    assert not re.search(r"(?<![\w/.:])/(?:work|home|tmp|root|Users)/", text)
+    assert "SPEC" not in text, "cite docs/ pages (or the paper, arXiv 2601.16547), not the spec"
+
+
+def test_readme_keeps_the_markers_that_others_fill_in():
+    text = README.read_text()
+    section = text.split("## The demo: CORD where the paper makes its claim\n", 1)
+    assert len(section) == 2
+    assert section[1].lstrip("\n").startswith("<!-- demo-verdict -->")
+    assert "<!-- families -->" in text
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = README.read_text().splitlines()
+    assert lines[2] == "```bash" and lines[5] == "```"
+    assert lines[3].startswith(
+        'pip install torch==2.13.0 && pip install -e ".[train]" && cord demo ')
+    assert lines[4].startswith('pip install torch==2.13.0 && pip install -e ".[dev]" && '
+                               "python -m pytest -q -n 2 tests ")
+
+
+# -- links and paths ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_relative_links_resolve_to_files_in_the_repository(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        assert path.is_relative_to(ROOT), f"{_name(page)}: {target} points outside the repo"
+        assert path.exists(), f"{_name(page)}: {target} does not exist"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_repository_paths_in_code_spans_exist(page):
+    for path in CODE_PATH.findall(page.read_text()):
+        assert (ROOT / path).exists(), f"{_name(page)} names {path}, which does not exist"
+
+
+def test_api_page_lists_every_public_name():
+    import cord_kernels
+
+    page = (DOCS / "api.md").read_text()
+    missing = [name for name in cord_kernels.__all__ if f"`{name}" not in page]
+    assert not missing, f"docs/api.md does not document {missing}"
+
+
+# -- generated blocks and numbers ----------------------------------------------------------
+
+
+def test_generated_blocks_match_the_committed_bench_results():
+    from bench.report import docs_blocks
+
+    for (page, marker), text in docs_blocks().items():
+        assert _block(DOCS / page, marker) == text, (
+            f"docs/{page}'s {marker} block is stale: run python -m bench.report --docs")
+
+
+def test_accuracy_table_has_the_rows_of_scripts_accuracy_and_meets_the_tolerances():
+    from scripts.accuracy import HEADER, row_labels
+
+    lines = _block(DOCS / "verification.md", "accuracy").splitlines()
+    assert lines[0] == HEADER and lines[1] == "|---|---|---|---|"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert [(r[0], r[1]) for r in rows] == row_labels()
+    for name, dtype, value, grad in rows:
+        bound = 1e-5 if dtype == "float32" else 1e-2  # the tolerances the page states
+        assert float(value) < bound and float(grad) < bound, (name, dtype, value, grad)
+
+
+def _numbers(text: str) -> list[str]:
+    return [n.replace("−", "-").replace(",", "") for n in NUMBER.findall(text)]
+
+
+def _demo_sources() -> list[float]:
+    text = "".join(path.read_text() for folder in ("demo", "demo_full", "demo_long")
+                   for path in sorted((DOCS / folder).iterdir())
+                   if path.suffix in (".md", ".json"))
+    text += (ROOT / "cord" / "demo" / "learning_rates.json").read_text()
+    values = [float(n) for n in _numbers(text)]
+    return values + [100 * v for v in values]  # fractions written as percentages
+
+
+def _found(written: str, sources: list[float]) -> bool:
+    """A number as written, rounded to its own decimals, is among the sources (up to its sign:
+    the prose says "CORD loses by 30 points" of a difference the report gives as -29.9)."""
+    decimals = len(written.split(".")[1]) if "." in written else 0
+    x = abs(float(written))
+    return any(abs(abs(round(s, decimals)) - x) < 1e-9 for s in sources)
+
+
+# Numbers of docs/demo.md that no file of the committed runs holds, each with where it is from.
+DEMO_PROSE_NUMBERS = {
+    "6.4": "the default run's /usr/bin/time wall clock (its report's own timer says 6.2 min)",
+    "11": "minutes of cord demo --task operands --refresh, measured by hand",
+    "410": "k parameters of the tiny model",
+    "2850": "the unlabelled post-training pairs (gap_task's split)",
+    "320": "post-training prompts of the default demo: 40 steps x 8",
+    "80000": "the paper's post-training prompts",
+}
+
+
+def test_demo_page_tables_hold_only_numbers_of_the_committed_runs():
+    sources = _demo_sources()
+    tables = [line for line in (DOCS / "demo.md").read_text().splitlines()
+              if line.startswith("|")]
+    missing = [n for line in tables for n in _numbers(line) if not _found(n, sources)]
+    assert not missing, f"docs/demo.md tables hold numbers no committed run has: {missing}"
+
+
+def test_demo_page_prose_numbers_come_from_the_committed_runs_or_are_explained():
+    sources = _demo_sources()
+    prose = [line for line in (DOCS / "demo.md").read_text().splitlines()
+             if not line.startswith("|")]
+    missing = {n for line in prose for n in _numbers(line)
+               if not _found(n, sources) and n.lstrip("-") not in DEMO_PROSE_NUMBERS}
+    assert not missing, f"docs/demo.md's prose holds numbers no committed run has: {missing}"
+
+
+def test_long_runs_exit_statuses_are_the_codes_cord_train_returns():
+    from cord.train.checkpoint import EXIT_CHECKPOINT_FAILED, EXIT_PREEMPTED
+
+    page = (DOCS / "long_runs.md").read_text()
+    table = dict(re.findall(r"^\| (-?[\d/ +N-]+?) \| (.+?) \|$", page, re.M))
+    assert "a checkpoint could not be written" in table[str(EXIT_CHECKPOINT_FAILED)]
+    assert "stopped by SIGTERM/SIGINT" in table[str(EXIT_PREEMPTED)]
+    assert set(table) == {"0", "1", "2", "74", "75", "128 + N", "-9 / 137"}
+
+
+def test_performance_page_quotes_ratios_only_in_its_generated_blocks():
+    page = (DOCS / "performance.md").read_text()
+    outside = re.sub(r"<!-- (perf-[\w-]+):start -->.*?<!-- \1:end -->", "", page, flags=re.S)
+    assert "perf-tables" not in outside and "perf-sparse" not in outside
+    assert not re.search(r"\bx\d+\.\d+", outside), "quote ratios inside the generated blocks"
+
+
+def test_trainer_page_prose_defaults_are_the_config_defaults():
+    from cord.config import CordConfig
+
+    page = (DOCS / "trainer.md").read_text()
+    quoted = re.findall(r"`(\w+)`\s+=\s+(\d(?:[\d.e-]*\d)?)", page)
+    assert {name for name, _ in quoted} >= {"learning_rate", "num_generations",
+                                            "max_completion_length"}
+    defaults = CordConfig()
+    for name, value in quoted:
+        assert float(value) == getattr(defaults, name), f"docs/trainer.md: {name} = {value}"
+
+
+# (page, what it says, the file it comes from, what that file says)
+QUOTED = [
+    ("verification.md", "at most 8 minutes on one", "scripts/gpu_check.sh", "of the 8 minutes"),
+    ("verification.md", "at most 8 json/markdown files", "scripts/gpu_check.sh",
+     "at most 8 files, json and markdown"),
+    ("verification.md", "a 5-step bf16 `cord train", "scripts/gpu_check.sh", "\nSTEPS=5\n"),
+    ("long_runs.md", "SIGKILL at 10 seeded points", "tests/test_longruns.py",
+     "SIGKILL at 10 seeded random points"),
+]
+
+
+@pytest.mark.parametrize("page,says,source,source_says", QUOTED, ids=lambda x: str(x)[:30])
+def test_numbers_quoted_in_docs_prose_are_those_of_their_source(page, says, source, source_says):
+    assert says in " ".join((DOCS / page).read_text().split()), f"docs/{page} no longer says it"
+    assert source_says in (ROOT / source).read_text(), f"{source} changed: update docs/{page}"
