@@ -57,8 +57,11 @@ class CordConfig:
     """Options of ``cord train`` (see ``examples/configs`` for annotated files)."""
 
     # -- what to train ---------------------------------------------------------------------
-    model: str = option("tiny", '"tiny" (a random-init Qwen2-Audio built offline) or a local '
-                        "Qwen2-Audio directory")
+    model: str = option("tiny", '"tiny" (a random-init Qwen2-Audio built offline), a local '
+                        "checkpoint directory or a hub id in the local HF cache (families: "
+                        "docs/models.md)")
+    long_audio: str = option("error", 'a clip longer than the model\'s audio window: "error" '
+                             '(names it) or "chunk" (the family\'s own chunking); never cut')
     dataset: str = option("arithmetic", '"arithmetic" / "multiple_choice" (synthesized) or a '
                           "paired JSONL/CSV/parquet file or saved dataset folder")
     dataset_size: int = option(64, "number of examples of a synthesized dataset")
@@ -169,6 +172,7 @@ class CordConfig:
 
         _choice("objective", self.objective, tuple(OBJECTIVES))
         _choice("teacher", self.teacher, TEACHERS)
+        _choice("long_audio", self.long_audio, ("error", "chunk"))
         _choice("unjudged_reward", self.unjudged_reward, UNJUDGED_REWARDS)
         if self.trainable is not None:
             _choice("trainable", self.trainable, TRAINABLE)

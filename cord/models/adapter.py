@@ -189,6 +189,8 @@ class ChatAdapter:
     family = "custom"
     #: Longest clip in seconds the processor takes whole (None: no limit); see ``long_audio``.
     window_seconds: float | None = None
+    #: Options of the processor's audio side (``padding`` applies to the text otherwise).
+    audio_kwargs: dict[str, Any] = {}
     #: Run the audio encoder once per distinct clip in a batch (the N GRPO copies share it);
     #: False recomputes it for every copy (only for timing the difference).
     share_audio_encoder: bool = True
@@ -241,11 +243,12 @@ class ChatAdapter:
         if audios is not None:
             kwargs["audio"] = audios
             kwargs["sampling_rate"] = self.sampling_rate
+            if self.audio_kwargs:
+                kwargs["audio_kwargs"] = dict(self.audio_kwargs)
+                kwargs["text_kwargs"] = {"padding": kwargs.pop("padding")}
         enc = self.processor(**kwargs)
-        extra = {
-            k: v for k, v in enc.items()
-            if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)
-        }
+        unused = {"input_ids", "attention_mask", *getattr(self.processor, "unused_input_names", ())}
+        extra = {k: v for k, v in enc.items() if k not in unused and isinstance(v, torch.Tensor)}
         return PromptBatch(enc["input_ids"], enc["attention_mask"], extra)
 
     @property
@@ -648,8 +651,13 @@ def resolve_model_path(model: str | Path) -> Path:
     from huggingface_hub import snapshot_download  # local: only for hub ids
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    import os
+
+    # Read at call time (huggingface_hub reads its environment once, at import).
+    cache = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None)
     try:
-        return Path(snapshot_download(text, local_files_only=True))
+        return Path(snapshot_download(text, local_files_only=True, cache_dir=cache))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         raise ValueError(
             f"model {text!r}: no such directory, and nothing is cached for this hub id in the "

@@ -82,8 +82,18 @@ def load_checked(model_class, path: Path, **kwargs):
     """``model_class.from_pretrained(path)``, offline, refusing any weight the checkpoint does
     not hold (transformers would initialise it randomly and only warn) or holds with another
     shape. Extra tensors in the checkpoint (a talker the thinker does not use) are fine."""
-    model, info = model_class.from_pretrained(
-        path, local_files_only=True, dtype="auto", output_loading_info=True, **kwargs)
+    # super(): the plain PreTrainedModel loader, past overrides that load what CORD never
+    # uses (the full Omni models' speaker files for the talker).
+    loader = super(model_class, model_class).from_pretrained
+    try:
+        model, info = loader(path, local_files_only=True, dtype="auto", output_loading_info=True,
+                             **kwargs)
+    except RuntimeError as err:  # transformers' own refusal of weights of another shape
+        if "mismatched" not in str(err):
+            raise
+        raise ValueError(f"{path}: some weights of the checkpoint have another shape than "
+                         f"{model_class.__name__} expects: is it a checkpoint of this family "
+                         f"(config model_type {read_model_type(path)!r})?") from None
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k)
                         for k in info.get("mismatched_keys") or ())
