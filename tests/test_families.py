@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import final_weights, write_paired_dataset
+from helpers import write_paired_dataset
 
 from cord.cli import main
 from cord.config import CordConfig
@@ -55,7 +55,14 @@ def saved(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_paired_dataset(tmp_path_factory.mktemp("data"))
+    """Paired arithmetic questions (tone audio) with their answers."""
+    path = write_paired_dataset(tmp_path_factory.mktemp("data"))
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in rows:
+        a, b = (int(t) for t in r["text"].removeprefix("What is ").rstrip("?").split(" + "))
+        r["answer"] = str(a + b)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def _waves(seconds, seed=0):
@@ -107,6 +114,11 @@ def test_family_scores_what_it_samples_on_every_path(family, saved):
     torch.testing.assert_close(fused, logits, rtol=1e-5, atol=1e-5)
 
 
+def _trained(out: Path) -> dict[str, torch.Tensor]:
+    """The weights a run saved, reloaded through the registry (so the saved model loads)."""
+    return unwrap_model(build_adapter(out / "final").model).state_dict()
+
+
 OBJECTIVES = {
     # cord: the fused-linear path and gradient checkpointing too
     "cord": ["objective=cord", "use_fused_linear=true", "gradient_checkpointing=true",
@@ -129,9 +141,9 @@ def test_family_trains_with_each_objective(family, objective, saved, data, tmp_p
         "disable_tqdm=true", "seed=0", *OBJECTIVES[objective]])
     metrics = train(config)
     assert np.isfinite(metrics["loss"]) and metrics["weights_changed"] > 0
-    weights = final_weights(out)
-    reference = unwrap_model(get_family(family).build_tiny(seed=0)[0]).state_dict()
-    assert any(not torch.equal(weights[k], reference[k]) for k in weights if k in reference)
+    weights = _trained(out)
+    reference = get_family(family).build_tiny(seed=0)[0].state_dict()
+    assert any(not torch.equal(weights[k], reference[k]) for k in reference)
 
 
 @pytest.mark.parametrize("group", ["audio", "projector"])
@@ -140,17 +152,17 @@ def test_family_trainable_groups_name_its_modules(family, group, saved, data, tm
     torch.set_num_threads(1)
     adapter = build_adapter(saved[family])
     chosen = {n for n, _ in adapter.parameter_group(group)}
-    expected = {"audio": ("audio_tower",), "projector": ("multi_modal_projector",
-                                                         "audio_tower.proj")}[group]
+    expected = {"audio": ("audio_tower", "multi_modal_projector"),
+                "projector": ("multi_modal_projector", "audio_tower.proj")}[group]
     assert chosen and all(any(e in n for e in expected) for n in chosen), sorted(chosen)[:5]
     out = tmp_path / "run"
     train(CordConfig.from_yaml(None, [
         f"model={saved[family]}", f"dataset={data}", f"output_dir={out}", "max_steps=1",
         "objective=opd", f"trainable={group}", "max_completion_length=3",
         "learning_rate=1e-2", "report_to=none", "disable_tqdm=true", "seed=0"]))
-    weights = final_weights(out)
-    before = unwrap_model(get_family(family).build_tiny(seed=0)[0]).state_dict()
-    changed = {k for k in weights if k in before and not torch.equal(weights[k], before[k])}
+    weights = _trained(out)
+    before = get_family(family).build_tiny(seed=0)[0].state_dict()
+    changed = {k for k in before if not torch.equal(weights[k], before[k])}
     assert changed and changed <= chosen, sorted(changed - chosen)[:5]
     if group == "projector":  # every projector weight gets a gradient
         assert changed == {n for n in chosen if n in before}
@@ -304,7 +316,8 @@ def test_missing_weights_are_an_error_naming_them_qwen2_audio(saved, tmp_path):
     kept = {k: v for k, v in weights.items() if "multi_modal_projector" not in k}
     assert len(kept) < len(weights)
     save_file(kept, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"newly initialised: .*multi_modal_projector\.linear\.weight"):
+    with pytest.raises(ValueError,
+                       match=r"newly initialised: .*multi_modal_projector\.linear\.weight"):
         build_adapter(broken)
 
 
@@ -358,7 +371,8 @@ def test_omni_full_checkpoint_loads_the_thinker_without_a_talker_qwen2_5_omni(tm
     full.save_pretrained(tmp_path / "full")
     processor.save_pretrained(tmp_path / "full")
     adapter = build_adapter(tmp_path / "full")
-    assert type(unwrap_model(adapter.model)).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    thinker_class = type(unwrap_model(adapter.model)).__name__
+    assert thinker_class == "Qwen2_5OmniThinkerForConditionalGeneration"
     with pytest.raises(ValueError, match="image or video token"):
         adapter.text_prompts(["look <|IMAGE|> here"])
 

@@ -648,10 +648,10 @@ def resolve_model_path(model: str | Path) -> Path:
     if len(parts) != 2 or not all(parts) or text.startswith((".", "/", "~")):
         raise ValueError(f"model must be 'tiny', a local model directory or a hub id like "
                          f"Qwen/Qwen2-Audio-7B-Instruct, got {text!r} (no such directory)")
+    import os
+
     from huggingface_hub import snapshot_download  # local: only for hub ids
     from huggingface_hub.errors import LocalEntryNotFoundError
-
-    import os
 
     # Read at call time (huggingface_hub reads its environment once, at import).
     cache = os.environ.get("HF_HUB_CACHE") or (
