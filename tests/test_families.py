@@ -263,6 +263,32 @@ def test_family_audio_encoder_runs_once_per_prompt(family, saved):
     torch.testing.assert_close(logits_s, logits_a, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_audio_encoder_runs_twice_per_prompt_in_a_cord_step(family, saved, data,
+                                                                   tmp_path):
+    """One cord step (token-loss rollout + a GRPO group of N=4, 2 prompts): the encoder's
+    first layer runs once on the 2 clips to sample (both rollouts) and once to score (both
+    losses), instead of 2 + 2 + 8 + 8 rows; the step's loss is unchanged."""
+    torch.set_num_threads(1)
+    seen, losses = {}, {}
+    for share in (True, False):
+        adapter = build_adapter(saved[family])
+        adapter.share_audio_encoder = share
+        bare = unwrap_model(adapter.model)
+        tower = next(m for n, m in bare.named_modules() if n.endswith("audio_tower"))
+        conv = _first_leaf(tower, (torch.nn.Conv1d, torch.nn.Conv2d))
+        rows = seen[share] = []
+        conv.register_forward_hook(lambda m, i, o, rows=rows: rows.append(i[0].shape[0]))
+        losses[share] = train(CordConfig.from_yaml(None, [
+            f"dataset={data}", f"output_dir={tmp_path / str(share)}", "max_steps=1",
+            "objective=cord", "num_generations=4", "per_device_train_batch_size=2",
+            "max_completion_length=3", "report_to=none", "disable_tqdm=true", "seed=0"]),
+            adapter=adapter)["loss"]
+    r = seen[True][0]
+    assert seen[True] == [r, r] and seen[False] == [r, r, 4 * r, 4 * r], seen
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
 def test_encoder_reuse_step_time_qwen2_audio(data, tmp_path, capsys):
     """The step time of a GRPO step (N=8) with and without the shared encoder pass on the
     tiny Qwen2-Audio with a bigger encoder (printed with -s; the shared one is not slower)."""

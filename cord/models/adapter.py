@@ -85,6 +85,9 @@ class PromptBatch:
     row_keys: tuple[str, ...] = ()
     item_rows: torch.Tensor | None = None
     feature_source: torch.Tensor | None = None
+    #: Audio encoder outputs already computed for these prompts (``cord.models.sharing``),
+    #: shared by their copies; made by ``audio_prompts``, None: no reuse across calls.
+    audio_cache: dict | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -94,7 +97,7 @@ class PromptBatch:
             self.input_ids.to(device),
             self.attention_mask.to(device),
             {k: v.to(device) for k, v in self.model_kwargs.items()},
-            self.row_keys, self.item_rows, self.feature_source,
+            self.row_keys, self.item_rows, self.feature_source, self.audio_cache,
         )
 
     def _row_index(self, n: int) -> torch.Tensor:
@@ -124,6 +127,7 @@ class PromptBatch:
             kwargs, self.row_keys,
             None if self.item_rows is None else self.item_rows.repeat_interleave(n),
             base[rows] if rows is not None else base.repeat_interleave(n),
+            self.audio_cache,
         )
 
 
@@ -284,7 +288,9 @@ class ChatAdapter:
                 f"(it would be cut); set long_audio=chunk to use {self.family}'s own chunking, "
                 "or shorten the clip")
         prompt = self._render(self.audio_message(instruction))
-        return self._encode_audio([prompt] * len(waves), waves, chunk=bool(long))
+        batch = self._encode_audio([prompt] * len(waves), waves, chunk=bool(long))
+        batch.audio_cache = {}
+        return batch
 
     def _too_long(self, wave) -> bool:
         return (self.window_seconds is not None
@@ -411,12 +417,14 @@ class ChatAdapter:
     @contextmanager
     def shared_audio(self, prompts: PromptBatch):
         """While active, the audio encoder and projector run once per distinct clip of
-        ``prompts`` (the N copies of a GRPO group share one pass)."""
-        if not self.share_audio_encoder or prompts.feature_source is None:
+        ``prompts`` (the N copies of a GRPO group share one pass), and reuse the outputs an
+        earlier call on the same prompts made in the same mode (``PromptBatch.audio_cache``)."""
+        if not self.share_audio_encoder or not prompts.model_kwargs:
             yield
             return
         calls = self.shared_audio_calls(unwrap_model(self.model))
-        with shared_calls(calls, prompts.feature_source, tokens=self.audio_output_tokens(prompts)):
+        with shared_calls(calls, prompts.feature_source, tokens=self.audio_output_tokens(prompts),
+                          cache=prompts.audio_cache, num_rows=prompts.num_feature_rows()):
             yield
 
     def completion_logits(
