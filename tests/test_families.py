@@ -458,3 +458,17 @@ def test_fsdp2_two_processes_every_family(saved, data, tmp_path):
                                           "per_device_train_batch_size=2", *options]))
         for key in ("loss", "grad_norm"):
             assert logged(two, key) == pytest.approx(logged(one, key), rel=1e-3), (family, key)
+
+
+def test_softcapped_logits_are_refused_not_skipped_qwen2_audio(saved):
+    """A model that softcaps its logits after the LM head (Gemma 3n) cannot be scored through
+    the bypassed head (the softcap would be skipped): refused on both scoring paths."""
+    adapter = build_adapter(saved["qwen2_audio"])
+    x_t = adapter.text_prompts([QUESTION])
+    ids = torch.tensor([[5, 6]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    adapter.completion_logits(x_t, ids, mask)  # fine without a softcap
+    unwrap_model(adapter.model).config.get_text_config().final_logit_softcapping = 30.0
+    for score in (adapter.completion_logits, adapter.completion_hidden):
+        with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+            score(x_t, ids, mask)

@@ -425,7 +425,9 @@ def _parse_data_args(values: Sequence[str]) -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help='"tiny" or a local Qwen2-Audio directory')
+    parser.add_argument("--model", required=True,
+                        help='"tiny", a checkpoint directory or a cached hub id (families: '
+                        "docs/models.md)")
     parser.add_argument("--data", nargs="+", required=True, metavar="[NAME=]PATH",
                         help="benchmark file(s): JSONL/JSON/CSV/parquet or a saved dataset with "
                              "text/prompt, audio and answer/reference")

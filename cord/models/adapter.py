@@ -458,6 +458,15 @@ class ChatAdapter:
     def _completion_states(self, prompts, completion_ids, completion_mask):
         """(B, T, H) final hidden states on the completion and the LM head module."""
         bare = unwrap_model(self.model)
+        config = getattr(bare, "config", None)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        softcap = getattr(text, "final_logit_softcapping", None)
+        if softcap:
+            # The forward would softcap the hidden states (the head is bypassed) and the head
+            # applied here would skip the softcap: refuse rather than score other logits.
+            raise ValueError(f"{type(bare).__name__} applies final_logit_softcapping={softcap} "
+                             "after its LM head, which the completion scoring (and the fused-"
+                             "linear losses) would skip; this model is not supported")
         with bypassed_lm_head(bare, self.lm_head(bare)) as head:
             out, p = self._forward(prompts, completion_ids, completion_mask)
         t = completion_ids.shape[1]
