@@ -261,9 +261,13 @@ class CordConfig:
         that does not exist (checked before anything is built, not in ``__post_init__``: a
         saved config stays loadable on another machine)."""
         if model and self.model != "tiny" and not Path(self.model).is_dir():
-            raise ValueError(
-                f"model {self.model!r} is not a directory: pass model=tiny or a local folder "
-                "holding a saved Qwen2-Audio (nothing is downloaded)")
+            from cord.models.hub import is_hub_id, resolve_model_path  # light, no torch
+
+            if not is_hub_id(self.model):
+                raise ValueError(
+                    f"model {self.model!r} is not a directory: pass model=tiny, a local "
+                    "checkpoint folder or a hub id in the local cache (nothing is downloaded)")
+            resolve_model_path(self.model)  # one line when nothing is cached for it
         if dataset and self.dataset not in SYNTHETIC_DATASETS and not Path(self.dataset).exists():
             raise ValueError(
                 f"dataset {self.dataset!r} does not exist: pass an existing .jsonl/.json/.csv/"

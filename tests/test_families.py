@@ -377,10 +377,21 @@ def test_hub_id_loads_from_the_offline_cache_audioflamingo3(saved, tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     adapter = build_adapter("tiny-org/af3-tiny")
     assert adapter.family == "audioflamingo3"
+    CordConfig(model="tiny-org/af3-tiny").check_paths(dataset=False)  # what cord train checks
     with pytest.raises(ValueError, match="nothing is cached.*hf download tiny-org/missing"):
         resolve_model_path("tiny-org/missing")
     with pytest.raises(ValueError, match="no such directory"):
         resolve_model_path("./not/here/at/all")
+
+
+def test_missing_hub_id_is_one_line_exit_2_from_cord_train(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["train", "model=Qwen/Qwen2-Audio-7B-Instruct", "report_to=none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "nothing is cached" in err and "hf download Qwen/Qwen2-Audio-7B-Instruct" in err
 
 
 def test_omni_full_checkpoint_loads_the_thinker_without_a_talker_qwen2_5_omni(tmp_path):

@@ -54,6 +54,7 @@ from transformers import Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import resample
 from cord.models.generation import only_generation_config, sampling_config
+from cord.models.hub import resolve_model_path
 from cord.models.sharding import bypassed_lm_head, gathered_parameters
 from cord.models.sharing import shared_calls
 from cord.models.tiny import build_tiny_qwen2_audio
@@ -648,35 +649,3 @@ def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
     if device is not None:
         net.to(resolve_device(device))
     return adapter_class(net, processor, system_prompt=system_prompt, long_audio=long_audio)
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    """A local checkpoint directory, or the snapshot of hub id ``model`` ("org/name") in the
-    local Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``); never downloads.
-
-    Raises:
-        ValueError: neither a directory nor a cached hub id (one line saying how to fetch it).
-    """
-    path = Path(model)
-    if path.is_dir():
-        return path
-    text = str(model)
-    parts = text.split("/")
-    if len(parts) != 2 or not all(parts) or text.startswith((".", "/", "~")):
-        raise ValueError(f"model must be 'tiny', a local model directory or a hub id like "
-                         f"Qwen/Qwen2-Audio-7B-Instruct, got {text!r} (no such directory)")
-    import os
-
-    from huggingface_hub import snapshot_download  # local: only for hub ids
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    # Read at call time (huggingface_hub reads its environment once, at import).
-    cache = os.environ.get("HF_HUB_CACHE") or (
-        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None)
-    try:
-        return Path(snapshot_download(text, local_files_only=True, cache_dir=cache))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        raise ValueError(
-            f"model {text!r}: no such directory, and nothing is cached for this hub id in the "
-            f"Hugging Face cache (HF_HOME); nothing is downloaded during a run: fetch it first "
-            f"with `hf download {text}` (or point model= at a local directory)") from None
