@@ -15,8 +15,10 @@ to
 
 Adding another model
 --------------------
-Subclass :class:`ChatAdapter` (or write any class with the same methods, see
-:class:`ModelAdapter`) and override what differs:
+The families ``build_adapter`` loads are registered by ``config.model_type`` in
+``cord.models.families`` (one module each; ``docs/models.md`` has the protocol). A family's
+adapter subclasses :class:`ChatAdapter` (or is any class with the same methods, see
+:class:`ModelAdapter`) and overrides what differs:
 
 - ``audio_message(instruction)`` / ``text_message(text, instruction)``: the user turn in the
   model's chat format (the audio placeholder its chat template expects);
