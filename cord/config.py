@@ -59,8 +59,11 @@ class CordConfig:
     """Options of ``cord train`` (see ``examples/configs`` for annotated files)."""
 
     # -- what to train ---------------------------------------------------------------------
-    model: str = option("tiny", '"tiny" (a random-init Qwen2-Audio built offline) or a local '
-                        "Qwen2-Audio directory")
+    model: str = option("tiny", '"tiny" (a random-init Qwen2-Audio built offline), a local '
+                        "checkpoint directory or a hub id in the local HF cache (families: "
+                        "docs/models.md)")
+    long_audio: str = option("error", 'a clip longer than the model\'s audio window: "error" '
+                             '(names it) or "chunk" (the family\'s own chunking); never cut')
     dataset: str = option("arithmetic", '"arithmetic" / "multiple_choice" (synthesized) or a '
                           "paired JSONL/CSV/parquet file or saved dataset folder")
     dataset_size: int = option(64, "number of examples of a synthesized dataset")
@@ -173,6 +176,7 @@ class CordConfig:
         _choice("objective", self.objective, tuple(NEEDS))
         _choice("judge", self.judge, JUDGES)
         _choice("teacher", self.teacher, TEACHERS)
+        _choice("long_audio", self.long_audio, ("error", "chunk"))
         _choice("unjudged_reward", self.unjudged_reward, UNJUDGED_REWARDS)
         if self.trainable is not None:
             _choice("trainable", self.trainable, TRAINABLE)
@@ -261,9 +265,13 @@ class CordConfig:
         that does not exist (checked before anything is built, not in ``__post_init__``: a
         saved config stays loadable on another machine)."""
         if model and self.model != "tiny" and not Path(self.model).is_dir():
-            raise ValueError(
-                f"model {self.model!r} is not a directory: pass model=tiny or a local folder "
-                "holding a saved Qwen2-Audio (nothing is downloaded)")
+            from cord.models.hub import is_hub_id, resolve_model_path  # light, no torch
+
+            if not is_hub_id(self.model):
+                raise ValueError(
+                    f"model {self.model!r} is not a directory: pass model=tiny, a local "
+                    "checkpoint folder or a hub id in the local cache (nothing is downloaded)")
+            resolve_model_path(self.model)  # one line when nothing is cached for it
         if dataset and self.dataset not in SYNTHETIC_DATASETS and not Path(self.dataset).exists():
             raise ValueError(
                 f"dataset {self.dataset!r} does not exist: pass an existing .jsonl/.json/.csv/"

@@ -19,7 +19,8 @@ HIGH_KL_PERCENTILE = 80.0  # the paper's threshold between "pivotal" and aligned
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--rollouts", help="saved rollouts (JSON/JSONL with 'tokens' and 'kl')")
-    src.add_argument("--model", help="model directory (Qwen2-Audio layout) to roll out")
+    src.add_argument("--model", help="model to roll out: a checkpoint directory or a cached hub "
+                     "id (families: docs/models.md)")
     parser.add_argument("--data", help="paired dataset (with --model): JSONL/CSV/parquet/dir")
     parser.add_argument("--limit", type=int, default=64, help="items to roll out (with --model)")
     parser.add_argument("--max-new-tokens", type=int, default=200,

@@ -47,8 +47,13 @@ def check_generation(args: argparse.Namespace) -> None:
     """The options shared by ``cord eval`` and ``cord analyze --model``: the model, the
     device and how answers are generated."""
     if str(args.model) != "tiny" and not Path(args.model).is_dir():
-        raise ValueError(f"--model {args.model!r} is not a directory: pass tiny or a local "
-                         "folder holding a saved Qwen2-Audio (nothing is downloaded)")
+        from cord.models.hub import is_hub_id, resolve_model_path  # light, no torch
+
+        if not is_hub_id(str(args.model)):
+            raise ValueError(f"--model {args.model!r} is not a directory: pass tiny, a local "
+                             "checkpoint folder or a hub id in the local cache (nothing is "
+                             "downloaded)")
+        resolve_model_path(args.model)  # one line when nothing is cached for it
     check_count("--limit", args.limit, 1)
     check_count("--batch-size", args.batch_size, 1)
     check_count("--max-new-tokens", args.max_new_tokens, 1)
@@ -58,7 +63,9 @@ def check_generation(args: argparse.Namespace) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help='"tiny" or a local Qwen2-Audio directory')
+    parser.add_argument("--model", required=True,
+                        help='"tiny", a checkpoint directory or a cached hub id (families: '
+                             "docs/models.md)")
     parser.add_argument("--data", nargs="+", required=True, metavar="[NAME=]PATH",
                         help="benchmark file(s): JSONL/JSON/CSV/parquet or a saved dataset with "
                              "text/prompt, audio and answer/reference")

@@ -15,8 +15,10 @@ to
 
 Adding another model
 --------------------
-Subclass :class:`ChatAdapter` (or write any class with the same methods, see
-:class:`ModelAdapter`) and override what differs:
+The families ``build_adapter`` loads are registered by ``config.model_type`` in
+``cord.models.families`` (one module each; ``docs/models.md`` has the protocol). A family's
+adapter subclasses :class:`ChatAdapter` (or is any class with the same methods, see
+:class:`ModelAdapter`) and overrides what differs:
 
 - ``audio_message(instruction)`` / ``text_message(text, instruction)``: the user turn in the
   model's chat format (the audio placeholder its chat template expects);
@@ -41,6 +43,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -49,12 +52,17 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+from transformers import Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import resample
 from cord.models.generation import only_generation_config, sampling_config
+from cord.models.hub import resolve_model_path
 from cord.models.sharding import bypassed_lm_head, gathered_parameters
+from cord.models.sharing import shared_calls
 from cord.models.tiny import build_tiny_qwen2_audio
+
+#: What ``audio_prompts`` does with a clip longer than the family's window.
+LONG_AUDIO = ("error", "chunk")
 
 
 @dataclass
@@ -64,13 +72,25 @@ class PromptBatch:
     Attributes:
         input_ids: (B, P) long, left-padded.
         attention_mask: (B, P) long, 0 on the left padding.
-        model_kwargs: per-example tensors (leading dim B) the model also takes, e.g. Qwen2-Audio's
+        model_kwargs: per-example tensors the model also takes, e.g. Qwen2-Audio's
             ``input_features`` (B, mel, frames) and ``feature_attention_mask`` (B, frames).
+        row_keys: the ``model_kwargs`` whose leading dimension counts audio WINDOWS rather than
+            prompts (a long clip cut into windows stacked along the batch, as Voxtral and Audio
+            Flamingo 3 do); ``item_rows`` (B,) says how many rows each prompt owns.
+        feature_source: (R,) for the R rows of the audio features, the row of the batch they
+            were copied from (:meth:`repeat_interleave`); equal entries hold equal features, so
+            the audio encoder runs once for them. None: every row is distinct.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     model_kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
+    row_keys: tuple[str, ...] = ()
+    item_rows: torch.Tensor | None = None
+    feature_source: torch.Tensor | None = None
+    #: Audio encoder outputs already computed for these prompts (``cord.models.sharing``),
+    #: shared by their copies; made by ``audio_prompts``, None: no reuse across calls.
+    audio_cache: dict | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -80,16 +100,37 @@ class PromptBatch:
             self.input_ids.to(device),
             self.attention_mask.to(device),
             {k: v.to(device) for k, v in self.model_kwargs.items()},
+            self.row_keys, self.item_rows, self.feature_source, self.audio_cache,
         )
 
+    def _row_index(self, n: int) -> torch.Tensor:
+        """Rows of the windowed kwargs for each prompt's rows, each prompt ``n`` times."""
+        counts = self.item_rows.tolist()
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        return torch.tensor([r for s, c in zip(starts, counts, strict=True)
+                             for _ in range(n) for r in range(s, s + c)], dtype=torch.long)
+
+    def num_feature_rows(self) -> int:
+        """R: rows of the audio features (prompts, or windows for windowed kwargs)."""
+        return int(self.item_rows.sum()) if self.row_keys else len(self)
+
     def repeat_interleave(self, n: int) -> PromptBatch:
-        """Each prompt ``n`` times in a row (the layout of a GRPO group)."""
+        """Each prompt ``n`` times in a row (the layout of a GRPO group); the windows of a
+        windowed clip move with their prompt, and :attr:`feature_source` records the copies."""
         if n == 1:
             return self
+        rows = self._row_index(n) if self.row_keys else None
+        base = (self.feature_source if self.feature_source is not None
+                else torch.arange(self.num_feature_rows()))
+        kwargs = {k: (v.index_select(0, rows.to(v.device)) if k in self.row_keys
+                      else v.repeat_interleave(n, 0)) for k, v in self.model_kwargs.items()}
         return PromptBatch(
             self.input_ids.repeat_interleave(n, 0),
             self.attention_mask.repeat_interleave(n, 0),
-            {k: v.repeat_interleave(n, 0) for k, v in self.model_kwargs.items()},
+            kwargs, self.row_keys,
+            None if self.item_rows is None else self.item_rows.repeat_interleave(n),
+            base[rows] if rows is not None else base.repeat_interleave(n),
+            self.audio_cache,
         )
 
 
@@ -151,7 +192,21 @@ class ChatAdapter:
         system_prompt: optional system turn; None keeps the template's default.
     """
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
+    #: The family's name in the registry (``cord.models.families``).
+    family = "custom"
+    #: Longest clip in seconds the processor takes whole (None: no limit); see ``long_audio``.
+    window_seconds: float | None = None
+    #: Options of the processor's audio side (``padding`` applies to the text otherwise).
+    audio_kwargs: dict[str, Any] = {}
+    #: Run the audio encoder once per distinct clip in a batch (the N GRPO copies share it);
+    #: False recomputes it for every copy (only for timing the difference).
+    share_audio_encoder: bool = True
+
+    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
+                 long_audio: str = "error"):
+        if long_audio not in LONG_AUDIO:
+            raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
+        self.long_audio = long_audio
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             raise TypeError("processor must have a .tokenizer (a transformers processor)")
@@ -195,11 +250,12 @@ class ChatAdapter:
         if audios is not None:
             kwargs["audio"] = audios
             kwargs["sampling_rate"] = self.sampling_rate
+            if self.audio_kwargs:
+                kwargs["audio_kwargs"] = dict(self.audio_kwargs)
+                kwargs["text_kwargs"] = {"padding": kwargs.pop("padding")}
         enc = self.processor(**kwargs)
-        extra = {
-            k: v for k, v in enc.items()
-            if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)
-        }
+        unused = {"input_ids", "attention_mask", *getattr(self.processor, "unused_input_names", ())}
+        extra = {k: v for k, v in enc.items() if k not in unused and isinstance(v, torch.Tensor)}
         return PromptBatch(enc["input_ids"], enc["attention_mask"], extra)
 
     @property
@@ -207,21 +263,49 @@ class ChatAdapter:
         return int(self.processor.feature_extractor.sampling_rate)
 
     def audio_prompts(
-        self, audios: Sequence, *, sampling_rate: int, instruction: str | None = None
+        self, audios: Sequence, *, sampling_rate: int, instruction: str | None = None,
+        names: Sequence[str] | None = None,
     ) -> PromptBatch:
         """Audio-conditioned prompts x^a: one user turn holding the audio (+ instruction).
 
         Args:
             audios: B 1-D float waveforms at ``sampling_rate`` (resampled to the model's rate).
+            names: the items' ids, for error messages (default ``audios[i]``).
+
+        A clip longer than :attr:`window_seconds` is an error naming it (``long_audio="error"``)
+        or goes through the family's own chunking (``long_audio="chunk"``); never cut.
         """
         if len(audios) == 0:
             raise ValueError("audios must hold at least one waveform")
         waves = [resample(a, sampling_rate, self.sampling_rate) for a in audios]
-        for i, w in enumerate(waves):
+        names = list(names) if names is not None else [f"audios[{i}]" for i in range(len(waves))]
+        for name, w in zip(names, waves, strict=True):
             if w.size == 0:
-                raise ValueError(f"audios[{i}] is empty")
+                raise ValueError(f"{name} is empty")
+        long = [i for i, w in enumerate(waves) if self._too_long(w)]
+        if long and self.long_audio == "error":
+            i = long[0]
+            raise ValueError(
+                f"{names[i]}: its audio is {waves[i].size / self.sampling_rate:.1f} s long, "
+                f"longer than the {self.window_seconds:g} s window of {self.family}'s processor "
+                f"(it would be cut); set long_audio=chunk to use {self.family}'s own chunking, "
+                "or shorten the clip")
         prompt = self._render(self.audio_message(instruction))
-        return self._encode([prompt] * len(waves), waves)
+        batch = self._encode_audio([prompt] * len(waves), waves, chunk=bool(long))
+        batch.audio_cache = {}
+        return batch
+
+    def _too_long(self, wave) -> bool:
+        return (self.window_seconds is not None
+                and wave.size > round(self.window_seconds * self.sampling_rate))
+
+    def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
+        """Audio prompts; ``chunk`` when a clip is longer than the window (the family's own
+        chunking). A family without chunking of its own refuses."""
+        if chunk:
+            raise ValueError(f"{self.family} has no chunking of its own for clips longer than "
+                             f"{self.window_seconds:g} s; shorten the clips")
+        return self._encode(texts, waves)
 
     def text_prompts(self, texts: Sequence[str], *, instruction: str | None = None) -> PromptBatch:
         """Text-conditioned prompts x^t: one user turn holding the text (+ instruction)."""
@@ -253,10 +337,12 @@ class ChatAdapter:
         """
         model = unwrap_model(self.model)
         device = next(model.parameters()).device
-        prompts = prompts.to(device)
+        # The copies are made here, not by generate(): windowed audio (several rows per prompt)
+        # must move with its prompt, and the copies then share one encoder pass.
+        prompts = prompts.repeat_interleave(num_return_sequences).to(device)
         config = sampling_config(
             max_new_tokens=max_new_tokens, temperature=temperature,
-            num_return_sequences=num_return_sequences, pad_token_id=self.pad_token_id,
+            num_return_sequences=1, pad_token_id=self.pad_token_id,
             eos_token_ids=self.eos_token_ids, suppress_token_ids=self.suppress_token_ids)
         extra: dict[str, Any] = {}
         if isinstance(self.model, FSDPModule) and torch.distributed.get_world_size() > 1:
@@ -266,7 +352,8 @@ class ChatAdapter:
         was_training = model.training
         model.eval()
         try:
-            with gathered_parameters(self.model), only_generation_config(model, config):
+            with gathered_parameters(self.model), only_generation_config(model, config), \
+                    self.shared_audio(prompts):
                 out = model.generate(
                     input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
                     generation_config=config, **extra, **prompts.model_kwargs,
@@ -311,11 +398,37 @@ class ChatAdapter:
         )
         # The positions generate() used for a left-padded prompt.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=False, **prompts.model_kwargs,
-        )
+        with self.shared_audio(prompts):
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False, **prompts.model_kwargs,
+            )
         return out, prompts.input_ids.shape[1]
+
+    # -- one encoder pass per clip --------------------------------------------------------------
+
+    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
+        """The calls that run the audio encoder and projector, as ``(owner, method name)``:
+        :meth:`shared_audio` runs them once per distinct clip (see ``cord.models.sharing``)."""
+        return []
+
+    def audio_output_tokens(self, prompts: PromptBatch) -> torch.Tensor | None:
+        """(R,) output tokens of each feature row for encoders whose outputs are flattened
+        across clips; None when outputs keep a row dimension."""
+        return None
+
+    @contextmanager
+    def shared_audio(self, prompts: PromptBatch):
+        """While active, the audio encoder and projector run once per distinct clip of
+        ``prompts`` (the N copies of a GRPO group share one pass), and reuse the outputs an
+        earlier call on the same prompts made in the same mode (``PromptBatch.audio_cache``)."""
+        if not self.share_audio_encoder or not prompts.model_kwargs:
+            yield
+            return
+        calls = self.shared_audio_calls(unwrap_model(self.model))
+        with shared_calls(calls, prompts.feature_source, tokens=self.audio_output_tokens(prompts),
+                          cache=prompts.audio_cache, num_rows=prompts.num_feature_rows()):
+            yield
 
     def completion_logits(
         self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
@@ -348,6 +461,15 @@ class ChatAdapter:
     def _completion_states(self, prompts, completion_ids, completion_mask):
         """(B, T, H) final hidden states on the completion and the LM head module."""
         bare = unwrap_model(self.model)
+        config = getattr(bare, "config", None)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        softcap = getattr(text, "final_logit_softcapping", None)
+        if softcap:
+            # The forward would softcap the hidden states (the head is bypassed) and the head
+            # applied here would skip the softcap: refuse rather than score other logits.
+            raise ValueError(f"{type(bare).__name__} applies final_logit_softcapping={softcap} "
+                             "after its LM head, which the completion scoring (and the fused-"
+                             "linear losses) would skip; this model is not supported")
         with bypassed_lm_head(bare, self.lm_head(bare)) as head:
             out, p = self._forward(prompts, completion_ids, completion_mask)
         t = completion_ids.shape[1]
@@ -396,24 +518,31 @@ class ChatAdapter:
 
 
 class Qwen2AudioAdapter(ChatAdapter):
-    """``Qwen2AudioForConditionalGeneration`` + ``Qwen2AudioProcessor``.
+    """``Qwen2AudioForConditionalGeneration`` + ``Qwen2AudioProcessor`` (the paper's model).
 
     The audio goes in the user turn through the chat template
     (``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>``); the processor expands ``<|AUDIO|>`` to
     one token per encoder frame and returns ``input_features`` and ``feature_attention_mask``.
     Parameter groups: ``audio`` = the Whisper-style ``audio_tower`` + ``multi_modal_projector``,
     ``projector`` = ``multi_modal_projector`` alone.
+
+    Long clips: the processor cuts audio at its feature extractor's window (30 s); with
+    ``long_audio="chunk"`` a clip becomes consecutive window-long clips in the same user turn
+    (``Audio 1: ... Audio 2: ...``), the template's own way of holding several audios.
     """
 
+    family = "qwen2_audio"
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
+    model_class = Qwen2AudioForConditionalGeneration
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None):
-        super().__init__(model, processor, system_prompt=system_prompt)
+    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
+                 long_audio: str = "error"):
+        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
         bare = unwrap_model(model)
-        if not isinstance(bare, Qwen2AudioForConditionalGeneration):  # FSDP2 subclasses it
+        if not isinstance(bare, self.model_class):  # FSDP2 subclasses it
             raise TypeError(
-                f"model must be a Qwen2AudioForConditionalGeneration, got {type(bare).__name__}"
+                f"model must be a {self.model_class.__name__}, got {type(bare).__name__}"
             )
         tok = self.tokenizer
         names = (processor.audio_token, processor.audio_bos_token, processor.audio_eos_token,
@@ -421,6 +550,37 @@ class Qwen2AudioAdapter(ChatAdapter):
         ids = [tok.convert_tokens_to_ids(n) for n in names]
         self.suppress_token_ids = sorted({int(i) for i in ids
                                           if i is not None and i != tok.unk_token_id})
+        self.window_seconds = float(processor.feature_extractor.chunk_length)
+
+    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
+        return [(_find(model, "audio_tower"), "forward"),
+                (_find(model, "multi_modal_projector"), "forward")]
+
+    def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
+        if not chunk:
+            return self._encode(texts, waves)
+        window = round(self.window_seconds * self.sampling_rate)
+        pieces = [[w[s:s + window] for s in range(0, w.size, window)] for w in waves]
+        prompts = []
+        for text, clip in zip(texts, pieces, strict=True):
+            one = self._render(self.audio_message(None))
+            turn = one[one.index("Audio 1:"):one.index("<|audio_eos|>") + len("<|audio_eos|>\n")]
+            many = "".join(turn.replace("Audio 1:", f"Audio {k + 1}:") for k in range(len(clip)))
+            prompts.append(text.replace(turn, many, 1))
+        batch = self._encode(prompts, [p for clip in pieces for p in clip])
+        batch.row_keys = tuple(k for k in batch.model_kwargs
+                               if k in ("input_features", "feature_attention_mask"))
+        batch.item_rows = torch.tensor([len(clip) for clip in pieces])
+        return batch
+
+
+def _find(model: nn.Module, path: str) -> nn.Module:
+    """``model.<path>`` or ``model.model.<path>`` (transformers 5 nests the parts)."""
+    for prefix in ("", "model.", "model.thinker."):
+        found = _submodule(model, prefix + path)
+        if found is not None:
+            return found
+    raise TypeError(f"{type(model).__name__} has no submodule {path!r}")
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module | None:
@@ -470,24 +630,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
                   system_prompt: str | None = None,
-                  device: str | torch.device | None = None) -> Qwen2AudioAdapter:
+                  device: str | torch.device | None = None,
+                  long_audio: str = "error") -> ChatAdapter:
     """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
-    ``seed``); anything else is a local directory holding a saved Qwen2-Audio (nothing is
-    downloaded). ``device`` (see :func:`resolve_device`) moves the model there; None leaves it
-    on the CPU, where the trainer's accelerate places it."""
+    ``seed``); anything else is a local checkpoint directory or a Hugging Face hub id resolved
+    from the local cache (nothing is downloaded, see :func:`resolve_model_path`). The family
+    is picked from the checkpoint's ``config.model_type`` (``cord.models.families``): an
+    unknown type, or a checkpoint that leaves any weight newly initialised, is a ValueError.
+    ``device`` (see :func:`resolve_device`) moves the model there; None leaves it on the CPU,
+    where the trainer's accelerate places it. ``long_audio``: see ``ChatAdapter.audio_prompts``.
+    """
+    from cord.models.families import load_family  # local: the registry imports this module
+
     if str(model) == "tiny":
         net, processor = build_tiny_qwen2_audio(seed=seed)
+        adapter_class = Qwen2AudioAdapter
     else:
-        path = Path(model)
-        if not path.is_dir():
-            raise ValueError(
-                f"model must be 'tiny' or a local model directory, got {str(model)!r} "
-                "(nothing is downloaded: pass a directory holding a saved Qwen2-Audio)"
-            )
-        net = Qwen2AudioForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, dtype="auto"
-        )
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        family, net, processor = load_family(resolve_model_path(model))
+        adapter_class = family.Adapter
     if device is not None:
         net.to(resolve_device(device))
-    return Qwen2AudioAdapter(net, processor, system_prompt=system_prompt)
+    return adapter_class(net, processor, system_prompt=system_prompt, long_audio=long_audio)

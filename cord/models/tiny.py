@@ -80,13 +80,21 @@ QWEN2_AUDIO_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None):
+def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None,
+                         special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+                         eos_token: str = "<|im_end|>", pad_token: str = "<|endoftext|>",
+                         chat_template: str | None = QWEN2_AUDIO_CHAT_TEMPLATE,
+                         **tokenizer_kwargs):
     """A fast tokenizer (``PreTrainedTokenizerFast``) with Qwen2-Audio's special tokens.
 
     Byte-level BPE trained on the built-in words plus ``vocab_words``; every byte is in the
     alphabet, so any text round-trips. ``vocab_size=None`` merges until every listed word (with
     and without a leading space, capitalised or not) is one token; a number caps the
     vocabulary instead. ``eos_token`` is ``<|im_end|>``, ``pad_token`` is ``<|endoftext|>``.
+
+    Other families' tiny tokenizers (``cord.models.families``) pass their own
+    ``special_tokens`` (ids 0, 1, ... in that order), ``eos_token``, ``pad_token``,
+    ``chat_template`` and any further ``PreTrainedTokenizerFast`` keyword arguments.
     """
     if vocab_words is not None and (
         isinstance(vocab_words, str) or not all(isinstance(w, str) for w in vocab_words)
@@ -105,7 +113,7 @@ def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size or 1_000_000,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -115,10 +123,11 @@ def build_tiny_tokenizer(vocab_words=None, *, vocab_size: int | None = None):
     tok.train_from_iterator(corpus, trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=eos_token,
+        pad_token=pad_token,
         padding_side="left",
-        chat_template=QWEN2_AUDIO_CHAT_TEMPLATE,
+        chat_template=chat_template,
+        **tokenizer_kwargs,
     )
     hf.model_max_length = 4096
     return hf

@@ -75,7 +75,8 @@ class LossOutput:
 def _prompts(ctx: StepContext, batch: PairedBatch) -> tuple[PromptBatch, PromptBatch]:
     cfg = ctx.config
     x_a = ctx.adapter.audio_prompts(batch.audios, sampling_rate=batch.sampling_rate,
-                                    instruction=cfg.instruction or None)
+                                    instruction=cfg.instruction or None,
+                                    names=[f"item {i!r}" for i in batch.ids])
     x_t = ctx.adapter.text_prompts(batch.texts, instruction=cfg.instruction or None)
     return x_a.to(ctx.device), x_t.to(ctx.device)
 

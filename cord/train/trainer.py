@@ -193,7 +193,7 @@ class CordTrainer:
         set_seed(cfg.seed, device_specific=True)  # different rollouts on each process
 
         self.adapter = adapter if adapter is not None else build_adapter(
-            cfg.model, seed=cfg.seed, system_prompt=cfg.system_prompt)
+            cfg.model, seed=cfg.seed, system_prompt=cfg.system_prompt, long_audio=cfg.long_audio)
         model = self.adapter.model
         if cfg.fp32_master_weights:  # before the teacher copies the model
             fp32_master_weights(model)
