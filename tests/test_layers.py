@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS = {
     "cord_kernels": 0,
     "cord": 0,  # cord/__init__.py: the version only
+    "cord.settings": 0,  # the environment, read once
     "cord.data": 1,
     "cord.rewards": 1,
     "cord.models": 2,
