@@ -328,38 +328,31 @@ def measure_variants(out, dry_run, device, dtype, budget: Budget, n, reps) -> No
     """reverse_kl fwd+bwd of ours under other launch configs, and an unaligned vocabulary."""
     from bench.inputs import make_logits_case
     from bench.providers import get_provider
+    from cord_kernels import settings
 
     ours = get_provider("reverse_kl", "cord_kernels")
     configs = [(QWEN2_VOCAB, bv, w) for bv in (4096, 8192) for w in (8, 16)]
     configs += [(UNALIGNED_VOCAB, 4096, 8)]
     rows, cases = [], {}
-    saved = {k: os.environ.get(k) for k in ("CORD_BLOCK_V", "CORD_NUM_WARPS")}
-    try:
-        for v, bv, w in configs:
-            row = {"loss": "reverse_kl", "provider": ours.name, "n_tokens": n, "vocab": v,
-                   "block_v": bv, "num_warps": w}
-            if device.type != "cuda":
-                row.update(status="skipped",
-                           reason="launch configs apply to the compiled kernels (CUDA only)")
-            elif budget.left() <= 0:
-                row.update(status="skipped", reason="the step's time budget was spent")
-            else:
-                os.environ["CORD_BLOCK_V"], os.environ["CORD_NUM_WARPS"] = str(bv), str(w)
-                if v not in cases:
-                    cases.clear()
-                    cases[v] = make_logits_case(n, v, dtype=dtype, device=device)
+    for v, bv, w in configs:
+        row = {"loss": "reverse_kl", "provider": ours.name, "n_tokens": n, "vocab": v,
+               "block_v": bv, "num_warps": w}
+        if device.type != "cuda":
+            row.update(status="skipped",
+                       reason="launch configs apply to the compiled kernels (CUDA only)")
+        elif budget.left() <= 0:
+            row.update(status="skipped", reason="the step's time budget was spent")
+        else:
+            if v not in cases:
+                cases.clear()
+                cases[v] = make_logits_case(n, v, dtype=dtype, device=device)
+            with settings.override(block_v=bv, num_warps=w):
                 row.update(_time_provider(ours, cases[v], device, reps))
-            rows.append(row)
-            ok = [r for r in rows if r["status"] == "ok" and r["vocab"] == QWEN2_VOCAB]
-            best = min(ok, key=lambda r: r["time_ms"]) if ok else None
-            write(out, "launch_variants", dry_run, rows=rows, best=best and {
-                k: best[k] for k in ("block_v", "num_warps", "time_ms")})
-    finally:
-        for k, val in saved.items():
-            if val is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = val
+        rows.append(row)
+        ok = [r for r in rows if r["status"] == "ok" and r["vocab"] == QWEN2_VOCAB]
+        best = min(ok, key=lambda r: r["time_ms"]) if ok else None
+        write(out, "launch_variants", dry_run, rows=rows, best=best and {
+            k: best[k] for k in ("block_v", "num_warps", "time_ms")})
 
 
 def measure_sparse(out, dry_run, device, dtype, budget: Budget, logits_shape, fused_shape,

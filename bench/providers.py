@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -171,22 +170,17 @@ def _ours_logprobs(c: LogitsCase) -> Closure:
 
 
 def _with_torch_compile(build: Callable[[LogitsCase], Closure]) -> Callable[[LogitsCase], Closure]:
-    """cord_kernels with the opt-in compiled torch path: CORD_TORCH_COMPILE=1 around the
-    forward call (backward follows what forward chose)."""
+    """cord_kernels with the opt-in compiled torch path: the ``torch_compile`` setting
+    (CORD_TORCH_COMPILE=1) around the forward call (backward follows what forward chose)."""
 
     def wrapped(c: LogitsCase) -> Closure:
         inner = build(c)
 
         def loss() -> torch.Tensor:
-            before = os.environ.get("CORD_TORCH_COMPILE")
-            os.environ["CORD_TORCH_COMPILE"] = "1"
-            try:
+            from cord_kernels import settings
+
+            with settings.override(torch_compile=True):
                 return inner()
-            finally:
-                if before is None:
-                    del os.environ["CORD_TORCH_COMPILE"]
-                else:
-                    os.environ["CORD_TORCH_COMPILE"] = before
 
         return loss
 

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,61 @@ SYNTHETIC_DATASETS = ("arithmetic", "multiple_choice")
 UNJUDGED_REWARDS = ("zero", "skip")
 #: Parameter groups ``trainable`` may name (``ModelAdapter.parameter_group``).
 TRAINABLE = ("all", "audio", "projector")
+#: Written by ``cord train`` next to the model it saves: what was trained (read by ``cord eval``).
+TRAINING_INFO_NAME = "training_info.json"
 
 DEFAULT_REPHRASE_PROMPT = (
     "Rewrite the answer below so that it reads as an answer to a question that was heard, "
     "not read: remove any mention of reading, text or the written question, and keep the "
     "reasoning and the final answer exactly the same.\n\nAnswer:\n{answer}"
 )
+
+
+# -- what each objective needs of a config ------------------------------------------------------
+# The half of the objective registry that validation reads, kept here so that a config error
+# (``cord train objective=x``) answers before torch is imported; ``cord.train.objectives``
+# pairs each entry with its loss.
+
+
+def cord_has_seq(config: Any) -> bool:
+    """The one rule for CORD's L_seq: it (with its GRPO groups and judge) runs only when its
+    weight is positive."""
+    return config.cord_seq_weight > 0
+
+
+def _always(config: Any) -> bool:
+    return True
+
+
+def _never(config: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Needs:
+    """``needs_judge(config)``: the loss itself needs judge verdicts (a judge may still be used
+    for the agreement metric when it is not needed); ``needs_groups(config)``: the loss compares
+    a group of ``num_generations`` rollouts per prompt (GRPO), so ``num_generations >= 2``;
+    ``trainable``: the parameter group trained when the config's ``trainable`` is None."""
+
+    needs_judge: Callable[[Any], bool]
+    needs_groups: Callable[[Any], bool]
+    trainable: str = "all"
+
+
+#: The objectives (``objective``) and what each needs.
+NEEDS: dict[str, Needs] = {
+    # the paper's Table 3 ladder: (ii), (iii), (iv)
+    "grpo": Needs(_always, _always),
+    "grpo_opd": Needs(_always, _always),
+    "cord": Needs(cord_has_seq, cord_has_seq),
+    "opd": Needs(_never, _never),
+    "sft": Needs(_never, _never),
+    "fkl": Needs(_never, _never),
+    "sft_gold": Needs(_never, _never),
+    # ALARM freezes the LLM and trains the audio side
+    "alarm": Needs(_never, _never, trainable="audio"),
+}
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, hparam: bool = True,
@@ -169,10 +219,6 @@ class CordConfig:
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        # Local import: the light half of the objective registry (no torch), so a config error
-        # answers at once.
-        from cord.train.needs import NEEDS
-
         _choice("objective", self.objective, tuple(NEEDS))
         _choice("judge", self.judge, JUDGES)
         _choice("teacher", self.teacher, TEACHERS)

@@ -13,10 +13,10 @@ moment as every kernel of the package.
 from __future__ import annotations
 
 import enum
-import os
 
 import torch
 
+from cord_kernels import settings
 from cord_kernels._validation import IMPLS
 
 
@@ -56,7 +56,9 @@ def triton_available() -> bool:
 
 
 def interpret_mode() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether ``impl=None`` runs the kernels on CPU tensors (setting ``interpret``,
+    ``TRITON_INTERPRET=1``)."""
+    return settings.get().interpret
 
 
 def kernels_interpreted() -> bool:
@@ -91,8 +93,9 @@ def decide_impl(impl, *, on_cuda: bool, triton_ok: bool) -> Impl:
                 f"impl='triton' was requested but triton cannot be imported ({_TRITON_ERROR})")
         if not on_cuda and not interpret_mode():
             raise ValueError(
-                "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 to run the kernels "
-                "on the CPU through the interpreter"
+                "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before the first "
+                "import of triton and cord_kernels (both read it once) to run the kernels on the "
+                "CPU through the interpreter"
             )
         if not on_cuda and not kernels_interpreted():
             raise ValueError(

@@ -8,11 +8,9 @@ Launch config (one per kernel family; each program streams one row in BLOCK_V ch
 4096 lanes over 8 warps = 16 elements per thread: for bf16 that is two 16-byte loads per
 operand per iteration, for fp32 four, and it keeps every streaming kernel under ~64 registers
 with no spills on sm_80/sm_90 (tests/test_gpu_build.py checks both). Smaller vocabularies use
-the next power of two so tiny V does not waste lanes. Two environment variables override it,
-for measuring other settings (``scripts/gpu_check.sh`` tries BLOCK_V 8192 with 16 warps):
-
-    CORD_BLOCK_V     a power of two >= 16: the largest block (default 4096)
-    CORD_NUM_WARPS   1, 2, 4, 8, 16 or 32 (default 8)
+the next power of two so tiny V does not waste lanes. Two settings override it, for measuring
+other configs (``scripts/gpu_check.sh`` tries BLOCK_V 8192 with 16 warps): ``block_v`` and
+``num_warps`` of :mod:`cord_kernels.settings` (``CORD_BLOCK_V``, ``CORD_NUM_WARPS``).
 
 Vectorised loads need 16-byte aligned rows: Triton specialises ``V`` and the row strides as
 multiples of 16 only when they are, so a vocabulary with V % 8 != 0 in bf16 (V % 4 != 0 in
@@ -24,50 +22,25 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
+from cord_kernels import settings
 from cord_kernels._interpreter import fix_scalar_index_for_numpy
 
-if os.environ.get("TRITON_INTERPRET", "0") == "1":  # the kernels are being decorated for it
+if settings.get().interpret:  # the kernels are being decorated for it
     fix_scalar_index_for_numpy()
-
-MAX_BLOCK_V = 4096
-NUM_WARPS = 8
-_WARP_CHOICES = (1, 2, 4, 8, 16, 32)
-
-
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
 def block_v(vocab: int) -> int:
     """The BLOCK_V a launcher uses for rows of ``vocab`` logits."""
-    cap = _env_int("CORD_BLOCK_V")
-    if cap is None:
-        cap = MAX_BLOCK_V
-    elif cap < 16 or cap & (cap - 1):
-        # tl.arange needs a power of two; a bad value would only fail inside Triton's compiler.
-        raise ValueError(f"CORD_BLOCK_V must be a power of two >= 16, got {cap}")
-    return max(16, min(cap, 1 << max(vocab - 1, 0).bit_length()))
+    return max(16, min(settings.get().block_v, 1 << max(vocab - 1, 0).bit_length()))
 
 
 def num_warps() -> int:
-    """The warps per program of the streaming kernels (``CORD_NUM_WARPS``, default 8)."""
-    w = _env_int("CORD_NUM_WARPS")
-    if w is None:
-        return NUM_WARPS
-    if w not in _WARP_CHOICES:
-        raise ValueError(f"CORD_NUM_WARPS must be one of {_WARP_CHOICES}, got {w}")
-    return w
+    """The warps per program of the streaming kernels (setting ``num_warps``, default 8)."""
+    return settings.get().num_warps
 
 
 def launch_device(x: torch.Tensor):

@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 
 from cord_kernels._dispatch import Impl
-from cord_kernels.fused_linear import row_block, row_math_threads
+from cord_kernels.fused_linear import row_block
 from cord_kernels.jsd import jsd_bwd, jsd_fwd
 from cord_kernels.kl import kl_bwd, kl_fwd
 from cord_kernels.torch_path import log_mixture
@@ -80,13 +80,12 @@ class _TorchRows(abc.ABC):
         n = s.shape[0]
         d = torch.empty(n, dtype=s.dtype, device=s.device)
         r = row_block(s.shape[1])
-        with row_math_threads(s.device):
-            for a in range(0, n, r):
-                b_s, b_u = s[a:a + r], u[a:a + r]
-                if self.inv_t != 1.0:
-                    b_s.mul_(self.inv_t)
-                    b_u.mul_(self.inv_t)
-                d[a:a + r] = self._block(b_s, b_u, want_grad)
+        for a in range(0, n, r):
+            b_s, b_u = s[a:a + r], u[a:a + r]
+            if self.inv_t != 1.0:
+                b_s.mul_(self.inv_t)
+                b_u.mul_(self.inv_t)
+            d[a:a + r] = self._block(b_s, b_u, want_grad)
         return RowState(d)
 
     def write_grad(self, s, u, state, g) -> torch.Tensor:

@@ -19,16 +19,16 @@ dtype and the GEMM runs in fp32. Every GEMM of a call, the ``out=`` ones include
 operands, because the losses run their GEMMs with autocast off.
 
 The torch path's elementwise row math goes through the tiles in row blocks of ~1.5 MB, so its
-several passes hit cache instead of memory; on a CPU it runs on one thread (see
-``row_math_threads``).
+several passes hit cache instead of memory. It runs on the caller's thread count: on a shared
+(loaded) CPU, ``torch.set_num_threads(1)`` around the call can make it several times faster, as
+an OpenMP team on such small blocks waits at its barrier for the slowest thread; no function
+here changes the thread count itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -226,24 +226,6 @@ class Grads:
 
 def row_block(n_cols: int) -> int:
     return max(1, _TORCH_BLOCK_ELEMENTS // max(n_cols, 1))
-
-
-@contextlib.contextmanager
-def row_math_threads(device: torch.device):
-    """Runs the torch path's row-block math on ``CORD_CPU_ROW_THREADS`` CPU threads (1 by
-    default). Each row block is a few hundred kB; an OpenMP team per op on such blocks waits
-    at its barrier for the slowest thread, and on a shared (loaded) machine that made the
-    row math several times slower than on one thread, which then costs ~10% of the GEMMs."""
-    want = int(os.environ.get("CORD_CPU_ROW_THREADS", "1"))
-    prev = torch.get_num_threads()
-    if device.type != "cpu" or want < 1 or want == prev:
-        yield
-        return
-    torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -38,7 +38,6 @@ from cord_kernels.fused_linear import (
     no_autocast,
     operand_dtype,
     row_block,
-    row_math_threads,
     rows_per_chunk,
 )
 from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
@@ -69,24 +68,22 @@ class TorchLogprobRows:
         n = x.shape[0]
         lse = torch.empty(n, dtype=x.dtype, device=x.device)
         r = row_block(x.shape[1])
-        with row_math_threads(x.device):
-            for a in range(0, n, r):
-                b_x = x[a:a + r]
-                if self.inv_t != 1.0:
-                    b_x.mul_(self.inv_t)
-                lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
+        for a in range(0, n, r):
+            b_x = x[a:a + r]
+            if self.inv_t != 1.0:
+                b_x.mul_(self.inv_t)
+            lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
         picked = x.gather(1, labels.unsqueeze(1)).squeeze(1)
         return picked - lse, lse
 
     def write_grad(self, x, labels, lse, g) -> torch.Tensor:
         r = row_block(x.shape[1])
-        with row_math_threads(x.device):
-            for a in range(0, x.shape[0], r):
-                # dlogp/dx_v = (1/tau) (1[v = label] - p_v): -p_v here, the label below.
-                b_x = x[a:a + r]
-                if self.inv_t != 1.0:
-                    b_x.mul_(self.inv_t)
-                b_x.sub_(lse[a:a + r, None]).exp_().neg_()
+        for a in range(0, x.shape[0], r):
+            # dlogp/dx_v = (1/tau) (1[v = label] - p_v): -p_v here, the label below.
+            b_x = x[a:a + r]
+            if self.inv_t != 1.0:
+                b_x.mul_(self.inv_t)
+            b_x.sub_(lse[a:a + r, None]).exp_().neg_()
         x.scatter_add_(1, labels.unsqueeze(1), torch.ones_like(labels, dtype=x.dtype)[:, None])
         return g * self.inv_t
 

@@ -12,7 +12,8 @@ does not need to happen, and only what backward needs saved:
 
 Masked rows (``row_mask`` False) get D = 0 and an exactly-zero gradient whatever they hold.
 
-``CORD_TORCH_COMPILE=1`` (opt-in, read at each call) runs the same math through
+``CORD_TORCH_COMPILE=1`` (opt-in: the ``torch_compile`` setting of :mod:`cord_kernels.settings`,
+read at each call) runs the same math through
 ``torch.compile`` instead, written the way the Triton kernels stream it: forward computes only
 D and the per-row log-sum-exps, backward recomputes softmax from the logits and writes the
 gradient in one fused loop. Nothing of size (N, V) is saved besides the inputs themselves, and
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
+
+from cord_kernels import settings
 
 
 def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,8 +41,7 @@ def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def compile_enabled() -> bool:
     """Whether the opt-in compiled torch path is on (``CORD_TORCH_COMPILE=1``)."""
-    return (os.environ.get("CORD_TORCH_COMPILE", "0") == "1"
-            and not torch.compiler.is_compiling())
+    return settings.get().torch_compile and not torch.compiler.is_compiling()
 
 
 @functools.cache

@@ -23,9 +23,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cord_kernels._rows import NUM_WARPS, block_v
+from cord_kernels._rows import block_v
+from cord_kernels.settings import Settings
 
 QWEN2_VOCAB = 151936
+NUM_WARPS = Settings.num_warps  # the default launch config, not an override in force
 _TL_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 

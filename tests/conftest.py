@@ -4,9 +4,10 @@ Two kinds of session:
 
 * the default (CPU CI): Triton decides at decoration time whether a ``@triton.jit`` function
   runs in the interpreter, so ``TRITON_INTERPRET=1`` is set before anything imports
-  ``cord_kernels``; it is then removed again, so that ``impl=None`` means the torch path on
-  CPU for the rest of the suite (trainer tests stay fast). Kernel tests opt into Triton with
-  the ``interpret`` fixture. Interpreted kernels can never run on CUDA tensors, so every
+  ``cord_kernels``; it is then removed again, and the ``interpret`` setting (which
+  ``cord_kernels.settings`` read from it at import) is off for the session, so that
+  ``impl=None`` means the torch path on CPU (trainer tests stay fast). Kernel tests opt into
+  Triton with the ``interpret`` fixture. Interpreted kernels can never run on CUDA tensors, so every
   ``device="cuda"`` case and every ``gpu`` test skips here, saying so.
 * ``CORD_TEST_COMPILED=1`` (what ``scripts/gpu_check.sh`` runs, in a fresh process): the
   kernels are compiled for the GPU, ``device="cuda"`` cases and ``tests/gpu`` run, and the
@@ -15,6 +16,7 @@ Two kinds of session:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -37,6 +39,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
 
+from cord_kernels import settings  # noqa: E402
+
 # The interpreter evaluates both branches of tl.where with numpy, so -inf - -inf warns there.
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton")
 
@@ -58,15 +62,34 @@ def device(request) -> torch.device:
     return torch.device(request.param)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_path_by_default():
+    """impl=None on CPU tensors is the torch path, although the kernels were decorated for the
+    interpreter (see the module docstring)."""
+    with settings.override(interpret=False):
+        yield
+
+
 @pytest.fixture
-def interpret(monkeypatch, request):
+def kernel_settings():
+    """``kernel_settings(block_v=16, num_warps=2)`` changes cord_kernels settings for the rest
+    of the test (``cord_kernels.settings.override``); each call stacks on the previous one."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(settings.override(**changes))
+
+
+@pytest.fixture
+def interpret(request, kernel_settings, monkeypatch):
     """Run Triton kernels on CPU tensors through the interpreter (a no-op for CUDA cases,
-    which run the compiled kernels)."""
+    which run the compiled kernels): the ``interpret`` setting for cord_kernels, and the
+    variable for Triton, which reads it at run time too (its gluon module, imported at the
+    first launch, asserts it)."""
     on_cuda = "device" in request.fixturenames and request.getfixturevalue("device").type == "cuda"
     if on_cuda:
         return
     if COMPILED_SESSION:
         pytest.skip("needs the Triton interpreter: plain pytest (not CORD_TEST_COMPILED=1) runs it")
+    kernel_settings(interpret=True)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
@@ -98,3 +121,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """The uninterrupted ``cord train`` run that the kill and signal tests compare against
+    (``child_runs.reference_run``): built once per session."""
+    from child_runs import reference_run
+
+    return reference_run(tmp_path_factory.mktemp("reference") / "run")

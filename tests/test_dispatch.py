@@ -37,12 +37,12 @@ def test_import_and_torch_path_without_triton():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_resolve_impl(monkeypatch):
+def test_resolve_impl(kernel_settings):
     x = torch.zeros(1)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kernel_settings(interpret=False)
     assert resolve_impl(None, x) == "torch"
     assert resolve_impl("torch", x) == "torch"
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel_settings(interpret=True)
     assert resolve_impl(None, x) == "triton"
     assert resolve_impl("torch", x) == "torch"
     with pytest.raises(ValueError, match="impl must be one of"):
@@ -51,7 +51,7 @@ def test_resolve_impl(monkeypatch):
 
 LATE_INTERPRET = r"""
 import os, torch, cord_kernels
-os.environ["TRITON_INTERPRET"] = "1"  # too late: triton is already imported
+os.environ["TRITON_INTERPRET"] = "1"  # too late: cord_kernels and triton have read it
 s, u = torch.randn(2, 9), torch.randn(2, 9)
 assert torch.isfinite(cord_kernels.reverse_kl(s, u)).all()  # impl=None: the torch path
 try:
@@ -93,5 +93,6 @@ def test_dispatch_knows_no_kernel():
     import cord_kernels._dispatch as d
 
     tree = ast.parse(Path(d.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "cord_kernels._validation"}, imported
+    imported = {f"{n.module}.{a.name}" if n.module == "cord_kernels" else n.module
+                for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert imported <= {"__future__", "cord_kernels._validation", "cord_kernels.settings"}, imported

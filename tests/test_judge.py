@@ -12,6 +12,7 @@ from cord.rewards.judge import (
     DISAGREE,
     UNJUDGED,
     AnswerMatchJudge,
+    GuardedJudge,
     Judge,
     LocalModelJudge,
     build_judge,
@@ -196,3 +197,30 @@ def test_local_model_judge_bad_options(model, tokenizer, kwargs, error, message)
 def test_local_model_judge_needs_a_generating_model(tokenizer):
     with pytest.raises(TypeError, match="generate"):
         LocalModelJudge(object(), tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# A judge that raises: GuardedJudge (the trainer's own step is in test_trainer.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_guarded_judge_turns_failures_into_unjudged():
+    def broken(q, c, r):
+        raise RuntimeError("CUDA out of memory")
+
+    g = GuardedJudge(broken)
+    assert g(["q"] * 2, ["a", "b"], ["a", "c"]) == [UNJUDGED, UNJUDGED]
+    assert g.last_error == "RuntimeError: CUDA out of memory"
+    assert GuardedJudge(lambda q, c, r: [1])(["q"] * 2, ["a", "b"], ["a", "b"]) == [-1, -1]
+    assert GuardedJudge(lambda q, c, r: [1, 7])(["q"] * 2, ["a", "b"], ["a", "b"]) == [-1, -1]
+
+    class WithMethod:
+        def judge(self, q, c, r):
+            return [1, -1]
+
+    ok = GuardedJudge(WithMethod())
+    assert ok(["q"] * 2, ["a", "b"], ["a", "b"]) == [1, -1]
+    assert ok.pop_counts() == {"judge_errors": 0, "unjudged": 1}
+    assert g.pop_counts() == {"judge_errors": 1, "unjudged": 2} and g.errors == 0
+    with pytest.raises(TypeError, match="judge must be callable"):
+        GuardedJudge(42)

@@ -146,7 +146,7 @@ def test_empty_rows(device, interpret):
     assert s.grad.shape == (0, 10)
 
 
-def test_impl_none_picks_triton_under_interpreter(interpret, monkeypatch):
+def test_impl_none_picks_triton_under_interpreter(interpret, kernel_settings, monkeypatch):
     import cord_kernels.kl as kl
 
     calls = []
@@ -155,7 +155,7 @@ def test_impl_none_picks_triton_under_interpreter(interpret, monkeypatch):
     s, u = _inputs((2,), 10, torch.float32)
     reverse_kl(s, u)
     assert calls == [1]
-    monkeypatch.delenv("TRITON_INTERPRET")
+    kernel_settings(interpret=False)
     reverse_kl(s, u)  # CPU without the interpreter: the torch path
     assert calls == [1]
 

@@ -1,5 +1,6 @@
-"""The launch configuration of the streaming kernels: CORD_BLOCK_V / CORD_NUM_WARPS are
-checked, reach the launch, and the interpreter fix for numpy >= 2.4 is in place."""
+"""The launch configuration of the streaming kernels: the block_v / num_warps settings
+(CORD_BLOCK_V / CORD_NUM_WARPS) are checked, reach the launch, and the interpreter fix for
+numpy >= 2.4 is in place."""
 
 from __future__ import annotations
 
@@ -10,44 +11,58 @@ import torch
 from helpers import COMPILED_SESSION, rel_err
 
 from cord_kernels import reference as ref
-from cord_kernels import reverse_kl, token_logprobs
+from cord_kernels import reverse_kl, settings, token_logprobs
 from cord_kernels._rows import block_v, launch_device, num_warps, rows_writable
 
 
-def test_block_v_defaults_and_small_vocabularies(monkeypatch):
-    monkeypatch.delenv("CORD_BLOCK_V", raising=False)
+def test_block_v_defaults_and_small_vocabularies(kernel_settings):
+    kernel_settings(block_v=4096)
     assert block_v(151_936) == 4096
     assert block_v(100) == 128 and block_v(1) == 16
-    monkeypatch.setenv("CORD_BLOCK_V", "8192")
+    kernel_settings(block_v=8192)
     assert block_v(151_936) == 8192 and block_v(5000) == 8192
 
 
 @pytest.mark.parametrize("value, match", [("6000", "power of two"), ("8", "power of two"),
                                           ("big", "must be an integer")])
-def test_block_v_must_be_a_power_of_two(monkeypatch, value, match):
-    monkeypatch.setenv("CORD_BLOCK_V", value)
+def test_block_v_must_be_a_power_of_two(value, match):
+    """Read from the environment at import, so a bad value fails there, naming the variable."""
     with pytest.raises(ValueError, match=f"CORD_BLOCK_V.*{match}"):
-        block_v(151_936)
+        settings.from_env({"CORD_BLOCK_V": value})
 
 
-def test_num_warps(monkeypatch):
-    monkeypatch.delenv("CORD_NUM_WARPS", raising=False)
-    assert num_warps() == 8
-    monkeypatch.setenv("CORD_NUM_WARPS", "16")
+def test_num_warps(kernel_settings):
+    assert settings.from_env({}).num_warps == 8
+    assert settings.from_env({"CORD_NUM_WARPS": "16"}).num_warps == 16
+    kernel_settings(num_warps=16)
     assert num_warps() == 16
-    monkeypatch.setenv("CORD_NUM_WARPS", "12")
-    with pytest.raises(ValueError, match="CORD_NUM_WARPS must be one of"):
-        num_warps()
+    with pytest.raises(ValueError, match="CORD_NUM_WARPS.* must be one of"):
+        settings.from_env({"CORD_NUM_WARPS": "12"})
 
 
-def test_a_bad_setting_fails_at_the_call(monkeypatch, device, interpret):
-    monkeypatch.setenv("CORD_BLOCK_V", "100")
-    s = torch.randn(2, 50, device=device)
-    with pytest.raises(ValueError, match="CORD_BLOCK_V"):
-        reverse_kl(s, s, impl="triton")
+def test_an_override_is_checked_and_undone():
+    before = settings.get()
+    with pytest.raises(ValueError, match="power of two"):
+        with settings.override(block_v=100):
+            pass
+    with pytest.raises(ValueError, match="no cord_kernels setting named"):
+        with settings.override(blockv=64):
+            pass
+    with settings.override(block_v=64, num_warps=2) as inside:
+        assert settings.get() == inside and (block_v(151_936), num_warps()) == (64, 2)
+        with settings.override(num_warps=4):
+            assert (block_v(151_936), num_warps()) == (64, 4)
+        assert num_warps() == 2
+    assert settings.get() == before
 
 
-def test_other_blocks_and_warps_give_the_same_values(monkeypatch, device, interpret):
+def test_booleans_read_as_triton_reads_them():
+    assert settings.from_env({"TRITON_INTERPRET": "1", "CORD_TORCH_COMPILE": "true"}) == \
+        settings.Settings(interpret=True, torch_compile=True)
+    assert not settings.from_env({"TRITON_INTERPRET": "0", "CORD_TORCH_COMPILE": ""}).interpret
+
+
+def test_other_blocks_and_warps_give_the_same_values(kernel_settings, device, interpret):
     """Several blocks per row (BLOCK_V 16 for V=300) with 2 and 16 warps."""
     g = torch.Generator().manual_seed(0)
     s = torch.randn(5, 300, generator=g).to(device).requires_grad_()
@@ -55,9 +70,8 @@ def test_other_blocks_and_warps_give_the_same_values(monkeypatch, device, interp
     labels = torch.randint(0, 300, (5,), generator=g).to(device)
     s64 = s.detach().double().requires_grad_()
     d64, lp64 = ref.reverse_kl(s64, u.double()), ref.token_logprobs(s64, labels)
-    for bv, w in (("16", "2"), ("128", "16")):
-        monkeypatch.setenv("CORD_BLOCK_V", bv)
-        monkeypatch.setenv("CORD_NUM_WARPS", w)
+    for bv, w in ((16, 2), (128, 16)):
+        kernel_settings(block_v=bv, num_warps=w)
         d = reverse_kl(s, u, impl="triton")
         lp = token_logprobs(s, labels, impl="triton")
         assert rel_err(d, d64) < 1e-5 and rel_err(lp, lp64) < 1e-5

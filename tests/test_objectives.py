@@ -14,12 +14,13 @@ import cord_kernels
 from cord.config import CordConfig
 from cord.data.paired import PairedBatch, collate_paired
 from cord.data.synthetic import tone_audio, tone_records
+from cord.models import rollout
 from cord.models.adapter import Qwen2AudioAdapter
+from cord.models.rollout import sample
 from cord.models.tiny import build_tiny_qwen2_audio
-from cord.train import metrics as M
-from cord.train import objectives, rollout
+from cord.train import objectives
+from cord.train.metrics import agreement_stats
 from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, judge_rewards
-from cord.train.rollout import sample
 from cord.train.teacher import Teacher
 from cord.train.trainer import CordTrainer
 
@@ -298,7 +299,7 @@ def test_judged_fraction_and_agreement_are_defined_when_nothing_is_judged(tmp_pa
     m = trainer.train()
     assert m["agreement"] == 0.0 and m["agreement_judged_fraction"] == 0.0
     assert m["reward"] == 0.0 and m["judged_fraction"] == 0.0 and m["l_seq"] == 0.0
-    assert M.agreement_stats(torch.tensor([1.0, math.nan, 0.0, 1.0])) == {
+    assert agreement_stats(torch.tensor([1.0, math.nan, 0.0, 1.0])) == {
         "agreement": 0.5, "agreement_judged_fraction": 0.75}
 
 

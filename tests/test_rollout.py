@@ -8,8 +8,8 @@ import torch
 
 from cord.data.synthetic import tone_audio
 from cord.models.adapter import Qwen2AudioAdapter, sampling_config
+from cord.models.rollout import completion_mask, sample, text_references
 from cord.models.tiny import build_tiny_qwen2_audio
-from cord.train.rollout import completion_mask, sample, text_references
 from cord.train.teacher import Teacher
 
 QUESTIONS = ["What is 1 + 2?", "What is 13 * 4? Think.", "Which is larger, 7 or 9?"]

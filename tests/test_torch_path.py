@@ -54,10 +54,10 @@ def test_logprob_saves_no_vocab_sized_tensor_beyond_the_input():
     assert rel_err(gx, g64) < 1e-5
 
 
-def test_opt_in_compiled_path_matches_the_reference(monkeypatch):
+def test_opt_in_compiled_path_matches_the_reference(kernel_settings):
     """CORD_TORCH_COMPILE=1: the same values and gradients through torch.compile, masked rows
     with garbage included, and nothing of size (N, V) saved besides the inputs."""
-    monkeypatch.setenv("CORD_TORCH_COMPILE", "1")
+    kernel_settings(torch_compile=True)
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(2, 5, 70, generator=g) * 3).requires_grad_()
     y = (torch.randn(2, 5, 70, generator=g) * 3).requires_grad_()

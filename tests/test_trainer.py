@@ -11,7 +11,7 @@ import torch
 import cord.train.trainer as trainer_mod
 from cord.config import CordConfig
 from cord.data.synthetic import tone_records
-from cord.train import metrics as M
+from cord.train.metrics import is_finite, kl_stats, mean_metrics, reward_stats, tokens_per_second
 from cord.train.trainer import CordTrainer, TrainerState, train
 
 TEXTS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1)]]
@@ -187,35 +187,35 @@ def test_trainer_state_round_trip():
 def test_kl_stats_mean_and_p80_over_valid_tokens():
     kl = torch.tensor([[0.1, 0.2, 0.3, 9.0], [0.4, 0.5, 7.0, 8.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
-    out = M.kl_stats(kl, mask)
+    out = kl_stats(kl, mask)
     valid = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
     assert out["kl_mean"] == pytest.approx(0.3)
     assert out["kl_p80"] == pytest.approx(float(torch.quantile(valid, 0.8)))
-    empty = M.kl_stats(kl, torch.zeros_like(mask))
+    empty = kl_stats(kl, torch.zeros_like(mask))
     assert math.isnan(empty["kl_mean"]) and math.isnan(empty["kl_p80"])
     with pytest.raises(ValueError, match="shape"):
-        M.kl_stats(kl, mask[:, :2])
+        kl_stats(kl, mask[:, :2])
 
 
 def test_reward_stats_count_unjudged_as_zero_or_skip_them():
     r = torch.tensor([1.0, 0.0, float("nan"), 1.0])
-    skip = M.reward_stats(r, unjudged="skip")
+    skip = reward_stats(r, unjudged="skip")
     assert skip["reward"] == pytest.approx(2 / 3) and skip["judged_fraction"] == 0.75
-    assert M.reward_stats(r) == {"reward": 0.5, "judged_fraction": 0.75}  # "zero", the default
-    assert math.isnan(M.reward_stats([float("nan")], unjudged="skip")["reward"])
-    assert M.reward_stats([float("nan")])["reward"] == 0.0
+    assert reward_stats(r) == {"reward": 0.5, "judged_fraction": 0.75}  # "zero", the default
+    assert math.isnan(reward_stats([float("nan")], unjudged="skip")["reward"])
+    assert reward_stats([float("nan")])["reward"] == 0.0
     with pytest.raises(ValueError, match="unjudged"):
-        M.reward_stats(r, unjudged="nan")
+        reward_stats(r, unjudged="nan")
 
 
 def test_mean_metrics_tokens_per_second_and_finiteness():
-    out = M.mean_metrics([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}, {"c": 5.0}])
+    out = mean_metrics([{"a": 1.0, "b": float("nan")}, {"a": 3.0, "b": 2.0}, {"c": 5.0}])
     assert out == {"a": 2.0, "b": 2.0, "c": 5.0}
-    assert M.tokens_per_second(100, 4.0) == 25.0 and math.isnan(M.tokens_per_second(1, 0.0))
+    assert tokens_per_second(100, 4.0) == 25.0 and math.isnan(tokens_per_second(1, 0.0))
     with pytest.raises(ValueError, match="num_tokens"):
-        M.tokens_per_second(-1, 1.0)
-    assert M.is_finite(1.0) and not M.is_finite(float("inf"))
-    assert not M.is_finite(torch.tensor([1.0, float("nan")]))
+        tokens_per_second(-1, 1.0)
+    assert is_finite(1.0) and not is_finite(float("inf"))
+    assert not is_finite(torch.tensor([1.0, float("nan")]))
 
 
 def test_cli_trains_the_tiny_model_on_a_synthesized_dataset(tmp_path, capsys):
@@ -231,3 +231,19 @@ def test_cli_trains_the_tiny_model_on_a_synthesized_dataset(tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # logging_steps defaults to 10: a 2-step run logs its last step only
     assert [r["step"] for r in rows] == [2] and rows[-1]["completion_length"] > 0
+
+
+def test_a_judge_that_raises_never_kills_a_step(tmp_path, capsys):
+    def broken(q, c, r):
+        raise RuntimeError("the judge model ran out of memory")
+
+    cfg = CordConfig(objective="grpo", max_steps=2, max_completion_length=4, num_generations=2,
+                     output_dir=str(tmp_path), report_to=["none"], disable_tqdm=True,
+                     logging_steps=1, save_steps=0, seed=0)
+    t = CordTrainer(cfg, train_dataset=tone_records(["What is 1 + 2?", "What is 2 + 2?"]),
+                    judge=broken)
+    t.train()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["judge_errors"] for r in rows] == [1, 1]  # one judge call per step
+    assert all(r["judged_fraction"] == 0 for r in rows)
+    assert "the judge failed 1 time(s)" in capsys.readouterr().out

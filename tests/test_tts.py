@@ -368,7 +368,7 @@ def test_cord_synth_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_synthesize_dataset_without_spoken_math_and_with_overwrite(tmp_path, espeak):
-    from cord.data.synth import synthesize_dataset
+    from cord.data.speak import synthesize_dataset
 
     report = synthesize_dataset(RECORDS[:1], tmp_path, espeak, spoken_math=False, progress=False)
     assert report.written == 1 and report.skipped == 0 and report.audio_seconds > 0.3
@@ -389,7 +389,7 @@ def test_synthesize_dataset_without_spoken_math_and_with_overwrite(tmp_path, esp
 
 
 def test_synthesize_dataset_bad_records(tmp_path, espeak):
-    from cord.data.synth import synthesize_dataset
+    from cord.data.speak import synthesize_dataset
 
     with pytest.raises(ValueError, match="record 'b'.*empty"):
         synthesize_dataset([{"id": "a", "text": "hi"}, {"id": "b", "text": "  "}], tmp_path, espeak)

@@ -49,8 +49,8 @@ def test_device_mismatch_is_reported():
         reverse_kl(S, meta)
 
 
-def test_triton_without_cuda_or_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_triton_without_cuda_or_interpreter(kernel_settings):
+    kernel_settings(interpret=False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         reverse_kl(S, U, impl="triton")
 

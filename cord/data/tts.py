@@ -4,8 +4,8 @@ Two engines behind one small protocol:
 
 - :class:`EspeakEngine` (default): eSpeak NG driven through ctypes from the shared library and
   voice data that the ``espeakng-loader`` wheel ships, so nothing has to be installed on the
-  system. Formant synthesis: robotic but intelligible, bit-for-bit deterministic and fast
-  (about 15 ms per sentence on one CPU core).
+  system. Formant synthesis: robotic but intelligible, bit-for-bit deterministic and fast on
+  one CPU core.
 - :class:`KokoroEngine`: the neural TTS the paper used (Kokoro-82M). Used only when the
   ``kokoro`` package and its weights are present on disk; it never downloads anything.
 
@@ -118,8 +118,8 @@ class _EspeakLibrary:
     ``espeak_Initialize`` do not reset (the pitch "flutter" and wave-generator phases), so a
     sentence would come out a little different depending on what was spoken before it. Loading
     the library for each utterance and unloading it afterwards resets all of it: the same text,
-    voice and rate give bit-identical samples in any order (about 10 ms of overhead per
-    utterance). The library loaded is a private copy, so a libespeak-ng that another package in
+    voice and rate give bit-identical samples in any order, for a small overhead per
+    utterance. The library loaded is a private copy, so a libespeak-ng that another package in
     the process uses (phonemizer, Kokoro's G2P) is never re-initialised under it. One lock
     serialises synthesis: the library's state is global.
     """

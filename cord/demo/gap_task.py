@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -210,8 +209,9 @@ def make_splits(config: GapTaskConfig) -> dict[str, list[dict[str, Any]]]:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("CORD_CACHE", str(Path.home() / ".cache" / "cord"))
-    return Path(root) / "demo"
+    from cord import settings
+
+    return settings.get().cache_dir / "demo"
 
 
 class SlottedSpeech:

@@ -41,7 +41,7 @@ from cord.data.paired import audio_of
 from cord.eval.analyze_cli import HIGH_KL_PERCENTILE
 from cord.eval.evaluate import load_items, normalize_record, score_response
 from cord.models.adapter import build_adapter, resolve_device
-from cord.train.rollout import sample
+from cord.models.rollout import sample
 from cord_kernels import reverse_kl
 
 
@@ -327,8 +327,8 @@ def rollout_kl(
 ) -> list[Rollout]:
     """Audio-conditioned rollouts of ``items`` with the per-token reverse KL to the text side.
 
-    For each batch: sample y ~ p(·|x^a) (``cord.train.rollout.sample``), score the same tokens under
-    the audio prompt (student) and the text prompt (teacher) with
+    For each batch: sample y ~ p(·|x^a) (``cord.models.rollout.sample``), score the same tokens
+    under the audio prompt (student) and the text prompt (teacher) with
     ``adapter.completion_logits`` and take :func:`token_kl`. Items with an ``answer`` get
     ``correct`` from :func:`cord.eval.evaluate.score_response`.
 

@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cord.config import TRAINING_INFO_NAME
 from cord.data.paired import audio_of, load_paired
 from cord.data.records import read_records
 from cord.models.adapter import build_adapter, resolve_device
+from cord.models.rollout import completion_mask
 from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
-from cord.train.rollout import completion_mask
-from cord.train.trainer import TRAINING_INFO_NAME
 
 _LETTER_REFERENCE = re.compile(r"^\s*\(?([A-Za-z])\)?\s*\.?\s*$")
 

@@ -241,7 +241,7 @@ def _as_fraction(answer: str) -> Fraction | None:
 
 def _math_verify_equal(pred: str, gold: str) -> bool | None:
     """math-verify's verdict, or None when it cannot parse either side."""
-    try:  # local: start-up cost (sympy, ~1 s), paid only when exact comparison cannot decide
+    try:  # local: sympy's start-up cost is paid only when exact comparison cannot decide
         from math_verify import parse, verify
     except ImportError:  # pragma: no cover - math-verify is a dependency of the train extra
         return None

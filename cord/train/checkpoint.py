@@ -51,9 +51,6 @@ EXIT_CHECKPOINT_FAILED = 74
 #: ``cord train`` stopped on SIGTERM/SIGINT after saving a checkpoint: resume with ``latest``
 #: (sysexits' EX_TEMPFAIL, "try again later").
 EXIT_PREEMPTED = 75
-#: Test hook: seconds to sleep inside every save, after the state is written and before the
-#: marker, so a test's kill can land mid-save. Unset (or 0) in real runs.
-SLOW_SAVE_ENV = "CORD_TEST_SLOW_SAVE"
 
 
 class CheckpointSaveError(OSError):
@@ -185,9 +182,6 @@ def save_atomically(accelerator, output_dir: str | os.PathLike, step: int,
         write_state(tmp)
         if acc.is_main_process:
             write_extra(tmp)
-            delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
-            if delay > 0:
-                time.sleep(delay)
     except OSError as err:
         error = err
     # Every process must agree: one failed write means no checkpoint at all.

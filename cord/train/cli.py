@@ -18,12 +18,12 @@ Exit statuses: 0 done; 1 a crash (traceback); 2 a user error, bad data included 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import typing
 
 import yaml
 
+from cord import settings
 from cord.config import CordConfig, describe_options, parse_overrides
 from cord.data.records import SKIP_MALFORMED_HINT, is_jsonl, malformed_error, scan_jsonl
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CHECKPOINT_FAILED
     if trainer.stop_reason is not None:
         return EXIT_PREEMPTED
-    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+    if settings.get().rank != 0:  # one summary line per run, not per process
         return 0
     shown = {k: v for k, v in metrics.items() if not isinstance(v, bool)}
     print("final: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

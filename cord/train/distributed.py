@@ -105,11 +105,6 @@ def ensure_process_group(device: torch.device) -> bool:
     return True
 
 
-def is_fsdp2(model: nn.Module) -> bool:
-    """True when ``model`` is sharded by FSDP2 (here or by accelerate's ``fsdp_version: 2``)."""
-    return isinstance(model, FSDPModule)
-
-
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a (possibly sharded) parameter: a collective for a DTensor."""
     return t.full_tensor() if isinstance(t, DTensor) else t

@@ -5,14 +5,14 @@ The paper's Table 3 ladder:
     grpo      (ii)  L_seq only: GRPO over groups of N audio rollouts (T=1.5), binary rewards
                     from a judge comparing each with the teacher's answer to the text prompt
                     (paper eqs. 8-10)
-    grpo_opd  (iii) L_tok with alpha = beta = 1 (uniform on-policy reverse KL) + w * L_seq
+    grpo_opd  (iii) L_tok with alpha = position_beta = 1 (uniform on-policy reverse KL) + w * L_seq
     cord      (iv)  L_tok + w * L_seq: on-policy audio rollouts (T=1.0) scored by the student
                     (audio prompt) and the teacher (text prompt, same tokens), weighted by
                     divergence and position (paper eqs. 2-11)
 
 and the other baselines:
 
-    opd    L_tok, alpha = beta = 1, alone   uniform on-policy reverse KL, no L_seq
+    opd    L_tok, alpha = position_beta = 1, alone   uniform on-policy reverse KL, no L_seq
     sft    -sum_t log p(y_hat_t | y_hat_<t, x^a) / B   on teacher rollouts y_hat ~ p(.|x^t)
     fkl    sum_t KL(q_t || p_t) / B                    on teacher rollouts (paper eq. 13)
     sft_gold  sft on the dataset's reference answers (a diagnostic: imitation of gold answers)
@@ -34,12 +34,11 @@ from typing import Any
 import torch
 
 import cord_kernels
-from cord.config import CordConfig
+from cord.config import NEEDS, CordConfig, cord_has_seq
 from cord.data.paired import PairedBatch
 from cord.models.adapter import CompletionHidden, ModelAdapter, PromptBatch
-from cord.train import metrics as M
-from cord.train.needs import NEEDS, cord_has_seq
-from cord.train.rollout import Rollouts, sample, text_references
+from cord.models.rollout import Rollouts, sample, text_references
+from cord.train.metrics import agreement_stats, kl_stats, reward_stats
 from cord.train.teacher import Teacher
 from cord_kernels import (
     fused_linear_cord_token_loss,
@@ -101,7 +100,7 @@ def token_kl_loss(
     *,
     top_k: int,
     alpha: float,
-    beta: float,
+    position_beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L_tok on audio rollouts: (scalar loss, detached (B, T) per-token D for metrics)."""
     cfg = ctx.config
@@ -112,11 +111,12 @@ def token_kl_loss(
         ht = ctx.teacher.completion_hidden(x_t, ids, mask)
         return fused_linear_cord_token_loss(
             hs.hidden, ht.hidden, hs.weight, mask, bias=hs.bias, top_k=top_k, alpha=alpha,
-            beta=beta, temperature=tau, return_per_token=True, **_teacher_head(ctx, ht))
+            beta=position_beta, temperature=tau, return_per_token=True, **_teacher_head(ctx, ht))
     s = ctx.adapter.completion_logits(x_a, ids, mask)
     u = ctx.teacher.completion_logits(x_t, ids, mask)
-    loss = cord_kernels.cord_token_loss(s, u, mask, top_k=top_k, alpha=alpha, beta=beta,
-                                        temperature=tau, reduction="batchmean")
+    loss = cord_kernels.cord_token_loss(s, u, mask, top_k=top_k, alpha=alpha,
+                                        beta=position_beta, temperature=tau,
+                                        reduction="batchmean")
     with torch.no_grad():
         kl = cord_kernels.reverse_kl(s.detach(), u, temperature=tau).masked_fill(~mask, 0.0)
     return loss, kl
@@ -169,7 +169,7 @@ def sequence_loss(
     lp = token_logprobs_of(ctx, group.prompts, group.completion_ids, group.completion_mask)
     loss = cord_kernels.grpo_loss(lp, group.completion_mask,
                                   loss_rewards(verdicts, cfg.unjudged_reward), group_size=n)
-    stats = M.reward_stats(verdicts, unjudged=cfg.unjudged_reward)
+    stats = reward_stats(verdicts, unjudged=cfg.unjudged_reward)
     stats["group_completion_length"] = float(group.lengths.float().mean())
     return loss, stats, group.num_tokens, verdicts
 
@@ -182,7 +182,7 @@ def teacher_rollouts(ctx: StepContext, x_t: PromptBatch) -> Rollouts:
 
 
 def _tok_metrics(kl: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    out = M.kl_stats(kl, mask)
+    out = kl_stats(kl, mask)
     out["completion_length"] = float(mask.sum(-1).float().mean())
     return out
 
@@ -211,15 +211,16 @@ def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = Fals
     if with_tok:
         ro = sample(ctx.adapter, x_a, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_completion_length, device=ctx.device)
-        top_k, alpha, beta = ((1, 1.0, 1.0) if uniform else
-                              (cfg.cord_top_k, cfg.cord_alpha, cfg.cord_position_beta))
-        l_tok, kl = token_kl_loss(ctx, x_a, x_t, ro, top_k=top_k, alpha=alpha, beta=beta)
+        top_k, alpha, position_beta = ((1, 1.0, 1.0) if uniform else
+                                       (cfg.cord_top_k, cfg.cord_alpha, cfg.cord_position_beta))
+        l_tok, kl = token_kl_loss(ctx, x_a, x_t, ro, top_k=top_k, alpha=alpha,
+                                  position_beta=position_beta)
         loss = loss + l_tok
         tokens += ro.num_tokens
         metrics["l_tok"] = float(l_tok.detach())
         metrics.update(_tok_metrics(kl, ro.completion_mask))
         if references is not None and ctx.judge is not None:
-            metrics.update(M.agreement_stats(judge_rewards(ctx, batch.texts, ro.texts,
+            metrics.update(agreement_stats(judge_rewards(ctx, batch.texts, ro.texts,
                                                            references)))
     if with_seq:
         l_seq, stats, n_tok, verdicts = sequence_loss(ctx, batch, x_a, references)
@@ -229,7 +230,7 @@ def cord_objective(ctx: StepContext, batch: PairedBatch, *, uniform: bool = Fals
         metrics["l_seq"] = float(l_seq.detach())
         metrics.update(stats)
         if not with_tok:
-            metrics.update(M.agreement_stats(verdicts))
+            metrics.update(agreement_stats(verdicts))
     return LossOutput(loss, metrics, tokens)
 
 
@@ -288,7 +289,7 @@ def fkl_objective(ctx: StepContext, batch: PairedBatch) -> LossOutput:
         per_token = torch.where(mask, cord_kernels.forward_kl(s, u, temperature=tau), 0.0)
         loss = per_token.sum() / max(len(ids), 1)
         fkl = per_token.detach()
-    stats = M.kl_stats(fkl, mask)  # KL(q || p) per token, the loss's own divergence
+    stats = kl_stats(fkl, mask)  # KL(q || p) per token, the loss's own divergence
     metrics = {"l_fkl": float(loss.detach()), "fkl_mean": stats["kl_mean"],
                "fkl_p80": stats["kl_p80"],
                "completion_length": float(mask.sum(-1).float().mean())}
@@ -327,7 +328,7 @@ class Objective:
 
     @classmethod
     def of(cls, name: str, loss: Callable[[StepContext, PairedBatch], LossOutput]) -> Objective:
-        """The objective ``name`` with its needs from :data:`cord.train.needs.NEEDS`."""
+        """The objective ``name`` with its needs from :data:`cord.config.NEEDS`."""
         needs = NEEDS[name]
         return cls(name, loss, needs.needs_judge, needs.needs_groups, needs.trainable)
 
@@ -348,8 +349,8 @@ def _grpo_opd(ctx: StepContext, batch: PairedBatch) -> LossOutput:
     return cord_objective(ctx, batch, uniform=True)
 
 
-#: The objective registry: config validation (through ``cord.train.needs``), the trainer and
-#: :func:`compute_loss` consult it.
+#: The objective registry: each name of :data:`cord.config.NEEDS` (what config validation reads)
+#: with its loss; the trainer and :func:`compute_loss` consult it.
 OBJECTIVES: dict[str, Objective] = {name: Objective.of(name, loss) for name, loss in (
     ("grpo", _grpo), ("grpo_opd", _grpo_opd), ("cord", _cord), ("opd", _opd),
     ("sft", sft_objective), ("fkl", fkl_objective), ("sft_gold", gold_sft_objective),

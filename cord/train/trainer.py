@@ -65,14 +65,12 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from cord.config import SYNTHETIC_DATASETS, CordConfig, hparams
+from cord.config import SYNTHETIC_DATASETS, TRAINING_INFO_NAME, CordConfig, hparams
 from cord.data.paired import collate_paired
 from cord.data.synthetic import synthetic_dataset
 from cord.data.validate import load_paired_checked
 from cord.models.adapter import ModelAdapter, build_adapter, train_only, unwrap_model
-from cord.rewards.judge import GuardedJudge
-from cord.rewards.judge import build_judge as make_judge
-from cord.train import metrics as M
+from cord.rewards.judge import GuardedJudge, build_judge
 from cord.train.checkpoint import (
     complete_checkpoints,
     resolve_checkpoint,
@@ -80,14 +78,13 @@ from cord.train.checkpoint import (
     trim_metrics,
 )
 from cord.train.distributed import build_strategy
+from cord.train.metrics import is_finite, mean_metrics, tokens_per_second
 from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, trainable_group
 from cord.train.precision import WeightChange, fp32_master_weights
 from cord.train.preempt import GracefulStop
 from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
-#: Written next to the saved model: what was trained (read by ``cord eval``).
-TRAINING_INFO_NAME = "training_info.json"
 
 
 # -- building the pieces from a config ---------------------------------------------------------
@@ -109,14 +106,15 @@ def build_dataset(config: CordConfig, sampling_rate: int, *, report=print,
         output_dir=config.output_dir if write_bad_records else None)
 
 
-def build_judge(config: CordConfig, adapter: ModelAdapter):
-    """The judge named by ``config.judge``; None for ``judge="none"``."""
+def judge_of_config(config: CordConfig, adapter: ModelAdapter):
+    """The judge named by ``config.judge`` (``cord.rewards.judge.build_judge`` with what the
+    name needs of the run); None for ``judge="none"``."""
     if config.judge == "none":
         return None
     if config.judge == "model":  # the policy itself asked whether the answers agree
-        return make_judge(config.judge, model=unwrap_model(adapter.model),
-                          tokenizer=adapter.tokenizer)
-    return make_judge(config.judge)
+        return build_judge(config.judge, model=unwrap_model(adapter.model),
+                           tokenizer=adapter.tokenizer)
+    return build_judge(config.judge)
 
 
 # -- trainer state -----------------------------------------------------------------------------
@@ -202,7 +200,7 @@ class CordTrainer:
         model.train()
         self.teacher = Teacher(cfg.teacher, self.adapter, ema_decay=cfg.teacher_ema_decay)
         self.teacher.to(acc.device)
-        self.judge = judge if judge is not None else build_judge(cfg, self.adapter)
+        self.judge = judge if judge is not None else judge_of_config(cfg, self.adapter)
         if self.judge is None and OBJECTIVES[cfg.objective].needs_judge(cfg):
             raise ValueError(f"objective={cfg.objective!r} needs a judge; set judge (not 'none')")
         if self.judge is not None and not isinstance(self.judge, GuardedJudge):
@@ -402,7 +400,7 @@ class CordTrainer:
                 # autocast covers generation and the frozen teacher too (they run the bare model)
                 with acc.accumulate(self.model), acc.autocast():
                     out = compute_loss(self.ctx, batch)
-                    finite_loss &= M.is_finite(out.loss.detach())
+                    finite_loss &= is_finite(out.loss.detach())
                     acc.backward(out.loss)
                 parts.append({"loss": float(out.loss.detach()), **out.metrics})
                 tokens += out.num_generated_tokens
@@ -439,8 +437,8 @@ class CordTrainer:
             if step % cfg.logging_steps == 0 or step == self.max_steps or not finite:
                 all_parts = gather_object(window["parts"])
                 all_tokens = window["tokens"]
-                metrics = M.mean_metrics(all_parts)
-                metrics.update(M.mean_metrics(window["moves"]))
+                metrics = mean_metrics(all_parts)
+                metrics.update(mean_metrics(window["moves"]))
                 metrics.update(self._judge_failures())
                 # The loss of a skipped step is reported as it was (NaN/Inf), not averaged away.
                 metrics["loss"] = float(np.mean([p["loss"] for p in all_parts]))
@@ -449,7 +447,7 @@ class CordTrainer:
                     epoch=self.state.epoch + self.state.batches_in_epoch / len(self.dataloader),
                     learning_rate=self.scheduler.get_last_lr()[0], skipped=not finite,
                     generated_tokens=self.state.total_generated_tokens,
-                    tokens_per_second=M.tokens_per_second(all_tokens, window["seconds"]),
+                    tokens_per_second=tokens_per_second(all_tokens, window["seconds"]),
                     step_seconds=window["seconds"] / len(window["grad_norms"]),
                 )
                 self._log(metrics, bar)

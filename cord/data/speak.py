@@ -1,4 +1,4 @@
-"""``cord synth``: make the audio side of a paired dataset from its text.
+"""``cord synth``: speak the texts of a dataset, making the audio side of a paired dataset.
 
 Reads records with ``text`` (and ``id``) from JSONL/JSON/CSV/parquet or a saved dataset, speaks
 each text (after spoken-form normalisation of math by default) and writes::
@@ -189,7 +189,7 @@ def synthesize_dataset(
 
     from tqdm.auto import tqdm
 
-    from cord.data.paired import resample  # datasets and scipy, a second to import
+    from cord.data.paired import resample  # datasets and scipy: slow to import, so local
 
     previous = _previous_spoken_texts(jsonl_path)
     written = skipped = 0
