@@ -62,7 +62,10 @@ def snapshot(model):
 def test_each_objective_trains_two_steps(tmp_path, objective):
     judge = AlternatingJudge()
     config = tiny_config(tmp_path, objective=objective)
-    trainer = CordTrainer(config, train_dataset=records(), judge=judge)
+    data = records()
+    if objective == "sft_gold":  # imitates the dataset's reference answers
+        data = [{**r, "answer": f"the answer is {i}"} for i, r in enumerate(data)]
+    trainer = CordTrainer(config, train_dataset=data, judge=judge)
     before = snapshot(trainer.model)
     metrics = trainer.train()
     after = snapshot(trainer.model)
@@ -83,6 +86,28 @@ def test_each_objective_trains_two_steps(tmp_path, objective):
         assert metrics["kl_mean"] >= 0 and metrics["kl_p80"] >= 0
     if objective == "fkl":
         assert 0 <= metrics["fkl_mean"] <= metrics["l_fkl"]
+
+
+def test_gold_sft_needs_answers_and_is_the_nll_of_them(tmp_path):
+    trainer = CordTrainer(tiny_config(tmp_path, objective="sft_gold", max_steps=1),
+                          train_dataset=records())
+    with pytest.raises(ValueError, match="'answer' column"):
+        trainer.train()
+    from cord.data.paired import collate_paired
+    from cord.train.objectives import StepContext, compute_loss
+    from cord.train.teacher import Teacher
+
+    data = [{**r, "answer": "seven plus two"} for r in records()[:2]]
+    adapter = trainer.adapter
+    ctx = StepContext(adapter, Teacher("live", adapter), trainer.config)
+    batch = collate_paired(data)
+    out = compute_loss(ctx, batch)
+    ids = adapter.tokenizer("seven plus two", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ids + [adapter.eos_token_ids[0]]] * 2)
+    x_a = adapter.audio_prompts(batch.audios, sampling_rate=batch.sampling_rate)
+    logits = adapter.completion_logits(x_a, ids, torch.ones_like(ids, dtype=torch.bool))
+    nll = -torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).sum() / 2
+    assert float(out.loss) == pytest.approx(float(nll), rel=1e-4)
 
 
 def test_opd_is_the_uniform_reverse_kl(tmp_path):

@@ -16,7 +16,7 @@ from cord.demo.posttrain import PostTrainConfig
 from cord.eval.analyze import kl_statistics, rollout_kl
 from cord.eval.evaluate import evaluate, score_response
 from cord.models.adapter import PromptBatch
-from cord.train.rollout import completion_mask
+from cord.models.rollout import completion_mask
 
 BATCH = 100
 RECOVERY_ITEMS = 100

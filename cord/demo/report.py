@@ -34,6 +34,14 @@ def _ci(ci: list[float]) -> str:
     return f"[{_pc(ci[0])}, {_pc(ci[1])}]"
 
 
+def _reduction(row: dict[str, Any]) -> str:
+    """A gap reduction and its CI; "n/a (no gap on the base)" where the base had none."""
+    value = row["gap_reduction"]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a (no gap on the base)"
+    return f"{_pc(value)} {_ci(row['gap_reduction_ci95'])}"
+
+
 def label(method: str) -> str:
     return "Base" if method == "base" else P.METHODS[method].label
 
@@ -140,7 +148,7 @@ def table(results: dict[str, Any], rows: tuple[str, ...]) -> str:
     for m in ("base", *[r for r in rows if r in s]):
         row = s[m]
         gap = ("—" if m == "base"
-               else f"{_pc(row['gap_reduction'])} {_ci(row['gap_reduction_ci95'])}")
+               else _reduction(row))
         audio = _pc(row["audio"]) + (f" ± {_pc(row['audio_std'])}" if row.get("audio_std") else "")
         lines.append("| " + " | ".join([
             label(m), _pc(base_text), audio, _pc(base_text - row["audio"]), gap,
@@ -165,7 +173,7 @@ def budget_table(results: dict[str, Any]) -> str:
     for m, row in budget["methods"].items():
         lines.append("| " + " | ".join([
             label(m), _pc(row["audio_default_budget"]), _pc(row["audio"]),
-            f"{_pc(row['gap_reduction'])} {_ci(row['gap_reduction_ci95'])}",
+            _reduction(row),
             _pc(row["text_after"]), _pc(row["retention"]), _pc(row["transfer"]),
             f"{row['generated_tokens']:,}"]) + " |")
     return "\n".join(lines) + "\n"

@@ -76,7 +76,6 @@ def paired_bootstrap(
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
-    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     point = {m: float(gap_reduction(base_text, base_audio, a.mean(0)))
              for m, a in arrays.items()}
     items = rng.integers(0, n, size=(resamples, n))
@@ -88,14 +87,10 @@ def paired_bootstrap(
         method_audio = np.take_along_axis(per_item, items, axis=1)
         boot[m] = gap_reduction(base_text[items], base_audio[items], method_audio)
 
-    def ci(values: np.ndarray) -> list[float]:
-        values = values[np.isfinite(values)]
-        return [float(np.percentile(values, lo_q)), float(np.percentile(values, hi_q))]
-
     return {
-        "methods": {m: {"mean": point[m], "ci95": ci(boot[m])} for m in arrays},
-        "paired": {f"{a} - {b}": {"mean": point[a] - point[b], "ci95": ci(boot[a] - boot[b])}
-                   for a, b in pairs},
+        "methods": {m: {"mean": point[m], "ci95": ci95(boot[m], level)} for m in arrays},
+        "paired": {f"{a} - {b}": {"mean": point[a] - point[b],
+                                  "ci95": ci95(boot[a] - boot[b], level)} for a, b in pairs},
     }
 
 
