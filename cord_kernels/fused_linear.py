@@ -18,17 +18,15 @@ operands run natively with fp32 output (``out_dtype``) when the installed torch 
 dtype and the GEMM runs in fp32. Every GEMM of a call, the ``out=`` ones included, sees the same
 operands, because the losses run their GEMMs with autocast off.
 
-The torch path's elementwise row math goes through the tiles in row blocks of ~1.5 MB, so its
-several passes hit cache instead of memory; on a CPU it runs on one thread (see
-``row_math_threads``).
+The torch path's elementwise row math (``torch_path.py``) goes through the tiles in row blocks
+of ~1.5 MB, so its several passes hit cache instead of memory; on a CPU it runs on one thread
+(see ``torch_path.row_math_threads``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -45,10 +43,6 @@ from cord_kernels._validation import (
 # distillation losses). 1 GiB holds ~880 tokens at V=152k: enough rows for full-speed GEMMs on
 # a CPU or a GPU, and far below the (N, V) logits it replaces (10 GB per branch at N=16k).
 DEFAULT_CHUNK_BYTES = 1 << 30
-
-# Row blocks of the torch path's elementwise math hold about this many elements per tensor
-# (~1.5 MB of fp32): the two tiles' blocks and their temporaries fit in a 4 MB L2.
-_TORCH_BLOCK_ELEMENTS = 384 * 1024
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -219,31 +213,6 @@ class Grads:
         if self.weight is not None and not self.weight_started:
             self.weight.zero_()
         return self.weight
-
-
-# ----------------------------------------------------------------- torch path row blocks
-
-
-def row_block(n_cols: int) -> int:
-    return max(1, _TORCH_BLOCK_ELEMENTS // max(n_cols, 1))
-
-
-@contextlib.contextmanager
-def row_math_threads(device: torch.device):
-    """Runs the torch path's row-block math on ``CORD_CPU_ROW_THREADS`` CPU threads (1 by
-    default). Each row block is a few hundred kB; an OpenMP team per op on such blocks waits
-    at its barrier for the slowest thread, and on a shared (loaded) machine that made the
-    row math several times slower than on one thread, which then costs ~10% of the GEMMs."""
-    want = int(os.environ.get("CORD_CPU_ROW_THREADS", "1"))
-    prev = torch.get_num_threads()
-    if device.type != "cpu" or want < 1 or want == prev:
-        yield
-        return
-    torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -5,11 +5,11 @@ projects each chunk once and keeps lse per row (1 GEMM); backward recomputes the
 logits and turns them into the gradient in place (3 GEMMs): 4 GEMMs in all. Rows whose label
 is ``ignore_index`` are never projected.
 
-The per-row math follows :class:`LogprobRows`, in torch (row blocks, as in
-``divergence_rows.py``) or through the streaming kernels of ``token_logprobs.py``.
+The per-row math follows :class:`LogprobRows`, in torch (row blocks, in
+``torch_path.py``) or through the streaming kernels of ``token_logprobs.py``.
 
-Layout: the row-math protocol and its two versions, the problem, the autograd Function, the
-public function.
+Layout: the row-math protocol and its Triton version (the torch one is in ``torch_path.py``),
+the problem, the autograd Function, the public function.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from cord_kernels.fused_linear import (
     compute_dtype,
     no_autocast,
     operand_dtype,
-    row_block,
-    row_math_threads,
     rows_per_chunk,
 )
 from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
+from cord_kernels.torch_path import TorchLogprobRows
 
 
 class LogprobRows(Protocol):
@@ -56,39 +55,6 @@ class LogprobRows(Protocol):
                    g: torch.Tensor) -> torch.Tensor | None:
         """Turns x into g dlogp/dx up to the returned row scale (None: x holds it)."""
         ...
-
-
-class TorchLogprobRows:
-    """log p(label) per row and its gradient in torch. ``write_grad`` turns x into
-    1[v = label] - p_v and returns the row scale g / tau."""
-
-    def __init__(self, temperature: float):
-        self.inv_t = 1.0 / temperature
-
-    def forward(self, x, labels):
-        n = x.shape[0]
-        lse = torch.empty(n, dtype=x.dtype, device=x.device)
-        r = row_block(x.shape[1])
-        with row_math_threads(x.device):
-            for a in range(0, n, r):
-                b_x = x[a:a + r]
-                if self.inv_t != 1.0:
-                    b_x.mul_(self.inv_t)
-                lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
-        picked = x.gather(1, labels.unsqueeze(1)).squeeze(1)
-        return picked - lse, lse
-
-    def write_grad(self, x, labels, lse, g) -> torch.Tensor:
-        r = row_block(x.shape[1])
-        with row_math_threads(x.device):
-            for a in range(0, x.shape[0], r):
-                # dlogp/dx_v = (1/tau) (1[v = label] - p_v): -p_v here, the label below.
-                b_x = x[a:a + r]
-                if self.inv_t != 1.0:
-                    b_x.mul_(self.inv_t)
-                b_x.sub_(lse[a:a + r, None]).exp_().neg_()
-        x.scatter_add_(1, labels.unsqueeze(1), torch.ones_like(labels, dtype=x.dtype)[:, None])
-        return g * self.inv_t
 
 
 class TritonLogprobRows:

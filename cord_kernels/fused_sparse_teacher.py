@@ -55,13 +55,8 @@ from cord_kernels.sparse_options import (
     check_topk_pair,
 )
 from cord_kernels.support_divergence import support_divergence
-from cord_kernels.support_logprobs import (
-    add_sparse_terms,
-    support_bwd_dense,
-    support_fwd,
-    torch_dense_grad,
-    torch_row_lse,
-)
+from cord_kernels.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
+from cord_kernels.torch_path import torch_dense_grad, torch_support_stats
 
 
 @dataclass(frozen=True)
@@ -75,13 +70,6 @@ class FusedSparseParams:
 
 
 # ------------------------------------------------------------------ row math on a tile
-
-
-def _torch_stats(tile, ids, valid, tau):
-    """(a (n, k), lse (n,)) of the (n, V) tile of logits t."""
-    lse = torch_row_lse(tile, tau)
-    gathered = tile.gather(1, torch.where(valid, ids, 0).long()) / tau
-    return torch.where(valid, gathered - lse[:, None], float("-inf")), lse
 
 
 class StoredTopK:
@@ -112,7 +100,7 @@ def support_stats(tile, ids, valid, tau, impl: Impl):
     if impl is Impl.TRITON:
         a, lse2 = support_fwd(tile, ids, valid, tau)
         return a, lse2.sum(1), lse2
-    a, lse = _torch_stats(tile, ids, valid, tau)
+    a, lse = torch_support_stats(tile, ids, valid, tau)
     return a, lse, None
 
 
