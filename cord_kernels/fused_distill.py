@@ -6,7 +6,7 @@
 4 GEMMs in all (SPEC section 3) for the scalar reductions: for each chunk of valid tokens
 
     1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)               2 GEMMs into fp32 tiles
-    2. Div_t per row (``divergence_rows.py``)
+    2. Div_t per row (``tile_divergence.py``)
     3. the weights w of the chunk's rows (``TokenWeighting``)
     4. w_t dDiv_t/ds_t overwrites the student tile in place: ds
     5. grad_h = ds @ W,  grad_W += ds.T @ h_s,  grad_b += sum_rows ds       2 GEMMs
@@ -52,13 +52,7 @@ from cord_kernels._validation import (
     check_tensor,
     check_unit,
 )
-from cord_kernels.divergence_rows import (
-    DIVERGENCES,
-    Divergence,
-    divergence_rows,
-    resolve_divergence,
-)
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
     Grads,
@@ -71,6 +65,12 @@ from cord_kernels.fused_linear import (
     rows_per_chunk,
 )
 from cord_kernels.reduction import reduce_total
+from cord_kernels.tile_divergence import (
+    DIVERGENCES,
+    Divergence,
+    make_tile_divergence,
+    resolve_divergence,
+)
 
 # ----------------------------------------------------------------------------- weighting
 
@@ -120,7 +120,7 @@ class FixedWeights:
 @dataclass(frozen=True)
 class DistillParams:
     divergence: Divergence = Divergence.REVERSE_KL
-    beta: float = 0.5  # the JSD's
+    jsd_beta: float = 0.5
     temperature: float = 1.0
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
@@ -151,8 +151,8 @@ class DistillProblem:
             self.teacher_head = LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
-        self.rows = divergence_rows(params.divergence, params.beta, params.temperature,
-                                    params.impl)
+        self.divergence = make_tile_divergence(params.divergence, params.jsd_beta,
+                                               params.temperature, params.impl)
         # The one host sync: which rows are valid, and how many per sequence.
         self.counts = mask.sum(1).tolist()
         self.index = mask.reshape(-1).nonzero().squeeze(1)
@@ -194,7 +194,7 @@ class DistillProblem:
         for lo in range(0, self.n_valid, self.max_rows):
             hi = min(lo + self.max_rows, self.n_valid)
             s, u, _ = self.logits(self.index[lo:hi])
-            d[lo:hi] = self.rows.stats(s, u, want_grad=False).d
+            d[lo:hi] = self.divergence.stats(s, u, want_grad=False).d
         return d
 
     def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: Grads) -> None:
@@ -205,8 +205,8 @@ class DistillProblem:
             hi = min(lo + self.max_rows, n)
             rows = slice(lo, hi) if pos is None else pos[lo:hi]
             s, u, h_s = self.logits(self.index[rows])
-            state = self.rows.stats(s, u)
-            row_scale = self.rows.write_grad(s, u, state, g[lo:hi].float())
+            state = self.divergence.stats(s, u)
+            row_scale = self.divergence.write_grad(s, u, state, g[lo:hi].float())
             self.head.backprop(s, h_s, row_scale, rows, grads)
 
     def grads(self, needs_input_grad) -> Grads:
@@ -231,7 +231,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
     plan = weighting.plan(problem)
     for c in plan:
         s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
-        state = problem.rows.stats(s, u, want_grad=grads is not None)
+        state = problem.divergence.stats(s, u, want_grad=grads is not None)
         d = state.d.float()
         d_all[c.row_lo:c.row_hi] = d
         w = weighting.chunk_weights(problem, d, c)
@@ -239,7 +239,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
             provisional[c.row_lo:c.row_hi] = True
         w_applied[c.row_lo:c.row_hi] = w
         if grads is not None:
-            row_scale = problem.rows.write_grad(s, u, state, w)  # s <- w dDiv/ds
+            row_scale = problem.divergence.write_grad(s, u, state, w)  # s <- w dDiv/ds
             problem.head.backprop(s, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
     w_all = weighting.final_weights(problem, d_all)
     if grads is not None and not all(c.whole for c in plan):
@@ -265,13 +265,11 @@ class FusedDistillSumFunction(torch.autograd.Function):
     (4 GEMMs), scaled by the cotangent in backward."""
 
     @staticmethod
-    def forward(ctx, *args):
-        # args: student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-        # mask, weighting (a TokenWeighting), params (DistillParams)
-        student_hidden, _, weight, bias = args[:4]
-        weighting, params = args[7:]
+    def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+                mask, weighting: TokenWeighting, params: DistillParams):
         with no_autocast(student_hidden.device):
-            problem = DistillProblem(*args[:7], params)
+            problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
+                                     teacher_weight, teacher_bias, mask, params)
             grads = problem.grads(ctx.needs_input_grad)
             total, d, _ = weighted_sum(problem, weighting, grads)
         # Kept in fp32 until backward has scaled them, then cast to the inputs' dtypes.
@@ -304,15 +302,16 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
     cotangent weighs grad_W."""
 
     @staticmethod
-    def forward(ctx, *args):
-        # args: as FusedDistillSumFunction's
-        weighting, params = args[7:]
-        with no_autocast(args[0].device):
-            problem = DistillProblem(*args[:7], params)
+    def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+                mask, weighting: TokenWeighting, params: DistillParams):
+        tensors = (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+                   mask)
+        with no_autocast(student_hidden.device):
+            problem = DistillProblem(*tensors, params)
             d = problem.div_rows()
             w = weighting.final_weights(problem, d)
             problem.release()
-        ctx.save_for_backward(*args[:7], w)
+        ctx.save_for_backward(*tensors, w)
         ctx.params = params
         per_token = problem.dense(d)
         ctx.mark_non_differentiable(per_token)
@@ -379,11 +378,11 @@ def check_divergence(divergence, jsd_beta) -> float:
     would be silently unused, so that is an error."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    beta = check_unit("jsd_beta", jsd_beta)
-    if divergence != "jsd" and beta != 0.5:
+    jsd_beta = check_unit("jsd_beta", jsd_beta)
+    if divergence != "jsd" and jsd_beta != 0.5:
         raise ValueError(f"jsd_beta={jsd_beta!r} is used by divergence='jsd' only, got "
                          f"divergence={divergence!r}; pass divergence='jsd' or drop jsd_beta")
-    return beta
+    return jsd_beta
 
 
 def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
@@ -410,7 +409,7 @@ def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | Non
 
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
-                beta: float, temperature: float, reduction: str, chunk_bytes: int,
+                jsd_beta: float, temperature: float, reduction: str, chunk_bytes: int,
                 impl: str | None, return_per_token: bool, num_items=None):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
     impl = resolve_impl(impl, student_hidden, weight)
@@ -418,7 +417,7 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     t_weight = None if teacher_weight is None else teacher_weight.detach()
     operands = (operand_dtype(student_hidden, weight),
                 operand_dtype(t_hidden, weight if t_weight is None else t_weight))
-    params = DistillParams(divergence, beta, temperature, chunk_bytes, impl, operands)
+    params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands)
     args = (student_hidden, t_hidden, weight, bias, t_weight,
             None if teacher_bias is None else teacher_bias.detach(), mask, weighting, params)
     if reduction == "none":
@@ -511,12 +510,13 @@ def fused_linear_distill_loss(
     """
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                 teacher_bias, mask, labels, ignore_index)
-    beta = check_divergence(divergence, jsd_beta)
+    jsd_beta = check_divergence(divergence, jsd_beta)
     token_weights = check_token_weights(token_weights, mask)
     num_items = check_num_items(num_items_in_batch, reduction)
     return run_distill(
         student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        FixedWeights(token_weights), divergence=resolve_divergence(divergence, beta), beta=beta,
+        FixedWeights(token_weights), divergence=resolve_divergence(divergence, jsd_beta),
+        jsd_beta=jsd_beta,
         temperature=check_temperature(temperature), reduction=check_reduction(reduction),
         chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
         return_per_token=check_bool("return_per_token", return_per_token), num_items=num_items,

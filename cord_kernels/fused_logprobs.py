@@ -5,7 +5,7 @@ projects each chunk once and keeps lse per row (1 GEMM); backward recomputes the
 logits and turns them into the gradient in place (3 GEMMs): 4 GEMMs in all. Rows whose label
 is ``ignore_index`` are never projected.
 
-The per-row math follows :class:`LogprobRows`, in torch (row blocks, in
+The per-row math follows :class:`TileLogprobs`, in torch (row blocks, in
 ``torch_path.py``) or through the streaming kernels of ``token_logprobs.py``.
 
 Layout: the row-math protocol and its Triton version (the torch one is in ``torch_path.py``),
@@ -28,7 +28,7 @@ from cord_kernels._validation import (
     check_temperature,
     check_tensor,
 )
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Grads,
     LMHead,
@@ -40,10 +40,10 @@ from cord_kernels.fused_linear import (
     rows_per_chunk,
 )
 from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
-from cord_kernels.torch_path import TorchLogprobRows
+from cord_kernels.torch_path import TorchTileLogprobs
 
 
-class LogprobRows(Protocol):
+class TileLogprobs(Protocol):
     """Per-row math of the log-prob loss on an (n, V) logits tile ``x`` of one chunk."""
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor
@@ -57,7 +57,7 @@ class LogprobRows(Protocol):
         ...
 
 
-class TritonLogprobRows:
+class TritonTileLogprobs:
     """The same contract through the streaming kernels of ``token_logprobs.py``."""
 
     def __init__(self, temperature: float, ignore_index: int):
@@ -96,8 +96,8 @@ class _LogprobProblem:
         self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
         self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operand, self.dtype)
-        self.rows: LogprobRows = TritonLogprobRows(params.temperature, params.ignore_index) \
-            if params.impl is Impl.TRITON else TorchLogprobRows(params.temperature)
+        self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature, params.ignore_index) \
+            if params.impl is Impl.TRITON else TorchTileLogprobs(params.temperature)
         flat = labels.reshape(-1)
         self.index = (flat != params.ignore_index).nonzero().squeeze(1)
         self.labels = flat[self.index].long()
@@ -127,7 +127,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         lse_parts = []
         with no_autocast(hidden.device):
             for lo, hi, idx, _, x in problem.chunks():
-                logp, lse = problem.rows.forward(x, problem.labels[lo:hi])
+                logp, lse = problem.logprobs.forward(x, problem.labels[lo:hi])
                 out[idx] = logp.float()
                 lse_parts.append(lse)
         lse = torch.cat(lse_parts) if lse_parts else None
@@ -145,7 +145,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         g_all = grad_out.reshape(-1).float()
         with no_autocast(hidden.device):
             for lo, hi, idx, h, x in problem.chunks():
-                row_scale = problem.rows.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
+                row_scale = problem.logprobs.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
                                                     g_all[idx])
                 problem.head.backprop(x, h, row_scale, slice(lo, hi), grads)
         gw = grads.weight_or_zeros()

@@ -36,8 +36,7 @@ import torch
 
 from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._validation import check_float, check_mask, check_tensor
-from cord_kernels.fused_distill import _head_grads, check_token_weights
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Grads,
     LMHead,
@@ -48,6 +47,7 @@ from cord_kernels.fused_linear import (
     operand_dtype,
     rows_per_chunk,
 )
+from cord_kernels.fused_distill import _head_grads, check_token_weights
 from cord_kernels.reduction import reduce_total
 from cord_kernels.sparse_options import (
     SparseOptions,
@@ -157,7 +157,7 @@ class SparseHeadProblem:
         a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
         with torch.enable_grad():
             a = a.detach().requires_grad_(grads is not None)
-            d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+            d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
                                    tail=opts.tail)
             if grads is None:
                 return d.detach()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from cord_kernels._dispatch import resolve_impl
+from cord_kernels.chunked_head import LMHead, check_chunk_bytes, operand_dtype
 from cord_kernels.fused_distill import check_distill_inputs, check_token_weights
-from cord_kernels.fused_linear import LMHead, check_chunk_bytes, operand_dtype
 from cord_kernels.fused_sparse_teacher import (
     FusedSparseParams,
     SparseHeadProblem,

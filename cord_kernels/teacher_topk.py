@@ -19,7 +19,7 @@ from cord_kernels._validation import (
     check_temperature,
     check_tensor,
 )
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     LMHead,
     check_chunk_bytes,
     check_head,

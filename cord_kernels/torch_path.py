@@ -5,13 +5,13 @@ This is the one home of the library's pure-torch row math: the logits-in ops (``
 ``support_logprobs.py``) and the fused-linear chunk drivers (``fused_distill.py``,
 ``fused_logprobs.py``, ``fused_sparse_teacher.py``) all call it with ``impl="torch"``:
 
-    autograd Functions on whole logits tensors     TorchKLDivFunction, TorchJSDFunction,
-                                                   TorchLogprobFunction,
-                                                   TorchSupportLogprobsFunction
-    row math on one chunk's (n, V) logits tiles    TorchReverseKL / TorchForwardKL / TorchJSD,
-                                                   TorchLogprobRows, torch_support_stats,
-                                                   torch_dense_grad (in row blocks: row_block,
-                                                   row_math_threads)
+    autograd Functions on whole logits tensors   TorchKLDivFunction, TorchJSDFunction,
+                                                 TorchLogprobFunction,
+                                                 TorchSupportLogprobsFunction
+    row math on one chunk's (n, V) logits tiles  TorchTileReverseKL, TorchTileForwardKL,
+                                                 TorchTileJSD, TorchTileLogprobs,
+                                                 torch_support_stats, torch_dense_grad (in
+                                                 row blocks: row_block, row_math_threads)
 
 ``reference.py`` is written for clarity and is the tests' oracle (nothing in the library
 imports it); letting autograd trace it
@@ -278,14 +278,14 @@ def row_math_threads(device: torch.device):
 
 
 @dataclass
-class RowState:
+class TileStats:
     """What ``stats`` learnt about the rows: D per row, plus whatever the gradient needs."""
 
     d: torch.Tensor  # (n,) fp32
     extra: tuple = ()
 
 
-class _TorchRows(abc.ABC):
+class _TorchTileDivergence(abc.ABC):
     """Shared row-block loop of the torch versions: ``_block`` turns one block of s into
     tau dDiv/ds (when ``want_grad``) and returns Div of its rows."""
 
@@ -296,7 +296,7 @@ class _TorchRows(abc.ABC):
     def _block(self, b_s: torch.Tensor, b_u: torch.Tensor, want_grad: bool) -> torch.Tensor:
         """Div of the (r, V) block's rows; ``b_s`` becomes tau dDiv/ds when ``want_grad``."""
 
-    def stats(self, s, u, want_grad: bool = True) -> RowState:
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
         n = s.shape[0]
         d = torch.empty(n, dtype=s.dtype, device=s.device)
         r = row_block(s.shape[1])
@@ -307,7 +307,7 @@ class _TorchRows(abc.ABC):
                     b_s.mul_(self.inv_t)
                     b_u.mul_(self.inv_t)
                 d[a:a + r] = self._block(b_s, b_u, want_grad)
-        return RowState(d)
+        return TileStats(d)
 
     def write_grad(self, s, u, state, g) -> torch.Tensor:
         return g * self.inv_t
@@ -319,7 +319,7 @@ def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b.T).diagonal()
 
 
-class TorchReverseKL(_TorchRows):
+class TorchTileReverseKL(_TorchTileDivergence):
     """KL(p || q); s becomes p (log p - log q - D) = tau dD/ds, u becomes log p - log q."""
 
     def _block(self, b_s, b_u, want_grad):
@@ -334,7 +334,7 @@ class TorchReverseKL(_TorchRows):
         return b_d
 
 
-class TorchForwardKL(_TorchRows):
+class TorchTileForwardKL(_TorchTileDivergence):
     """KL(q || p); s becomes p - q = tau dD/ds."""
 
     def _block(self, b_s, b_u, want_grad):
@@ -349,36 +349,36 @@ class TorchForwardKL(_TorchRows):
         return b_d
 
 
-class TorchJSD(_TorchRows):
+class TorchTileJSD(_TorchTileDivergence):
     """beta KL(q || m) + (1 - beta) KL(p || m), 0 < beta < 1; s becomes
     (1 - beta) p (log p - log m - K_p) = tau dJSD/ds, K_p = KL(p || m)."""
 
-    def __init__(self, temperature: float, beta: float):
+    def __init__(self, temperature: float, jsd_beta: float):
         super().__init__(temperature)
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"TorchJSD needs 0 < beta < 1, got {beta}")
-        self.beta = beta
+        if not 0.0 < jsd_beta < 1.0:
+            raise ValueError(f"TorchTileJSD needs 0 < jsd_beta < 1, got {jsd_beta}")
+        self.jsd_beta = jsd_beta
 
     def _block(self, b_s, b_u, want_grad):
         log_p = torch.log_softmax(b_s, dim=-1)
         log_q = torch.log_softmax(b_u, dim=-1)
-        log_m = log_mixture(log_p, log_q, self.beta)
+        log_m = log_mixture(log_p, log_q, self.jsd_beta)
         p = torch.exp(log_p, out=b_s)
         q = torch.exp(log_q, out=b_u)
         diff_p = log_p.sub_(log_m)
         diff_q = log_q.sub_(log_m)
         k_p = _row_dots(p, diff_p)
-        b_d = self.beta * _row_dots(q, diff_q) + (1.0 - self.beta) * k_p
+        b_d = self.jsd_beta * _row_dots(q, diff_q) + (1.0 - self.jsd_beta) * k_p
         if want_grad:
             # dJSD/ds_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
-            p.mul_(diff_p.sub_(k_p[:, None])).mul_(1.0 - self.beta)
+            p.mul_(diff_p.sub_(k_p[:, None])).mul_(1.0 - self.jsd_beta)
         return b_d
 
 
 # ------------------------------------------------- token log-probs on a tile (fused_logprobs)
 
 
-class TorchLogprobRows:
+class TorchTileLogprobs:
     """log p(label) per row and its gradient in torch. ``write_grad`` turns x into
     1[v = label] - p_v and returns the row scale g / tau."""
 

@@ -132,5 +132,5 @@ def test_pure_torch_row_math_lives_in_torch_path():
                     node.name.startswith("Torch") or node.name.startswith("torch_")):
                 elsewhere.append(f"{p.name}:{node.name}")
     assert elsewhere == []
-    assert {"TorchKLDivFunction", "TorchReverseKL", "TorchLogprobRows",
+    assert {"TorchKLDivFunction", "TorchTileReverseKL", "TorchTileLogprobs",
             "TorchSupportLogprobsFunction", "torch_dense_grad"} <= set(dir(torch_path))

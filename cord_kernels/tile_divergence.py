@@ -1,6 +1,6 @@
 """Per-row divergence math on the (n, V) logits tiles of one chunk of the fused-linear losses.
 
-:class:`DivergenceRows` is the contract the chunk driver (``fused_distill.py``) relies on; each
+:class:`TileDivergence` is the contract the chunk driver (``fused_distill.py``) relies on; each
 divergence (reverse KL, forward KL, generalized JSD) has a torch implementation (in
 ``torch_path.py``, with the rest of the eager math) and a Triton one (here):
 
@@ -27,7 +27,7 @@ import torch
 from cord_kernels._dispatch import Impl
 from cord_kernels.jsd import jsd_bwd, jsd_fwd
 from cord_kernels.kl import kl_bwd, kl_fwd
-from cord_kernels.torch_path import RowState, TorchForwardKL, TorchJSD, TorchReverseKL
+from cord_kernels.torch_path import TileStats, TorchTileForwardKL, TorchTileJSD, TorchTileReverseKL
 
 
 class Divergence(str, enum.Enum):
@@ -41,12 +41,12 @@ class Divergence(str, enum.Enum):
 DIVERGENCES = tuple(d.value for d in Divergence)
 
 
-class DivergenceRows(Protocol):
-    def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True) -> RowState:
+class TileDivergence(Protocol):
+    def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True) -> TileStats:
         """Div per row of the (n, V) student and teacher logits tiles ``s``, ``u``."""
         ...
 
-    def write_grad(self, s: torch.Tensor, u: torch.Tensor, state: RowState,
+    def write_grad(self, s: torch.Tensor, u: torch.Tensor, state: TileStats,
                    g: torch.Tensor) -> torch.Tensor | None:
         """Turns s into dDiv/ds weighted by ``g`` (n,), up to the returned row scale."""
         ...
@@ -55,62 +55,62 @@ class DivergenceRows(Protocol):
 # ------------------------------------------------------------------------------ Triton
 
 
-class TritonReverseKL:
+class TritonTileReverseKL:
     """KL(p || q) through the streaming kernels of ``kl.py``."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
 
-    def stats(self, s, u, want_grad: bool = True) -> RowState:
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
         d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature)
-        return RowState(d, (lse_s, lse_u))
+        return TileStats(d, (lse_s, lse_u))
 
     def write_grad(self, s, u, state, g) -> None:
         kl_bwd(s, u, *state.extra, state.d, g, self.temperature, s, None)
         return None
 
 
-class TritonForwardKL(TritonReverseKL):
+class TritonTileForwardKL(TritonTileReverseKL):
     """KL(q || p): the same kernels with the roles swapped, the gradient going to y = s."""
 
-    def stats(self, s, u, want_grad: bool = True) -> RowState:
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
         d, lse_u, lse_s = kl_fwd(u, s, None, self.temperature)
-        return RowState(d, (lse_u, lse_s))
+        return TileStats(d, (lse_u, lse_s))
 
     def write_grad(self, s, u, state, g) -> None:
         kl_bwd(u, s, *state.extra, state.d, g, self.temperature, None, s)
         return None
 
 
-class TritonJSD:
+class TritonTileJSD:
     """The generalized JSD through the streaming kernels of ``jsd.py``."""
 
-    def __init__(self, temperature: float, beta: float):
-        self.temperature, self.beta = temperature, beta
+    def __init__(self, temperature: float, jsd_beta: float):
+        self.temperature, self.jsd_beta = temperature, jsd_beta
 
-    def stats(self, s, u, want_grad: bool = True) -> RowState:
-        d, stats = jsd_fwd(s, u, self.beta, self.temperature)
-        return RowState(d, (stats,))
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+        d, stats = jsd_fwd(s, u, self.jsd_beta, self.temperature)
+        return TileStats(d, (stats,))
 
     def write_grad(self, s, u, state, g) -> None:
-        jsd_bwd(s, u, state.extra[0], g, self.beta, self.temperature, s, None)
+        jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature, s, None)
         return None
 
 
-def resolve_divergence(divergence: str, beta: float) -> Divergence:
+def resolve_divergence(divergence: str, jsd_beta: float) -> Divergence:
     """The divergence actually computed: the JSD at beta = 0 / 1 is forward / reverse KL."""
     div = Divergence(divergence)
-    if div is Divergence.JSD and beta in (0.0, 1.0):
-        return Divergence.FORWARD_KL if beta == 0.0 else Divergence.REVERSE_KL
+    if div is Divergence.JSD and jsd_beta in (0.0, 1.0):
+        return Divergence.FORWARD_KL if jsd_beta == 0.0 else Divergence.REVERSE_KL
     return div
 
 
-def divergence_rows(divergence: Divergence, beta: float, temperature: float,
-                    impl: Impl) -> DivergenceRows:
+def make_tile_divergence(divergence: Divergence, jsd_beta: float, temperature: float,
+                    impl: Impl) -> TileDivergence:
     if divergence is Divergence.JSD:
-        cls = TritonJSD if impl is Impl.TRITON else TorchJSD
-        return cls(temperature, beta)
+        cls = TritonTileJSD if impl is Impl.TRITON else TorchTileJSD
+        return cls(temperature, jsd_beta)
     if divergence is Divergence.FORWARD_KL:
-        return (TritonForwardKL if impl is Impl.TRITON else TorchForwardKL)(temperature)
-    return (TritonReverseKL if impl is Impl.TRITON else TorchReverseKL)(temperature)
+        return (TritonTileForwardKL if impl is Impl.TRITON else TorchTileForwardKL)(temperature)
+    return (TritonTileReverseKL if impl is Impl.TRITON else TorchTileReverseKL)(temperature)
 
