@@ -29,6 +29,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 
@@ -91,6 +92,48 @@ def native_gemms_work(device: torch.device, dtype: torch.dtype) -> bool:
 def no_autocast(device: torch.device):
     """The losses' GEMMs run with autocast off: their operands are cast explicitly."""
     return torch.autocast(device.type, enabled=False)
+
+
+# ------------------------------------------------------------------------ logit transforms
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """A model's transform between its head and the softmax, applied inside the stream:
+    t = logit_scale * z (Cohere's ``logit_scale``), then t = softcap * tanh(t / softcap)
+    (Gemma 2 / 3n's ``final_logit_softcapping``), z = h @ W.T (+ b). The loss's gradient wrt t
+    times dt/dz = logit_scale (1 - (t / softcap)^2) is its gradient wrt z."""
+
+    logit_scale: float = 1.0
+    softcap: float = 0.0  # 0: none
+
+    @property
+    def needs_factor_tile(self) -> bool:
+        """Whether dt/dz differs per logit (a cap), so it needs a tile of its own."""
+        return bool(self.softcap)
+
+    def apply_(self, tile: torch.Tensor) -> torch.Tensor:
+        """z -> t in place."""
+        if self.logit_scale != 1.0:
+            tile.mul_(self.logit_scale)
+        if self.softcap:
+            tile.div_(self.softcap).tanh_().mul_(self.softcap)
+        return tile
+
+    def grad_factor(self, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """dt/dz per logit from the transformed tile ``t``, written into ``out``; None when it
+        is one number (no cap). Must run before the gradient overwrites ``t``."""
+        if not self.softcap:
+            return None
+        return torch.div(t, self.softcap, out=out).square_().neg_().add_(1.0).mul_(
+            self.logit_scale)
+
+    def chain_(self, grad: torch.Tensor, factor: torch.Tensor | None) -> None:
+        """The gradient wrt t (in place, up to a row scale) becomes the gradient wrt z."""
+        if factor is not None:
+            grad.mul_(factor)
+        elif self.logit_scale != 1.0:
+            grad.mul_(self.logit_scale)
 
 
 # ----------------------------------------------------------------------------- GEMMs
@@ -294,3 +337,15 @@ def check_head(weight, bias, hidden, *, names=("weight", "bias", "student_hidden
 def check_chunk_bytes(chunk_bytes) -> int:
     return DEFAULT_CHUNK_BYTES if chunk_bytes is None else check_positive_int(
         "chunk_bytes", chunk_bytes)
+
+
+def check_transform(softcap, logit_scale) -> tuple[float, float]:
+    """(softcap, logit_scale) as floats, softcap 0 for None; each must be a finite number > 0."""
+    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
+        if value is None and name == "softcap":
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(softcap or 0.0), float(logit_scale)

@@ -57,8 +57,10 @@ from cord_kernels.chunked_head import (
     Chunk,
     Grads,
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
@@ -125,6 +127,7 @@ class DistillParams:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
+    transform: LogitTransform = LogitTransform()  # the model's, on both sides' logits
 
 
 class DistillProblem:
@@ -157,15 +160,19 @@ class DistillProblem:
         self.counts = mask.sum(1).tolist()
         self.index = mask.reshape(-1).nonzero().squeeze(1)
         self.n_valid = int(sum(self.counts))
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 2, self.dtype)
+        self.transform = params.transform
+        # A softcap's dt/dz needs a third tile (see ``grad_factor``).
+        self.n_tiles = 3 if self.transform.needs_factor_tile else 2
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, self.n_tiles, self.dtype)
         self._tiles: torch.Tensor | None = None
 
-    def tiles(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two (n, V) tiles, views of one buffer allocated once per call."""
+    def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
+        """``n_tiles`` (n, V) tiles, views of one buffer allocated once per call."""
         if self._tiles is None or self._tiles.shape[1] < n:
             rows = min(self.max_rows, max(n, self.n_valid))
-            self._tiles = torch.empty(2, rows, self.V, dtype=self.dtype, device=self.device)
-        return self._tiles[0, :n], self._tiles[1, :n]
+            self._tiles = torch.empty(self.n_tiles, rows, self.V, dtype=self.dtype,
+                                      device=self.device)
+        return tuple(t[:n] for t in self._tiles)
 
     def release(self) -> None:
         self._tiles = None
@@ -173,11 +180,17 @@ class DistillProblem:
     def logits(self, index: torch.Tensor):
         """Student and teacher logits tiles (n, V) of the given flat row ids, plus the student
         hidden rows (n, H) for the weight gradient."""
-        s, u = self.tiles(index.numel())
+        s, u = self.tiles(index.numel())[:2]
         h_s = self.head.rows(self.hs, index)
         self.head.project(h_s, s)
         self.teacher_head.project(self.teacher_head.rows(self.ht, index), u)
-        return s, u, h_s
+        return self.transform.apply_(s), self.transform.apply_(u), h_s
+
+    def grad_factor(self, s: torch.Tensor) -> torch.Tensor | None:
+        """dt/dz of the transform at the student tile ``s`` (in the third tile), or None when
+        it is one number; taken before the divergence's row math overwrites ``s``."""
+        return self.transform.grad_factor(s, self.tiles(s.shape[0])[2]) \
+            if self.transform.needs_factor_tile else None
 
     def dense(self, values: torch.Tensor, seq_lo: int = 0, seq_hi: int | None = None,
               pos_lo: int = 0, pos_hi: int | None = None) -> torch.Tensor:
@@ -205,8 +218,10 @@ class DistillProblem:
             hi = min(lo + self.max_rows, n)
             rows = slice(lo, hi) if pos is None else pos[lo:hi]
             s, u, h_s = self.logits(self.index[rows])
+            factor = self.grad_factor(s)
             state = self.divergence.stats(s, u)
             row_scale = self.divergence.write_grad(s, u, state, g[lo:hi].float())
+            self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             self.head.backprop(s, h_s, row_scale, rows, grads)
 
     def grads(self, needs_input_grad) -> Grads:
@@ -231,6 +246,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
     plan = weighting.plan(problem)
     for c in plan:
         s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
+        factor = None if grads is None else problem.grad_factor(s)
         state = problem.divergence.stats(s, u, want_grad=grads is not None)
         d = state.d.float()
         d_all[c.row_lo:c.row_hi] = d
@@ -240,6 +256,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
         w_applied[c.row_lo:c.row_hi] = w
         if grads is not None:
             row_scale = problem.divergence.write_grad(s, u, state, w)  # s <- w dDiv/ds
+            problem.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             problem.head.backprop(s, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
     w_all = weighting.final_weights(problem, d_all)
     if grads is not None and not all(c.whole for c in plan):
@@ -410,14 +427,16 @@ def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | Non
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
                 jsd_beta: float, temperature: float, reduction: str, chunk_bytes: int,
-                impl: str | None, return_per_token: bool, num_items=None):
+                impl: str | None, return_per_token: bool, num_items=None,
+                transform: LogitTransform | None = None):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
     impl = resolve_impl(impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
     t_weight = None if teacher_weight is None else teacher_weight.detach()
     operands = (operand_dtype(student_hidden, weight),
                 operand_dtype(t_hidden, weight if t_weight is None else t_weight))
-    params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands)
+    params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands,
+                           transform or LogitTransform())
     args = (student_hidden, t_hidden, weight, bias, t_weight,
             None if teacher_bias is None else teacher_bias.detach(), mask, weighting, params)
     if reduction == "none":
@@ -451,6 +470,8 @@ def fused_linear_distill_loss(
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     reduction: str = "batchmean",
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
@@ -486,6 +507,11 @@ def fused_linear_distill_loss(
         teacher_weight, teacher_bias: the teacher's own head (V, H_t) and (V,); default: the
             student's head, detached (then H_t must equal H_s).
         temperature: tau > 0, applied to both sides.
+        softcap, logit_scale: the model's logit transform, applied to both sides' logits
+            inside the stream (before tau): t = logit_scale * z, then softcap * tanh(t /
+            softcap). Pass Gemma 2 / 3n's ``final_logit_softcapping`` as ``softcap`` and
+            Cohere's ``logit_scale``: without them such a model's loss is wrong. A teacher
+            with its own head must have the same transform.
         reduction: "batchmean" (sum / B, per sequence) | "sum" | "mean" (sum / valid tokens)
             | "none". TRL's and Liger's losses divide by valid tokens, i.e. our "mean":
             batchmean = mean * mask.sum() / B.
@@ -513,6 +539,7 @@ def fused_linear_distill_loss(
     jsd_beta = check_divergence(divergence, jsd_beta)
     token_weights = check_token_weights(token_weights, mask)
     num_items = check_num_items(num_items_in_batch, reduction)
+    softcap, logit_scale = check_transform(softcap, logit_scale)
     return run_distill(
         student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
         FixedWeights(token_weights), divergence=resolve_divergence(divergence, jsd_beta),
@@ -520,4 +547,5 @@ def fused_linear_distill_loss(
         temperature=check_temperature(temperature), reduction=check_reduction(reduction),
         chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
         return_per_token=check_bool("return_per_token", return_per_token), num_items=num_items,
+        transform=LogitTransform(logit_scale, softcap),
     )

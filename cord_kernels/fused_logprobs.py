@@ -32,8 +32,10 @@ from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Grads,
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
@@ -82,6 +84,7 @@ class FusedLogprobParams:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operand: torch.dtype = torch.float32
+    transform: LogitTransform = LogitTransform()  # the model's logit transform
 
 
 class _LogprobProblem:
@@ -96,15 +99,20 @@ class _LogprobProblem:
         self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
         self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operand, self.dtype)
-        self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature, params.ignore_index) \
+        self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature,
+                                                         params.ignore_index) \
             if params.impl is Impl.TRITON else TorchTileLogprobs(params.temperature)
+        self.transform = params.transform
         flat = labels.reshape(-1)
         self.index = (flat != params.ignore_index).nonzero().squeeze(1)
         self.labels = flat[self.index].long()
         self.n_valid = self.index.numel()
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 1, self.dtype)
+        # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
+        n_tiles = 2 if self.transform.needs_factor_tile else 1
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
         buf_rows = min(self.max_rows, self.n_valid)
-        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
+        self.tiles = torch.empty(n_tiles, buf_rows, self.V, dtype=self.dtype,
+                                 device=self.h.device)
 
     def chunks(self):
         """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
@@ -112,8 +120,14 @@ class _LogprobProblem:
             hi = min(lo + self.max_rows, self.n_valid)
             idx = self.index[lo:hi]
             h = self.head.rows(self.h, idx)
-            x = self.head.project(h, self.tile[:hi - lo])
+            x = self.transform.apply_(self.head.project(h, self.tiles[0, :hi - lo]))
             yield lo, hi, idx, h, x
+
+    def grad_factor(self, x: torch.Tensor) -> torch.Tensor | None:
+        """dt/dz of the transform at the tile ``x`` (in the second tile), or None when it is
+        one number; taken before the gradient overwrites ``x``."""
+        return self.transform.grad_factor(x, self.tiles[1, :x.shape[0]]) \
+            if self.transform.needs_factor_tile else None
 
 
 class FusedTokenLogprobsFunction(torch.autograd.Function):
@@ -145,8 +159,10 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         g_all = grad_out.reshape(-1).float()
         with no_autocast(hidden.device):
             for lo, hi, idx, h, x in problem.chunks():
+                factor = problem.grad_factor(x)
                 row_scale = problem.logprobs.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
-                                                    g_all[idx])
+                                                        g_all[idx])
+                problem.transform.chain_(x, factor)  # dlogp/dt -> dlogp/dz
                 problem.head.backprop(x, h, row_scale, slice(lo, hi), grads)
         gw = grads.weight_or_zeros()
         return (
@@ -168,6 +184,8 @@ def fused_linear_token_logprobs(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     ignore_index: int = -100,
     chunk_bytes: int | None = None,
     impl: str | None = None,
@@ -185,6 +203,10 @@ def fused_linear_token_logprobs(
         weight: (V, H) LM head (gets a gradient, accumulated in fp32); bias: optional (V,).
         labels: (...) integer token ids in [0, V), or ``ignore_index`` (gives 0, no gradient).
         temperature: tau > 0.
+        softcap, logit_scale: the model's logit transform (Gemma 2 / 3n's
+            ``final_logit_softcapping``, Cohere's ``logit_scale``), applied inside the stream:
+            t = logit_scale * z, then softcap * tanh(t / softcap). Without them such a model's
+            log-probs are wrong.
         chunk_bytes: budget for the fp32 logits tile (default 1 GiB: ``chunk_bytes // (4 V)``
             tokens per chunk).
         impl: "triton", "torch" or None.
@@ -210,6 +232,8 @@ def fused_linear_token_logprobs(
     if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
         raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
+    softcap, logit_scale = check_transform(softcap, logit_scale)
     params = FusedLogprobParams(temperature, ignore_index, chunk_bytes,
-                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight))
+                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight),
+                                LogitTransform(logit_scale, softcap))
     return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

@@ -28,9 +28,7 @@ sparse losses) and the public function.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
@@ -40,8 +38,10 @@ from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Grads,
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
@@ -133,12 +133,7 @@ class SparseHeadProblem:
 
     def transform(self, tile: torch.Tensor) -> torch.Tensor:
         """The model's logit transform, in place: scale, then softcap."""
-        p = self.params
-        if p.logit_scale != 1.0:
-            tile.mul_(p.logit_scale)
-        if p.softcap:
-            tile.div_(p.softcap).tanh_().mul_(p.softcap)
-        return tile
+        return LogitTransform(self.params.logit_scale, self.params.softcap).apply_(tile)
 
     def logits(self, lo: int, hi: int):
         """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
@@ -252,17 +247,6 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
             problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
         gh, gw, gb = _head_grads(grads, problem, hidden, weight, bias)
         return gh, gw, gb, None, None, None
-
-
-def check_transform(softcap, logit_scale) -> tuple[float, float]:
-    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
-        if value is None and name == "softcap":
-            continue
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(softcap or 0.0), float(logit_scale)
 
 
 def fused_linear_sparse_teacher_loss(
