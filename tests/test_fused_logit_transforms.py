@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import rel_err
 
+import cord_kernels as ck
 from cord_kernels import (
     cord_token_loss,
     fused_linear_cord_token_loss,
@@ -132,3 +133,31 @@ def test_bad_transform_options(call, bad, err, match):
     w = torch.randn(11, 8)
     with pytest.raises(err, match=match):
         call(h, w, impl="torch", **bad)
+
+
+def test_modules_hold_the_transform_and_return_per_token():
+    """The nn.Module wrappers pass softcap / logit_scale (and CordTokenLoss return_per_token)
+    to their functions."""
+    g = torch.Generator().manual_seed(1)
+    hs, ht = torch.randn(2, 2, 5, 8, generator=g)
+    w = torch.randn(V, 8, generator=g) * 2
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    labels = torch.randint(0, V, (2, 5), generator=g)
+    cap = dict(softcap=1.5, logit_scale=0.8)
+    pairs = [
+        (ck.FusedLinearDistillLoss(divergence="jsd", impl="torch", **cap)(hs, ht, w, mask),
+         fused_linear_distill_loss(hs, ht, w, mask, divergence="jsd", impl="torch", **cap)),
+        (ck.FusedLinearCordTokenLoss(impl="torch", **cap)(hs, ht, w, mask),
+         fused_linear_cord_token_loss(hs, ht, w, mask, impl="torch", **cap)),
+        (ck.FusedLinearTokenLogprobs(impl="torch", **cap)(hs, w, labels),
+         fused_linear_token_logprobs(hs, w, labels, impl="torch", **cap)),
+    ]
+    for got, expect in pairs:
+        torch.testing.assert_close(got, expect)
+    assert rel_err(pairs[1][0], fused_linear_cord_token_loss(hs, ht, w, mask, impl="torch")) > 1e-3
+    s, u = hs @ w.T, ht @ w.T
+    loss, d = ck.CordTokenLoss(return_per_token=True, impl="torch")(s, u, mask)
+    torch.testing.assert_close(loss, cord_token_loss(s, u, mask, impl="torch"))
+    torch.testing.assert_close(d, ck.reverse_kl(s, u, impl="torch"))
+    with pytest.raises(ValueError, match="softcap must be a finite number > 0"):
+        ck.FusedLinearTokenLogprobs(softcap=-2.0)
