@@ -23,6 +23,11 @@ than a chunk is cut into pieces done with a provisional weight, and once all its
 the rows whose final weight differs get the missing gradient from a recompute of just those
 rows (4 small GEMMs).
 
+Logit transforms (Gemma 2 / 3n's ``final_logit_softcapping``, Cohere's ``logit_scale``) are
+applied to both tiles right after the GEMMs (``chunked_head.LogitTransform``); step 4's
+gradient wrt the transformed logits is then multiplied by the transform's derivative, read
+from the student tile before the row math overwrites it (a third tile, with a softcap only).
+
 ``reduction="none"`` returns (B, T) w_t Div_t. Its per-token cotangent is unknown in forward,
 and grad_W = sum_t g_t w_t (dDiv_t/ds_t)^T h_t cannot be formed without it, so forward computes
 Div only (2 GEMMs) and backward recomputes both projections (4 GEMMs): 6 GEMMs in all.
