@@ -442,18 +442,18 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
                 operand_dtype(t_hidden, weight if t_weight is None else t_weight))
     params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands,
                            transform or LogitTransform())
-    args = (student_hidden, t_hidden, weight, bias, t_weight,
-            None if teacher_bias is None else teacher_bias.detach(), mask, weighting, params)
+    tensors = (student_hidden, t_hidden, weight, bias, t_weight,
+               None if teacher_bias is None else teacher_bias.detach(), mask)
     if reduction == "none":
-        loss, per_token = FusedDistillPerTokenFunction.apply(*args)
+        loss, per_token = FusedDistillPerTokenFunction.apply(*tensors, weighting, params)
     else:
         differentiable = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (student_hidden, weight, bias))
         if differentiable:
-            total, per_token = FusedDistillSumFunction.apply(*args)
+            total, per_token = FusedDistillSumFunction.apply(*tensors, weighting, params)
         else:  # evaluation: the 2 projection GEMMs only
             with no_autocast(student_hidden.device):
-                problem = DistillProblem(*args[:7], params)
+                problem = DistillProblem(*tensors, params)
                 total, d, _ = weighted_sum(problem, weighting, None)
             per_token = problem.dense(d)
         loss = reduce_total(total, mask, reduction, num_items)

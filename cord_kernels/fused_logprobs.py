@@ -111,8 +111,8 @@ class _LogprobProblem:
         n_tiles = 2 if self.transform.needs_factor_tile else 1
         self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
         buf_rows = min(self.max_rows, self.n_valid)
-        self.tiles = torch.empty(n_tiles, buf_rows, self.V, dtype=self.dtype,
-                                 device=self.h.device)
+        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
+        self._factor: torch.Tensor | None = None
 
     def chunks(self):
         """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
@@ -120,14 +120,17 @@ class _LogprobProblem:
             hi = min(lo + self.max_rows, self.n_valid)
             idx = self.index[lo:hi]
             h = self.head.rows(self.h, idx)
-            x = self.transform.apply_(self.head.project(h, self.tiles[0, :hi - lo]))
+            x = self.transform.apply_(self.head.project(h, self.tile[:hi - lo]))
             yield lo, hi, idx, h, x
 
     def grad_factor(self, x: torch.Tensor) -> torch.Tensor | None:
-        """dt/dz of the transform at the tile ``x`` (in the second tile), or None when it is
-        one number; taken before the gradient overwrites ``x``."""
-        return self.transform.grad_factor(x, self.tiles[1, :x.shape[0]]) \
-            if self.transform.needs_factor_tile else None
+        """dt/dz of the transform at the tile ``x`` (in a second tile, allocated by backward
+        only), or None when it is one number; taken before the gradient overwrites ``x``."""
+        if not self.transform.needs_factor_tile:
+            return None
+        if self._factor is None:
+            self._factor = torch.empty_like(self.tile)
+        return self.transform.grad_factor(x, self._factor[:x.shape[0]])
 
 
 class FusedTokenLogprobsFunction(torch.autograd.Function):
