@@ -4,8 +4,8 @@
 divergence (reverse KL, forward KL, generalized JSD) has a torch implementation (in
 ``torch_path.py``, with the rest of the eager math) and a Triton one (here):
 
-    state = rows.stats(s, u, want_grad)    state.d: (n,) fp32 divergence per row
-    row_scale = rows.write_grad(s, u, state, g)
+    state = div.stats(s, u, want_grad)     state.d: (n,) fp32 divergence per row
+    row_scale = div.write_grad(s, u, state, g)
         afterwards diag(row_scale) @ s = diag(g) dDiv/ds (row_scale None: s holds it itself)
 
 The torch versions destroy the tiles in ``stats``: while each row block is still in cache they
@@ -35,13 +35,15 @@ class Divergence(str, enum.Enum):
 
     REVERSE_KL = "reverse_kl"  # KL(p || q)
     FORWARD_KL = "forward_kl"  # KL(q || p)
-    JSD = "jsd"  # beta KL(q || m) + (1 - beta) KL(p || m), m = (1 - beta) p + beta q
+    JSD = "jsd"  # b KL(q || m) + (1 - b) KL(p || m), m = (1 - b) p + b q, b = jsd_beta
 
 
 DIVERGENCES = tuple(d.value for d in Divergence)
 
 
 class TileDivergence(Protocol):
+    """One divergence's row math on a chunk's tiles (a strategy: torch or Triton)."""
+
     def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True) -> TileStats:
         """Div per row of the (n, V) student and teacher logits tiles ``s``, ``u``."""
         ...
