@@ -13,6 +13,7 @@ import torch
 from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._rows import check_inplace_backward
 from cord_kernels._validation import (
+    check_bool,
     check_inplace_backward_option,
     check_logits_pair,
     check_mask_or_labels,
@@ -53,9 +54,10 @@ def cord_token_loss(
     temperature: float = 1.0,
     reduction: str = "batchmean",
     num_items_in_batch: int | torch.Tensor | None = None,
+    return_per_token: bool = False,
     inplace_backward: bool = False,
     impl: str | None = None,
-) -> torch.Tensor:
+):
     """CORD weighted reverse-KL token loss.
 
         D_t = KL(softmax(s_t/tau) || softmax(u_t/tau)),  w = cord_weights(D, mask)
@@ -77,9 +79,15 @@ def cord_token_loss(
         num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
             returns sum w D / num_items_in_batch, so that gradient accumulation gives the
             full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
+        return_per_token: also return D, the detached (B, T) fp32 reverse KL, 0 where masked
+            (what a trainer logs, without reading the logits again).
         inplace_backward: Triton path: write the gradient into ``student_logits``' storage
             (ignored where impl=None picks the torch path; an error with impl="torch").
         impl: "triton", "torch" or None.
+
+    Returns:
+        fp32 scalar, or (B, T) fp32 for ``reduction="none"``; ``(loss, D)`` with
+        ``return_per_token=True``.
 
     Example:
         >>> loss = cord_token_loss(student_logits, teacher_logits.detach(), completion_mask)
@@ -93,10 +101,11 @@ def cord_token_loss(
     mask = check_mask_or_labels(mask, labels, ignore_index, tuple(student_logits.shape[:2]),
                                 like="student_logits")
     check_same_device(("student_logits", student_logits), ("mask", mask))
-    top_k, alpha, beta, temperature, reduction = check_cord_options(
+    top_k, alpha, position_beta, temperature, reduction = check_cord_options(
         top_k, alpha, beta, temperature, reduction
     )
     num_items = check_num_items(num_items_in_batch, reduction)
+    return_per_token = check_bool("return_per_token", return_per_token)
     check_inplace_backward_option(inplace_backward, impl)
     if resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
@@ -105,5 +114,8 @@ def cord_token_loss(
         check_inplace_backward("student_logits", student_logits, inplace_backward)
         d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
                         inplace_backward=inplace_backward)
-    w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=beta)
-    return reduce_weighted(w * d, mask, reduction, num_items)
+    w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=position_beta)
+    loss = reduce_weighted(w * d, mask, reduction, num_items)
+    if return_per_token:
+        return loss, torch.where(mask, d.detach(), 0.0)
+    return loss

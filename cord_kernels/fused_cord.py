@@ -17,14 +17,20 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels._validation import check_bool, check_num_items
+from cord_kernels.chunked_head import (
+    Chunk,
+    LogitTransform,
+    check_chunk_bytes,
+    check_transform,
+    plan_chunks,
+)
 from cord_kernels.cord_token_loss import check_cord_options
-from cord_kernels.divergence_rows import Divergence
 from cord_kernels.fused_distill import (
     DistillProblem,
     check_distill_inputs,
     run_distill,
 )
-from cord_kernels.fused_linear import Chunk, check_chunk_bytes, plan_chunks
+from cord_kernels.tile_divergence import Divergence
 from cord_kernels.weights import cord_weights
 
 
@@ -34,7 +40,7 @@ class CordWeighting:
 
     top_k: int = 20
     alpha: float = 2.0
-    beta: float = 2.0
+    position_beta: float = 2.0
 
     def plan(self, problem: DistillProblem) -> list[Chunk]:
         return plan_chunks(problem.counts, problem.max_rows)
@@ -42,7 +48,7 @@ class CordWeighting:
     def _weights(self, problem, d, seq_lo, seq_hi, pos_lo, pos_hi, top_k, alpha):
         dense = problem.dense(d, seq_lo, seq_hi, pos_lo, pos_hi)
         w = cord_weights(dense, problem.mask[seq_lo:seq_hi], top_k=top_k, alpha=alpha,
-                         beta=self.beta)
+                         beta=self.position_beta)
         return w.view(-1)[problem.index[pos_lo:pos_hi] - seq_lo * problem.T]
 
     def chunk_weights(self, problem, d, chunk: Chunk) -> torch.Tensor:
@@ -71,6 +77,8 @@ def fused_linear_cord_token_loss(
     alpha: float = 2.0,
     beta: float = 2.0,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     reduction: str = "batchmean",
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
@@ -107,6 +115,10 @@ def fused_linear_cord_token_loss(
         top_k, alpha, beta: CORD weights (``alpha = beta = 1`` is uniform on-policy
             distillation).
         temperature: tau > 0, applied to both branches.
+        softcap, logit_scale: the model's logit transform (Gemma 2 / 3n's
+            ``final_logit_softcapping``, Cohere's ``logit_scale``), applied to both branches'
+            logits inside the stream: t = logit_scale * z, then softcap * tanh(t / softcap).
+            Without them such a model's loss is wrong.
         reduction: "batchmean" | "sum" | "mean" | "none", as in :func:`cord_token_loss`:
             batchmean divides by the B sequences, TRL by valid tokens (our "mean"), and
             batchmean = mean * mask.sum() / B.
@@ -130,14 +142,16 @@ def fused_linear_cord_token_loss(
     """
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                 teacher_bias, mask, labels, ignore_index)
-    top_k, alpha, beta, temperature, reduction = check_cord_options(
+    top_k, alpha, position_beta, temperature, reduction = check_cord_options(
         top_k, alpha, beta, temperature, reduction
     )
     num_items = check_num_items(num_items_in_batch, reduction)
+    softcap, logit_scale = check_transform(softcap, logit_scale)
     return run_distill(
         student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        CordWeighting(top_k, alpha, beta), divergence=Divergence.REVERSE_KL, beta=0.5,
+        CordWeighting(top_k, alpha, position_beta), divergence=Divergence.REVERSE_KL,
+        jsd_beta=0.5,
         temperature=temperature, reduction=reduction, chunk_bytes=check_chunk_bytes(chunk_bytes),
         impl=impl, return_per_token=check_bool("return_per_token", return_per_token),
-        num_items=num_items,
+        num_items=num_items, transform=LogitTransform(logit_scale, softcap),
     )

@@ -6,7 +6,7 @@
 4 GEMMs in all (SPEC section 3) for the scalar reductions: for each chunk of valid tokens
 
     1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)               2 GEMMs into fp32 tiles
-    2. Div_t per row (``divergence_rows.py``)
+    2. Div_t per row (``tile_divergence.py``)
     3. the weights w of the chunk's rows (``TokenWeighting``)
     4. w_t dDiv_t/ds_t overwrites the student tile in place: ds
     5. grad_h = ds @ W,  grad_W += ds.T @ h_s,  grad_b += sum_rows ds       2 GEMMs
@@ -22,6 +22,11 @@ need every D of a sequence for its top-K, so its chunks hold WHOLE sequences; a 
 than a chunk is cut into pieces done with a provisional weight, and once all its D are known
 the rows whose final weight differs get the missing gradient from a recompute of just those
 rows (4 small GEMMs).
+
+Logit transforms (Gemma 2 / 3n's ``final_logit_softcapping``, Cohere's ``logit_scale``) are
+applied to both tiles right after the GEMMs (``chunked_head.LogitTransform``); step 4's
+gradient wrt the transformed logits is then multiplied by the transform's derivative, read
+from the student tile before the row math overwrites it (a third tile, with a softcap only).
 
 ``reduction="none"`` returns (B, T) w_t Div_t. Its per-token cotangent is unknown in forward,
 and grad_W = sum_t g_t w_t (dDiv_t/ds_t)^T h_t cannot be formed without it, so forward computes
@@ -52,25 +57,27 @@ from cord_kernels._validation import (
     check_tensor,
     check_unit,
 )
-from cord_kernels.divergence_rows import (
-    DIVERGENCES,
-    Divergence,
-    divergence_rows,
-    resolve_divergence,
-)
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Chunk,
     Grads,
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
     rows_per_chunk,
 )
 from cord_kernels.reduction import reduce_total
+from cord_kernels.tile_divergence import (
+    DIVERGENCES,
+    Divergence,
+    make_tile_divergence,
+    resolve_divergence,
+)
 
 # ----------------------------------------------------------------------------- weighting
 
@@ -120,11 +127,12 @@ class FixedWeights:
 @dataclass(frozen=True)
 class DistillParams:
     divergence: Divergence = Divergence.REVERSE_KL
-    beta: float = 0.5  # the JSD's
+    jsd_beta: float = 0.5
     temperature: float = 1.0
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
+    transform: LogitTransform = LogitTransform()  # the model's, on both sides' logits
 
 
 class DistillProblem:
@@ -151,21 +159,25 @@ class DistillProblem:
             self.teacher_head = LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
-        self.rows = divergence_rows(params.divergence, params.beta, params.temperature,
-                                    params.impl)
+        self.divergence = make_tile_divergence(params.divergence, params.jsd_beta,
+                                               params.temperature, params.impl)
         # The one host sync: which rows are valid, and how many per sequence.
         self.counts = mask.sum(1).tolist()
         self.index = mask.reshape(-1).nonzero().squeeze(1)
         self.n_valid = int(sum(self.counts))
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 2, self.dtype)
+        self.transform = params.transform
+        # A softcap's dt/dz needs a third tile (see ``grad_factor``).
+        self.n_tiles = 3 if self.transform.needs_factor_tile else 2
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, self.n_tiles, self.dtype)
         self._tiles: torch.Tensor | None = None
 
-    def tiles(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two (n, V) tiles, views of one buffer allocated once per call."""
+    def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
+        """``n_tiles`` (n, V) tiles, views of one buffer allocated once per call."""
         if self._tiles is None or self._tiles.shape[1] < n:
             rows = min(self.max_rows, max(n, self.n_valid))
-            self._tiles = torch.empty(2, rows, self.V, dtype=self.dtype, device=self.device)
-        return self._tiles[0, :n], self._tiles[1, :n]
+            self._tiles = torch.empty(self.n_tiles, rows, self.V, dtype=self.dtype,
+                                      device=self.device)
+        return tuple(t[:n] for t in self._tiles)
 
     def release(self) -> None:
         self._tiles = None
@@ -173,11 +185,17 @@ class DistillProblem:
     def logits(self, index: torch.Tensor):
         """Student and teacher logits tiles (n, V) of the given flat row ids, plus the student
         hidden rows (n, H) for the weight gradient."""
-        s, u = self.tiles(index.numel())
+        s, u = self.tiles(index.numel())[:2]
         h_s = self.head.rows(self.hs, index)
         self.head.project(h_s, s)
         self.teacher_head.project(self.teacher_head.rows(self.ht, index), u)
-        return s, u, h_s
+        return self.transform.apply_(s), self.transform.apply_(u), h_s
+
+    def grad_factor(self, s: torch.Tensor) -> torch.Tensor | None:
+        """dt/dz of the transform at the student tile ``s`` (in the third tile), or None when
+        it is one number; taken before the divergence's row math overwrites ``s``."""
+        return self.transform.grad_factor(s, self.tiles(s.shape[0])[2]) \
+            if self.transform.needs_factor_tile else None
 
     def dense(self, values: torch.Tensor, seq_lo: int = 0, seq_hi: int | None = None,
               pos_lo: int = 0, pos_hi: int | None = None) -> torch.Tensor:
@@ -194,7 +212,7 @@ class DistillProblem:
         for lo in range(0, self.n_valid, self.max_rows):
             hi = min(lo + self.max_rows, self.n_valid)
             s, u, _ = self.logits(self.index[lo:hi])
-            d[lo:hi] = self.rows.stats(s, u, want_grad=False).d
+            d[lo:hi] = self.divergence.stats(s, u, want_grad=False).d
         return d
 
     def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: Grads) -> None:
@@ -205,8 +223,10 @@ class DistillProblem:
             hi = min(lo + self.max_rows, n)
             rows = slice(lo, hi) if pos is None else pos[lo:hi]
             s, u, h_s = self.logits(self.index[rows])
-            state = self.rows.stats(s, u)
-            row_scale = self.rows.write_grad(s, u, state, g[lo:hi].float())
+            factor = self.grad_factor(s)
+            state = self.divergence.stats(s, u)
+            row_scale = self.divergence.write_grad(s, u, state, g[lo:hi].float())
+            self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             self.head.backprop(s, h_s, row_scale, rows, grads)
 
     def grads(self, needs_input_grad) -> Grads:
@@ -231,7 +251,8 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
     plan = weighting.plan(problem)
     for c in plan:
         s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
-        state = problem.rows.stats(s, u, want_grad=grads is not None)
+        factor = None if grads is None else problem.grad_factor(s)
+        state = problem.divergence.stats(s, u, want_grad=grads is not None)
         d = state.d.float()
         d_all[c.row_lo:c.row_hi] = d
         w = weighting.chunk_weights(problem, d, c)
@@ -239,7 +260,8 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
             provisional[c.row_lo:c.row_hi] = True
         w_applied[c.row_lo:c.row_hi] = w
         if grads is not None:
-            row_scale = problem.rows.write_grad(s, u, state, w)  # s <- w dDiv/ds
+            row_scale = problem.divergence.write_grad(s, u, state, w)  # s <- w dDiv/ds
+            problem.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             problem.head.backprop(s, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
     w_all = weighting.final_weights(problem, d_all)
     if grads is not None and not all(c.whole for c in plan):
@@ -265,13 +287,11 @@ class FusedDistillSumFunction(torch.autograd.Function):
     (4 GEMMs), scaled by the cotangent in backward."""
 
     @staticmethod
-    def forward(ctx, *args):
-        # args: student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-        # mask, weighting (a TokenWeighting), params (DistillParams)
-        student_hidden, _, weight, bias = args[:4]
-        weighting, params = args[7:]
+    def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+                mask, weighting: TokenWeighting, params: DistillParams):
         with no_autocast(student_hidden.device):
-            problem = DistillProblem(*args[:7], params)
+            problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
+                                     teacher_weight, teacher_bias, mask, params)
             grads = problem.grads(ctx.needs_input_grad)
             total, d, _ = weighted_sum(problem, weighting, grads)
         # Kept in fp32 until backward has scaled them, then cast to the inputs' dtypes.
@@ -304,15 +324,16 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
     cotangent weighs grad_W."""
 
     @staticmethod
-    def forward(ctx, *args):
-        # args: as FusedDistillSumFunction's
-        weighting, params = args[7:]
-        with no_autocast(args[0].device):
-            problem = DistillProblem(*args[:7], params)
+    def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+                mask, weighting: TokenWeighting, params: DistillParams):
+        tensors = (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
+                   mask)
+        with no_autocast(student_hidden.device):
+            problem = DistillProblem(*tensors, params)
             d = problem.div_rows()
             w = weighting.final_weights(problem, d)
             problem.release()
-        ctx.save_for_backward(*args[:7], w)
+        ctx.save_for_backward(*tensors, w)
         ctx.params = params
         per_token = problem.dense(d)
         ctx.mark_non_differentiable(per_token)
@@ -379,11 +400,11 @@ def check_divergence(divergence, jsd_beta) -> float:
     would be silently unused, so that is an error."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    beta = check_unit("jsd_beta", jsd_beta)
-    if divergence != "jsd" and beta != 0.5:
+    jsd_beta = check_unit("jsd_beta", jsd_beta)
+    if divergence != "jsd" and jsd_beta != 0.5:
         raise ValueError(f"jsd_beta={jsd_beta!r} is used by divergence='jsd' only, got "
                          f"divergence={divergence!r}; pass divergence='jsd' or drop jsd_beta")
-    return beta
+    return jsd_beta
 
 
 def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
@@ -410,27 +431,29 @@ def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | Non
 
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
-                beta: float, temperature: float, reduction: str, chunk_bytes: int,
-                impl: str | None, return_per_token: bool, num_items=None):
+                jsd_beta: float, temperature: float, reduction: str, chunk_bytes: int,
+                impl: str | None, return_per_token: bool, num_items=None,
+                transform: LogitTransform | None = None):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
     impl = resolve_impl(impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
     t_weight = None if teacher_weight is None else teacher_weight.detach()
     operands = (operand_dtype(student_hidden, weight),
                 operand_dtype(t_hidden, weight if t_weight is None else t_weight))
-    params = DistillParams(divergence, beta, temperature, chunk_bytes, impl, operands)
-    args = (student_hidden, t_hidden, weight, bias, t_weight,
-            None if teacher_bias is None else teacher_bias.detach(), mask, weighting, params)
+    params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands,
+                           transform or LogitTransform())
+    tensors = (student_hidden, t_hidden, weight, bias, t_weight,
+               None if teacher_bias is None else teacher_bias.detach(), mask)
     if reduction == "none":
-        loss, per_token = FusedDistillPerTokenFunction.apply(*args)
+        loss, per_token = FusedDistillPerTokenFunction.apply(*tensors, weighting, params)
     else:
         differentiable = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (student_hidden, weight, bias))
         if differentiable:
-            total, per_token = FusedDistillSumFunction.apply(*args)
+            total, per_token = FusedDistillSumFunction.apply(*tensors, weighting, params)
         else:  # evaluation: the 2 projection GEMMs only
             with no_autocast(student_hidden.device):
-                problem = DistillProblem(*args[:7], params)
+                problem = DistillProblem(*tensors, params)
                 total, d, _ = weighted_sum(problem, weighting, None)
             per_token = problem.dense(d)
         loss = reduce_total(total, mask, reduction, num_items)
@@ -452,6 +475,8 @@ def fused_linear_distill_loss(
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     reduction: str = "batchmean",
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
@@ -487,6 +512,11 @@ def fused_linear_distill_loss(
         teacher_weight, teacher_bias: the teacher's own head (V, H_t) and (V,); default: the
             student's head, detached (then H_t must equal H_s).
         temperature: tau > 0, applied to both sides.
+        softcap, logit_scale: the model's logit transform, applied to both sides' logits
+            inside the stream (before tau): t = logit_scale * z, then softcap * tanh(t /
+            softcap). Pass Gemma 2 / 3n's ``final_logit_softcapping`` as ``softcap`` and
+            Cohere's ``logit_scale``: without them such a model's loss is wrong. A teacher
+            with its own head must have the same transform.
         reduction: "batchmean" (sum / B, per sequence) | "sum" | "mean" (sum / valid tokens)
             | "none". TRL's and Liger's losses divide by valid tokens, i.e. our "mean":
             batchmean = mean * mask.sum() / B.
@@ -511,13 +541,16 @@ def fused_linear_distill_loss(
     """
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                 teacher_bias, mask, labels, ignore_index)
-    beta = check_divergence(divergence, jsd_beta)
+    jsd_beta = check_divergence(divergence, jsd_beta)
     token_weights = check_token_weights(token_weights, mask)
     num_items = check_num_items(num_items_in_batch, reduction)
+    softcap, logit_scale = check_transform(softcap, logit_scale)
     return run_distill(
         student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        FixedWeights(token_weights), divergence=resolve_divergence(divergence, beta), beta=beta,
+        FixedWeights(token_weights), divergence=resolve_divergence(divergence, jsd_beta),
+        jsd_beta=jsd_beta,
         temperature=check_temperature(temperature), reduction=check_reduction(reduction),
         chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
         return_per_token=check_bool("return_per_token", return_per_token), num_items=num_items,
+        transform=LogitTransform(logit_scale, softcap),
     )

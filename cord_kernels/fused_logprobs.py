@@ -5,11 +5,11 @@ projects each chunk once and keeps lse per row (1 GEMM); backward recomputes the
 logits and turns them into the gradient in place (3 GEMMs): 4 GEMMs in all. Rows whose label
 is ``ignore_index`` are never projected.
 
-The per-row math follows :class:`LogprobRows`, in torch (row blocks, as in
-``divergence_rows.py``) or through the streaming kernels of ``token_logprobs.py``.
+The per-row math follows :class:`TileLogprobs`, in torch (row blocks, in
+``torch_path.py``) or through the streaming kernels of ``token_logprobs.py``.
 
-Layout: the row-math protocol and its two versions, the problem, the autograd Function, the
-public function.
+Layout: the row-math protocol and its Triton version (the torch one is in ``torch_path.py``),
+the problem, the autograd Function, the public function.
 """
 
 from __future__ import annotations
@@ -28,22 +28,24 @@ from cord_kernels._validation import (
     check_temperature,
     check_tensor,
 )
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Grads,
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
-    row_block,
     rows_per_chunk,
 )
 from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
+from cord_kernels.torch_path import TorchTileLogprobs
 
 
-class LogprobRows(Protocol):
+class TileLogprobs(Protocol):
     """Per-row math of the log-prob loss on an (n, V) logits tile ``x`` of one chunk."""
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor
@@ -57,38 +59,7 @@ class LogprobRows(Protocol):
         ...
 
 
-class TorchLogprobRows:
-    """log p(label) per row and its gradient in torch. ``write_grad`` turns x into
-    1[v = label] - p_v and returns the row scale g / tau."""
-
-    def __init__(self, temperature: float):
-        self.inv_t = 1.0 / temperature
-
-    def forward(self, x, labels):
-        n = x.shape[0]
-        lse = torch.empty(n, dtype=x.dtype, device=x.device)
-        r = row_block(x.shape[1])
-        for a in range(0, n, r):
-            b_x = x[a:a + r]
-            if self.inv_t != 1.0:
-                b_x.mul_(self.inv_t)
-            lse[a:a + r] = torch.logsumexp(b_x, dim=-1)
-        picked = x.gather(1, labels.unsqueeze(1)).squeeze(1)
-        return picked - lse, lse
-
-    def write_grad(self, x, labels, lse, g) -> torch.Tensor:
-        r = row_block(x.shape[1])
-        for a in range(0, x.shape[0], r):
-            # dlogp/dx_v = (1/tau) (1[v = label] - p_v): -p_v here, the label below.
-            b_x = x[a:a + r]
-            if self.inv_t != 1.0:
-                b_x.mul_(self.inv_t)
-            b_x.sub_(lse[a:a + r, None]).exp_().neg_()
-        x.scatter_add_(1, labels.unsqueeze(1), torch.ones_like(labels, dtype=x.dtype)[:, None])
-        return g * self.inv_t
-
-
-class TritonLogprobRows:
+class TritonTileLogprobs:
     """The same contract through the streaming kernels of ``token_logprobs.py``."""
 
     def __init__(self, temperature: float, ignore_index: int):
@@ -113,6 +84,7 @@ class FusedLogprobParams:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operand: torch.dtype = torch.float32
+    transform: LogitTransform = LogitTransform()  # the model's logit transform
 
 
 class _LogprobProblem:
@@ -127,15 +99,20 @@ class _LogprobProblem:
         self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
         self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operand, self.dtype)
-        self.rows: LogprobRows = TritonLogprobRows(params.temperature, params.ignore_index) \
-            if params.impl is Impl.TRITON else TorchLogprobRows(params.temperature)
+        self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature,
+                                                         params.ignore_index) \
+            if params.impl is Impl.TRITON else TorchTileLogprobs(params.temperature)
+        self.transform = params.transform
         flat = labels.reshape(-1)
         self.index = (flat != params.ignore_index).nonzero().squeeze(1)
         self.labels = flat[self.index].long()
         self.n_valid = self.index.numel()
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, 1, self.dtype)
+        # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
+        n_tiles = 2 if self.transform.needs_factor_tile else 1
+        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
         buf_rows = min(self.max_rows, self.n_valid)
         self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
+        self._factor: torch.Tensor | None = None
 
     def chunks(self):
         """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
@@ -143,8 +120,17 @@ class _LogprobProblem:
             hi = min(lo + self.max_rows, self.n_valid)
             idx = self.index[lo:hi]
             h = self.head.rows(self.h, idx)
-            x = self.head.project(h, self.tile[:hi - lo])
+            x = self.transform.apply_(self.head.project(h, self.tile[:hi - lo]))
             yield lo, hi, idx, h, x
+
+    def grad_factor(self, x: torch.Tensor) -> torch.Tensor | None:
+        """dt/dz of the transform at the tile ``x`` (in a second tile, allocated by backward
+        only), or None when it is one number; taken before the gradient overwrites ``x``."""
+        if not self.transform.needs_factor_tile:
+            return None
+        if self._factor is None:
+            self._factor = torch.empty_like(self.tile)
+        return self.transform.grad_factor(x, self._factor[:x.shape[0]])
 
 
 class FusedTokenLogprobsFunction(torch.autograd.Function):
@@ -158,7 +144,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         lse_parts = []
         with no_autocast(hidden.device):
             for lo, hi, idx, _, x in problem.chunks():
-                logp, lse = problem.rows.forward(x, problem.labels[lo:hi])
+                logp, lse = problem.logprobs.forward(x, problem.labels[lo:hi])
                 out[idx] = logp.float()
                 lse_parts.append(lse)
         lse = torch.cat(lse_parts) if lse_parts else None
@@ -176,8 +162,10 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         g_all = grad_out.reshape(-1).float()
         with no_autocast(hidden.device):
             for lo, hi, idx, h, x in problem.chunks():
-                row_scale = problem.rows.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
-                                                    g_all[idx])
+                factor = problem.grad_factor(x)
+                row_scale = problem.logprobs.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
+                                                        g_all[idx])
+                problem.transform.chain_(x, factor)  # dlogp/dt -> dlogp/dz
                 problem.head.backprop(x, h, row_scale, slice(lo, hi), grads)
         gw = grads.weight_or_zeros()
         return (
@@ -199,6 +187,8 @@ def fused_linear_token_logprobs(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     ignore_index: int = -100,
     chunk_bytes: int | None = None,
     impl: str | None = None,
@@ -216,6 +206,10 @@ def fused_linear_token_logprobs(
         weight: (V, H) LM head (gets a gradient, accumulated in fp32); bias: optional (V,).
         labels: (...) integer token ids in [0, V), or ``ignore_index`` (gives 0, no gradient).
         temperature: tau > 0.
+        softcap, logit_scale: the model's logit transform (Gemma 2 / 3n's
+            ``final_logit_softcapping``, Cohere's ``logit_scale``), applied inside the stream:
+            t = logit_scale * z, then softcap * tanh(t / softcap). Without them such a model's
+            log-probs are wrong.
         chunk_bytes: budget for the fp32 logits tile (default 1 GiB: ``chunk_bytes // (4 V)``
             tokens per chunk).
         impl: "triton", "torch" or None.
@@ -241,6 +235,8 @@ def fused_linear_token_logprobs(
     if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
         raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
+    softcap, logit_scale = check_transform(softcap, logit_scale)
     params = FusedLogprobParams(temperature, ignore_index, chunk_bytes,
-                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight))
+                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight),
+                                LogitTransform(logit_scale, softcap))
     return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

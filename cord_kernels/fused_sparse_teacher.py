@@ -28,26 +28,26 @@ sparse losses) and the public function.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
 from cord_kernels._dispatch import Impl, resolve_impl
 from cord_kernels._validation import check_float, check_mask, check_tensor
-from cord_kernels.fused_distill import _head_grads, check_token_weights
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     DEFAULT_CHUNK_BYTES,
     Grads,
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
     rows_per_chunk,
 )
+from cord_kernels.fused_distill import _head_grads, check_token_weights
 from cord_kernels.reduction import reduce_total
 from cord_kernels.sparse_options import (
     SparseOptions,
@@ -55,13 +55,8 @@ from cord_kernels.sparse_options import (
     check_topk_pair,
 )
 from cord_kernels.support_divergence import support_divergence
-from cord_kernels.support_logprobs import (
-    add_sparse_terms,
-    support_bwd_dense,
-    support_fwd,
-    torch_dense_grad,
-    torch_row_lse,
-)
+from cord_kernels.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
+from cord_kernels.torch_path import torch_dense_grad, torch_support_stats
 
 
 @dataclass(frozen=True)
@@ -75,13 +70,6 @@ class FusedSparseParams:
 
 
 # ------------------------------------------------------------------ row math on a tile
-
-
-def _torch_stats(tile, ids, valid, tau):
-    """(a (n, k), lse (n,)) of the (n, V) tile of logits t."""
-    lse = torch_row_lse(tile, tau)
-    gathered = tile.gather(1, torch.where(valid, ids, 0).long()) / tau
-    return torch.where(valid, gathered - lse[:, None], float("-inf")), lse
 
 
 class StoredTopK:
@@ -112,7 +100,7 @@ def support_stats(tile, ids, valid, tau, impl: Impl):
     if impl is Impl.TRITON:
         a, lse2 = support_fwd(tile, ids, valid, tau)
         return a, lse2.sum(1), lse2
-    a, lse = _torch_stats(tile, ids, valid, tau)
+    a, lse = torch_support_stats(tile, ids, valid, tau)
     return a, lse, None
 
 
@@ -145,12 +133,7 @@ class SparseHeadProblem:
 
     def transform(self, tile: torch.Tensor) -> torch.Tensor:
         """The model's logit transform, in place: scale, then softcap."""
-        p = self.params
-        if p.logit_scale != 1.0:
-            tile.mul_(p.logit_scale)
-        if p.softcap:
-            tile.div_(p.softcap).tanh_().mul_(p.softcap)
-        return tile
+        return LogitTransform(self.params.logit_scale, self.params.softcap).apply_(tile)
 
     def logits(self, lo: int, hi: int):
         """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
@@ -169,7 +152,7 @@ class SparseHeadProblem:
         a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
         with torch.enable_grad():
             a = a.detach().requires_grad_(grads is not None)
-            d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+            d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
                                    tail=opts.tail)
             if grads is None:
                 return d.detach()
@@ -264,17 +247,6 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
             problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
         gh, gw, gb = _head_grads(grads, problem, hidden, weight, bias)
         return gh, gw, gb, None, None, None
-
-
-def check_transform(softcap, logit_scale) -> tuple[float, float]:
-    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
-        if value is None and name == "softcap":
-            continue
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(softcap or 0.0), float(logit_scale)
 
 
 def fused_linear_sparse_teacher_loss(

@@ -12,12 +12,11 @@ from __future__ import annotations
 import torch
 
 from cord_kernels._dispatch import resolve_impl
+from cord_kernels.chunked_head import LMHead, check_chunk_bytes, check_transform, operand_dtype
 from cord_kernels.fused_distill import check_distill_inputs, check_token_weights
-from cord_kernels.fused_linear import LMHead, check_chunk_bytes, operand_dtype
 from cord_kernels.fused_sparse_teacher import (
     FusedSparseParams,
     SparseHeadProblem,
-    check_transform,
     run_sparse_head,
     support_stats,
 )

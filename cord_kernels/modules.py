@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cord_kernels._validation import check_reduction, check_unit
+from cord_kernels._validation import check_bool, check_reduction, check_unit
+from cord_kernels.chunked_head import check_transform
 from cord_kernels.cord_token_loss import check_cord_options, cord_token_loss
 from cord_kernels.fused_cord import fused_linear_cord_token_loss
 from cord_kernels.fused_distill import check_divergence, fused_linear_distill_loss
@@ -91,12 +92,14 @@ class CordTokenLoss(nn.Module):
 
     def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
                  temperature: float = 1.0, reduction: str = "batchmean",
-                 ignore_index: int = -100, impl: str | None = None):
+                 return_per_token: bool = False, ignore_index: int = -100,
+                 impl: str | None = None):
         super().__init__()
         # Fail at construction, not at the first step.
         check_cord_options(top_k, alpha, beta, temperature, reduction)
         self.top_k, self.alpha, self.beta = top_k, alpha, beta
         self.temperature, self.reduction, self.impl = temperature, reduction, impl
+        self.return_per_token = check_bool("return_per_token", return_per_token)
         self.ignore_index = ignore_index
 
     def options(self) -> dict:
@@ -107,7 +110,8 @@ class CordTokenLoss(nn.Module):
                 num_items_in_batch=None):
         return cord_token_loss(student_logits, teacher_logits, mask, labels=labels,
                                ignore_index=self.ignore_index,
-                               num_items_in_batch=num_items_in_batch, **self.options())
+                               num_items_in_batch=num_items_in_batch,
+                               return_per_token=self.return_per_token, **self.options())
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -123,12 +127,15 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
     """
 
     def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
-                 temperature: float = 1.0, reduction: str = "batchmean",
+                 temperature: float = 1.0, softcap: float | None = None,
+                 logit_scale: float = 1.0, reduction: str = "batchmean",
                  return_per_token: bool = False, chunk_bytes: int | None = None,
                  ignore_index: int = -100, impl: str | None = None):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
-                         reduction=reduction, ignore_index=ignore_index, impl=impl)
-        self.return_per_token = return_per_token
+                         reduction=reduction, return_per_token=return_per_token,
+                         ignore_index=ignore_index, impl=impl)
+        check_transform(softcap, logit_scale)
+        self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes = chunk_bytes
 
     def forward(self, student_hidden, teacher_hidden, weight, mask=None, bias=None,
@@ -139,7 +146,7 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
             ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch, bias=bias,
             teacher_weight=teacher_weight, teacher_bias=teacher_bias,
             return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
-            **self.options(),
+            softcap=self.softcap, logit_scale=self.logit_scale, **self.options(),
         )
 
 
@@ -154,19 +161,23 @@ class FusedLinearDistillLoss(nn.Module):
     """
 
     def __init__(self, *, divergence: str = "reverse_kl", jsd_beta: float = 0.5,
-                 temperature: float = 1.0, reduction: str = "batchmean",
+                 temperature: float = 1.0, softcap: float | None = None,
+                 logit_scale: float = 1.0, reduction: str = "batchmean",
                  return_per_token: bool = False, chunk_bytes: int | None = None,
                  ignore_index: int = -100, impl: str | None = None):
         super().__init__()
         check_divergence(divergence, jsd_beta)
         check_reduction(reduction)
+        check_transform(softcap, logit_scale)
+        self.softcap, self.logit_scale = softcap, logit_scale
         self.divergence, self.jsd_beta, self.temperature = divergence, jsd_beta, temperature
         self.reduction, self.return_per_token = reduction, return_per_token
         self.chunk_bytes, self.impl, self.ignore_index = chunk_bytes, impl, ignore_index
 
     def options(self) -> dict:
         return dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
-                    temperature=self.temperature, reduction=self.reduction,
+                    temperature=self.temperature, softcap=self.softcap,
+                    logit_scale=self.logit_scale, reduction=self.reduction,
                     return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
                     impl=self.impl)
 
@@ -189,16 +200,20 @@ class FusedLinearTokenLogprobs(nn.Module):
     """Per-token log p(label) from hidden states and the LM head; see
     :func:`cord_kernels.fused_linear_token_logprobs`."""
 
-    def __init__(self, *, temperature: float = 1.0, ignore_index: int = -100,
+    def __init__(self, *, temperature: float = 1.0, softcap: float | None = None,
+                 logit_scale: float = 1.0, ignore_index: int = -100,
                  chunk_bytes: int | None = None, impl: str | None = None):
         super().__init__()
+        check_transform(softcap, logit_scale)
         self.temperature, self.ignore_index = temperature, ignore_index
+        self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes, self.impl = chunk_bytes, impl
 
     def forward(self, hidden, weight, labels, bias=None):
         return fused_linear_token_logprobs(
             hidden, weight, labels, bias=bias, temperature=self.temperature,
-            ignore_index=self.ignore_index, chunk_bytes=self.chunk_bytes, impl=self.impl,
+            softcap=self.softcap, logit_scale=self.logit_scale, ignore_index=self.ignore_index,
+            chunk_bytes=self.chunk_bytes, impl=self.impl,
         )
 
 

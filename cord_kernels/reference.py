@@ -1,8 +1,10 @@
-"""Pure-torch reference of every loss: the test oracle and the CPU fallback (``impl="torch"``).
+"""Pure-torch reference of every loss: the tests' oracle, in float64.
 
-Written for clarity, not memory: it materialises log-softmax of both branches. Math runs in
-float64 when the inputs are float64 (the tests' oracle, whose results then stay float64) and in
-float32 otherwise; the public functions cast what they return to float32.
+Nothing in the library imports this module (``tests/test_torch_path.py`` checks it): the CPU
+path (``impl="torch"``) is ``torch_path.py``, which computes the same values the way the
+kernels do. This one is written for clarity, not memory: it materialises the log-softmax of
+both branches and lets autograd differentiate it. Math runs in float64 when the inputs are
+float64 (how the tests call it; results then stay float64) and in float32 otherwise.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from cord_kernels.fused_sparse_teacher import check_transform, fused_linear_sparse_teacher_loss
+from cord_kernels.chunked_head import check_transform
+from cord_kernels.fused_sparse_teacher import fused_linear_sparse_teacher_loss
 from cord_kernels.sparse_options import check_sparse_options
 from cord_kernels.sparse_teacher import sparse_teacher_loss
 

@@ -21,9 +21,9 @@ from cord_kernels._validation import (
     check_tensor,
     check_unit,
 )
-from cord_kernels.divergence_rows import DIVERGENCES, Divergence, resolve_divergence
 from cord_kernels.reduction import reduce_weighted
 from cord_kernels.support_divergence import TAILS, Tail
+from cord_kernels.tile_divergence import DIVERGENCES, Divergence, resolve_divergence
 
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
@@ -34,7 +34,7 @@ class SparseOptions:
     / 1 is the forward / reverse KL), its beta, the tail treatment and the reduction."""
 
     divergence: Divergence
-    beta: float
+    jsd_beta: float
     tail: Tail
     temperature: float
     reduction: str
@@ -73,11 +73,11 @@ def check_sparse_options(divergence, jsd_beta, tail, temperature, reduction, ret
                          num_items_in_batch) -> SparseOptions:
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    beta = check_unit("jsd_beta", jsd_beta)
+    jsd_beta = check_unit("jsd_beta", jsd_beta)
     if tail not in TAILS:
         raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
     reduction = check_reduction(reduction)
-    return SparseOptions(resolve_divergence(divergence, beta), beta, Tail(tail),
+    return SparseOptions(resolve_divergence(divergence, jsd_beta), jsd_beta, Tail(tail),
                          check_temperature(temperature), reduction,
                          check_bool("return_per_token", return_per_token),
                          check_num_items(num_items_in_batch, reduction))

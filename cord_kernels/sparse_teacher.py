@@ -95,6 +95,6 @@ def sparse_teacher_loss(
     a = support_logprobs(student_logits, teacher_topk_ids, valid, temperature=opts.temperature,
                          impl=impl, inplace_backward=inplace_backward)
     b = teacher_topk_logprobs.detach().to(a.dtype)
-    d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+    d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
                            tail=opts.tail)
     return reduce_sparse(d, mask, token_weights, opts)

@@ -80,6 +80,6 @@ def student_topk_distill_loss(
     with torch.no_grad():
         b = support_logprobs(teacher_logits.detach(), ids, valid,
                              temperature=opts.temperature, impl=impl)
-    d = support_divergence(a, b, valid, divergence=opts.divergence, beta=opts.beta,
+    d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
                            tail=opts.tail)
     return reduce_sparse(d, mask, token_weights, opts)

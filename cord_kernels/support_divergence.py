@@ -69,11 +69,11 @@ def _kl_terms(log_x: torch.Tensor, x: torch.Tensor, log_y: torch.Tensor) -> torc
 
 
 def support_divergence(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, *,
-                       divergence: str, beta: float, tail: Tail) -> torch.Tensor:
+                       divergence: str, jsd_beta: float, tail: Tail) -> torch.Tensor:
     """(...) Div between the student's and the teacher's distributions on the support.
 
-    ``divergence``: "forward_kl" | "reverse_kl" | "jsd" (``beta`` in (0, 1)); pass the JSD at
-    beta 0 / 1 as the KLs (``divergence_rows.resolve_divergence``)."""
+    ``divergence``: "forward_kl" | "reverse_kl" | "jsd" (``jsd_beta`` in (0, 1)); pass the JSD
+    at jsd_beta 0 / 1 as the KLs (``tile_divergence.resolve_divergence``)."""
     log_p, log_q, support = support_distributions(a, b, valid, tail)
     # Off the support every term is 0: zeros there keep inf - inf out of values and gradients.
     log_p = torch.where(support, log_p, 0.0)
@@ -84,8 +84,9 @@ def support_divergence(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, *,
         return _kl_terms(log_q, q, log_p)
     if divergence == "reverse_kl":
         return _kl_terms(log_p, p, log_q)
-    m = (1.0 - beta) * p + beta * q
+    m = (1.0 - jsd_beta) * p + jsd_beta * q
     # TRL's server path takes log M of M clamped to the smallest normal (M > 0 on the support
     # unless both sides underflow).
     log_m = torch.where(support, m.clamp_min(torch.finfo(m.dtype).tiny).log(), 0.0)
-    return beta * _kl_terms(log_q, q, log_m) + (1.0 - beta) * _kl_terms(log_p, p, log_m)
+    return (jsd_beta * _kl_terms(log_q, q, log_m)
+            + (1.0 - jsd_beta) * _kl_terms(log_p, p, log_m))

@@ -21,8 +21,8 @@ gone through a transform t = c tanh(scale z / c) (``softcap`` c) or t = scale z;
 then also applies dt/dz = scale (1 - (t / c)^2) (``chain_factor``), so the tile ends up holding
 the gradient with respect to the head's raw output z.
 
-Layout: kernels, launchers, custom ops, the autograd Functions (Triton and torch), the
-internal entry point ``support_logprobs``.
+Layout: kernels, launchers, custom ops, the Triton autograd Function (the torch one is in
+``torch_path.py``), the internal entry point ``support_logprobs``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 
 from cord_kernels._dispatch import Impl, triton_available
 from cord_kernels._rows import block_v, launch_device, num_warps, row_view
-from cord_kernels.fused_linear import row_block, row_math_threads
+from cord_kernels.torch_path import TorchSupportLogprobsFunction, chain_factor
 
 # Slots gathered per iteration of the forward kernel (k = 64, a typical server top-k, in one).
 MAX_BLOCK_K = 128
@@ -157,13 +157,6 @@ def support_bwd_dense(x: torch.Tensor, lse: torch.Tensor, g_sum: torch.Tensor,
             )
 
 
-def chain_factor(t: torch.Tensor, logit_scale: float, softcap: float) -> torch.Tensor:
-    """dt/dz of t = c tanh(scale z / c) (or t = scale z when c = 0), from t itself."""
-    if not softcap:
-        return torch.full_like(t, logit_scale)
-    return (1.0 - (t / softcap).square()).mul_(logit_scale)
-
-
 def add_sparse_terms(dx: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tensor,
                      g: torch.Tensor, a: torch.Tensor, lse_total: torch.Tensor,
                      temperature: float, logit_scale: float = 1.0, softcap: float = 0.0):
@@ -246,85 +239,6 @@ class SupportLogprobsFunction(torch.autograd.Function):
         dx = x if p.inplace_backward else torch.empty_like(
             x, memory_format=torch.contiguous_format)
         _support_bwd_op(x, ids, slot_valid, a, lse, grad_a.contiguous(), p.temperature, dx)
-        return dx, None, None, None
-
-
-# ------------------------------------------------------------------------- torch path
-
-
-def torch_row_lse(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(n,) lse(x / tau) of the (n, V) rows, in cache-sized row blocks (fp64 for fp64)."""
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if torch.compiler.is_compiling():  # one op for inductor to fuse (no thread switching)
-        return torch.logsumexp(x.to(dt) / temperature, -1)
-    lse = torch.empty(x.shape[0], dtype=dt, device=x.device)
-    r = row_block(x.shape[1])
-    with row_math_threads(x.device):
-        for lo in range(0, x.shape[0], r):
-            blk = x[lo:lo + r].to(dt)
-            lse[lo:lo + r] = torch.logsumexp(blk if temperature == 1.0 else blk / temperature, -1)
-    return lse
-
-
-def torch_dense_grad(x: torch.Tensor, lse: torch.Tensor, g_sum: torch.Tensor,
-                     temperature: float, out: torch.Tensor, logit_scale: float = 1.0,
-                     softcap: float = 0.0) -> None:
-    """out (n, V) = -(1/tau) p_v G (times dt/dz for a transform), in row blocks; ``out`` may be
-    ``x`` itself. Rows with G = 0 get exact zeros (whatever x holds there, NaN included)."""
-    dt = lse.dtype
-    if torch.compiler.is_compiling():  # whole-tensor ops for inductor to fuse
-        f = chain_factor(x.to(dt), logit_scale, softcap) if logit_scale != 1.0 or softcap else 1.0
-        grad = ((x.to(dt) / temperature - lse[:, None]).exp() * (-g_sum.to(dt) / temperature)
-                [:, None] * f)
-        out.copy_(torch.where((g_sum != 0)[:, None], grad, 0.0))
-        return
-    in_place = out.data_ptr() == x.data_ptr() and x.dtype == dt
-    transform = logit_scale != 1.0 or bool(softcap)
-    scale = (-g_sum.to(dt) / temperature)[:, None]
-    r = row_block(x.shape[1])
-    with row_math_threads(x.device):
-        for lo in range(0, x.shape[0], r):
-            blk = x[lo:lo + r] if in_place else x[lo:lo + r].to(dt, copy=True)
-            f = chain_factor(blk, logit_scale, softcap) if transform else None
-            if temperature != 1.0:
-                blk.mul_(1.0 / temperature)
-            blk.sub_(lse[lo:lo + r, None]).exp_().mul_(scale[lo:lo + r])
-            if f is not None:
-                blk.mul_(f)
-            blk.masked_fill_(scale[lo:lo + r] == 0, 0.0)
-            if not in_place:
-                out[lo:lo + r] = blk
-
-
-class TorchSupportLogprobsFunction(torch.autograd.Function):
-    """The same in eager torch (``impl="torch"``): lse of the rows in cache-sized blocks and a
-    gather; backward rebuilds softmax from the logits block by block. Saves lse per row."""
-
-    @staticmethod
-    def forward(ctx, x, ids, slot_valid, temperature: float):
-        V, K = x.shape[-1], ids.shape[-1]
-        x2 = x.reshape(-1, V)
-        valid = slot_valid.reshape(-1, K)
-        # Rows without a valid slot may hold NaN padding: their lse is never used.
-        lse = torch.where(valid.any(1), torch_row_lse(x2, temperature), 0.0)
-        safe = torch.where(valid, ids.reshape(-1, K), 0).long()
-        a = x2.gather(1, safe).to(lse.dtype) / temperature - lse[:, None]
-        a = torch.where(valid, a, float("-inf"))
-        ctx.save_for_backward(x, safe, valid, lse)
-        ctx.temperature = temperature
-        return a.view(ids.shape)
-
-    @staticmethod
-    def backward(ctx, grad_a):
-        x, safe, valid, lse = ctx.saved_tensors
-        tau = ctx.temperature
-        V = x.shape[-1]
-        g = torch.where(valid, grad_a.reshape(valid.shape).to(lse.dtype), 0.0)
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        dx2 = dx.view(-1, V)
-        # dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G)
-        torch_dense_grad(x.reshape(-1, V), lse, g.sum(1), tau, dx2)
-        dx2.scatter_add_(1, safe, (g / tau).to(dx.dtype))
         return dx, None, None, None
 
 

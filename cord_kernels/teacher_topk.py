@@ -19,15 +19,16 @@ from cord_kernels._validation import (
     check_temperature,
     check_tensor,
 )
-from cord_kernels.fused_linear import (
+from cord_kernels.chunked_head import (
     LMHead,
+    LogitTransform,
     check_chunk_bytes,
     check_head,
+    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
 )
-from cord_kernels.fused_sparse_teacher import check_transform
 from cord_kernels.sparse_options import check_k
 
 
@@ -78,6 +79,7 @@ def teacher_topk(
         check_float("hidden", hidden)
         check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
         cap, scale = check_transform(softcap, logit_scale)
+        transform = LogitTransform(scale, cap)
         lead, V = tuple(hidden.shape[:-1]), weight.shape[0]
         rows = hidden.reshape(-1, hidden.shape[-1])
         head = LMHead(weight, bias, operand_dtype(hidden, weight), compute_dtype(hidden, weight))
@@ -85,11 +87,7 @@ def teacher_topk(
         def chunk_logits(lo, hi):
             out = torch.empty(hi - lo, V, dtype=head.dtype, device=hidden.device)
             head.project(head.rows(rows, torch.arange(lo, hi, device=hidden.device)), out)
-            if scale != 1.0:
-                out.mul_(scale)
-            if cap:
-                out.div_(cap).tanh_().mul_(cap)
-            return out
+            return transform.apply_(out)
     else:
         logits = logits_or_hidden_weight
         check_logits("logits", logits)

@@ -124,3 +124,25 @@ def test_inplace_backward(device, interpret):
     logits = leaf * 1.0
     cord_token_loss(logits, u, mask, impl="triton", inplace_backward=True).backward()
     assert rel_err(leaf.grad, leaf_ref.grad) < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_return_per_token_gives_the_detached_reverse_kl(impl, reduction, device, interpret):
+    """(loss, D): the loss unchanged, D the fp64 reference's reverse KL, 0 where masked (NaN
+    padding included), detached; the trainer logs it without reading the logits again."""
+    s, u, mask = _batch(2, 9, 37, seed=3, device=device)
+    mask[1, 5:] = False
+    s[1, 5:] = float("nan")
+    s = s.requires_grad_()
+    kw = dict(top_k=3, temperature=0.7, reduction=reduction, impl=impl)
+    loss, d = cord_token_loss(s, u, mask, return_per_token=True, **kw)
+    torch.testing.assert_close(loss, cord_token_loss(s, u, mask, **kw))
+    assert d.shape == (2, 9) and d.dtype == torch.float32 and not d.requires_grad
+    assert (d[~mask] == 0).all()
+    keep = mask.unsqueeze(-1)
+    d64 = ref.reverse_kl(torch.where(keep, s.detach(), 0).double(),
+                         torch.where(keep, u, 0).double(), temperature=0.7)
+    assert rel_err(d[mask], d64[mask]) < TOL[torch.float32]
+    with pytest.raises(TypeError, match="return_per_token"):
+        cord_token_loss(s, u, mask, return_per_token="yes")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import TOL, rel_err
 
+import cord_kernels
 from cord_kernels import reference as ref
+from cord_kernels import torch_path
 from cord_kernels.torch_path import TorchKLDivFunction, TorchLogprobFunction
 
 
@@ -89,3 +94,43 @@ def test_opt_in_compiled_path_matches_the_reference(kernel_settings):
     lp64 = ref.token_logprobs(z64, labels, temperature=1.3)
     (gz64,) = torch.autograd.grad(lp64, z64, cot.double())
     assert rel_err(lp, lp64) < 1e-5 and rel_err(gz, gz64) < 1e-5
+
+
+# ---------------------------------------------------------------------------- layout
+
+_PACKAGE = Path(cord_kernels.__file__).resolve().parent
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (function-local imports included), read with ``ast``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_nothing_in_the_library_imports_the_reference():
+    """reference.py is the tests' fp64 oracle only; the CPU path is torch_path.py."""
+    users = [p.name for p in sorted(_PACKAGE.glob("*.py"))
+             if p.name != "reference.py" and "cord_kernels.reference" in _imports(p)]
+    assert users == []
+
+
+def test_pure_torch_row_math_lives_in_torch_path():
+    """Every ``Torch*`` class and ``torch_*`` function of the package is defined in
+    torch_path.py: the eager CPU path has one home."""
+    elsewhere = []
+    for p in sorted(_PACKAGE.glob("*.py")):
+        if p.name in ("torch_path.py", "reference.py"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef | ast.FunctionDef) and (
+                    node.name.startswith("Torch") or node.name.startswith("torch_")):
+                elsewhere.append(f"{p.name}:{node.name}")
+    assert elsewhere == []
+    assert {"TorchKLDivFunction", "TorchTileReverseKL", "TorchTileLogprobs",
+            "TorchSupportLogprobsFunction", "torch_dense_grad"} <= set(dir(torch_path))

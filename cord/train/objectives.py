@@ -114,12 +114,9 @@ def token_kl_loss(
             beta=position_beta, temperature=tau, return_per_token=True, **_teacher_head(ctx, ht))
     s = ctx.adapter.completion_logits(x_a, ids, mask)
     u = ctx.teacher.completion_logits(x_t, ids, mask)
-    loss = cord_kernels.cord_token_loss(s, u, mask, top_k=top_k, alpha=alpha,
+    return cord_kernels.cord_token_loss(s, u, mask, top_k=top_k, alpha=alpha,
                                         beta=position_beta, temperature=tau,
-                                        reduction="batchmean")
-    with torch.no_grad():
-        kl = cord_kernels.reverse_kl(s.detach(), u, temperature=tau).masked_fill(~mask, 0.0)
-    return loss, kl
+                                        reduction="batchmean", return_per_token=True)
 
 
 def _teacher_head(ctx: StepContext, ht: CompletionHidden) -> dict[str, Any]:

@@ -18,11 +18,11 @@ operands run natively with fp32 output (``out_dtype``) when the installed torch 
 dtype and the GEMM runs in fp32. Every GEMM of a call, the ``out=`` ones included, sees the same
 operands, because the losses run their GEMMs with autocast off.
 
-The torch path's elementwise row math goes through the tiles in row blocks of ~1.5 MB, so its
-several passes hit cache instead of memory. It runs on the caller's thread count: on a shared
-(loaded) CPU, ``torch.set_num_threads(1)`` around the call can make it several times faster, as
-an OpenMP team on such small blocks waits at its barrier for the slowest thread; no function
-here changes the thread count itself.
+The torch path's elementwise row math (``torch_path.py``) goes through the tiles in row blocks
+of ~1.5 MB, so its several passes hit cache instead of memory. It runs on the caller's thread
+count: on a shared (loaded) CPU, ``torch.set_num_threads(1)`` around the call can make it several
+times faster, as an OpenMP team on such small blocks waits at its barrier for the slowest
+thread; no function here changes the thread count itself.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 
@@ -45,10 +46,6 @@ from cord_kernels._validation import (
 # distillation losses). 1 GiB holds ~880 tokens at V=152k: enough rows for full-speed GEMMs on
 # a CPU or a GPU, and far below the (N, V) logits it replaces (10 GB per branch at N=16k).
 DEFAULT_CHUNK_BYTES = 1 << 30
-
-# Row blocks of the torch path's elementwise math hold about this many elements per tensor
-# (~1.5 MB of fp32): the two tiles' blocks and their temporaries fit in a 4 MB L2.
-_TORCH_BLOCK_ELEMENTS = 384 * 1024
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -97,6 +94,48 @@ def native_gemms_work(device: torch.device, dtype: torch.dtype) -> bool:
 def no_autocast(device: torch.device):
     """The losses' GEMMs run with autocast off: their operands are cast explicitly."""
     return torch.autocast(device.type, enabled=False)
+
+
+# ------------------------------------------------------------------------ logit transforms
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """A model's transform between its head and the softmax, applied inside the stream:
+    t = logit_scale * z (Cohere's ``logit_scale``), then t = softcap * tanh(t / softcap)
+    (Gemma 2 / 3n's ``final_logit_softcapping``), z = h @ W.T (+ b). The loss's gradient wrt t
+    times dt/dz = logit_scale (1 - (t / softcap)^2) is its gradient wrt z."""
+
+    logit_scale: float = 1.0
+    softcap: float = 0.0  # 0: none
+
+    @property
+    def needs_factor_tile(self) -> bool:
+        """Whether dt/dz differs per logit (a cap), so it needs a tile of its own."""
+        return bool(self.softcap)
+
+    def apply_(self, tile: torch.Tensor) -> torch.Tensor:
+        """z -> t in place."""
+        if self.logit_scale != 1.0:
+            tile.mul_(self.logit_scale)
+        if self.softcap:
+            tile.div_(self.softcap).tanh_().mul_(self.softcap)
+        return tile
+
+    def grad_factor(self, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        """dt/dz per logit from the transformed tile ``t``, written into ``out``; None when it
+        is one number (no cap). Must run before the gradient overwrites ``t``."""
+        if not self.softcap:
+            return None
+        return torch.div(t, self.softcap, out=out).square_().neg_().add_(1.0).mul_(
+            self.logit_scale)
+
+    def chain_(self, grad: torch.Tensor, factor: torch.Tensor | None) -> None:
+        """The gradient wrt t (in place, up to a row scale) becomes the gradient wrt z."""
+        if factor is not None:
+            grad.mul_(factor)
+        elif self.logit_scale != 1.0:
+            grad.mul_(self.logit_scale)
 
 
 # ----------------------------------------------------------------------------- GEMMs
@@ -221,13 +260,6 @@ class Grads:
         return self.weight
 
 
-# ----------------------------------------------------------------- torch path row blocks
-
-
-def row_block(n_cols: int) -> int:
-    return max(1, _TORCH_BLOCK_ELEMENTS // max(n_cols, 1))
-
-
 # ----------------------------------------------------------------------------- planning
 
 
@@ -307,3 +339,15 @@ def check_head(weight, bias, hidden, *, names=("weight", "bias", "student_hidden
 def check_chunk_bytes(chunk_bytes) -> int:
     return DEFAULT_CHUNK_BYTES if chunk_bytes is None else check_positive_int(
         "chunk_bytes", chunk_bytes)
+
+
+def check_transform(softcap, logit_scale) -> tuple[float, float]:
+    """(softcap, logit_scale) as floats, softcap 0 for None; each must be a finite number > 0."""
+    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
+        if value is None and name == "softcap":
+            continue
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(softcap or 0.0), float(logit_scale)

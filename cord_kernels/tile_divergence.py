@@ -1,0 +1,118 @@
+"""Per-row divergence math on the (n, V) logits tiles of one chunk of the fused-linear losses.
+
+:class:`TileDivergence` is the contract the chunk driver (``fused_distill.py``) relies on; each
+divergence (reverse KL, forward KL, generalized JSD) has a torch implementation (in
+``torch_path.py``, with the rest of the eager math) and a Triton one (here):
+
+    state = div.stats(s, u, want_grad)     state.d: (n,) fp32 divergence per row
+    row_scale = div.write_grad(s, u, state, g)
+        afterwards diag(row_scale) @ s = diag(g) dDiv/ds (row_scale None: s holds it itself)
+
+The torch versions destroy the tiles in ``stats``: while each row block is still in cache they
+form the unweighted tau dDiv/ds in s, and leave g / tau to the small (n, H) GEMM operands. The
+Triton versions only read the tiles in ``stats``; ``write_grad`` runs the streaming backward
+kernel with s as its output, weighted per row.
+
+Tiles come out of a GEMM, so every logit is finite: the torch versions skip the -inf guards of
+the logits-in path (a probability that underflows to 0 still has a finite log).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import torch
+
+from cord_kernels._dispatch import Impl
+from cord_kernels.jsd import jsd_bwd, jsd_fwd
+from cord_kernels.kl import kl_bwd, kl_fwd
+from cord_kernels.torch_path import TileStats, TorchTileForwardKL, TorchTileJSD, TorchTileReverseKL
+
+
+class Divergence(str, enum.Enum):
+    """The per-token divergence of a distillation loss (p: student, q: teacher)."""
+
+    REVERSE_KL = "reverse_kl"  # KL(p || q)
+    FORWARD_KL = "forward_kl"  # KL(q || p)
+    JSD = "jsd"  # b KL(q || m) + (1 - b) KL(p || m), m = (1 - b) p + b q, b = jsd_beta
+
+
+DIVERGENCES = tuple(d.value for d in Divergence)
+
+
+class TileDivergence(Protocol):
+    """One divergence's row math on a chunk's tiles (a strategy: torch or Triton)."""
+
+    def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True) -> TileStats:
+        """Div per row of the (n, V) student and teacher logits tiles ``s``, ``u``."""
+        ...
+
+    def write_grad(self, s: torch.Tensor, u: torch.Tensor, state: TileStats,
+                   g: torch.Tensor) -> torch.Tensor | None:
+        """Turns s into dDiv/ds weighted by ``g`` (n,), up to the returned row scale."""
+        ...
+
+
+# ------------------------------------------------------------------------------ Triton
+
+
+class TritonTileReverseKL:
+    """KL(p || q) through the streaming kernels of ``kl.py``."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+        d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature)
+        return TileStats(d, (lse_s, lse_u))
+
+    def write_grad(self, s, u, state, g) -> None:
+        kl_bwd(s, u, *state.extra, state.d, g, self.temperature, s, None)
+        return None
+
+
+class TritonTileForwardKL(TritonTileReverseKL):
+    """KL(q || p): the same kernels with the roles swapped, the gradient going to y = s."""
+
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+        d, lse_u, lse_s = kl_fwd(u, s, None, self.temperature)
+        return TileStats(d, (lse_u, lse_s))
+
+    def write_grad(self, s, u, state, g) -> None:
+        kl_bwd(u, s, *state.extra, state.d, g, self.temperature, None, s)
+        return None
+
+
+class TritonTileJSD:
+    """The generalized JSD through the streaming kernels of ``jsd.py``."""
+
+    def __init__(self, temperature: float, jsd_beta: float):
+        self.temperature, self.jsd_beta = temperature, jsd_beta
+
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+        d, stats = jsd_fwd(s, u, self.jsd_beta, self.temperature)
+        return TileStats(d, (stats,))
+
+    def write_grad(self, s, u, state, g) -> None:
+        jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature, s, None)
+        return None
+
+
+def resolve_divergence(divergence: str, jsd_beta: float) -> Divergence:
+    """The divergence actually computed: the JSD at beta = 0 / 1 is forward / reverse KL."""
+    div = Divergence(divergence)
+    if div is Divergence.JSD and jsd_beta in (0.0, 1.0):
+        return Divergence.FORWARD_KL if jsd_beta == 0.0 else Divergence.REVERSE_KL
+    return div
+
+
+def make_tile_divergence(divergence: Divergence, jsd_beta: float, temperature: float,
+                    impl: Impl) -> TileDivergence:
+    if divergence is Divergence.JSD:
+        cls = TritonTileJSD if impl is Impl.TRITON else TorchTileJSD
+        return cls(temperature, jsd_beta)
+    if divergence is Divergence.FORWARD_KL:
+        return (TritonTileForwardKL if impl is Impl.TRITON else TorchTileForwardKL)(temperature)
+    return (TritonTileReverseKL if impl is Impl.TRITON else TorchTileReverseKL)(temperature)
+
