@@ -57,7 +57,7 @@ ABLATION = {"methods": ("sft", "fkl", "cord"), "seeds": (0, 1, 2)}
 """The full mode's no-prior ablation: Table 1's methods from a base pre-trained without the
 self-correction prior (same rates as table (a)), so the teacher cannot recover from a wrong
 prefix: how much of CORD's result rests on that?"""
-RATE_GRID = (1e-4, 3e-4, 1e-3)
+RATE_GRID = (3e-5, 1e-4, 3e-4)
 RATE_SEEDS = (0, 1)
 TOLERANCE = 0.03
 """The rate rule's guard: validation text accuracy and retention within 3 points of the base's."""
@@ -346,7 +346,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         "kl": {"base": base_kl, "after": kl_after}, "curves": curves,
         "curves_base": curves_base, "loss_gradient_norms": grad_norms,
         "per_seed": scores_all, "timings_s": timings,
-        "setting": setting_text(task, post, seeds),
+        "setting": setting_text(task, post, seeds), "command": command,
         "environment": (f"Python {platform.python_version()}, torch {torch.__version__}, "
                         f"{torch.get_num_threads()} thread(s), {workers} worker(s), base "
                         f"{source}"),

@@ -351,3 +351,47 @@ def console_summary(results: dict[str, Any]) -> str:
         out.append(summary_table(results["summary"][table]))
         out.append(paired_table(results["paired"][table]))
     return "\n".join(out)
+
+
+def readme_block(results: dict[str, Any], run_dir: str) -> str:
+    """The README's demo section, generated from a run's results.json (tests/test_docs.py
+    checks that the README holds exactly this for the committed run in ``run_dir``)."""
+    pre = results["preconditions"]
+    bad = failed(pre)
+    lines = [verdict_block(results)]
+    if bad:
+        lines += ["**Preconditions not met: " + ", ".join(
+            f"{k} = {pre[k]['value']:.3f} ({pre[k]['bound']})" for k in bad)
+            + ".** The verdict is outside the paper's regime in these respects.", ""]
+    else:
+        lines += ["All six preconditions of the paper's regime hold on the base (teacher "
+                  f"accuracy {pre['teacher_accuracy']['value']:.2f}, audio/text "
+                  f"{pre['base_audio_over_text']['value']:.2f}, retention "
+                  f"{pre['retention_base']['value']:.2f}, transfer gap "
+                  f"{pre['transfer_base_gap']['value']:.2f}, teacher recovery "
+                  f"{pre['teacher_recovery']['value']:.2f}).", ""]
+    lines += [results["setting"], "", summary_table(results["summary"]["a"]),
+              "Paired differences, percentage points [95% CI]:", "",
+              paired_table(results["paired"]["a"]),
+              f"Full report, per-seed numbers, the learning-rate grid and the plots: "
+              f"[{run_dir}/README.md]({run_dir}/README.md) "
+              f"(`{results.get('command', 'cord demo')}`, "
+              f"{results['timings_s']['total'] / 60:.1f} min). "
+              f"![claim]({run_dir}/claim.png)"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cord.demo.claim_report DIR``: prints the README's demo block of a run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir", help="a claim-demo output directory (holds results.json)")
+    args = parser.parse_args(argv)
+    results = json.loads((Path(args.run_dir) / "results.json").read_text())
+    print(readme_block(results, args.run_dir), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -63,16 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "stall when other processes share the cores)")
 
 
-def _quiet_libraries() -> None:
-    """Library progress bars (transformers' "Writing model shards" per save) would interleave
-    with the demo's own lines; the demo prints one line per finished job instead."""
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    disable_progress_bars()
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -80,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from cord.demo import claim_report as CR
     from cord.demo import report as R
     from cord.demo.demo import run_demo
+    from cord.demo.jobs import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     mode = ("quick" if args.quick else "full" if args.full else "long" if args.long
             else "default")
     command = "cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo"

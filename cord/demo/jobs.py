@@ -128,8 +128,20 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     return out
 
 
+def quiet_libraries() -> None:
+    """Library progress bars (transformers' "Loading weights" and "Writing model shards" per
+    load and save) would interleave with the demo's own lines; the demo prints one line per
+    finished job instead. Called in the main process and in every worker."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    quiet_libraries()
 
 
 def run_jobs(ctx: Context, jobs: Iterable[Job], *, workers: int = 1,
