@@ -47,8 +47,8 @@ def test_readme_keeps_the_markers_that_others_fill_in():
     text = README.read_text()
     section = text.split("## The demo: CORD where the paper makes its claim\n", 1)
     assert len(section) == 2
-    assert section[1].lstrip("\n").startswith("<!-- demo-verdict -->")
-    assert "<!-- families -->" in text
+    assert section[1].lstrip("\n").startswith("<!-- demo-verdict:start -->")
+    assert "<!-- demo-verdict:end -->" in section[1]
 
 
 def test_readme_starts_with_the_two_commands():
@@ -203,3 +203,51 @@ QUOTED = [
 def test_numbers_quoted_in_docs_prose_are_those_of_their_source(page, says, source, source_says):
     assert says in " ".join((DOCS / page).read_text().split()), f"docs/{page} no longer says it"
     assert source_says in (ROOT / source).read_text(), f"{source} changed: update docs/{page}"
+
+
+# Numbers of docs/claim_demo.md, each with where it is from (none is a result: those live in the
+# generated run reports and the README's generated demo block).
+CLAIM_PAGE_NUMBERS = {
+    "2601.16547": "the paper's arXiv id",
+    "36.20": "the paper: CORD on Qwen2-Audio GSM8K",
+    "36.05": "the paper: forward KL on Qwen2-Audio GSM8K",
+    "47": "the worked example", "38": "the worked example", "7": "the worked example",
+    "8": "the worked example", "15": "the worked example", "1": "the worked example",
+    "4": "the worked example", "3": "the worked example", "85": "the worked example",
+    "44": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
+    "250": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
+    "55": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
+    "300": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
+    "20": "the paper's K", "95": "the CI level", "0": "seed 0",
+}
+
+
+def test_claim_demo_page_numbers_are_explained_and_its_config_names_exist():
+    from dataclasses import fields
+
+    from cord.demo.claim_task import ClaimTaskConfig
+
+    text = (DOCS / "claim_demo.md").read_text()
+    missing = {n for n in _numbers(text) if n.lstrip("-") not in CLAIM_PAGE_NUMBERS}
+    assert not missing, f"docs/claim_demo.md holds numbers nobody explained: {missing}"
+    names = {f.name for f in fields(ClaimTaskConfig)}
+    for name in ("text_questions", "pool_questions", "audio_qa", "self_correction",
+                 "correction_share", "compare_text", "compare_audio"):
+        assert f"`{name}`" in text and name in names, name
+    doc = ClaimTaskConfig.__doc__ or ""
+    assert doc and "44% right at 250, 55% at 300" in (
+        (ROOT / "cord" / "demo" / "claim_task.py").read_text())
+
+
+def test_readme_demo_block_is_generated_from_the_committed_run():
+    import json
+
+    from cord.demo.claim_report import readme_block
+
+    run = "docs/demo_claim"
+    text = README.read_text()
+    block = text.split("<!-- demo-verdict:start -->\n", 1)[1].split("<!-- demo-verdict:end -->")[0]
+    results = json.loads((ROOT / run / "results.json").read_text())
+    assert block == readme_block(results, run), (
+        "README's demo block is stale: paste `python -m cord.demo.claim_report docs/demo_claim` "
+        "between the demo-verdict markers")
