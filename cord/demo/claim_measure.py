@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cord.demo.claim_task import COUNT_INSTRUCTION, arithmetic_steps
+from cord.demo.claim_task import COUNT_INSTRUCTION, arithmetic_steps, misheard
 from cord.demo.posttrain import PostTrainConfig
 from cord.eval.analyze import kl_statistics, rollout_kl
 from cord.eval.evaluate import evaluate, score_response
@@ -78,14 +78,11 @@ def curve_hook(curve: list, splits, post: PostTrainConfig, every: int):
 
 def wrong_prefix(record: dict[str, Any], rng: random.Random) -> str:
     """The start of ``record``'s chain with one wrong step, cut right after it: a wrong restated
-    operand (``"47+39:"``, as a mis-hearing gives) or a wrong units result
+    operand (``"47+39:"``, as a mis-hearing gives; :func:`misheard`) or a wrong units result
     (``"47+38: units 7+8=14"``, as a slip gives), one or the other at random."""
     a, op, b = record["operands"]
     if rng.random() < 0.5:
-        wrong_b = b + 1 if b < 99 else b - 1
-        if op == "-" and wrong_b > a:
-            wrong_b = b - 1 if b > 10 else b + 1
-        return f"{a}{op}{wrong_b}:"
+        return f"{a}{op}{misheard(a, op, b, rng)}:"
     steps, _ = arithmetic_steps(a, op, b)
     units = steps[0]
     eq = units.index("=")
