@@ -61,3 +61,15 @@ _current = from_env()
 def get() -> Settings:
     """The settings read from the environment at import."""
     return _current
+
+
+def hf_hub_cache() -> str | None:
+    """The Hugging Face hub cache that the environment names (``HF_HUB_CACHE``, else
+    ``HF_HOME``/hub; None: huggingface_hub's default). Hugging Face's variables, not cord's, so
+    read when asked rather than at import: a caller (or a test) may point them elsewhere after
+    huggingface_hub itself has read them."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None

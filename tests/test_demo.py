@@ -173,7 +173,9 @@ def test_cold_and_warm_runs_give_the_same_tables(quick_runs):
     many workers run the jobs."""
     _, cold, warm = quick_runs
     assert cold["base_source"] == "pre-trained" and warm["base_source"] == "cached"
-    assert warm["summary"] == cold["summary"]
+    # compared as JSON: a gap reduction without a base gap is NaN, and NaN != NaN
+    assert json.dumps(warm["summary"], sort_keys=True) == json.dumps(cold["summary"],
+                                                                     sort_keys=True)
     assert warm["per_seed"] == cold["per_seed"]
 
 

@@ -4,8 +4,9 @@ torch loads."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from cord import settings
 
 
 def is_hub_id(text: str) -> bool:
@@ -32,9 +33,7 @@ def resolve_model_path(model: str | Path) -> Path:
     from huggingface_hub import snapshot_download  # local: only for hub ids
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    # Read at call time (huggingface_hub reads its environment once, at import).
-    cache = os.environ.get("HF_HUB_CACHE") or (
-        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None)
+    cache = settings.hf_hub_cache()  # at call time: huggingface_hub read its own at import
     try:
         return Path(snapshot_download(text, local_files_only=True, cache_dir=cache))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
