@@ -194,7 +194,7 @@ QUOTED = [
     ("verification.md", "at most 8 json/markdown files", "scripts/gpu_check.sh",
      "at most 8 files, json and markdown"),
     ("verification.md", "a 5-step bf16 `cord train", "scripts/gpu_check.sh", "\nSTEPS=5\n"),
-    ("long_runs.md", "SIGKILL at 10 seeded points", "tests/test_longruns.py",
+    ("long_runs.md", "SIGKILL at 10 seeded points", "tests/test_checkpoint.py",
      "SIGKILL at 10 seeded random points"),
 ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import TOL, rel_err
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cord_kernels import reference as ref
@@ -62,6 +62,8 @@ def shapes(draw):
 @SETTINGS
 @given(shape=shapes(), div=st.sampled_from(DIVS), tail=st.sampled_from(["bucket", "renormalize"]),
        temperature=st.sampled_from([0.7, 1.0, 2.0]), impl=st.sampled_from(["triton", "torch"]))
+@example(shape={"B": 1, "T": 1, "V": 17, "k": 1, "seed": 0}, div=("reverse_kl", 0.5),
+         tail="bucket", temperature=0.7, impl="triton")
 def test_matches_fp64_reference(shape, div, tail, temperature, impl, interpret, nan_poison):
     s, lp, ids, mask, w = make_batch(**shape)
     kw = dict(divergence=div[0], jsd_beta=div[1], tail=tail, temperature=temperature,
@@ -76,7 +78,12 @@ def test_matches_fp64_reference(shape, div, tail, temperature, impl, interpret, 
     assert out.dtype == torch.float32 and (out[~mask] == 0).all() and (out >= -1e-6).all()
     assert rel_err(out, expect) < tol
     assert torch.isfinite(g).all() and (g[~mask] == 0).all()
-    assert rel_err(g, g64) < grad_tol, rel_err(g, g64)
+    # The gradient is a difference of O(1) probabilities (the tail bucket's 1 - p next to a
+    # near-certain top-k): fp32 rounds it to about 1e-7 absolute, which a gradient of 1e-3 sees
+    # as 1e-4 relative (hypothesis found V=17, k=1, tau=0.7 with teacher p = 0.987: both impls
+    # 7e-5 relative, 1.6e-7 absolute). Either bound holds for a right kernel.
+    abs_err = float((g.double() - g64).abs().max())
+    assert rel_err(g, g64) < grad_tol or abs_err < 1e-6, (rel_err(g, g64), abs_err)
 
 
 # Each case is here for a reason.

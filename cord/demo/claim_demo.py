@@ -424,7 +424,9 @@ def reevaluate(directory: str | Path, eval_seed: int, *, cache_dir=None,
             _say(f"re-scoring {m} on eval seed {eval_seed}")
         scores[m] = [CM.score_claim_model(load_base(models / m), fresh, post)]
     rates = run["learning_rates"]["a"]
-    s = CR.summarize(scores, {m: [0] for m in methods}, rates)
+    # the tokens each method generated in post-training (the run's), not in this scoring
+    tokens = {m: [run["summary"]["a"][m]["generated_tokens"]] for m in methods}
+    s = CR.summarize(scores, tokens, rates)
     out = directory / f"reevaluate-{eval_seed}"
     out.mkdir(exist_ok=True)
     result = {"eval_seed": eval_seed, "methods": methods, "summary": {"a": s["summary"]},
