@@ -10,46 +10,90 @@ import numpy as np
 import pytest
 
 from cord.demo import claim_demo as C
-from cord.demo.claim_report import BOUNDS, preconditions, summarize
-from cord.demo.verdict import METRICS, verdict
+from cord.demo import claim_report as CR
+from cord.demo import jobs as J
+from cord.demo.claim_report import BOUNDS, flags, preconditions, summarize
+from cord.demo.verdict import BEST_IMITATION, METRICS, assess_power, verdict
 from cord.eval.evaluate import gap_reduction as mean_gap_reduction
 from cord.eval.stats import PairedItemBootstrap, gap_reduction
 
 
-def _paired(best, sft, fkl):
-    """pair -> metric -> ci95 from {metric: (lo, hi)} per pair."""
-    def block(cis):
-        return {m: {"mean": sum(cis[m]) / 2, "ci95": list(cis[m])} for m in METRICS}
-    return {"cord - max(sft, fkl)": block(best), "cord - sft": block(sft),
-            "cord - fkl": block(fkl)}
+def _block(cis):
+    return {m: {"mean": sum(cis[m]) / 2, "ci95": list(cis[m])} for m in (*METRICS,
+                                                                          "text_after")}
 
 
-ZERO = {m: (-0.1, 0.1) for m in METRICS}
+ZERO = {m: (-0.1, 0.1) for m in (*METRICS, "text_after")}
+MOVED = {**ZERO, "in_domain_gap_reduction": (0.3, 0.6), "transfer_gap_reduction": (0.2, 0.5)}
+STILL = {m: (-0.05, 0.05) for m in ZERO}
 
 
-def test_verdict_supported_needs_a_win_and_no_retention_loss():
-    win = {**ZERO, "transfer_gap_reduction": (0.05, 0.3)}
-    assert verdict(_paired(win, ZERO, ZERO)) == "supported"
-    in_domain = {**ZERO, "in_domain_gap_reduction": (0.01, 0.2)}
-    assert verdict(_paired(in_domain, ZERO, ZERO)) == "supported"
-    lost = {**ZERO, "retention": (-0.2, -0.05)}  # CORD retains clearly worse than SFT
-    assert verdict(_paired(win, lost, ZERO)) != "supported"
+def _paired(best=ZERO, sft=ZERO, fkl=ZERO, own=ZERO, control=MOVED, transfer_control=MOVED):
+    """pair -> metric -> {mean, ci95} from {metric: (lo, hi)} per pair."""
+    return {BEST_IMITATION: _block(best), "cord - sft": _block(sft), "cord - fkl": _block(fkl),
+            "cord - base": _block(own), "sft_gold - base": _block(control),
+            "sft_gold_transfer - base": _block(transfer_control),
+            "sft - base": _block(ZERO), "fkl - base": _block(ZERO)}
 
 
-def test_verdict_refuted_when_imitation_matches_cord_everywhere():
-    assert verdict(_paired(ZERO, ZERO, ZERO)) == "refuted"
-    below = {m: (-0.3, -0.1) for m in METRICS}
-    assert verdict(_paired(ZERO, below, {**ZERO, "retention": (0.01, 0.1)})) == "refuted"
-    # CORD beats each on something but not max(SFT, FKL) on a gap: inconclusive
-    sft_loses = {**ZERO, "retention": (0.01, 0.1)}
-    fkl_loses = {**ZERO, "transfer_gap_reduction": (0.01, 0.1)}
-    assert verdict(_paired(ZERO, sft_loses, fkl_loses)) == "inconclusive"
+def test_nothing_moved_is_never_refuted():
+    """The committed 40-step run's situation: every CI covers 0 and the controls did not move.
+    The old rule said "refuted"; without a moving control there is no verdict."""
+    v, reason = verdict(_paired(control=STILL, transfer_control=STILL))
+    assert v == "inconclusive" and reason.startswith("no power")
+    assert "half-width" in reason and "in-domain" in reason and "transfer" in reason
 
 
-def test_verdict_treats_undefined_gaps_as_no_evidence():
+def test_a_wide_ci_is_no_power_even_when_the_control_moves():
+    wide = {**ZERO, "in_domain_gap_reduction": (-0.3, 0.3), "transfer_gap_reduction": (-0.4, 0.2)}
+    power = assess_power(_paired(best=wide))
+    assert not power["in_domain"]["powered"] and not power["transfer"]["powered"]
+    assert power["in_domain"]["halfwidth"] == pytest.approx(0.3)
+    assert verdict(_paired(best=wide))[0] == "inconclusive"
+
+
+def test_the_in_domain_control_must_move_by_delta():
+    weak = {**MOVED, "in_domain_gap_reduction": (0.05, 0.4)}  # above 0, below δ
+    power = assess_power(_paired(control=weak))
+    assert not power["in_domain"]["powered"] and power["transfer"]["powered"]
+
+
+def test_supported_needs_a_powered_win_over_imitation_and_a_gap_closed():
+    win = {**ZERO, "transfer_gap_reduction": (0.05, 0.25)}
+    closes = {**ZERO, "transfer_gap_reduction": (0.02, 0.3)}
+    v, reason = verdict(_paired(best=win, own=closes))
+    assert v == "supported" and "transfer" in reason
+    # beats imitation but does not itself close the gap: the issue's pilot
+    v, reason = verdict(_paired(best=win, own=ZERO))
+    assert v == "inconclusive"
+    assert "beats imitation on transfer" in reason and "does not itself close the gap" in reason
+    # a win on an unpowered X does not count
+    v, _ = verdict(_paired(best=win, own=closes, transfer_control=STILL))
+    assert v != "supported"
+
+
+def test_refuted_when_every_powered_comparison_excludes_delta_or_retention_is_lost():
+    v, reason = verdict(_paired(best=STILL))
+    assert v == "refuted" and "15 points" in reason
+    lost = {**ZERO, "retention": (-0.2, -0.05)}
+    win = {**ZERO, "transfer_gap_reduction": (0.05, 0.25)}
+    v, reason = verdict(_paired(best=win, own=win, sft=lost))
+    assert v == "refuted" and "retention" in reason
+
+
+def test_a_failing_precondition_is_inconclusive_and_named():
+    pre = {"teacher_at_error": {"value": 0.3, "bound": ">= 0.5", "ok": False},
+           "teacher_accuracy": {"value": 0.6, "bound": "in [0.4, 0.8]", "ok": True}}
+    v, reason = verdict(_paired(best=STILL), pre)
+    assert v == "inconclusive" and "teacher_at_error" in reason
+    assert "teacher_accuracy" not in reason
+
+
+def test_undefined_gaps_are_no_evidence():
     nan = {**ZERO, "in_domain_gap_reduction": (float("nan"), float("nan")),
            "transfer_gap_reduction": (float("nan"), float("nan"))}
-    assert verdict(_paired(nan, nan, nan)) == "inconclusive"
+    assert verdict(_paired(best=nan, own=nan, control=nan, transfer_control=nan))[0] == (
+        "inconclusive")
     with pytest.raises(ValueError, match="missing"):
         verdict({"cord - sft": {}})
 
@@ -80,28 +124,34 @@ def test_paired_bootstrap_differences_are_paired_per_replicate():
         boot.accuracy("eval", np.ones((3, 49)))
 
 
-def test_rate_rule_guards_text_and_retention_and_picks_the_smallest_gap():
-    base = {"text": 0.7, "audio": 0.4, "retention": 0.85}
-    grid = {1e-4: {"text": 0.70, "audio": 0.45, "retention": 0.85},
-            3e-4: {"text": 0.69, "audio": 0.55, "retention": 0.80},   # retention lost 5
-            1e-3: {"text": 0.68, "audio": 0.50, "retention": 0.84}}
-    assert C.select_rate(grid, base) == {"rate": 1e-3, "admissible": True}
-    bad = {r: {**v, "text": 0.3} for r, v in grid.items()}
-    assert C.select_rate(bad, base) == {"rate": 1e-4, "admissible": False}
-    runs = {m: {r: [v, v] for r, v in grid.items()} for m in ("sft", "cord", "sft_gold")}
-    chosen = C.choose_rates(runs, base)
-    assert chosen["selected"]["sft"]["rate"] == 1e-3 and chosen["shared"]["rate"] == 1e-3
-    assert set(chosen["shared"]["average"]) == {"0.0001", "0.0003", "0.001"}
+def test_shared_rate_is_the_smallest_that_moves_the_control():
+    rng = np.random.default_rng(0)
+    base = (rng.random(200) < 0.4).astype(int)
+    still = [base.tolist(), base.tolist()]
+    better = [np.maximum(base, rng.random(200) < 0.3).astype(int).tolist() for _ in range(2)]
+    chosen = C.choose_shared_rate({1e-5: still, 3e-5: better, 1e-4: better}, base,
+                                  resamples=300)
+    assert chosen["rate"] == 3e-5 and chosen["controlled"]
+    assert chosen["grid"]["1e-05"]["ci95"] == [0.0, 0.0]
+    assert chosen["grid"]["3e-05"]["ci95"][0] > 0
+    none = C.choose_shared_rate({1e-5: still, 1e-4: still}, base, resamples=300)
+    assert none == {**none, "rate": 1e-4, "controlled": False}
 
 
 def test_preconditions_name_value_bound_and_ok():
     values = {"teacher_accuracy": 0.6, "base_audio_over_text": 0.9, "late_first_errors": 0.5,
-              "teacher_recovery": 0.2, "retention_base": 0.8, "transfer_base_gap": 0.2}
-    pre = preconditions(values, self_correction=True)
+              "teacher_at_error": 0.2, "retention_base": 0.8, "transfer_base_gap": 0.15}
+    pre = preconditions(values)
     assert set(pre) == set(BOUNDS)
-    assert [k for k, p in pre.items() if not p["ok"]] == ["base_audio_over_text",
-                                                          "teacher_recovery"]
-    assert preconditions(values, self_correction=False)["teacher_recovery"]["ok"]
+    assert [k for k, p in pre.items() if not p["ok"]] == [
+        "base_audio_over_text", "teacher_at_error", "transfer_base_gap"]
+
+
+def test_flags_name_a_collapsed_text_side_and_a_decaying_run():
+    curve = [{"step": 40, "audio": 0.5}, {"step": 80, "audio": 0.6}, {"step": 120, "audio": 0.4}]
+    out = flags({"text_after": 0.3}, 0.6, curve)
+    assert out[0] == "text side lost 30 points" and "peaked at step 80" in out[1]
+    assert flags({"text_after": 0.58}, 0.6, curve[:2]) == []
 
 
 def _scores(rng, n=(40, 30, 20), p=0.5):
@@ -123,6 +173,7 @@ def test_summary_has_every_metric_with_a_ci_and_the_verdict():
                                          for m in ("sft", "fkl", "grpo_opd", "cord")}}
     out = summarize(scores, {m: [10, 10, 10] for m in scores if m != "base"},
                     {m: 1e-4 for m in scores}, resamples=200)
+    base_pairs = {f"{m} - base" for m in scores if m != "base"}
     for m in ("sft", "cord"):
         for k in ("in_domain_gap_reduction", "transfer_gap_reduction", "retention",
                   "text_after"):
@@ -130,8 +181,12 @@ def test_summary_has_every_metric_with_a_ci_and_the_verdict():
             assert lo <= out["summary"][m][k] <= hi, (m, k)
         assert out["summary"][m]["generated_tokens"] == 10
     assert set(out["paired"]) == {"cord - sft", "cord - fkl", "cord - grpo_opd",
-                                  "cord - max(sft, fkl)"}
-    assert out["verdict"] in ("supported", "refuted", "inconclusive")
+                                  "cord - max(sft, fkl)"} | base_pairs
+    # a method's own gap reduction is its "- base" difference (the base's is 0)
+    own = out["paired"]["cord - base"]["in_domain_gap_reduction"]
+    assert own["mean"] == pytest.approx(out["summary"]["cord"]["in_domain_gap_reduction"])
+    assert out["verdict"] == "inconclusive" and out["reason"].startswith("no power")
+    assert set(out["power"]) == {"in_domain", "transfer"}  # no control in this table
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,39 +194,84 @@ def test_summary_has_every_metric_with_a_ci_and_the_verdict():
 # --------------------------------------------------------------------------------------------
 
 
+class Crash(RuntimeError):
+    pass
+
+
 @pytest.fixture(scope="module")
 def quick_claim(tmp_path_factory):
+    """The quick demo, crashed on purpose in its last step (the report, after every job), then
+    finished with resume: the resumed run must retrain nothing."""
     root = tmp_path_factory.mktemp("claim")
-    results = C.run_claim_demo(mode="quick", output_dir=root / "run",
-                               cache_dir=root / "cache", progress=False)
-    return root, results
+    run = root / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        def crash(*args, **kwargs):
+            raise Crash("injected after training")
+
+        mp.setattr(CR, "write_report", crash)
+        with pytest.raises(Crash):
+            C.run_claim_demo(mode="quick", output_dir=run, cache_dir=root / "cache",
+                             progress=False)
+    saved = sorted(p.name for p in (run / "jobs").glob("*.json"))
+    trained = []
+    with pytest.MonkeyPatch.context() as mp:
+        real = J.run_job
+
+        def counting(ctx, job):
+            trained.append(job.name)
+            return real(ctx, job)
+
+        mp.setattr(J, "run_job", counting)
+        results = C.resume_claim_demo(run, cache_dir=root / "cache", progress=False)
+    return root, results, saved, trained
 
 
-def test_quick_claim_demo_reports_preconditions_keys_and_verdict(quick_claim):
-    root, results = quick_claim
+def test_a_crash_after_training_loses_nothing_resume_finishes(quick_claim):
+    root, results, saved, trained = quick_claim
+    n_jobs = len(C.RATE_GRID) + len(C.METHODS)  # the quick mode's one seed
+    assert len(saved) == n_jobs + 2  # every job, the base's validation and measures
+    assert trained == []  # nothing retrained
+    assert (root / "run" / "results.json").is_file()
+    for m in C.METHODS:
+        assert (root / "run" / "models" / m / "config.json").is_file(), m
+
+
+def test_quick_claim_demo_reports_rule_power_preconditions_and_verdict(quick_claim):
+    root, results, _, _ = quick_claim
     saved = json.loads((root / "run" / "results.json").read_text())
-    for key in ("preconditions", "summary", "paired", "verdict", "verdict_rule"):
+    for key in ("verdict_rule", "verdict", "verdict_reason", "power", "paired",
+                "preconditions", "learning_rate", "steps", "summary"):
         assert key in saved, key
+    assert saved["steps"] == 4 and saved["learning_rate"] in C.RATE_GRID
     assert set(saved["preconditions"]) == set(BOUNDS)
     for p in saved["preconditions"].values():
         assert set(p) == {"value", "bound", "ok"}
+    assert set(saved["power"]) == {"in_domain", "transfer"}
+    for p in saved["power"].values():
+        assert set(p) == {"control", "control_minus_base", "halfwidth", "powered"}
+        assert set(p["control_minus_base"]) == {"mean", "ci95"}
+    for metric in ("in_domain_gap_reduction", "transfer_gap_reduction", "retention",
+                   "text_after"):
+        assert metric in saved["paired"]["a"]["cord - base"]
     summary = saved["summary"]["a"]
     for m in C.METHODS:
         for k in ("in_domain_gap_reduction", "transfer_gap_reduction", "retention",
                   "text_after"):
             assert k in summary[m] and len(summary[m][f"{k}_ci95"]) == 2, (m, k)
-        assert summary[m]["generated_tokens"] > 0
-    assert saved["verdict"]["a"] in ("supported", "refuted", "inconclusive")
+        assert summary[m]["generated_tokens"] > 0 and "flags" in summary[m]
+    # the quick base is far outside the paper's regime: its verdict must say so, not "refuted"
+    assert saved["verdict"]["a"] == "inconclusive"
+    assert saved["verdict_reason"]["a"].startswith("precondition failed")
+    assert "teacher_at_error" in saved["base_measures"]
     readme = (root / "run" / "README.md").read_text()
-    assert readme.index("Verdict rule") < readme.index("## Table (a)")
+    assert readme.index("Verdict rule") < readme.index("**Verdict:") < readme.index(
+        "## Table (a)")
     for png in ("curves.png", "kl_correct_wrong.png", "claim.png"):
         assert (root / "run" / png).read_bytes()[:4] == b"\x89PNG", png
-    for m in ("base", *C.METHODS):
-        assert (root / "run" / "models" / m / "config.json").is_file(), m
 
 
 def test_reevaluation_draws_new_items_and_is_reproducible(quick_claim):
-    root, _ = quick_claim
+    root, _, _, _ = quick_claim
     run = root / "run"
     one = C.reevaluate(run, 1, cache_dir=root / "cache", progress=False)
     two = C.reevaluate(run, 2, cache_dir=root / "cache", progress=False)
@@ -179,26 +279,47 @@ def test_reevaluation_draws_new_items_and_is_reproducible(quick_claim):
     again = C.reevaluate(run, 1, cache_dir=root / "cache", progress=False)
     assert json.dumps(again["summary"], default=float) == json.dumps(one["summary"],
                                                                      default=float)
+    for key in ("verdict", "verdict_reason", "power", "learning_rate", "steps"):
+        assert key in one, key
     assert (run / "reevaluate-1" / "README.md").read_text().startswith("# Re-evaluation")
 
 
-def test_full_mode_runs_the_grid_both_tables_and_the_no_prior_ablation(tmp_path, monkeypatch):
-    """The full mode's code path at the quick size: one rate, one grid seed, three methods."""
+def test_a_failed_job_keeps_every_other_result(tmp_path, monkeypatch):
+    """One job raising (as the -1e-6 KL check once did after seven minutes) costs that job
+    only: the others' results are saved, and the error names the job."""
+    quick = C.settings("quick")
+    ctx = J.Context(quick["task"], quick["post"], tmp_path / "base", tmp_path / "cache")
+    jobs = [J.Job(m, 0, 1e-4, tmp_path / "scratch" / f"a-{m}-0") for m in ("sft", "fkl")]
+
+    def fake(ctx, job):
+        if job.method == "fkl":
+            raise ValueError("rollout kl must be finite and non-negative")
+        return {"method": job.method, "seed": job.seed, "tokens": 1}
+
+    monkeypatch.setattr(J, "run_job", fake)
+    with pytest.raises(RuntimeError, match="a-fkl-0: ValueError"):
+        J.run_jobs(ctx, jobs, results_dir=tmp_path / "jobs")
+    assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["a-sft-0.json"]
+    # read back with the same identity; another identity reruns
+    assert J.load_result(tmp_path / "jobs" / "a-sft-0.json", J.identity(ctx, jobs[0]))
+    other = J.Context(quick["task"], C.CLAIM_POST, ctx.base_path, ctx.cache_dir)
+    assert J.load_result(tmp_path / "jobs" / "a-sft-0.json", J.identity(other, jobs[0])) is None
+
+
+def test_full_mode_adds_methods_and_the_rate_sensitivity(tmp_path, monkeypatch):
+    """The full mode's code path at the quick size: two extra methods, one seed."""
     quick = C.settings("quick")
 
     def small(mode):
-        return {**quick, "grid": True, "methods": ("sft", "fkl", "cord"),
-                "ablation": {"methods": ("sft", "fkl", "cord"), "seeds": (0,)}}
+        return {**quick, "methods": ("sft", "fkl", "cord", "sft_gold"),
+                "extra": ("grpo_opd",), "extra_seeds": (0,), "sensitivity": True}
 
     monkeypatch.setattr(C, "settings", small)
-    monkeypatch.setattr(C, "RATE_GRID", (3e-4,))
-    monkeypatch.setattr(C, "RATE_SEEDS", (0,))
+    monkeypatch.setattr(C, "RATE_GRID", (1e-4, 3e-4))
     results = C.run_claim_demo(mode="full", output_dir=tmp_path / "run",
                                cache_dir=tmp_path / "cache", progress=False, save_models=False)
-    assert set(results["verdict"]) == {"a", "b", "no_prior"}
-    assert results["learning_rates"]["b"] == {m: 3e-4 for m in ("sft", "fkl", "cord")}
-    grid = json.loads((tmp_path / "run" / "learning_rates.json").read_text())
-    assert set(grid["selected"]) == {"sft", "fkl", "cord"} and "shared" in grid
-    assert results["preconditions_no_prior"]["teacher_recovery"]["bound"].startswith("n/a")
+    other = 3e-4 if results["learning_rate"] == 1e-4 else 1e-4
+    assert set(results["verdict"]) == {"a", "extra", f"lr {other:g}"}
+    assert set(results["summary"]["extra"]) == {"base", "grpo_opd", "sft", "fkl", "cord"}
     readme = (tmp_path / "run" / "README.md").read_text()
-    assert "## Table (b)" in readme and "## Table (no_prior)" in readme
+    assert "## Table (extra)" in readme and f"## Table (lr {other:g})" in readme

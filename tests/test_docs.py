@@ -232,7 +232,7 @@ def test_claim_demo_page_numbers_are_explained_and_its_config_names_exist():
     assert not missing, f"docs/claim_demo.md holds numbers nobody explained: {missing}"
     names = {f.name for f in fields(ClaimTaskConfig)}
     for name in ("text_questions", "pool_questions", "audio_qa", "self_correction",
-                 "correction_share", "compare_text", "compare_audio"):
+                 "correction_share", "compare_text", "compare_audio", "compare_pool"):
         assert f"`{name}`" in text and name in names, name
     doc = ClaimTaskConfig.__doc__ or ""
     assert doc and "44% right at 250, 55% at 300" in (

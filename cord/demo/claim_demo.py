@@ -5,20 +5,26 @@
    (retention); neither of the last two is post-trained on by any method.
 2. Loads the shipped pre-trained base (or pre-trains it) and measures the preconditions of the
    paper's regime on it, each printed with its bound.
-3. Post-trains every method from that base with the same data order, steps, prompts per step,
-   rollout settings and live teacher; learning rates by one rule (table (a): per method;
-   table (b): one shared rate, ``--full``).
-4. Scores every model on fresh held-out items and reports every metric with paired-bootstrap
-   95% CIs over items and seeds, the paired differences, and the verdict by a rule fixed in
-   advance (:mod:`cord.demo.verdict`).
+3. Fixes ONE learning rate for every method, as the paper does, before any competitor runs:
+   the smallest rate of a grid at which the positive control (gold SFT) beats the base on
+   validation (:func:`choose_shared_rate`).
+4. Post-trains every method from that base at that rate with the same data order, steps,
+   prompts per step, rollout settings and live teacher (``--full``: more methods, the other
+   rates of the grid as the sensitivity analysis).
+5. Scores every model on held-out items and reports every metric with paired-bootstrap 95%
+   CIs over items and seeds, the paired differences (with each method − base), the power of
+   each comparison, and the verdict by a rule fixed in advance (:mod:`cord.demo.verdict`).
 
-``cord demo --reevaluate DIR --eval-seed S`` re-scores the saved models of a run on new held-out
-items that nobody tuned on.
+Each job's result is saved the moment it ends (``DIR/jobs/``): ``cord demo --resume DIR``
+finishes a run that stopped without retraining what is done. ``cord demo --reevaluate DIR
+--eval-seed S`` re-scores the saved models of a run on new held-out items that nobody tuned
+on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -46,41 +52,48 @@ from cord.demo.claim_task import (
 from cord.demo.gap_task import SlottedSpeech, default_cache_dir, load_base, pretrained_base
 from cord.demo.verdict import VERDICT_RULE
 from cord.eval.analyze import save_rollouts
+from cord.eval.stats import PairedItemBootstrap, ci95
 
 MODES = ("quick", "default", "full")
-METHODS = ("sft", "fkl", "grpo", "grpo_opd", "cord", "sft_gold")
-"""The competitors and the gold-SFT diagnostic (which is never a competitor)."""
-COMPETITORS = ("sft", "fkl", "grpo", "grpo_opd", "cord")
-SWEEP = ("cord_ab1", "cord_ab3")
-"""The full mode's α = β sweep around CORD's α = β = 2 (the paper's Figure 4)."""
-ABLATION = {"methods": ("sft", "fkl", "cord"), "seeds": (0, 1, 2)}
-"""The full mode's no-prior ablation: Table 1's methods from a base pre-trained without the
-self-correction prior (same rates as table (a)), so the teacher cannot recover from a wrong
-prefix: how much of CORD's result rests on that?"""
-RATE_GRID = (3e-5, 1e-4, 3e-4)
+COMPARED = ("sft", "fkl", "cord")
+"""The claim's comparison: CORD against imitation of the text teacher (paper Table 1)."""
+CONTROLS = ("sft_gold", "sft_gold_transfer")
+"""The positive controls (gold SFT in-domain; gold SFT on spoken comparisons, the transfer
+task itself): never competitors; they show how far each metric can move in the budget."""
+METHODS = COMPARED + CONTROLS
+FULL_EXTRA = ("grpo", "grpo_opd", "cord_ab1", "cord_ab3", "sft_audio", "fkl_audio",
+              "cord_audio")
+"""``--full`` adds the ablation ladder (GRPO, GRPO + OPD), the α = β sweep around CORD's 2 (the
+paper's Figure 4), and the three compared methods with the text side fixed (``trainable=audio``:
+encoder and projector only, so the live teacher does not drift), at the shared rate."""
+RATE_GRID = (1e-5, 3e-5, 1e-4)
+"""The shared rate's grid: the paper's 3e-5 with one step each way."""
 RATE_SEEDS = (0, 1)
-TOLERANCE = 0.03
-"""The rate rule's guard: validation text accuracy and retention within 3 points of the base's."""
-RATES_FILE = Path(__file__).with_name("claim_learning_rates.json")
-"""The rates the full mode's grid chose (committed; the default and quick modes use them)."""
+RATE_CONTROL = "sft_gold"
 TEACHER_ITEMS = 400
+DECAY = 0.05
+"""A run is flagged as decaying when its last validation audio point is this far below its
+peak; collapsed when its text accuracy after training is :data:`COLLAPSE` below the base's."""
+COLLAPSE = 0.10
 
-CLAIM_POST = P.PostTrainConfig(max_completion_length=48, top_k=5)
-"""Every method's budget: 40 steps of 8 prompts, rollouts of at most 48 tokens. K = 5 is the
-paper's K = 20 for 200-token rollouts scaled to this task's 48 (20 · 48 / 200 ≈ 5): about 15% of
-a 35-token worked chain, as K = 20 is of the paper's answers."""
+CLAIM_POST = P.PostTrainConfig(max_steps=200, max_completion_length=48, top_k=5, eval_every=40)
+"""Every method's budget: 200 steps of 8 prompts (1600 prompts of the 2000-question pool, none
+repeated), rollouts of at most 48 tokens, curves every 40 steps. K = 5 is the paper's K = 20 for
+200-token rollouts scaled to this task's 48 (20 · 48 / 200 ≈ 5): about 15% of a 35-token worked
+chain, as K = 20 is of the paper's answers."""
 
 
 def settings(mode: str) -> dict[str, Any]:
     if mode == "quick":
         return {"task": CLAIM_QUICK, "post": replace(CLAIM_POST, max_steps=4, eval_every=2),
-                "seeds": (0,), "grid": False}
+                "seeds": (0,), "rate_seeds": (0,), "methods": METHODS, "sensitivity": False}
     if mode == "default":
         return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2),
-                "grid": False}
+                "rate_seeds": RATE_SEEDS, "methods": METHODS, "sensitivity": False}
     if mode == "full":
-        return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2, 3, 4),
-                "grid": True, "methods": METHODS + SWEEP, "ablation": ABLATION}
+        return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2),
+                "rate_seeds": RATE_SEEDS, "methods": METHODS, "extra": FULL_EXTRA,
+                "extra_seeds": (0, 1), "sensitivity": True}
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
@@ -89,56 +102,43 @@ def _say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The learning-rate rule
+# The shared learning rate
 # --------------------------------------------------------------------------------------------
 
 
-def select_rate(grid: Mapping[float, Mapping[str, float]], base_val: Mapping[str, float]
-                ) -> dict[str, Any]:
-    """The rule, the same for every method (and for the methods' average, table (b)).
+def choose_shared_rate(control_items: Mapping[float, Sequence[Sequence[int]]],
+                       base_items: Sequence[int], *, resamples: int = 2000) -> dict[str, Any]:
+    """The one rate every method trains at, fixed before any competitor runs.
 
-    ``grid``: rate -> mean over :data:`RATE_SEEDS` of validation ``{text, audio, retention}``.
-    Among the rates whose text accuracy and retention both stay within :data:`TOLERANCE` of the
-    base's, the smallest validation in-domain gap Acc_text(base) − Acc_audio; ties go to the
-    smaller rate. If no rate is admissible, the smallest is taken and flagged."""
-    admissible = [r for r, v in grid.items()
-                  if base_val["text"] - v["text"] <= TOLERANCE + 1e-9
-                  and base_val["retention"] - v["retention"] <= TOLERANCE + 1e-9]
-    if not admissible:
-        return {"rate": min(grid), "admissible": False}
-    best = min(admissible, key=lambda r: (base_val["text"] - grid[r]["audio"], r))
-    return {"rate": best, "admissible": True}
-
-
-def choose_rates(runs: Mapping[str, Mapping[float, Sequence[Mapping[str, float]]]],
-                 base_val: Mapping[str, float]) -> dict[str, Any]:
-    """Tables (a) and (b) from the grid's validation runs (method -> rate -> per-seed scores):
-    ``{"rule", "base_val", "grid", "selected": {method: ...}, "shared": {...}}``."""
-    mean = {m: {r: {k: float(np.mean([s[k] for s in seeds])) for k in ("text", "audio",
-                                                                        "retention")}
-                for r, seeds in by_rate.items()} for m, by_rate in runs.items()}
-    selected = {m: select_rate(g, base_val) for m, g in mean.items()}
-    competitors = [m for m in mean if m in COMPETITORS]
-    rates = sorted(set.intersection(*(set(mean[m]) for m in competitors)))
-    average = {r: {k: float(np.mean([mean[m][r][k] for m in competitors]))
-                   for k in ("text", "audio", "retention")} for r in rates}
+    ``control_items``: rate -> per-seed validation in-domain audio verdicts (0/1 per item) of
+    the positive control (gold SFT) trained at that rate; ``base_items``: the base's. The rate
+    is the smallest at which the control beats the base significantly (the 95% paired-bootstrap
+    CI of control − base audio accuracy above 0): the smallest step size at which the budget
+    demonstrably moves the metric. No competitor's rate is tuned on its own result, and no rate
+    is picked that only some methods survive. If no rate moves the control, the largest is
+    taken and flagged (``controlled: False``): the comparison then has no power by construction.
+    """
+    if not control_items:
+        raise ValueError("control_items must hold at least one rate")
+    base = np.asarray(base_items, dtype=np.float64)
+    grid = {}
+    for rate in sorted(control_items):
+        runs = np.asarray(control_items[rate], dtype=np.float64)
+        boot = PairedItemBootstrap({"val": base.size}, runs.shape[0], resamples=resamples)
+        point, reps = boot.accuracy("val", runs)
+        base_point, base_reps = boot.accuracy("val", base)
+        grid[rate] = {"control_audio": point, "base_audio": base_point,
+                      "difference": point - base_point, "ci95": ci95(reps - base_reps)}
+    moved = [r for r, g in grid.items() if g["ci95"][0] > 0]
+    rate = min(moved) if moved else max(grid)
     return {
-        "rule": (f"among {list(RATE_GRID)}, averaged over seeds {list(RATE_SEEDS)}: the smallest "
-                 f"validation in-domain gap whose validation text accuracy and retention are "
-                 f"both within {TOLERANCE:.0%} of the base's; (a) per method, (b) one rate for "
-                 "every method, by the same rule on the competitors' average"),
-        "base_val": dict(base_val),
-        "grid": {m: {f"{r:g}": v for r, v in g.items()} for m, g in mean.items()},
-        "selected": selected,
-        "shared": {"average": {f"{r:g}": v for r, v in average.items()},
-                   **select_rate(average, base_val)},
+        "rule": (f"the smallest rate of {[float(r) for r in sorted(control_items)]} at which "
+                 f"the positive control ({RATE_CONTROL}) beats the base on validation in-domain "
+                 "audio accuracy with a 95% paired-bootstrap CI above 0, averaged over the "
+                 "grid's seeds; every method then trains at that one rate"),
+        "rate": float(rate), "controlled": bool(moved),
+        "grid": {f"{r:g}": g for r, g in grid.items()},
     }
-
-
-def committed_rates() -> dict[str, Any]:
-    if not RATES_FILE.is_file():
-        raise FileNotFoundError(f"{RATES_FILE} is missing: run `cord demo --full --rates-only`")
-    return json.loads(RATES_FILE.read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,22 +160,27 @@ def base_measures(base, splits, task: ClaimTaskConfig, post: P.PostTrainConfig
                         max_new_tokens=post.max_completion_length)["text"]
     firsts = CM.first_error_positions(base, scores["audio_responses"], splits["eval"],
                                       scores["eval_audio_items"])
+    at_error = CM.teacher_at_error(base, scores["audio_responses"], splits["eval"],
+                                   scores["eval_audio_items"])
     values = {
         "teacher_accuracy": pool,
         "base_audio_over_text": scores["audio"] / scores["text"] if scores["text"] else None,
         "late_first_errors": (float(np.mean([k > CM.LATE_TOKEN for k in firsts]))
                               if firsts else None),
-        "teacher_recovery": scores["recovery_text"],
+        "teacher_at_error": at_error["value"],
         "retention_base": scores["retention"],
         "transfer_base_gap": scores["transfer_text"] - scores["transfer_audio"],
     }
-    return {"scores": scores, "values": values, "first_error_positions": firsts}
+    return {"scores": scores, "values": values, "first_error_positions": firsts,
+            "teacher_at_error": at_error,
+            "teacher_recovery": {"text": scores["recovery_text"],
+                                 "audio": scores["recovery_audio"]}}
 
 
-def _jobs(methods, seeds, rates, scratch: Path, out: Path | None, *, tag: str,
+def _jobs(methods, seeds, rate, scratch: Path, out: Path | None, *, tag: str,
           save_models: bool, curve: bool = True) -> list[J.Job]:
     first = seeds[0]
-    return [J.Job(m, s, rates[m], scratch / f"{tag}-{m}-{s}", curve=curve and s == first,
+    return [J.Job(m, s, rate, scratch / f"{tag}-{m}-{rate:g}-{s}", curve=curve and s == first,
                   kl_threshold=0.0 if s == first else None,
                   save_to=out / "models" / m if save_models and out and s == first else None)
             for s in seeds for m in methods]
@@ -194,7 +199,8 @@ def _collect(jobs, results) -> tuple[dict, dict, dict, dict]:
 
 
 def _announcer(table: str, total: int):
-    """The line printed as each job ends: its table, method, seed, rate and headline scores."""
+    """The line printed as each job ends (or is read back): its table, method, seed, rate and
+    headline scores."""
     count = [0]
 
     def done(job, r) -> None:
@@ -214,29 +220,50 @@ def _compact(scores: dict[str, list[dict]]) -> dict[str, list[dict]]:
             for m, runs in scores.items()}
 
 
+def _cached(path: Path, ident: dict[str, Any], compute) -> dict[str, Any]:
+    """``compute()``'s JSON-normal result, saved at ``path`` and read back on a resume."""
+    saved = J.load_result(path, ident)
+    if saved is not None:
+        return saved
+    result = json.loads(json.dumps(compute(), default=float))
+    J.save_result(path, ident, result)
+    return result
+
+
+RUN_FILE = "run.json"
+"""The options of a run, written before any work: ``cord demo --resume DIR`` reads them."""
+
+
 def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
                    methods: Sequence[str] | None = None, output_dir: str | Path = "cord_demo",
                    cache_dir=None, refresh: bool = False, progress: bool = True,
                    command: str = "cord demo", save_models: bool = True,
-                   rates_only: bool = False, workers: int = 1) -> dict[str, Any]:
-    """The claim demo; returns (and writes to ``output_dir/results.json``) every number."""
+                   workers: int = 1, resume: bool = False) -> dict[str, Any]:
+    """The claim demo; returns (and writes to ``output_dir/results.json``) every number.
+
+    Every job's result is saved in ``output_dir/jobs/`` the moment it ends; with ``resume``,
+    the saved ones are read back instead of run again (see :func:`resume_claim_demo`)."""
     cfg = settings(mode)
     task, post = cfg["task"], cfg["post"]
     seeds = tuple(cfg["seeds"] if seeds is None else seeds)
-    methods = tuple(cfg.get("methods", METHODS) if methods is None else methods)
+    methods = tuple(cfg["methods"] if methods is None else methods)
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
     bad = [m for m in methods if m not in P.METHODS]
     if bad or not methods:
         raise ValueError(f"methods must be a non-empty subset of {list(P.METHODS)}, got "
                          f"{list(methods)}")
-    if rates_only and not cfg["grid"]:
-        raise ValueError("rates_only needs mode='full' (the mode that runs the grid)")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scratch = out / ".scratch"
+    jobs_dir, scratch = out / "jobs", out / ".scratch"
+    if not resume and jobs_dir.exists():
+        shutil.rmtree(jobs_dir)  # a new run: nothing of an earlier one is reused
+    (out / RUN_FILE).write_text(json.dumps(
+        {"mode": mode, "seeds": list(seeds), "methods": list(methods),
+         "save_models": save_models, "command": command}, indent=1))
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
+    _say(f"verdict rule (fixed before any result): {VERDICT_RULE}")
     _say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
          "--cache-dir or the CORD_CACHE variable moves it)")
     splits = J.task_splits(task, cache_dir)
@@ -253,131 +280,140 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     _say(f"base: {sum(p.numel() for p in base.model.parameters()) / 1e3:.0f}k parameters, "
          f"{source} ({base_path})")
     ctx = J.Context(task, post, base_path, cache_dir)
+    ident = {"task": asdict(task), "post": asdict(post), "base": str(base_path)}
 
+    # 1. The shared rate, from the positive control alone.
     t = time.perf_counter()
-    base_val = CM.validation_scores(base, splits, post)
-    if cfg["grid"]:
-        grid_jobs = [J.Job(m, s, lr, scratch / f"grid-{m}-{lr:g}-{s}", score=False)
-                     for m in methods for lr in RATE_GRID for s in RATE_SEEDS]
+    base_val = _cached(jobs_dir / "base-val.json", ident,
+                       lambda: CM.validation_scores(base, splits, post))
+    grid_jobs = [J.Job(RATE_CONTROL, s, lr, scratch / f"grid-{RATE_CONTROL}-{lr:g}-{s}",
+                       score=False) for lr in RATE_GRID for s in cfg["rate_seeds"]]
 
-        def grid_done(job, r):
-            v = r["val"]
-            _say(f"  [grid] {job.method} seed {job.seed} lr {job.learning_rate:g}: validation "
-                 f"text {100 * v['text']:.1f}%, audio {100 * v['audio']:.1f}%, retention "
-                 f"{100 * v['retention']:.1f}%")
+    def grid_done(job, r):
+        v = r["val"]
+        _say(f"  [rate grid] {job.method} seed {job.seed} lr {job.learning_rate:g}: validation "
+             f"audio {100 * v['audio']:.1f}% (base {100 * base_val['audio']:.1f}%), text "
+             f"{100 * v['text']:.1f}%, retention {100 * v['retention']:.1f}%")
 
-        grid_results = J.run_jobs(ctx, grid_jobs, workers=workers, on_done=grid_done)
-        runs: dict[str, dict[float, list]] = {}
-        for job, r in zip(grid_jobs, grid_results):
-            runs.setdefault(job.method, {}).setdefault(job.learning_rate, []).append(r["val"])
-        grid = choose_rates(runs, base_val)
-        grid["post_training"] = asdict(post)
-        (out / "learning_rates.json").write_text(json.dumps(grid, indent=1))
-        if rates_only:
-            shutil.rmtree(scratch, ignore_errors=True)
-            return {"mode": mode, "learning_rate_grid": grid,
-                    "timings_s": {**timings, "rate_grid": time.perf_counter() - t}}
-    else:
-        grid = committed_rates()
-    missing = [m for m in methods if m not in grid["selected"]]
-    if missing:
-        raise ValueError(f"{RATES_FILE} has no learning rate for {missing}: run "
-                         "`cord demo --full --rates-only`")
-    rates = {"a": {m: float(grid["selected"][m]["rate"]) for m in methods}}
-    if cfg["grid"]:
-        rates["b"] = {m: float(grid["shared"]["rate"]) for m in methods}
+    grid_results = J.run_jobs(ctx, grid_jobs, workers=workers, on_done=grid_done,
+                              results_dir=jobs_dir)
+    control_items: dict[float, list] = {}
+    for job, r in zip(grid_jobs, grid_results):
+        control_items.setdefault(job.learning_rate, []).append(r["val"]["audio_items"])
+    rate_choice = choose_shared_rate(control_items, base_val["audio_items"])
+    rate = rate_choice["rate"]
     timings["rate_grid"] = time.perf_counter() - t
+    _say(f"shared learning rate: {rate:g}" + ("" if rate_choice["controlled"] else
+         " (NO rate of the grid moved the control: the comparison has no power)"))
 
+    # 2. The base: its scores and the preconditions.
     t = time.perf_counter()
-    measured = base_measures(base, splits, task, post)
-    pre = CR.preconditions(measured["values"], self_correction=task.self_correction)
-    base_rollouts, base_kl = CM.kl_by_correctness(base, splits["eval"][: CM.KL_ITEMS], post)
-    curves_base = CM.curve_scores(base, splits, post)
-    grad_norms = M.loss_gradient_norms(base, J.training_records(task, splits), post)
+
+    def measure_base() -> dict[str, Any]:
+        measured = base_measures(base, splits, task, post)
+        rollouts, kl = CM.kl_by_correctness(base, splits["eval"][: CM.KL_ITEMS], post)
+        save_rollouts(rollouts, out / "base_rollouts.jsonl")
+        return {**measured, "kl": kl, "curves_base": CM.curve_scores(base, splits, post),
+                "grad_norms": M.loss_gradient_norms(base, J.training_records(task, splits),
+                                                    post)}
+
+    measured = _cached(jobs_dir / "base.json", ident, measure_base)
+    pre = CR.preconditions(measured["values"])
     timings["base_eval"] = time.perf_counter() - t
     for name, p in pre.items():
         v = "n/a" if p["value"] is None else f"{p['value']:.3f}"
         _say(f"precondition {name}: {v} ({p['bound']}){'' if p['ok'] else '  NOT MET'}")
 
+    # 3. Every method at the shared rate; --full adds methods and the other rates.
     t = time.perf_counter()
-    summary, paired, verdicts, scores_all, tokens_all = {}, {}, {}, {}, {}
+    plan = {"a": (methods, seeds, rate)}
+    if cfg.get("extra"):
+        plan["extra"] = (tuple(cfg["extra"]) + COMPARED, tuple(cfg["extra_seeds"]), rate)
+    if cfg["sensitivity"]:
+        for r in RATE_GRID:
+            if r != rate:
+                plan[f"lr {r:g}"] = (methods, seeds[:1], r)
+    summary, paired, verdicts, reasons, powers, scores_all, tokens_all = ({}, {}, {}, {}, {},
+                                                                         {}, {})
     curves, kl_after = {}, {}
-    for table, table_rates in rates.items():
-        jobs = _jobs(methods, seeds, table_rates, scratch, out if table == "a" else None,
-                     tag=table, save_models=save_models, curve=table == "a")
-        done = _announcer(table, len(jobs))
-        results = J.run_jobs(ctx, jobs, workers=workers, on_done=done)
+    for table, (t_methods, t_seeds, t_rate) in plan.items():
+        jobs = _jobs(t_methods, t_seeds, t_rate, scratch, out if table == "a" else None,
+                     tag=table.replace(" ", ""), save_models=save_models, curve=table == "a")
+        results = J.run_jobs(ctx, jobs, workers=workers, on_done=_announcer(table, len(jobs)),
+                             results_dir=jobs_dir)
         scores, tokens, c, k = _collect(jobs, results)
         if table == "a":
             curves, kl_after = c, k
         scores["base"] = [measured["scores"]]
-        s = CR.summarize(scores, tokens, table_rates)
-        summary[table], paired[table], verdicts[table] = s["summary"], s["paired"], s["verdict"]
+        s = CR.summarize(scores, tokens, {m: t_rate for m in t_methods}, preconditions=pre,
+                         curves=c)
+        summary[table], paired[table] = s["summary"], s["paired"]
+        verdicts[table], reasons[table], powers[table] = s["verdict"], s["reason"], s["power"]
         scores_all[table], tokens_all[table] = _compact(scores), tokens
-    if cfg.get("ablation"):
-        ablation = cfg["ablation"]
-        ab_methods = tuple(m for m in ablation["methods"] if m in methods)
-        ab = _no_prior_table(task, post, ab_methods, ablation["seeds"], rates["a"], scratch,
-                             cache_dir=cache_dir, progress=progress, refresh=refresh,
-                             workers=workers)
-        summary["no_prior"], paired["no_prior"], verdicts["no_prior"] = (
-            ab["summary"], ab["paired"], ab["verdict"])
-        pre_no_prior = ab["preconditions"]
-    else:
-        pre_no_prior = None
     timings["post_train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    save_rollouts(base_rollouts, out / "base_rollouts.jsonl")
     if save_models:
         base.model.save_pretrained(out / "models" / "base")
         base.processor.save_pretrained(out / "models" / "base")
-    shutil.rmtree(scratch, ignore_errors=True)
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     results = {
         "task_name": "claim", "mode": mode, "seeds": list(seeds), "methods": list(methods),
         "task": asdict(task), "post_training": asdict(post), "base_source": source,
-        "preconditions": pre, "preconditions_no_prior": pre_no_prior, "summary": summary,
-        "paired": paired, "verdict": verdicts,
-        "verdict_rule": VERDICT_RULE, "learning_rates": rates, "learning_rate_grid": grid,
+        "learning_rate": rate, "steps": post.max_steps, "learning_rate_rule": rate_choice,
+        "preconditions": pre, "summary": summary, "paired": paired, "verdict": verdicts,
+        "verdict_reason": reasons, "power": powers.get("a"), "power_by_table": powers,
+        "verdict_rule": VERDICT_RULE,
         "base_measures": {"values": measured["values"],
-                          "first_error_positions": measured["first_error_positions"]},
-        "kl": {"base": base_kl, "after": kl_after}, "curves": curves,
-        "curves_base": curves_base, "loss_gradient_norms": grad_norms,
+                          "first_error_positions": measured["first_error_positions"],
+                          "teacher_at_error": measured["teacher_at_error"],
+                          "teacher_recovery": measured["teacher_recovery"]},
+        "kl": {"base": measured["kl"], "after": kl_after}, "curves": curves,
+        "curves_base": measured["curves_base"], "loss_gradient_norms": measured["grad_norms"],
         "per_seed": scores_all, "timings_s": timings,
-        "setting": setting_text(task, post, seeds), "command": command,
+        "setting": setting_text(task, post, seeds, rate), "command": command,
         "environment": (f"Python {platform.python_version()}, torch {torch.__version__}, "
-                        f"{torch.get_num_threads()} thread(s), {workers} worker(s), base "
-                        f"{source}"),
+                        f"{platform.processor() or platform.machine()} ({cpu_name()}), "
+                        f"{os.cpu_count()} core(s), {torch.get_num_threads()} thread(s), "
+                        f"{workers} worker(s), base {source}"),
     }
     CR.write_report(results, out, command)
+    shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
-def _no_prior_table(task: ClaimTaskConfig, post, methods, seeds, rates, scratch: Path, *,
-                    cache_dir, progress, refresh, workers) -> dict[str, Any]:
-    """The no-prior ablation: the same methods and rates from a base pre-trained without the
-    self-correction prior; its own base scores and preconditions."""
-    nop = replace(task, self_correction=False)
-    splits = J.task_splits(nop, cache_dir)
-    base, path, _ = claim_base(nop, splits, cache_dir=cache_dir, progress=progress,
-                               refresh=refresh)
-    measured = base_measures(base, splits, nop, post)
-    jobs = _jobs(methods, seeds, rates, scratch, None, tag="noprior", save_models=False,
-                 curve=False)
-    results = J.run_jobs(J.Context(nop, post, path, cache_dir), jobs, workers=workers,
-                         on_done=_announcer("no_prior", len(jobs)))
-    scores, tokens, _, _ = _collect(jobs, results)
-    scores["base"] = [measured["scores"]]
-    out = CR.summarize(scores, tokens, rates)
-    out["preconditions"] = CR.preconditions(measured["values"], self_correction=False)
-    return out
+def resume_claim_demo(directory: str | Path, *, cache_dir=None, progress: bool = True,
+                      workers: int = 1) -> dict[str, Any]:
+    """Finishes the run in ``directory`` with the options it was started with: every job whose
+    result is saved is read back, the rest run, then the report is written."""
+    directory = Path(directory)
+    run_file = directory / RUN_FILE
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{directory} holds no {RUN_FILE}: not a claim-demo run "
+                                "(cord demo --output-dir DIR starts one)")
+    opts = json.loads(run_file.read_text())
+    return run_claim_demo(mode=opts["mode"], seeds=opts["seeds"], methods=opts["methods"],
+                          output_dir=directory, cache_dir=cache_dir, progress=progress,
+                          command=opts["command"], save_models=opts["save_models"],
+                          workers=workers, resume=True)
 
 
-def setting_text(task: ClaimTaskConfig, post: P.PostTrainConfig, seeds) -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the timings' record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def setting_text(task: ClaimTaskConfig, post: P.PostTrainConfig, seeds, rate: float) -> str:
     return (
-        f"Every method: {post.max_steps} steps of {post.batch_size} unlabelled prompts from the "
+        f"Every method: one shared learning rate {rate:g} (AdamW), {post.max_steps} steps of "
+        f"{post.batch_size} unlabelled prompts from the "
         f"same {task.pool_questions}-question pool in the same order, rollouts of at most "
         f"{post.max_completion_length} tokens (T = {post.temperature}; GRPO groups of "
         f"{post.num_generations} at T = {post.grpo_temperature}), K = {post.top_k} (the "
@@ -386,7 +422,9 @@ def setting_text(task: ClaimTaskConfig, post: P.PostTrainConfig, seeds) -> str:
         f"in-domain set and on the transfer (comparison) set; retention = beep-counting "
         f"accuracy; text after = in-domain text accuracy. Recovery: share answered right after "
         f"a forced wrong first step, text / audio side. 95% CIs: paired bootstrap over items "
-        f"and seeds (2000 resamples). Gold SFT is a diagnostic, not a competitor.")
+        f"and seeds (2000 resamples). The gold-SFT controls are positive controls, not "
+        f"competitors (the transfer control trains on {task.compare_pool} spoken comparisons "
+        f"disjoint from the transfer set).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,15 +461,18 @@ def reevaluate(directory: str | Path, eval_seed: int, *, cache_dir=None,
         if progress:
             _say(f"re-scoring {m} on eval seed {eval_seed}")
         scores[m] = [CM.score_claim_model(load_base(models / m), fresh, post)]
-    rates = run["learning_rates"]["a"]
+    rate = run["learning_rate"]
     # the tokens each method generated in post-training (the run's), not in this scoring
     tokens = {m: [run["summary"]["a"][m]["generated_tokens"]] for m in methods}
-    s = CR.summarize(scores, tokens, rates)
+    s = CR.summarize(scores, tokens, {m: rate for m in methods},
+                     preconditions=run["preconditions"])
     out = directory / f"reevaluate-{eval_seed}"
     out.mkdir(exist_ok=True)
-    result = {"eval_seed": eval_seed, "methods": methods, "summary": {"a": s["summary"]},
-              "paired": {"a": s["paired"]}, "verdict": {"a": s["verdict"]},
-              "verdict_rule": VERDICT_RULE,
+    result = {"eval_seed": eval_seed, "methods": methods, "learning_rate": rate,
+              "steps": run["steps"], "preconditions": run["preconditions"],
+              "summary": {"a": s["summary"]}, "paired": {"a": s["paired"]},
+              "verdict": {"a": s["verdict"]}, "verdict_reason": {"a": s["reason"]},
+              "power": s["power"], "verdict_rule": VERDICT_RULE,
               "items": {k: [r["id"] for r in v] for k, v in fresh.items()}}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
     text = [f"# Re-evaluation of {directory} on fresh items (eval seed {eval_seed})", "",

@@ -31,17 +31,19 @@ def _items(result: dict, modality: str) -> list[int]:
 
 
 def validation_scores(adapter, splits: dict[str, list], post: PostTrainConfig, *,
-                      limit: int | None = None) -> dict[str, float]:
+                      limit: int | None = None) -> dict[str, Any]:
     """What the learning-rate rule reads: validation in-domain text and audio accuracy, and
-    validation retention (beep counting); with ``limit``, on the first ``limit`` items."""
+    validation retention (beep counting), with the per-item verdicts of the in-domain audio
+    answers (``audio_items``, for the rule's paired CI); with ``limit``, on the first ``limit``
+    items."""
     val = splits["val"][:limit]
     r = evaluate(adapter, val, name="val", max_new_tokens=post.max_completion_length,
-                 batch_size=BATCH, progress=False, keep_responses=False)
+                 batch_size=BATCH, progress=False)
     ret = evaluate(adapter, splits["count_val"][:limit], name="count_val", max_new_tokens=8,
                    batch_size=BATCH, modalities=("audio",), instruction=COUNT_INSTRUCTION,
                    progress=False, keep_responses=False)
     return {"text": r["text"]["accuracy"], "audio": r["audio"]["accuracy"],
-            "retention": ret["audio"]["accuracy"]}
+            "retention": ret["audio"]["accuracy"], "audio_items": _items(r, "audio")}
 
 
 def curve_scores(adapter, splits: dict[str, list], post: PostTrainConfig) -> dict[str, float]:
@@ -171,11 +173,62 @@ def first_error_positions(adapter, responses: Sequence[str], records: Sequence[d
             continue
         said = adapter.tokenizer(resp, add_special_tokens=False)["input_ids"]
         gold = adapter.tokenizer(rec["worked"], add_special_tokens=False)["input_ids"]
-        k = 0
-        while k < min(len(said), len(gold)) and said[k] == gold[k]:
-            k += 1
-        out.append(k)
+        out.append(_first_difference(said, gold))
     return out
+
+
+def _first_difference(said: Sequence[int], gold: Sequence[int]) -> int:
+    k = 0
+    while k < min(len(said), len(gold)) and said[k] == gold[k]:
+        k += 1
+    return k
+
+
+def teacher_at_error(adapter, responses: Sequence[str], records: Sequence[dict],
+                     correct: Sequence[int]) -> dict[str, Any]:
+    """At the first wrong token of each WRONG audio answer, is the text side right there?
+
+    The prefix before that token is right (it is the gold chain's), so the paper's mechanism
+    needs a teacher whose top choice at that position is the gold token: then the reverse KL
+    at the student's error pulls toward the right token. Reported overall and per error type:
+    ``operands`` (the error is in restating the operands, ``"47+38:"``: a mis-hearing, which
+    the text side, reading the operands, can fix) and ``computation`` (the column steps, where
+    the teacher tends to make the same mistakes). ``{value, operands, computation, n,
+    n_operands, n_computation}``; a value is None without a case."""
+    cases = []
+    for resp, rec, ok in zip(responses, records, correct):
+        if ok:
+            continue
+        said = adapter.tokenizer(resp, add_special_tokens=False)["input_ids"]
+        gold = adapter.tokenizer(rec["worked"], add_special_tokens=False)["input_ids"]
+        k = _first_difference(said, gold)
+        if k >= len(gold):  # the whole gold chain was said: the error is after its end
+            continue
+        head = len(adapter.tokenizer(rec["worked"].split(" ", 1)[0],
+                                     add_special_tokens=False)["input_ids"])
+        cases.append((rec, gold, k, "operands" if k < head else "computation"))
+    hits: dict[str, list[bool]] = {"operands": [], "computation": []}
+    for s in range(0, len(cases), BATCH):
+        chunk = cases[s : s + BATCH]
+        width = max(len(g) for _, g, _, _ in chunk)
+        ids = torch.full((len(chunk), width), adapter.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for i, (_, gold, _, _) in enumerate(chunk):
+            ids[i, : len(gold)] = torch.tensor(gold)
+            mask[i, : len(gold)] = True
+        prompts = adapter.text_prompts([r["text"] for r, _, _, _ in chunk])
+        with torch.no_grad():
+            logits = adapter.completion_logits(prompts, ids, mask)  # (n, width, V)
+        for i, (_, gold, k, kind) in enumerate(chunk):
+            hits[kind].append(int(logits[i, k].argmax()) == gold[k])
+    every = hits["operands"] + hits["computation"]
+
+    def share(xs):
+        return float(np.mean(xs)) if xs else None
+
+    return {"value": share(every), "operands": share(hits["operands"]),
+            "computation": share(hits["computation"]), "n": len(every),
+            "n_operands": len(hits["operands"]), "n_computation": len(hits["computation"])}
 
 
 def kl_by_correctness(adapter, records: Sequence[dict], post: PostTrainConfig

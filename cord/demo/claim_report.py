@@ -12,7 +12,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cord.demo import posttrain as P
-from cord.demo.verdict import METRICS, VERDICT_RULE, verdict
+from cord.demo.verdict import (
+    AXIS_NAMES,
+    BEST_IMITATION,
+    CONTROL_FLOOR,
+    DELTA,
+    METRICS,
+    VERDICT_RULE,
+    assess_power,
+    verdict,
+)
 from cord.eval.stats import PairedItemBootstrap, ci95
 
 #: name -> (low, high) bound; None is unbounded on that side
@@ -20,14 +29,23 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "teacher_accuracy": (0.40, 0.80),
     "base_audio_over_text": (0.50, 0.85),
     "late_first_errors": (0.30, None),
-    "teacher_recovery": (0.50, None),
+    "teacher_at_error": (0.50, None),
     "retention_base": (0.70, 0.95),
-    "transfer_base_gap": (0.10, None),
+    "transfer_base_gap": (0.20, None),
 }
 PAIRS = (("cord", "sft"), ("cord", "fkl"), ("cord", "grpo_opd"))
-BEST_IMITATION = "cord - max(sft, fkl)"
-TABLES = {"a": "learning rate per method", "b": "one shared learning rate",
-          "no_prior": "no self-correction prior in pre-training, rates of table (a)"}
+COLLAPSE = 0.10
+"""A method whose text accuracy after training is this far below the base's is flagged."""
+DECAY = 0.05
+"""A method whose last validation audio point is this far below its curve's peak is flagged."""
+
+
+def table_title(table: str) -> str:
+    if table == "a":
+        return "the comparison, one shared learning rate"
+    if table == "extra":
+        return "more methods at the shared rate (fewer seeds)"
+    return f"sensitivity: every method at {table} (one seed)"
 METRIC_LABELS = {
     "in_domain_gap_reduction": "in-domain gap reduction",
     "transfer_gap_reduction": "transfer gap reduction",
@@ -43,27 +61,42 @@ def _bound_text(lo, hi) -> str:
     return f"in [{lo}, {hi}]"
 
 
-def preconditions(values: dict[str, float | None], *, self_correction: bool
-                  ) -> dict[str, dict[str, Any]]:
-    """``{name: {value, bound, ok}}`` for the :data:`BOUNDS` (``teacher_recovery`` is checked
-    only with the self-correction prior on; without it, it is reported with bound "n/a")."""
+def preconditions(values: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    """``{name: {value, bound, ok}}`` for the :data:`BOUNDS`."""
     out = {}
     for name, (lo, hi) in BOUNDS.items():
         v = values.get(name)
-        if name == "teacher_recovery" and not self_correction:
-            out[name] = {"value": v, "bound": "n/a (no self-correction prior)", "ok": True}
-            continue
         ok = v is not None and not math.isnan(v) and v >= lo and (hi is None or v <= hi)
         out[name] = {"value": v, "bound": _bound_text(lo, hi), "ok": bool(ok)}
     return out
 
 
+def flags(row: dict[str, Any], base_text: float, curve: list[dict] | None) -> list[str]:
+    """What a reader must not average in silently: a text side that collapsed (text accuracy
+    after training :data:`COLLAPSE` or more below the base's), and a run that peaked and
+    decayed (its last validation audio point :data:`DECAY` or more below its best)."""
+    out = []
+    if row["text_after"] < base_text - COLLAPSE:
+        out.append(f"text side lost {100 * (base_text - row['text_after']):.0f} points")
+    if curve:
+        peak = max(curve, key=lambda p: p["audio"])
+        if curve[-1]["audio"] < peak["audio"] - DECAY:
+            out.append(f"decaying: validation audio peaked at step {peak['step']} "
+                       f"({100 * peak['audio']:.0f}%), ended at {100 * curve[-1]['audio']:.0f}%")
+    return out
+
+
 def summarize(scores: dict[str, list[dict]], tokens: dict[str, list[int]],
-              rates: dict[str, float], *, resamples: int = 2000) -> dict[str, Any]:
-    """Per method (seeds pooled) every metric with its 95% CI, and the paired differences.
+              rates: dict[str, float], *, preconditions: dict[str, dict] | None = None,
+              curves: dict[str, list[dict]] | None = None, resamples: int = 2000
+              ) -> dict[str, Any]:
+    """Per method (seeds pooled) every metric with its 95% CI, the paired differences (CORD
+    against each competitor and against max(SFT, FKL), every method against the base), the
+    power of each comparison and the verdict with its reason.
 
     ``scores``: method -> per-seed :func:`cord.demo.claim_measure.score_claim_model` dicts,
-    with ``"base"`` holding the base's single entry.
+    with ``"base"`` holding the base's single entry. ``curves``: method -> its seed-0
+    validation curve (for the decay flag).
     """
     base = scores["base"][0]
     methods = [m for m in scores if m != "base"]
@@ -112,6 +145,8 @@ def summarize(scores: dict[str, list[dict]], tokens: dict[str, list[int]],
         })
         if m in rates:
             row["learning_rate"] = rates[m]
+        if m != "base":
+            row["flags"] = flags(row, points["base"]["text_after"], (curves or {}).get(m))
         summary[m] = row
     paired: dict[str, dict[str, dict[str, Any]]] = {}
     metrics = (*METRICS, "text_after")
@@ -125,8 +160,19 @@ def summarize(scores: dict[str, list[dict]], tokens: dict[str, list[int]],
             k: {"mean": points["cord"][k] - max(points["sft"][k], points["fkl"][k]),
                 "ci95": ci95(reps["cord"][k] - np.fmax(reps["sft"][k], reps["fkl"][k]))}
             for k in metrics}
-    return {"summary": summary, "paired": paired,
-            "verdict": verdict(paired) if BEST_IMITATION in paired else None}
+    # every method against the base: on a gap reduction that is the method's own (the base's
+    # is 0 on every replicate), on retention and text accuracy a paired difference
+    for m in methods:
+        paired[f"{m} - base"] = {
+            k: {"mean": points[m][k] - points["base"][k],
+                "ci95": ci95(reps[m][k] - reps["base"][k])} for k in metrics}
+    if BEST_IMITATION not in paired:
+        return {"summary": summary, "paired": paired, "power": None, "verdict": None,
+                "reason": "no verdict: the table lacks CORD, SFT or FKL"}
+    power = assess_power(paired)
+    v, reason = verdict(paired, preconditions, power)
+    return {"summary": summary, "paired": paired, "power": power, "verdict": v,
+            "reason": reason}
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +201,7 @@ def label(method: str) -> str:
 def summary_table(summary: dict[str, Any]) -> str:
     head = ["Method", "lr", "in-domain audio", "in-domain gap reduction [95% CI]",
             "transfer audio", "transfer gap reduction [95% CI]", "retention [95% CI]",
-            "text after [95% CI]", "recovery text / audio", "generated tokens"]
+            "text after [95% CI]", "recovery text / audio", "generated tokens", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, row in summary.items():
         audio = _pc(row["audio"]) + (f" ± {_pc(row['audio_std'])}" if row.get("audio_std")
@@ -167,7 +213,8 @@ def summary_table(summary: dict[str, Any]) -> str:
             "—" if m == "base" else _with_ci(row, "transfer_gap_reduction"),
             _with_ci(row, "retention"), _with_ci(row, "text_after"),
             f"{_pc(row['recovery_text'], 0)} / {_pc(row['recovery_audio'], 0)}",
-            f"{row['generated_tokens']:,}" if m != "base" else "—"]) + " |")
+            f"{row['generated_tokens']:,}" if m != "base" else "—",
+            "; ".join(row.get("flags") or []) or "—"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,10 +228,44 @@ def paired_table(paired: dict[str, Any]) -> str:
             v = values[k]
             cells.append("n/a" if math.isnan(v["mean"]) else
                          f"{100 * v['mean']:+.1f} [{_pc(v['ci95'][0])}, {_pc(v['ci95'][1])}]")
-        name = pair.replace("cord", "CORD").replace("sft", "SFT").replace("fkl", "FKL").replace(
-            "grpo_opd", "GRPO+OPD").replace(" - ", " − ")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {pair_name(pair)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+SHORT = {"cord": "CORD", "sft": "SFT", "fkl": "FKL", "grpo_opd": "GRPO+OPD", "base": "base",
+         "max(sft, fkl)": "max(SFT, FKL)"}
+
+
+def pair_name(pair: str) -> str:
+    """``"cord - max(sft, fkl)"`` -> ``"CORD − max(SFT, FKL)"``; other methods by label."""
+    return " − ".join(SHORT.get(m) or label(m).lstrip("+ ") for m in pair.split(" - "))
+
+
+def power_table(power: dict[str, Any] | None, paired: dict[str, Any]) -> str:
+    """One row per comparison X: its control's move, D_X's CI and half-width, powered."""
+    if not power:
+        return ""
+    lines = ["| X | positive control | control − base [95% CI] | needs | "
+             "CORD − max(SFT, FKL) [95% CI] | half-width (needs ≤ "
+             f"{100 * DELTA:.0f}) | CORD − base [95% CI] | powered |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x, p in power.items():
+        metric = "in_domain_gap_reduction" if x == "in_domain" else "transfer_gap_reduction"
+        c = p["control_minus_base"]
+        d = paired[BEST_IMITATION][metric]
+        own = paired["cord - base"][metric]
+        floor = f"lower bound ≥ {100 * DELTA:.0f}" if CONTROL_FLOOR[x] > 0 else "lower bound > 0"
+        lines.append(
+            f"| {AXIS_NAMES[x]} | {label(p['control']).lstrip('+ ')} | {_diff(c)} | {floor} | "
+            f"{_diff(d)} | {_pc(p['halfwidth'])} | {_diff(own)} | "
+            f"{'yes' if p['powered'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _diff(block: dict[str, Any]) -> str:
+    if block["mean"] != block["mean"]:
+        return "n/a"
+    return f"{100 * block['mean']:+.1f} [{_pc(block['ci95'][0])}, {_pc(block['ci95'][1])}]"
 
 
 def preconditions_table(pre: dict[str, dict]) -> str:
@@ -287,37 +368,55 @@ def plot_reductions(results: dict[str, Any], path: Path, table: str = "a") -> Pa
 
 
 def verdict_block(results: dict[str, Any]) -> str:
+    """The rule first, then the verdict of the comparison with its reason, then the power."""
     lines = [f"**Verdict rule (fixed before any result).** {VERDICT_RULE}", ""]
-    for table, v in results["verdict"].items():
-        lines.append(f"- **Table ({table}), {TABLES[table]}: {v or 'n/a'}**")
-    missing = [t for t in ("a", "b") if t not in results["verdict"]]
-    for t in missing:
-        lines.append(f"- Table ({t}), {TABLES[t]}: not run in this mode (`cord demo --full` "
-                     "runs it).")
+    v, reason = results["verdict"].get("a"), results["verdict_reason"].get("a")
+    lines += [f"**Verdict: {v or 'n/a'}.** {reason}", ""]
+    for table in results["verdict"]:
+        if table != "a":
+            lines.append(f"- {table_title(table)}: {results['verdict'][table]} "
+                         f"({results['verdict_reason'][table]})")
+    if len(results["verdict"]) > 1:
+        lines.append("")
+    if results.get("power"):
+        lines += ["Power of each comparison:", "",
+                  power_table(results["power"], results["paired"]["a"])]
     return "\n".join(lines) + "\n"
 
 
+def at_error_text(results: dict[str, Any]) -> str:
+    e = (results.get("base_measures") or {}).get("teacher_at_error")
+    if not e or not e.get("n"):
+        return ""
+
+    def share(k):
+        return "n/a" if e[k] is None else f"{100 * e[k]:.0f}%"
+
+    return (f"Teacher at the student's first error (base, {e['n']} wrong audio answers): the "
+            f"text side's top choice is the right token at {share('value')} of them; "
+            f"{share('operands')} of the {e['n_operands']} errors in restating the operands, "
+            f"{share('computation')} of the {e['n_computation']} in the computation.")
+
+
 def write_report(results: dict[str, Any], out: Path, command: str) -> None:
-    """results.json, the tables as markdown, the plots and README.md in ``out``."""
+    """results.json, the plots and README.md in ``out``."""
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     figs = [f for f in (plot_curves(results, out / "curves.png"),
                         plot_kl_correct_wrong(results, out / "kl_correct_wrong.png"),
                         plot_reductions(results, out / "claim.png")) if f]
     pre = results["preconditions"]
     lines = ["# `cord demo`: CORD where the paper makes its claim", "",
-             f"Command: `{command}`", ""]
-    bad = failed(pre)
-    if bad:
-        lines += [f"**Preconditions not met: {', '.join(bad)}.** The comparison below is "
-                  "outside the paper's regime in these respects; read it with that in mind.", ""]
-    lines += [verdict_block(results), preconditions_table(pre), results["setting"], ""]
+             f"Command: `{command}`", "", verdict_block(results), preconditions_table(pre),
+             at_error_text(results), "", results["setting"], "",
+             "Learning rate: " + results["learning_rate_rule"]["rule"] + ". Grid (validation, "
+             "control − base audio accuracy): " + ", ".join(
+                 f"{r}: {100 * g['difference']:+.1f} [{_pc(g['ci95'][0])}, {_pc(g['ci95'][1])}]"
+                 for r, g in results["learning_rate_rule"]["grid"].items()), ""]
     for table in results["summary"]:
-        lines += [f"## Table ({table}): {TABLES[table]}", "",
+        lines += [f"## Table ({table}): {table_title(table)}", "",
                   summary_table(results["summary"][table]),
                   "Paired differences (percentage points, 95% CI):", "",
                   paired_table(results["paired"][table]), ""]
-    if results.get("learning_rate_grid"):
-        lines += ["Learning rates: " + results["learning_rate_grid"]["rule"], ""]
     kl = results.get("kl") or {}
     if kl.get("base"):
         lines += ["## KL along correct and wrong audio rollouts (seed 0, T = 1)", "",
@@ -331,8 +430,8 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
         lines.append("")
     if results.get("loss_gradient_norms"):
         g = results["loss_gradient_norms"]
-        lines += ["Gradient norms on the base (mean over 4 micro-batches): "
-                  + ", ".join(f"{k} {v:.3g}" for k, v in g.items()), ""]
+        lines += ["Gradient norms on the base (mean over 4 micro-batches; reported, not "
+                  "rebalanced): " + ", ".join(f"{k} {v:.3g}" for k, v in g.items()), ""]
     lines += [f"![{f.stem}]({f.name})" for f in figs]
     t = results["timings_s"]
     lines += ["", f"Wall time {t['total'] / 60:.1f} min ("
@@ -342,12 +441,14 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
 
 
 def console_summary(results: dict[str, Any]) -> str:
-    out = []
+    out = [f"verdict: {results['verdict'].get('a')} ({results['verdict_reason'].get('a')})"]
     bad = failed(results["preconditions"])
     if bad:
         out.append(f"preconditions not met: {', '.join(bad)}")
-    for table, v in results["verdict"].items():
-        out.append(f"verdict, table ({table}) [{TABLES[table]}]: {v}")
+    if results.get("power"):
+        out.append(power_table(results["power"], results["paired"]["a"]))
+    for table in results["summary"]:
+        out.append(f"table ({table}): {table_title(table)}")
         out.append(summary_table(results["summary"][table]))
         out.append(paired_table(results["paired"][table]))
     return "\n".join(out)
@@ -355,22 +456,20 @@ def console_summary(results: dict[str, Any]) -> str:
 
 def readme_block(results: dict[str, Any], run_dir: str) -> str:
     """The README's demo section, generated from a run's results.json (tests/test_docs.py
-    checks that the README holds exactly this for the committed run in ``run_dir``)."""
+    checks that the README holds exactly this for the committed run in ``run_dir``): the
+    rule, the verdict with its reason, the power, then the tables."""
     pre = results["preconditions"]
     bad = failed(pre)
     lines = [verdict_block(results)]
     if bad:
         lines += ["**Preconditions not met: " + ", ".join(
-            f"{k} = {pre[k]['value']:.3f} ({pre[k]['bound']})" for k in bad)
+            f"{k} = {_value(pre[k]['value'])} ({pre[k]['bound']})" for k in bad)
             + ".** The verdict is outside the paper's regime in these respects.", ""]
     else:
-        lines += ["All six preconditions of the paper's regime hold on the base (teacher "
-                  f"accuracy {pre['teacher_accuracy']['value']:.2f}, audio/text "
-                  f"{pre['base_audio_over_text']['value']:.2f}, retention "
-                  f"{pre['retention_base']['value']:.2f}, transfer gap "
-                  f"{pre['transfer_base_gap']['value']:.2f}, teacher recovery "
-                  f"{pre['teacher_recovery']['value']:.2f}).", ""]
-    lines += [results["setting"], "", summary_table(results["summary"]["a"]),
+        lines += ["All six preconditions of the paper's regime hold on the base (" + ", ".join(
+            f"{k} {pre[k]['value']:.2f}" for k in pre) + ").", ""]
+    lines += [at_error_text(results), "", results["setting"], "",
+              summary_table(results["summary"]["a"]),
               "Paired differences, percentage points [95% CI]:", "",
               paired_table(results["paired"]["a"]),
               f"Full report, per-seed numbers, the learning-rate grid and the plots: "
@@ -379,6 +478,10 @@ def readme_block(results: dict[str, Any], run_dir: str) -> str:
               f"{results['timings_s']['total'] / 60:.1f} min). "
               f"![claim]({run_dir}/claim.png)"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _value(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

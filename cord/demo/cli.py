@@ -25,27 +25,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "held-out items drawn from --eval-seed, and print the tables")
     parser.add_argument("--eval-seed", type=int, default=1,
                         help="with --reevaluate: the seed of the fresh held-out items")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="finish the claim-demo run in DIR that stopped (crash, kill, "
+                             "timeout) with the options it was started with: jobs whose "
+                             "results DIR/jobs/ holds are read back, not retrained")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="the CI smoke test: small task, 4 steps, one seed (about 1 min)")
     size.add_argument("--full", action="store_true",
-                      help="the learning-rate grid, 5 seeds, the α = β sweep and every method "
-                           "again at 4x the steps (20 min on 2 cores with 2 workers); writes "
-                           "learning_rates.json")
+                      help="claim task: the default comparison plus GRPO, GRPO + OPD, the "
+                           "α = β sweep and the text-side-fixed variants at the shared rate, "
+                           "and every compared method at the grid's other rates (the "
+                           "sensitivity analysis); operands task: the learning-rate grid, 5 "
+                           "seeds, every method again at 4x the steps")
     size.add_argument("--long", action="store_true",
-                      help="SFT, FKL, GRPO + OPD and CORD at 4x the steps, learning rates chosen "
-                           "by the same rule at that budget, 3 seeds (23 min on 2 cores with 2 "
-                           "workers)")
+                      help="operands task only: SFT, FKL, GRPO + OPD and CORD at 4x the steps, "
+                           "learning rates chosen by the same rule at that budget, 3 seeds")
     parser.add_argument("--rates-only", action="store_true",
-                        help="with --full or --long: run only the learning-rate grid and write "
-                             "learning_rates.json (--full's, copied to cord/demo/, is the "
-                             "default's)")
+                        help="operands task, with --full or --long: run only the learning-rate "
+                             "grid and write learning_rates.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="post-training seeds (default: 0 1 2; 0..4 with --full; 0 with "
-                             "--quick)")
+                        help="post-training seeds (default: 0 1 2; 0..4 with --task operands "
+                             "--full; 0 with --quick)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
-                        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)}, and "
-                             "the gold-SFT diagnostic sft_gold with --task claim)")
+                        help="methods to compare (claim task default: sft fkl cord and the "
+                             "controls sft_gold sft_gold_transfer; operands task default: "
+                             f"{' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--output-dir", default="cord_demo",
                         help="where results.json, README.md, the tables, plots and models go")
     parser.add_argument("--cache-dir", default=None,
@@ -63,7 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "stall when other processes share the cores)")
 
 
+def check(args: argparse.Namespace) -> None:
+    """Option combinations the demo cannot run, refused before anything is imported or built."""
+    if args.task == "claim" and (args.long or args.rates_only):
+        raise SystemExit("cord demo: --long and --rates-only apply to --task operands only (the "
+                         "claim task fixes its shared rate inside every run)")
+    if args.resume and (args.reevaluate or args.quick or args.full or args.long):
+        raise SystemExit("cord demo: --resume DIR takes the mode and options of the run in DIR; "
+                         "give it alone (with --workers or --cache-dir)")
+    if args.resume and not (Path(args.resume) / "run.json").is_file():
+        raise SystemExit(f"cord demo: --resume {args.resume}: no run.json there, so no claim-"
+                         "demo run to finish")
+
+
 def run(args: argparse.Namespace) -> int:
+    check(args)
     import torch
 
     from cord.demo import claim_demo as C
@@ -76,25 +95,27 @@ def run(args: argparse.Namespace) -> int:
     mode = ("quick" if args.quick else "full" if args.full else "long" if args.long
             else "default")
     command = "cord " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "cord demo"
+    if args.resume:
+        results = C.resume_claim_demo(args.resume, cache_dir=args.cache_dir,
+                                      workers=args.workers)
+        print()
+        print(CR.console_summary(results))
+        print(f"wrote {Path(args.resume)}/: README.md, results.json and the plots")
+        return 0
     if args.reevaluate:
         result = C.reevaluate(args.reevaluate, args.eval_seed, cache_dir=args.cache_dir)
-        print(CR.verdict_block(result))
+        print(f"verdict: {result['verdict']['a']} ({result['verdict_reason']['a']})")
         print(CR.summary_table(result["summary"]["a"]))
         print(CR.paired_table(result["paired"]["a"]))
         print(f"wrote {Path(args.reevaluate) / f'reevaluate-{args.eval_seed}'}/")
         return 0
     if args.task == "claim":
         torch.set_num_threads(args.threads)
-        if mode == "long":
-            raise SystemExit("cord demo: --long runs only with --task operands")
         results = C.run_claim_demo(
             mode=mode, seeds=args.seeds, methods=args.methods, output_dir=args.output_dir,
             cache_dir=args.cache_dir, refresh=args.refresh, save_models=not args.no_save_models,
-            command=command, rates_only=args.rates_only, workers=args.workers)
+            command=command, workers=args.workers)
         print()
-        if args.rates_only:
-            print(json.dumps(results["learning_rate_grid"]["selected"], indent=1))
-            return 0
         print(CR.console_summary(results))
         print(f"wrote {Path(args.output_dir)}/: README.md, results.json and the plots")
         return 0

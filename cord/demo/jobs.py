@@ -5,16 +5,23 @@ splits from the configuration (speech from the clip cache) and seeds everything 
 same job gives the same numbers in the main process or in any worker, in any order. Workers use
 one torch thread each: on a 2-core machine two workers finish the demo about twice as fast as
 one process, and the tables do not change with the worker count.
+
+With ``results_dir``, :func:`run_jobs` writes each job's result the moment the job ends (after
+its model is saved) and reads back, instead of running again, every job whose result is already
+there with the same identity: nothing a run trained is lost to a later failure, and ``cord demo
+--resume DIR`` finishes a run that stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,7 @@ from cord.demo import claim_measure as CM
 from cord.demo import measure as M
 from cord.demo.claim_task import ClaimTaskConfig, attach_claim_audio, make_claim_splits
 from cord.demo.gap_task import GapTaskConfig, SlottedSpeech, attach_audio, load_base, make_splits
+from cord.demo.methods import METHODS
 from cord.demo.posttrain import PostTrainConfig, accuracies, post_train
 
 
@@ -43,6 +51,11 @@ class Job:
     kl_threshold: float | None = None
     """Measure the KL profile of the trained model against this (the base's) threshold."""
     save_to: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The job's file name in a results folder (its scratch folder's, unique in a run)."""
+        return self.scratch.name
 
 
 @dataclass(frozen=True)
@@ -71,12 +84,13 @@ def task_splits(task: GapTaskConfig | ClaimTaskConfig, cache_dir) -> dict[str, l
     return _SPLITS[task]
 
 
-def training_records(task, splits: dict[str, list]) -> list[dict]:
-    """The unlabelled paired prompts every method post-trains on. The claim task's carry the
-    gold worked chain as ``answer``, which only the gold-SFT diagnostic reads."""
+def training_records(task, splits: dict[str, list], method: str = "sft") -> list[dict]:
+    """The unlabelled paired prompts ``method`` post-trains on (every competitor: the same
+    pool). The claim task's carry the gold worked chain as ``answer``, which only the gold-SFT
+    controls read; the transfer control's are spoken comparisons (``Method.data``)."""
     if isinstance(task, ClaimTaskConfig):
         return [{"id": r["id"], "text": r["text"], "audio": r["audio"], "answer": r["worked"]}
-                for r in splits["pool"]]
+                for r in splits[METHODS[method].data]]
     return [{k: r[k] for k in ("id", "text", "audio")} for r in splits["distill"]]
 
 
@@ -102,7 +116,8 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     # across workers without naming the job; the demo prints one line per job instead, and
     # the metrics stay in the job's scratch metrics.jsonl.
     with contextlib.redirect_stdout(io.StringIO()):
-        adapter, tokens = post_train(base, job.method, training_records(ctx.task, splits),
+        adapter, tokens = post_train(base, job.method,
+                                     training_records(ctx.task, splits, job.method),
                                      post, learning_rate=job.learning_rate, seed=job.seed,
                                      output_dir=job.scratch, max_steps=job.max_steps,
                                      on_step_end=hook)
@@ -144,29 +159,94 @@ def _init_worker(threads: int) -> None:
     quiet_libraries()
 
 
+def identity(ctx: Context, job: Job) -> dict[str, Any]:
+    """What makes a job's result: its settings, the task's and the budget's (JSON-normal).
+    A saved result is reused only when this is identical."""
+    fields = {k: v for k, v in asdict(job).items() if k not in ("scratch", "save_to")}
+    blob = {"job": fields, "task": {"type": type(ctx.task).__name__, **asdict(ctx.task)},
+            "post": asdict(ctx.post), "base": str(ctx.base_path)}
+    return json.loads(json.dumps(blob, default=str))
+
+
+def save_result(path: Path, ident: dict[str, Any], result: dict[str, Any]) -> None:
+    """Writes atomically (a temporary file, then a rename): a half-written file never stands."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"identity": ident, "result": result}, default=float))
+    os.replace(tmp, path)
+
+
+def load_result(path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result at ``path`` if it was made with identity ``ident``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return saved["result"] if saved.get("identity") == ident else None
+
+
 def run_jobs(ctx: Context, jobs: Iterable[Job], *, workers: int = 1,
-             on_done: Callable[[Job, dict[str, Any]], None] | None = None) -> list[dict]:
+             on_done: Callable[[Job, dict[str, Any]], None] | None = None,
+             results_dir: Path | None = None) -> list[dict]:
     """Runs ``jobs`` (in order with ``workers=1``, else in a spawn pool of one-thread workers);
-    returns their results in the order of ``jobs``."""
+    returns their results in the order of ``jobs``.
+
+    With ``results_dir``: a job whose result ``results_dir/<job.name>.json`` is there with the
+    same :func:`identity` is read back, not run (``on_done`` is called for it too); every other
+    job's result is written there as soon as it ends."""
     jobs = list(jobs)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    if workers == 1 or len(jobs) == 1:
-        for i, job in enumerate(jobs):
-            results[i] = run_job(ctx, job)
+    todo = []
+    for i, job in enumerate(jobs):
+        saved = (load_result(results_dir / f"{job.name}.json", identity(ctx, job))
+                 if results_dir is not None else None)
+        if saved is None:
+            todo.append(i)
+        else:
+            results[i] = saved
             if on_done:
-                on_done(job, results[i])
-        return results
-    # spawn: a forked child would inherit torch's thread pool and the parent's RNG state
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(1,),
-                               mp_context=multiprocessing.get_context("spawn"))
-    with pool:
-        futures = {pool.submit(run_job, ctx, job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            if on_done:
-                on_done(jobs[i], results[i])
+                on_done(job, saved)
+
+    def finish(i: int, result: dict[str, Any]) -> None:
+        # JSON-normal, as a result read back is: a resumed run reports what a fresh one does
+        result = json.loads(json.dumps(result, default=float))
+        results[i] = result
+        if results_dir is not None:
+            save_result(results_dir / f"{jobs[i].name}.json", identity(ctx, jobs[i]), result)
+        if on_done:
+            on_done(jobs[i], result)
+
+    failures: list[tuple[Job, BaseException]] = []
+    if workers == 1 or len(todo) <= 1:
+        for i in todo:
+            try:
+                result = run_job(ctx, jobs[i])
+            except Exception as e:  # the other jobs still run and keep their results
+                failures.append((jobs[i], e))
+                continue
+            finish(i, result)
+    else:
+        # spawn: a forked child would inherit torch's thread pool and the parent's RNG state
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                   initargs=(1,), mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            futures = {pool.submit(run_job, ctx, jobs[i]): i for i in todo}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    result = future.result()
+                except Exception as e:
+                    failures.append((jobs[i], e))
+                    continue
+                finish(i, result)
+    if failures:
+        kept = "; every other job's result is saved" if results_dir is not None else ""
+        listed = "; ".join(f"{job.name}: {type(e).__name__}: {e}" for job, e in failures)
+        raise RuntimeError(f"{len(failures)} of {len(jobs)} job(s) failed ({listed}){kept}"
+                           ) from failures[0][1]
     return results
 
