@@ -1,18 +1,18 @@
 """The measuring half of ``scripts/gpu_check.sh`` (the file plumbing is ``bench.gpu_files``).
 
-    python -m bench.gpu_check init     OUT [--dry-run] [--steps STEP,...] [--limit STEP=S ...]
-    python -m bench.gpu_check env      OUT [--dry-run] [--wheels STATUS]
+    python -m bench.gpu_check env      OUT [--dry-run] [--wheels STATUS] [--steps STEP,...]
+                                           [--limit STEP=SECONDS ...]
     python -m bench.gpu_check measure  OUT STEP [--dry-run] [--budget-s S]
 
-``init`` writes every file of the check before any step runs, with every row it plans
-"not reached" (a step left out by ``--only`` is "not run"); each step then rewrites its own
-file as its rows finish. ``measure`` runs one of the two measuring steps, its rows in their
-planned order, each fwd+bwd (median of a few calls after one warm-up call), and stops
-starting rows when its soft budget is spent (the row says so); SIGINT, which timeout(1)
-sends at the step's hard limit, marks the row in progress "interrupted" and leaves the rest
-"not reached". The Triton (and inductor) cache is a fresh folder for each measuring step
-(gpu_check.sh sets TRITON_CACHE_DIR), so ``first_call_s`` of the first row of each kernel is a
-cold compile.
+``env`` first writes every file of the check (``cmd_init``), before any other step runs, with
+every row it plans "not reached" (a step left out by ``--only`` is "not run"); each step then
+rewrites its own file as its rows finish. ``measure`` runs one of the two measuring steps, its
+rows in their planned order, each fwd+bwd (median of a few calls after one warm-up call), and
+stops starting rows when its soft budget is spent (the row says so); SIGINT, which timeout(1)
+sends at the step's hard limit, marks the row in progress "interrupted" and leaves the rest "not
+reached". The Triton (and inductor) cache is a fresh folder for each measuring step
+(gpu_check.sh sets TRITON_CACHE_DIR), so ``first_call_s`` of the first row of each kernel is
+a cold compile.
 
     realistic   bf16, N = 16,384 tokens. Logits in at V = 152,064 (Qwen2-Audio's head):
                 reverse KL (ours, Liger, TRL, naive, torch.compile) and the CORD loss
@@ -375,7 +375,7 @@ def _rates(row: dict, doc: dict, elt: int) -> dict:
 
 
 def cmd_measure(out: Path, step: str, dry_run: bool, budget_s: float) -> int:
-    """Runs the rows ``init`` planned for ``step``, rewriting its file after every change."""
+    """Runs the rows ``cmd_init`` planned for ``step``, rewriting its file after every change."""
     doc = load(out, step)
     if not doc.get("rows"):  # run alone, without init: plan it here
         doc = _header(step, dry_run, RUNNING, "")
@@ -449,7 +449,7 @@ def _limits(pairs: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("init", "env", "measure"))
+    ap.add_argument("command", choices=("env", "measure"))
     ap.add_argument("out", type=Path)
     ap.add_argument("step", nargs="?", choices=MEASURE_STEPS)
     ap.add_argument("--dry-run", action="store_true")
@@ -458,9 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", default="not installed")
     ap.add_argument("--budget-s", type=float, default=100.0)
     a = ap.parse_args(argv)
-    if a.command == "init":
+    if a.command == "env":
         cmd_init(a.out, a.dry_run, [s for s in a.steps.split(",") if s], _limits(a.limit))
-    elif a.command == "env":
         cmd_env(a.out, a.dry_run, a.wheels)
     else:
         if a.step is None:

@@ -90,7 +90,7 @@ START=$SECONDS
 GRACE=10
 if [ "$DRY_RUN" = 1 ]; then
     declare -A LIMIT=([env]=60 [tests]=120 [realistic]=60 [rest]=60 [train]=60)
-    WORKERS=2
+    WORKERS=1
 else
     declare -A LIMIT=([env]=40 [tests]=100 [realistic]=120 [rest]=100 [train]=70)
     WORKERS=8
@@ -121,13 +121,11 @@ finish() {  # STEP RC: the step's outcome and log tail into its file
         --limit-s "${LIMIT[$1]}"
 }
 
-# 0. Every file, every planned row "not reached" (or "not run" for a step --only leaves out).
 say "steps: ${STEPS[*]}; logs in $WORK"
-limited init 120 "$PY" -m bench.gpu_check init "$OUT" "${DRY[@]}" \
-    --steps "$(IFS=,; echo "${STEPS[*]}")" "${LIMIT_FLAGS[@]}" || exit 1
 
-# 1. env: the wheels of the peers the image lacks, into a throwaway folder that must not
-#    shadow the image's own packages: only distributions the image does not have go in.
+# env: the wheels of the peers the image lacks, into a throwaway folder that must not shadow
+# the image's own packages (only distributions the image does not have go in); then every
+# file, every planned row "not reached" ("not run" for a step --only leaves out), and env.json.
 WHEELS="no .whl/ folder (run scripts/gpu_wheels.sh on a machine with network first)"
 if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
     mapfile -t NEEDED < <("$PY" -c '
@@ -152,12 +150,17 @@ for wheel in sys.argv[1:]:
     fi
 fi
 say "$WHEELS"
-limited env "${LIMIT[env]}" "$PY" -m bench.gpu_check env "$OUT" "${DRY[@]}" --wheels "$WHEELS"
-finish env $?
+limited env "${LIMIT[env]}" "$PY" -m bench.gpu_check env "$OUT" "${DRY[@]}" --wheels "$WHEELS" \
+    --steps "$(IFS=,; echo "${STEPS[*]}")" "${LIMIT_FLAGS[@]}"
+RC=$?
+[ -f "$OUT/env.json" ] || { say "env wrote no files: nothing to fill in"; exit 1; }
+finish env $RC
 
 step_tests() {  # the CUDA cases of every kernel, compiled, in parallel
     local files
     mapfile -t files < <("$PY" -m bench.gpu_files cuda-tests)
+    # The dry run proves the plumbing (xdist, junit, skip reasons) on the newest CUDA cases.
+    [ "$DRY_RUN" = 1 ] && files=(tests/gpu tests/test_jsd.py)
     CORD_TEST_COMPILED=1 limited tests "${LIMIT[tests]}" "$PY" -m pytest -q -p no:cacheprovider \
         -rfEs -n "$WORKERS" -m "cuda or gpu" --junitxml="$WORK/tests.xml" "${files[@]}"
     local rc=$?
