@@ -171,6 +171,9 @@ def cmd_init(out: Path, dry_run: bool, steps: list[str], limits: dict[str, float
         elif kind == "train":
             doc["runs"] = {name: {"status": status, "reason": reason}
                            for name in ("cord_train", "trl_gkd")}
+            if dry_run:
+                doc["runs"]["trl_gkd"] = {"status": NOT_RUN, "reason": "dry run: "
+                                          "tests/test_examples.py runs the drop-in on the CPU"}
         save(out, kind, doc)
     cmd_summary(out)
 
@@ -376,11 +379,9 @@ def _rates(row: dict, doc: dict, elt: int) -> dict:
 
 def cmd_measure(out: Path, step: str, dry_run: bool, budget_s: float) -> int:
     """Runs the rows ``cmd_init`` planned for ``step``, rewriting its file after every change."""
-    doc = load(out, step)
-    if not doc.get("rows"):  # run alone, without init: plan it here
-        doc = _header(step, dry_run, RUNNING, "")
-        doc["rows"] = [dict(r, status=NOT_REACHED, reason=f"{NOT_REACHED}: planned")
-                       for r in plan(step, dry_run)]
+    doc = load(out, step) or _header(step, dry_run, RUNNING, "")
+    doc["rows"] = [dict(r, status=NOT_REACHED, reason=f"{NOT_REACHED}: the step has not got "
+                        "to this row yet") for r in plan(step, dry_run)]
     on_cuda = torch.cuda.is_available() and not dry_run
     device = torch.device("cuda" if on_cuda else "cpu")
     dtype = torch.bfloat16

@@ -6,6 +6,8 @@
 #   scripts/gpu_check.sh --only STEP OUT_DIR      # rerun one step (env and summary run too)
 #   scripts/gpu_check.sh --dry-run OUT_DIR        # on a CPU: the same plumbing on tiny shapes
 #
+# Exit code: 0 every step done; 3 a step failed or was stopped at its limit (the files are
+# valid and say which); 1 the files are not what the device can bring back; 2 bad arguments.
 # It writes 6 files, json and markdown, in OUT_DIR itself (the device returns at most 8 files,
 # at most 2 folders down) and commits nothing. Each one exists from the start, its rows
 # "not reached", and is rewritten as results come in, so whatever is killed, the files that
@@ -86,7 +88,7 @@ START=$SECONDS
 # Hard time limits in seconds, and the grace between SIGINT and SIGKILL. On the GPU they add
 # up to 430 s (460 with every grace spent), inside the device call's timeout_s of 480
 # (docs/verification.md). A measuring step's soft budget stops starting rows 15 s before its
-# limit. The dry run's limits only guard a loaded CPU.
+# limit (a quarter of it, if that is less). The dry run's limits only guard a loaded CPU.
 GRACE=10
 if [ "$DRY_RUN" = 1 ]; then
     declare -A LIMIT=([env]=60 [tests]=120 [realistic]=60 [rest]=60 [train]=60)
@@ -116,7 +118,9 @@ limited() {
     fi
     return "$rc"
 }
+NOT_DONE=()
 finish() {  # STEP RC: the step's outcome and log tail into its file
+    [ "$2" -ne 0 ] && NOT_DONE+=("$1 (exit $2)")
     "$PY" -m bench.gpu_files finish "$OUT" "$1" "$2" "$LAST_SECONDS" "$WORK/$1.log" \
         --limit-s "${LIMIT[$1]}"
 }
@@ -170,10 +174,12 @@ step_tests() {  # the CUDA cases of every kernel, compiled, in parallel
 
 step_measure() {  # realistic | rest, with a fresh Triton and inductor cache
     local step="$1"
+    local limit="${LIMIT[$step]}"
+    local soft=$((limit - (limit / 4 < 15 ? limit / 4 : 15)))
     TRITON_CACHE_DIR="$(mktemp -d "$WORK/triton-$step.XXXX")" \
     TORCHINDUCTOR_CACHE_DIR="$(mktemp -d "$WORK/inductor-$step.XXXX")" \
-        limited "$step" "${LIMIT[$step]}" "$PY" -m bench.gpu_check measure "$OUT" "$step" \
-        "${DRY[@]}" --budget-s $((LIMIT[$step] - 15))
+        limited "$step" "$limit" "$PY" -m bench.gpu_check measure "$OUT" "$step" "${DRY[@]}" \
+        --budget-s "$soft"
     finish "$step" $?
 }
 
@@ -192,7 +198,9 @@ step_train() {  # cord train on the tiny model, then one step of the TRL drop-in
     "$PY" -m bench.gpu_files train "$OUT" cord_train "$WORK/train.log" "$rc" "$LAST_SECONDS"
     if [ "$DRY_RUN" = 0 ]; then  # the dry run leaves it to tests/test_examples.py (CPU)
         limited trl_gkd "$half" "$PY" examples/trl_gkd_jsd.py --device cuda
-        "$PY" -m bench.gpu_files train "$OUT" trl_gkd "$WORK/trl_gkd.log" $? "$LAST_SECONDS"
+        local gkd=$?
+        "$PY" -m bench.gpu_files train "$OUT" trl_gkd "$WORK/trl_gkd.log" "$gkd" "$LAST_SECONDS"
+        [ "$rc" -eq 0 ] && rc=$gkd
     fi
     LAST_SECONDS=$((SECONDS - t0))
     finish train "$rc"
@@ -211,3 +219,7 @@ rm -f "$OUT"/.*.tmp
 "$PY" -m bench.gpu_files summary "$OUT"
 "$PY" -m bench.gpu_files validate "$OUT" || exit 1
 say "done in $((SECONDS - START))s: $OUT/summary.md"
+if [ "${#NOT_DONE[@]}" -gt 0 ]; then
+    say "steps that did not finish: ${NOT_DONE[*]} (rerun one with --only STEP)"
+    exit 3
+fi
