@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command to run on a lent GPU machine (about 7 minutes on one H200; the exact device
+# The one command to run on a lent GPU machine (at most 450 s on one H200; the exact device
 # call is in docs/verification.md):
 #
 #   scripts/gpu_check.sh OUT_DIR                  # on the GPU, from the checkout, nothing fetched
@@ -86,7 +86,7 @@ STEPS=("${ALL_STEPS[@]}")
 START=$SECONDS
 
 # Hard time limits in seconds, and the grace between SIGINT and SIGKILL. On the GPU they add
-# up to 430 s (460 with every grace spent), inside the device call's timeout_s of 480
+# up to 390 s (440 with every grace spent), inside the device call's timeout_s of 450
 # (docs/verification.md). A measuring step's soft budget stops starting rows 15 s before its
 # limit (a quarter of it, if that is less). The dry run's limits only guard a loaded CPU.
 GRACE=10
@@ -94,7 +94,7 @@ if [ "$DRY_RUN" = 1 ]; then
     declare -A LIMIT=([env]=60 [tests]=120 [realistic]=60 [rest]=60 [train]=60)
     WORKERS=1
 else
-    declare -A LIMIT=([env]=40 [tests]=100 [realistic]=120 [rest]=100 [train]=70)
+    declare -A LIMIT=([env]=40 [tests]=90 [realistic]=110 [rest]=90 [train]=60)
     WORKERS=8
 fi
 for pair in "${LIMIT_ARGS[@]}"; do LIMIT[${pair%%=*}]=${pair#*=}; done
