@@ -116,7 +116,8 @@ def test_dry_run_ran_the_cuda_suite_in_parallel(dry_run):
     suite = tests["suite"]
     assert tests["step"]["status"] == "done" and "error" not in suite
     assert suite["failures"] == 0 and suite["errors"] == 0 and suite["skipped"] > 0
-    assert all("CUDA" in reason for reason in suite["skip_reasons"])  # no CUDA: all skip
+    # A compiled session (CORD_TEST_COMPILED=1) without CUDA: every case skips for that reason.
+    assert all("CUDA is not available" in reason for reason in suite["skip_reasons"])
     assert "tests/test_jsd.py" in tests["files"]
 
 
@@ -185,6 +186,19 @@ def test_sigint_in_a_measuring_step_leaves_valid_files(dry_run, tmp_path):
     assert not any(r["status"] == gpu_files.RUNNING for r in doc["rows"])
     assert any(r["reason"].endswith("stopped at its time limit") for r in doc["rows"]
                if r["status"] == gpu_files.NOT_REACHED)
+
+
+def test_only_one_step_leaves_the_others_not_run(tmp_path):
+    out = tmp_path / "out"
+    proc = _run("--dry-run", "--only", "env", str(out), tmp=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert gpu_files.validate(out) == []
+    assert _doc(out, "env")["step"]["status"] == "done"
+    for kind in ("tests", "realistic", "rest", "train"):
+        doc = _doc(out, kind)
+        assert doc["step"] == {"status": gpu_files.NOT_RUN, "limit_s": doc["step"]["limit_s"],
+                               "reason": "this call ran only env"}
+        assert all(r["status"] == gpu_files.NOT_RUN for r in doc.get("rows", []))
 
 
 def test_validate_reports_what_is_wrong(tmp_path):
