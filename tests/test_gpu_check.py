@@ -188,6 +188,20 @@ def test_sigint_in_a_measuring_step_leaves_valid_files(dry_run, tmp_path):
                if r["status"] == gpu_files.NOT_REACHED)
 
 
+def test_gpu_wheels_fetches_only_what_the_image_lacks():
+    """The H200 image has torch, triton, transformers, accelerate, pytest(-xdist), pyarrow,
+    pandas, xxhash, requests, httpx, ... (the device tool's KINDS.md); of what the check needs
+    it lacks these eight, each pinned, fetched as CPython 3.12 manylinux x86_64 binaries."""
+    text = (REPO / "scripts" / "gpu_wheels.sh").read_text()
+    listed = re.search(r"\nWHEELS=\((.*?)\n\)", text, re.S).group(1)
+    pins = re.findall(r"^\s+([\w-]+)==[\w.]+", listed, re.M)
+    assert sorted(pins) == sorted(["liger-kernel", "trl", "datasets", "dill", "multiprocess",
+                                   "soundfile", "cffi", "pycparser"])
+    for flag in ("--only-binary=:all:", "--python-version 3.12", "--no-deps",
+                 "--platform manylinux2014_x86_64", f"BUDGET_MIB={WHEEL_BUDGET_MIB}"):
+        assert flag in text
+
+
 def test_only_one_step_leaves_the_others_not_run(tmp_path):
     out = tmp_path / "out"
     proc = _run("--dry-run", "--only", "env", str(out), tmp=tmp_path)
