@@ -145,8 +145,9 @@ for wheel in sys.argv[1:]:
         WHEELS="the image already has all $TOTAL distributions of .whl/"
     elif [ "$DRY_RUN" = 1 ]; then
         WHEELS="dry run: would install ${#NEEDED[@]} of $TOTAL wheels: $NAMES"
-    elif "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-            --target "$WORK/site" "${NEEDED[@]}" > "$WORK/pip.log" 2>&1; then
+    elif timeout -s INT -k "$GRACE" 60 "$PY" -m pip install -q --no-index --no-deps \
+            --no-compile --no-cache-dir --target "$WORK/site" "${NEEDED[@]}" \
+            > "$WORK/pip.log" 2>&1; then
         export PYTHONPATH="$PYTHONPATH:$WORK/site"
         WHEELS="installed ${#NEEDED[@]} of $TOTAL wheels: $NAMES"
     else
@@ -219,6 +220,8 @@ done
 rm -f "$OUT"/.*.tmp
 "$PY" -m bench.gpu_files summary "$OUT"
 "$PY" -m bench.gpu_files validate "$OUT" || exit 1
+# The headline (steps, tests, realistic sizes) here too: the device returns the end of stdout.
+sed -n '/^## Steps/,/^## The rest/p' "$OUT/summary.md" | sed '$d'
 say "done in $((SECONDS - START))s: $OUT/summary.md"
 if [ "${#NOT_DONE[@]}" -gt 0 ]; then
     say "steps that did not finish: ${NOT_DONE[*]} (rerun one with --only STEP)"
