@@ -1,76 +1,62 @@
-"""The measuring half of ``scripts/gpu_check.sh``: JSON files with one schema, and a summary.
+"""The measuring half of ``scripts/gpu_check.sh`` (the file plumbing is ``bench.gpu_files``).
 
-    python -m bench.gpu_check env       OUT [--dry-run] [--wheels STATUS]
-    python -m bench.gpu_check tests     OUT [--dry-run] JUNIT_XML...
-    python -m bench.gpu_check measure   OUT [--dry-run] [--budget-s S]
-    python -m bench.gpu_check train     OUT [--dry-run] LOG RC SECONDS
-    python -m bench.gpu_check summary   OUT [--dry-run]
-    python -m bench.gpu_check validate  OUT
+    python -m bench.gpu_check env      OUT [--dry-run] [--wheels STATUS] [--steps STEP,...]
+                                           [--limit STEP=SECONDS ...]
+    python -m bench.gpu_check measure  OUT STEP [--dry-run] [--budget-s S]
 
-Every file is ``{"schema": SCHEMA, "kind", "dry_run", "device", "created", ...}``; ``validate``
-checks the files, their kinds and required keys (the CPU dry run in CI relies on it).
-``measure`` writes three files as it goes, so a step cut off by its time limit still leaves
-every row it finished:
+``env`` first writes every file of the check (``cmd_init``), before any other step runs, with
+every row it plans "not reached" (a step left out by ``--only`` is "not run"); each step then
+rewrites its own file as its rows finish. ``measure`` runs one of the two measuring steps, its
+rows in their planned order, each fwd+bwd (median of a few calls after one warm-up call), and
+stops starting rows when its soft budget is spent (the row says so); SIGINT, which timeout(1)
+sends at the step's hard limit, marks the row in progress "interrupted" and leaves the rest "not
+reached". The Triton (and inductor) cache is a fresh folder for each measuring step
+(gpu_check.sh sets TRITON_CACHE_DIR), so ``first_call_s`` of the first row of each kernel is
+a cold compile.
 
-    logits_sweep.json     bf16 logits in, N in {4096, 16384}, V = 151,936, fwd+bwd: time,
-                          GB/s, % of the 10 B/entry (two-pass) and 6 B/entry (one-pass) floors
-                          at the copy bandwidth measured in the same run
-    fused_linear.json     H = 3584, V = 152,064, N = 16,384: time, TFLOP/s, % of the GEMM floor
-                          (torch.mm in the same run), peak memory
-    launch_variants.json  BLOCK_V x warps of the streaming kernels, and V = 151,643 (rows not
-                          16-byte aligned: scalar loads) beside 151,936
-    sparse_teacher.json   the sparse-teacher loss (teacher top-k, k in {1, 8, 64}) against
-                          TRL's server loss, bf16, N = 16,384: logits in (V = 151,936; GB/s
-                          against the 6 B/entry two-pass bytes: read s twice, write ds) and
-                          fused linear (H = 3584, V = 152,064; % of the 3-GEMM floor), with
-                          peak memory
+    realistic   bf16, N = 16,384 tokens. Logits in at V = 152,064 (Qwen2-Audio's head):
+                reverse KL (ours, Liger, TRL, naive, torch.compile) and the CORD loss
+                (ours), GB/s and % of the two-pass (10 B/entry) and one-pass (6 B/entry)
+                floors at the copy bandwidth measured in the same step. Fused linear at
+                H = 3584: the CORD loss (ours, the 4-GEMM floors, TRL, Liger, naive),
+                TFLOP/s and % of the floor at torch.mm's rate measured in the same step.
+    rest        the JSD and token log-probs on logits in and the fused JSD distillation at
+                the same sizes with their peers; the sparse-teacher losses (k = 8, then
+                1 and 64); reverse KL at N = 4096, V = 151,936; BLOCK_V x warps of the
+                streaming kernels and V = 151,643 (rows not 16-byte aligned); then the
+                torch.compile rows, whose cold compile is the slowest.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import re
+import platform
 import statistics
+import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
-SCHEMA = "cord-gpu-check/1"
-FILES = {
-    "env": "env.json",
-    "tests": "tests.json",
-    "logits_sweep": "logits_sweep.json",
-    "fused_linear": "fused_linear.json",
-    "launch_variants": "launch_variants.json",
-    "sparse_teacher": "sparse_teacher.json",
-    "train": "train.json",
-}
-SUMMARY = "summary.md"
-MAX_FILES = 8
-HEADER_KEYS = ("schema", "kind", "dry_run", "device", "created")
-ROW_KEYS = ("loss", "provider", "n_tokens", "vocab", "status")
-REQUIRED = {
-    "env": ("torch", "triton", "cuda", "python", "wheels"),
-    "tests": ("suites",),
-    "logits_sweep": ("copy_gb_s", "rows"),
-    "fused_linear": ("gemm_tflops", "rows"),
-    "launch_variants": ("best", "rows"),
-    "sparse_teacher": ("copy_gb_s", "gemm_tflops", "rows"),
-    "train": ("returncode", "seconds", "steps", "final"),
-}
+from bench.gpu_files import (
+    NOT_REACHED,
+    NOT_RUN,
+    RUNNING,
+    SCHEMA,
+    STEPS,
+    cmd_summary,
+    load,
+    now,
+    save,
+)
 
-QWEN2_VOCAB, QWEN2_7B_VOCAB, QWEN2_7B_HIDDEN = 151_936, 152_064, 3584
+QWEN2_VOCAB, QWEN2_AUDIO_VOCAB, QWEN2_7B_HIDDEN = 151_936, 152_064, 3584
 UNALIGNED_VOCAB = 151_643  # Qwen2's tokenizer size before padding: V % 8 != 0
-
-
-# ------------------------------------------------------------------------------- file plumbing
+REAL_N, SWEEP_N = 16_384, 4096
+MEASURE_STEPS = ("realistic", "rest")
 
 
 def _device_name(dry_run: bool) -> str:
@@ -79,109 +65,173 @@ def _device_name(dry_run: bool) -> str:
     return "cpu (dry run)" if dry_run else "cpu"
 
 
-def write(out: Path, kind: str, dry_run: bool, **payload) -> Path:
-    doc = {"schema": SCHEMA, "kind": kind, "dry_run": dry_run, "device": _device_name(dry_run),
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **payload}
-    path = out / FILES[kind]
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    tmp.replace(path)  # readers never see half a file, even if the step is killed
-    return path
+def _header(kind: str, dry_run: bool, status: str, reason: str) -> dict:
+    return {"schema": SCHEMA, "kind": kind, "dry_run": dry_run, "device": _device_name(dry_run),
+            "created": now(), "step": {"status": status, "reason": reason}}
 
 
-def validate(out: Path) -> list[str]:
-    """Problems with the files in ``out`` (an empty list when all is well)."""
-    problems = []
-    files = sorted(p for p in out.iterdir() if p.is_file())
-    if len(files) > MAX_FILES:
-        problems.append(f"{len(files)} files, at most {MAX_FILES} allowed")
-    for p in files:
-        if p.suffix not in (".json", ".md"):
-            problems.append(f"{p.name}: only json and markdown files may be written")
-    if not (out / SUMMARY).is_file():
-        problems.append(f"{SUMMARY} is missing")
-    for kind, name in FILES.items():
-        path = out / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
+# ------------------------------------------------------------------------------------- plan
+
+
+def _shapes(dry_run: bool) -> dict:
+    if dry_run:  # the same code on shapes a CPU runs in a blink
+        return {"real": (32, 1000), "fused": (64, 1000, 32), "sweep": (16, 1024),
+                "variant_vocabs": (1024, 1021), "reps": 1}
+    return {"real": (REAL_N, QWEN2_AUDIO_VOCAB), "fused": (REAL_N, QWEN2_AUDIO_VOCAB,
+                                                           QWEN2_7B_HIDDEN),
+            "sweep": (SWEEP_N, QWEN2_VOCAB), "variant_vocabs": (QWEN2_VOCAB, UNALIGNED_VOCAB),
+            "reps": 5}
+
+
+def _providers(table: str, loss: str):
+    from bench.providers import FUSED_PROVIDERS, LOGITS_PROVIDERS, TRL_REVERSE_KL
+
+    if table == "fused":
+        return FUSED_PROVIDERS[loss]
+    found = [p for p in LOGITS_PROVIDERS[loss] if p.role != "ours" or p.name == "cord_kernels"]
+    if loss == "reverse_kl":  # TRL's reverse KL beside Liger's (before the compiled row)
+        found.insert(-1 if found[-1].needs_warmup else len(found), TRL_REVERSE_KL)
+    return found
+
+
+def _rows(table: str, loss: str, n: int, v: int, h: int | None = None, *, roles=None,
+          **extra) -> list[dict]:
+    rows = []
+    for p in _providers(table, loss):
+        if roles is not None and p.role not in roles:
             continue
-        doc = json.loads(path.read_text())
-        missing = [k for k in HEADER_KEYS + REQUIRED[kind] if k not in doc]
-        if missing:
-            problems.append(f"{name}: missing keys {missing}")
-        if doc.get("schema") != SCHEMA or doc.get("kind") != kind:
-            problems.append(f"{name}: schema/kind {doc.get('schema')}/{doc.get('kind')}")
-        for i, row in enumerate(doc.get("rows", [])):
-            lacking = [k for k in ROW_KEYS if k not in row]
-            if row.get("status") == "ok":
-                lacking += [k for k in ("time_ms",) if k not in row]
-            elif "reason" not in row:
-                lacking.append("reason")
-            if lacking:
-                problems.append(f"{name}: row {i} lacks {lacking}")
-    return problems
+        row = {"table": table, "loss": loss, "provider": p.name, "role": p.role,
+               "n_tokens": n, "vocab": v, **({"hidden": h} if h else {}), **extra}
+        row["id"] = "|".join(str(x) for x in (loss, p.name, f"N{n}", f"V{v}", h and f"H{h}")
+                             if x)
+        rows.append(row)
+    return rows
 
 
-# ------------------------------------------------------------------------------------- env
+def _compiled_last(rows: list[dict]) -> list[dict]:
+    """torch.compile rows at the end of the step: a cold inductor compile takes tens of
+    seconds, and no other row should wait behind it."""
+    late = [r for r in rows if r["provider"] == "torch.compile"]
+    return [r for r in rows if r not in late] + late
+
+
+def plan(step: str, dry_run: bool) -> list[dict]:
+    """The rows of a measuring step, in the order they run."""
+    from bench.providers import SPARSE_KS
+
+    s = _shapes(dry_run)
+    n, v = s["real"]
+    fn, fv, fh = s["fused"]
+    if step == "realistic":
+        rows = _rows("logits", "reverse_kl", n, v) + _rows("logits", "cord_token_loss", n, v,
+                                                           roles={"ours"})
+        rows += _rows("fused", "fused_linear_cord_token_loss", fn, fv, fh)
+        return _compiled_last(rows)
+    # Grouped by input shape (a fused case is drawn on the host: seconds), the sparse teacher's
+    # k = 8, the common top-k, first; the dense-teacher baseline once.
+    ks = sorted(SPARSE_KS, key=lambda k: k != 8)
+    rows = _rows("logits", "jsd", n, v) + _rows("logits", f"sparse_teacher_loss[k{ks[0]}]", n,
+                                                 v, k=ks[0])
+    rows += _rows("logits", "token_logprobs", n, v)
+    for k in ks[1:]:
+        rows += _rows("logits", f"sparse_teacher_loss[k{k}]", n, v, k=k)
+    rows += _rows("fused", "fused_linear_distill_loss[jsd]", fn, fv, fh)
+    for k in ks:
+        rows += _rows("fused", f"fused_linear_sparse_teacher_loss[k{k}]", fn, fv, fh, k=k,
+                      roles=None if k == ks[0] else {"ours", "floor", "naive", "peer"})
+    sn, sv = s["sweep"]
+    rows += _rows("logits", "reverse_kl", sn, sv)
+    for vocab in s["variant_vocabs"]:
+        for bv, w in ((4096, 8), (4096, 16), (8192, 8), (8192, 16)):
+            if vocab != s["variant_vocabs"][0] and (bv, w) != (4096, 8):
+                continue  # the unaligned vocabulary at the default config only
+            for r in _rows("logits", "reverse_kl", n, vocab, roles={"ours"}):
+                r.update(table="variants", block_v=bv, num_warps=w,
+                         id=f"{r['id']}|BV{bv}|W{w}")
+                rows.append(r)
+    return _compiled_last(rows)
+
+
+def cmd_init(out: Path, dry_run: bool, steps: list[str], limits: dict[str, float]) -> None:
+    """Every file of the check, its rows "not reached" (or "not run" for a step left out)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in STEPS:
+        status, reason = NOT_REACHED, "the check has not reached this step yet"
+        if kind not in steps:
+            status, reason = NOT_RUN, f"this call ran only {', '.join(steps)}"
+        doc = _header(kind, dry_run, status, reason)
+        doc["step"]["limit_s"] = limits.get(kind)
+        if kind in MEASURE_STEPS:
+            rows = plan(kind, dry_run)
+            for r in rows:
+                r.update(status=status, reason=f"{status}: {reason}")
+            doc["rows"] = rows
+        elif kind == "tests":
+            doc["suite"], doc["files"] = {}, []
+        elif kind == "train":
+            doc["runs"] = {name: {"status": status, "reason": reason}
+                           for name in ("cord_train", "trl_gkd")}
+            if dry_run:
+                doc["runs"]["trl_gkd"] = {"status": NOT_RUN, "reason": "dry run: "
+                                          "tests/test_examples.py runs the drop-in on the CPU"}
+        save(out, kind, doc)
+    cmd_summary(out)
+
+
+# -------------------------------------------------------------------------------------- env
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _driver() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,"
+                               "noheader"], capture_output=True, text=True,
+                              timeout=20).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "no nvidia-smi"
 
 
 def cmd_env(out: Path, dry_run: bool, wheels: str) -> None:
-    import platform
-
+    """Versions, the GPU, and whether the peers the wheels brought import (on the GPU: an
+    image's pyarrow or fsspec that datasets does not accept shows up here, not later)."""
     try:
         import triton
 
         triton_v = triton.__version__
     except Exception as err:  # a broken Triton is a finding, not a crash of the check
         triton_v = f"unavailable: {err}"
-    peers = {}
-    for mod in ("liger_kernel", "trl", "transformers", "accelerate"):
+    dists = ("liger-kernel", "trl", "datasets", "transformers", "accelerate", "pyarrow",
+             "pandas", "fsspec", "huggingface-hub", "soundfile", "pytest", "pytest-xdist")
+    imports = {}
+    for mod in ("liger_kernel.transformers", "trl.experimental.gkd", "soundfile"):
+        if dry_run:
+            imports[mod] = "dry run: not tried"
+            continue
         try:
-            peers[mod] = __import__(mod).__version__
+            __import__(mod)
+            imports[mod] = "ok"
         except Exception as err:
-            peers[mod] = f"unavailable: {type(err).__name__}: {str(err)[:120]}"
-    write(out, "env", dry_run, torch=torch.__version__, triton=triton_v,
-          cuda=torch.version.cuda, python=platform.python_version(), wheels=wheels,
-          packages=peers, gpus=torch.cuda.device_count(),
-          env={k: v for k, v in os.environ.items() if k.startswith(("CORD_", "TRITON_"))})
+            imports[mod] = f"{type(err).__name__}: {str(err)[:200]}"
+    doc = load(out, "env")
+    doc.update(created=now(), torch=torch.__version__, triton=triton_v, cuda=torch.version.cuda,
+               driver="dry run" if dry_run else _driver(), python=platform.python_version(),
+               gpus=torch.cuda.device_count(), wheels=wheels,
+               packages={d: _version(d) for d in dists}, imports=imports,
+               env={k: v for k, v in os.environ.items() if k.startswith(("CORD_", "TRITON_"))})
+    save(out, "env", doc)
 
 
-# ----------------------------------------------------------------------------------- tests
-
-
-def _junit(path: Path) -> dict:
-    if not path.is_file():
-        return {"file": path.name, "error": "no junit report (the step crashed or timed out)"}
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    failed, skip_reasons = [], {}
-    for s in suites:
-        for k in counts:
-            counts[k] += int(s.get(k, 0))
-        for case in s.iter("testcase"):
-            name = f"{case.get('classname')}::{case.get('name')}"
-            for tag in ("failure", "error"):
-                el = case.find(tag)
-                if el is not None:
-                    failed.append({"test": name, "message": (el.get("message") or "")[:400]})
-            sk = case.find("skipped")
-            if sk is not None:
-                msg = (sk.get("message") or "")[:200]
-                skip_reasons[msg] = skip_reasons.get(msg, 0) + 1
-    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return {"file": path.name, **counts, "failed": failed, "skip_reasons": skip_reasons}
-
-
-def cmd_tests(out: Path, dry_run: bool, reports: list[Path]) -> None:
-    write(out, "tests", dry_run, suites={p.stem: _junit(p) for p in reports})
-
-
-# --------------------------------------------------------------------------------- measure
+# ---------------------------------------------------------------------------------- measure
 
 
 class Budget:
-    """A soft deadline: a section stops starting new rows once it is spent."""
+    """A soft deadline: a step stops starting new rows once it is spent."""
 
     def __init__(self, seconds: float):
         self.end = time.monotonic() + seconds
@@ -222,8 +272,8 @@ def gemm_tflops(device: torch.device, n: int, h: int, v: int, dtype: torch.dtype
 
 
 def _time_provider(provider, case, device: torch.device, reps: int) -> dict:
-    """fwd+bwd median time and peak memory of one provider; OOM and peer failures become
-    rows with a reason (ours re-raise nothing either: the row says what broke)."""
+    """fwd+bwd median time, first-call time and peak memory of one provider; OOM and peer
+    failures become rows with a reason."""
     from bench.measure import cuda_peak_bytes, mode_callables, run_once
 
     reason = provider.unavailable(device)
@@ -257,329 +307,165 @@ def _time_provider(provider, case, device: torch.device, reps: int) -> dict:
             torch.cuda.empty_cache()
 
 
-def _logits_bytes(loss: str, elt: int) -> tuple[int, int]:
-    """(two-pass, one-pass) bytes per (N, V) entry of fwd+bwd: each input read in forward
-    and again in backward plus the gradient write, or everything once."""
-    reads = 2 if loss in ("reverse_kl", "cord_token_loss") else 1
+def entry_bytes(loss: str, elt: int) -> tuple[int, int]:
+    """(two-pass, one-pass) bytes per (N, V) entry of fwd+bwd on logits in: each input read
+    in forward and again in backward plus the gradient write, or everything once. bf16
+    reverse KL: 10 and 6 (SPEC section 3); one input (log-probs, sparse teacher): 6 and 4."""
+    reads = 2 if loss in ("reverse_kl", "cord_token_loss", "jsd") else 1
     return (2 * reads + 1) * elt, (reads + 1) * elt
 
 
-def measure_logits(out, dry_run, device, dtype, budget: Budget, shapes, reps) -> None:
-    from bench.inputs import make_logits_case
-    from bench.providers import LOGITS_PROVIDERS
+class _Cases:
+    """The inputs of the latest shape, kept while consecutive rows share it."""
 
-    bw = copy_gb_s(device, 2**31 if device.type == "cuda" else 2**24)
-    rows = []
-    # Reverse KL with every peer; the other two losses of ours for context.
-    plan = [("reverse_kl", p) for p in LOGITS_PROVIDERS["reverse_kl"]]
-    plan += [(loss, p) for loss in ("cord_token_loss", "token_logprobs")
-             for p in LOGITS_PROVIDERS[loss] if p.role == "ours"]
-    elt = torch.empty((), dtype=dtype).element_size()
-    for n, v in shapes:
-        case = make_logits_case(n, v, dtype=dtype, device=device)
-        for loss, p in plan:
-            row = {"loss": loss, "provider": p.name, "role": p.role, "n_tokens": n, "vocab": v}
-            if budget.left() <= 0:
-                row.update(status="skipped", reason="the step's time budget was spent")
-            elif dry_run and p.needs_warmup:
-                row.update(status="skipped", reason="dry run: torch.compile is not exercised")
-            else:
-                row.update(_time_provider(p, case, device, reps))
-            if row["status"] == "ok":
-                two, one = _logits_bytes(loss, elt)
-                t = row["time_ms"] / 1e3
-                row.update(gb_s=two * n * v / t / 1e9,
-                           pct_floor_10=100 * (two * n * v / (bw * 1e9)) / t,
-                           pct_floor_6=100 * (one * n * v / (bw * 1e9)) / t,
-                           bytes_per_entry=(two, one))
-            rows.append(row)
-            write(out, "logits_sweep", dry_run, copy_gb_s=bw, dtype=str(dtype), rows=rows)
-        del case
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype, self.key, self.case = device, dtype, None, None
+
+    def get(self, row: dict):
+        from bench.inputs import make_hidden_case, make_logits_case
+
+        fused = row["table"] == "fused"
+        key = (fused, row["n_tokens"], row["vocab"], row.get("hidden"))
+        if key != self.key:
+            self.key = self.case = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            to = dict(dtype=self.dtype, device=self.device)
+            self.case = (make_hidden_case(row["n_tokens"], row["vocab"], row["hidden"], **to)
+                         if fused else make_logits_case(row["n_tokens"], row["vocab"], **to))
+            self.key = key
+        return self.case
 
 
-def measure_fused(out, dry_run, device, dtype, budget: Budget, shape, reps) -> None:
-    from bench.inputs import make_hidden_case
-    from bench.measure import gemm_flops
-    from bench.providers import FUSED_PROVIDERS
-
-    n, v, h = shape
-    rate = gemm_tflops(device, n, h, v, dtype)
-    loss = "fused_linear_cord_token_loss"
-    flops = gemm_flops(loss, "fwd+bwd", n, v, h)
-    floor_ms = 1e3 * flops / (rate * 1e12)
-    rows = []
-    case = make_hidden_case(n, v, h, dtype=dtype, device=device)
-    for p in FUSED_PROVIDERS[loss]:
-        row = {"loss": loss, "provider": p.name, "role": p.role, "n_tokens": n, "vocab": v,
-               "hidden": h}
-        if budget.left() <= 0:
-            row.update(status="skipped", reason="the step's time budget was spent")
-        else:
-            row.update(_time_provider(p, case, device, reps))
-        if row["status"] == "ok":
-            row.update(tflops=flops / (row["time_ms"] / 1e3) / 1e12,
-                       pct_gemm_floor=100 * floor_ms / row["time_ms"])
-        rows.append(row)
-        write(out, "fused_linear", dry_run, gemm_tflops=rate, gemm_floor_ms=floor_ms,
-              dtype=str(dtype), rows=rows)
+def _provider_of(row: dict):
+    for p in _providers("fused" if row["table"] == "fused" else "logits", row["loss"]):
+        if p.name == row["provider"]:
+            return p
+    raise ValueError(f"no provider {row['provider']!r} for {row['loss']!r}")
 
 
-def measure_variants(out, dry_run, device, dtype, budget: Budget, n, reps) -> None:
-    """reverse_kl fwd+bwd of ours under other launch configs, and an unaligned vocabulary."""
-    from bench.inputs import make_logits_case
-    from bench.providers import get_provider
+def _run_row(row: dict, cases: _Cases, device, dry_run: bool, reps: int) -> dict:
     from cord_kernels import settings
 
-    ours = get_provider("reverse_kl", "cord_kernels")
-    configs = [(QWEN2_VOCAB, bv, w) for bv in (4096, 8192) for w in (8, 16)]
-    configs += [(UNALIGNED_VOCAB, 4096, 8)]
-    rows, cases = [], {}
-    for v, bv, w in configs:
-        row = {"loss": "reverse_kl", "provider": ours.name, "n_tokens": n, "vocab": v,
-               "block_v": bv, "num_warps": w}
-        if device.type != "cuda":
-            row.update(status="skipped",
-                       reason="launch configs apply to the compiled kernels (CUDA only)")
-        elif budget.left() <= 0:
-            row.update(status="skipped", reason="the step's time budget was spent")
-        else:
-            if v not in cases:
-                cases.clear()
-                cases[v] = make_logits_case(n, v, dtype=dtype, device=device)
-            with settings.override(block_v=bv, num_warps=w):
-                row.update(_time_provider(ours, cases[v], device, reps))
-        rows.append(row)
-        ok = [r for r in rows if r["status"] == "ok" and r["vocab"] == QWEN2_VOCAB]
-        best = min(ok, key=lambda r: r["time_ms"]) if ok else None
-        write(out, "launch_variants", dry_run, rows=rows, best=best and {
-            k: best[k] for k in ("block_v", "num_warps", "time_ms")})
+    p = _provider_of(row)
+    if dry_run and (p.role == "peer" or p.needs_warmup):
+        return {"status": "skipped", "reason": "dry run: peers and torch.compile are imported "
+                "and timed on the GPU only"}
+    if row["table"] == "variants" and device.type != "cuda":
+        return {"status": "skipped",
+                "reason": "launch configs apply to the compiled kernels (CUDA only)"}
+    case = cases.get(row)
+    if row["table"] == "variants":
+        with settings.override(block_v=row["block_v"], num_warps=row["num_warps"]):
+            return _time_provider(p, case, device, reps)
+    return _time_provider(p, case, device, reps)
 
 
-def measure_sparse(out, dry_run, device, dtype, budget: Budget, logits_shape, fused_shape,
-                   reps) -> None:
-    """Every sparse-teacher provider (ours, naive torch, TRL's server loss; the 3-GEMM floor
-    and the dense-teacher fused KL beside the fused one) for each teacher top-k size."""
-    from bench.inputs import make_hidden_case, make_logits_case
+def _rates(row: dict, doc: dict, elt: int) -> dict:
     from bench.measure import gemm_flops
-    from bench.providers import FUSED_PROVIDERS, LOGITS_PROVIDERS, SPARSE_KS
 
-    bw = copy_gb_s(device, 2**31 if device.type == "cuda" else 2**24)
-    n, v, h = fused_shape
-    rate = gemm_tflops(device, n, h, v, dtype)
-    elt = torch.empty((), dtype=dtype).element_size()
-    rows = []
-
-    def run(loss, providers, case, extra, finish):
-        for p in providers:
-            row = {"loss": loss, "provider": p.name, "role": p.role, **extra}
-            if budget.left() <= 0:
-                row.update(status="skipped", reason="the step's time budget was spent")
-            else:
-                row.update(_time_provider(p, case, device, reps))
-            if row["status"] == "ok":
-                finish(row)
-            rows.append(row)
-            write(out, "sparse_teacher", dry_run, copy_gb_s=bw, gemm_tflops=rate,
-                  dtype=str(dtype), rows=rows)
-
-    ln, lv = logits_shape
-    case = make_logits_case(ln, lv, dtype=dtype, device=device)
-    for k in SPARSE_KS:
-        def logits_rates(row):  # two passes over s (lse, then the gradient) and the ds write
-            t = row["time_ms"] / 1e3
-            row.update(gb_s=3 * elt * ln * lv / t / 1e9,
-                       pct_floor_6=100 * (3 * elt * ln * lv / (bw * 1e9)) / t)
-
-        loss = f"sparse_teacher_loss[k{k}]"
-        run(loss, LOGITS_PROVIDERS[loss], case, {"k": k, "n_tokens": ln, "vocab": lv},
-            logits_rates)
-    del case
-    case = make_hidden_case(n, v, h, dtype=dtype, device=device)
-    for k in SPARSE_KS:
-        loss = f"fused_linear_sparse_teacher_loss[k{k}]"
-        flops = gemm_flops(loss, "fwd+bwd", n, v, h)
-
-        def fused_rates(row, flops=flops):
-            t = row["time_ms"] / 1e3
-            row.update(tflops=flops / t / 1e12,
-                       pct_gemm_floor=100 * (flops / (rate * 1e12)) / t)
-
-        run(loss, FUSED_PROVIDERS[loss], case, {"k": k, "n_tokens": n, "vocab": v, "hidden": h},
-            fused_rates)
+    t = row["time_ms"] / 1e3
+    n, v = row["n_tokens"], row["vocab"]
+    if row["table"] == "fused":
+        flops = gemm_flops(row["loss"], "fwd+bwd", n, v, row["hidden"])
+        return {"tflops": flops / t / 1e12,
+                "pct_gemm_floor": 100 * flops / (doc["gemm_tflops"] * 1e12) / t}
+    two, one = entry_bytes(row["loss"], elt)
+    bw = doc["copy_gb_s"] * 1e9
+    return {"gb_s": two * n * v / t / 1e9, "bytes_per_entry": [two, one],
+            "pct_two_pass_floor": 100 * (two * n * v / bw) / t,
+            "pct_one_pass_floor": 100 * (one * n * v / bw) / t}
 
 
-def cmd_measure(out: Path, dry_run: bool, budget_s: float) -> None:
+def cmd_measure(out: Path, step: str, dry_run: bool, budget_s: float) -> int:
+    """Runs the rows ``cmd_init`` planned for ``step``, rewriting its file after every change."""
+    doc = load(out, step) or _header(step, dry_run, RUNNING, "")
+    doc["rows"] = [dict(r, status=NOT_REACHED, reason=f"{NOT_REACHED}: the step has not got "
+                        "to this row yet") for r in plan(step, dry_run)]
     on_cuda = torch.cuda.is_available() and not dry_run
     device = torch.device("cuda" if on_cuda else "cpu")
     dtype = torch.bfloat16
-    if on_cuda:
-        logits_shapes, fused_shape, variant_n, reps = (
-            [(4096, QWEN2_VOCAB), (16384, QWEN2_VOCAB)],
-            (16384, QWEN2_7B_VOCAB, QWEN2_7B_HIDDEN), 16384, 5)
-    else:  # the dry run: the same code on shapes a CPU runs in seconds
-        logits_shapes, fused_shape, variant_n, reps = (
-            [(16, 1024), (32, 1024)], (64, 1024, 32), 16, 1)
-    # Shares of the step's budget: the sweep, the fused-linear comparison, the sparse-teacher
-    # rows, the variants.
-    t = Budget(budget_s)
-    measure_logits(out, dry_run, device, dtype, Budget(0.35 * t.left()), logits_shapes, reps)
-    measure_fused(out, dry_run, device, dtype, Budget(0.45 * t.left()), fused_shape, reps)
-    measure_sparse(out, dry_run, device, dtype, Budget(0.65 * t.left()), logits_shapes[-1],
-                   fused_shape, reps)
-    measure_variants(out, dry_run, device, dtype, Budget(t.left()), variant_n, reps)
+    elt = torch.empty((), dtype=dtype).element_size()
+    cache = os.environ.get("TRITON_CACHE_DIR")
+    fresh = cache is not None and not (Path(cache).is_dir() and any(Path(cache).iterdir()))
+    budget = Budget(budget_s)
+    doc.update(created=now(), dtype=str(dtype), device=_device_name(dry_run),
+               triton_cache=f"fresh at the step's start ({cache})" if fresh else
+               f"warm or default ({cache or '~/.triton/cache'})")
+    doc["step"].update(status=RUNNING, reason="the step is running (or was killed)")
+    rows = doc["rows"]
+    current = None
+    try:
+        save(out, step, doc)
+        fused = [r for r in rows if r["table"] == "fused"]
+        doc["copy_gb_s"] = copy_gb_s(device, 2**31 if on_cuda else 2**24)
+        if fused:
+            r = fused[0]
+            doc["gemm_tflops"] = gemm_tflops(device, r["n_tokens"], r["hidden"], r["vocab"],
+                                             dtype)
+        save(out, step, doc)
+        cases = _Cases(device, dtype)
+        reps = _shapes(dry_run)["reps"]
+        for row in rows:
+            current = row
+            if budget.left() <= 0:
+                row.update(status="skipped", reason="the step's time budget was spent")
+            else:
+                row.update(status=RUNNING, reason="started; the step ended before it finished",
+                           started=now())
+                save(out, step, doc)
+                for k in ("reason", "started"):
+                    row.pop(k)
+                row.update(_run_row(row, cases, device, dry_run, reps))
+                if row["status"] == "ok":
+                    row.update(_rates(row, doc, elt))
+            save(out, step, doc)
+        current = None
+    except KeyboardInterrupt:  # timeout(1)'s SIGINT at the step's limit
+        if current is not None:
+            current.update(status="interrupted",
+                                 reason="stopped at the step's time limit while running")
+        for r in rows:
+            if r["status"] == NOT_REACHED:
+                r["reason"] = f"{NOT_REACHED}: the step was stopped at its time limit"
+        doc["step"].update(status="interrupted", reason="SIGINT at the step's time limit")
+        save(out, step, doc)
+        return 130
+    doc["step"].update(status="done", reason="")
+    save(out, step, doc)
+    return 0
 
 
-# ----------------------------------------------------------------------------------- train
-
-_METRIC = re.compile(r"([a-z_0-9]+)=(-?[0-9.eE+-]+|nan|True|False)")
+# ------------------------------------------------------------------------------------- main
 
 
-def _metrics(line: str) -> dict:
-    out = {}
-    for k, val in _METRIC.findall(line):
-        try:
-            x = float(val)
-            out[k] = x if math.isfinite(x) else None  # strict JSON has no NaN
-        except ValueError:
-            out[k] = val == "True"
-    return out
-
-
-def cmd_train(out: Path, dry_run: bool, log: Path, rc: int, seconds: float) -> None:
-    text = log.read_text(errors="replace") if log.is_file() else ""
-    # The trainer logs "loss=... step=N ..." per logging step and "final: ..." at the end.
-    steps, final = [], {}
-    for line in re.split(r"[\r\n]+", text):
-        if line.startswith("final:"):
-            final = _metrics(line)
-        elif "step=" in line and "loss=" in line:
-            m = _metrics(line[line.rfind("loss="):])
-            if m and (not steps or steps[-1].get("step") != m.get("step")):
-                steps.append(m)
-    write(out, "train", dry_run, returncode=rc, seconds=seconds, steps=steps, final=final,
-          log_tail=text[-3000:] if rc else text[-600:])
-
-
-# --------------------------------------------------------------------------------- summary
-
-
-def _fmt(x, spec=".1f"):
-    return "" if x is None else format(x, spec)
-
-
-def _table(rows, cols) -> list[str]:
-    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for _, key in cols:
-            val = key(r) if callable(key) else r.get(key)
-            cells.append(val if isinstance(val, str) else _fmt(val))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _load(out: Path, kind: str) -> dict:
-    path = out / FILES[kind]
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _status(r) -> str:
-    return "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason', '')}"
-
-
-def cmd_summary(out: Path, dry_run: bool) -> None:
-    env, tests = _load(out, "env"), _load(out, "tests")
-    lines = ["# GPU check" + (" (dry run on the CPU: plumbing only)" if dry_run else ""), "",
-             f"Device: {env.get('device')}; torch {env.get('torch')}, triton {env.get('triton')}, "
-             f"CUDA {env.get('cuda')}, Python {env.get('python')}; wheels: {env.get('wheels')}.",
-             "", "## Tests", ""]
-    suites = tests.get("suites", {})
-    lines += _table([{"suite": k, **v} for k, v in suites.items()],
-                    [("suite", "suite"), ("passed", lambda r: str(r.get("passed", "?"))),
-                     ("failed", lambda r: str(r.get("failures", 0) + r.get("errors", 0))),
-                     ("skipped", lambda r: str(r.get("skipped", "?"))),
-                     ("note", lambda r: r.get("error", ""))])
-    for name, s in suites.items():
-        for f in s.get("failed", []):
-            lines.append(f"- FAILED {name}: `{f['test']}`: {f['message'][:200]}")
-    sweep = _load(out, "logits_sweep")
-    lines += ["", f"## Logits in, fwd+bwd ({sweep.get('dtype')}); copy bandwidth "
-              f"{_fmt(sweep.get('copy_gb_s'))} GB/s", ""]
-    lines += _table(sweep.get("rows", []), [
-        ("loss", "loss"), ("provider", "provider"), ("N", lambda r: str(r["n_tokens"])),
-        ("V", lambda r: str(r["vocab"])), ("ms", lambda r: _fmt(r.get("time_ms"), ".2f")),
-        ("GB/s (two-pass bytes)", "gb_s"), ("% of 10 B/entry floor", "pct_floor_10"),
-        ("% of 6 B/entry floor", "pct_floor_6"),
-        ("peak GiB", lambda r: _fmt(r["peak_bytes"] / 2**30, ".2f") if "peak_bytes" in r
-         else ""), ("status", _status)])
-    fused = _load(out, "fused_linear")
-    lines += ["", f"## Fused linear, fwd+bwd ({fused.get('dtype')}); torch.mm "
-              f"{_fmt(fused.get('gemm_tflops'))} TFLOP/s, 4-GEMM floor "
-              f"{_fmt(fused.get('gemm_floor_ms'), '.1f')} ms", ""]
-    lines += _table(fused.get("rows", []), [
-        ("provider", "provider"), ("N", lambda r: str(r["n_tokens"])),
-        ("H", lambda r: str(r.get("hidden"))), ("V", lambda r: str(r["vocab"])),
-        ("ms", lambda r: _fmt(r.get("time_ms"), ".1f")), ("TFLOP/s", "tflops"),
-        ("% of GEMM floor", "pct_gemm_floor"),
-        ("peak GiB", lambda r: _fmt(r["peak_bytes"] / 2**30, ".2f") if "peak_bytes" in r
-         else ""), ("status", _status)])
-    var = _load(out, "launch_variants")
-    lines += ["", f"## Launch configs (reverse_kl fwd+bwd); best: {var.get('best')}", ""]
-    lines += _table(var.get("rows", []), [
-        ("V", lambda r: str(r["vocab"])), ("BLOCK_V", lambda r: str(r.get("block_v"))),
-        ("warps", lambda r: str(r.get("num_warps"))),
-        ("ms", lambda r: _fmt(r.get("time_ms"), ".2f")), ("status", _status)])
-    sp = _load(out, "sparse_teacher")
-    lines += ["", f"## Sparse teacher (top-k), fwd+bwd ({sp.get('dtype')}); copy "
-              f"{_fmt(sp.get('copy_gb_s'))} GB/s, torch.mm {_fmt(sp.get('gemm_tflops'))} "
-              "TFLOP/s", ""]
-    lines += _table(sp.get("rows", []), [
-        ("loss", "loss"), ("provider", "provider"), ("N", lambda r: str(r["n_tokens"])),
-        ("V", lambda r: str(r["vocab"])), ("ms", lambda r: _fmt(r.get("time_ms"), ".2f")),
-        ("GB/s (6 B/entry)", "gb_s"), ("% of copy bw", "pct_floor_6"), ("TFLOP/s", "tflops"),
-        ("% of 3-GEMM floor", "pct_gemm_floor"),
-        ("peak GiB", lambda r: _fmt(r["peak_bytes"] / 2**30, ".2f") if "peak_bytes" in r
-         else ""), ("status", _status)])
-    tr = _load(out, "train")
-    last = tr.get("final") or (tr.get("steps") or [{}])[-1]
-    lines += ["", "## cord train (tiny model, bf16, use_fused_linear=true)", "",
-              f"exit code {tr.get('returncode')}, {_fmt(tr.get('seconds'))} s, "
-              f"{len(tr.get('steps', []))} logged steps, final: "
-              f"{ {k: last[k] for k in ('loss', 'grad_norm', 'step') if k in last} }", ""]
-    (out / SUMMARY).write_text("\n".join(lines) + "\n")
-
-
-# ------------------------------------------------------------------------------------ main
+def _limits(pairs: list[str]) -> dict[str, float]:
+    found = {}
+    for pair in pairs:
+        name, _, seconds = pair.partition("=")
+        found[name] = float(seconds)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("env", "tests", "measure", "train", "summary",
-                                        "validate"))
+    ap.add_argument("command", choices=("env", "measure"))
     ap.add_argument("out", type=Path)
-    ap.add_argument("rest", nargs="*")
+    ap.add_argument("step", nargs="?", choices=MEASURE_STEPS)
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--steps", default=",".join(STEPS))
+    ap.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS")
     ap.add_argument("--wheels", default="not installed")
-    ap.add_argument("--budget-s", type=float, default=200.0)
-    a = ap.parse_intermixed_args(argv)
-    if a.command == "validate":
-        problems = validate(a.out)
-        for p in problems:
-            print(f"gpu_check: {p}", file=sys.stderr)
-        return 1 if problems else 0
-    a.out.mkdir(parents=True, exist_ok=True)
+    ap.add_argument("--budget-s", type=float, default=100.0)
+    a = ap.parse_args(argv)
     if a.command == "env":
+        cmd_init(a.out, a.dry_run, [s for s in a.steps.split(",") if s], _limits(a.limit))
         cmd_env(a.out, a.dry_run, a.wheels)
-    elif a.command == "tests":
-        cmd_tests(a.out, a.dry_run, [Path(p) for p in a.rest])
-    elif a.command == "measure":
-        cmd_measure(a.out, a.dry_run, a.budget_s)
-    elif a.command == "train":
-        log, rc, seconds = a.rest
-        cmd_train(a.out, a.dry_run, Path(log), int(rc), float(seconds))
     else:
-        cmd_summary(a.out, a.dry_run)
+        if a.step is None:
+            ap.error(f"measure needs a step: one of {MEASURE_STEPS}")
+        return cmd_measure(a.out, a.step, a.dry_run, a.budget_s)
     return 0
 
 

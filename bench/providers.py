@@ -223,14 +223,19 @@ def _ours_jsd(c: LogitsCase) -> Closure:
     return lambda: _masked_sum_per_batch(jsd(c.student, c.teacher, beta=JSD_BETA), c.mask)
 
 
-def _trl_jsd(c: LogitsCase) -> Closure:
-    # trl.experimental warns on import: a peer's own choice, imported only when used.
-    from trl.experimental.gkd import GKDTrainer
+def trl_generalized_jsd(beta: float) -> Callable[[LogitsCase], Closure]:
+    """TRL's GKDTrainer.generalized_jsd_loss at ``beta`` (1: the reverse KL), sum / B."""
 
-    labels = torch.where(c.mask, 0, IGNORE_INDEX)
-    B = c.mask.shape[0]
-    return lambda: GKDTrainer.generalized_jsd_loss(c.student, c.teacher, labels=labels,
-                                                   beta=JSD_BETA, reduction="sum") / B
+    def build(c: LogitsCase) -> Closure:
+        # trl.experimental warns on import: a peer's own choice, imported only when used.
+        from trl.experimental.gkd import GKDTrainer
+
+        labels = torch.where(c.mask, 0, IGNORE_INDEX)
+        B = c.mask.shape[0]
+        return lambda: GKDTrainer.generalized_jsd_loss(c.student, c.teacher, labels=labels,
+                                                       beta=beta, reduction="sum") / B
+
+    return build
 
 
 def _liger_jsd(c: LogitsCase) -> Closure:
@@ -313,13 +318,19 @@ LOGITS_PROVIDERS: dict[str, list[Provider]] = {
                  lambda c: lambda: _masked_sum_per_batch(
                      _compiled(naive_jsd)(c.student, c.teacher), c.mask),
                  needs_warmup=True),
-        Provider("trl generalized_jsd_loss", "peer", _trl_jsd, lambda device: _missing("trl"),
-                 note="GKDTrainer's loss (eager torch), sum / B"),
+        Provider("trl generalized_jsd_loss", "peer", trl_generalized_jsd(JSD_BETA),
+                 lambda device: _missing("trl"), note="GKDTrainer's loss (eager torch), sum / B"),
         Provider(f"liger LigerJSD(beta={JSD_BETA})", "peer", _liger_jsd,
                  _cuda_only("liger_kernel"),
                  note="mean over valid rows; log_softmax of both sides in torch first"),
     ],
 }
+
+# TRL's reverse KL on logits in, for scripts/gpu_check.sh (bench.gpu_check): not among the
+# reverse_kl providers of ``pytest bench/``, where it is TRL's eager torch, the naive row again.
+TRL_REVERSE_KL = Provider("trl generalized_jsd_loss(beta=1)", "peer", trl_generalized_jsd(1.0),
+                          lambda device: _missing("trl"),
+                          note="GKDTrainer's loss at beta=1 (eager torch), sum / B")
 
 
 # ------------------------------------------------------------------------ hidden-in providers

@@ -6,7 +6,8 @@ instead gives the same loss (TRL's ``generalized_jsd_loss``: the same beta, beta
 KL, beta = 1 reverse KL, normalised by ``num_items_in_batch`` or the number of completion
 tokens) from one streaming Triton kernel per direction on a GPU.
 
-    python examples/trl_gkd_jsd.py        # one step on a tiny random-init model (CPU)
+    python examples/trl_gkd_jsd.py                # two steps on a tiny random-init model (CPU)
+    python examples/trl_gkd_jsd.py --device cuda  # the same through the compiled kernel
 
 Everything else of GKD (on-policy generation with probability ``lmbda``, ``seq_kd``, the
 teacher's eval mode) is TRL's own. Like TRL's compute_loss, the divergence is taken at
@@ -87,14 +88,16 @@ def collate(tokenizer, rows: list[dict]) -> dict:
     }
 
 
-def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1) -> CordJSDGKDTrainer:
+def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1,
+                  device: str = "cpu") -> CordJSDGKDTrainer:
     words = "what is two plus three five four one the answer".split()
     tokenizer = tiny_tokenizer(words)
     rows = [{"prompt": "what is two plus three", "completion": "the answer is five"},
             {"prompt": "what is one plus three", "completion": "four"}] * 2
     args = GKDConfig(output_dir=output_dir, beta=beta, lmbda=0.0, max_steps=steps,
                      per_device_train_batch_size=2, learning_rate=1e-3, report_to=[],
-                     logging_steps=1, save_strategy="no", use_cpu=True, disable_dropout=True)
+                     logging_steps=1, save_strategy="no", use_cpu=device == "cpu",
+                     disable_dropout=True)
     vocab = len(tokenizer)
     return CordJSDGKDTrainer(
         model=tiny_causal_lm(vocab, 32, seed=0), teacher_model=tiny_causal_lm(vocab, 32, seed=1),
@@ -104,7 +107,11 @@ def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1) -> Cord
 
 
 if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Two GKD steps with cord_kernels.jsd as the loss.")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(tmp, steps=2)
+        trainer = build_trainer(tmp, steps=2, device=ap.parse_args().device)
         trainer.train()
         print("final loss", trainer.state.log_history[-1].get("train_loss"))

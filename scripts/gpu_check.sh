@@ -1,37 +1,58 @@
 #!/usr/bin/env bash
-# The one command to run on a lent GPU machine (<= 8 minutes on one H100):
+# The one command to run on a lent GPU machine (at most 470 s on one H200; the exact device
+# call is in docs/verification.md):
 #
-#   scripts/gpu_check.sh OUT_DIR            # on the GPU, from the checkout, nothing fetched
-#   scripts/gpu_check.sh --dry-run OUT_DIR  # on a CPU: the same plumbing on tiny shapes (CI)
+#   scripts/gpu_check.sh OUT_DIR                  # on the GPU, from the checkout, nothing fetched
+#   scripts/gpu_check.sh --only STEP OUT_DIR      # rerun one step (env and summary run too)
+#   scripts/gpu_check.sh --dry-run OUT_DIR        # on a CPU: the same plumbing on tiny shapes
 #
-# It writes at most 8 files, json and markdown, under OUT_DIR and commits nothing:
-#   env.json             versions, wheels, GPU
-#   tests.json           the gpu-marked tests (tests/gpu) and the cuda cases of the kernel
-#                        tests, compiled (CORD_TEST_COMPILED=1), from junit reports
-#   logits_sweep.json    bf16 logits in, N in {4096, 16384}, V = 151936, fwd+bwd vs the copy
-#                        bandwidth floor; cord_kernels, naive torch, torch.compile, LigerJSD
-#   fused_linear.json    H = 3584, V = 152064, N = 16384 against torch.mm, TRL, Liger
-#   launch_variants.json BLOCK_V 4096/8192 x 8/16 warps, and V = 151643 (unaligned rows)
-#   train.json           a 5-step bf16 `cord train use_fused_linear=true` on the tiny model
-#   summary.md           all of it as tables
+# Exit code: 0 every step done; 3 a step failed or was stopped at its limit (the files are
+# valid and say which); 1 the files are not what the device can bring back; 2 bad arguments.
+# It writes 6 files, json and markdown, in OUT_DIR itself (the device returns at most 8 files,
+# at most 2 folders down) and commits nothing. Each one exists from the start, its rows
+# "not reached", and is rewritten as results come in, so whatever is killed, the files that
+# come back are valid and say how far each step got. The steps, in order:
+#   env.json        versions, GPU, driver, the wheels installed, whether the peers import
+#   tests.json      the CUDA cases of every kernel (fp32, bf16; compiled kernels): tests/gpu
+#                   and each test file with a device="cuda" case, in parallel (pytest -n)
+#   realistic.json  bf16, N = 16384: logits in at V = 152064 and fused linear at H = 3584
+#                   against the copy-bandwidth and GEMM floors and Liger, TRL, torch.compile
+#   rest.json       JSD, log-probs, sparse teacher, N = 4096, launch configs (bench/gpu_check.py)
+#   train.json      5 bf16 steps of `cord train use_fused_linear=true` on the tiny model, and
+#                   one step of the TRL drop-in (examples/trl_gkd_jsd.py) on CUDA
+#   summary.md      all of it as tables
 #
-# The image has torch, triton, transformers, accelerate, pytest, pytest-benchmark, hypothesis,
-# psutil and matplotlib but no network. The peers' wheels come from .whl/ (made beforehand by
-# scripts/gpu_wheels.sh) and go into a throwaway --target folder; the code runs from the
-# checkout with PYTHONPATH=. (no pip install -e). Every step has its own time limit, so a hung
-# step costs its share and the rest still runs.
+# Every step runs under `timeout -s INT` with a SIGKILL after a grace period: pytest still
+# writes its junit report, a measuring step marks the row it was in "interrupted". A step that
+# fails prints the last 30 lines of its log here. The peers' wheels come from .whl/ (made by
+# scripts/gpu_wheels.sh where there is network) into a throwaway --target folder; the code runs
+# from the checkout with PYTHONPATH (no pip install -e).
 set -uo pipefail
 
 usage() {
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-    echo "options: --dry-run (CPU plumbing check), -h/--help"
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    echo "options: --dry-run (CPU plumbing), --only STEP (one of env tests realistic rest" \
+         "train), --limit STEP=SECONDS (override a step's time limit), -h/--help"
 }
 
+ALL_STEPS=(env tests realistic rest train)
 DRY_RUN=0
+ONLY=""
 OUT=""
+LIMIT_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
+        --only)
+            ONLY="${2:-}"; shift
+            if [[ ! " ${ALL_STEPS[*]} " == *" $ONLY "* ]]; then
+                echo "gpu_check: --only takes one of ${ALL_STEPS[*]}, got '$ONLY'" >&2; exit 2
+            fi ;;
+        --limit)
+            if [[ ! "${2:-}" =~ ^[a-z]+=[0-9]+$ ]]; then
+                echo "gpu_check: --limit takes STEP=SECONDS, got '${2:-}'" >&2; exit 2
+            fi
+            LIMIT_ARGS+=("$2"); shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "gpu_check: unknown option $1" >&2; usage >&2; exit 2 ;;
         *)
@@ -53,26 +74,62 @@ cd "$REPO" || exit 2
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PY="${PYTHON:-python3}"
+# Logs stay after the run (their tails go to stdout and into the step's file).
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/cord-gpu-check.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET CORD_BLOCK_V CORD_NUM_WARPS
 DRY=()
 [ "$DRY_RUN" = 1 ] && DRY=(--dry-run)
+STEPS=("${ALL_STEPS[@]}")
+[ -n "$ONLY" ] && STEPS=(env "$ONLY")
+[ "$ONLY" = env ] && STEPS=(env)
 START=$SECONDS
 
-# Time limits in seconds: 430 on the GPU, which leaves ~50 s of the 8 minutes for the wheels,
-# four short python calls and the summary. The dry run's limits only guard a loaded CPU.
+# Hard time limits in seconds, and the grace between SIGINT and SIGKILL. On the GPU they add
+# up to 390 s (450 with every grace spent), inside the device call's timeout_s of 470
+# (docs/verification.md). A measuring step's soft budget stops starting rows 15 s before its
+# limit (a quarter of it, if that is less). The dry run's limits only guard a loaded CPU.
+GRACE=10
 if [ "$DRY_RUN" = 1 ]; then
-    T_GPU_TESTS=300; T_CUDA_SUITE=300; T_MEASURE=300; T_TRAIN=300
+    declare -A LIMIT=([env]=60 [tests]=120 [realistic]=60 [rest]=60 [train]=60)
+    WORKERS=1
 else
-    T_GPU_TESTS=75; T_CUDA_SUITE=110; T_MEASURE=180; T_TRAIN=65
+    declare -A LIMIT=([env]=40 [tests]=90 [realistic]=110 [rest]=80 [train]=70)
+    WORKERS=8
 fi
+for pair in "${LIMIT_ARGS[@]}"; do LIMIT[${pair%%=*}]=${pair#*=}; done
+LIMIT_FLAGS=()
+for s in "${ALL_STEPS[@]}"; do LIMIT_FLAGS+=(--limit "$s=${LIMIT[$s]}"); done
 say() { echo "gpu_check [$((SECONDS - START))s]: $*"; }
 
-# 1. Wheels of the peers the image lacks, into a throwaway folder. Only the distributions the
-#    image does not have are installed: the folder comes first on sys.path, and must not
-#    shadow the image's own packages (the image may well have requests, httpx, ...).
+# limited NAME LIMIT CMD...: runs CMD under the limit, its output in $WORK/NAME.log; on failure
+# prints the log's last 30 lines. Returns CMD's exit code (124/137: stopped at the limit).
+limited() {
+    local name="$1" limit="$2" rc t0=$SECONDS
+    shift 2
+    timeout -s INT -k "$GRACE" "$limit" "$@" > "$WORK/$name.log" 2>&1
+    rc=$?
+    LAST_SECONDS=$((SECONDS - t0))
+    if [ "$rc" -ne 0 ]; then
+        say "$name exited $rc after ${LAST_SECONDS}s (limit ${limit}s); last 30 lines of its log:"
+        tail -n 30 "$WORK/$name.log" | sed 's/^/    | /'
+    else
+        say "$name done in ${LAST_SECONDS}s"
+    fi
+    return "$rc"
+}
+NOT_DONE=()
+finish() {  # STEP RC: the step's outcome and log tail into its file
+    [ "$2" -ne 0 ] && NOT_DONE+=("$1 (exit $2)")
+    "$PY" -m bench.gpu_files finish "$OUT" "$1" "$2" "$LAST_SECONDS" "$WORK/$1.log" \
+        --limit-s "${LIMIT[$1]}"
+}
+
+say "steps: ${STEPS[*]}; logs in $WORK"
+
+# env: the wheels of the peers the image lacks, into a throwaway folder that must not shadow
+# the image's own packages (only distributions the image does not have go in); then every
+# file, every planned row "not reached" ("not run" for a step --only leaves out), and env.json.
 WHEELS="no .whl/ folder (run scripts/gpu_wheels.sh on a machine with network first)"
 if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
     mapfile -t NEEDED < <("$PY" -c '
@@ -88,8 +145,9 @@ for wheel in sys.argv[1:]:
         WHEELS="the image already has all $TOTAL distributions of .whl/"
     elif [ "$DRY_RUN" = 1 ]; then
         WHEELS="dry run: would install ${#NEEDED[@]} of $TOTAL wheels: $NAMES"
-    elif "$PY" -m pip install --quiet --no-index --no-deps --target "$WORK/site" \
-            "${NEEDED[@]}" > "$WORK/pip.log" 2>&1; then
+    elif timeout -s INT -k "$GRACE" 60 "$PY" -m pip install -q --no-index --no-deps \
+            --no-compile --no-cache-dir --target "$WORK/site" "${NEEDED[@]}" \
+            > "$WORK/pip.log" 2>&1; then
         export PYTHONPATH="$PYTHONPATH:$WORK/site"
         WHEELS="installed ${#NEEDED[@]} of $TOTAL wheels: $NAMES"
     else
@@ -97,50 +155,75 @@ for wheel in sys.argv[1:]:
     fi
 fi
 say "$WHEELS"
-"$PY" -m bench.gpu_check env "$OUT" "${DRY[@]}" --wheels "$WHEELS"
-
-# 2. Tests, compiled kernels, each suite in a fresh process.
-run_pytest() {  # name, time limit, pytest args...
-    local name="$1" limit="$2"
-    shift 2
-    say "pytest $name (limit ${limit}s)"
-    CORD_TEST_COMPILED=1 timeout "$limit" "$PY" -m pytest -q -p no:cacheprovider -rs \
-        --junitxml="$WORK/$name.xml" "$@" > "$WORK/$name.log" 2>&1
-    say "pytest $name exited $?: $(tail -n 1 "$WORK/$name.log")"
-}
-run_pytest gpu_tests "$T_GPU_TESTS" tests/gpu
-# Every cuda case of the suite on the GPU; in the dry run two files prove the plumbing.
-CUDA_PATHS=(tests)
-[ "$DRY_RUN" = 1 ] && CUDA_PATHS=(tests/test_kl.py tests/test_launch_config.py)
-run_pytest cuda_suite "$T_CUDA_SUITE" -m cuda "${CUDA_PATHS[@]}"
-"$PY" -m bench.gpu_check tests "$OUT" "${DRY[@]}" "$WORK/gpu_tests.xml" "$WORK/cuda_suite.xml"
-
-# 3. Measurements (each file is rewritten after every row, so a timeout keeps what finished).
-say "measure (limit ${T_MEASURE}s)"
-timeout "$T_MEASURE" "$PY" -m bench.gpu_check measure "$OUT" "${DRY[@]}" \
-    --budget-s $((T_MEASURE - 25)) > "$WORK/measure.log" 2>&1
-say "measure exited $?: $(tail -n 1 "$WORK/measure.log")"
-
-# 4. A short bf16 training run of the tiny model through the fused-linear head.
-STEPS=5
-TRAIN_ARGS=(model=tiny dataset_audio=tone dataset_size=16 per_device_train_batch_size=4
-            num_generations=2 max_completion_length=16 use_fused_linear=true
-            report_to=[none] save_steps=1000 "output_dir=$WORK/train")
-if [ "$DRY_RUN" = 1 ]; then
-    STEPS=1; TRAIN_ARGS+=(bf16=false max_completion_length=8)
-else
-    TRAIN_ARGS+=(bf16=true)
-fi
-say "cord train, $STEPS steps (limit ${T_TRAIN}s)"
-T0=$SECONDS
-timeout "$T_TRAIN" "$PY" -m cord.cli train "${TRAIN_ARGS[@]}" "max_steps=$STEPS" \
-    > "$WORK/train.log" 2>&1
+limited env "${LIMIT[env]}" "$PY" -m bench.gpu_check env "$OUT" "${DRY[@]}" --wheels "$WHEELS" \
+    --steps "$(IFS=,; echo "${STEPS[*]}")" "${LIMIT_FLAGS[@]}"
 RC=$?
-"$PY" -m bench.gpu_check train "$OUT" "${DRY[@]}" "$WORK/train.log" "$RC" $((SECONDS - T0))
-say "cord train exited $RC"
+[ -f "$OUT/env.json" ] || { say "env wrote no files: nothing to fill in"; exit 1; }
+finish env $RC
 
-# 5. Summary and a check of what was written.
-rm -f "$OUT"/*.partial
-"$PY" -m bench.gpu_check summary "$OUT" "${DRY[@]}"
-"$PY" -m bench.gpu_check validate "$OUT" || exit 1
+step_tests() {  # the CUDA cases of every kernel, compiled, in parallel
+    local files
+    mapfile -t files < <("$PY" -m bench.gpu_files cuda-tests)
+    # The dry run proves the plumbing (xdist, junit, skip reasons) on the newest CUDA cases.
+    [ "$DRY_RUN" = 1 ] && files=(tests/gpu tests/test_jsd.py)
+    CORD_TEST_COMPILED=1 limited tests "${LIMIT[tests]}" "$PY" -m pytest -q -p no:cacheprovider \
+        -rfEs -n "$WORKERS" -m "cuda or gpu" --junitxml="$WORK/tests.xml" "${files[@]}"
+    local rc=$?
+    "$PY" -m bench.gpu_files tests "$OUT" "$WORK/tests.xml" "${files[@]}"
+    finish tests "$rc"
+}
+
+step_measure() {  # realistic | rest, with a fresh Triton and inductor cache
+    local step="$1"
+    local limit="${LIMIT[$step]}"
+    local soft=$((limit - (limit / 4 < 15 ? limit / 4 : 15)))
+    TRITON_CACHE_DIR="$(mktemp -d "$WORK/triton-$step.XXXX")" \
+    TORCHINDUCTOR_CACHE_DIR="$(mktemp -d "$WORK/inductor-$step.XXXX")" \
+        limited "$step" "$limit" "$PY" -m bench.gpu_check measure "$OUT" "$step" "${DRY[@]}" \
+        --budget-s "$soft"
+    finish "$step" $?
+}
+
+step_train() {  # cord train on the tiny model, then one step of the TRL drop-in
+    local steps=5 args=(model=tiny dataset_audio=tone dataset_size=16
+        per_device_train_batch_size=4 num_generations=2 max_completion_length=16
+        use_fused_linear=true report_to=[none] save_steps=1000 "output_dir=$WORK/train")
+    # cord train gets 4/7 of the step's limit (40 s of 70 on the GPU), the drop-in the rest.
+    local cord=$((LIMIT[train] * 4 / 7)) rc t0=$SECONDS
+    if [ "$DRY_RUN" = 1 ]; then
+        steps=1; args+=(bf16=false max_completion_length=8)
+    else
+        args+=(bf16=true)
+    fi
+    limited train "$cord" "$PY" -m cord.cli train "${args[@]}" "max_steps=$steps"
+    rc=$?
+    "$PY" -m bench.gpu_files train "$OUT" cord_train "$WORK/train.log" "$rc" "$LAST_SECONDS"
+    if [ "$DRY_RUN" = 0 ]; then  # the dry run leaves it to tests/test_examples.py (CPU)
+        limited trl_gkd $((LIMIT[train] - cord)) "$PY" examples/trl_gkd_jsd.py --device cuda
+        local gkd=$?
+        "$PY" -m bench.gpu_files train "$OUT" trl_gkd "$WORK/trl_gkd.log" "$gkd" "$LAST_SECONDS"
+        [ "$rc" -eq 0 ] && rc=$gkd
+    fi
+    LAST_SECONDS=$((SECONDS - t0))
+    finish train "$rc"
+}
+
+for step in "${STEPS[@]}"; do
+    case "$step" in
+        tests) step_tests ;;
+        realistic|rest) step_measure "$step" ;;
+        train) step_train ;;
+    esac
+done
+
+# The summary, and a check of what the device would bring back.
+rm -f "$OUT"/.*.tmp
+"$PY" -m bench.gpu_files summary "$OUT"
+"$PY" -m bench.gpu_files validate "$OUT" || exit 1
+# The headline (steps, tests, realistic sizes) here too: the device returns the end of stdout.
+sed -n '/^## Steps/,/^## The rest/p' "$OUT/summary.md" | sed '$d'
 say "done in $((SECONDS - START))s: $OUT/summary.md"
+if [ "${#NOT_DONE[@]}" -gt 0 ]; then
+    say "steps that did not finish: ${NOT_DONE[*]} (rerun one with --only STEP)"
+    exit 3
+fi

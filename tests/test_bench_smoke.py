@@ -73,6 +73,19 @@ def test_logits_providers_agree(loss):
         assert all(_close(g, r) for g, r in zip(grads, ref_grads, strict=True)), p.name
 
 
+def test_trl_reverse_kl_of_the_gpu_check_agrees():
+    """The GPU check's TRL row on logits in (bench.gpu_check; not a provider of pytest bench/):
+    generalized_jsd_loss at beta=1 is the reverse KL, sum / B like the others."""
+    pytest.importorskip("trl")
+    from bench.providers import TRL_REVERSE_KL
+
+    case = make_logits_case(48, 97, dtype=torch.float32, device=CPU, seed=1)
+    ref_loss, ref_grads = _loss_and_grads(get_provider("reverse_kl", "torch"), case)
+    got, grads = _loss_and_grads(TRL_REVERSE_KL, case)
+    assert torch.allclose(got, ref_loss, rtol=1e-4, atol=1e-5)
+    assert all(_close(g, r) for g, r in zip(grads, ref_grads, strict=True))
+
+
 @pytest.mark.parametrize("loss", list(FUSED_PROVIDERS))
 def test_fused_providers_agree(loss):
     case = make_hidden_case(300, 97, 16, dtype=torch.float32, device=CPU, seed=2)

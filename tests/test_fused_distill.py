@@ -39,7 +39,7 @@ def _div(s, u, divergence, beta, temperature):
     return jsd(s, u, beta=beta, temperature=temperature, impl="torch")
 
 
-def _problem(B=3, T=7, H=16, H_t=16, V=131, seed=0):
+def _problem(B=3, T=7, H=16, H_t=16, V=131, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     hs = torch.randn(B, T, H, generator=g)
     ht = torch.randn(B, T, H_t, generator=g)
@@ -49,12 +49,12 @@ def _problem(B=3, T=7, H=16, H_t=16, V=131, seed=0):
     mask = torch.rand(B, T, generator=g) > 0.3
     mask[0, :] = True
     w = torch.rand(B, T, generator=g) * 2
-    return hs, ht, W, Wt, b, mask, w
+    return tuple(x.to(device) for x in (hs, ht, W, Wt, b, mask, w))
 
 
 def _run(divergence, beta, *, impl, reduction, with_weights, other_teacher, rows=None,
-         temperature=1.0):
-    hs, ht, W, Wt, b, mask, w = _problem(H_t=24 if other_teacher else 16)
+         temperature=1.0, device="cpu"):
+    hs, ht, W, Wt, b, mask, w = _problem(H_t=24 if other_teacher else 16, device=device)
     V = W.shape[0]
     leaves = [t.clone().requires_grad_() for t in (hs, W, b)]
     teacher = dict(teacher_weight=Wt) if other_teacher else {}
@@ -85,10 +85,10 @@ def _run(divergence, beta, *, impl, reduction, with_weights, other_teacher, rows
     pytest.param("none", True, True, 4, id="none-weights-teacherH24-4rows"),
 ])
 def test_matches_logits_in_losses(divergence, beta, impl, reduction, with_weights,
-                                  other_teacher, rows, interpret, nan_poison):
+                                  other_teacher, rows, device, interpret, nan_poison):
     (loss, per_tok, grads), (expect, d, expect_grads), mask = _run(
         divergence, beta, impl=impl, reduction=reduction, with_weights=with_weights,
-        other_teacher=other_teacher, rows=rows, temperature=1.3)
+        other_teacher=other_teacher, rows=rows, temperature=1.3, device=device)
     assert loss.shape == expect.shape and loss.dtype == torch.float32
     assert rel_err(loss, expect) < 1e-5
     assert per_tok.shape == mask.shape and not per_tok.requires_grad
@@ -115,8 +115,8 @@ def test_fp64_reference_and_jsd_endpoints(divergence, beta):
                                                           bias=b, impl="torch"))
 
 
-def test_cord_return_per_token(interpret):
-    hs, ht, W, _, b, mask, _ = _problem(seed=2)
+def test_cord_return_per_token(device, interpret):
+    hs, ht, W, _, b, mask, _ = _problem(seed=2, device=device)
     loss, D = fused_linear_cord_token_loss(hs.requires_grad_(), ht, W, mask, bias=b, top_k=2,
                                            return_per_token=True, impl="triton")
     assert torch.equal(loss, fused_linear_cord_token_loss(hs, ht, W, mask, bias=b, top_k=2,
@@ -145,10 +145,10 @@ class _GemmCount(TorchDispatchMode):
 
 @pytest.mark.parametrize("divergence, beta", DIVERGENCES[:3])
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_four_gemms_per_divergence(divergence, beta, impl, interpret):
+def test_four_gemms_per_divergence(divergence, beta, impl, device, interpret):
     """Projection of both sides, grad wrt hidden, grad wrt weight: 4 GEMMs with a live head
     and fixed token weights, all in forward, whatever the chunking."""
-    hs, ht, W, _, _, mask, w = _problem(B=4, T=9, seed=3)
+    hs, ht, W, _, _, mask, w = _problem(B=4, T=9, seed=3, device=device)
     V, H, n = W.shape[0], W.shape[1], int(mask.sum())
     x = [t.clone().requires_grad_() for t in (hs, W)]
     with _GemmCount(V, [H]) as fwd:

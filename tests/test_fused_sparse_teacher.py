@@ -19,7 +19,7 @@ from cord_kernels import (
 from cord_kernels import reference as ref
 
 
-def _problem(B=3, T=6, H=16, V=97, k=5, seed=0):
+def _problem(B=3, T=6, H=16, V=97, k=5, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     hs = torch.randn(B, T, H, generator=g)
     W = torch.randn(V, H, generator=g) / H**0.5 * 3
@@ -30,7 +30,7 @@ def _problem(B=3, T=6, H=16, V=97, k=5, seed=0):
     mask[0] = True
     lp[~mask] = float("nan")
     w = torch.rand(B, T, generator=g) * 2
-    return hs, W, b, lp, ids, mask, w
+    return tuple(x.to(device) for x in (hs, W, b, lp, ids, mask, w))
 
 
 @pytest.mark.parametrize("divergence, beta, tail", [
@@ -48,8 +48,8 @@ def _problem(B=3, T=6, H=16, V=97, k=5, seed=0):
 @pytest.mark.parametrize("transform", [{}, dict(softcap=5.0, logit_scale=0.7)],
                          ids=["plain", "softcap5-scale0.7"])
 def test_matches_logits_in_loss(divergence, beta, tail, impl, reduction, with_weights, rows,
-                                n_items, transform, interpret, nan_poison):
-    hs, W, b, lp, ids, mask, w = _problem()
+                                n_items, transform, device, interpret, nan_poison):
+    hs, W, b, lp, ids, mask, w = _problem(device=device)
     V = W.shape[0]
     kw = dict(divergence=divergence, jsd_beta=beta, tail=tail, temperature=1.3,
               token_weights=w if with_weights else None, reduction=reduction,
@@ -127,11 +127,11 @@ def test_logit_transforms_match_the_models_own_logits(family, impl, interpret, o
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_gemm_count(impl, interpret):
+def test_gemm_count(impl, device, interpret):
     """Student projection, grad wrt hidden, grad wrt weight: 3 GEMMs in forward and none in
     backward for a scalar loss; 1 without grad; 1 + 3 for reduction="none". Only valid rows
     with a used slot are projected."""
-    hs, W, _, lp, ids, mask, w = _problem(B=4, T=7, seed=3)
+    hs, W, _, lp, ids, mask, w = _problem(B=4, T=7, seed=3, device=device)
     lp[0, 0] = float("-inf")  # a valid row with no used slot: not projected
     V, H = W.shape
     n = int(((lp > float("-inf")).any(-1) & mask).sum())
@@ -172,10 +172,10 @@ def test_bad_input():
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_bf16_inputs(impl, interpret):
+def test_bf16_inputs(impl, device, interpret):
     """bf16 hidden states and head: gradients come back in bf16, within bf16 tolerance of the
     fp64 reference on the same (bf16-valued) inputs."""
-    hs, W, _, lp, ids, mask, w = _problem(seed=5)
+    hs, W, _, lp, ids, mask, w = _problem(seed=5, device=device)
     hs, W = hs.bfloat16(), W.bfloat16()
     x = [t.clone().requires_grad_() for t in (hs, W)]
     loss = fused_linear_sparse_teacher_loss(x[0], x[1], lp, ids, mask, token_weights=w,
@@ -209,14 +209,14 @@ def test_modules():
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_all_masked_batch_is_zero_with_zero_gradients(impl, interpret):
+def test_all_masked_batch_is_zero_with_zero_gradients(impl, device, interpret):
     """No valid position at all: every loss is exactly 0 for every reduction (mean included,
     not 0/0), the gradients exist and are 0, and nothing is projected."""
     from cord_kernels import fused_linear_student_topk_distill_loss, student_topk_distill_loss
 
-    hs, W, b, lp, ids, mask, w = _problem(seed=7)
+    hs, W, b, lp, ids, mask, w = _problem(seed=7, device=device)
     mask = torch.zeros_like(mask)
-    s = torch.full((*mask.shape, W.shape[0]), float("nan"))
+    s = torch.full((*mask.shape, W.shape[0]), float("nan"), device=device)
     for reduction in ("batchmean", "sum", "mean", "none"):
         x = [t.clone().requires_grad_() for t in (hs, W, b, s)]
         losses = [

@@ -1,6 +1,6 @@
-"""jsd: the Triton kernels (interpreted) and the torch path against a float64 reference for
-beta in {0, 0.1, 0.5, 0.9, 1}, SPEC section 4's edge cases, equality with TRL's
-generalized_jsd_loss, and bad input."""
+"""jsd: the Triton kernels (interpreted on cpu, compiled on cuda) and the torch path against a
+float64 reference for beta in {0, 0.1, 0.5, 0.9, 1}, SPEC section 4's edge cases, equality with
+TRL's generalized_jsd_loss, and bad input."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ CASES = [
 ]
 
 
-def _inputs(lead, V, dtype, seed=0, scale=3.0):
+def _inputs(lead, V, dtype, seed=0, scale=3.0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(*lead, V, generator=g) * scale).to(dtype)
-    u = (torch.randn(*lead, V, generator=g) * scale).to(dtype)
+    s = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
+    u = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
     return s, u
 
 
@@ -44,7 +44,7 @@ def _check(s, u, *, beta, temperature, teacher_grad, impl, tol):
     get max(tol, 2x the error of the reference formula itself evaluated in fp32): the JSD's
     gradient p (log p - log m - K_p) is a small difference of logs, so fp32 loses more of it
     than of the KL's (measured: up to 1e-4 for the fp32 oracle at |logit| ~ 15)."""
-    cot = torch.randn(s.shape[:-1], generator=torch.Generator().manual_seed(1))
+    cot = torch.randn(s.shape[:-1], generator=torch.Generator().manual_seed(1)).to(s.device)
     out, grads = _grads(jsd, s, u, cot, teacher_grad, beta=beta, temperature=temperature,
                         impl=impl)
     assert out.dtype == torch.float32 and out.shape == s.shape[:-1]
@@ -67,8 +67,9 @@ def _check(s, u, *, beta, temperature, teacher_grad, impl, tol):
 @pytest.mark.parametrize("lead, V, dtype, temperature", CASES)
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_matches_fp64_reference(lead, V, dtype, temperature, beta, impl, interpret, nan_poison):
-    s, u = _inputs(lead, V, dtype)
+def test_matches_fp64_reference(lead, V, dtype, temperature, beta, impl, device, interpret,
+                                nan_poison):
+    s, u = _inputs(lead, V, dtype, device=device)
     out = _check(s, u, beta=beta, temperature=temperature, teacher_grad=False, impl=impl,
                  tol=TOL[dtype])
     assert (out >= -1e-6).all()
@@ -76,18 +77,18 @@ def test_matches_fp64_reference(lead, V, dtype, temperature, beta, impl, interpr
 
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_teacher_grad(beta, impl, interpret, nan_poison):
-    s, u = _inputs((5,), 300, torch.float32, seed=2)
+def test_teacher_grad(beta, impl, device, interpret, nan_poison):
+    s, u = _inputs((5,), 300, torch.float32, seed=2, device=device)
     _check(s, u, beta=beta, temperature=1.3, teacher_grad=True, impl=impl, tol=1e-5)
 
 
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_neg_inf_and_extreme_logits(beta, impl, interpret, nan_poison):
+def test_neg_inf_and_extreme_logits(beta, impl, device, interpret, nan_poison):
     """-inf in both rows at the same entries, in the student alone where the divergence stays
     finite (beta > 0: p = 0 is covered by m or is reverse KL's 0 log 0), in the teacher alone
     likewise (beta < 1), and logits near +-1e4."""
-    s, u = _inputs((4, 3), 150, torch.float32, seed=3)
+    s, u = _inputs((4, 3), 150, torch.float32, seed=3, device=device)
     s[0, 1, :4] = u[0, 1, :4] = float("-inf")  # both zero at the same entries
     if beta > 0.0:
         s[0, 0, :5] = float("-inf")  # student zeros
@@ -100,22 +101,22 @@ def test_neg_inf_and_extreme_logits(beta, impl, interpret, nan_poison):
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_zero_cotangent_rows_get_exact_zero_gradient(impl, interpret):
+def test_zero_cotangent_rows_get_exact_zero_gradient(impl, device, interpret):
     """A masked row (cotangent 0) gets exactly 0; the Triton kernel does not even read it,
     so NaN there stays out of the gradient (the torch path gets finite garbage)."""
-    s, u = _inputs((6,), 90, torch.float32, seed=4)
+    s, u = _inputs((6,), 90, torch.float32, seed=4, device=device)
     s[2] = float("nan") if impl == "triton" else 1e4
     s.requires_grad_()
-    mask = torch.ones(6, dtype=torch.bool)
+    mask = torch.ones(6, dtype=torch.bool, device=device)
     mask[2] = False
     d = jsd(s, u, beta=0.5, impl=impl)
     (g,) = torch.autograd.grad(torch.where(mask, d, 0.0).sum(), s)
-    assert torch.equal(g[2], torch.zeros(90)) and torch.isfinite(g).all()
+    assert torch.equal(g[2], torch.zeros(90, device=device)) and torch.isfinite(g).all()
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
-def test_beta_endpoints_are_exactly_the_kls(impl, interpret):
-    s, u = _inputs((3, 4), 77, torch.float32, seed=5)
+def test_beta_endpoints_are_exactly_the_kls(impl, device, interpret):
+    s, u = _inputs((3, 4), 77, torch.float32, seed=5, device=device)
     assert torch.equal(jsd(s, u, beta=0, impl=impl), forward_kl(s, u, impl=impl))
     assert torch.equal(jsd(s, u, beta=1, impl=impl), reverse_kl(s, u, impl=impl))
     mid = jsd(s, u, beta=1e-6, impl=impl)  # the formula tends to 0, not to the KL
