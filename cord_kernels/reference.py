@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cord_kernels.reduction import reduce_weighted
-from cord_kernels.weights import cord_weights
+from cord_kernels.core.cord_weights import cord_weights
+from cord_kernels.core.reduction import reduce_weighted
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -32,39 +32,41 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl
-from cord_kernels._validation import check_float, check_mask, check_tensor
-from cord_kernels.chunked_head import (
-    DEFAULT_CHUNK_BYTES,
+from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.options import (
+    JSD_BETA,
+    LOGIT_SCALE,
+    REDUCTION,
+    TAIL,
+    TEMPERATURE,
+    LossOptions,
+)
+from cord_kernels.core.torch_path import torch_dense_grad, torch_support_stats
+from cord_kernels.core.validation import (
+    check_float,
+    check_mask,
+    check_tensor,
+    check_token_weights,
+)
+from cord_kernels.fused.chunked_head import (
     Grads,
     LMHead,
     LogitTransform,
-    check_chunk_bytes,
     check_head,
-    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
     rows_per_chunk,
 )
-from cord_kernels.fused_distill import _head_grads, check_token_weights
-from cord_kernels.reduction import reduce_total
-from cord_kernels.sparse_options import (
-    SparseOptions,
-    check_sparse_options,
-    check_topk_pair,
-)
-from cord_kernels.support_divergence import support_divergence
-from cord_kernels.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
-from cord_kernels.torch_path import torch_dense_grad, torch_support_stats
+from cord_kernels.fused.distill import head_grads
+from cord_kernels.sparse.inputs import check_topk_pair
+from cord_kernels.sparse.support_divergence import support_divergence
+from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
 
 
 @dataclass(frozen=True)
 class FusedSparseParams:
-    opts: SparseOptions
-    logit_scale: float = 1.0
-    softcap: float = 0.0  # 0: none
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    opts: LossOptions  # softcap, logit_scale and chunk_bytes included
     impl: Impl = Impl.TORCH
     operand: torch.dtype = torch.float32
 
@@ -122,7 +124,7 @@ class SparseHeadProblem:
         self.n_rows = self.index.numel()
         self.targets = targets
         targets.select(self)
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, targets.n_tiles, self.dtype)
+        self.max_rows = rows_per_chunk(params.opts.chunk_bytes, self.V, targets.n_tiles, self.dtype)
         self._tile = None
 
     def tile(self, n: int) -> torch.Tensor:
@@ -133,7 +135,7 @@ class SparseHeadProblem:
 
     def transform(self, tile: torch.Tensor) -> torch.Tensor:
         """The model's logit transform, in place: scale, then softcap."""
-        return LogitTransform(self.params.logit_scale, self.params.softcap).apply_(tile)
+        return LogitTransform(self.params.opts.logit_scale, self.params.opts.softcap).apply_(tile)
 
     def logits(self, lo: int, hi: int):
         """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
@@ -245,7 +247,7 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
             problem = SparseHeadProblem(hidden, weight, bias, ctx.targets, ctx.params)
             grads = problem.grads(*ctx.needs_input_grad[:3])
             problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
-        gh, gw, gb = _head_grads(grads, problem, hidden, weight, bias)
+        gh, gw, gb = head_grads(grads, problem, hidden, weight, bias)
         return gh, gw, gb, None, None, None
 
 
@@ -258,13 +260,13 @@ def fused_linear_sparse_teacher_loss(
     *,
     bias: torch.Tensor | None = None,
     divergence: str = "forward_kl",
-    jsd_beta: float = 0.5,
-    tail: str = "bucket",
+    jsd_beta: float = JSD_BETA,
+    tail: str = TAIL,
     token_weights: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    reduction: str = "batchmean",
+    logit_scale: float = LOGIT_SCALE,
+    reduction: str = REDUCTION,
     return_per_token: bool = False,
     num_items_in_batch: int | torch.Tensor | None = None,
     chunk_bytes: int | None = None,
@@ -304,14 +306,15 @@ def fused_linear_sparse_teacher_loss(
     check_head(weight, bias, student_hidden)
     B, T, _ = student_hidden.shape
     mask = check_mask(mask, (B, T), like="student_hidden")
-    opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
-                                return_per_token, num_items_in_batch)
+    opts = LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
+                             temperature=temperature, softcap=softcap, logit_scale=logit_scale,
+                             reduction=reduction, return_per_token=return_per_token,
+                             num_items_in_batch=num_items_in_batch, chunk_bytes=chunk_bytes,
+                             impl=impl)
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), weight.shape[0],
                             mask.to(student_hidden.device))
     token_weights = check_token_weights(token_weights, mask)
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    params = FusedSparseParams(opts, logit_scale, softcap, check_chunk_bytes(chunk_bytes),
-                               resolve_impl(impl, student_hidden, weight),
+    params = FusedSparseParams(opts, resolve_impl(impl, student_hidden, weight),
                                operand_dtype(student_hidden, weight))
     return run_sparse_head(student_hidden, weight, bias, token_weights,
                            StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
@@ -323,7 +326,7 @@ def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):
     reduction needs (or no graph under ``torch.no_grad()``), then the reduction."""
     opts = params.opts
     args = (hidden, weight, bias, token_weights, targets, params)
-    if opts.reduction == "none" and opts.num_items_in_batch is None:
+    if opts.reduction == "none":
         weighted, d = FusedSparsePerTokenFunction.apply(*args)
         return (weighted, d) if opts.return_per_token else weighted
     differentiable = torch.is_grad_enabled() and any(
@@ -339,11 +342,7 @@ def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):
     return _finish(total, d, mask, opts)
 
 
-def _finish(total, d, mask, opts: SparseOptions):
+def _finish(total, d, mask, opts: LossOptions):
     """The reduction of sum_t w_t Div_t, as ``reduce_sparse`` does for the logits-in loss."""
-    n = opts.num_items_in_batch
-    if n is not None:
-        loss = total / (n.to(total.device) if isinstance(n, torch.Tensor) else n)
-    else:
-        loss = reduce_total(total, mask, opts.reduction)
+    loss = opts.reduce_total(total, mask)
     return (loss, d) if opts.return_per_token else loss

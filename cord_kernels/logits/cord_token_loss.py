@@ -10,35 +10,25 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl
-from cord_kernels._rows import check_inplace_backward
-from cord_kernels._validation import (
-    check_bool,
-    check_inplace_backward_option,
+from cord_kernels.core.cord_weights import checked_cord_weights
+from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.options import (
+    ALPHA,
+    BETA,
+    IGNORE_INDEX,
+    REDUCTION,
+    TEMPERATURE,
+    TOP_K,
+    LossOptions,
+)
+from cord_kernels.core.rows import check_inplace_backward
+from cord_kernels.core.torch_path import TorchKLDivFunction
+from cord_kernels.core.validation import (
     check_logits_pair,
     check_mask_or_labels,
-    check_nonneg_number,
-    check_num_items,
-    check_reduction,
     check_same_device,
-    check_temperature,
-    check_top_k,
 )
-from cord_kernels.kl import kl_div_rows
-from cord_kernels.reduction import reduce_weighted
-from cord_kernels.torch_path import TorchKLDivFunction
-from cord_kernels.weights import cord_weights
-
-
-def check_cord_options(top_k, alpha, beta, temperature, reduction):
-    """Validates the options shared by the logits-in and hidden-states-in CORD losses."""
-    return (
-        check_top_k(top_k),
-        check_nonneg_number("alpha", alpha),
-        check_nonneg_number("beta", beta),
-        check_temperature(temperature),
-        check_reduction(reduction),
-    )
+from cord_kernels.logits.kl import kl_div_rows
 
 
 def cord_token_loss(
@@ -47,12 +37,12 @@ def cord_token_loss(
     mask: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    top_k: int = 20,
-    alpha: float = 2.0,
-    beta: float = 2.0,
-    temperature: float = 1.0,
-    reduction: str = "batchmean",
+    ignore_index: int = IGNORE_INDEX,
+    top_k: int = TOP_K,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    temperature: float = TEMPERATURE,
+    reduction: str = REDUCTION,
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     inplace_backward: bool = False,
@@ -98,24 +88,23 @@ def cord_token_loss(
         raise ValueError(
             f"student_logits must have shape (B, T, V), got {tuple(student_logits.shape)}"
         )
-    mask = check_mask_or_labels(mask, labels, ignore_index, tuple(student_logits.shape[:2]),
-                                like="student_logits")
+    opts = LossOptions.check(ignore_index=ignore_index, top_k=top_k, alpha=alpha, beta=beta,
+                             temperature=temperature, reduction=reduction,
+                             num_items_in_batch=num_items_in_batch,
+                             return_per_token=return_per_token,
+                             inplace_backward=inplace_backward, impl=impl)
+    mask = check_mask_or_labels(mask, labels, opts.ignore_index,
+                                tuple(student_logits.shape[:2]), like="student_logits")
     check_same_device(("student_logits", student_logits), ("mask", mask))
-    top_k, alpha, position_beta, temperature, reduction = check_cord_options(
-        top_k, alpha, beta, temperature, reduction
-    )
-    num_items = check_num_items(num_items_in_batch, reduction)
-    return_per_token = check_bool("return_per_token", return_per_token)
-    check_inplace_backward_option(inplace_backward, impl)
     if resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
-                                     temperature).float()
+                                     opts.temperature).float()
     else:
         check_inplace_backward("student_logits", student_logits, inplace_backward)
-        d = kl_div_rows(student_logits, teacher_logits.detach(), mask, temperature=temperature,
-                        inplace_backward=inplace_backward)
-    w = cord_weights(d.detach(), mask, top_k=top_k, alpha=alpha, beta=position_beta)
-    loss = reduce_weighted(w * d, mask, reduction, num_items)
-    if return_per_token:
+        d = kl_div_rows(student_logits, teacher_logits.detach(), mask,
+                        temperature=opts.temperature, inplace_backward=inplace_backward)
+    w = checked_cord_weights(d.detach(), mask, opts.top_k, opts.alpha, opts.beta)
+    loss = opts.reduce(w * d, mask)
+    if opts.return_per_token:
         return loss, torch.where(mask, d.detach(), 0.0)
     return loss

@@ -20,29 +20,32 @@ from typing import Protocol
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl
-from cord_kernels._validation import (
+from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.options import (
+    DEFAULT_CHUNK_BYTES,
+    IGNORE_INDEX,
+    LOGIT_SCALE,
+    TEMPERATURE,
+    LossOptions,
+)
+from cord_kernels.core.torch_path import TorchTileLogprobs
+from cord_kernels.core.validation import (
     check_float,
     check_labels,
     check_same_device,
-    check_temperature,
     check_tensor,
 )
-from cord_kernels.chunked_head import (
-    DEFAULT_CHUNK_BYTES,
+from cord_kernels.fused.chunked_head import (
     Grads,
     LMHead,
     LogitTransform,
-    check_chunk_bytes,
     check_head,
-    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
     rows_per_chunk,
 )
-from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
-from cord_kernels.torch_path import TorchTileLogprobs
+from cord_kernels.logits.token_logprobs import logprob_bwd, logprob_fwd
 
 
 class TileLogprobs(Protocol):
@@ -79,8 +82,8 @@ class TritonTileLogprobs:
 
 @dataclass(frozen=True)
 class FusedLogprobParams:
-    temperature: float = 1.0
-    ignore_index: int = -100
+    temperature: float = TEMPERATURE
+    ignore_index: int = IGNORE_INDEX
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operand: torch.dtype = torch.float32
@@ -186,10 +189,10 @@ def fused_linear_token_logprobs(
     labels: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    ignore_index: int = -100,
+    logit_scale: float = LOGIT_SCALE,
+    ignore_index: int = IGNORE_INDEX,
     chunk_bytes: int | None = None,
     impl: str | None = None,
 ) -> torch.Tensor:
@@ -227,16 +230,15 @@ def fused_linear_token_logprobs(
     check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
     check_labels(labels, tuple(hidden.shape[:-1]))
     check_same_device(("hidden", hidden), ("labels", labels))
-    temperature = check_temperature(temperature)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    chunk_bytes = check_chunk_bytes(chunk_bytes)
+    opts = LossOptions.check(temperature=temperature, ignore_index=ignore_index,
+                             chunk_bytes=chunk_bytes, softcap=softcap, logit_scale=logit_scale,
+                             impl=impl)
+    ignore_index = opts.ignore_index
     valid = labels != ignore_index
     if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
         raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    params = FusedLogprobParams(temperature, ignore_index, chunk_bytes,
+    params = FusedLogprobParams(opts.temperature, ignore_index, opts.chunk_bytes,
                                 resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight),
-                                LogitTransform(logit_scale, softcap))
+                                LogitTransform(opts.logit_scale, opts.softcap))
     return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

@@ -31,17 +31,21 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl, triton_available
-from cord_kernels._rows import (
+from cord_kernels.core.dispatch import Impl, resolve_impl, triton_available
+from cord_kernels.core.options import JSD_BETA, TEMPERATURE, LossOptions
+from cord_kernels.core.rows import (
     block_v,
     launch_device,
     num_warps,
     pair_backward_views,
     row_view,
 )
-from cord_kernels._validation import check_bool, check_logits_pair, check_temperature, check_unit
-from cord_kernels.kl import forward_kl, reverse_kl
-from cord_kernels.torch_path import TorchJSDFunction
+from cord_kernels.core.torch_path import TorchJSDFunction
+from cord_kernels.core.validation import (
+    check_logits_pair,
+    check_unit,
+)
+from cord_kernels.logits.kl import forward_kl, reverse_kl
 
 # Per-row statistics saved by the forward: max and log-sum of s/tau and of u/tau, K_p, K_q.
 N_STATS = 6
@@ -255,7 +259,7 @@ def _(x, y, stats, grad_rows, beta, temperature, dx, dy):
 @dataclass(frozen=True)
 class JSDParams:
     beta: float = 0.5
-    temperature: float = 1.0
+    temperature: float = TEMPERATURE
 
 
 class JSDFunction(torch.autograd.Function):
@@ -287,8 +291,8 @@ def jsd(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     *,
-    beta: float = 0.5,
-    temperature: float = 1.0,
+    beta: float = JSD_BETA,
+    temperature: float = TEMPERATURE,
     teacher_grad: bool = False,
     impl: str | None = None,
 ) -> torch.Tensor:
@@ -315,10 +319,10 @@ def jsd(
         >>> loss = (d * mask).sum() / mask.sum()                     # TRL's batchmean
         >>> loss.backward()
     """
-    beta = check_unit("beta", beta)
+    beta = check_unit("beta", beta)  # the public name of LossOptions.jsd_beta here
     check_logits_pair(student_logits, teacher_logits)
-    temperature = check_temperature(temperature)
-    check_bool("teacher_grad", teacher_grad)
+    temperature = LossOptions.check(temperature=temperature, teacher_grad=teacher_grad,
+                                    impl=impl).temperature
     impl = resolve_impl(impl, student_logits, teacher_logits)
     if beta in (0.0, 1.0):
         kl = forward_kl if beta == 0.0 else reverse_kl

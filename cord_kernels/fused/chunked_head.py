@@ -31,21 +31,14 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
-from cord_kernels._validation import (
+from cord_kernels.core.validation import (
     check_float,
-    check_positive_int,
     check_same_device,
     check_tensor,
 )
-
-# Budget for the fp32 logits tiles of one chunk, in bytes (both branches together for the
-# distillation losses). 1 GiB holds ~880 tokens at V=152k: enough rows for full-speed GEMMs on
-# a CPU or a GPU, and far below the (N, V) logits it replaces (10 GB per branch at N=16k).
-DEFAULT_CHUNK_BYTES = 1 << 30
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -334,20 +327,3 @@ def check_head(weight, bias, hidden, *, names=("weight", "bias", "student_hidden
             raise ValueError(f"{b_name} must have shape ({weight.shape[0]},) (the vocabulary "
                              f"of {w_name}), got {tuple(bias.shape)}")
         check_same_device((w_name, weight), (b_name, bias))
-
-
-def check_chunk_bytes(chunk_bytes) -> int:
-    return DEFAULT_CHUNK_BYTES if chunk_bytes is None else check_positive_int(
-        "chunk_bytes", chunk_bytes)
-
-
-def check_transform(softcap, logit_scale) -> tuple[float, float]:
-    """(softcap, logit_scale) as floats, softcap 0 for None; each must be a finite number > 0."""
-    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
-        if value is None and name == "softcap":
-            continue
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(softcap or 0.0), float(logit_scale)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._dispatch import Impl, triton_available
-from cord_kernels._rows import block_v, launch_device, num_warps, row_view
-from cord_kernels.torch_path import TorchSupportLogprobsFunction, chain_factor
+from cord_kernels.core.dispatch import Impl, triton_available
+from cord_kernels.core.rows import block_v, launch_device, num_warps, row_view
+from cord_kernels.core.torch_path import TorchSupportLogprobsFunction, chain_factor
 
 # Slots gathered per iteration of the forward kernel (k = 64, a typical server top-k, in one).
 MAX_BLOCK_K = 128
@@ -42,7 +42,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from cord_kernels._row_lse import row_lse
+    from cord_kernels.core.row_lse import row_lse
 
     @triton.jit
     def _support_fwd_kernel(

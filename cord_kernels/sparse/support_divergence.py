@@ -20,20 +20,14 @@ comes from ``support_logprobs``' streamed backward.
 
 from __future__ import annotations
 
-import enum
-
 import torch
+
+from cord_kernels.core.options import Tail
 
 # TRL's _add_tail_bucket: log(sum) is clamped to this, so the tail is >= 1 - exp(-1e-7).
 TAIL_LOG_SUM_MAX = -1e-7
 
 
-class Tail(str, enum.Enum):
-    BUCKET = "bucket"
-    RENORMALIZE = "renormalize"
-
-
-TAILS = tuple(t.value for t in Tail)
 
 
 def _masked_lse(x: torch.Tensor, valid: torch.Tensor, any_valid: torch.Tensor) -> torch.Tensor:

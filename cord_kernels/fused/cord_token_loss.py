@@ -16,39 +16,36 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._validation import check_bool, check_num_items
-from cord_kernels.chunked_head import (
-    Chunk,
-    LogitTransform,
-    check_chunk_bytes,
-    check_transform,
-    plan_chunks,
+from cord_kernels.core.cord_weights import checked_cord_weights
+from cord_kernels.core.options import (
+    ALPHA,
+    BETA,
+    IGNORE_INDEX,
+    LOGIT_SCALE,
+    REDUCTION,
+    TEMPERATURE,
+    TOP_K,
+    LossOptions,
 )
-from cord_kernels.cord_token_loss import check_cord_options
-from cord_kernels.fused_distill import (
-    DistillProblem,
-    check_distill_inputs,
-    run_distill,
-)
-from cord_kernels.tile_divergence import Divergence
-from cord_kernels.weights import cord_weights
+from cord_kernels.fused.chunked_head import Chunk, plan_chunks
+from cord_kernels.fused.distill import DistillProblem, check_distill_inputs, run_distill
 
 
 @dataclass(frozen=True)
 class CordWeighting:
     """The CORD weights w = w^KL w^pos of each sequence, from its D (a ``TokenWeighting``)."""
 
-    top_k: int = 20
-    alpha: float = 2.0
-    position_beta: float = 2.0
+    top_k: int = TOP_K
+    alpha: float = ALPHA
+    position_beta: float = BETA
 
     def plan(self, problem: DistillProblem) -> list[Chunk]:
         return plan_chunks(problem.counts, problem.max_rows)
 
     def _weights(self, problem, d, seq_lo, seq_hi, pos_lo, pos_hi, top_k, alpha):
         dense = problem.dense(d, seq_lo, seq_hi, pos_lo, pos_hi)
-        w = cord_weights(dense, problem.mask[seq_lo:seq_hi], top_k=top_k, alpha=alpha,
-                         beta=self.position_beta)
+        w = checked_cord_weights(dense, problem.mask[seq_lo:seq_hi], top_k, alpha,
+                                 self.position_beta)
         return w.view(-1)[problem.index[pos_lo:pos_hi] - seq_lo * problem.T]
 
     def chunk_weights(self, problem, d, chunk: Chunk) -> torch.Tensor:
@@ -69,17 +66,17 @@ def fused_linear_cord_token_loss(
     mask: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     bias: torch.Tensor | None = None,
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    top_k: int = 20,
-    alpha: float = 2.0,
-    beta: float = 2.0,
-    temperature: float = 1.0,
+    top_k: int = TOP_K,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    reduction: str = "batchmean",
+    logit_scale: float = LOGIT_SCALE,
+    reduction: str = REDUCTION,
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
@@ -140,18 +137,12 @@ def fused_linear_cord_token_loss(
         >>> loss = fused_linear_cord_token_loss(h_a, h_t, model.lm_head.weight, mask)
         >>> loss.backward()
     """
+    opts = LossOptions.check(ignore_index=ignore_index, top_k=top_k, alpha=alpha, beta=beta,
+                             temperature=temperature, softcap=softcap, logit_scale=logit_scale,
+                             reduction=reduction, num_items_in_batch=num_items_in_batch,
+                             return_per_token=return_per_token, chunk_bytes=chunk_bytes,
+                             impl=impl)
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                                teacher_bias, mask, labels, ignore_index)
-    top_k, alpha, position_beta, temperature, reduction = check_cord_options(
-        top_k, alpha, beta, temperature, reduction
-    )
-    num_items = check_num_items(num_items_in_batch, reduction)
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    return run_distill(
-        student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        CordWeighting(top_k, alpha, position_beta), divergence=Divergence.REVERSE_KL,
-        jsd_beta=0.5,
-        temperature=temperature, reduction=reduction, chunk_bytes=check_chunk_bytes(chunk_bytes),
-        impl=impl, return_per_token=check_bool("return_per_token", return_per_token),
-        num_items=num_items, transform=LogitTransform(logit_scale, softcap),
-    )
+                                teacher_bias, mask, labels, opts.ignore_index)
+    return run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
+                       teacher_bias, CordWeighting(opts.top_k, opts.alpha, opts.beta), opts)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._dispatch import resolve_impl, triton_available
-from cord_kernels._rows import (
+from cord_kernels.core.dispatch import resolve_impl, triton_available
+from cord_kernels.core.options import TEMPERATURE, LossOptions
+from cord_kernels.core.rows import (
     block_v,
     check_inplace_backward,
     launch_device,
@@ -29,13 +30,10 @@ from cord_kernels._rows import (
     pair_backward_views,
     row_view,
 )
-from cord_kernels._validation import (
-    check_bool,
-    check_inplace_backward_option,
+from cord_kernels.core.torch_path import TorchKLDivFunction
+from cord_kernels.core.validation import (
     check_logits_pair,
-    check_temperature,
 )
-from cord_kernels.torch_path import TorchKLDivFunction
 
 if triton_available():
     import triton
@@ -259,7 +257,7 @@ def _(x, y, lse_x, lse_y, d, grad_rows, temperature, dx, dy):
 
 @dataclass(frozen=True)
 class KLParams:
-    temperature: float = 1.0
+    temperature: float = TEMPERATURE
     # Write dKL/dx into x's own buffer (saves one (N, V) allocation; x is garbage afterwards).
     inplace_backward: bool = False
 
@@ -301,17 +299,15 @@ def kl_div_rows(x, y, row_mask, *, temperature: float, inplace_backward: bool = 
 
 def _check(student_logits, teacher_logits, temperature, teacher_grad, inplace_backward, impl):
     check_logits_pair(student_logits, teacher_logits)
-    temperature = check_temperature(temperature)
-    check_bool("teacher_grad", teacher_grad)
-    check_inplace_backward_option(inplace_backward, impl)
-    return temperature
+    return LossOptions.check(temperature=temperature, teacher_grad=teacher_grad,
+                             inplace_backward=inplace_backward, impl=impl).temperature
 
 
 def reverse_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     teacher_grad: bool = False,
     inplace_backward: bool = False,
     impl: str | None = None,
@@ -353,7 +349,7 @@ def forward_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     *,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     teacher_grad: bool = False,
     impl: str | None = None,
 ) -> torch.Tensor:

@@ -45,39 +45,36 @@ from typing import Protocol
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl
-from cord_kernels._validation import (
-    check_bool,
+from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.options import (
+    DEFAULT_CHUNK_BYTES,
+    IGNORE_INDEX,
+    JSD_BETA,
+    LOGIT_SCALE,
+    REDUCTION,
+    TEMPERATURE,
+    Divergence,
+    LossOptions,
+)
+from cord_kernels.core.validation import (
     check_float,
     check_mask_or_labels,
-    check_num_items,
-    check_reduction,
     check_same_device,
-    check_temperature,
     check_tensor,
-    check_unit,
+    check_token_weights,
 )
-from cord_kernels.chunked_head import (
-    DEFAULT_CHUNK_BYTES,
+from cord_kernels.fused.chunked_head import (
     Chunk,
     Grads,
     LMHead,
     LogitTransform,
-    check_chunk_bytes,
     check_head,
-    check_transform,
     compute_dtype,
     no_autocast,
     operand_dtype,
     rows_per_chunk,
 )
-from cord_kernels.reduction import reduce_total
-from cord_kernels.tile_divergence import (
-    DIVERGENCES,
-    Divergence,
-    make_tile_divergence,
-    resolve_divergence,
-)
+from cord_kernels.fused.tile_divergence import make_tile_divergence
 
 # ----------------------------------------------------------------------------- weighting
 
@@ -127,8 +124,8 @@ class FixedWeights:
 @dataclass(frozen=True)
 class DistillParams:
     divergence: Divergence = Divergence.REVERSE_KL
-    jsd_beta: float = 0.5
-    temperature: float = 1.0
+    jsd_beta: float = JSD_BETA
+    temperature: float = TEMPERATURE
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
@@ -274,7 +271,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
     return (w_all * d_all).sum(), d_all, w_all
 
 
-def _head_grads(grads: Grads, problem: DistillProblem, hidden, weight, bias):
+def head_grads(grads: Grads, problem: DistillProblem, hidden, weight, bias):
     """The (hidden, weight, bias) gradients in their inputs' shapes and dtypes."""
     gw = grads.weight_or_zeros()
     return (grads.hidden_for(problem.index, hidden.shape, hidden.dtype),
@@ -348,7 +345,7 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
             g = grad_out.reshape(-1).float()[problem.index] * w
             problem.backprop_rows(None, g, grads)
             problem.release()
-        gh, gw, gb = _head_grads(grads, problem, sh, weight, bias)
+        gh, gw, gb = head_grads(grads, problem, sh, weight, bias)
         return gh, None, gw, gb, None, None, None, None, None
 
 
@@ -356,7 +353,8 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
 
 
 def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                         teacher_bias, mask, labels=None, ignore_index=-100) -> torch.Tensor:
+                         teacher_bias, mask, labels=None,
+                         ignore_index=IGNORE_INDEX) -> torch.Tensor:
     """Checks the tensors of a fused-linear distillation loss; returns the mask as bool (from
     ``mask`` or from ``labels != ignore_index``)."""
     check_tensor("student_hidden", student_hidden, ndim=3)
@@ -395,56 +393,22 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
     return mask
 
 
-def check_divergence(divergence, jsd_beta) -> float:
-    """The JSD's beta, checked; ``jsd_beta`` set away from its default for another divergence
-    would be silently unused, so that is an error."""
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    jsd_beta = check_unit("jsd_beta", jsd_beta)
-    if divergence != "jsd" and jsd_beta != 0.5:
-        raise ValueError(f"jsd_beta={jsd_beta!r} is used by divergence='jsd' only, got "
-                         f"divergence={divergence!r}; pass divergence='jsd' or drop jsd_beta")
-    return jsd_beta
-
-
-def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
-    if token_weights is None:
-        return None
-    check_tensor("token_weights", token_weights)
-    if not token_weights.dtype.is_floating_point:
-        raise TypeError(f"token_weights must be a float tensor, got {token_weights.dtype}")
-    if tuple(token_weights.shape) != tuple(mask.shape):
-        raise ValueError(f"token_weights must have shape {tuple(mask.shape)} (the (B, T) of "
-                         f"mask), got {tuple(token_weights.shape)}")
-    check_same_device(("mask", mask), ("token_weights", token_weights))
-    if token_weights.requires_grad:
-        raise ValueError("token_weights must not require grad (they are fixed weights; pass "
-                         "token_weights.detach())")
-    bad = ~torch.isfinite(token_weights) | (token_weights < 0)
-    if bool((bad & mask).any()):  # one host sync, next to the one that finds the valid rows
-        raise ValueError("token_weights must be finite and >= 0 at every valid position")
-    return token_weights
-
-
 # ---------------------------------------------------------------------------- public API
 
 
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
-                teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
-                jsd_beta: float, temperature: float, reduction: str, chunk_bytes: int,
-                impl: str | None, return_per_token: bool, num_items=None,
-                transform: LogitTransform | None = None):
+                teacher_bias, weighting: TokenWeighting, opts: LossOptions):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
-    impl = resolve_impl(impl, student_hidden, weight)
+    impl = resolve_impl(opts.impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
     t_weight = None if teacher_weight is None else teacher_weight.detach()
     operands = (operand_dtype(student_hidden, weight),
                 operand_dtype(t_hidden, weight if t_weight is None else t_weight))
-    params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands,
-                           transform or LogitTransform())
+    params = DistillParams(opts.divergence, opts.jsd_beta, opts.temperature, opts.chunk_bytes,
+                           impl, operands, LogitTransform(opts.logit_scale, opts.softcap))
     tensors = (student_hidden, t_hidden, weight, bias, t_weight,
                None if teacher_bias is None else teacher_bias.detach(), mask)
-    if reduction == "none":
+    if opts.reduction == "none":
         loss, per_token = FusedDistillPerTokenFunction.apply(*tensors, weighting, params)
     else:
         differentiable = torch.is_grad_enabled() and any(
@@ -456,8 +420,8 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
                 problem = DistillProblem(*tensors, params)
                 total, d, _ = weighted_sum(problem, weighting, None)
             per_token = problem.dense(d)
-        loss = reduce_total(total, mask, reduction, num_items)
-    return (loss, per_token) if return_per_token else loss
+        loss = opts.reduce_total(total, mask)
+    return (loss, per_token) if opts.return_per_token else loss
 
 
 def fused_linear_distill_loss(
@@ -467,17 +431,17 @@ def fused_linear_distill_loss(
     mask: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     divergence: str = "reverse_kl",
-    jsd_beta: float = 0.5,
+    jsd_beta: float = JSD_BETA,
     token_weights: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    reduction: str = "batchmean",
+    logit_scale: float = LOGIT_SCALE,
+    reduction: str = REDUCTION,
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
@@ -539,18 +503,14 @@ def fused_linear_distill_loss(
         ...     divergence="jsd", teacher_weight=teacher.lm_head.weight, return_per_token=True)
         >>> loss.backward()
     """
+    opts = LossOptions.check(ignore_index=ignore_index, divergence=divergence,
+                             jsd_beta=jsd_beta, temperature=temperature, softcap=softcap,
+                             logit_scale=logit_scale, reduction=reduction,
+                             num_items_in_batch=num_items_in_batch,
+                             return_per_token=return_per_token, chunk_bytes=chunk_bytes,
+                             impl=impl)
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                                teacher_bias, mask, labels, ignore_index)
-    jsd_beta = check_divergence(divergence, jsd_beta)
+                                teacher_bias, mask, labels, opts.ignore_index)
     token_weights = check_token_weights(token_weights, mask)
-    num_items = check_num_items(num_items_in_batch, reduction)
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    return run_distill(
-        student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        FixedWeights(token_weights), divergence=resolve_divergence(divergence, jsd_beta),
-        jsd_beta=jsd_beta,
-        temperature=check_temperature(temperature), reduction=check_reduction(reduction),
-        chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
-        return_per_token=check_bool("return_per_token", return_per_token), num_items=num_items,
-        transform=LogitTransform(logit_scale, softcap),
-    )
+    return run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
+                       teacher_bias, FixedWeights(token_weights), opts)
