@@ -3,7 +3,7 @@ fp32 tiles, its backward through the head, the gradient accumulators, and chunk 
 
 At 7B scale the logits themselves are the memory problem: 16k rollout tokens times a 156k
 vocabulary is 10 GB per fp32 logits tensor, and distillation has two branches. The losses
-(``fused_distill.py``: reverse/forward KL, JSD and the CORD weighting; ``fused_logprobs.py``:
+(``fused/distill.py``: reverse/forward KL, JSD and the CORD weighting; ``fused/token_logprobs.py``:
 token log-probs) take hidden states and the LM head and walk the valid tokens in chunks, so
 that at most one (chunk, V) fp32 tile per branch is alive (its size is ``chunk_bytes``).
 
@@ -18,7 +18,7 @@ operands run natively with fp32 output (``out_dtype``) when the installed torch 
 dtype and the GEMM runs in fp32. Every GEMM of a call, the ``out=`` ones included, sees the same
 operands, because the losses run their GEMMs with autocast off.
 
-The torch path's elementwise row math (``torch_path.py``) goes through the tiles in row blocks
+The torch path's elementwise row math (``core/torch_path.py``) goes through the tiles in row blocks
 of ~1.5 MB, so its several passes hit cache instead of memory. It runs on the caller's thread
 count: on a shared (loaded) CPU, ``torch.set_num_threads(1)`` around the call can make it several
 times faster, as an OpenMP team on such small blocks waits at its barrier for the slowest

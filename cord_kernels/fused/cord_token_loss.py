@@ -1,5 +1,5 @@
 """LM head + CORD token loss (paper eq. 7) without (N, V) logits: the distillation driver of
-``fused_distill.py`` with reverse KL and the CORD weights.
+``fused/distill.py`` with reverse KL and the CORD weights.
 
 CORD's weights need every D of a sequence (top-K), so chunks hold WHOLE sequences (SPEC
 section 3): each chunk computes its D, the weights of its sequences and the weighted gradient
@@ -97,7 +97,7 @@ def fused_linear_cord_token_loss(
     3 when ``weight`` needs no gradient (a frozen head), 2 under ``torch.no_grad()``, 6 for
     ``reduction="none"``, whose backward recomputes both projections. Rows with ``mask``
     False are never projected. Memory: the fp32 gradient of ``weight`` and at most
-    ``chunk_bytes`` of logits tiles. See ``fused_distill.py`` for the algorithm.
+    ``chunk_bytes`` of logits tiles. See ``fused/distill.py`` for the algorithm.
 
     Args:
         student_hidden: (B, T, H) audio-conditioned final hidden states (gets the gradient).

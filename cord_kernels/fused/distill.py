@@ -17,8 +17,9 @@ in backward: 6 GEMMs.) Gradients of W and b accumulate in fp32 across chunks eve
 inputs: rounding each chunk's product to bf16 before summing biases training.
 
 The weights come from a :class:`TokenWeighting`. Fixed per-token weights (``token_weights``) are
-known before any logit, so chunks may cut sequences anywhere. CORD's weights (``fused_cord.py``)
-need every D of a sequence for its top-K, so its chunks hold WHOLE sequences; a sequence longer
+known before any logit, so chunks may cut sequences anywhere. CORD's weights
+(``fused/cord_token_loss.py``) need every D of a sequence for its top-K, so its chunks hold
+WHOLE sequences; a sequence longer
 than a chunk is cut into pieces done with a provisional weight, and once all its D are known
 the rows whose final weight differs get the missing gradient from a recompute of just those
 rows (4 small GEMMs).
@@ -34,8 +35,8 @@ Div only (2 GEMMs) and backward recomputes both projections (4 GEMMs): 6 GEMMs i
 ``return_per_token=True`` also returns the detached (B, T) Div at no extra GEMM.
 
 Layout: the weighting protocol and fixed weights, the problem (one call's data), the driver,
-the two autograd Functions, input checks, ``run_distill`` (shared with ``fused_cord.py``) and
-the public ``fused_linear_distill_loss``.
+the two autograd Functions, input checks, ``run_distill`` (shared with
+``fused/cord_token_loss.py``) and the public ``fused_linear_distill_loss``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Per-row divergence math on the (n, V) logits tiles of one chunk of the fused-linear losses.
 
-:class:`TileDivergence` is the contract the chunk driver (``fused_distill.py``) relies on; each
+:class:`TileDivergence` is the contract the chunk driver (``fused/distill.py``) relies on; each
 divergence (reverse KL, forward KL, generalized JSD) has a torch implementation (in
-``torch_path.py``, with the rest of the eager math) and a Triton one (here):
+``core/torch_path.py``, with the rest of the eager math) and a Triton one (here):
 
     state = div.stats(s, u, want_grad)     state.d: (n,) fp32 divergence per row
     row_scale = div.write_grad(s, u, state, g)
@@ -52,7 +52,7 @@ class TileDivergence(Protocol):
 
 
 class TritonTileReverseKL:
-    """KL(p || q) through the streaming kernels of ``kl.py``."""
+    """KL(p || q) through the streaming kernels of ``logits/kl.py``."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
@@ -79,7 +79,7 @@ class TritonTileForwardKL(TritonTileReverseKL):
 
 
 class TritonTileJSD:
-    """The generalized JSD through the streaming kernels of ``jsd.py``."""
+    """The generalized JSD through the streaming kernels of ``logits/jsd.py``."""
 
     def __init__(self, temperature: float, jsd_beta: float):
         self.temperature, self.jsd_beta = temperature, jsd_beta

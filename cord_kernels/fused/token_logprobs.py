@@ -6,9 +6,9 @@ logits and turns them into the gradient in place (3 GEMMs): 4 GEMMs in all. Rows
 is ``ignore_index`` are never projected.
 
 The per-row math follows :class:`TileLogprobs`, in torch (row blocks, in
-``torch_path.py``) or through the streaming kernels of ``token_logprobs.py``.
+``core/torch_path.py``) or through the streaming kernels of ``logits/token_logprobs.py``.
 
-Layout: the row-math protocol and its Triton version (the torch one is in ``torch_path.py``),
+Layout: the row-math protocol and its Triton version (the torch one is in ``core/torch_path.py``),
 the problem, the autograd Function, the public function.
 """
 
@@ -63,7 +63,7 @@ class TileLogprobs(Protocol):
 
 
 class TritonTileLogprobs:
-    """The same contract through the streaming kernels of ``token_logprobs.py``."""
+    """The same contract through the streaming kernels of ``logits/token_logprobs.py``."""
 
     def __init__(self, temperature: float, ignore_index: int):
         self.temperature = temperature

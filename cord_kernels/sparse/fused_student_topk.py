@@ -1,6 +1,6 @@
 """LM heads + SDPO's top-k loss (the student's top-k is the support), without (N, V) logits.
 
-The chunk driver of ``fused_sparse_teacher.py`` with other targets: for each chunk of valid
+The chunk driver of ``sparse/fused_teacher_loss.py`` with other targets: for each chunk of valid
 rows the student tile is projected (and transformed) first, its top-k ids are read off it, then
 the teacher's rows are projected into a second tile and read on those ids. 4 GEMMs in all for
 the scalar reductions (student and teacher projections, grad wrt hidden and weight); the tiles

@@ -6,7 +6,7 @@ teacher's top-k, or the student's own), yet the gradient is dense: through the n
     a_j = x_{id_j} - lse(x),  x = s / tau
     dL/ds_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G),   g_j = dL/da_j,  G = sum_j g_j
 
-Forward reads each row once (online max/sum, as ``kl.py``) and gathers the k logits; it saves
+Forward reads each row once (online max/sum, as ``logits/kl.py``) and gathers the k logits; it saves
 lse per row. Backward reads the row again and writes the dense part -p_v G / tau; the k sparse
 terms are then added by one (N, k) ``scatter_add_``. The (N, V) log-softmax never exists; the
 gradient is the only (N, V) tensor and may be written into the logits buffer itself
@@ -22,7 +22,7 @@ then also applies dt/dz = scale (1 - (t / c)^2) (``chain_factor``), so the tile 
 the gradient with respect to the head's raw output z.
 
 Layout: kernels, launchers, custom ops, the Triton autograd Function (the torch one is in
-``torch_path.py``), the internal entry point ``support_logprobs``.
+``core/torch_path.py``), the internal entry point ``support_logprobs``.
 """
 
 from __future__ import annotations
