@@ -25,9 +25,7 @@ The rules, one place each:
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field, fields
-from numbers import Real
 
 import torch
 
@@ -35,6 +33,7 @@ from cord_kernels.core.reduction import reduce_total, reduce_weighted
 from cord_kernels.core.validation import (
     check_bool,
     check_nonneg_number,
+    check_positive,
     check_positive_int,
     check_temperature,
     check_unit,
@@ -140,17 +139,9 @@ def check_k(k, vocab: int) -> int:
     return k
 
 
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def check_softcap(softcap) -> float:
     """A finite number > 0, or None (held as 0.0: no cap)."""
-    return 0.0 if softcap is None else _check_positive("softcap", softcap)
+    return 0.0 if softcap is None else check_positive("softcap", softcap)
 
 
 def check_chunk_bytes(chunk_bytes) -> int:
@@ -206,7 +197,7 @@ class LossOptions:
     beta: float = field(default=BETA, metadata=_checker(lambda v: check_nonneg_number("beta", v)))
     softcap: float = field(default=0.0, metadata=_checker(check_softcap))  # 0.0: none
     logit_scale: float = field(default=LOGIT_SCALE,
-                               metadata=_checker(lambda v: _check_positive("logit_scale", v)))
+                               metadata=_checker(lambda v: check_positive("logit_scale", v)))
     chunk_bytes: int = field(default=DEFAULT_CHUNK_BYTES, metadata=_checker(check_chunk_bytes))
     ignore_index: int = field(default=IGNORE_INDEX, metadata=_checker(check_ignore_index))
     teacher_grad: bool = field(

@@ -114,19 +114,26 @@ def check_mask_or_labels(mask, labels, ignore_index, shape: tuple[int, ...], *,
     return labels != ignore_index
 
 
+def check_real(name: str, value) -> float:
+    """A real number (not a bool), as a float; the range checks below build on it."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_positive(name: str, value) -> float:
+    v = check_real(name, value)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
 def check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, Real):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    t = float(temperature)
-    if not (t > 0 and math.isfinite(t)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
+    return check_positive("temperature", temperature)
 
 
 def check_nonneg_number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
+    v = check_real(name, value)
     if not (v >= 0 and math.isfinite(v)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
@@ -134,9 +141,7 @@ def check_nonneg_number(name: str, value) -> float:
 
 def check_unit(name: str, value) -> float:
     """A number in [0, 1] (the JSD's beta)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
+    v = check_real(name, value)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return v

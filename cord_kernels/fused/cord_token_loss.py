@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels.core.cord_weights import checked_cord_weights
+from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import (
     ALPHA,
     BETA,
@@ -59,6 +60,7 @@ class CordWeighting:
                              self.alpha)
 
 
+@shared_doc
 def fused_linear_cord_token_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -105,22 +107,16 @@ def fused_linear_cord_token_loss(
             gets a gradient).
         weight: (V, H) LM head (gets a gradient, accumulated in fp32).
         mask: (B, T) bool (or 0/1 int/float), True at generated positions.
-        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
-            integer labels, valid where ``labels != ignore_index``.
+        {labels}
         bias: optional (V,) LM-head bias (gets a gradient).
         teacher_weight, teacher_bias: optional separate teacher head, (V, H_t) and (V,).
         top_k, alpha, beta: CORD weights (``alpha = beta = 1`` is uniform on-policy
             distillation).
         temperature: tau > 0, applied to both branches.
-        softcap, logit_scale: the model's logit transform (Gemma 2 / 3n's
-            ``final_logit_softcapping``, Cohere's ``logit_scale``), applied to both branches'
-            logits inside the stream: t = logit_scale * z, then softcap * tanh(t / softcap).
-            Without them such a model's loss is wrong.
-        reduction: "batchmean" | "sum" | "mean" | "none", as in :func:`cord_token_loss`:
-            batchmean divides by the B sequences, TRL by valid tokens (our "mean"), and
-            batchmean = mean * mask.sum() / B.
-        num_items_in_batch: sum w D / num_items_in_batch instead (TRL's gradient-accumulation
-            convention; the count of valid tokens over all micro-batches of the step).
+        {logit_transform}
+            Both branches get it.
+        {reduction}
+        {num_items_in_batch}
         return_per_token: also return D, the detached (B, T) fp32 reverse KL, 0 where masked.
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB): a chunk
             holds ``chunk_bytes // (8 V)`` tokens. Sequences longer than that still work.

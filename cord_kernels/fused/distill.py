@@ -47,6 +47,7 @@ from typing import Protocol
 import torch
 
 from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import (
     DEFAULT_CHUNK_BYTES,
     IGNORE_INDEX,
@@ -64,17 +65,7 @@ from cord_kernels.core.validation import (
     check_tensor,
     check_token_weights,
 )
-from cord_kernels.fused.chunked_head import (
-    Chunk,
-    Grads,
-    LMHead,
-    LogitTransform,
-    check_head,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-    rows_per_chunk,
-)
+from cord_kernels.fused import chunked_head as ch
 from cord_kernels.fused.tile_divergence import make_tile_divergence
 
 # ----------------------------------------------------------------------------- weighting
@@ -83,11 +74,11 @@ from cord_kernels.fused.tile_divergence import make_tile_divergence
 class TokenWeighting(Protocol):
     """Where each valid row's weight w_t comes from (rows in valid-row order, ``pos``)."""
 
-    def plan(self, problem: DistillProblem) -> list[Chunk]:
+    def plan(self, problem: DistillProblem) -> list[ch.Chunk]:
         """The chunks to walk; a chunk with ``whole=False`` gets provisional weights."""
         ...
 
-    def chunk_weights(self, problem: DistillProblem, d: torch.Tensor, chunk: Chunk
+    def chunk_weights(self, problem: DistillProblem, d: torch.Tensor, chunk: ch.Chunk
                       ) -> torch.Tensor:
         """(rows of chunk,) weights from the chunk's Div ``d``."""
         ...
@@ -110,7 +101,7 @@ class FixedWeights:
 
     def plan(self, problem):
         n, step = problem.n_valid, problem.max_rows
-        return [Chunk(lo, min(lo + step, n), 0, problem.B, True) for lo in range(0, n, step)]
+        return [ch.Chunk(lo, min(lo + step, n), 0, problem.B, True) for lo in range(0, n, step)]
 
     def chunk_weights(self, problem, d, chunk):
         return self._valid(problem)[chunk.row_lo:chunk.row_hi]
@@ -130,7 +121,7 @@ class DistillParams:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
-    transform: LogitTransform = LogitTransform()  # the model's, on both sides' logits
+    transform: ch.LogitTransform = ch.LogitTransform()  # the model's, on both sides' logits
 
 
 class DistillProblem:
@@ -146,15 +137,15 @@ class DistillProblem:
         self.B, self.T, self.V = B, T, weight.shape[0]
         self.mask = mask
         self.device = student_hidden.device
-        self.dtype = compute_dtype(student_hidden, weight)
+        self.dtype = ch.compute_dtype(student_hidden, weight)
         self.hs = student_hidden.detach().reshape(B * T, student_hidden.shape[-1])
         self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
-        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
+        self.head = ch.LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operands[0], self.dtype)
         if teacher_weight is None:
             self.teacher_head = self.head
         else:
-            self.teacher_head = LMHead(
+            self.teacher_head = ch.LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
         self.divergence = make_tile_divergence(params.divergence, params.jsd_beta,
@@ -166,7 +157,7 @@ class DistillProblem:
         self.transform = params.transform
         # A softcap's dt/dz needs a third tile (see ``grad_factor``).
         self.n_tiles = 3 if self.transform.needs_factor_tile else 2
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, self.n_tiles, self.dtype)
+        self.max_rows = ch.rows_per_chunk(params.chunk_bytes, self.V, self.n_tiles, self.dtype)
         self._tiles: torch.Tensor | None = None
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -213,7 +204,7 @@ class DistillProblem:
             d[lo:hi] = self.divergence.stats(s, u, want_grad=False).d
         return d
 
-    def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: Grads) -> None:
+    def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: ch.Grads) -> None:
         """Adds the gradient of sum_rows g * Div over the valid rows at positions ``pos``
         (distinct; None: all of them, g then covering every valid row) in 4 GEMMs."""
         n = self.n_valid if pos is None else pos.numel()
@@ -227,17 +218,17 @@ class DistillProblem:
             self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             self.head.backprop(s, h_s, row_scale, rows, grads)
 
-    def grads(self, needs_input_grad) -> Grads:
+    def grads(self, needs_input_grad) -> ch.Grads:
         """Accumulators for the gradients autograd asks for (student hidden, weight, bias)."""
         need_h, _, need_w, need_b = needs_input_grad[:4]
-        return Grads.allocate(self.n_valid, self.head, need_h, need_w,
+        return ch.Grads.allocate(self.n_valid, self.head, need_h, need_w,
                               need_b and self.head.bias is not None, self.device)
 
 
 # -------------------------------------------------------------------------------- driver
 
 
-def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grads | None):
+def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: ch.Grads | None):
     """sum_t w_t Div_t over valid rows, and (if ``grads``) its gradients, in 4 GEMMs.
 
     Returns (total, d, w): the fp32 scalar and the per-valid-row Div and final weights.
@@ -272,7 +263,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
     return (w_all * d_all).sum(), d_all, w_all
 
 
-def head_grads(grads: Grads, problem: DistillProblem, hidden, weight, bias):
+def head_grads(grads: ch.Grads, problem: DistillProblem, hidden, weight, bias):
     """The (hidden, weight, bias) gradients in their inputs' shapes and dtypes."""
     gw = grads.weight_or_zeros()
     return (grads.hidden_for(problem.index, hidden.shape, hidden.dtype),
@@ -287,7 +278,7 @@ class FusedDistillSumFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
                 mask, weighting: TokenWeighting, params: DistillParams):
-        with no_autocast(student_hidden.device):
+        with ch.no_autocast(student_hidden.device):
             problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
                                      teacher_weight, teacher_bias, mask, params)
             grads = problem.grads(ctx.needs_input_grad)
@@ -326,7 +317,7 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
                 mask, weighting: TokenWeighting, params: DistillParams):
         tensors = (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
                    mask)
-        with no_autocast(student_hidden.device):
+        with ch.no_autocast(student_hidden.device):
             problem = DistillProblem(*tensors, params)
             d = problem.div_rows()
             w = weighting.final_weights(problem, d)
@@ -340,7 +331,7 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_per_token):
         sh, th, weight, bias, tw, tb, mask, w = ctx.saved_tensors
-        with no_autocast(sh.device):
+        with ch.no_autocast(sh.device):
             problem = DistillProblem(sh, th, weight, bias, tw, tb, mask, ctx.params)
             grads = problem.grads(ctx.needs_input_grad)
             g = grad_out.reshape(-1).float()[problem.index] * w
@@ -367,7 +358,7 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
             f"teacher_hidden must have the (B, T) = {tuple(student_hidden.shape[:2])} of "
             f"student_hidden, got shape {tuple(teacher_hidden.shape)}"
         )
-    check_head(weight, bias, student_hidden)
+    ch.check_head(weight, bias, student_hidden)
     if teacher_weight is None:
         if teacher_bias is not None:
             raise ValueError("teacher_bias needs teacher_weight (without a teacher head the "
@@ -380,7 +371,7 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
             )
         check_same_device(("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden))
     else:
-        check_head(teacher_weight, teacher_bias, teacher_hidden,
+        ch.check_head(teacher_weight, teacher_bias, teacher_hidden,
                    names=("teacher_weight", "teacher_bias", "teacher_hidden"))
         if teacher_weight.shape[0] != weight.shape[0]:
             raise ValueError(
@@ -403,10 +394,10 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     impl = resolve_impl(opts.impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
     t_weight = None if teacher_weight is None else teacher_weight.detach()
-    operands = (operand_dtype(student_hidden, weight),
-                operand_dtype(t_hidden, weight if t_weight is None else t_weight))
+    operands = (ch.operand_dtype(student_hidden, weight),
+                ch.operand_dtype(t_hidden, weight if t_weight is None else t_weight))
     params = DistillParams(opts.divergence, opts.jsd_beta, opts.temperature, opts.chunk_bytes,
-                           impl, operands, LogitTransform(opts.logit_scale, opts.softcap))
+                           impl, operands, ch.LogitTransform(opts.logit_scale, opts.softcap))
     tensors = (student_hidden, t_hidden, weight, bias, t_weight,
                None if teacher_bias is None else teacher_bias.detach(), mask)
     if opts.reduction == "none":
@@ -417,7 +408,7 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
         if differentiable:
             total, per_token = FusedDistillSumFunction.apply(*tensors, weighting, params)
         else:  # evaluation: the 2 projection GEMMs only
-            with no_autocast(student_hidden.device):
+            with ch.no_autocast(student_hidden.device):
                 problem = DistillProblem(*tensors, params)
                 total, d, _ = weighted_sum(problem, weighting, None)
             per_token = problem.dense(d)
@@ -425,6 +416,7 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     return (loss, per_token) if opts.return_per_token else loss
 
 
+@shared_doc
 def fused_linear_distill_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -467,8 +459,7 @@ def fused_linear_distill_loss(
         teacher_hidden: (B, T, H_t) of the teacher on the same tokens (never gets a gradient).
         weight: (V, H_s) the student's LM head (gets a gradient, accumulated in fp32).
         mask: (B, T) bool (or 0/1 int/float), True at the positions that count.
-        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
-            integer labels, valid where ``labels != ignore_index``.
+        {labels}
         divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd".
         jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL);
             with another divergence it must stay at its default.
@@ -477,17 +468,10 @@ def fused_linear_distill_loss(
         teacher_weight, teacher_bias: the teacher's own head (V, H_t) and (V,); default: the
             student's head, detached (then H_t must equal H_s).
         temperature: tau > 0, applied to both sides.
-        softcap, logit_scale: the model's logit transform, applied to both sides' logits
-            inside the stream (before tau): t = logit_scale * z, then softcap * tanh(t /
-            softcap). Pass Gemma 2 / 3n's ``final_logit_softcapping`` as ``softcap`` and
-            Cohere's ``logit_scale``: without them such a model's loss is wrong. A teacher
-            with its own head must have the same transform.
-        reduction: "batchmean" (sum / B, per sequence) | "sum" | "mean" (sum / valid tokens)
-            | "none". TRL's and Liger's losses divide by valid tokens, i.e. our "mean":
-            batchmean = mean * mask.sum() / B.
-        num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
-            returns sum w Div / num_items_in_batch, so that gradient accumulation gives the
-            full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
+        {logit_transform}
+            Both sides get it: a teacher with its own head must have the same transform.
+        {reduction}
+        {num_items_in_batch}
         return_per_token: also return the detached (B, T) fp32 Div_t, 0 where masked (what a
             trainer logs, without projecting again).
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).

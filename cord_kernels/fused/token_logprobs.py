@@ -35,16 +35,7 @@ from cord_kernels.core.validation import (
     check_same_device,
     check_tensor,
 )
-from cord_kernels.fused.chunked_head import (
-    Grads,
-    LMHead,
-    LogitTransform,
-    check_head,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-    rows_per_chunk,
-)
+from cord_kernels.fused import chunked_head as ch
 from cord_kernels.logits.token_logprobs import logprob_bwd, logprob_fwd
 
 
@@ -87,7 +78,7 @@ class FusedLogprobParams:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     impl: Impl = Impl.TORCH
     operand: torch.dtype = torch.float32
-    transform: LogitTransform = LogitTransform()  # the model's logit transform
+    transform: ch.LogitTransform = ch.LogitTransform()  # the model's logit transform
 
 
 class _LogprobProblem:
@@ -98,9 +89,9 @@ class _LogprobProblem:
         H = hidden.shape[-1]
         self.V = weight.shape[0]
         self.params = params
-        self.dtype = compute_dtype(hidden, weight)
+        self.dtype = ch.compute_dtype(hidden, weight)
         self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
-        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
+        self.head = ch.LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operand, self.dtype)
         self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature,
                                                          params.ignore_index) \
@@ -112,7 +103,7 @@ class _LogprobProblem:
         self.n_valid = self.index.numel()
         # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
         n_tiles = 2 if self.transform.needs_factor_tile else 1
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
+        self.max_rows = ch.rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
         buf_rows = min(self.max_rows, self.n_valid)
         self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
         self._factor: torch.Tensor | None = None
@@ -145,7 +136,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         problem = _LogprobProblem(hidden, weight, bias, labels, params)
         out = torch.zeros(labels.numel(), dtype=torch.float32, device=hidden.device)
         lse_parts = []
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             for lo, hi, idx, _, x in problem.chunks():
                 logp, lse = problem.logprobs.forward(x, problem.labels[lo:hi])
                 out[idx] = logp.float()
@@ -160,10 +151,10 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         problem = _LogprobProblem(hidden, weight, bias, labels, ctx.params)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grads = Grads.allocate(problem.n_valid, problem.head, need_h, need_w,
+        grads = ch.Grads.allocate(problem.n_valid, problem.head, need_h, need_w,
                                 need_b and bias is not None, hidden.device)
         g_all = grad_out.reshape(-1).float()
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             for lo, hi, idx, h, x in problem.chunks():
                 factor = problem.grad_factor(x)
                 row_scale = problem.logprobs.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
@@ -227,7 +218,7 @@ def fused_linear_token_logprobs(
     """
     check_tensor("hidden", hidden, min_ndim=2)
     check_float("hidden", hidden)
-    check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
+    ch.check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
     check_labels(labels, tuple(hidden.shape[:-1]))
     check_same_device(("hidden", hidden), ("labels", labels))
     opts = LossOptions.check(temperature=temperature, ignore_index=ignore_index,
@@ -239,6 +230,7 @@ def fused_linear_token_logprobs(
         raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
     params = FusedLogprobParams(opts.temperature, ignore_index, opts.chunk_bytes,
-                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight),
-                                LogitTransform(opts.logit_scale, opts.softcap))
+                                resolve_impl(impl, hidden, weight),
+                                ch.operand_dtype(hidden, weight),
+                                ch.LogitTransform(opts.logit_scale, opts.softcap))
     return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

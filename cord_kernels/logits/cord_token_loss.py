@@ -12,6 +12,7 @@ import torch
 
 from cord_kernels.core.cord_weights import checked_cord_weights
 from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import (
     ALPHA,
     BETA,
@@ -31,6 +32,7 @@ from cord_kernels.core.validation import (
 from cord_kernels.logits.kl import kl_div_rows
 
 
+@shared_doc
 def cord_token_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -59,21 +61,15 @@ def cord_token_loss(
         teacher_logits: (B, T, V) text-conditioned logits on the same tokens (detached).
         mask: (B, T) bool (or 0/1 int/float), True at generated positions. Masked rows
             contribute exactly 0 and are never read by the Triton path.
-        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
-            integer labels, valid where ``labels != ignore_index``.
+        {labels}
         top_k, alpha, beta: the CORD weights (``alpha = beta = 1`` is uniform OPD).
         temperature: tau > 0.
-        reduction: "batchmean" (sum / B, per sequence, the paper's) | "sum" | "mean" (sum /
-            valid tokens) | "none". TRL's losses divide by valid tokens, i.e. our "mean":
-            batchmean = mean * mask.sum() / B.
-        num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
-            returns sum w D / num_items_in_batch, so that gradient accumulation gives the
-            full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
+        {reduction}
+        {num_items_in_batch}
         return_per_token: also return D, the detached (B, T) fp32 reverse KL, 0 where masked
             (what a trainer logs, without reading the logits again).
-        inplace_backward: Triton path: write the gradient into ``student_logits``' storage
-            (ignored where impl=None picks the torch path; an error with impl="torch").
-        impl: "triton", "torch" or None.
+        {inplace_backward}
+        {impl}
 
     Returns:
         fp32 scalar, or (B, T) fp32 for ``reduction="none"``; ``(loss, D)`` with

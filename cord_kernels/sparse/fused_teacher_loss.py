@@ -48,16 +48,7 @@ from cord_kernels.core.validation import (
     check_tensor,
     check_token_weights,
 )
-from cord_kernels.fused.chunked_head import (
-    Grads,
-    LMHead,
-    LogitTransform,
-    check_head,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-    rows_per_chunk,
-)
+from cord_kernels.fused import chunked_head as ch
 from cord_kernels.fused.distill import head_grads
 from cord_kernels.sparse.inputs import check_topk_pair
 from cord_kernels.sparse.support_divergence import support_divergence
@@ -115,8 +106,8 @@ class SparseHeadProblem:
         self.B, self.T, self.V = B, T, weight.shape[0]
         self.params = params
         self.device = hidden.device
-        self.dtype = compute_dtype(hidden, weight)
-        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
+        self.dtype = ch.compute_dtype(hidden, weight)
+        self.head = ch.LMHead(weight.detach(), None if bias is None else bias.detach(),
                            params.operand, self.dtype)
         self.hs = hidden.detach().reshape(B * T, H)
         # The one host sync: which rows are projected.
@@ -124,7 +115,8 @@ class SparseHeadProblem:
         self.n_rows = self.index.numel()
         self.targets = targets
         targets.select(self)
-        self.max_rows = rows_per_chunk(params.opts.chunk_bytes, self.V, targets.n_tiles, self.dtype)
+        self.max_rows = ch.rows_per_chunk(params.opts.chunk_bytes, self.V, targets.n_tiles,
+                                          self.dtype)
         self._tile = None
 
     def tile(self, n: int) -> torch.Tensor:
@@ -135,7 +127,8 @@ class SparseHeadProblem:
 
     def transform(self, tile: torch.Tensor) -> torch.Tensor:
         """The model's logit transform, in place: scale, then softcap."""
-        return LogitTransform(self.params.opts.logit_scale, self.params.opts.softcap).apply_(tile)
+        opts = self.params.opts
+        return ch.LogitTransform(opts.logit_scale, opts.softcap).apply_(tile)
 
     def logits(self, lo: int, hi: int):
         """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
@@ -144,7 +137,7 @@ class SparseHeadProblem:
         self.head.project(h, tile)
         return self.transform(tile), h
 
-    def chunk(self, lo: int, hi: int, row_weights: torch.Tensor | None, grads: Grads | None):
+    def chunk(self, lo: int, hi: int, row_weights: torch.Tensor | None, grads: ch.Grads | None):
         """Div of projected rows [lo, hi); with ``grads``, adds the gradient of
         sum_rows row_weights * Div through the head (2 GEMMs)."""
         p, opts = self.params, self.params.opts
@@ -168,7 +161,7 @@ class SparseHeadProblem:
         self.head.backprop(tile, h, None, slice(lo, hi), grads)
         return d.detach()
 
-    def run(self, row_weights: torch.Tensor | None, grads: Grads | None) -> torch.Tensor:
+    def run(self, row_weights: torch.Tensor | None, grads: ch.Grads | None) -> torch.Tensor:
         """Div of every projected row (n_rows,), and the gradients when ``grads``."""
         d = torch.zeros(self.n_rows, dtype=torch.float32, device=self.device)
         for lo in range(0, self.n_rows, self.max_rows):
@@ -183,8 +176,8 @@ class SparseHeadProblem:
         out[self.index] = values.float()
         return out.view(self.B, self.T)
 
-    def grads(self, need_h: bool, need_w: bool, need_b: bool) -> Grads:
-        return Grads.allocate(self.n_rows, self.head, need_h, need_w,
+    def grads(self, need_h: bool, need_w: bool, need_b: bool) -> ch.Grads:
+        return ch.Grads.allocate(self.n_rows, self.head, need_h, need_w,
                               need_b and self.head.bias is not None, self.device)
 
 
@@ -200,7 +193,7 @@ class FusedSparseSumFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, token_weights, targets, params):
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             problem = SparseHeadProblem(hidden, weight, bias, targets, params)
             grads = problem.grads(*ctx.needs_input_grad[:3])
             w = _row_weights(problem, token_weights)
@@ -230,7 +223,7 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, token_weights, targets, params):
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             problem = SparseHeadProblem(hidden, weight, bias, targets, params)
             d = problem.run(None, None)
             w = _row_weights(problem, token_weights)
@@ -243,7 +236,7 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_per_token):
         hidden, weight, bias, w = ctx.saved_tensors
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             problem = SparseHeadProblem(hidden, weight, bias, ctx.targets, ctx.params)
             grads = problem.grads(*ctx.needs_input_grad[:3])
             problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
@@ -303,7 +296,7 @@ def fused_linear_sparse_teacher_loss(
     """
     check_tensor("student_hidden", student_hidden, ndim=3)
     check_float("student_hidden", student_hidden)
-    check_head(weight, bias, student_hidden)
+    ch.check_head(weight, bias, student_hidden)
     B, T, _ = student_hidden.shape
     mask = check_mask(mask, (B, T), like="student_hidden")
     opts = LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
@@ -315,7 +308,7 @@ def fused_linear_sparse_teacher_loss(
                             mask.to(student_hidden.device))
     token_weights = check_token_weights(token_weights, mask)
     params = FusedSparseParams(opts, resolve_impl(impl, student_hidden, weight),
-                               operand_dtype(student_hidden, weight))
+                               ch.operand_dtype(student_hidden, weight))
     return run_sparse_head(student_hidden, weight, bias, token_weights,
                            StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
                            params)
@@ -334,7 +327,7 @@ def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):
     if differentiable:
         total, d = FusedSparseSumFunction.apply(*args)
     else:  # evaluation: the projection GEMM(s) only
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             problem = SparseHeadProblem(hidden, weight, bias, targets, params)
             d_rows = problem.run(None, None)
             total = (_row_weights(problem, token_weights) * d_rows).sum()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from cord_kernels.core.dispatch import resolve_impl
+from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import JSD_BETA, REDUCTION, TAIL, TEMPERATURE, LossOptions
 from cord_kernels.core.rows import check_inplace_backward
 from cord_kernels.core.validation import check_logits, check_mask, check_token_weights
@@ -21,6 +22,7 @@ from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import support_logprobs
 
 
+@shared_doc
 def sparse_teacher_loss(
     student_logits: torch.Tensor,
     teacher_topk_logprobs: torch.Tensor,
@@ -62,12 +64,11 @@ def sparse_teacher_loss(
         tail: "bucket" | "renormalize".
         token_weights: None or (B, T) float >= 0 without grad.
         temperature: tau > 0 on the student's logits.
-        reduction: "batchmean" | "sum" | "mean" | "none".
+        {reduction}
         return_per_token: also return the detached (B, T) fp32 Div_t (0 where masked).
-        num_items_in_batch: int or tensor; overrides the reduction with sum / n.
-        inplace_backward: Triton path only: write the gradient into ``student_logits``' storage
-            (garbage afterwards). Ignored by the torch path.
-        impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
+        {num_items_in_batch}
+        {inplace_backward}
+        {impl}
 
     Returns:
         the fp32 loss (scalar, or (B, T) for "none"), or ``(loss, per_token)``.

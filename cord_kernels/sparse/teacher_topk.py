@@ -15,19 +15,12 @@ import torch
 
 from cord_kernels.core.options import LOGIT_SCALE, TEMPERATURE, LossOptions, check_k
 from cord_kernels.core.validation import check_float, check_logits, check_tensor
-from cord_kernels.fused.chunked_head import (
-    LMHead,
-    LogitTransform,
-    check_head,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-)
+from cord_kernels.fused import chunked_head as ch
 
 
 def _topk_rows(x: torch.Tensor, k: int, temperature: float):
     """(n, k) log-probs and ids of an (n, V) chunk of logits."""
-    x = x.to(compute_dtype(x)) / temperature
+    x = x.to(ch.compute_dtype(x)) / temperature
     vals, ids = torch.topk(x, k, dim=-1)
     return vals - torch.logsumexp(x, dim=-1, keepdim=True), ids
 
@@ -70,12 +63,13 @@ def teacher_topk(
         hidden, weight = logits_or_hidden_weight
         check_tensor("hidden", hidden, min_ndim=1)
         check_float("hidden", hidden)
-        check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
+        ch.check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
         head_opts = LossOptions.check(softcap=softcap, logit_scale=logit_scale)
-        transform = LogitTransform(head_opts.logit_scale, head_opts.softcap)
+        transform = ch.LogitTransform(head_opts.logit_scale, head_opts.softcap)
         lead, V = tuple(hidden.shape[:-1]), weight.shape[0]
         rows = hidden.reshape(-1, hidden.shape[-1])
-        head = LMHead(weight, bias, operand_dtype(hidden, weight), compute_dtype(hidden, weight))
+        head = ch.LMHead(weight, bias, ch.operand_dtype(hidden, weight),
+                         ch.compute_dtype(hidden, weight))
 
         def chunk_logits(lo, hi):
             out = torch.empty(hi - lo, V, dtype=head.dtype, device=hidden.device)
@@ -95,11 +89,11 @@ def teacher_topk(
             return rows[lo:hi]
     check_k(k, V)
     n = rows.shape[0]
-    dt = compute_dtype(hidden)
+    dt = ch.compute_dtype(hidden)
     lp = torch.empty(n, k, dtype=dt, device=hidden.device)
     ids = torch.empty(n, k, dtype=torch.int64, device=hidden.device)
     step = max(1, chunk_bytes // (2 * 4 * V))  # the fp32 chunk and topk's temporaries
-    with no_autocast(hidden.device):
+    with ch.no_autocast(hidden.device):
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             lp[lo:hi], ids[lo:hi] = _topk_rows(chunk_logits(lo, hi), k, temperature)
