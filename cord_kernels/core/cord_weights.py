@@ -19,6 +19,8 @@ from cord_kernels.core.options import ALPHA, BETA, TOP_K, LossOptions
 from cord_kernels.core.validation import check_float, check_mask, check_same_device, check_tensor
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 def cord_weights(
     kl: torch.Tensor,
     mask: torch.Tensor,

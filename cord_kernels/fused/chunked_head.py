@@ -253,6 +253,34 @@ class Grads:
         return self.weight
 
 
+# ------------------------------------------------------ gradients formed in forward
+# The scalar reductions of every fused-linear loss form their gradients in forward, while the
+# logits tiles are live (Liger's fused linear cross entropy does the same), and backward only
+# scales them by the scalar cotangent. These two functions are that protocol's autograd half.
+
+
+def stash_grads(ctx, grads: Grads, index: torch.Tensor, hidden: torch.Tensor,
+                weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Saves the gradients formed in forward on ``ctx``, in fp32 until backward scales them."""
+    ctx.save_for_backward(grads.hidden_for(index, hidden.shape), grads.weight_or_zeros(),
+                          grads.bias)
+    ctx.dtypes = [None if t is None else t.dtype for t in (hidden, weight, bias)]
+    ctx.used = False
+
+
+def scaled_grads(ctx, grad_total: torch.Tensor) -> tuple:
+    """(grad hidden, grad weight, grad bias) of the stashed gradients times ``grad_total``, in
+    the inputs' dtypes. The stored gradients belong to this graph alone, so they are scaled in
+    place (no second copy of the (V, H) weight gradient): a second backward is an error."""
+    if ctx.used:
+        raise RuntimeError("the fused-linear losses scale their stored gradients in place, so "
+                           "their graph can be backpropagated once only (retain_graph is not "
+                           "supported)")
+    ctx.used = True
+    return tuple(None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
+                 for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+
+
 # ----------------------------------------------------------------------------- planning
 
 

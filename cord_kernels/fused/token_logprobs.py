@@ -174,6 +174,8 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------- public API
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 def fused_linear_token_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,

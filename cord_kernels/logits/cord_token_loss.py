@@ -32,6 +32,8 @@ from cord_kernels.core.validation import (
 from cord_kernels.logits.kl import kl_div_rows
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 @shared_doc
 def cord_token_loss(
     student_logits: torch.Tensor,

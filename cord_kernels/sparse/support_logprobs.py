@@ -91,6 +91,8 @@ if triton_available():
         R, V, inv_temp, logit_scale, inv_softcap,
         BLOCK_V: tl.constexpr,
     ):
+        # The row prologue of every streaming kernel (i = a * R + b, see core/rows.py), inline
+        # on purpose so that each kernel reads top to bottom, as fla's do.
         i_row = tl.program_id(0).to(tl.int64)
         i_a = i_row // R
         i_b = i_row % R
@@ -182,6 +184,8 @@ def add_sparse_terms(dx: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tens
 # ---------------------------------------------------------------- torch custom ops (compile)
 
 
+# The launcher's signature, restated on purpose: torch.library reads the op's schema from
+# these annotations.
 @torch.library.custom_op("cord_kernels::support_fwd", mutates_args=())
 def _support_fwd_op(x: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tensor,
                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,8 @@ from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import support_logprobs
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 @shared_doc
 def sparse_teacher_loss(
     student_logits: torch.Tensor,
