@@ -36,8 +36,16 @@ Conventions:
     TRL-style ``labels=`` with ``ignore_index=-100``.
     reduction: "batchmean" = sum / B sequences (the paper's), "mean" = sum / valid tokens
     (what TRL's and Liger's losses return), "sum", "none"; batchmean = mean * mask.sum() / B.
-    num_items_in_batch=n: sum / n, n the valid tokens of all micro-batches of an optimizer
-    step, so that gradient accumulation gives the full batch's "mean" (TRL's convention).
+    num_items_in_batch=n: sum / n under every scalar reduction (an error with "none"), n the
+    valid tokens of all micro-batches of an optimizer step, so that gradient accumulation
+    gives the full batch's "mean" (TRL's convention).
+    Every option is checked once per call by one object, ``core.options.LossOptions``, which
+    also holds every default.
+
+Layout: ``logits/`` (logits in), ``fused/`` (hidden states in), ``sparse/`` (sparse
+teachers), ``core/`` (what they share: options, checks, dispatch, reductions, the CORD
+weights, the eager torch path), ``modules.py`` (the nn.Module wrappers), ``reference.py``
+(the pure-torch oracle of the tests).
 
 Example:
     >>> from cord_kernels import cord_token_loss

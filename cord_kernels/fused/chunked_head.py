@@ -253,6 +253,52 @@ class Grads:
         return self.weight
 
 
+# ------------------------------------------------------------------ the chunk driver
+
+
+class HeadProblem:
+    """The state of one fused-linear loss call that every such loss shares; each loss
+    specialises it with its tiles and its per-chunk math (the part Liger's
+    ``LigerFusedLinearDistillationBase`` plays for its losses).
+
+    It holds the flat hidden rows ``hs`` (N, H), the head in the call's compute dtype, the rows
+    it projects (``index``: their flat row ids, found with the call's one host sync;
+    ``n_valid`` of them) and ``max_rows``, the rows of a chunk whose ``n_tiles`` fp32 (chunk, V)
+    tiles fit in ``chunk_bytes``. :meth:`spans` walks the chunks, :meth:`grads` allocates the
+    accumulators autograd asks for, :meth:`dense` scatters per-row values back.
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 operand: torch.dtype, index: torch.Tensor, n_tiles: int, chunk_bytes: int):
+        self.device = hidden.device
+        self.lead_shape = tuple(hidden.shape[:-1])
+        self.V = weight.shape[0]
+        self.dtype = compute_dtype(hidden, weight)
+        self.hs = hidden.detach().reshape(math.prod(self.lead_shape), hidden.shape[-1])
+        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(), operand,
+                           self.dtype)
+        self.index = index
+        self.n_valid = index.numel()
+        self.n_tiles = n_tiles
+        self.max_rows = rows_per_chunk(chunk_bytes, self.V, n_tiles, self.dtype)
+
+    def spans(self, n: int | None = None):
+        """(lo, hi) of each chunk of the first ``n`` (default all) projected rows."""
+        n = self.n_valid if n is None else n
+        for lo in range(0, n, self.max_rows):
+            yield lo, min(lo + self.max_rows, n)
+
+    def grads(self, need_hidden: bool, need_weight: bool, need_bias: bool) -> Grads:
+        return Grads.allocate(self.n_valid, self.head, need_hidden, need_weight,
+                              need_bias and self.head.bias is not None, self.device)
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row values of the projected rows scattered into the lead shape, 0 elsewhere."""
+        out = torch.zeros(math.prod(self.lead_shape), dtype=torch.float32, device=self.device)
+        out[self.index] = values.float()
+        return out.view(self.lead_shape)
+
+
 # ------------------------------------------------------ gradients formed in forward
 # The scalar reductions of every fused-linear loss form their gradients in forward, while the
 # logits tiles are live (Liger's fused linear cross entropy does the same), and backward only

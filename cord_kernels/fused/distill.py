@@ -124,7 +124,7 @@ class DistillParams:
     transform: ch.LogitTransform = ch.LogitTransform()  # the model's, on both sides' logits
 
 
-class DistillProblem:
+class DistillProblem(ch.HeadProblem):
     """Everything one call needs: flat hidden states, heads, the valid rows and the tiles.
 
     Rows are addressed two ways: ``pos`` indexes the list of valid rows (sequence-major, so
@@ -134,14 +134,16 @@ class DistillProblem:
     def __init__(self, student_hidden, teacher_hidden, weight, bias, teacher_weight,
                  teacher_bias, mask, params: DistillParams):
         B, T, _ = student_hidden.shape
-        self.B, self.T, self.V = B, T, weight.shape[0]
+        self.B, self.T = B, T
         self.mask = mask
-        self.device = student_hidden.device
-        self.dtype = ch.compute_dtype(student_hidden, weight)
-        self.hs = student_hidden.detach().reshape(B * T, student_hidden.shape[-1])
+        # The one host sync: which rows are valid, and how many per sequence.
+        self.counts = mask.sum(1).tolist()
+        self.transform = params.transform
+        # A softcap's dt/dz needs a third tile (see ``grad_factor``).
+        super().__init__(student_hidden, weight, bias, params.operands[0],
+                         mask.reshape(-1).nonzero().squeeze(1),
+                         3 if self.transform.needs_factor_tile else 2, params.chunk_bytes)
         self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
-        self.head = ch.LMHead(weight.detach(), None if bias is None else bias.detach(),
-                           params.operands[0], self.dtype)
         if teacher_weight is None:
             self.teacher_head = self.head
         else:
@@ -150,14 +152,6 @@ class DistillProblem:
                 params.operands[1], self.dtype)
         self.divergence = make_tile_divergence(params.divergence, params.jsd_beta,
                                                params.temperature, params.impl)
-        # The one host sync: which rows are valid, and how many per sequence.
-        self.counts = mask.sum(1).tolist()
-        self.index = mask.reshape(-1).nonzero().squeeze(1)
-        self.n_valid = int(sum(self.counts))
-        self.transform = params.transform
-        # A softcap's dt/dz needs a third tile (see ``grad_factor``).
-        self.n_tiles = 3 if self.transform.needs_factor_tile else 2
-        self.max_rows = ch.rows_per_chunk(params.chunk_bytes, self.V, self.n_tiles, self.dtype)
         self._tiles: torch.Tensor | None = None
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -198,8 +192,7 @@ class DistillProblem:
     def div_rows(self) -> torch.Tensor:
         """Div of every valid row, in chunks, without gradients (2 GEMMs)."""
         d = torch.empty(self.n_valid, dtype=torch.float32, device=self.device)
-        for lo in range(0, self.n_valid, self.max_rows):
-            hi = min(lo + self.max_rows, self.n_valid)
+        for lo, hi in self.spans():
             s, u, _ = self.logits(self.index[lo:hi])
             d[lo:hi] = self.divergence.stats(s, u, want_grad=False).d
         return d
@@ -207,9 +200,7 @@ class DistillProblem:
     def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: ch.Grads) -> None:
         """Adds the gradient of sum_rows g * Div over the valid rows at positions ``pos``
         (distinct; None: all of them, g then covering every valid row) in 4 GEMMs."""
-        n = self.n_valid if pos is None else pos.numel()
-        for lo in range(0, n, self.max_rows):
-            hi = min(lo + self.max_rows, n)
+        for lo, hi in self.spans(None if pos is None else pos.numel()):
             rows = slice(lo, hi) if pos is None else pos[lo:hi]
             s, u, h_s = self.logits(self.index[rows])
             factor = self.grad_factor(s)
@@ -218,11 +209,11 @@ class DistillProblem:
             self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             self.head.backprop(s, h_s, row_scale, rows, grads)
 
-    def grads(self, needs_input_grad) -> ch.Grads:
-        """Accumulators for the gradients autograd asks for (student hidden, weight, bias)."""
-        need_h, _, need_w, need_b = needs_input_grad[:4]
-        return ch.Grads.allocate(self.n_valid, self.head, need_h, need_w,
-                              need_b and self.head.bias is not None, self.device)
+
+def _head_needs(needs_input_grad) -> tuple[bool, bool, bool]:
+    """(hidden, weight, bias) of the Functions' inputs (student_hidden, teacher_hidden, weight,
+    bias, ...)."""
+    return needs_input_grad[0], needs_input_grad[2], needs_input_grad[3]
 
 
 # -------------------------------------------------------------------------------- driver
@@ -281,7 +272,7 @@ class FusedDistillSumFunction(torch.autograd.Function):
         with ch.no_autocast(student_hidden.device):
             problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
                                      teacher_weight, teacher_bias, mask, params)
-            grads = problem.grads(ctx.needs_input_grad)
+            grads = problem.grads(*_head_needs(ctx.needs_input_grad))
             total, d, _ = weighted_sum(problem, weighting, grads)
         ch.stash_grads(ctx, grads, problem.index, student_hidden, weight, bias)
         per_token = problem.dense(d)
@@ -320,7 +311,7 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
         sh, th, weight, bias, tw, tb, mask, w = ctx.saved_tensors
         with ch.no_autocast(sh.device):
             problem = DistillProblem(sh, th, weight, bias, tw, tb, mask, ctx.params)
-            grads = problem.grads(ctx.needs_input_grad)
+            grads = problem.grads(*_head_needs(ctx.needs_input_grad))
             g = grad_out.reshape(-1).float()[problem.index] * w
             problem.backprop_rows(None, g, grads)
             problem.release()

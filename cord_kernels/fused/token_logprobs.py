@@ -14,7 +14,6 @@ the problem, the autograd Function, the public function.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,39 +80,31 @@ class FusedLogprobParams:
     transform: ch.LogitTransform = ch.LogitTransform()  # the model's logit transform
 
 
-class _LogprobProblem:
+class _LogprobProblem(ch.HeadProblem):
     """One call of the log-prob loss: flat hidden states, the head, the rows whose label is
     not ``ignore_index`` (``index``, found with one host sync) and one (chunk, V) tile."""
 
     def __init__(self, hidden, weight, bias, labels, params: FusedLogprobParams):
-        H = hidden.shape[-1]
-        self.V = weight.shape[0]
         self.params = params
-        self.dtype = ch.compute_dtype(hidden, weight)
-        self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
-        self.head = ch.LMHead(weight.detach(), None if bias is None else bias.detach(),
-                           params.operand, self.dtype)
         self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature,
                                                          params.ignore_index) \
             if params.impl is Impl.TRITON else TorchTileLogprobs(params.temperature)
         self.transform = params.transform
         flat = labels.reshape(-1)
-        self.index = (flat != params.ignore_index).nonzero().squeeze(1)
-        self.labels = flat[self.index].long()
-        self.n_valid = self.index.numel()
+        index = (flat != params.ignore_index).nonzero().squeeze(1)
+        self.labels = flat[index].long()
         # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
-        n_tiles = 2 if self.transform.needs_factor_tile else 1
-        self.max_rows = ch.rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
+        super().__init__(hidden, weight, bias, params.operand, index,
+                         2 if self.transform.needs_factor_tile else 1, params.chunk_bytes)
         buf_rows = min(self.max_rows, self.n_valid)
-        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
+        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.device)
         self._factor: torch.Tensor | None = None
 
     def chunks(self):
         """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
-        for lo in range(0, self.n_valid, self.max_rows):
-            hi = min(lo + self.max_rows, self.n_valid)
+        for lo, hi in self.spans():
             idx = self.index[lo:hi]
-            h = self.head.rows(self.h, idx)
+            h = self.head.rows(self.hs, idx)
             x = self.transform.apply_(self.head.project(h, self.tile[:hi - lo]))
             yield lo, hi, idx, h, x
 
@@ -151,8 +142,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         problem = _LogprobProblem(hidden, weight, bias, labels, ctx.params)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grads = ch.Grads.allocate(problem.n_valid, problem.head, need_h, need_w,
-                                need_b and bias is not None, hidden.device)
+        grads = problem.grads(need_h, need_w, need_b)
         g_all = grad_out.reshape(-1).float()
         with ch.no_autocast(hidden.device):
             for lo, hi, idx, h, x in problem.chunks():

@@ -97,31 +97,23 @@ def support_stats(tile, ids, valid, tau, impl: Impl):
     return a, lse, None
 
 
-class SparseHeadProblem:
+class SparseHeadProblem(ch.HeadProblem):
     """One call's data: flat hidden rows, the head, the targets (where the support and the
     teacher's log-probs on it come from), the projected rows and the tile buffer."""
 
     def __init__(self, hidden, weight, bias, targets, params: FusedSparseParams):
-        B, T, H = hidden.shape
-        self.B, self.T, self.V = B, T, weight.shape[0]
         self.params = params
-        self.device = hidden.device
-        self.dtype = ch.compute_dtype(hidden, weight)
-        self.head = ch.LMHead(weight.detach(), None if bias is None else bias.detach(),
-                           params.operand, self.dtype)
-        self.hs = hidden.detach().reshape(B * T, H)
-        # The one host sync: which rows are projected.
-        self.index = targets.projected_rows().nonzero().squeeze(1)
-        self.n_rows = self.index.numel()
         self.targets = targets
+        # The one host sync: which rows are projected.
+        super().__init__(hidden, weight, bias, params.operand,
+                         targets.projected_rows().nonzero().squeeze(1), targets.n_tiles,
+                         params.opts.chunk_bytes)
         targets.select(self)
-        self.max_rows = ch.rows_per_chunk(params.opts.chunk_bytes, self.V, targets.n_tiles,
-                                          self.dtype)
         self._tile = None
 
     def tile(self, n: int) -> torch.Tensor:
         if self._tile is None:
-            rows = min(self.max_rows, max(n, self.n_rows))
+            rows = min(self.max_rows, max(n, self.n_valid))
             self._tile = torch.empty(rows, self.V, dtype=self.dtype, device=self.device)
         return self._tile[:n]
 
@@ -163,28 +155,18 @@ class SparseHeadProblem:
         return d.detach()
 
     def run(self, row_weights: torch.Tensor | None, grads: ch.Grads | None) -> torch.Tensor:
-        """Div of every projected row (n_rows,), and the gradients when ``grads``."""
-        d = torch.zeros(self.n_rows, dtype=torch.float32, device=self.device)
-        for lo in range(0, self.n_rows, self.max_rows):
-            hi = min(lo + self.max_rows, self.n_rows)
+        """Div of every projected row (n_valid,), and the gradients when ``grads``."""
+        d = torch.zeros(self.n_valid, dtype=torch.float32, device=self.device)
+        for lo, hi in self.spans():
             w = None if row_weights is None else row_weights[lo:hi]
             d[lo:hi] = self.chunk(lo, hi, w, grads).float()
         self._tile = None
         return d
 
-    def dense(self, values: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(self.B * self.T, dtype=torch.float32, device=self.device)
-        out[self.index] = values.float()
-        return out.view(self.B, self.T)
-
-    def grads(self, need_h: bool, need_w: bool, need_b: bool) -> ch.Grads:
-        return ch.Grads.allocate(self.n_rows, self.head, need_h, need_w,
-                              need_b and self.head.bias is not None, self.device)
-
 
 def _row_weights(problem: SparseHeadProblem, token_weights) -> torch.Tensor:
     if token_weights is None:
-        return torch.ones(problem.n_rows, dtype=torch.float32, device=problem.device)
+        return torch.ones(problem.n_valid, dtype=torch.float32, device=problem.device)
     return token_weights.reshape(-1)[problem.index].float()
 
 
