@@ -13,6 +13,7 @@ from numbers import Real
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
 
 def check_tensor(name: str, x, *, ndim: int | None = None, min_ndim: int | None = None) -> None:
@@ -163,7 +164,7 @@ def check_bool(name: str, value) -> bool:
 
 def check_labels(labels, shape: tuple[int, ...], like: str = "logits") -> None:
     check_tensor("labels", labels)
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if labels.dtype not in INT_DTYPES:
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(

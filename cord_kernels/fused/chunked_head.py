@@ -1,5 +1,9 @@
 """The machinery every fused-linear loss shares: the LM head evaluated chunk by chunk into
-fp32 tiles, its backward through the head, the gradient accumulators, and chunk planning.
+fp32 tiles, its backward through the head, the gradient accumulators, chunk planning, and the
+chunk driver's base: :class:`HeadProblem` (one call's rows, head and chunk size; each loss
+specialises it with its per-chunk math, as Liger's ``LigerFusedLinearDistillationBase`` is
+specialised), :class:`HeadParams` (the options its autograd Functions get, one object) and the
+gradients-formed-in-forward protocol (``stash_grads`` / ``scaled_grads``).
 
 At 7B scale the logits themselves are the memory problem: 16k rollout tokens times a 156k
 vocabulary is 10 GB per fp32 logits tensor, and distillation has two branches. The losses
@@ -34,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cord_kernels.core.dispatch import Impl
+from cord_kernels.core.options import LossOptions
 from cord_kernels.core.validation import (
     check_float,
     check_same_device,
@@ -254,6 +260,22 @@ class Grads:
 
 
 # ------------------------------------------------------------------ the chunk driver
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """What a fused-linear loss's autograd Function gets besides tensors, as one object (CCE's
+    ``CCEParams``): the call's checked options and what it resolved from its tensors."""
+
+    opts: LossOptions
+    impl: Impl = Impl.TORCH
+    operands: tuple[torch.dtype, ...] = (torch.float32,)  # the student's head (, the teacher's)
+
+    @property
+    def transform(self) -> LogitTransform:
+        """The model's logit transform (on every head's logits)."""
+        return LogitTransform(self.opts.logit_scale, self.opts.softcap)
+
 
 
 class HeadProblem:

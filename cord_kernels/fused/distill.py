@@ -41,21 +41,18 @@ the two autograd Functions, input checks, ``run_distill`` (shared with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.dispatch import resolve_impl
 from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import (
-    DEFAULT_CHUNK_BYTES,
     IGNORE_INDEX,
     JSD_BETA,
     LOGIT_SCALE,
     REDUCTION,
     TEMPERATURE,
-    Divergence,
     LossOptions,
 )
 from cord_kernels.core.validation import (
@@ -113,17 +110,6 @@ class FixedWeights:
 # ------------------------------------------------------------------------------- problem
 
 
-@dataclass(frozen=True)
-class DistillParams:
-    divergence: Divergence = Divergence.REVERSE_KL
-    jsd_beta: float = JSD_BETA
-    temperature: float = TEMPERATURE
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    impl: Impl = Impl.TORCH
-    operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
-    transform: ch.LogitTransform = ch.LogitTransform()  # the model's, on both sides' logits
-
-
 class DistillProblem(ch.HeadProblem):
     """Everything one call needs: flat hidden states, heads, the valid rows and the tiles.
 
@@ -132,7 +118,7 @@ class DistillProblem(ch.HeadProblem):
     """
 
     def __init__(self, student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                 teacher_bias, mask, params: DistillParams):
+                 teacher_bias, mask, params: ch.HeadParams):
         B, T, _ = student_hidden.shape
         self.B, self.T = B, T
         self.mask = mask
@@ -142,7 +128,7 @@ class DistillProblem(ch.HeadProblem):
         # A softcap's dt/dz needs a third tile (see ``grad_factor``).
         super().__init__(student_hidden, weight, bias, params.operands[0],
                          mask.reshape(-1).nonzero().squeeze(1),
-                         3 if self.transform.needs_factor_tile else 2, params.chunk_bytes)
+                         3 if self.transform.needs_factor_tile else 2, params.opts.chunk_bytes)
         self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
         if teacher_weight is None:
             self.teacher_head = self.head
@@ -150,8 +136,8 @@ class DistillProblem(ch.HeadProblem):
             self.teacher_head = ch.LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
-        self.divergence = make_tile_divergence(params.divergence, params.jsd_beta,
-                                               params.temperature, params.impl)
+        self.divergence = make_tile_divergence(params.opts.divergence, params.opts.jsd_beta,
+                                               params.opts.temperature, params.impl)
         self._tiles: torch.Tensor | None = None
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -268,7 +254,7 @@ class FusedDistillSumFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-                mask, weighting: TokenWeighting, params: DistillParams):
+                mask, weighting: TokenWeighting, params: ch.HeadParams):
         with ch.no_autocast(student_hidden.device):
             problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
                                      teacher_weight, teacher_bias, mask, params)
@@ -292,7 +278,7 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-                mask, weighting: TokenWeighting, params: DistillParams):
+                mask, weighting: TokenWeighting, params: ch.HeadParams):
         tensors = (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
                    mask)
         with ch.no_autocast(student_hidden.device):
@@ -374,8 +360,7 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     t_weight = None if teacher_weight is None else teacher_weight.detach()
     operands = (ch.operand_dtype(student_hidden, weight),
                 ch.operand_dtype(t_hidden, weight if t_weight is None else t_weight))
-    params = DistillParams(opts.divergence, opts.jsd_beta, opts.temperature, opts.chunk_bytes,
-                           impl, operands, ch.LogitTransform(opts.logit_scale, opts.softcap))
+    params = ch.HeadParams(opts, impl, operands)
     tensors = (student_hidden, t_hidden, weight, bias, t_weight,
                None if teacher_bias is None else teacher_bias.detach(), mask)
     if opts.reduction == "none":

@@ -14,14 +14,12 @@ the problem, the autograd Function, the public function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from cord_kernels.core.dispatch import Impl, resolve_impl
 from cord_kernels.core.options import (
-    DEFAULT_CHUNK_BYTES,
     IGNORE_INDEX,
     LOGIT_SCALE,
     TEMPERATURE,
@@ -70,32 +68,22 @@ class TritonTileLogprobs:
 # ------------------------------------------------------------------------------- problem
 
 
-@dataclass(frozen=True)
-class FusedLogprobParams:
-    temperature: float = TEMPERATURE
-    ignore_index: int = IGNORE_INDEX
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    impl: Impl = Impl.TORCH
-    operand: torch.dtype = torch.float32
-    transform: ch.LogitTransform = ch.LogitTransform()  # the model's logit transform
-
-
 class _LogprobProblem(ch.HeadProblem):
     """One call of the log-prob loss: flat hidden states, the head, the rows whose label is
     not ``ignore_index`` (``index``, found with one host sync) and one (chunk, V) tile."""
 
-    def __init__(self, hidden, weight, bias, labels, params: FusedLogprobParams):
+    def __init__(self, hidden, weight, bias, labels, params: ch.HeadParams):
         self.params = params
-        self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature,
-                                                         params.ignore_index) \
-            if params.impl is Impl.TRITON else TorchTileLogprobs(params.temperature)
+        opts = params.opts
+        self.logprobs: TileLogprobs = TritonTileLogprobs(opts.temperature, opts.ignore_index) \
+            if params.impl is Impl.TRITON else TorchTileLogprobs(opts.temperature)
         self.transform = params.transform
         flat = labels.reshape(-1)
-        index = (flat != params.ignore_index).nonzero().squeeze(1)
+        index = (flat != opts.ignore_index).nonzero().squeeze(1)
         self.labels = flat[index].long()
         # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
-        super().__init__(hidden, weight, bias, params.operand, index,
-                         2 if self.transform.needs_factor_tile else 1, params.chunk_bytes)
+        super().__init__(hidden, weight, bias, params.operands[0], index,
+                         2 if self.transform.needs_factor_tile else 1, opts.chunk_bytes)
         buf_rows = min(self.max_rows, self.n_valid)
         self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.device)
         self._factor: torch.Tensor | None = None
@@ -123,7 +111,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
     (the logits are recomputed; only lse per row is kept)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, params: FusedLogprobParams):
+    def forward(ctx, hidden, weight, bias, labels, params: ch.HeadParams):
         problem = _LogprobProblem(hidden, weight, bias, labels, params)
         out = torch.zeros(labels.numel(), dtype=torch.float32, device=hidden.device)
         lse_parts = []
@@ -221,8 +209,6 @@ def fused_linear_token_logprobs(
     if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
         raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
-    params = FusedLogprobParams(opts.temperature, ignore_index, opts.chunk_bytes,
-                                resolve_impl(impl, hidden, weight),
-                                ch.operand_dtype(hidden, weight),
-                                ch.LogitTransform(opts.logit_scale, opts.softcap))
+    params = ch.HeadParams(opts, resolve_impl(impl, hidden, weight),
+                           (ch.operand_dtype(hidden, weight),))
     return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

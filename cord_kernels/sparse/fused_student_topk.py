@@ -22,10 +22,9 @@ from cord_kernels.core.options import (
     check_k,
 )
 from cord_kernels.core.validation import check_token_weights
-from cord_kernels.fused.chunked_head import LMHead, operand_dtype
+from cord_kernels.fused.chunked_head import HeadParams, LMHead, operand_dtype
 from cord_kernels.fused.distill import check_distill_inputs
 from cord_kernels.sparse.fused_teacher_loss import (
-    FusedSparseParams,
     SparseHeadProblem,
     run_sparse_head,
     support_stats,
@@ -110,8 +109,8 @@ def fused_linear_student_topk_distill_loss(
                              num_items_in_batch=num_items_in_batch, chunk_bytes=chunk_bytes,
                              impl=impl)
     token_weights = check_token_weights(token_weights, mask)
-    params = FusedSparseParams(opts, resolve_impl(impl, student_hidden, weight),
-                               operand_dtype(student_hidden, weight))
+    params = HeadParams(opts, resolve_impl(impl, student_hidden, weight),
+                        (operand_dtype(student_hidden, weight),))
     t_weight, t_bias = (weight, bias) if teacher_weight is None else (teacher_weight,
                                                                       teacher_bias)
     targets = StudentTopK(teacher_hidden, t_weight, t_bias, mask, k)

@@ -28,8 +28,6 @@ sparse losses) and the public function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from cord_kernels.core.dispatch import Impl, resolve_impl
@@ -53,14 +51,6 @@ from cord_kernels.fused.distill import head_grads
 from cord_kernels.sparse.inputs import check_topk_pair
 from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
-
-
-@dataclass(frozen=True)
-class FusedSparseParams:
-    opts: LossOptions  # softcap, logit_scale and chunk_bytes included
-    impl: Impl = Impl.TORCH
-    operand: torch.dtype = torch.float32
-
 
 # ------------------------------------------------------------------ row math on a tile
 
@@ -101,11 +91,11 @@ class SparseHeadProblem(ch.HeadProblem):
     """One call's data: flat hidden rows, the head, the targets (where the support and the
     teacher's log-probs on it come from), the projected rows and the tile buffer."""
 
-    def __init__(self, hidden, weight, bias, targets, params: FusedSparseParams):
+    def __init__(self, hidden, weight, bias, targets, params: ch.HeadParams):
         self.params = params
         self.targets = targets
         # The one host sync: which rows are projected.
-        super().__init__(hidden, weight, bias, params.operand,
+        super().__init__(hidden, weight, bias, params.operands[0],
                          targets.projected_rows().nonzero().squeeze(1), targets.n_tiles,
                          params.opts.chunk_bytes)
         targets.select(self)
@@ -119,8 +109,7 @@ class SparseHeadProblem(ch.HeadProblem):
 
     def transform(self, tile: torch.Tensor) -> torch.Tensor:
         """The model's logit transform, in place: scale, then softcap."""
-        opts = self.params.opts
-        return ch.LogitTransform(opts.logit_scale, opts.softcap).apply_(tile)
+        return self.params.transform.apply_(tile)
 
     def logits(self, lo: int, hi: int):
         """The transformed logits tile of projected rows [lo, hi) and their hidden rows."""
@@ -284,8 +273,8 @@ def fused_linear_sparse_teacher_loss(
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), weight.shape[0],
                             mask.to(student_hidden.device))
     token_weights = check_token_weights(token_weights, mask)
-    params = FusedSparseParams(opts, resolve_impl(impl, student_hidden, weight),
-                               ch.operand_dtype(student_hidden, weight))
+    params = ch.HeadParams(opts, resolve_impl(impl, student_hidden, weight),
+                           (ch.operand_dtype(student_hidden, weight),))
     return run_sparse_head(student_hidden, weight, bias, token_weights,
                            StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
                            params)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import torch
 
 from cord_kernels.core.options import LossOptions
-from cord_kernels.core.validation import check_float, check_same_device, check_tensor
-
-INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+from cord_kernels.core.validation import (
+    INT_DTYPES,
+    check_float,
+    check_same_device,
+    check_tensor,
+)
 
 
 def check_topk_pair(logprobs, ids, lead_shape: tuple[int, ...], vocab: int, mask: torch.Tensor,
