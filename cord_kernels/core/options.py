@@ -211,12 +211,11 @@ class LossOptions:
         """Checks the options a loss was given (by their public names) and the rules between
         them; raises ``TypeError`` / ``ValueError`` with a one-line message naming the
         argument."""
-        checks = {f.name: f.metadata["check"] for f in fields(cls)}
         values = {}
         for name, value in given.items():
-            if name not in checks:  # a programming error inside the library
+            if name not in _CHECKS:  # a programming error inside the library
                 raise TypeError(f"LossOptions has no option {name!r}")
-            values[name] = checks[name](value)
+            values[name] = _CHECKS[name](value)
         if "divergence" in values:
             jsd_beta = values.get("jsd_beta", JSD_BETA)
             if values["divergence"] != "jsd" and jsd_beta != JSD_BETA:
@@ -240,3 +239,8 @@ class LossOptions:
     def reduce_total(self, total: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The loss from the scalar sum_t w_t Div_t (a scalar reduction)."""
         return reduce_total(total, mask, self.reduction, self.num_items_in_batch)
+
+
+# Each field's check, read once here: ``check`` runs inside torch.compile'd steps, where
+# dynamo cannot trace ``dataclasses.fields``.
+_CHECKS = {f.name: f.metadata["check"] for f in fields(LossOptions)}
