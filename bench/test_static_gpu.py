@@ -27,12 +27,12 @@ def _all_jit_kernels() -> set[str]:
     import cord_kernels
 
     names = set()
-    for info in pkgutil.iter_modules(cord_kernels.__path__):
+    for info in pkgutil.walk_packages(cord_kernels.__path__, "cord_kernels."):
         try:
-            mod = importlib.import_module(f"cord_kernels.{info.name}")
+            mod = importlib.import_module(info.name)
         except Exception:  # a module being written by someone else right now
             continue
-        names |= {f"{info.name}.{k}" for k, v in vars(mod).items()
+        names |= {f"{info.name.removeprefix('cord_kernels.')}.{k}" for k, v in vars(mod).items()
                   if isinstance(v, JITFunction) and v.__module__ == mod.__name__}
     return names
 

@@ -36,8 +36,16 @@ Conventions:
     TRL-style ``labels=`` with ``ignore_index=-100``.
     reduction: "batchmean" = sum / B sequences (the paper's), "mean" = sum / valid tokens
     (what TRL's and Liger's losses return), "sum", "none"; batchmean = mean * mask.sum() / B.
-    num_items_in_batch=n: sum / n, n the valid tokens of all micro-batches of an optimizer
-    step, so that gradient accumulation gives the full batch's "mean" (TRL's convention).
+    num_items_in_batch=n: sum / n under every scalar reduction (an error with "none"), n the
+    valid tokens of all micro-batches of an optimizer step, so that gradient accumulation
+    gives the full batch's "mean" (TRL's convention).
+    Every option is checked once per call by one object, ``core.options.LossOptions``, which
+    also holds every default.
+
+Layout: ``logits/`` (logits in), ``fused/`` (hidden states in), ``sparse/`` (sparse
+teachers), ``core/`` (what they share: options, checks, dispatch, reductions, the CORD
+weights, the eager torch path), ``modules.py`` (the nn.Module wrappers), ``reference.py``
+(the pure-torch oracle of the tests).
 
 Example:
     >>> from cord_kernels import cord_token_loss
@@ -48,33 +56,34 @@ help(cord_kernels.cord_token_loss) and the others give shapes, formulas and exam
 Importing this package never touches a GPU.
 """
 
-from cord_kernels.cord_token_loss import cord_token_loss
-from cord_kernels.fused_cord import fused_linear_cord_token_loss
-from cord_kernels.fused_distill import fused_linear_distill_loss
-from cord_kernels.fused_logprobs import fused_linear_token_logprobs
-from cord_kernels.fused_sparse_teacher import fused_linear_sparse_teacher_loss
-from cord_kernels.fused_student_topk import fused_linear_student_topk_distill_loss
-from cord_kernels.grpo import grpo_loss
-from cord_kernels.jsd import jsd
-from cord_kernels.kl import forward_kl, reverse_kl
+from cord_kernels.core.cord_weights import cord_weights
+from cord_kernels.fused.cord_token_loss import fused_linear_cord_token_loss
+from cord_kernels.fused.distill import fused_linear_distill_loss
+from cord_kernels.fused.token_logprobs import fused_linear_token_logprobs
+from cord_kernels.logits.cord_token_loss import cord_token_loss
+from cord_kernels.logits.grpo import grpo_loss
+from cord_kernels.logits.jsd import jsd
+from cord_kernels.logits.kl import forward_kl, reverse_kl
+from cord_kernels.logits.token_logprobs import token_logprobs
 from cord_kernels.modules import (  # re-exported outside __all__: see the docstring
     JSD,
     CordTokenLoss,
     ForwardKL,
     FusedLinearCordTokenLoss,
     FusedLinearDistillLoss,
+    FusedLinearSparseTeacherLoss,
     FusedLinearTokenLogprobs,
     GRPOLoss,
     ReverseKL,
+    SparseTeacherLoss,
     TokenLogprobs,
 )
-from cord_kernels.sampled_token_kl import sampled_token_reverse_kl
-from cord_kernels.sparse_modules import FusedLinearSparseTeacherLoss, SparseTeacherLoss
-from cord_kernels.sparse_teacher import sparse_teacher_loss
-from cord_kernels.student_topk import student_topk_distill_loss
-from cord_kernels.teacher_topk import teacher_topk
-from cord_kernels.token_logprobs import token_logprobs
-from cord_kernels.weights import cord_weights
+from cord_kernels.sparse.fused_student_topk import fused_linear_student_topk_distill_loss
+from cord_kernels.sparse.fused_teacher_loss import fused_linear_sparse_teacher_loss
+from cord_kernels.sparse.sampled_token_kl import sampled_token_reverse_kl
+from cord_kernels.sparse.student_topk import student_topk_distill_loss
+from cord_kernels.sparse.teacher_loss import sparse_teacher_loss
+from cord_kernels.sparse.teacher_topk import teacher_topk
 
 __version__ = "0.1.0"
 

@@ -1,26 +1,43 @@
-"""Thin ``nn.Module`` wrappers that hold the options of the public loss functions."""
+"""Thin ``nn.Module`` wrappers that hold the options of the public loss functions.
+
+Each checks its options at construction with the losses' own contract (``LossOptions.check``),
+so a bad option fails before the first step; the defaults are the losses' (``core/options.py``).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from cord_kernels._validation import check_bool, check_reduction, check_unit
-from cord_kernels.chunked_head import check_transform
-from cord_kernels.cord_token_loss import check_cord_options, cord_token_loss
-from cord_kernels.fused_cord import fused_linear_cord_token_loss
-from cord_kernels.fused_distill import check_divergence, fused_linear_distill_loss
-from cord_kernels.fused_logprobs import fused_linear_token_logprobs
-from cord_kernels.grpo import grpo_loss
-from cord_kernels.jsd import jsd
-from cord_kernels.kl import forward_kl, reverse_kl
-from cord_kernels.token_logprobs import token_logprobs
+from cord_kernels.core.options import (
+    ALPHA,
+    BETA,
+    IGNORE_INDEX,
+    JSD_BETA,
+    LOGIT_SCALE,
+    REDUCTION,
+    TAIL,
+    TEMPERATURE,
+    TOP_K,
+    LossOptions,
+)
+from cord_kernels.core.validation import check_unit
+from cord_kernels.fused.cord_token_loss import fused_linear_cord_token_loss
+from cord_kernels.fused.distill import fused_linear_distill_loss
+from cord_kernels.fused.token_logprobs import fused_linear_token_logprobs
+from cord_kernels.logits.cord_token_loss import cord_token_loss
+from cord_kernels.logits.grpo import grpo_loss
+from cord_kernels.logits.jsd import jsd
+from cord_kernels.logits.kl import forward_kl, reverse_kl
+from cord_kernels.logits.token_logprobs import token_logprobs
+from cord_kernels.sparse.fused_teacher_loss import fused_linear_sparse_teacher_loss
+from cord_kernels.sparse.teacher_loss import sparse_teacher_loss
 
 
 class _KL(nn.Module):
     _fn = staticmethod(reverse_kl)
 
-    def __init__(self, *, temperature: float = 1.0, teacher_grad: bool = False,
+    def __init__(self, *, temperature: float = TEMPERATURE, teacher_grad: bool = False,
                  impl: str | None = None):
         super().__init__()
         self.temperature, self.teacher_grad, self.impl = temperature, teacher_grad, impl
@@ -51,7 +68,7 @@ class JSD(nn.Module):
         >>> d = loss_fn(student_logits, teacher_logits)        # (B, T)
     """
 
-    def __init__(self, *, beta: float = 0.5, temperature: float = 1.0,
+    def __init__(self, *, beta: float = JSD_BETA, temperature: float = TEMPERATURE,
                  teacher_grad: bool = False, impl: str | None = None):
         super().__init__()
         check_unit("beta", beta)  # fail at construction, not at the first step
@@ -69,7 +86,7 @@ class JSD(nn.Module):
 class TokenLogprobs(nn.Module):
     """Per-token log p(label); see :func:`cord_kernels.token_logprobs`."""
 
-    def __init__(self, *, temperature: float = 1.0, ignore_index: int = -100,
+    def __init__(self, *, temperature: float = TEMPERATURE, ignore_index: int = IGNORE_INDEX,
                  impl: str | None = None):
         super().__init__()
         self.temperature, self.ignore_index, self.impl = temperature, ignore_index, impl
@@ -90,16 +107,17 @@ class CordTokenLoss(nn.Module):
         >>> loss = loss_fn(student_logits, teacher_logits, completion_mask)
     """
 
-    def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
-                 temperature: float = 1.0, reduction: str = "batchmean",
-                 return_per_token: bool = False, ignore_index: int = -100,
+    def __init__(self, *, top_k: int = TOP_K, alpha: float = ALPHA, beta: float = BETA,
+                 temperature: float = TEMPERATURE, reduction: str = REDUCTION,
+                 return_per_token: bool = False, ignore_index: int = IGNORE_INDEX,
                  impl: str | None = None):
         super().__init__()
-        # Fail at construction, not at the first step.
-        check_cord_options(top_k, alpha, beta, temperature, reduction)
+        LossOptions.check(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
+                          reduction=reduction, return_per_token=return_per_token,
+                          ignore_index=ignore_index, impl=impl)
         self.top_k, self.alpha, self.beta = top_k, alpha, beta
         self.temperature, self.reduction, self.impl = temperature, reduction, impl
-        self.return_per_token = check_bool("return_per_token", return_per_token)
+        self.return_per_token = return_per_token
         self.ignore_index = ignore_index
 
     def options(self) -> dict:
@@ -126,15 +144,15 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
         >>> loss = loss_fn(student_hidden, teacher_hidden, model.lm_head.weight, mask)
     """
 
-    def __init__(self, *, top_k: int = 20, alpha: float = 2.0, beta: float = 2.0,
-                 temperature: float = 1.0, softcap: float | None = None,
-                 logit_scale: float = 1.0, reduction: str = "batchmean",
+    def __init__(self, *, top_k: int = TOP_K, alpha: float = ALPHA, beta: float = BETA,
+                 temperature: float = TEMPERATURE, softcap: float | None = None,
+                 logit_scale: float = LOGIT_SCALE, reduction: str = REDUCTION,
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 ignore_index: int = -100, impl: str | None = None):
+                 ignore_index: int = IGNORE_INDEX, impl: str | None = None):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                          reduction=reduction, return_per_token=return_per_token,
                          ignore_index=ignore_index, impl=impl)
-        check_transform(softcap, logit_scale)
+        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
         self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes = chunk_bytes
 
@@ -160,15 +178,16 @@ class FusedLinearDistillLoss(nn.Module):
         ...                teacher_weight=teacher.lm_head.weight, token_weights=w)
     """
 
-    def __init__(self, *, divergence: str = "reverse_kl", jsd_beta: float = 0.5,
-                 temperature: float = 1.0, softcap: float | None = None,
-                 logit_scale: float = 1.0, reduction: str = "batchmean",
+    def __init__(self, *, divergence: str = "reverse_kl", jsd_beta: float = JSD_BETA,
+                 temperature: float = TEMPERATURE, softcap: float | None = None,
+                 logit_scale: float = LOGIT_SCALE, reduction: str = REDUCTION,
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 ignore_index: int = -100, impl: str | None = None):
+                 ignore_index: int = IGNORE_INDEX, impl: str | None = None):
         super().__init__()
-        check_divergence(divergence, jsd_beta)
-        check_reduction(reduction)
-        check_transform(softcap, logit_scale)
+        LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, temperature=temperature,
+                          softcap=softcap, logit_scale=logit_scale, reduction=reduction,
+                          return_per_token=return_per_token, chunk_bytes=chunk_bytes,
+                          ignore_index=ignore_index, impl=impl)
         self.softcap, self.logit_scale = softcap, logit_scale
         self.divergence, self.jsd_beta, self.temperature = divergence, jsd_beta, temperature
         self.reduction, self.return_per_token = reduction, return_per_token
@@ -200,11 +219,12 @@ class FusedLinearTokenLogprobs(nn.Module):
     """Per-token log p(label) from hidden states and the LM head; see
     :func:`cord_kernels.fused_linear_token_logprobs`."""
 
-    def __init__(self, *, temperature: float = 1.0, softcap: float | None = None,
-                 logit_scale: float = 1.0, ignore_index: int = -100,
+    def __init__(self, *, temperature: float = TEMPERATURE, softcap: float | None = None,
+                 logit_scale: float = LOGIT_SCALE, ignore_index: int = IGNORE_INDEX,
                  chunk_bytes: int | None = None, impl: str | None = None):
         super().__init__()
-        check_transform(softcap, logit_scale)
+        LossOptions.check(temperature=temperature, softcap=softcap, logit_scale=logit_scale,
+                          ignore_index=ignore_index, chunk_bytes=chunk_bytes, impl=impl)
         self.temperature, self.ignore_index = temperature, ignore_index
         self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes, self.impl = chunk_bytes, impl
@@ -226,3 +246,59 @@ class GRPOLoss(nn.Module):
 
     def forward(self, token_logprobs, mask, rewards):
         return grpo_loss(token_logprobs, mask, rewards, group_size=self.group_size)
+
+
+# ------------------------------------------------------------------ sparse teachers
+class _SparseLossOptions(nn.Module):
+    def __init__(self, *, divergence: str = "forward_kl", jsd_beta: float = JSD_BETA,
+                 tail: str = TAIL, temperature: float = TEMPERATURE, reduction: str = REDUCTION,
+                 return_per_token: bool = False, impl: str | None = None):
+        super().__init__()
+        LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
+                          temperature=temperature, reduction=reduction,
+                          return_per_token=return_per_token, impl=impl)
+        self.opts = dict(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
+                         temperature=temperature, reduction=reduction,
+                         return_per_token=return_per_token, impl=impl)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
+
+
+class SparseTeacherLoss(_SparseLossOptions):
+    """:func:`cord_kernels.sparse_teacher_loss` with its options held.
+
+    Example:
+        >>> loss_fn = SparseTeacherLoss(divergence="jsd", jsd_beta=0.5, reduction="mean")
+        >>> loss = loss_fn(student_logits, batch["topk_logprobs"], batch["topk_token_ids"],
+        ...                completion_mask)
+    """
+
+    def forward(self, student_logits, teacher_topk_logprobs, teacher_topk_ids, mask,
+                token_weights=None, num_items_in_batch=None):
+        return sparse_teacher_loss(student_logits, teacher_topk_logprobs, teacher_topk_ids,
+                                   mask, token_weights=token_weights,
+                                   num_items_in_batch=num_items_in_batch, **self.opts)
+
+
+class FusedLinearSparseTeacherLoss(_SparseLossOptions):
+    """:func:`cord_kernels.fused_linear_sparse_teacher_loss` with its options held, the logit
+    transform included (pass a Gemma 2 config's ``final_logit_softcapping`` as ``softcap``).
+
+    Example:
+        >>> loss_fn = FusedLinearSparseTeacherLoss(softcap=cfg.final_logit_softcapping)
+        >>> loss = loss_fn(hidden, lm_head.weight, batch["topk_logprobs"],
+        ...                batch["topk_token_ids"], completion_mask)
+    """
+
+    def __init__(self, *, softcap: float | None = None, logit_scale: float = LOGIT_SCALE,
+                 chunk_bytes: int | None = None, **options):
+        super().__init__(**options)
+        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+        self.opts.update(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+
+    def forward(self, student_hidden, weight, teacher_topk_logprobs, teacher_topk_ids, mask,
+                bias=None, token_weights=None, num_items_in_batch=None):
+        return fused_linear_sparse_teacher_loss(
+            student_hidden, weight, teacher_topk_logprobs, teacher_topk_ids, mask, bias=bias,
+            token_weights=token_weights, num_items_in_batch=num_items_in_batch, **self.opts)

@@ -1,7 +1,7 @@
 """Pure-torch reference of every loss: the tests' oracle, in float64.
 
 Nothing in the library imports this module (``tests/test_torch_path.py`` checks it): the CPU
-path (``impl="torch"``) is ``torch_path.py``, which computes the same values the way the
+path (``impl="torch"``) is ``core/torch_path.py``, which computes the same values the way the
 kernels do. This one is written for clarity, not memory: it materialises the log-softmax of
 both branches and lets autograd differentiate it. Math runs in float64 when the inputs are
 float64 (how the tests call it; results then stay float64) and in float32 otherwise.
@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cord_kernels.reduction import reduce_weighted
-from cord_kernels.weights import cord_weights
+from cord_kernels.core.cord_weights import cord_weights
+from cord_kernels.core.reduction import reduce_weighted
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cord_kernels._rows import block_v
+from cord_kernels.core.rows import block_v
 from cord_kernels.settings import Settings
 
 QWEN2_VOCAB = 151936
@@ -61,10 +61,10 @@ def _tools_dir() -> Path:
 
 def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelBuild]:
     """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
-    from cord_kernels.jsd import _jsd_bwd_kernel, _jsd_fwd_kernel
-    from cord_kernels.kl import _kl_bwd_kernel, _kl_fwd_kernel
-    from cord_kernels.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
-    from cord_kernels.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
+    from cord_kernels.logits.jsd import _jsd_bwd_kernel, _jsd_fwd_kernel
+    from cord_kernels.logits.kl import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.logits.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
+    from cord_kernels.sparse.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
 
     t = _TL_DTYPE[dtype]
     bv = block_v(vocab)

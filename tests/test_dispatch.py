@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from cord_kernels._dispatch import resolve_impl
+from cord_kernels.core.dispatch import resolve_impl
 
 NO_TRITON = r"""
 import sys
@@ -74,7 +74,7 @@ def test_interpreter_requested_after_import_gives_a_clear_error():
 def test_cuda_without_triton_raises_instead_of_falling_back():
     """A broken Triton on CUDA must not quietly take the torch path (several (N, V) fp32
     tensors): impl=None raises and names the fix; impl="torch" is the explicit opt-in."""
-    from cord_kernels._dispatch import Impl, decide_impl
+    from cord_kernels.core.dispatch import Impl, decide_impl
 
     with pytest.raises(RuntimeError, match="impl='torch'"):
         decide_impl(None, on_cuda=True, triton_ok=False)
@@ -86,13 +86,15 @@ def test_cuda_without_triton_raises_instead_of_falling_back():
 
 
 def test_dispatch_knows_no_kernel():
-    """_dispatch imports no kernel module (kl.py imports _dispatch, not the other way)."""
+    """core/dispatch.py imports no kernel module (kl.py imports it, not the other way)."""
     import ast
     from pathlib import Path
 
-    import cord_kernels._dispatch as d
+    import cord_kernels.core.dispatch as d
 
     tree = ast.parse(Path(d.__file__).read_text())
     imported = {f"{n.module}.{a.name}" if n.module == "cord_kernels" else n.module
                 for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert imported <= {"__future__", "cord_kernels._validation", "cord_kernels.settings"}, imported
+    allowed = {"__future__", "cord_kernels.core.validation", "cord_kernels.core.options",
+               "cord_kernels.settings"}
+    assert imported <= allowed, imported

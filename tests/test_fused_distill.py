@@ -20,7 +20,7 @@ from cord_kernels import (
     reverse_kl,
 )
 from cord_kernels import reference as ref
-from cord_kernels.reduction import reduce_weighted
+from cord_kernels.core.reduction import reduce_weighted
 
 DIVERGENCES = [
     pytest.param("reverse_kl", 0.5, id="rkl"),

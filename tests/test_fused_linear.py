@@ -17,7 +17,7 @@ from cord_kernels import (
     token_logprobs,
 )
 from cord_kernels import reference as ref
-from cord_kernels.chunked_head import plan_chunks
+from cord_kernels.fused.chunked_head import plan_chunks
 
 REDUCTIONS = ["batchmean", "sum", "mean", "none"]
 

@@ -12,7 +12,7 @@ from helpers import COMPILED_SESSION, rel_err
 
 from cord_kernels import reference as ref
 from cord_kernels import reverse_kl, settings, token_logprobs
-from cord_kernels._rows import block_v, launch_device, num_warps, rows_writable
+from cord_kernels.core.rows import block_v, launch_device, num_warps, rows_writable
 
 
 def test_block_v_defaults_and_small_vocabularies(kernel_settings):
@@ -99,7 +99,7 @@ def test_rows_writable():
 def test_interpreter_scalar_index_fix_is_applied_when_numpy_needs_it():
     import numpy as np
 
-    from cord_kernels._interpreter import _numpy_converts_sized_arrays
+    from cord_kernels.core.interpreter import _numpy_converts_sized_arrays
 
     try:
         from triton.runtime import interpreter

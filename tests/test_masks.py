@@ -146,8 +146,13 @@ def test_num_items_in_batch_values(loss):
     torch.testing.assert_close(loss(hs, ht, w, labels=labels, num_items_in_batch=7), total / 7)
     torch.testing.assert_close(
         loss(hs, ht, w, labels=labels, num_items_in_batch=torch.tensor([7])), total / 7)
-    with pytest.raises(ValueError, match="leave reduction at 'batchmean', got 'sum'"):
-        loss(hs, ht, w, labels=labels, num_items_in_batch=7, reduction="sum")
+    # One rule for every loss (issue 26): n replaces the scalar reduction's divisor, sum / n
+    # (TRL's and transformers' convention); "none" has no sum to divide.
+    for reduction in ("sum", "mean"):
+        torch.testing.assert_close(
+            loss(hs, ht, w, labels=labels, num_items_in_batch=7, reduction=reduction), total / 7)
+    with pytest.raises(ValueError, match="needs a scalar reduction, got reduction='none'"):
+        loss(hs, ht, w, labels=labels, num_items_in_batch=7, reduction="none")
     with pytest.raises(ValueError, match="num_items_in_batch must be >= 1"):
         loss(hs, ht, w, labels=labels, num_items_in_batch=0)
     with pytest.raises(TypeError, match="num_items_in_batch must be an int or a tensor"):

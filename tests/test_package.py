@@ -64,7 +64,7 @@ import sys
 sys.modules["triton"] = None  # import triton now raises ImportError, as on macOS
 import torch
 import cord_kernels as ck
-from cord_kernels._dispatch import triton_available
+from cord_kernels.core.dispatch import triton_available
 assert not triton_available()
 g = torch.Generator().manual_seed(0)
 s, u = torch.randn(2, 5, 9, generator=g, requires_grad=True), torch.randn(2, 5, 9, generator=g)

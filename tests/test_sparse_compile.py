@@ -40,7 +40,7 @@ def test_fullgraph_matches_eager(impl, backend, interpret):
 
 
 def test_custom_op_passes_opcheck(interpret):
-    from cord_kernels.support_logprobs import _support_fwd_op
+    from cord_kernels.sparse.support_logprobs import _support_fwd_op
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 50, generator=g)

@@ -123,7 +123,7 @@ def test_inplace_backward_needs_rows_it_can_write(device, interpret):
 
 def test_launcher_refuses_an_output_it_could_only_copy(device, interpret):
     """logprob_bwd is also called directly (fused_logprobs): a dx without a row view raises."""
-    from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
+    from cord_kernels.logits.token_logprobs import logprob_bwd, logprob_fwd
 
     x = torch.randn(6, 40, device=device)
     labels = torch.randint(0, 40, (6,), device=device)

@@ -12,7 +12,7 @@ from helpers import TOL, rel_err
 import cord_kernels
 from cord_kernels import reference as ref
 from cord_kernels import torch_path
-from cord_kernels.torch_path import TorchKLDivFunction, TorchLogprobFunction
+from cord_kernels.core.torch_path import TorchKLDivFunction, TorchLogprobFunction
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -115,7 +115,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_nothing_in_the_library_imports_the_reference():
     """reference.py is the tests' fp64 oracle only; the CPU path is torch_path.py."""
-    users = [p.name for p in sorted(_PACKAGE.glob("*.py"))
+    users = [p.name for p in sorted(_PACKAGE.rglob("*.py"))
              if p.name != "reference.py" and "cord_kernels.reference" in _imports(p)]
     assert users == []
 
@@ -124,7 +124,7 @@ def test_pure_torch_row_math_lives_in_torch_path():
     """Every ``Torch*`` class and ``torch_*`` function of the package is defined in
     torch_path.py: the eager CPU path has one home."""
     elsewhere = []
-    for p in sorted(_PACKAGE.glob("*.py")):
+    for p in sorted(_PACKAGE.rglob("*.py")):
         if p.name in ("torch_path.py", "reference.py"):
             continue
         for node in ast.walk(ast.parse(p.read_text())):

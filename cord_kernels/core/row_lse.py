@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from cord_kernels._dispatch import triton_available
+from cord_kernels.core.dispatch import triton_available
 
 if triton_available():
     import triton

@@ -13,28 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._validation import (
-    check_float,
-    check_logits,
-    check_temperature,
-    check_tensor,
-)
-from cord_kernels.chunked_head import (
-    LMHead,
-    LogitTransform,
-    check_chunk_bytes,
-    check_head,
-    check_transform,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-)
-from cord_kernels.sparse_options import check_k
+from cord_kernels.core.options import LOGIT_SCALE, TEMPERATURE, LossOptions, check_k
+from cord_kernels.core.validation import check_float, check_logits, check_tensor
+from cord_kernels.fused import chunked_head as ch
 
 
 def _topk_rows(x: torch.Tensor, k: int, temperature: float):
     """(n, k) log-probs and ids of an (n, V) chunk of logits."""
-    x = x.to(compute_dtype(x)) / temperature
+    x = x.to(ch.compute_dtype(x)) / temperature
     vals, ids = torch.topk(x, k, dim=-1)
     return vals - torch.logsumexp(x, dim=-1, keepdim=True), ids
 
@@ -44,10 +30,10 @@ def teacher_topk(
     logits_or_hidden_weight,
     k: int,
     *,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     bias: torch.Tensor | None = None,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
+    logit_scale: float = LOGIT_SCALE,
     chunk_bytes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's top-k ``(topk_logprobs, topk_ids)`` per row, sorted by decreasing log-prob.
@@ -68,8 +54,8 @@ def teacher_topk(
         >>> lp, ids = teacher_topk((teacher_hidden, teacher.lm_head.weight), 64)
         >>> torch.save({"topk_logprobs": lp.bfloat16(), "topk_token_ids": ids}, "targets.pt")
     """
-    chunk_bytes = check_chunk_bytes(chunk_bytes)
-    temperature = check_temperature(temperature)
+    opts = LossOptions.check(temperature=temperature, chunk_bytes=chunk_bytes)
+    temperature, chunk_bytes = opts.temperature, opts.chunk_bytes
     if isinstance(logits_or_hidden_weight, (tuple, list)):
         if len(logits_or_hidden_weight) != 2:
             raise ValueError("teacher_topk takes logits or a (hidden, weight) pair, got a "
@@ -77,12 +63,13 @@ def teacher_topk(
         hidden, weight = logits_or_hidden_weight
         check_tensor("hidden", hidden, min_ndim=1)
         check_float("hidden", hidden)
-        check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
-        cap, scale = check_transform(softcap, logit_scale)
-        transform = LogitTransform(scale, cap)
+        ch.check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
+        head_opts = LossOptions.check(softcap=softcap, logit_scale=logit_scale)
+        transform = ch.LogitTransform(head_opts.logit_scale, head_opts.softcap)
         lead, V = tuple(hidden.shape[:-1]), weight.shape[0]
         rows = hidden.reshape(-1, hidden.shape[-1])
-        head = LMHead(weight, bias, operand_dtype(hidden, weight), compute_dtype(hidden, weight))
+        head = ch.LMHead(weight, bias, ch.operand_dtype(hidden, weight),
+                         ch.compute_dtype(hidden, weight))
 
         def chunk_logits(lo, hi):
             out = torch.empty(hi - lo, V, dtype=head.dtype, device=hidden.device)
@@ -91,7 +78,7 @@ def teacher_topk(
     else:
         logits = logits_or_hidden_weight
         check_logits("logits", logits)
-        if bias is not None or softcap is not None or logit_scale != 1.0:
+        if bias is not None or softcap is not None or logit_scale != LOGIT_SCALE:
             raise ValueError("bias, softcap and logit_scale apply to a (hidden, weight) input; "
                              "apply them to the logits before passing them")
         lead, V = tuple(logits.shape[:-1]), logits.shape[-1]
@@ -102,11 +89,11 @@ def teacher_topk(
             return rows[lo:hi]
     check_k(k, V)
     n = rows.shape[0]
-    dt = compute_dtype(hidden)
+    dt = ch.compute_dtype(hidden)
     lp = torch.empty(n, k, dtype=dt, device=hidden.device)
     ids = torch.empty(n, k, dtype=torch.int64, device=hidden.device)
     step = max(1, chunk_bytes // (2 * 4 * V))  # the fp32 chunk and topk's temporaries
-    with no_autocast(hidden.device):
+    with ch.no_autocast(hidden.device):
         for lo in range(0, n, step):
             hi = min(lo + step, n)
             lp[lo:hi], ids[lo:hi] = _topk_rows(chunk_logits(lo, hi), k, temperature)

@@ -1,9 +1,13 @@
 """The machinery every fused-linear loss shares: the LM head evaluated chunk by chunk into
-fp32 tiles, its backward through the head, the gradient accumulators, and chunk planning.
+fp32 tiles, its backward through the head, the gradient accumulators, chunk planning, and the
+chunk driver's base: :class:`HeadProblem` (one call's rows, head and chunk size; each loss
+specialises it with its per-chunk math, as Liger's ``LigerFusedLinearDistillationBase`` is
+specialised), :class:`HeadParams` (the options its autograd Functions get, one object) and the
+gradients-formed-in-forward protocol (``stash_grads`` / ``scaled_grads``).
 
 At 7B scale the logits themselves are the memory problem: 16k rollout tokens times a 156k
 vocabulary is 10 GB per fp32 logits tensor, and distillation has two branches. The losses
-(``fused_distill.py``: reverse/forward KL, JSD and the CORD weighting; ``fused_logprobs.py``:
+(``fused/distill.py``: reverse/forward KL, JSD and the CORD weighting; ``fused/token_logprobs.py``:
 token log-probs) take hidden states and the LM head and walk the valid tokens in chunks, so
 that at most one (chunk, V) fp32 tile per branch is alive (its size is ``chunk_bytes``).
 
@@ -18,7 +22,7 @@ operands run natively with fp32 output (``out_dtype``) when the installed torch 
 dtype and the GEMM runs in fp32. Every GEMM of a call, the ``out=`` ones included, sees the same
 operands, because the losses run their GEMMs with autocast off.
 
-The torch path's elementwise row math (``torch_path.py``) goes through the tiles in row blocks
+The torch path's elementwise row math (``core/torch_path.py``) goes through the tiles in row blocks
 of ~1.5 MB, so its several passes hit cache instead of memory. It runs on the caller's thread
 count: on a shared (loaded) CPU, ``torch.set_num_threads(1)`` around the call can make it several
 times faster, as an OpenMP team on such small blocks waits at its barrier for the slowest
@@ -31,21 +35,16 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
-from cord_kernels._validation import (
+from cord_kernels.core.dispatch import Impl
+from cord_kernels.core.options import LossOptions
+from cord_kernels.core.validation import (
     check_float,
-    check_positive_int,
     check_same_device,
     check_tensor,
 )
-
-# Budget for the fp32 logits tiles of one chunk, in bytes (both branches together for the
-# distillation losses). 1 GiB holds ~880 tokens at V=152k: enough rows for full-speed GEMMs on
-# a CPU or a GPU, and far below the (N, V) logits it replaces (10 GB per branch at N=16k).
-DEFAULT_CHUNK_BYTES = 1 << 30
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -260,6 +259,96 @@ class Grads:
         return self.weight
 
 
+# ------------------------------------------------------------------ the chunk driver
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """What a fused-linear loss's autograd Function gets besides tensors, as one object (CCE's
+    ``CCEParams``): the call's checked options and what it resolved from its tensors."""
+
+    opts: LossOptions
+    impl: Impl = Impl.TORCH
+    operands: tuple[torch.dtype, ...] = (torch.float32,)  # the student's head (, the teacher's)
+
+    @property
+    def transform(self) -> LogitTransform:
+        """The model's logit transform (on every head's logits)."""
+        return LogitTransform(self.opts.logit_scale, self.opts.softcap)
+
+
+
+class HeadProblem:
+    """The state of one fused-linear loss call that every such loss shares; each loss
+    specialises it with its tiles and its per-chunk math (the part Liger's
+    ``LigerFusedLinearDistillationBase`` plays for its losses).
+
+    It holds the flat hidden rows ``hs`` (N, H), the head in the call's compute dtype, the rows
+    it projects (``index``: their flat row ids, found with the call's one host sync;
+    ``n_valid`` of them) and ``max_rows``, the rows of a chunk whose ``n_tiles`` fp32 (chunk, V)
+    tiles fit in ``chunk_bytes``. :meth:`spans` walks the chunks, :meth:`grads` allocates the
+    accumulators autograd asks for, :meth:`dense` scatters per-row values back.
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 operand: torch.dtype, index: torch.Tensor, n_tiles: int, chunk_bytes: int):
+        self.device = hidden.device
+        self.lead_shape = tuple(hidden.shape[:-1])
+        self.V = weight.shape[0]
+        self.dtype = compute_dtype(hidden, weight)
+        self.hs = hidden.detach().reshape(math.prod(self.lead_shape), hidden.shape[-1])
+        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(), operand,
+                           self.dtype)
+        self.index = index
+        self.n_valid = index.numel()
+        self.n_tiles = n_tiles
+        self.max_rows = rows_per_chunk(chunk_bytes, self.V, n_tiles, self.dtype)
+
+    def spans(self, n: int | None = None):
+        """(lo, hi) of each chunk of the first ``n`` (default all) projected rows."""
+        n = self.n_valid if n is None else n
+        for lo in range(0, n, self.max_rows):
+            yield lo, min(lo + self.max_rows, n)
+
+    def grads(self, need_hidden: bool, need_weight: bool, need_bias: bool) -> Grads:
+        return Grads.allocate(self.n_valid, self.head, need_hidden, need_weight,
+                              need_bias and self.head.bias is not None, self.device)
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row values of the projected rows scattered into the lead shape, 0 elsewhere."""
+        out = torch.zeros(math.prod(self.lead_shape), dtype=torch.float32, device=self.device)
+        out[self.index] = values.float()
+        return out.view(self.lead_shape)
+
+
+# ------------------------------------------------------ gradients formed in forward
+# The scalar reductions of every fused-linear loss form their gradients in forward, while the
+# logits tiles are live (Liger's fused linear cross entropy does the same), and backward only
+# scales them by the scalar cotangent. These two functions are that protocol's autograd half.
+
+
+def stash_grads(ctx, grads: Grads, index: torch.Tensor, hidden: torch.Tensor,
+                weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Saves the gradients formed in forward on ``ctx``, in fp32 until backward scales them."""
+    ctx.save_for_backward(grads.hidden_for(index, hidden.shape), grads.weight_or_zeros(),
+                          grads.bias)
+    ctx.dtypes = [None if t is None else t.dtype for t in (hidden, weight, bias)]
+    ctx.used = False
+
+
+def scaled_grads(ctx, grad_total: torch.Tensor) -> tuple:
+    """(grad hidden, grad weight, grad bias) of the stashed gradients times ``grad_total``, in
+    the inputs' dtypes. The stored gradients belong to this graph alone, so they are scaled in
+    place (no second copy of the (V, H) weight gradient): a second backward is an error."""
+    if ctx.used:
+        raise RuntimeError("the fused-linear losses scale their stored gradients in place, so "
+                           "their graph can be backpropagated once only (retain_graph is not "
+                           "supported)")
+    ctx.used = True
+    return tuple(None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
+                 for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+
+
 # ----------------------------------------------------------------------------- planning
 
 
@@ -334,20 +423,3 @@ def check_head(weight, bias, hidden, *, names=("weight", "bias", "student_hidden
             raise ValueError(f"{b_name} must have shape ({weight.shape[0]},) (the vocabulary "
                              f"of {w_name}), got {tuple(bias.shape)}")
         check_same_device((w_name, weight), (b_name, bias))
-
-
-def check_chunk_bytes(chunk_bytes) -> int:
-    return DEFAULT_CHUNK_BYTES if chunk_bytes is None else check_positive_int(
-        "chunk_bytes", chunk_bytes)
-
-
-def check_transform(softcap, logit_scale) -> tuple[float, float]:
-    """(softcap, logit_scale) as floats, softcap 0 for None; each must be a finite number > 0."""
-    for name, value in (("softcap", softcap), ("logit_scale", logit_scale)):
-        if value is None and name == "softcap":
-            continue
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(softcap or 0.0), float(logit_scale)

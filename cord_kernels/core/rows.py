@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels import settings
-from cord_kernels._interpreter import fix_scalar_index_for_numpy
+from cord_kernels.core.interpreter import fix_scalar_index_for_numpy
 
 if settings.get().interpret:  # the kernels are being decorated for it
     fix_scalar_index_for_numpy()

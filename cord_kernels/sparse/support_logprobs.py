@@ -6,7 +6,7 @@ teacher's top-k, or the student's own), yet the gradient is dense: through the n
     a_j = x_{id_j} - lse(x),  x = s / tau
     dL/ds_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G),   g_j = dL/da_j,  G = sum_j g_j
 
-Forward reads each row once (online max/sum, as ``kl.py``) and gathers the k logits; it saves
+Forward reads each row once (online max/sum, as ``logits/kl.py``) and gathers the k logits; it saves
 lse per row. Backward reads the row again and writes the dense part -p_v G / tau; the k sparse
 terms are then added by one (N, k) ``scatter_add_``. The (N, V) log-softmax never exists; the
 gradient is the only (N, V) tensor and may be written into the logits buffer itself
@@ -22,7 +22,7 @@ then also applies dt/dz = scale (1 - (t / c)^2) (``chain_factor``), so the tile 
 the gradient with respect to the head's raw output z.
 
 Layout: kernels, launchers, custom ops, the Triton autograd Function (the torch one is in
-``torch_path.py``), the internal entry point ``support_logprobs``.
+``core/torch_path.py``), the internal entry point ``support_logprobs``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._dispatch import Impl, triton_available
-from cord_kernels._rows import block_v, launch_device, num_warps, row_view
-from cord_kernels.torch_path import TorchSupportLogprobsFunction, chain_factor
+from cord_kernels.core.dispatch import Impl, triton_available
+from cord_kernels.core.rows import block_v, launch_device, num_warps, row_view
+from cord_kernels.core.torch_path import TorchSupportLogprobsFunction, chain_factor
 
 # Slots gathered per iteration of the forward kernel (k = 64, a typical server top-k, in one).
 MAX_BLOCK_K = 128
@@ -42,7 +42,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from cord_kernels._row_lse import row_lse
+    from cord_kernels.core.row_lse import row_lse
 
     @triton.jit
     def _support_fwd_kernel(
@@ -91,6 +91,8 @@ if triton_available():
         R, V, inv_temp, logit_scale, inv_softcap,
         BLOCK_V: tl.constexpr,
     ):
+        # The row prologue of every streaming kernel (i = a * R + b, see core/rows.py), inline
+        # on purpose so that each kernel reads top to bottom, as fla's do.
         i_row = tl.program_id(0).to(tl.int64)
         i_a = i_row // R
         i_b = i_row % R
@@ -182,6 +184,8 @@ def add_sparse_terms(dx: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tens
 # ---------------------------------------------------------------- torch custom ops (compile)
 
 
+# The launcher's signature, restated on purpose: torch.library reads the op's schema from
+# these annotations.
 @torch.library.custom_op("cord_kernels::support_fwd", mutates_args=())
 def _support_fwd_op(x: torch.Tensor, ids: torch.Tensor, slot_valid: torch.Tensor,
                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

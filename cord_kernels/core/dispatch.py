@@ -17,7 +17,7 @@ import enum
 import torch
 
 from cord_kernels import settings
-from cord_kernels._validation import IMPLS
+from cord_kernels.core.options import check_impl
 
 
 class Impl(str, enum.Enum):
@@ -83,8 +83,7 @@ def resolve_impl(impl, *tensors: torch.Tensor) -> Impl:
 def decide_impl(impl, *, on_cuda: bool, triton_ok: bool) -> Impl:
     """The decision table of :func:`resolve_impl`, for tensors on CUDA or not and a Triton
     that imports or not."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_impl(impl)
     if impl == "torch":
         return Impl.TORCH
     if impl == "triton":

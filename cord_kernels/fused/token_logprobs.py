@@ -6,43 +6,34 @@ logits and turns them into the gradient in place (3 GEMMs): 4 GEMMs in all. Rows
 is ``ignore_index`` are never projected.
 
 The per-row math follows :class:`TileLogprobs`, in torch (row blocks, in
-``torch_path.py``) or through the streaming kernels of ``token_logprobs.py``.
+``core/torch_path.py``) or through the streaming kernels of ``logits/token_logprobs.py``.
 
-Layout: the row-math protocol and its Triton version (the torch one is in ``torch_path.py``),
+Layout: the row-math protocol and its Triton version (the torch one is in ``core/torch_path.py``),
 the problem, the autograd Function, the public function.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl
-from cord_kernels._validation import (
+from cord_kernels.core.dispatch import Impl, resolve_impl
+from cord_kernels.core.options import (
+    IGNORE_INDEX,
+    LOGIT_SCALE,
+    TEMPERATURE,
+    LossOptions,
+)
+from cord_kernels.core.torch_path import TorchTileLogprobs
+from cord_kernels.core.validation import (
     check_float,
     check_labels,
     check_same_device,
-    check_temperature,
     check_tensor,
 )
-from cord_kernels.chunked_head import (
-    DEFAULT_CHUNK_BYTES,
-    Grads,
-    LMHead,
-    LogitTransform,
-    check_chunk_bytes,
-    check_head,
-    check_transform,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-    rows_per_chunk,
-)
-from cord_kernels.token_logprobs import logprob_bwd, logprob_fwd
-from cord_kernels.torch_path import TorchTileLogprobs
+from cord_kernels.fused import chunked_head as ch
+from cord_kernels.logits.token_logprobs import logprob_bwd, logprob_fwd
 
 
 class TileLogprobs(Protocol):
@@ -60,7 +51,7 @@ class TileLogprobs(Protocol):
 
 
 class TritonTileLogprobs:
-    """The same contract through the streaming kernels of ``token_logprobs.py``."""
+    """The same contract through the streaming kernels of ``logits/token_logprobs.py``."""
 
     def __init__(self, temperature: float, ignore_index: int):
         self.temperature = temperature
@@ -77,49 +68,31 @@ class TritonTileLogprobs:
 # ------------------------------------------------------------------------------- problem
 
 
-@dataclass(frozen=True)
-class FusedLogprobParams:
-    temperature: float = 1.0
-    ignore_index: int = -100
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    impl: Impl = Impl.TORCH
-    operand: torch.dtype = torch.float32
-    transform: LogitTransform = LogitTransform()  # the model's logit transform
-
-
-class _LogprobProblem:
+class _LogprobProblem(ch.HeadProblem):
     """One call of the log-prob loss: flat hidden states, the head, the rows whose label is
     not ``ignore_index`` (``index``, found with one host sync) and one (chunk, V) tile."""
 
-    def __init__(self, hidden, weight, bias, labels, params: FusedLogprobParams):
-        H = hidden.shape[-1]
-        self.V = weight.shape[0]
+    def __init__(self, hidden, weight, bias, labels, params: ch.HeadParams):
         self.params = params
-        self.dtype = compute_dtype(hidden, weight)
-        self.h = hidden.detach().reshape(math.prod(hidden.shape[:-1]), H)
-        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
-                           params.operand, self.dtype)
-        self.logprobs: TileLogprobs = TritonTileLogprobs(params.temperature,
-                                                         params.ignore_index) \
-            if params.impl is Impl.TRITON else TorchTileLogprobs(params.temperature)
+        opts = params.opts
+        self.logprobs: TileLogprobs = TritonTileLogprobs(opts.temperature, opts.ignore_index) \
+            if params.impl is Impl.TRITON else TorchTileLogprobs(opts.temperature)
         self.transform = params.transform
         flat = labels.reshape(-1)
-        self.index = (flat != params.ignore_index).nonzero().squeeze(1)
-        self.labels = flat[self.index].long()
-        self.n_valid = self.index.numel()
+        index = (flat != opts.ignore_index).nonzero().squeeze(1)
+        self.labels = flat[index].long()
         # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
-        n_tiles = 2 if self.transform.needs_factor_tile else 1
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, n_tiles, self.dtype)
+        super().__init__(hidden, weight, bias, params.operands[0], index,
+                         2 if self.transform.needs_factor_tile else 1, opts.chunk_bytes)
         buf_rows = min(self.max_rows, self.n_valid)
-        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.h.device)
+        self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.device)
         self._factor: torch.Tensor | None = None
 
     def chunks(self):
         """Yields (lo, hi, flat ids, hidden rows, logits tile) per chunk of valid rows."""
-        for lo in range(0, self.n_valid, self.max_rows):
-            hi = min(lo + self.max_rows, self.n_valid)
+        for lo, hi in self.spans():
             idx = self.index[lo:hi]
-            h = self.head.rows(self.h, idx)
+            h = self.head.rows(self.hs, idx)
             x = self.transform.apply_(self.head.project(h, self.tile[:hi - lo]))
             yield lo, hi, idx, h, x
 
@@ -138,11 +111,11 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
     (the logits are recomputed; only lse per row is kept)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, params: FusedLogprobParams):
+    def forward(ctx, hidden, weight, bias, labels, params: ch.HeadParams):
         problem = _LogprobProblem(hidden, weight, bias, labels, params)
         out = torch.zeros(labels.numel(), dtype=torch.float32, device=hidden.device)
         lse_parts = []
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             for lo, hi, idx, _, x in problem.chunks():
                 logp, lse = problem.logprobs.forward(x, problem.labels[lo:hi])
                 out[idx] = logp.float()
@@ -157,10 +130,9 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         problem = _LogprobProblem(hidden, weight, bias, labels, ctx.params)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grads = Grads.allocate(problem.n_valid, problem.head, need_h, need_w,
-                                need_b and bias is not None, hidden.device)
+        grads = problem.grads(need_h, need_w, need_b)
         g_all = grad_out.reshape(-1).float()
-        with no_autocast(hidden.device):
+        with ch.no_autocast(hidden.device):
             for lo, hi, idx, h, x in problem.chunks():
                 factor = problem.grad_factor(x)
                 row_scale = problem.logprobs.write_grad(x, problem.labels[lo:hi], lse[lo:hi],
@@ -180,16 +152,18 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------- public API
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 def fused_linear_token_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     labels: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    ignore_index: int = -100,
+    logit_scale: float = LOGIT_SCALE,
+    ignore_index: int = IGNORE_INDEX,
     chunk_bytes: int | None = None,
     impl: str | None = None,
 ) -> torch.Tensor:
@@ -224,19 +198,17 @@ def fused_linear_token_logprobs(
     """
     check_tensor("hidden", hidden, min_ndim=2)
     check_float("hidden", hidden)
-    check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
+    ch.check_head(weight, bias, hidden, names=("weight", "bias", "hidden"))
     check_labels(labels, tuple(hidden.shape[:-1]))
     check_same_device(("hidden", hidden), ("labels", labels))
-    temperature = check_temperature(temperature)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    chunk_bytes = check_chunk_bytes(chunk_bytes)
+    opts = LossOptions.check(temperature=temperature, ignore_index=ignore_index,
+                             chunk_bytes=chunk_bytes, softcap=softcap, logit_scale=logit_scale,
+                             impl=impl)
+    ignore_index = opts.ignore_index
     valid = labels != ignore_index
     if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
         raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    params = FusedLogprobParams(temperature, ignore_index, chunk_bytes,
-                                resolve_impl(impl, hidden, weight), operand_dtype(hidden, weight),
-                                LogitTransform(logit_scale, softcap))
+    params = ch.HeadParams(opts, resolve_impl(impl, hidden, weight),
+                           (ch.operand_dtype(hidden, weight),))
     return FusedTokenLogprobsFunction.apply(hidden, weight, bias, labels, params)

@@ -1,5 +1,5 @@
 """LM head + CORD token loss (paper eq. 7) without (N, V) logits: the distillation driver of
-``fused_distill.py`` with reverse KL and the CORD weights.
+``fused/distill.py`` with reverse KL and the CORD weights.
 
 CORD's weights need every D of a sequence (top-K), so chunks hold WHOLE sequences (SPEC
 section 3): each chunk computes its D, the weights of its sequences and the weighted gradient
@@ -16,39 +16,37 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._validation import check_bool, check_num_items
-from cord_kernels.chunked_head import (
-    Chunk,
-    LogitTransform,
-    check_chunk_bytes,
-    check_transform,
-    plan_chunks,
+from cord_kernels.core.cord_weights import checked_cord_weights
+from cord_kernels.core.doc import shared_doc
+from cord_kernels.core.options import (
+    ALPHA,
+    BETA,
+    IGNORE_INDEX,
+    LOGIT_SCALE,
+    REDUCTION,
+    TEMPERATURE,
+    TOP_K,
+    LossOptions,
 )
-from cord_kernels.cord_token_loss import check_cord_options
-from cord_kernels.fused_distill import (
-    DistillProblem,
-    check_distill_inputs,
-    run_distill,
-)
-from cord_kernels.tile_divergence import Divergence
-from cord_kernels.weights import cord_weights
+from cord_kernels.fused.chunked_head import Chunk, plan_chunks
+from cord_kernels.fused.distill import DistillProblem, check_distill_inputs, run_distill
 
 
 @dataclass(frozen=True)
 class CordWeighting:
     """The CORD weights w = w^KL w^pos of each sequence, from its D (a ``TokenWeighting``)."""
 
-    top_k: int = 20
-    alpha: float = 2.0
-    position_beta: float = 2.0
+    top_k: int = TOP_K
+    alpha: float = ALPHA
+    position_beta: float = BETA
 
     def plan(self, problem: DistillProblem) -> list[Chunk]:
         return plan_chunks(problem.counts, problem.max_rows)
 
     def _weights(self, problem, d, seq_lo, seq_hi, pos_lo, pos_hi, top_k, alpha):
         dense = problem.dense(d, seq_lo, seq_hi, pos_lo, pos_hi)
-        w = cord_weights(dense, problem.mask[seq_lo:seq_hi], top_k=top_k, alpha=alpha,
-                         beta=self.position_beta)
+        w = checked_cord_weights(dense, problem.mask[seq_lo:seq_hi], top_k, alpha,
+                                 self.position_beta)
         return w.view(-1)[problem.index[pos_lo:pos_hi] - seq_lo * problem.T]
 
     def chunk_weights(self, problem, d, chunk: Chunk) -> torch.Tensor:
@@ -62,6 +60,9 @@ class CordWeighting:
                              self.alpha)
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+@shared_doc
 def fused_linear_cord_token_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -69,17 +70,17 @@ def fused_linear_cord_token_loss(
     mask: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     bias: torch.Tensor | None = None,
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    top_k: int = 20,
-    alpha: float = 2.0,
-    beta: float = 2.0,
-    temperature: float = 1.0,
+    top_k: int = TOP_K,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    reduction: str = "batchmean",
+    logit_scale: float = LOGIT_SCALE,
+    reduction: str = REDUCTION,
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
@@ -100,7 +101,7 @@ def fused_linear_cord_token_loss(
     3 when ``weight`` needs no gradient (a frozen head), 2 under ``torch.no_grad()``, 6 for
     ``reduction="none"``, whose backward recomputes both projections. Rows with ``mask``
     False are never projected. Memory: the fp32 gradient of ``weight`` and at most
-    ``chunk_bytes`` of logits tiles. See ``fused_distill.py`` for the algorithm.
+    ``chunk_bytes`` of logits tiles. See ``fused/distill.py`` for the algorithm.
 
     Args:
         student_hidden: (B, T, H) audio-conditioned final hidden states (gets the gradient).
@@ -108,22 +109,16 @@ def fused_linear_cord_token_loss(
             gets a gradient).
         weight: (V, H) LM head (gets a gradient, accumulated in fp32).
         mask: (B, T) bool (or 0/1 int/float), True at generated positions.
-        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
-            integer labels, valid where ``labels != ignore_index``.
+        {labels}
         bias: optional (V,) LM-head bias (gets a gradient).
         teacher_weight, teacher_bias: optional separate teacher head, (V, H_t) and (V,).
         top_k, alpha, beta: CORD weights (``alpha = beta = 1`` is uniform on-policy
             distillation).
         temperature: tau > 0, applied to both branches.
-        softcap, logit_scale: the model's logit transform (Gemma 2 / 3n's
-            ``final_logit_softcapping``, Cohere's ``logit_scale``), applied to both branches'
-            logits inside the stream: t = logit_scale * z, then softcap * tanh(t / softcap).
-            Without them such a model's loss is wrong.
-        reduction: "batchmean" | "sum" | "mean" | "none", as in :func:`cord_token_loss`:
-            batchmean divides by the B sequences, TRL by valid tokens (our "mean"), and
-            batchmean = mean * mask.sum() / B.
-        num_items_in_batch: sum w D / num_items_in_batch instead (TRL's gradient-accumulation
-            convention; the count of valid tokens over all micro-batches of the step).
+        {logit_transform}
+            Both branches get it.
+        {reduction}
+        {num_items_in_batch}
         return_per_token: also return D, the detached (B, T) fp32 reverse KL, 0 where masked.
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB): a chunk
             holds ``chunk_bytes // (8 V)`` tokens. Sequences longer than that still work.
@@ -140,18 +135,12 @@ def fused_linear_cord_token_loss(
         >>> loss = fused_linear_cord_token_loss(h_a, h_t, model.lm_head.weight, mask)
         >>> loss.backward()
     """
+    opts = LossOptions.check(ignore_index=ignore_index, top_k=top_k, alpha=alpha, beta=beta,
+                             temperature=temperature, softcap=softcap, logit_scale=logit_scale,
+                             reduction=reduction, num_items_in_batch=num_items_in_batch,
+                             return_per_token=return_per_token, chunk_bytes=chunk_bytes,
+                             impl=impl)
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                                teacher_bias, mask, labels, ignore_index)
-    top_k, alpha, position_beta, temperature, reduction = check_cord_options(
-        top_k, alpha, beta, temperature, reduction
-    )
-    num_items = check_num_items(num_items_in_batch, reduction)
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    return run_distill(
-        student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        CordWeighting(top_k, alpha, position_beta), divergence=Divergence.REVERSE_KL,
-        jsd_beta=0.5,
-        temperature=temperature, reduction=reduction, chunk_bytes=check_chunk_bytes(chunk_bytes),
-        impl=impl, return_per_token=check_bool("return_per_token", return_per_token),
-        num_items=num_items, transform=LogitTransform(logit_scale, softcap),
-    )
+                                teacher_bias, mask, labels, opts.ignore_index)
+    return run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
+                       teacher_bias, CordWeighting(opts.top_k, opts.alpha, opts.beta), opts)

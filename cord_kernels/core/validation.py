@@ -13,8 +13,7 @@ from numbers import Real
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-REDUCTIONS = ("batchmean", "sum", "mean", "none")
-IMPLS = (None, "triton", "torch")
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 
 
 def check_tensor(name: str, x, *, ndim: int | None = None, min_ndim: int | None = None) -> None:
@@ -99,9 +98,8 @@ def check_mask(mask, shape: tuple[int, ...], *, name: str = "mask", like: str = 
 def check_mask_or_labels(mask, labels, ignore_index, shape: tuple[int, ...], *,
                          like: str) -> torch.Tensor:
     """The bool mask of a distillation loss given either ``mask`` or TRL-style ``labels``
-    (valid where ``labels != ignore_index``), exactly one of them."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    (valid where ``labels != ignore_index``), exactly one of them; ``ignore_index`` is
+    checked by ``LossOptions``."""
     if labels is None:
         if mask is None:
             raise ValueError("pass mask= (bool, True at the positions that count) or labels= "
@@ -117,44 +115,26 @@ def check_mask_or_labels(mask, labels, ignore_index, shape: tuple[int, ...], *,
     return labels != ignore_index
 
 
-def check_num_items(num_items_in_batch, reduction: str, default_reduction: str = "batchmean"):
-    """``num_items_in_batch`` (None, an int >= 1 or a one-element tensor) under ``reduction``.
+def check_real(name: str, value) -> float:
+    """A real number (not a bool), as a float; the range checks below build on it."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
 
-    It replaces the reduction's divisor (TRL's gradient-accumulation convention: the sum over
-    a micro-batch divided by the valid tokens of the whole accumulated batch), so a reduction
-    set to anything but its default alongside it would be ignored: that is an error."""
-    if num_items_in_batch is None:
-        return None
-    if reduction != default_reduction:
-        raise ValueError(
-            f"num_items_in_batch divides the sum by the batch's token count and replaces the "
-            f"reduction; leave reduction at {default_reduction!r}, got {reduction!r}")
-    if isinstance(num_items_in_batch, torch.Tensor):
-        if num_items_in_batch.numel() != 1:
-            raise ValueError("num_items_in_batch must be a number or a one-element tensor, got "
-                             f"shape {tuple(num_items_in_batch.shape)}")
-        return num_items_in_batch.reshape(())
-    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, int):
-        raise TypeError(f"num_items_in_batch must be an int or a tensor, got "
-                        f"{type(num_items_in_batch).__name__}")
-    if num_items_in_batch < 1:
-        raise ValueError(f"num_items_in_batch must be >= 1, got {num_items_in_batch}")
-    return num_items_in_batch
+
+def check_positive(name: str, value) -> float:
+    v = check_real(name, value)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
 
 
 def check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, Real):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    t = float(temperature)
-    if not (t > 0 and math.isfinite(t)):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
+    return check_positive("temperature", temperature)
 
 
 def check_nonneg_number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
+    v = check_real(name, value)
     if not (v >= 0 and math.isfinite(v)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
@@ -162,20 +142,10 @@ def check_nonneg_number(name: str, value) -> float:
 
 def check_unit(name: str, value) -> float:
     """A number in [0, 1] (the JSD's beta)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
+    v = check_real(name, value)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return v
-
-
-def check_top_k(top_k) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    return top_k
 
 
 def check_positive_int(name: str, value) -> int:
@@ -192,29 +162,31 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
-def check_inplace_backward_option(inplace_backward, impl) -> bool:
-    """``inplace_backward`` is a Triton-path option: with ``impl="torch"`` asked for it would be
-    silently unused, so that is an error (with impl=None it is a hint, ignored where the torch
-    path runs, so one script runs on GPU and CPU)."""
-    check_bool("inplace_backward", inplace_backward)
-    if impl == "torch" and inplace_backward:
-        raise ValueError("inplace_backward=True is a Triton-path option, but impl='torch' was "
-                         "asked for; drop one of them")
-    return inplace_backward
-
-
-def check_reduction(reduction) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
 def check_labels(labels, shape: tuple[int, ...], like: str = "logits") -> None:
     check_tensor("labels", labels)
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+    if labels.dtype not in INT_DTYPES:
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(
             f"labels must have shape {tuple(shape)} (the leading dimensions of {like}), "
             f"got {tuple(labels.shape)}"
         )
+
+
+def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
+    if token_weights is None:
+        return None
+    check_tensor("token_weights", token_weights)
+    if not token_weights.dtype.is_floating_point:
+        raise TypeError(f"token_weights must be a float tensor, got {token_weights.dtype}")
+    if tuple(token_weights.shape) != tuple(mask.shape):
+        raise ValueError(f"token_weights must have shape {tuple(mask.shape)} (the (B, T) of "
+                         f"mask), got {tuple(token_weights.shape)}")
+    check_same_device(("mask", mask), ("token_weights", token_weights))
+    if token_weights.requires_grad:
+        raise ValueError("token_weights must not require grad (they are fixed weights; pass "
+                         "token_weights.detach())")
+    bad = ~torch.isfinite(token_weights) | (token_weights < 0)
+    if bool((bad & mask).any()):  # one host sync, next to the one that finds the valid rows
+        raise ValueError("token_weights must be finite and >= 0 at every valid position")
+    return token_weights

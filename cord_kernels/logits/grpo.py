@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._validation import (
+from cord_kernels.core.validation import (
     check_float,
     check_mask,
     check_positive_int,

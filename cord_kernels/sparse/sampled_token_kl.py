@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._validation import check_float, check_mask, check_reduction, check_tensor
-from cord_kernels.fused_distill import check_token_weights
-from cord_kernels.reduction import reduce_weighted
-from cord_kernels.sparse_options import check_num_items
+from cord_kernels.core.options import REDUCTION, LossOptions
+from cord_kernels.core.validation import (
+    check_float,
+    check_mask,
+    check_tensor,
+    check_token_weights,
+)
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 def sampled_token_reverse_kl(
     student_logprobs: torch.Tensor,
     teacher_logprobs: torch.Tensor,
     mask: torch.Tensor,
     *,
     token_weights: torch.Tensor | None = None,
-    reduction: str = "batchmean",
+    reduction: str = REDUCTION,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TRL's sampled-token reverse-KL loss, masked, weighted and reduced.
@@ -53,14 +58,10 @@ def sampled_token_reverse_kl(
         raise ValueError(f"teacher_logprobs must have the shape of student_logprobs, "
                          f"{tuple(student_logprobs.shape)}, got {tuple(teacher_logprobs.shape)}")
     mask = check_mask(mask, tuple(student_logprobs.shape), like="student_logprobs")
-    reduction = check_reduction(reduction)
-    num_items_in_batch = check_num_items(num_items_in_batch, reduction)
+    opts = LossOptions.check(reduction=reduction, num_items_in_batch=num_items_in_batch)
     token_weights = check_token_weights(token_weights, mask)
     lp_s = torch.where(mask, student_logprobs.float(), 0.0)
     lp_t = torch.where(mask, teacher_logprobs.detach().float(), 0.0)
     w = mask.float() if token_weights is None else torch.where(mask, token_weights.float(), 0.0)
     per_token = w * (lp_s - lp_t).detach() * lp_s
-    if num_items_in_batch is not None:
-        n = num_items_in_batch
-        return per_token.sum() / (n.to(per_token.device) if isinstance(n, torch.Tensor) else n)
-    return reduce_weighted(per_token, mask, reduction)
+    return opts.reduce(per_token, mask)

@@ -1,8 +1,8 @@
 """Per-row divergence math on the (n, V) logits tiles of one chunk of the fused-linear losses.
 
-:class:`TileDivergence` is the contract the chunk driver (``fused_distill.py``) relies on; each
+:class:`TileDivergence` is the contract the chunk driver (``fused/distill.py``) relies on; each
 divergence (reverse KL, forward KL, generalized JSD) has a torch implementation (in
-``torch_path.py``, with the rest of the eager math) and a Triton one (here):
+``core/torch_path.py``, with the rest of the eager math) and a Triton one (here):
 
     state = div.stats(s, u, want_grad)     state.d: (n,) fp32 divergence per row
     row_scale = div.write_grad(s, u, state, g)
@@ -19,26 +19,20 @@ the logits-in path (a probability that underflows to 0 still has a finite log).
 
 from __future__ import annotations
 
-import enum
 from typing import Protocol
 
 import torch
 
-from cord_kernels._dispatch import Impl
-from cord_kernels.jsd import jsd_bwd, jsd_fwd
-from cord_kernels.kl import kl_bwd, kl_fwd
-from cord_kernels.torch_path import TileStats, TorchTileForwardKL, TorchTileJSD, TorchTileReverseKL
-
-
-class Divergence(str, enum.Enum):
-    """The per-token divergence of a distillation loss (p: student, q: teacher)."""
-
-    REVERSE_KL = "reverse_kl"  # KL(p || q)
-    FORWARD_KL = "forward_kl"  # KL(q || p)
-    JSD = "jsd"  # b KL(q || m) + (1 - b) KL(p || m), m = (1 - b) p + b q, b = jsd_beta
-
-
-DIVERGENCES = tuple(d.value for d in Divergence)
+from cord_kernels.core.dispatch import Impl
+from cord_kernels.core.options import Divergence
+from cord_kernels.core.torch_path import (
+    TileStats,
+    TorchTileForwardKL,
+    TorchTileJSD,
+    TorchTileReverseKL,
+)
+from cord_kernels.logits.jsd import jsd_bwd, jsd_fwd
+from cord_kernels.logits.kl import kl_bwd, kl_fwd
 
 
 class TileDivergence(Protocol):
@@ -58,7 +52,7 @@ class TileDivergence(Protocol):
 
 
 class TritonTileReverseKL:
-    """KL(p || q) through the streaming kernels of ``kl.py``."""
+    """KL(p || q) through the streaming kernels of ``logits/kl.py``."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
@@ -85,7 +79,7 @@ class TritonTileForwardKL(TritonTileReverseKL):
 
 
 class TritonTileJSD:
-    """The generalized JSD through the streaming kernels of ``jsd.py``."""
+    """The generalized JSD through the streaming kernels of ``logits/jsd.py``."""
 
     def __init__(self, temperature: float, jsd_beta: float):
         self.temperature, self.jsd_beta = temperature, jsd_beta
@@ -97,14 +91,6 @@ class TritonTileJSD:
     def write_grad(self, s, u, state, g) -> None:
         jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature, s, None)
         return None
-
-
-def resolve_divergence(divergence: str, jsd_beta: float) -> Divergence:
-    """The divergence actually computed: the JSD at beta = 0 / 1 is forward / reverse KL."""
-    div = Divergence(divergence)
-    if div is Divergence.JSD and jsd_beta in (0.0, 1.0):
-        return Divergence.FORWARD_KL if jsd_beta == 0.0 else Divergence.REVERSE_KL
-    return div
 
 
 def make_tile_divergence(divergence: Divergence, jsd_beta: float, temperature: float,

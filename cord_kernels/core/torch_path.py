@@ -2,8 +2,8 @@
 
 This is the one home of the library's pure-torch row math: the logits-in ops (``kl.py``,
 ``jsd.py``, ``token_logprobs.py``, ``cord_token_loss.py``, the sparse losses through
-``support_logprobs.py``) and the fused-linear chunk drivers (``fused_distill.py``,
-``fused_logprobs.py``, ``fused_sparse_teacher.py``) all call it with ``impl="torch"``:
+``support_logprobs.py``) and the fused-linear chunk drivers (``fused/distill.py``,
+``fused/token_logprobs.py``, ``sparse/fused_teacher_loss.py``) all call it with ``impl="torch"``:
 
     autograd Functions on whole logits tensors   TorchKLDivFunction, TorchJSDFunction,
                                                  TorchLogprobFunction,

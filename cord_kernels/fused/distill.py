@@ -17,8 +17,9 @@ in backward: 6 GEMMs.) Gradients of W and b accumulate in fp32 across chunks eve
 inputs: rounding each chunk's product to bf16 before summing biases training.
 
 The weights come from a :class:`TokenWeighting`. Fixed per-token weights (``token_weights``) are
-known before any logit, so chunks may cut sequences anywhere. CORD's weights (``fused_cord.py``)
-need every D of a sequence for its top-K, so its chunks hold WHOLE sequences; a sequence longer
+known before any logit, so chunks may cut sequences anywhere. CORD's weights
+(``fused/cord_token_loss.py``) need every D of a sequence for its top-K, so its chunks hold
+WHOLE sequences; a sequence longer
 than a chunk is cut into pieces done with a provisional weight, and once all its D are known
 the rows whose final weight differs get the missing gradient from a recompute of just those
 rows (4 small GEMMs).
@@ -34,50 +35,35 @@ Div only (2 GEMMs) and backward recomputes both projections (4 GEMMs): 6 GEMMs i
 ``return_per_token=True`` also returns the detached (B, T) Div at no extra GEMM.
 
 Layout: the weighting protocol and fixed weights, the problem (one call's data), the driver,
-the two autograd Functions, input checks, ``run_distill`` (shared with ``fused_cord.py``) and
-the public ``fused_linear_distill_loss``.
+the two autograd Functions, input checks, ``run_distill`` (shared with
+``fused/cord_token_loss.py``) and the public ``fused_linear_distill_loss``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from cord_kernels._dispatch import Impl, resolve_impl
-from cord_kernels._validation import (
-    check_bool,
+from cord_kernels.core.dispatch import resolve_impl
+from cord_kernels.core.doc import shared_doc
+from cord_kernels.core.options import (
+    IGNORE_INDEX,
+    JSD_BETA,
+    LOGIT_SCALE,
+    REDUCTION,
+    TEMPERATURE,
+    LossOptions,
+)
+from cord_kernels.core.validation import (
     check_float,
     check_mask_or_labels,
-    check_num_items,
-    check_reduction,
     check_same_device,
-    check_temperature,
     check_tensor,
-    check_unit,
+    check_token_weights,
 )
-from cord_kernels.chunked_head import (
-    DEFAULT_CHUNK_BYTES,
-    Chunk,
-    Grads,
-    LMHead,
-    LogitTransform,
-    check_chunk_bytes,
-    check_head,
-    check_transform,
-    compute_dtype,
-    no_autocast,
-    operand_dtype,
-    rows_per_chunk,
-)
-from cord_kernels.reduction import reduce_total
-from cord_kernels.tile_divergence import (
-    DIVERGENCES,
-    Divergence,
-    make_tile_divergence,
-    resolve_divergence,
-)
+from cord_kernels.fused import chunked_head as ch
+from cord_kernels.fused.tile_divergence import make_tile_divergence
 
 # ----------------------------------------------------------------------------- weighting
 
@@ -85,11 +71,11 @@ from cord_kernels.tile_divergence import (
 class TokenWeighting(Protocol):
     """Where each valid row's weight w_t comes from (rows in valid-row order, ``pos``)."""
 
-    def plan(self, problem: DistillProblem) -> list[Chunk]:
+    def plan(self, problem: DistillProblem) -> list[ch.Chunk]:
         """The chunks to walk; a chunk with ``whole=False`` gets provisional weights."""
         ...
 
-    def chunk_weights(self, problem: DistillProblem, d: torch.Tensor, chunk: Chunk
+    def chunk_weights(self, problem: DistillProblem, d: torch.Tensor, chunk: ch.Chunk
                       ) -> torch.Tensor:
         """(rows of chunk,) weights from the chunk's Div ``d``."""
         ...
@@ -112,7 +98,7 @@ class FixedWeights:
 
     def plan(self, problem):
         n, step = problem.n_valid, problem.max_rows
-        return [Chunk(lo, min(lo + step, n), 0, problem.B, True) for lo in range(0, n, step)]
+        return [ch.Chunk(lo, min(lo + step, n), 0, problem.B, True) for lo in range(0, n, step)]
 
     def chunk_weights(self, problem, d, chunk):
         return self._valid(problem)[chunk.row_lo:chunk.row_hi]
@@ -124,18 +110,7 @@ class FixedWeights:
 # ------------------------------------------------------------------------------- problem
 
 
-@dataclass(frozen=True)
-class DistillParams:
-    divergence: Divergence = Divergence.REVERSE_KL
-    jsd_beta: float = 0.5
-    temperature: float = 1.0
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    impl: Impl = Impl.TORCH
-    operands: tuple[torch.dtype, torch.dtype] = (torch.float32, torch.float32)  # student, teacher
-    transform: LogitTransform = LogitTransform()  # the model's, on both sides' logits
-
-
-class DistillProblem:
+class DistillProblem(ch.HeadProblem):
     """Everything one call needs: flat hidden states, heads, the valid rows and the tiles.
 
     Rows are addressed two ways: ``pos`` indexes the list of valid rows (sequence-major, so
@@ -143,32 +118,26 @@ class DistillProblem:
     """
 
     def __init__(self, student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                 teacher_bias, mask, params: DistillParams):
+                 teacher_bias, mask, params: ch.HeadParams):
         B, T, _ = student_hidden.shape
-        self.B, self.T, self.V = B, T, weight.shape[0]
+        self.B, self.T = B, T
         self.mask = mask
-        self.device = student_hidden.device
-        self.dtype = compute_dtype(student_hidden, weight)
-        self.hs = student_hidden.detach().reshape(B * T, student_hidden.shape[-1])
+        # The one host sync: which rows are valid, and how many per sequence.
+        self.counts = mask.sum(1).tolist()
+        self.transform = params.transform
+        # A softcap's dt/dz needs a third tile (see ``grad_factor``).
+        super().__init__(student_hidden, weight, bias, params.operands[0],
+                         mask.reshape(-1).nonzero().squeeze(1),
+                         3 if self.transform.needs_factor_tile else 2, params.opts.chunk_bytes)
         self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
-        self.head = LMHead(weight.detach(), None if bias is None else bias.detach(),
-                           params.operands[0], self.dtype)
         if teacher_weight is None:
             self.teacher_head = self.head
         else:
-            self.teacher_head = LMHead(
+            self.teacher_head = ch.LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
-        self.divergence = make_tile_divergence(params.divergence, params.jsd_beta,
-                                               params.temperature, params.impl)
-        # The one host sync: which rows are valid, and how many per sequence.
-        self.counts = mask.sum(1).tolist()
-        self.index = mask.reshape(-1).nonzero().squeeze(1)
-        self.n_valid = int(sum(self.counts))
-        self.transform = params.transform
-        # A softcap's dt/dz needs a third tile (see ``grad_factor``).
-        self.n_tiles = 3 if self.transform.needs_factor_tile else 2
-        self.max_rows = rows_per_chunk(params.chunk_bytes, self.V, self.n_tiles, self.dtype)
+        self.divergence = make_tile_divergence(params.opts.divergence, params.opts.jsd_beta,
+                                               params.opts.temperature, params.impl)
         self._tiles: torch.Tensor | None = None
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -209,18 +178,15 @@ class DistillProblem:
     def div_rows(self) -> torch.Tensor:
         """Div of every valid row, in chunks, without gradients (2 GEMMs)."""
         d = torch.empty(self.n_valid, dtype=torch.float32, device=self.device)
-        for lo in range(0, self.n_valid, self.max_rows):
-            hi = min(lo + self.max_rows, self.n_valid)
+        for lo, hi in self.spans():
             s, u, _ = self.logits(self.index[lo:hi])
             d[lo:hi] = self.divergence.stats(s, u, want_grad=False).d
         return d
 
-    def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: Grads) -> None:
+    def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: ch.Grads) -> None:
         """Adds the gradient of sum_rows g * Div over the valid rows at positions ``pos``
         (distinct; None: all of them, g then covering every valid row) in 4 GEMMs."""
-        n = self.n_valid if pos is None else pos.numel()
-        for lo in range(0, n, self.max_rows):
-            hi = min(lo + self.max_rows, n)
+        for lo, hi in self.spans(None if pos is None else pos.numel()):
             rows = slice(lo, hi) if pos is None else pos[lo:hi]
             s, u, h_s = self.logits(self.index[rows])
             factor = self.grad_factor(s)
@@ -229,17 +195,17 @@ class DistillProblem:
             self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
             self.head.backprop(s, h_s, row_scale, rows, grads)
 
-    def grads(self, needs_input_grad) -> Grads:
-        """Accumulators for the gradients autograd asks for (student hidden, weight, bias)."""
-        need_h, _, need_w, need_b = needs_input_grad[:4]
-        return Grads.allocate(self.n_valid, self.head, need_h, need_w,
-                              need_b and self.head.bias is not None, self.device)
+
+def _head_needs(needs_input_grad) -> tuple[bool, bool, bool]:
+    """(hidden, weight, bias) of the Functions' inputs (student_hidden, teacher_hidden, weight,
+    bias, ...)."""
+    return needs_input_grad[0], needs_input_grad[2], needs_input_grad[3]
 
 
 # -------------------------------------------------------------------------------- driver
 
 
-def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grads | None):
+def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: ch.Grads | None):
     """sum_t w_t Div_t over valid rows, and (if ``grads``) its gradients, in 4 GEMMs.
 
     Returns (total, d, w): the fp32 scalar and the per-valid-row Div and final weights.
@@ -274,7 +240,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: Grad
     return (w_all * d_all).sum(), d_all, w_all
 
 
-def _head_grads(grads: Grads, problem: DistillProblem, hidden, weight, bias):
+def head_grads(grads: ch.Grads, problem: DistillProblem, hidden, weight, bias):
     """The (hidden, weight, bias) gradients in their inputs' shapes and dtypes."""
     gw = grads.weight_or_zeros()
     return (grads.hidden_for(problem.index, hidden.shape, hidden.dtype),
@@ -288,33 +254,20 @@ class FusedDistillSumFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-                mask, weighting: TokenWeighting, params: DistillParams):
-        with no_autocast(student_hidden.device):
+                mask, weighting: TokenWeighting, params: ch.HeadParams):
+        with ch.no_autocast(student_hidden.device):
             problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
                                      teacher_weight, teacher_bias, mask, params)
-            grads = problem.grads(ctx.needs_input_grad)
+            grads = problem.grads(*_head_needs(ctx.needs_input_grad))
             total, d, _ = weighted_sum(problem, weighting, grads)
-        # Kept in fp32 until backward has scaled them, then cast to the inputs' dtypes.
-        ctx.save_for_backward(grads.hidden_for(problem.index, student_hidden.shape),
-                              grads.weight_or_zeros(), grads.bias)
-        ctx.dtypes = [None if t is None else t.dtype for t in (student_hidden, weight, bias)]
-        ctx.used = False
+        ch.stash_grads(ctx, grads, problem.index, student_hidden, weight, bias)
         per_token = problem.dense(d)
         ctx.mark_non_differentiable(per_token)
         return total, per_token
 
     @staticmethod
     def backward(ctx, grad_total, _grad_per_token):
-        if ctx.used:
-            raise RuntimeError(
-                "the fused-linear distillation losses scale their stored gradients in place, so "
-                "their graph can be backpropagated once only (retain_graph is not supported)"
-            )
-        ctx.used = True
-        # The stored gradients belong to this graph alone: scale them in place (no second
-        # copy of the (V, H) weight gradient).
-        gh, gw, gb = (None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
-                      for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+        gh, gw, gb = ch.scaled_grads(ctx, grad_total)
         return gh, None, gw, gb, None, None, None, None, None
 
 
@@ -325,10 +278,10 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-                mask, weighting: TokenWeighting, params: DistillParams):
+                mask, weighting: TokenWeighting, params: ch.HeadParams):
         tensors = (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
                    mask)
-        with no_autocast(student_hidden.device):
+        with ch.no_autocast(student_hidden.device):
             problem = DistillProblem(*tensors, params)
             d = problem.div_rows()
             w = weighting.final_weights(problem, d)
@@ -342,13 +295,13 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_per_token):
         sh, th, weight, bias, tw, tb, mask, w = ctx.saved_tensors
-        with no_autocast(sh.device):
+        with ch.no_autocast(sh.device):
             problem = DistillProblem(sh, th, weight, bias, tw, tb, mask, ctx.params)
-            grads = problem.grads(ctx.needs_input_grad)
+            grads = problem.grads(*_head_needs(ctx.needs_input_grad))
             g = grad_out.reshape(-1).float()[problem.index] * w
             problem.backprop_rows(None, g, grads)
             problem.release()
-        gh, gw, gb = _head_grads(grads, problem, sh, weight, bias)
+        gh, gw, gb = head_grads(grads, problem, sh, weight, bias)
         return gh, None, gw, gb, None, None, None, None, None
 
 
@@ -356,7 +309,8 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
 
 
 def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                         teacher_bias, mask, labels=None, ignore_index=-100) -> torch.Tensor:
+                         teacher_bias, mask, labels=None,
+                         ignore_index=IGNORE_INDEX) -> torch.Tensor:
     """Checks the tensors of a fused-linear distillation loss; returns the mask as bool (from
     ``mask`` or from ``labels != ignore_index``)."""
     check_tensor("student_hidden", student_hidden, ndim=3)
@@ -368,7 +322,7 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
             f"teacher_hidden must have the (B, T) = {tuple(student_hidden.shape[:2])} of "
             f"student_hidden, got shape {tuple(teacher_hidden.shape)}"
         )
-    check_head(weight, bias, student_hidden)
+    ch.check_head(weight, bias, student_hidden)
     if teacher_weight is None:
         if teacher_bias is not None:
             raise ValueError("teacher_bias needs teacher_weight (without a teacher head the "
@@ -381,7 +335,7 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
             )
         check_same_device(("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden))
     else:
-        check_head(teacher_weight, teacher_bias, teacher_hidden,
+        ch.check_head(teacher_weight, teacher_bias, teacher_hidden,
                    names=("teacher_weight", "teacher_bias", "teacher_hidden"))
         if teacher_weight.shape[0] != weight.shape[0]:
             raise ValueError(
@@ -395,56 +349,21 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
     return mask
 
 
-def check_divergence(divergence, jsd_beta) -> float:
-    """The JSD's beta, checked; ``jsd_beta`` set away from its default for another divergence
-    would be silently unused, so that is an error."""
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    jsd_beta = check_unit("jsd_beta", jsd_beta)
-    if divergence != "jsd" and jsd_beta != 0.5:
-        raise ValueError(f"jsd_beta={jsd_beta!r} is used by divergence='jsd' only, got "
-                         f"divergence={divergence!r}; pass divergence='jsd' or drop jsd_beta")
-    return jsd_beta
-
-
-def check_token_weights(token_weights, mask: torch.Tensor) -> torch.Tensor | None:
-    if token_weights is None:
-        return None
-    check_tensor("token_weights", token_weights)
-    if not token_weights.dtype.is_floating_point:
-        raise TypeError(f"token_weights must be a float tensor, got {token_weights.dtype}")
-    if tuple(token_weights.shape) != tuple(mask.shape):
-        raise ValueError(f"token_weights must have shape {tuple(mask.shape)} (the (B, T) of "
-                         f"mask), got {tuple(token_weights.shape)}")
-    check_same_device(("mask", mask), ("token_weights", token_weights))
-    if token_weights.requires_grad:
-        raise ValueError("token_weights must not require grad (they are fixed weights; pass "
-                         "token_weights.detach())")
-    bad = ~torch.isfinite(token_weights) | (token_weights < 0)
-    if bool((bad & mask).any()):  # one host sync, next to the one that finds the valid rows
-        raise ValueError("token_weights must be finite and >= 0 at every valid position")
-    return token_weights
-
-
 # ---------------------------------------------------------------------------- public API
 
 
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
-                teacher_bias, weighting: TokenWeighting, *, divergence: Divergence,
-                jsd_beta: float, temperature: float, reduction: str, chunk_bytes: int,
-                impl: str | None, return_per_token: bool, num_items=None,
-                transform: LogitTransform | None = None):
+                teacher_bias, weighting: TokenWeighting, opts: LossOptions):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
-    impl = resolve_impl(impl, student_hidden, weight)
+    impl = resolve_impl(opts.impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
     t_weight = None if teacher_weight is None else teacher_weight.detach()
-    operands = (operand_dtype(student_hidden, weight),
-                operand_dtype(t_hidden, weight if t_weight is None else t_weight))
-    params = DistillParams(divergence, jsd_beta, temperature, chunk_bytes, impl, operands,
-                           transform or LogitTransform())
+    operands = (ch.operand_dtype(student_hidden, weight),
+                ch.operand_dtype(t_hidden, weight if t_weight is None else t_weight))
+    params = ch.HeadParams(opts, impl, operands)
     tensors = (student_hidden, t_hidden, weight, bias, t_weight,
                None if teacher_bias is None else teacher_bias.detach(), mask)
-    if reduction == "none":
+    if opts.reduction == "none":
         loss, per_token = FusedDistillPerTokenFunction.apply(*tensors, weighting, params)
     else:
         differentiable = torch.is_grad_enabled() and any(
@@ -452,14 +371,17 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
         if differentiable:
             total, per_token = FusedDistillSumFunction.apply(*tensors, weighting, params)
         else:  # evaluation: the 2 projection GEMMs only
-            with no_autocast(student_hidden.device):
+            with ch.no_autocast(student_hidden.device):
                 problem = DistillProblem(*tensors, params)
                 total, d, _ = weighted_sum(problem, weighting, None)
             per_token = problem.dense(d)
-        loss = reduce_total(total, mask, reduction, num_items)
-    return (loss, per_token) if return_per_token else loss
+        loss = opts.reduce_total(total, mask)
+    return (loss, per_token) if opts.return_per_token else loss
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+@shared_doc
 def fused_linear_distill_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -467,17 +389,17 @@ def fused_linear_distill_loss(
     mask: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     divergence: str = "reverse_kl",
-    jsd_beta: float = 0.5,
+    jsd_beta: float = JSD_BETA,
     token_weights: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     teacher_weight: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    temperature: float = 1.0,
+    temperature: float = TEMPERATURE,
     softcap: float | None = None,
-    logit_scale: float = 1.0,
-    reduction: str = "batchmean",
+    logit_scale: float = LOGIT_SCALE,
+    reduction: str = REDUCTION,
     num_items_in_batch: int | torch.Tensor | None = None,
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
@@ -502,8 +424,7 @@ def fused_linear_distill_loss(
         teacher_hidden: (B, T, H_t) of the teacher on the same tokens (never gets a gradient).
         weight: (V, H_s) the student's LM head (gets a gradient, accumulated in fp32).
         mask: (B, T) bool (or 0/1 int/float), True at the positions that count.
-        labels, ignore_index: instead of ``mask``, TRL's and Liger's convention: (B, T)
-            integer labels, valid where ``labels != ignore_index``.
+        {labels}
         divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd".
         jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL);
             with another divergence it must stay at its default.
@@ -512,17 +433,10 @@ def fused_linear_distill_loss(
         teacher_weight, teacher_bias: the teacher's own head (V, H_t) and (V,); default: the
             student's head, detached (then H_t must equal H_s).
         temperature: tau > 0, applied to both sides.
-        softcap, logit_scale: the model's logit transform, applied to both sides' logits
-            inside the stream (before tau): t = logit_scale * z, then softcap * tanh(t /
-            softcap). Pass Gemma 2 / 3n's ``final_logit_softcapping`` as ``softcap`` and
-            Cohere's ``logit_scale``: without them such a model's loss is wrong. A teacher
-            with its own head must have the same transform.
-        reduction: "batchmean" (sum / B, per sequence) | "sum" | "mean" (sum / valid tokens)
-            | "none". TRL's and Liger's losses divide by valid tokens, i.e. our "mean":
-            batchmean = mean * mask.sum() / B.
-        num_items_in_batch: the valid tokens of the whole accumulated batch (int or tensor):
-            returns sum w Div / num_items_in_batch, so that gradient accumulation gives the
-            full batch's "mean" (TRL's convention). Leave ``reduction`` at its default.
+        {logit_transform}
+            Both sides get it: a teacher with its own head must have the same transform.
+        {reduction}
+        {num_items_in_batch}
         return_per_token: also return the detached (B, T) fp32 Div_t, 0 where masked (what a
             trainer logs, without projecting again).
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).
@@ -539,18 +453,14 @@ def fused_linear_distill_loss(
         ...     divergence="jsd", teacher_weight=teacher.lm_head.weight, return_per_token=True)
         >>> loss.backward()
     """
+    opts = LossOptions.check(ignore_index=ignore_index, divergence=divergence,
+                             jsd_beta=jsd_beta, temperature=temperature, softcap=softcap,
+                             logit_scale=logit_scale, reduction=reduction,
+                             num_items_in_batch=num_items_in_batch,
+                             return_per_token=return_per_token, chunk_bytes=chunk_bytes,
+                             impl=impl)
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
-                                teacher_bias, mask, labels, ignore_index)
-    jsd_beta = check_divergence(divergence, jsd_beta)
+                                teacher_bias, mask, labels, opts.ignore_index)
     token_weights = check_token_weights(token_weights, mask)
-    num_items = check_num_items(num_items_in_batch, reduction)
-    softcap, logit_scale = check_transform(softcap, logit_scale)
-    return run_distill(
-        student_hidden, teacher_hidden, weight, mask, bias, teacher_weight, teacher_bias,
-        FixedWeights(token_weights), divergence=resolve_divergence(divergence, jsd_beta),
-        jsd_beta=jsd_beta,
-        temperature=check_temperature(temperature), reduction=check_reduction(reduction),
-        chunk_bytes=check_chunk_bytes(chunk_bytes), impl=impl,
-        return_per_token=check_bool("return_per_token", return_per_token), num_items=num_items,
-        transform=LogitTransform(logit_scale, softcap),
-    )
+    return run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
+                       teacher_bias, FixedWeights(token_weights), opts)

@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._validation import (
-    check_float,
-    check_mask,
-    check_nonneg_number,
-    check_same_device,
-    check_tensor,
-    check_top_k,
-)
+from cord_kernels.core.options import ALPHA, BETA, TOP_K, LossOptions
+from cord_kernels.core.validation import check_float, check_mask, check_same_device, check_tensor
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 def cord_weights(
     kl: torch.Tensor,
     mask: torch.Tensor,
     *,
-    top_k: int = 20,
-    alpha: float = 2.0,
-    beta: float = 2.0,
+    top_k: int = TOP_K,
+    alpha: float = ALPHA,
+    beta: float = BETA,
 ) -> torch.Tensor:
     """CORD per-token weights from per-token divergences.
 
@@ -55,10 +51,13 @@ def cord_weights(
     check_float("kl", kl)
     mask = check_mask(mask, tuple(kl.shape), like="kl")
     check_same_device(("kl", kl), ("mask", mask))
-    top_k = check_top_k(top_k)
-    alpha = check_nonneg_number("alpha", alpha)
-    beta = check_nonneg_number("beta", beta)
+    opts = LossOptions.check(top_k=top_k, alpha=alpha, beta=beta)
+    return checked_cord_weights(kl, mask, opts.top_k, opts.alpha, opts.beta)
 
+
+def checked_cord_weights(kl: torch.Tensor, mask: torch.Tensor, top_k: int, alpha: float,
+                         beta: float) -> torch.Tensor:
+    """:func:`cord_weights` on arguments the caller has checked (the CORD losses)."""
     with torch.no_grad():
         d = kl.detach().float()
         # Rank valid positions by D, largest first. Masked positions sort last (-inf; a valid

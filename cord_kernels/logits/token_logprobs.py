@@ -11,28 +11,27 @@ from dataclasses import dataclass
 
 import torch
 
-from cord_kernels._dispatch import resolve_impl, triton_available
-from cord_kernels._rows import (
+from cord_kernels.core.dispatch import resolve_impl, triton_available
+from cord_kernels.core.options import IGNORE_INDEX, TEMPERATURE, LossOptions
+from cord_kernels.core.rows import (
     block_v,
     check_inplace_backward,
     launch_device,
     num_warps,
     row_view,
 )
-from cord_kernels._validation import (
-    check_inplace_backward_option,
+from cord_kernels.core.torch_path import TorchLogprobFunction
+from cord_kernels.core.validation import (
     check_labels,
     check_logits,
     check_same_device,
-    check_temperature,
 )
-from cord_kernels.torch_path import TorchLogprobFunction
 
 if triton_available():
     import triton
     import triton.language as tl
 
-    from cord_kernels._row_lse import row_lse
+    from cord_kernels.core.row_lse import row_lse
 
     @triton.jit
     def _logprob_fwd_kernel(
@@ -152,8 +151,8 @@ def _(x, labels, lse, grad_rows, temperature, ignore_index, dx):
 
 @dataclass(frozen=True)
 class LogprobParams:
-    temperature: float = 1.0
-    ignore_index: int = -100
+    temperature: float = TEMPERATURE
+    ignore_index: int = IGNORE_INDEX
     inplace_backward: bool = False
 
 
@@ -177,12 +176,14 @@ class TokenLogprobsFunction(torch.autograd.Function):
         return dx, None, None
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
 def token_logprobs(
     logits: torch.Tensor,
     labels: torch.Tensor,
     *,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
+    temperature: float = TEMPERATURE,
+    ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     impl: str | None = None,
 ) -> torch.Tensor:
@@ -208,10 +209,9 @@ def token_logprobs(
     check_logits("logits", logits)
     check_labels(labels, tuple(logits.shape[:-1]))
     check_same_device(("logits", logits), ("labels", labels))
-    temperature = check_temperature(temperature)
-    check_inplace_backward_option(inplace_backward, impl)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    opts = LossOptions.check(temperature=temperature, ignore_index=ignore_index,
+                             inplace_backward=inplace_backward, impl=impl)
+    temperature, ignore_index = opts.temperature, opts.ignore_index
     if resolve_impl(impl, logits) == "torch":
         return TorchLogprobFunction.apply(logits, labels, temperature, ignore_index).float()
     check_inplace_backward("logits", logits, inplace_backward)

@@ -20,20 +20,14 @@ comes from ``support_logprobs``' streamed backward.
 
 from __future__ import annotations
 
-import enum
-
 import torch
+
+from cord_kernels.core.options import Tail
 
 # TRL's _add_tail_bucket: log(sum) is clamped to this, so the tail is >= 1 - exp(-1e-7).
 TAIL_LOG_SUM_MAX = -1e-7
 
 
-class Tail(str, enum.Enum):
-    BUCKET = "bucket"
-    RENORMALIZE = "renormalize"
-
-
-TAILS = tuple(t.value for t in Tail)
 
 
 def _masked_lse(x: torch.Tensor, valid: torch.Tensor, any_valid: torch.Tensor) -> torch.Tensor:
@@ -73,7 +67,7 @@ def support_divergence(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, *,
     """(...) Div between the student's and the teacher's distributions on the support.
 
     ``divergence``: "forward_kl" | "reverse_kl" | "jsd" (``jsd_beta`` in (0, 1)); pass the JSD
-    at jsd_beta 0 / 1 as the KLs (``tile_divergence.resolve_divergence``)."""
+    at jsd_beta 0 / 1 as the KLs (``core/options.resolve_divergence``)."""
     log_p, log_q, support = support_distributions(a, b, valid, tail)
     # Off the support every term is 0: zeros there keep inf - inf out of values and gradients.
     log_p = torch.where(support, log_p, 0.0)

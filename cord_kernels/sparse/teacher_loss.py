@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import torch
 
-from cord_kernels._dispatch import resolve_impl
-from cord_kernels._rows import check_inplace_backward
-from cord_kernels._validation import check_bool, check_logits, check_mask
-from cord_kernels.fused_distill import check_token_weights
-from cord_kernels.sparse_options import check_sparse_options, check_topk_pair, reduce_sparse
-from cord_kernels.support_divergence import support_divergence
-from cord_kernels.support_logprobs import support_logprobs
+from cord_kernels.core.dispatch import resolve_impl
+from cord_kernels.core.doc import shared_doc
+from cord_kernels.core.options import JSD_BETA, REDUCTION, TAIL, TEMPERATURE, LossOptions
+from cord_kernels.core.rows import check_inplace_backward
+from cord_kernels.core.validation import check_logits, check_mask, check_token_weights
+from cord_kernels.sparse.inputs import check_topk_pair, reduce_sparse
+from cord_kernels.sparse.support_divergence import support_divergence
+from cord_kernels.sparse.support_logprobs import support_logprobs
 
 
+# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
+# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+@shared_doc
 def sparse_teacher_loss(
     student_logits: torch.Tensor,
     teacher_topk_logprobs: torch.Tensor,
@@ -28,11 +32,11 @@ def sparse_teacher_loss(
     mask: torch.Tensor,
     *,
     divergence: str = "forward_kl",
-    jsd_beta: float = 0.5,
-    tail: str = "bucket",
+    jsd_beta: float = JSD_BETA,
+    tail: str = TAIL,
     token_weights: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    reduction: str = "batchmean",
+    temperature: float = TEMPERATURE,
+    reduction: str = REDUCTION,
     return_per_token: bool = False,
     num_items_in_batch: int | torch.Tensor | None = None,
     inplace_backward: bool = False,
@@ -62,12 +66,11 @@ def sparse_teacher_loss(
         tail: "bucket" | "renormalize".
         token_weights: None or (B, T) float >= 0 without grad.
         temperature: tau > 0 on the student's logits.
-        reduction: "batchmean" | "sum" | "mean" | "none".
+        {reduction}
         return_per_token: also return the detached (B, T) fp32 Div_t (0 where masked).
-        num_items_in_batch: int or tensor; overrides the reduction with sum / n.
-        inplace_backward: Triton path only: write the gradient into ``student_logits``' storage
-            (garbage afterwards). Ignored by the torch path.
-        impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
+        {num_items_in_batch}
+        {inplace_backward}
+        {impl}
 
     Returns:
         the fp32 loss (scalar, or (B, T) for "none"), or ``(loss, per_token)``.
@@ -83,12 +86,14 @@ def sparse_teacher_loss(
         raise ValueError(f"student_logits must be (B, T, V), got {tuple(student_logits.shape)}")
     B, T, V = student_logits.shape
     mask = check_mask(mask, (B, T), like="student_logits")
-    opts = check_sparse_options(divergence, jsd_beta, tail, temperature, reduction,
-                                return_per_token, num_items_in_batch)
+    opts = LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
+                             temperature=temperature, reduction=reduction,
+                             return_per_token=return_per_token,
+                             num_items_in_batch=num_items_in_batch,
+                             inplace_backward=inplace_backward, impl=impl)
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), V,
                             mask.to(student_logits.device))
     token_weights = check_token_weights(token_weights, mask)
-    check_bool("inplace_backward", inplace_backward)
     impl = resolve_impl(impl, student_logits)
     if impl == "triton":
         check_inplace_backward("student_logits", student_logits, inplace_backward)

@@ -1,0 +1,1 @@
+"""Logits in (..., V): the row-streaming kernels and the losses built on them."""
