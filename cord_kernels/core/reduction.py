@@ -18,6 +18,17 @@ from __future__ import annotations
 import torch
 
 
+def nonnegative(d: torch.Tensor) -> torch.Tensor:
+    """``d`` with its entries below 0 read as 0, the gradient passing through unchanged.
+
+    A divergence (KL, JSD, on the full vocabulary or a support) is >= 0 in exact arithmetic;
+    where p = q to fp32 precision its rounding can land at about -1e-6, and a caller checking
+    the sign (``cord analyze``'s rollouts) would stop there, after hours of training. Every
+    per-row divergence a loss returns goes through this where it is produced; the gradients
+    are formed from the unclamped statistics."""
+    return d + (d.clamp_min(0.0) - d).detach()
+
+
 def reduce_total(total: torch.Tensor, mask: torch.Tensor, reduction: str,
                  num_items=None) -> torch.Tensor:
     """Reduces the scalar ``total`` = sum_t w_t D_t over a (B, T) ``mask`` (not "none");

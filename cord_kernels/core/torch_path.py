@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels import settings
+from cord_kernels.core.reduction import nonnegative
 
 # Row blocks of the torch path's elementwise math hold about this many elements per tensor
 # (~1.5 MB of fp32): the two tiles' blocks and their temporaries fit in a 4 MB L2.
@@ -119,7 +120,7 @@ class TorchKLDivFunction(torch.autograd.Function):
             with torch.no_grad():
                 d, lse_x, lse_y = _compiled(_kl_stats)(x, y, row_mask, temperature)
             ctx.save_for_backward(x, y, row_mask, lse_x, lse_y, d)
-            return d
+            return nonnegative(d)
         with torch.no_grad():
             log_px = torch.log_softmax(_scaled(x, temperature), dim=-1)
             log_py = torch.log_softmax(_scaled(y, temperature), dim=-1)
@@ -132,7 +133,7 @@ class TorchKLDivFunction(torch.autograd.Function):
             if row_mask is not None:
                 d = torch.where(row_mask, d, 0.0)
         ctx.save_for_backward(px, diff, d, py, row_mask)
-        return d
+        return nonnegative(d)
 
     @staticmethod
     def backward(ctx, grad_d):
@@ -233,7 +234,7 @@ class TorchJSDFunction(torch.autograd.Function):
         ctx.save_for_backward(p if need_x else None, diff_p if need_x else None, k_p,
                               q if need_y else None, diff_q if need_y else None, k_q)
         ctx.beta, ctx.temperature = beta, temperature
-        return d
+        return nonnegative(d)
 
     @staticmethod
     def backward(ctx, grad_d):

@@ -55,6 +55,7 @@ from cord_kernels.core.options import (
     TEMPERATURE,
     LossOptions,
 )
+from cord_kernels.core.reduction import nonnegative
 from cord_kernels.core.validation import (
     check_float,
     check_mask_or_labels,
@@ -180,7 +181,7 @@ class DistillProblem(ch.HeadProblem):
         d = torch.empty(self.n_valid, dtype=torch.float32, device=self.device)
         for lo, hi in self.spans():
             s, u, _ = self.logits(self.index[lo:hi])
-            d[lo:hi] = self.divergence.stats(s, u, want_grad=False).d
+            d[lo:hi] = nonnegative(self.divergence.stats(s, u, want_grad=False).d)
         return d
 
     def backprop_rows(self, pos: torch.Tensor | None, g: torch.Tensor, grads: ch.Grads) -> None:
@@ -219,7 +220,7 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: ch.G
         s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
         factor = None if grads is None else problem.grad_factor(s)
         state = problem.divergence.stats(s, u, want_grad=grads is not None)
-        d = state.d.float()
+        d = nonnegative(state.d.float())  # the gradient was formed from state, unclamped
         d_all[c.row_lo:c.row_hi] = d
         w = weighting.chunk_weights(problem, d, c)
         if not c.whole:

@@ -33,6 +33,7 @@ import torch
 
 from cord_kernels.core.dispatch import Impl, resolve_impl, triton_available
 from cord_kernels.core.options import JSD_BETA, TEMPERATURE, LossOptions
+from cord_kernels.core.reduction import nonnegative
 from cord_kernels.core.rows import (
     block_v,
     launch_device,
@@ -273,7 +274,7 @@ class JSDFunction(torch.autograd.Function):
         d, stats = _jsd_fwd_op(x, y, params.beta, params.temperature)
         ctx.save_for_backward(x, y, stats)
         ctx.params = params
-        return d.view(x.shape[:-1])
+        return nonnegative(d.view(x.shape[:-1]))
 
     @staticmethod
     def backward(ctx, grad_d):

@@ -22,6 +22,7 @@ import torch
 
 from cord_kernels.core.dispatch import resolve_impl, triton_available
 from cord_kernels.core.options import TEMPERATURE, LossOptions
+from cord_kernels.core.reduction import nonnegative
 from cord_kernels.core.rows import (
     block_v,
     check_inplace_backward,
@@ -272,7 +273,7 @@ class KLDivFunction(torch.autograd.Function):
         d, lse_x, lse_y = _kl_fwd_op(x, y, row_mask, params.temperature)
         ctx.save_for_backward(x, y, lse_x, lse_y, d)
         ctx.params = params
-        return d.view(x.shape[:-1])
+        return nonnegative(d.view(x.shape[:-1]))
 
     @staticmethod
     def backward(ctx, grad_d):

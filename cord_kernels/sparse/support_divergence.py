@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from cord_kernels.core.options import Tail
+from cord_kernels.core.reduction import nonnegative
 
 # TRL's _add_tail_bucket: log(sum) is clamped to this, so the tail is >= 1 - exp(-1e-7).
 TAIL_LOG_SUM_MAX = -1e-7
@@ -75,12 +76,12 @@ def support_divergence(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, *,
     p = torch.where(support, log_p.exp(), 0.0)
     q = torch.where(support, log_q.exp(), 0.0)
     if divergence == "forward_kl":
-        return _kl_terms(log_q, q, log_p)
+        return nonnegative(_kl_terms(log_q, q, log_p))
     if divergence == "reverse_kl":
-        return _kl_terms(log_p, p, log_q)
+        return nonnegative(_kl_terms(log_p, p, log_q))
     m = (1.0 - jsd_beta) * p + jsd_beta * q
     # TRL's server path takes log M of M clamped to the smallest normal (M > 0 on the support
     # unless both sides underflow).
     log_m = torch.where(support, m.clamp_min(torch.finfo(m.dtype).tiny).log(), 0.0)
-    return (jsd_beta * _kl_terms(log_q, q, log_m)
-            + (1.0 - jsd_beta) * _kl_terms(log_p, p, log_m))
+    return nonnegative(jsd_beta * _kl_terms(log_q, q, log_m)
+                       + (1.0 - jsd_beta) * _kl_terms(log_p, p, log_m))
