@@ -11,7 +11,7 @@ from helpers import TOL, rel_err
 
 import cord_kernels
 from cord_kernels import reference as ref
-from cord_kernels import torch_path
+from cord_kernels.core import torch_path
 from cord_kernels.core.torch_path import TorchKLDivFunction, TorchLogprobFunction
 
 

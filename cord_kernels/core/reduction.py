@@ -26,7 +26,9 @@ def nonnegative(d: torch.Tensor) -> torch.Tensor:
     the sign (``cord analyze``'s rollouts) would stop there, after hours of training. Every
     per-row divergence a loss returns goes through this where it is produced; the gradients
     are formed from the unclamped statistics."""
-    return d + (d.clamp_min(0.0) - d).detach()
+    # where() rather than d + (clamp(d) - d).detach(): an infinite KL (teacher -inf where the
+    # student has mass) must stay inf, and inf - inf would make it NaN
+    return torch.where(d < 0, d - d.detach(), d)
 
 
 def reduce_total(total: torch.Tensor, mask: torch.Tensor, reduction: str,
