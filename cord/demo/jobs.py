@@ -134,7 +134,8 @@ def identity(ctx: Context, job: Job) -> dict[str, Any]:
     """What makes a job's result: its settings, the task's and the budget's (JSON-normal).
     A saved result is reused only when this is identical."""
     fields = {k: v for k, v in asdict(job).items() if k not in ("scratch", "save_to")}
-    blob = {"job": fields, "task": {"type": type(ctx.task).__name__, **asdict(ctx.task)},
+    config = ctx.task.config  # the task's configuration names it (not the wrapper class)
+    blob = {"job": fields, "task": {"type": type(config).__name__, **asdict(config)},
             "post": asdict(ctx.post), "base": str(ctx.base_path)}
     return json.loads(json.dumps(blob, default=str))
 
