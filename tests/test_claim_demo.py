@@ -13,6 +13,7 @@ from cord.demo import claim_demo as C
 from cord.demo import claim_report as CR
 from cord.demo import jobs as J
 from cord.demo.claim_report import BOUNDS, flags, preconditions, summarize
+from cord.demo.tasks import ClaimTask
 from cord.demo.verdict import BEST_IMITATION, METRICS, assess_power, verdict
 from cord.eval.evaluate import gap_reduction as mean_gap_reduction
 from cord.eval.stats import PairedItemBootstrap, gap_reduction
@@ -142,7 +143,7 @@ def test_preconditions_name_value_bound_and_ok():
     values = {"teacher_accuracy": 0.6, "base_audio_over_text": 0.9, "late_first_errors": 0.5,
               "teacher_at_error": 0.2, "retention_base": 0.8, "transfer_base_gap": 0.15}
     pre = preconditions(values)
-    assert set(pre) == set(BOUNDS)
+    assert set(pre) == set(BOUNDS) and "late_first_errors" not in pre  # reported, not bounded
     assert [k for k, p in pre.items() if not p["ok"]] == [
         "base_audio_over_text", "teacher_at_error", "transfer_base_gap"]
 
@@ -288,7 +289,8 @@ def test_a_failed_job_keeps_every_other_result(tmp_path, monkeypatch):
     """One job raising (as the -1e-6 KL check once did after seven minutes) costs that job
     only: the others' results are saved, and the error names the job."""
     quick = C.settings("quick")
-    ctx = J.Context(quick["task"], quick["post"], tmp_path / "base", tmp_path / "cache")
+    ctx = J.Context(ClaimTask(quick["task"]), quick["post"], tmp_path / "base",
+                    tmp_path / "cache")
     jobs = [J.Job(m, 0, 1e-4, tmp_path / "scratch" / f"a-{m}-0") for m in ("sft", "fkl")]
 
     def fake(ctx, job):
@@ -302,7 +304,7 @@ def test_a_failed_job_keeps_every_other_result(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "jobs").iterdir()] == ["a-sft-0.json"]
     # read back with the same identity; another identity reruns
     assert J.load_result(tmp_path / "jobs" / "a-sft-0.json", J.identity(ctx, jobs[0]))
-    other = J.Context(quick["task"], C.CLAIM_POST, ctx.base_path, ctx.cache_dir)
+    other = J.Context(ctx.task, C.CLAIM_POST, ctx.base_path, ctx.cache_dir)
     assert J.load_result(tmp_path / "jobs" / "a-sft-0.json", J.identity(other, jobs[0])) is None
 
 

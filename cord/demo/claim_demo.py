@@ -50,6 +50,7 @@ from cord.demo.claim_task import (
     pretrain_claim,
 )
 from cord.demo.gap_task import SlottedSpeech, default_cache_dir, load_base, pretrained_base
+from cord.demo.tasks import ClaimTask
 from cord.demo.verdict import VERDICT_RULE
 from cord.eval.analyze import save_rollouts
 from cord.eval.stats import PairedItemBootstrap, ci95
@@ -266,7 +267,8 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     _say(f"verdict rule (fixed before any result): {VERDICT_RULE}")
     _say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
          "--cache-dir or the CORD_CACHE variable moves it)")
-    splits = J.task_splits(task, cache_dir)
+    claim = ClaimTask(task)
+    splits = J.task_splits(claim, cache_dir)
     timings["speech"] = time.perf_counter() - t
     _say(f"task: the text side learns column arithmetic from {task.text_questions} worked "
          f"examples; {len(splits['pool'])} fresh questions form the distillation pool; "
@@ -279,7 +281,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     timings["pretrain"] = time.perf_counter() - t
     _say(f"base: {sum(p.numel() for p in base.model.parameters()) / 1e3:.0f}k parameters, "
          f"{source} ({base_path})")
-    ctx = J.Context(task, post, base_path, cache_dir)
+    ctx = J.Context(claim, post, base_path, cache_dir)
     ident = {"task": asdict(task), "post": asdict(post), "base": str(base_path)}
 
     # 1. The shared rate, from the positive control alone.
@@ -314,7 +316,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         rollouts, kl = CM.kl_by_correctness(base, splits["eval"][: CM.KL_ITEMS], post)
         save_rollouts(rollouts, out / "base_rollouts.jsonl")
         return {**measured, "kl": kl, "curves_base": CM.curve_scores(base, splits, post),
-                "grad_norms": M.loss_gradient_norms(base, J.training_records(task, splits),
+                "grad_norms": M.loss_gradient_norms(base, claim.training_records(splits, "sft"),
                                                     post)}
 
     measured = _cached(jobs_dir / "base.json", ident, measure_base)

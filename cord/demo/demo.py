@@ -41,6 +41,7 @@ from cord.demo import measure as M
 from cord.demo import posttrain as P
 from cord.demo import report as R
 from cord.demo.gap_task import QUICK, GapTaskConfig, default_cache_dir, pretrained_base
+from cord.demo.tasks import OperandsTask
 from cord.eval.analyze import analyze_rollouts, save_rollouts
 from cord.eval.stats import paired_bootstrap
 
@@ -183,7 +184,7 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
 
     _say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
          "--cache-dir or the CORD_CACHE variable moves it)")
-    splits = J.task_splits(task, cache_dir)
+    splits = J.task_splits(OperandsTask(task), cache_dir)
     timings["speech"] = time.perf_counter() - t
     _say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
          f"spoken QA on {len(splits['audio_qa'])}; the other {len(splits['distill'])} are the "
@@ -196,7 +197,7 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     timings["pretrain"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in base.model.parameters())
     _say(f"base: {n_params / 1e3:.0f}k parameters, {source} ({base_path})")
-    ctx = J.Context(task, post, base_path, cache_dir)
+    ctx = J.Context(OperandsTask(task), post, base_path, cache_dir)
 
     t = time.perf_counter()
     base_val = P.accuracies(base, splits["val"], max_new_tokens=post.max_completion_length)

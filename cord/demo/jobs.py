@@ -27,12 +27,9 @@ from typing import Any
 
 import torch
 
-from cord.demo import claim_measure as CM
-from cord.demo import measure as M
-from cord.demo.claim_task import ClaimTaskConfig, attach_claim_audio, make_claim_splits
-from cord.demo.gap_task import GapTaskConfig, SlottedSpeech, attach_audio, load_base, make_splits
-from cord.demo.methods import METHODS
-from cord.demo.posttrain import PostTrainConfig, accuracies, post_train
+from cord.demo.gap_task import load_base
+from cord.demo.posttrain import PostTrainConfig, post_train
+from cord.demo.task import Task
 
 
 @dataclass(frozen=True)
@@ -60,38 +57,21 @@ class Job:
 
 @dataclass(frozen=True)
 class Context:
-    task: GapTaskConfig | ClaimTaskConfig
+    task: Task
     post: PostTrainConfig
     base_path: Path
     cache_dir: Path | None
 
 
-_SPLITS: dict[GapTaskConfig, dict[str, list]] = {}
+_SPLITS: dict[Task, dict[str, list]] = {}
 _BASES: dict[Path, Any] = {}
 
 
-def task_splits(task: GapTaskConfig | ClaimTaskConfig, cache_dir) -> dict[str, list]:
+def task_splits(task: Task, cache_dir) -> dict[str, list]:
     """The task's splits with audio (once per process)."""
     if task not in _SPLITS:
-        speech = SlottedSpeech(slot_seconds=task.slot_seconds, rate=task.tts_rate,
-                               cache_dir=cache_dir)
-        if isinstance(task, ClaimTaskConfig):
-            _SPLITS[task] = attach_claim_audio(make_claim_splits(task), task, speech)
-        else:
-            splits = make_splits(task)
-            _SPLITS[task] = {k: v if k == "text_only" else attach_audio(v, speech)
-                             for k, v in splits.items()}
+        _SPLITS[task] = task.build_splits(cache_dir)
     return _SPLITS[task]
-
-
-def training_records(task, splits: dict[str, list], method: str = "sft") -> list[dict]:
-    """The unlabelled paired prompts ``method`` post-trains on (every competitor: the same
-    pool). The claim task's carry the gold worked chain as ``answer``, which only the gold-SFT
-    controls read; the transfer control's are spoken comparisons (``Method.data``)."""
-    if isinstance(task, ClaimTaskConfig):
-        return [{"id": r["id"], "text": r["text"], "audio": r["audio"], "answer": r["worked"]}
-                for r in splits[METHODS[method].data]]
-    return [{k: r[k] for k in ("id", "text", "audio")} for r in splits["distill"]]
 
 
 def _base(path: Path):
@@ -103,21 +83,18 @@ def _base(path: Path):
 def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     """Post-trains a copy of the base and measures it; returns ``{method, seed, tokens,
     scores?, val?, curve?, kl_after?}``."""
-    splits = task_splits(ctx.task, ctx.cache_dir)
+    task = ctx.task
+    splits = task_splits(task, ctx.cache_dir)
     base = _base(ctx.base_path)
     post = ctx.post if job.eval_every is None else replace(ctx.post, eval_every=job.eval_every)
-    claim = isinstance(ctx.task, ClaimTaskConfig)
     curve: list[dict[str, float]] = []
-    hook = None
-    if job.curve:
-        hook = (CM.curve_hook(curve, splits, post, post.eval_every) if claim else
-                M.curve_hook(curve, splits["val"][: M.CURVE_ITEMS], post, post.eval_every))
+    hook = task.curve_hook(curve, splits, post) if job.curve else None
     # The trainer's own lines (its start line, the last step's metrics) would interleave
     # across workers without naming the job; the demo prints one line per job instead, and
     # the metrics stay in the job's scratch metrics.jsonl.
     with contextlib.redirect_stdout(io.StringIO()):
         adapter, tokens = post_train(base, job.method,
-                                     training_records(ctx.task, splits, job.method),
+                                     task.training_records(splits, job.method),
                                      post, learning_rate=job.learning_rate, seed=job.seed,
                                      output_dir=job.scratch, max_steps=job.max_steps,
                                      on_step_end=hook)
@@ -125,17 +102,11 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     if job.curve:
         out["curve"] = curve
     if job.score:
-        out["scores"] = (CM.score_claim_model(adapter, splits, post) if claim
-                         else M.score_model(adapter, splits, post))
-    elif claim:
-        out["val"] = CM.validation_scores(adapter, splits, post)
+        out["scores"] = task.score(adapter, splits, post)
     else:
-        out["val"] = accuracies(adapter, splits["val"], max_new_tokens=post.max_completion_length)
+        out["val"] = task.validate(adapter, splits, post)
     if job.kl_threshold is not None:
-        out["kl_after"] = (CM.kl_by_correctness(adapter, splits["eval"][: CM.KL_ITEMS], post)[1]
-                           if claim else
-                           M.kl_profile(adapter, splits["eval"][: M.KL_ITEMS], post,
-                                        threshold=job.kl_threshold)[1])
+        out["kl_after"] = task.kl_profile(adapter, splits, post, job.kl_threshold)
     if job.save_to is not None:
         job.save_to.mkdir(parents=True, exist_ok=True)
         adapter.model.save_pretrained(job.save_to)
@@ -163,7 +134,8 @@ def identity(ctx: Context, job: Job) -> dict[str, Any]:
     """What makes a job's result: its settings, the task's and the budget's (JSON-normal).
     A saved result is reused only when this is identical."""
     fields = {k: v for k, v in asdict(job).items() if k not in ("scratch", "save_to")}
-    blob = {"job": fields, "task": {"type": type(ctx.task).__name__, **asdict(ctx.task)},
+    config = ctx.task.config  # the task's configuration names it (not the wrapper class)
+    blob = {"job": fields, "task": {"type": type(config).__name__, **asdict(config)},
             "post": asdict(ctx.post), "base": str(ctx.base_path)}
     return json.loads(json.dumps(blob, default=str))
 
