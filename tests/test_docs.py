@@ -222,6 +222,7 @@ CLAIM_PAGE_NUMBERS = {
     "55": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
     "300": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
     "20": "the paper's K", "95": "the CI level", "0": "seed 0",
+    "10": "claim_measure.LATE_TOKEN, where late_first_errors starts counting",
 }
 
 

@@ -259,6 +259,9 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     jobs_dir, scratch = out / "jobs", out / ".scratch"
     if not resume and jobs_dir.exists():
         shutil.rmtree(jobs_dir)  # a new run: nothing of an earlier one is reused
+    earlier = None  # a resumed run keeps the wall times of the invocation it finishes
+    if resume and (out / "results.json").is_file():
+        earlier = json.loads((out / "results.json").read_text()).get("timings_s")
     (out / RUN_FILE).write_text(json.dumps(
         {"mode": mode, "seeds": list(seeds), "methods": list(methods),
          "save_models": save_models, "command": command}, indent=1))
@@ -373,7 +376,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
                           "teacher_recovery": measured["teacher_recovery"]},
         "kl": {"base": measured["kl"], "after": kl_after}, "curves": curves,
         "curves_base": measured["curves_base"], "loss_gradient_norms": measured["grad_norms"],
-        "per_seed": scores_all, "timings_s": timings,
+        "per_seed": scores_all, "timings_s": timings, "timings_s_earlier": earlier,
         "setting": setting_text(task, post, seeds, rate), "command": command,
         "environment": (f"Python {platform.python_version()}, torch {torch.__version__}, "
                         f"{platform.processor() or platform.machine()} ({cpu_name()}), "

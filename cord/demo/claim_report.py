@@ -436,8 +436,8 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
         lines += ["Gradient norms on the base (mean over 4 micro-batches; reported, not "
                   "rebalanced): " + ", ".join(f"{k} {v:.3g}" for k, v in g.items()), ""]
     lines += [f"![{f.stem}]({f.name})" for f in figs]
-    t = results["timings_s"]
-    lines += ["", f"Wall time {t['total'] / 60:.1f} min ("
+    t = results.get("timings_s_earlier") or results["timings_s"]
+    lines += ["", f"Wall time {wall_time(results)} (the run that trained: "
               + ", ".join(f"{k} {v:.0f} s" for k, v in t.items() if k != "total")
               + f"); {results['environment']}."]
     (out / "README.md").write_text("\n".join(lines) + "\n")
@@ -478,10 +478,19 @@ def readme_block(results: dict[str, Any], run_dir: str) -> str:
               paired_table(results["paired"]["a"]),
               f"Full report, per-seed numbers, the learning-rate grid and the plots: "
               f"[{run_dir}/README.md]({run_dir}/README.md) "
-              f"(`{results.get('command', 'cord demo')}`, "
-              f"{results['timings_s']['total'] / 60:.1f} min). "
+              f"(`{results.get('command', 'cord demo')}`, {wall_time(results)}). "
               f"![claim]({run_dir}/claim.png)"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def wall_time(results: dict[str, Any]) -> str:
+    """The run's wall time; for a resumed run, the earlier invocation's beside this one's."""
+    now = results["timings_s"]["total"] / 60
+    earlier = results.get("timings_s_earlier")
+    if not earlier:
+        return f"{now:.1f} min"
+    return (f"{earlier['total'] / 60:.1f} min, then {now:.1f} min to finish it with "
+            "`cord demo --resume`")
 
 
 def _value(v) -> str:
