@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cord.data.records import read_records
+from cord.data.sources import read_records
 from cord.data.spoken_math import to_spoken
 from cord.data.tts import get_engine
 

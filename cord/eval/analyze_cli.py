@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 
 from cord.data.records import is_jsonl, read_jsonl
+from cord.divergence import HIGH_KL_PERCENTILE, check_percentile
 from cord.eval.evaluate_cli import check_generation
-
-HIGH_KL_PERCENTILE = 80.0  # the paper's threshold between "pivotal" and aligned tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check of ``args`` that needs no model; raises naming the option."""
-    if not 0 < args.percentile < 100:
-        raise ValueError(f"--percentile must be in (0, 100), got {args.percentile}")
+    check_percentile(args.percentile, "--percentile")
     if args.rollouts:
         if not Path(args.rollouts).is_file():
             raise FileNotFoundError(f"--rollouts {args.rollouts}: no such file; pass the "

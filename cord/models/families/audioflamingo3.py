@@ -24,7 +24,8 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from cord.models.adapter import ChatAdapter, PromptBatch, _find, unwrap_model
+from cord.data.paired import AudioLimit
+from cord.models.adapter import ChatAdapter, PromptBatch, find_submodule, unwrap_model
 from cord.models.families import load_checked, with_blocks
 from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer
 
@@ -72,23 +73,23 @@ class Adapter(ChatAdapter):
         self.window_seconds = float(processor.feature_extractor.chunk_length)
         self.max_windows = int(processor.max_audio_len // processor.feature_extractor.chunk_length)
 
+    def chunked_limit(self) -> AudioLimit:
+        return AudioLimit(self.max_windows * self._window_samples(),
+                          f"more than {self.family}'s {self.max_windows} windows of "
+                          f"{self.window_seconds:g} s (the processor would cut it); shorten the "
+                          "clip")
+
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
-        window = round(self.window_seconds * self.sampling_rate)
+        window = self._window_samples()
         windows = [max(1, math.ceil(w.size / window)) for w in waves]
-        for i, n in enumerate(windows):
-            if n > self.max_windows:
-                raise ValueError(
-                    f"audios[{i}] is {waves[i].size / self.sampling_rate:.1f} s long: more than "
-                    f"{self.family}'s {self.max_windows} windows of {self.window_seconds:g} s "
-                    f"(the processor would cut it); shorten the clip")
         batch = self._encode(texts, waves)
         batch.row_keys = tuple(k for k in ROW_KEYS if k in batch.model_kwargs)
         batch.item_rows = torch.tensor(windows)
         return batch
 
     def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(_find(model, "audio_tower"), "forward"),
-                (_find(model, "multi_modal_projector"), "forward")]
+        return [(find_submodule(model, "audio_tower"), "forward"),
+                (find_submodule(model, "multi_modal_projector"), "forward")]
 
 
 def load(path: Path):

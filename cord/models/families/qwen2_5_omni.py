@@ -120,6 +120,9 @@ class Adapter(ChatAdapter):
                              "audio and text are supported")
         return PromptBatch(enc["input_ids"], enc["attention_mask"], extra)
 
+    def chunked_limit(self) -> None:  # the family's own chunking takes any length
+        return None
+
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
         return self._encode(texts, waves, whole=chunk)
 

@@ -32,7 +32,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from cord.models.adapter import ChatAdapter, PromptBatch, _find, unwrap_model
+from cord.models.adapter import ChatAdapter, PromptBatch, find_submodule, unwrap_model
 from cord.models.families import load_checked, with_blocks
 from cord.models.tiny import build_tiny_tokenizer
 
@@ -87,6 +87,9 @@ class Adapter(ChatAdapter):
         enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         return PromptBatch(enc["input_ids"], enc["attention_mask"])
 
+    def chunked_limit(self) -> None:  # the family's own chunking takes any length
+        return None
+
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
         fe = self.processor.feature_extractor
         window = fe.n_samples
@@ -105,8 +108,8 @@ class Adapter(ChatAdapter):
         return batch
 
     def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(_find(model, "audio_tower"), "forward"),
-                (_find(model, "multi_modal_projector"), "forward")]
+        return [(find_submodule(model, "audio_tower"), "forward"),
+                (find_submodule(model, "multi_modal_projector"), "forward")]
 
 
 def load(path: Path):
