@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MalformedLine", "scan_jsonl", "read_jsonl", "is_jsonl", "malformed_error",
-           "SKIP_MALFORMED_HINT"]
+__all__ = ["ON_BAD_RECORD", "MalformedLine", "scan_jsonl", "read_jsonl", "is_jsonl",
+           "malformed_error", "SKIP_MALFORMED_HINT"]
 
+#: What ``cord train`` does with a bad record (``on_bad_record``; ``cord.data.validate``).
+ON_BAD_RECORD = ("error", "skip")
 #: What ``cord train`` can do about malformed lines besides fixing them.
 SKIP_MALFORMED_HINT = "fix the file, or set on_bad_record=skip to train on the other lines"
 

@@ -45,15 +45,13 @@ from cord.data.paired import (
     open_encoded,
     output_features,
 )
-from cord.data.records import SKIP_MALFORMED_HINT, MalformedLine, malformed_error
+from cord.data.records import ON_BAD_RECORD, SKIP_MALFORMED_HINT, MalformedLine, malformed_error
 from cord.data.sources import is_record_list
 
 __all__ = ["BAD_RECORDS_FILE", "ON_BAD_RECORD", "BadRecord", "load_paired_checked",
            "bad_record_limit"]
 
 BAD_RECORDS_FILE = "bad_records.jsonl"
-ON_BAD_RECORD = ("error", "skip")
-
 #: (substring of a decoder's message, short kind for the summary), first match wins.
 _KINDS = (
     ("does not exist", "missing audio file"),

@@ -377,7 +377,8 @@ def run_checked(args: argparse.Namespace) -> int:
     if args.rollouts:
         rollouts = load_rollouts(args.rollouts)
     else:
-        adapter = build_adapter(args.model, device=resolve_device(args.device))
+        adapter = build_adapter(args.model, system_prompt=args.system_prompt,
+                                long_audio=args.long_audio, device=resolve_device(args.device))
         sr = int(getattr(adapter, "sampling_rate", 16_000))
         items = load_items(args.data, limit=args.limit, sampling_rate=sr)
         rollouts = rollout_kl(

@@ -418,7 +418,8 @@ def run_checked(args: argparse.Namespace, data: Mapping[str, str]) -> int:
     """``cord eval`` once :func:`cord.eval.evaluate_cli.check_args` has checked ``args`` and
     given the benchmarks ``data`` (name -> path)."""
     device = resolve_device(args.device)  # a CUDA device that is not there fails here
-    adapter = build_adapter(args.model, system_prompt=args.system_prompt, device=device)
+    adapter = build_adapter(args.model, system_prompt=args.system_prompt,
+                            long_audio=args.long_audio, device=device)
     print(f"cord eval: {args.model} on {device}")
     trained = training_info(args.model)
     if trained is not None:

@@ -54,12 +54,10 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import Qwen2AudioForConditionalGeneration
 
 from cord.data.paired import AudioLimit, resample
+from cord.models.encoder_reuse import shared_calls
 from cord.models.generation import only_generation_config, sampling_config
-from cord.models.sharding import bypassed_lm_head, gathered_parameters
-from cord.models.sharing import shared_calls
-
-#: What ``audio_prompts`` does with a clip longer than the family's window.
-LONG_AUDIO = ("error", "chunk")
+from cord.models.options import MODEL_OPTIONS
+from cord.models.parameter_contexts import bypassed_lm_head, gathered_parameters
 
 
 @dataclass
@@ -85,7 +83,7 @@ class PromptBatch:
     row_keys: tuple[str, ...] = ()
     item_rows: torch.Tensor | None = None
     feature_source: torch.Tensor | None = None
-    #: Audio encoder outputs already computed for these prompts (``cord.models.sharing``),
+    #: Audio encoder outputs already computed for these prompts (``cord.models.encoder_reuse``),
     #: shared by their copies; made by ``audio_prompts``, None: no reuse across calls.
     audio_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -200,9 +198,8 @@ class ChatAdapter:
     share_audio_encoder: bool = True
 
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        if long_audio not in LONG_AUDIO:
-            raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
+                 long_audio: str = MODEL_OPTIONS["long_audio"].default):
+        MODEL_OPTIONS["long_audio"].check(long_audio)
         self.long_audio = long_audio
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
@@ -424,7 +421,7 @@ class ChatAdapter:
 
     def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
         """The calls that run the audio encoder and projector, as ``(owner, method name)``:
-        :meth:`shared_audio` runs them once per distinct clip (see ``cord.models.sharing``)."""
+        :meth:`shared_audio` runs them once per distinct clip (``cord.models.encoder_reuse``)."""
         return []
 
     def audio_output_tokens(self, prompts: PromptBatch) -> torch.Tensor | None:
@@ -551,9 +548,8 @@ class Qwen2AudioAdapter(ChatAdapter):
                      "projector": ("multi_modal_projector",)}
     model_class = Qwen2AudioForConditionalGeneration
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         bare = unwrap_model(model)
         if not isinstance(bare, self.model_class):  # FSDP2 subclasses it
             raise TypeError(

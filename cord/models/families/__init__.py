@@ -28,6 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from cord.models.options import MODEL_OPTIONS
+
 if TYPE_CHECKING:
     import torch
 
@@ -91,7 +93,7 @@ def load_family(path: str | Path):
 def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
                   system_prompt: str | None = None,
                   device: str | torch.device | None = None,
-                  long_audio: str = "error") -> ChatAdapter:
+                  long_audio: str = MODEL_OPTIONS["long_audio"].default) -> ChatAdapter:
     """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
     ``seed``); anything else is a local checkpoint directory or a Hugging Face hub id resolved
     from the local cache (nothing is downloaded, see

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,9 +60,8 @@ class Adapter(ChatAdapter):
     # Every window padded to its full length: the encoder's positions need it.
     audio_kwargs = {"padding": "max_length"}
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         bare = unwrap_model(model)
         if not isinstance(bare, AudioFlamingo3ForConditionalGeneration):
             raise TypeError(f"model must be an AudioFlamingo3ForConditionalGeneration, got "

@@ -15,6 +15,7 @@ one token per encoder output frame. The feature extractor pads and cuts at its w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,9 +69,8 @@ class Adapter(ChatAdapter):
     model_class = Qwen2_5OmniThinkerForConditionalGeneration
     module_groups = {"audio": ("audio_tower",), "projector": ("audio_tower.proj",)}
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         bare = unwrap_model(model)
         if not isinstance(bare, self.model_class):
             raise TypeError(f"model must be a {self.model_class.__name__}, got "

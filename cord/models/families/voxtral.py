@@ -52,9 +52,8 @@ class Adapter(ChatAdapter):
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         bare = unwrap_model(model)
         if not isinstance(bare, VoxtralForConditionalGeneration):
             raise TypeError(f"model must be a VoxtralForConditionalGeneration, got "
