@@ -196,6 +196,8 @@ class ChatAdapter:
     #: Run the audio encoder once per distinct clip in a batch (the N GRPO copies share it);
     #: False recomputes it for every copy (only for timing the difference).
     share_audio_encoder: bool = True
+    #: The model class the family takes (FSDP2 subclasses it); None: any model.
+    model_class: type | None = None
 
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
                  long_audio: str = MODEL_OPTIONS["long_audio"].default):
@@ -204,6 +206,10 @@ class ChatAdapter:
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             raise TypeError("processor must have a .tokenizer (a transformers processor)")
+        bare = unwrap_model(model)
+        if self.model_class is not None and not isinstance(bare, self.model_class):
+            raise TypeError(f"model must be an instance of {self.model_class.__name__}, got "
+                            f"{type(bare).__name__}")
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer
@@ -419,10 +425,15 @@ class ChatAdapter:
 
     # -- one encoder pass per clip --------------------------------------------------------------
 
+    #: The submodules (paths as in :attr:`module_groups`) whose ``forward`` runs the audio
+    #: encoder and projector, for :meth:`shared_audio_calls`.
+    shared_modules: tuple[str, ...] = ()
+
     def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
         """The calls that run the audio encoder and projector, as ``(owner, method name)``:
-        :meth:`shared_audio` runs them once per distinct clip (``cord.models.encoder_reuse``)."""
-        return []
+        :meth:`shared_audio` runs them once per distinct clip (``cord.models.encoder_reuse``).
+        By default the ``forward`` of each of :attr:`shared_modules`."""
+        return [(_find(model, path), "forward") for path in self.shared_modules]
 
     def audio_output_tokens(self, prompts: PromptBatch) -> torch.Tensor | None:
         """(R,) output tokens of each feature row for encoders whose outputs are flattened
@@ -544,17 +555,13 @@ class Qwen2AudioAdapter(ChatAdapter):
     """
 
     family = "qwen2_audio"
+    shared_modules = ("audio_tower", "multi_modal_projector")
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
     model_class = Qwen2AudioForConditionalGeneration
 
     def __init__(self, model: nn.Module, processor, **options: Any):
         super().__init__(model, processor, **options)  # system_prompt, long_audio
-        bare = unwrap_model(model)
-        if not isinstance(bare, self.model_class):  # FSDP2 subclasses it
-            raise TypeError(
-                f"model must be a {self.model_class.__name__}, got {type(bare).__name__}"
-            )
         tok = self.tokenizer
         names = (processor.audio_token, processor.audio_bos_token, processor.audio_eos_token,
                  "<|im_start|>")
@@ -562,10 +569,6 @@ class Qwen2AudioAdapter(ChatAdapter):
         self.suppress_token_ids = sorted({int(i) for i in ids
                                           if i is not None and i != tok.unk_token_id})
         self.window_seconds = float(processor.feature_extractor.chunk_length)
-
-    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(find_submodule(model, "audio_tower"), "forward"),
-                (find_submodule(model, "multi_modal_projector"), "forward")]
 
     def chunked_limit(self) -> None:  # the family's own chunking takes any length
         return None
@@ -588,7 +591,7 @@ class Qwen2AudioAdapter(ChatAdapter):
         return batch
 
 
-def find_submodule(model: nn.Module, path: str) -> nn.Module:
+def _find(model: nn.Module, path: str) -> nn.Module:
     """``model.<path>`` or ``model.model.<path>`` (transformers 5 nests the parts)."""
     for prefix in ("", "model.", "model.thinker."):
         found = _submodule(model, prefix + path)

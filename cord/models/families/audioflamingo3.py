@@ -26,28 +26,14 @@ from transformers import (
 )
 
 from cord.data.paired import AudioLimit
-from cord.models.adapter import ChatAdapter, PromptBatch, find_submodule, unwrap_model
+from cord.models.adapter import ChatAdapter, PromptBatch
 from cord.models.families import load_checked, with_blocks
-from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer
+from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer, chatml_template, seeded_tiny
 
 BLOCKS = ("AudioFlamingo3EncoderLayer", "Qwen2DecoderLayer")
 ROW_KEYS = ("input_features", "input_features_mask")
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' %}<sound>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = chatml_template("<sound>")
 
 
 class Adapter(ChatAdapter):
@@ -55,6 +41,8 @@ class Adapter(ChatAdapter):
     ``multi_modal_projector``, ``projector`` = ``multi_modal_projector``."""
 
     family = "audioflamingo3"
+    model_class = AudioFlamingo3ForConditionalGeneration
+    shared_modules = ("audio_tower", "multi_modal_projector")
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
     # Every window padded to its full length: the encoder's positions need it.
@@ -62,10 +50,6 @@ class Adapter(ChatAdapter):
 
     def __init__(self, model: nn.Module, processor, **options: Any):
         super().__init__(model, processor, **options)  # system_prompt, long_audio
-        bare = unwrap_model(model)
-        if not isinstance(bare, AudioFlamingo3ForConditionalGeneration):
-            raise TypeError(f"model must be an AudioFlamingo3ForConditionalGeneration, got "
-                            f"{type(bare).__name__}")
         tok = self.tokenizer
         ids = [tok.convert_tokens_to_ids(t) for t in (processor.audio_token, "<|im_start|>")]
         self.suppress_token_ids = sorted({int(i) for i in ids
@@ -87,9 +71,6 @@ class Adapter(ChatAdapter):
         batch.item_rows = torch.tensor(windows)
         return batch
 
-    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(find_submodule(model, "audio_tower"), "forward"),
-                (find_submodule(model, "multi_modal_projector"), "forward")]
 
 
 def load(path: Path):
@@ -116,10 +97,5 @@ def build_tiny(seed: int = 0, *, chunk_seconds: int = 8, max_windows: int = 20):
                          num_key_value_heads=2, max_position_embeddings=4096,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         audio_token_id=tok.convert_tokens_to_ids("<sound>"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AudioFlamingo3ForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
-    model.eval()
+    model = seeded_tiny(AudioFlamingo3ForConditionalGeneration, config, tok, seed)
     return with_blocks(model, BLOCKS), processor
