@@ -226,6 +226,7 @@ def load_paired(
     sampling_rate: int = 16_000,
     require_answer: bool = False,
     num_proc: int | None = None,
+    audio_limit: AudioLimit | None = None,
 ) -> datasets.Dataset:
     """Read paired records and decode their audio at ``sampling_rate`` Hz.
 
@@ -236,6 +237,8 @@ def load_paired(
         sampling_rate: the model's rate (Whisper-style encoders: 16 kHz); audio is resampled.
         require_answer: every record must then have a non-empty ``answer``.
         num_proc: worker processes for decoding (``datasets.Dataset.map``).
+        audio_limit: the longest clip the model takes (``ChatAdapter.audio_limit``); a longer
+            one raises naming its record. None: any length.
 
     Returns:
         a ``datasets.Dataset`` with ``id`` (str; the row number when the source has no ids),
@@ -255,7 +258,7 @@ def load_paired(
         columns = list(dict.fromkeys(key for record in source for key in record))
         check_columns(columns, require_answer)
         decode = RecordDecoder(
-            sampling_rate, None, "id" in columns, "answer" in columns, require_answer
+            sampling_rate, None, "id" in columns, "answer" in columns, require_answer, audio_limit
         )
         rows = [
             {**record, **decode(record, i)}
@@ -264,7 +267,8 @@ def load_paired(
         dataset = from_records(rows)
         dataset = dataset.cast(output_features(dataset, "answer" in columns))
     else:
-        dataset, decode, has_answer = open_encoded(source, sampling_rate, require_answer)
+        dataset, decode, has_answer = open_encoded(source, sampling_rate, require_answer,
+                                                   audio_limit=audio_limit)
         dataset = dataset.map(
             decode,
             with_indices=True,

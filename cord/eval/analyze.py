@@ -380,7 +380,8 @@ def run_checked(args: argparse.Namespace) -> int:
         adapter = build_adapter(args.model, system_prompt=args.system_prompt,
                                 long_audio=args.long_audio, device=resolve_device(args.device))
         sr = int(getattr(adapter, "sampling_rate", 16_000))
-        items = load_items(args.data, limit=args.limit, sampling_rate=sr)
+        items = load_items(args.data, limit=args.limit, sampling_rate=sr,
+                           audio_limit=adapter.audio_limit())
         rollouts = rollout_kl(
             adapter,
             items,
