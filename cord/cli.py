@@ -19,7 +19,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("cord.train.cli", "train a model with CORD or one of the paper's baselines"),
-    "synth": ("cord.data.speak", "synthesise the audio side of a paired dataset from its text"),
+    "synth": ("cord.data.synth_cli", "synthesise the audio side of a paired dataset from its text"),
     "eval": ("cord.eval.evaluate_cli",
              "audio vs text accuracy, the modality gap and its reduction"),
     "analyze": ("cord.eval.analyze_cli", "the paper's KL analysis of audio rollouts, as plots"),

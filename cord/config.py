@@ -23,6 +23,9 @@ from typing import Any
 
 import yaml
 
+from cord.data.records import ON_BAD_RECORD
+from cord.models.options import MODEL_OPTIONS, check_model
+
 TEACHERS = ("live", "base", "ema")
 #: The judges of ``cord.rewards.judge`` plus "none" (no judge: no L_seq, no agreement metric).
 JUDGES = ("match", "model", "none")
@@ -95,13 +98,23 @@ NEEDS: dict[str, Needs] = {
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, hparam: bool = True,
-           default_factory: Any = dataclasses.MISSING) -> Any:
+           default_factory: Any = dataclasses.MISSING,
+           choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its one-line ``help`` (shown by ``cord train --help`` and
-    docs/trainer.md); ``hparam=False`` keeps it out of the TensorBoard hparams (long free text)."""
+    docs/trainer.md); ``hparam=False`` keeps it out of the TensorBoard hparams (long free text);
+    ``choices``: the values it may take (each item, for a list; None is allowed where the type
+    allows it), checked by ``CordConfig`` for every field that declares them."""
     if not help:
         raise ValueError("every CordConfig option needs a help text")
     return field(default=default, default_factory=default_factory,
-                 metadata={"help": help, "hparam": hparam})
+                 metadata={"help": help, "hparam": hparam, "choices": choices})
+
+
+def model_option(name: str) -> Any:
+    """The field of a model option, declared once in ``cord.models.options.MODEL_OPTIONS``
+    (``cord eval`` and ``cord analyze`` take the same options)."""
+    declared = MODEL_OPTIONS[name]
+    return option(declared.default, declared.help, choices=declared.choices)
 
 
 @dataclass
@@ -109,35 +122,32 @@ class CordConfig:
     """Options of ``cord train`` (see ``examples/configs`` for annotated files)."""
 
     # -- what to train ---------------------------------------------------------------------
-    model: str = option("tiny", '"tiny" (a random-init Qwen2-Audio built offline), a local '
-                        "checkpoint directory or a hub id in the local HF cache (families: "
-                        "docs/models.md)")
-    long_audio: str = option("error", 'a clip longer than the model\'s audio window: "error" '
-                             '(names it) or "chunk" (the family\'s own chunking); never cut')
+    model: str = model_option("model")
+    long_audio: str = model_option("long_audio")
     dataset: str = option("arithmetic", '"arithmetic" / "multiple_choice" (synthesized) or a '
                           "paired JSONL/CSV/parquet file or saved dataset folder")
     dataset_size: int = option(64, "number of examples of a synthesized dataset")
     dataset_audio: str = option("tts", 'audio of a synthesized dataset: "tts" (eSpeak NG) or '
-                                '"tone" (one tone per character)')
+                                '"tone" (one tone per character)', choices=("tts", "tone"))
     objective: str = option("cord", "the paper's Table 3: grpo (L_seq) | grpo_opd (uniform L_tok + "
                             "L_seq) | cord (weighted L_tok + L_seq); also opd (uniform L_tok) | "
                             "sft | fkl | alarm | sft_gold (SFT on the dataset's answers, a "
-                            "diagnostic)")
+                            "diagnostic)", choices=tuple(NEEDS))
     trainable: str | None = option(None, "parameters trained: all | audio (audio encoder + "
                                    "projector) | projector; None = the objective's default "
-                                   "(alarm: audio, the others: all)")
+                                   "(alarm: audio, the others: all)", choices=TRAINABLE)
     teacher: str = option("live", "live (current weights, the paper) | base (frozen initial "
-                          "weights) | ema")
+                          "weights) | ema", choices=TEACHERS)
     teacher_ema_decay: float = option(0.99, "decay d of the EMA teacher, in [0, 1)")
     judge: str = option("match", '"match" (final-answer matching), "model" (the policy asked '
-                        'yes/no) or "none"; rewards of L_seq and the agreement metric')
+                        'yes/no) or "none"; rewards of L_seq and the agreement metric',
+                        choices=JUDGES)
     unjudged_reward: str = option("zero", 'a rollout the judge cannot score: "zero" (reward 0, '
                                   'the paper\'s binary reward) or "skip" (advantage 0, left out '
-                                  "of its group's mean)")
+                                  "of its group's mean)", choices=UNJUDGED_REWARDS)
     instruction: str = option("", "text appended to the user turn of both the audio and the "
                               "text prompt")
-    system_prompt: str | None = option(None, "system turn of every prompt (None: the chat "
-                                       "template's default)")
+    system_prompt: str | None = model_option("system_prompt")
 
     # -- CORD token loss (paper eqs. 4-7) ----------------------------------------------------
     cord_top_k: int = option(20, "number of highest-divergence tokens that get the extra "
@@ -170,7 +180,8 @@ class CordConfig:
     adam_beta1: float = option(0.9, "AdamW beta1")
     adam_beta2: float = option(0.999, "AdamW beta2")
     adam_epsilon: float = option(1e-8, "AdamW epsilon")
-    lr_scheduler_type: str = option("constant", "learning-rate schedule: " + " | ".join(SCHEDULERS))
+    lr_scheduler_type: str = option("constant", "learning-rate schedule: " + " | ".join(SCHEDULERS),
+                                    choices=SCHEDULERS)
     warmup_steps: int = option(0, "steps of linear learning-rate warm-up")
     per_device_train_batch_size: int = option(1, "prompts per micro-batch on each process")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
@@ -184,7 +195,8 @@ class CordConfig:
                                        "false updates the low-precision weights directly")
     distributed: str = option("accelerate", "accelerate (whatever `accelerate launch` set up: "
                               "DDP, FSDP, DeepSpeed) | fsdp2 (the trainer shards the model "
-                              "with torch's fully_shard itself; also on the CPU)")
+                              "with torch's fully_shard itself; also on the CPU)",
+                              choices=DISTRIBUTED)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
                                           "(less memory, more time)")
     seed: int = option(42, "seed of the weights of model=tiny, the data order and the rollouts")
@@ -202,12 +214,12 @@ class CordConfig:
                                                 "the newest complete one in output_dir")
     on_bad_record: str = option("error", '"error": a bad record of a dataset file stops the run '
                                 "before step 1; \"skip\": train on the rest (listed in "
-                                "output_dir/bad_records.jsonl)")
+                                "output_dir/bad_records.jsonl)", choices=ON_BAD_RECORD)
     max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
                                            "records are bad: a count (>= 1), a fraction (< 1) "
                                            "or None (no limit)")
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
-                                  default_factory=lambda: ["tensorboard"])
+                                  default_factory=lambda: ["tensorboard"], choices=REPORT_TO)
     disable_tqdm: bool = option(False, "hide the progress bar")
 
     def __post_init__(self) -> None:
@@ -219,18 +231,11 @@ class CordConfig:
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        _choice("objective", self.objective, tuple(NEEDS))
-        _choice("judge", self.judge, JUDGES)
-        _choice("teacher", self.teacher, TEACHERS)
-        _choice("long_audio", self.long_audio, ("error", "chunk"))
-        _choice("unjudged_reward", self.unjudged_reward, UNJUDGED_REWARDS)
-        if self.trainable is not None:
-            _choice("trainable", self.trainable, TRAINABLE)
-        _choice("dataset_audio", self.dataset_audio, ("tts", "tone"))
-        _choice("lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
-        _choice("distributed", self.distributed, DISTRIBUTED)
-        for r in self.report_to:
-            _choice("report_to", r, REPORT_TO)
+        for f in dataclasses.fields(self):  # the choices declared with each option
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            for item in (value if isinstance(value, list) else [value]):
+                if choices is not None and item is not None and item not in choices:
+                    raise ValueError(f"{f.name} must be one of {list(choices)}, got {item!r}")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
                      "num_generations", "max_completion_length", "logging_steps",
                      "cord_top_k", "dataset_size"):
@@ -265,7 +270,6 @@ class CordConfig:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
             raise ValueError("model must be 'tiny' or a local model directory, got ''")
-        _choice("on_bad_record", self.on_bad_record, ("error", "skip"))
         if self.max_bad_records is not None and not (
                 self.max_bad_records >= 0
                 and (self.max_bad_records < 1 or float(self.max_bad_records).is_integer())):
@@ -310,14 +314,8 @@ class CordConfig:
         """Raises ValueError, naming the fix, when ``model`` or ``dataset`` names a path
         that does not exist (checked before anything is built, not in ``__post_init__``: a
         saved config stays loadable on another machine)."""
-        if model and self.model != "tiny" and not Path(self.model).is_dir():
-            from cord.models.hub import is_hub_id, resolve_model_path  # light, no torch
-
-            if not is_hub_id(self.model):
-                raise ValueError(
-                    f"model {self.model!r} is not a directory: pass model=tiny, a local "
-                    "checkpoint folder or a hub id in the local cache (nothing is downloaded)")
-            resolve_model_path(self.model)  # one line when nothing is cached for it
+        if model:
+            check_model(self.model)
         if dataset and self.dataset not in SYNTHETIC_DATASETS and not Path(self.dataset).exists():
             raise ValueError(
                 f"dataset {self.dataset!r} does not exist: pass an existing .jsonl/.json/.csv/"
@@ -391,11 +389,6 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = raw
         out[key.strip()] = value
     return out
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

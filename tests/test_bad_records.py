@@ -58,9 +58,10 @@ KINDS = {"missing": "missing audio file", "unreadable": "unreadable audio",
 
 
 def _trainer_config(corpus, out, **kw):
-    return CordConfig(dataset=str(corpus), output_dir=str(out), max_steps=1,
-                      max_completion_length=4, num_generations=2, report_to=["none"],
-                      disable_tqdm=True, seed=0, logging_steps=1, **kw)
+    return CordConfig(**{"dataset": str(corpus), "output_dir": str(out), "max_steps": 1,
+                         "max_completion_length": 4, "num_generations": 2,
+                         "report_to": ["none"], "disable_tqdm": True, "seed": 0,
+                         "logging_steps": 1, **kw})
 
 
 def test_bad_records_error_fails_before_step_one(bad_corpus, tmp_path):
@@ -100,6 +101,46 @@ def test_bad_records_limit_through_cord_train(bad_corpus, tmp_path, capsys):
                       "on_bad_record=skip", "max_bad_records=1", "report_to=none"])
     err = capsys.readouterr().err
     assert code == 2 and "more than max_bad_records=1 allows" in err, err[-500:]
+
+
+@pytest.fixture
+def long_clip_corpus(tmp_path):
+    """Four records, the last a 40 s clip: longer than the tiny model's 8 s window."""
+    records = [{"id": f"ok{i}", "text": f"What is {i} + 1?", "answer": str(i + 1),
+                "audio": _wav(tmp_path / f"ok{i}.wav", tone_audio(f"{i} + 1", 16000))}
+               for i in range(3)]
+    long = np.tile(tone_audio("4 + 1", 16000), 40 * 16000 // len(tone_audio("4 + 1", 16000)) + 1)
+    records.append({"id": "long", "text": "What is 4 + 1?", "answer": "5",
+                    "audio": _wav(tmp_path / "long.wav", long[:40 * 16000])})
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_a_clip_longer_than_the_window_fails_before_step_one(long_clip_corpus, tmp_path):
+    """Item 4 of 4 is refused in the data pass that decodes every clip, before step 1, not at
+    its batch (with max_steps=4 that was step 2)."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 of 4 records are bad \(1 audio too long\): 'long'; "
+                       r"the first is record 'long' \(row 3\): its audio is 40\.0 s long, "
+                       r"longer than the 8 s window .*long_audio=chunk"):
+        CordTrainer(_trainer_config(long_clip_corpus, out, max_steps=4))
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_clips_longer_than_the_window_are_named_or_skipped(long_clip_corpus, tmp_path, capsys):
+    records = [json.loads(x) for x in long_clip_corpus.read_text().splitlines()]
+    records.insert(0, {**records[-1], "id": "long0"})
+    two = tmp_path / "two.jsonl"
+    two.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"2 of 5 records are bad \(2 audio too long\): "
+                       r"'long0', 'long'; "):
+        CordTrainer(_trainer_config(two, tmp_path / "a"))
+    t = CordTrainer(_trainer_config(two, tmp_path / "b", on_bad_record="skip"))
+    assert sorted(t.train_dataset["id"]) == ["ok0", "ok1", "ok2"]
+    assert "skipped 2 bad record(s) of 5 (2 audio too long)" in capsys.readouterr().out
+    chunked = CordTrainer(_trainer_config(two, tmp_path / "c", long_audio="chunk"))
+    assert len(chunked.train_dataset) == 5  # the family's own chunking takes them
 
 
 def test_missing_answer_and_list_sources(tmp_path):

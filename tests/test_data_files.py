@@ -14,7 +14,7 @@ import soundfile as sf
 
 from cord.cli import main
 from cord.data.paired import load_paired
-from cord.data.records import read_records
+from cord.data.sources import read_records
 from cord.data.validate import BAD_RECORDS_FILE, load_paired_checked
 
 GOOD = json.dumps({"id": "a", "text": "What is 1 + 2?", "audio": "a.wav", "answer": "3"})

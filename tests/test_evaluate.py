@@ -235,3 +235,46 @@ def test_cli_reports_how_many_parameters_were_trained(tmp_path, capsys):
     assert (f"trained {info['trained_parameters']:,} of {info['total_parameters']:,} parameters"
             in printed and "trainable=projector" in printed)
     assert json.loads((tmp_path / "out.json").read_text())["training"] == info
+
+
+def test_model_options_are_declared_once_for_train_eval_and_analyze():
+    """``model``, ``long_audio``, ``system_prompt`` (and ``device`` for eval and analyze) come
+    from one declaration each (``cord.models.options``): same default, help and choices."""
+    import dataclasses
+
+    from cord.cli import _subparser, build_parser
+    from cord.config import CordConfig
+    from cord.models.options import MODEL_OPTIONS
+
+    fields = {f.name: f for f in dataclasses.fields(CordConfig)}
+    for name in ("model", "long_audio", "system_prompt"):
+        declared, field = MODEL_OPTIONS[name], fields[name]
+        assert (field.default, field.metadata["help"], field.metadata["choices"]) == (
+            declared.default, declared.help, declared.choices)
+    for command in ("eval", "analyze"):
+        actions = {a.dest: a for a in _subparser(build_parser(command), command)._actions}
+        for name in ("long_audio", "system_prompt", "device"):
+            declared, action = MODEL_OPTIONS[name], actions[name]
+            assert (action.default, action.help, action.choices) == (
+                declared.default, declared.help, declared.choices), (command, name)
+        assert "model" in actions
+
+
+def test_cli_long_audio_errors_or_chunks(tmp_path, capsys):
+    """``cord eval --long-audio chunk`` takes a clip longer than the tiny model's 8 s window,
+    which the default refuses in one line naming the item."""
+    import soundfile as sf
+
+    from cord.cli import main
+
+    sf.write(tmp_path / "long.wav", 0.1 * np.sin(np.arange(19 * 16000) / 9.0), 16000)
+    data = tmp_path / "bench.jsonl"
+    data.write_text(json.dumps({"id": "q7", "audio": "long.wav", "prompt": "2 + 2?",
+                                "reference": "4"}) + "\n")
+    common = ["eval", "--model", "tiny", "--data", str(data), "--max-new-tokens", "2",
+              "--device", "cpu", "--output", str(tmp_path / "out.json")]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert "record 'q7': its audio is 19.0 s long, longer than the 8 s window" in err, err
+    assert main([*common, "--long-audio", "chunk"]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["benchmarks"]["bench"]["n"] == 1

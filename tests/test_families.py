@@ -23,8 +23,9 @@ from helpers import write_paired_dataset
 
 from cord.cli import main
 from cord.config import CordConfig
-from cord.models.adapter import build_adapter, resolve_model_path, unwrap_model
-from cord.models.families import UnknownFamilyError, get_family
+from cord.models.adapter import unwrap_model
+from cord.models.families import UnknownFamilyError, build_adapter, get_family
+from cord.models.hub import resolve_model_path
 from cord.train.trainer import train
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni_moe", "voxtral", "audioflamingo3"]
@@ -420,7 +421,7 @@ def test_omni_full_checkpoint_loads_the_thinker_without_a_talker_qwen2_5_omni(tm
 FSDP2_SCRIPT = """
 import json, sys
 from cord.cli import main
-from cord.models.adapter import build_adapter
+from cord.models.families import build_adapter
 from cord.train.distributed import block_modules
 
 model = sys.argv[1]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cord.data.synthetic import tone_audio
-from cord.models.adapter import ModelAdapter, Qwen2AudioAdapter, build_adapter
+from cord.models.adapter import ModelAdapter, Qwen2AudioAdapter
+from cord.models.families import build_adapter
 from cord.models.tiny import SPECIAL_TOKENS, build_tiny_qwen2_audio, build_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

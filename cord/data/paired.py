@@ -38,9 +38,11 @@ from datasets import Features, List, Value
 from scipy.signal import resample_poly
 from tqdm.auto import tqdm
 
-from cord.data.records import MalformedLine, is_jsonl, read_jsonl, read_records, scan_jsonl
+from cord.data.records import MalformedLine
+from cord.data.sources import from_records, is_record_list, open_dataset, read_records
 
 __all__ = [
+    "AudioLimit",
     "load_paired",
     "read_records",
     "load_audio",
@@ -52,87 +54,6 @@ __all__ = [
     "wav_truncation",
     "write_paired",
 ]
-
-_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the source
-# ---------------------------------------------------------------------------------------------
-
-
-def _open_dataset(source: Any, malformed: list[MalformedLine] | None = None
-                  ) -> tuple[datasets.Dataset, Path | None]:
-    """The source as a ``datasets.Dataset`` plus the folder relative audio paths start from.
-
-    A ``.jsonl`` file is parsed line by line (``cord.data.records``): a malformed line raises
-    a ValueError naming the file and line, or, when a ``malformed`` list is given, is skipped
-    and appended to it."""
-    if isinstance(source, datasets.Dataset):
-        return source, None
-    if isinstance(source, datasets.DatasetDict):
-        return _single_split(source, "the DatasetDict"), None
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded = _single_split(loaded, str(path))
-            return loaded, path
-        if not path.is_file():
-            raise ValueError(f"source must be an existing file or folder, got {str(path)!r}")
-        fmt = _FILE_FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise ValueError(
-                f"source must be a .jsonl, .json, .csv or .parquet file or a saved dataset "
-                f"folder, got {str(path)!r}"
-            )
-        if is_jsonl(path):
-            if malformed is None:
-                records = read_jsonl(path)
-            else:
-                records, found = scan_jsonl(path)
-                malformed.extend(found)
-            return _from_records(records), path.parent
-        reader = {"json": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
-                  "parquet": datasets.Dataset.from_parquet}[fmt]  # fmt: skip
-        try:
-            return reader(str(path)), path.parent
-        except Exception as err:  # pyarrow's and datasets' errors: one line naming the file
-            cause = err.__cause__ or err
-            raise ValueError(f"{path}: cannot be read as {path.suffix.lower()[1:]}: "
-                             f"{type(cause).__name__}: {cause}") from err
-    if _is_record_list(source):
-        return datasets.Dataset.from_list([dict(r) for r in source]), None
-    raise TypeError(
-        "source must be a path (JSONL/CSV/parquet file or saved dataset folder), a "
-        f"datasets.Dataset or a list of dicts, got {type(source).__name__}"
-    )
-
-
-def _from_records(records: list[dict[str, Any]]) -> datasets.Dataset:
-    """An arrow dataset of parsed records, every column in every row (``from_list`` takes its
-    columns from the first row only). A column mixing strings with numbers (an ``answer`` of
-    5 in one line and "x" in the next) becomes strings, as arrow's JSON reader makes it."""
-    blank = dict.fromkeys(key for record in records for key in record)
-    rows = [{**blank, **record} for record in records]
-    for key in blank:
-        kinds = {type(row[key]) for row in rows if row[key] is not None}
-        if str in kinds and kinds & {int, float, bool}:
-            for row in rows:
-                if row[key] is not None and not isinstance(row[key], str):
-                    row[key] = json.dumps(row[key])
-    return datasets.Dataset.from_list(rows)
-
-
-def _single_split(dataset_dict: datasets.DatasetDict, where: str) -> datasets.Dataset:
-    if len(dataset_dict) != 1:
-        raise ValueError(
-            f"{where} holds splits {sorted(dataset_dict)}; pass one split, e.g. "
-            f"load_paired(dataset_dict['train'])"
-        )
-    return next(iter(dataset_dict.values()))
-
 
 # ---------------------------------------------------------------------------------------------
 # Audio
@@ -268,7 +189,7 @@ def load_audio(
 # ---------------------------------------------------------------------------------------------
 
 
-def _output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Features:
+def output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Features:
     features = dict(dataset.features)
     features["id"] = Value("string")
     features["text"] = Value("string")
@@ -279,21 +200,23 @@ def _output_features(dataset: datasets.Dataset, has_answer: bool) -> datasets.Fe
 
 
 def open_encoded(source: Any, sampling_rate: int, require_answer: bool,
-                 malformed: list[MalformedLine] | None = None
-                 ) -> tuple[datasets.Dataset, _RecordDecoder, bool]:
+                 malformed: list[MalformedLine] | None = None,
+                 audio_limit: AudioLimit | None = None
+                 ) -> tuple[datasets.Dataset, RecordDecoder, bool]:
     """A file or saved dataset with its audio still encoded, checked for columns and records,
     and the decoder of its rows: ``(dataset, decoder, has_answer)``. ``malformed``: as for
-    :func:`_open_dataset` (malformed JSONL lines are skipped into it)."""
-    dataset, base_dir = _open_dataset(source, malformed)
-    _check_columns(dataset.column_names, require_answer)
+    :func:`cord.data.sources.open_dataset` (malformed JSONL lines are skipped into it);
+    ``audio_limit``: as for :class:`RecordDecoder`."""
+    dataset, base_dir = open_dataset(source, malformed)
+    check_columns(dataset.column_names, require_answer)
     if len(dataset) == 0:
         raise ValueError("paired data has no records")
     if isinstance(dataset.features.get("audio"), datasets.Audio):
         # Keep the encoded bytes: decoding is done here with soundfile at the model's rate.
         dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
     has_answer = "answer" in dataset.column_names
-    decoder = _RecordDecoder(sampling_rate, base_dir, "id" in dataset.column_names, has_answer,
-                             require_answer)
+    decoder = RecordDecoder(sampling_rate, base_dir, "id" in dataset.column_names, has_answer,
+                            require_answer, audio_limit)
     return dataset, decoder, has_answer
 
 
@@ -303,6 +226,7 @@ def load_paired(
     sampling_rate: int = 16_000,
     require_answer: bool = False,
     num_proc: int | None = None,
+    audio_limit: AudioLimit | None = None,
 ) -> datasets.Dataset:
     """Read paired records and decode their audio at ``sampling_rate`` Hz.
 
@@ -313,6 +237,8 @@ def load_paired(
         sampling_rate: the model's rate (Whisper-style encoders: 16 kHz); audio is resampled.
         require_answer: every record must then have a non-empty ``answer``.
         num_proc: worker processes for decoding (``datasets.Dataset.map``).
+        audio_limit: the longest clip the model takes (``ChatAdapter.audio_limit``); a longer
+            one raises naming its record. None: any length.
 
     Returns:
         a ``datasets.Dataset`` with ``id`` (str; the row number when the source has no ids),
@@ -326,26 +252,27 @@ def load_paired(
     """
     if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int) or sampling_rate <= 0:
         raise ValueError(f"sampling_rate must be a positive int, got {sampling_rate!r}")
-    if _is_record_list(source):
+    if is_record_list(source):
         # Decode in Python before anything becomes arrow: a list may mix paths, 1-D and
         # (samples, channels) arrays, which arrow cannot hold in one column.
         columns = list(dict.fromkeys(key for record in source for key in record))
-        _check_columns(columns, require_answer)
-        decode = _RecordDecoder(
-            sampling_rate, None, "id" in columns, "answer" in columns, require_answer
+        check_columns(columns, require_answer)
+        decode = RecordDecoder(
+            sampling_rate, None, "id" in columns, "answer" in columns, require_answer, audio_limit
         )
         rows = [
             {**record, **decode(record, i)}
             for i, record in enumerate(tqdm(source, desc=f"decoding audio at {sampling_rate} Hz"))
         ]
-        dataset = _from_records(rows)
-        dataset = dataset.cast(_output_features(dataset, "answer" in columns))
+        dataset = from_records(rows)
+        dataset = dataset.cast(output_features(dataset, "answer" in columns))
     else:
-        dataset, decode, has_answer = open_encoded(source, sampling_rate, require_answer)
+        dataset, decode, has_answer = open_encoded(source, sampling_rate, require_answer,
+                                                   audio_limit=audio_limit)
         dataset = dataset.map(
             decode,
             with_indices=True,
-            features=_output_features(dataset, has_answer),
+            features=output_features(dataset, has_answer),
             num_proc=num_proc,
             desc=f"decoding audio at {sampling_rate} Hz",
         )
@@ -357,20 +284,7 @@ def load_paired(
     return dataset
 
 
-def _is_record_list(source: Any) -> bool:
-    if not isinstance(source, Sequence) or isinstance(source, (str, bytes)):
-        return False
-    if not source:
-        raise ValueError("source is an empty list of records")
-    bad = next((i for i, r in enumerate(source) if not isinstance(r, Mapping)), None)
-    if bad is not None:
-        raise TypeError(
-            f"source records must be dicts, record {bad} is {type(source[bad]).__name__}"
-        )
-    return True
-
-
-def _check_columns(columns: Sequence[str], require_answer: bool) -> None:
+def check_columns(columns: Sequence[str], require_answer: bool) -> None:
     missing = [c for c in ("text", "audio") if c not in columns]
     if require_answer and "answer" not in columns:
         missing.append("answer")
@@ -382,14 +296,33 @@ def _check_columns(columns: Sequence[str], require_answer: bool) -> None:
 
 
 @dataclass(frozen=True)
-class _RecordDecoder:
-    """Turns one raw record into ``{id, text, audio, answer?}``; raises naming the record."""
+class AudioLimit:
+    """The longest clip a model takes: ``max_samples`` at the decoding rate, and ``why`` a
+    longer one is refused (the end of its error line). The model adapter says it
+    (``ChatAdapter.audio_limit``); plain data, so that ``datasets.map`` pickles and hashes it
+    cheaply."""
+
+    max_samples: int
+    why: str
+
+    def check(self, audio: np.ndarray, sampling_rate: int, name: str) -> None:
+        """Raises a one-line ValueError naming ``name`` when ``audio`` is longer."""
+        if audio.size > self.max_samples:
+            raise ValueError(f"{name}: its audio is {audio.size / sampling_rate:.1f} s long, "
+                             f"{self.why}")
+
+
+@dataclass(frozen=True)
+class RecordDecoder:
+    """Turns one raw record into ``{id, text, audio, answer?}``; raises naming the record.
+    ``audio_limit``: refuse a clip longer than the model takes (None: any length)."""
 
     sampling_rate: int
     base_dir: Path | None
     has_ids: bool
     has_answer: bool
     require_answer: bool
+    audio_limit: AudioLimit | None = None
 
     def __call__(self, example: Mapping[str, Any], index: int) -> dict[str, Any]:
         raw_id = example.get("id") if self.has_ids else None
@@ -398,13 +331,13 @@ class _RecordDecoder:
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"record {record_id!r}: text is empty or not a string ({text!r})")
         audio, sr = load_audio(example.get("audio"), record_id=record_id, base_dir=self.base_dir)
+        audio = resample(audio, sr, self.sampling_rate)
+        if self.audio_limit is not None:
+            self.audio_limit.check(audio, self.sampling_rate, f"record {record_id!r}")
         out = {
             "id": record_id,
             "text": text,
-            "audio": {
-                "array": resample(audio, sr, self.sampling_rate),
-                "sampling_rate": self.sampling_rate,
-            },
+            "audio": {"array": audio, "sampling_rate": self.sampling_rate},
         }
         if self.has_answer:
             answer = example.get("answer")

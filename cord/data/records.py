@@ -7,8 +7,8 @@ what it found instead; callers raise at the first one (``on_bad_record="error"``
 count them like bad records.
 
 Only the standard library is imported here: ``cord synth`` and ``cord eval`` read their
-records through this module, before anything heavy is imported (``datasets`` is imported only
-for the other formats).
+records through this module (by way of :func:`cord.data.sources.read_records`, which reads the
+other formats), before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MalformedLine", "scan_jsonl", "read_jsonl", "read_records", "malformed_error",
-           "SKIP_MALFORMED_HINT"]
+__all__ = ["ON_BAD_RECORD", "MalformedLine", "scan_jsonl", "read_jsonl", "is_jsonl",
+           "malformed_error", "SKIP_MALFORMED_HINT"]
 
+#: What ``cord train`` does with a bad record (``on_bad_record``; ``cord.data.validate``).
+ON_BAD_RECORD = ("error", "skip")
 #: What ``cord train`` can do about malformed lines besides fixing them.
 SKIP_MALFORMED_HINT = "fix the file, or set on_bad_record=skip to train on the other lines"
 
@@ -105,18 +107,3 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def is_jsonl(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".jsonl"
-
-
-def read_records(source: Any) -> list[dict[str, Any]]:
-    """All records of a JSONL/JSON/CSV/parquet file, saved dataset folder, ``datasets.Dataset``
-    or list of dicts, as plain dicts (no audio decoding). Used by ``cord synth`` and
-    ``cord eval``."""
-    if is_jsonl(source):
-        # Read JSONL directly: no arrow type inference, so an ``answer`` that is a number in
-        # one line and a string in another is fine.
-        return read_jsonl(source)
-    # Local import, for start-up cost: only the other formats need datasets (seconds).
-    from cord.data.paired import _open_dataset
-
-    dataset, _ = _open_dataset(source)
-    return [dict(r) for r in dataset]

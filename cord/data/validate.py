@@ -6,15 +6,18 @@ its own and collects the ones that fail, instead of stopping at the first:
 - unreadable audio, a truncated WAV, a missing audio file, NaN/Inf or empty (0-sample) audio;
 - empty text; a missing answer where one is needed (``require_answer``);
 - a duplicate id (the first record with the id is kept, later ones are bad);
+- a clip longer than the model takes (``audio_limit``, which ``cord train`` gets from the
+  model's adapter: its audio window under ``long_audio=error``), so that such a clip stops the
+  run before step 1, not when its batch comes;
 - a line of a ``.jsonl`` file that is not a JSON object (truncated, CSV, ``[1, 2, 3]``): with
   ``"error"`` it raises naming the file and line; with ``"skip"`` it counts as a bad record
   whose id is ``"line N"``.
 
-With ``on_bad_record="error"`` (the default) any bad record raises a ValueError naming it and
-its reason, before a single training step. With ``"skip"`` the bad records are dropped and the
-run goes on, unless there are more than ``max_bad_records`` (a count when >= 1, a fraction of
-all records when < 1). Either way the ids and reasons go to ``output_dir/bad_records.jsonl``
-and one summary line is reported.
+With ``on_bad_record="error"`` (the default) any bad record raises a ValueError naming the
+first one with its reason and the ids of all of them, before a single training step. With
+``"skip"`` the bad records are dropped and the run goes on, unless there are more than
+``max_bad_records`` (a count when >= 1, a fraction of all records when < 1). Either way the ids
+and reasons go to ``output_dir/bad_records.jsonl`` and one summary line is reported.
 
 Example:
     >>> ds = load_paired_checked("paired.jsonl", sampling_rate=16_000, on_bad_record="skip",
@@ -35,21 +38,20 @@ import datasets
 from datasets import Value
 
 from cord.data.paired import (
-    _check_columns,
-    _is_record_list,
-    _output_features,
-    _RecordDecoder,
+    AudioLimit,
+    RecordDecoder,
+    check_columns,
     load_paired,
     open_encoded,
+    output_features,
 )
-from cord.data.records import SKIP_MALFORMED_HINT, MalformedLine, malformed_error
+from cord.data.records import ON_BAD_RECORD, SKIP_MALFORMED_HINT, MalformedLine, malformed_error
+from cord.data.sources import is_record_list
 
 __all__ = ["BAD_RECORDS_FILE", "ON_BAD_RECORD", "BadRecord", "load_paired_checked",
            "bad_record_limit"]
 
 BAD_RECORDS_FILE = "bad_records.jsonl"
-ON_BAD_RECORD = ("error", "skip")
-
 #: (substring of a decoder's message, short kind for the summary), first match wins.
 _KINDS = (
     ("does not exist", "missing audio file"),
@@ -61,7 +63,10 @@ _KINDS = (
     ("text is empty", "empty text"),
     ("answer is empty", "missing answer"),
     ("duplicate id", "duplicate id"),
+    ("its audio is", "audio too long"),
 )
+#: The most ids an error line names; the rest are counted (and all are in bad_records.jsonl).
+_NAMED_IDS = 50
 _BAD = "_cord_bad_reason"  # the column a failed record's reason travels in, then dropped
 
 
@@ -100,7 +105,7 @@ class _TolerantDecoder:
     """The load_paired decoder, but a failing record yields a placeholder row whose
     ``_BAD`` column holds the reason (``datasets.map`` cannot drop rows mid-map)."""
 
-    def __init__(self, decoder: _RecordDecoder) -> None:
+    def __init__(self, decoder: RecordDecoder) -> None:
         self.decoder = decoder
 
     def __call__(self, example: Mapping[str, Any], index: int) -> dict[str, Any]:
@@ -117,16 +122,17 @@ class _TolerantDecoder:
 
 
 def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
-                num_proc: int | None, skip_malformed: bool) -> tuple[Any, list[BadRecord], int]:
+                num_proc: int | None, skip_malformed: bool, audio_limit: AudioLimit | None
+                ) -> tuple[Any, list[BadRecord], int]:
     """(the good records, the bad ones, the number of records). The good records are a decoded
     ``datasets.Dataset``, or for a list source the raw good records (load_paired decodes them).
     ``skip_malformed``: malformed JSONL lines become bad records instead of raising."""
     bad: list[BadRecord] = []
-    if _is_record_list(source):
+    if is_record_list(source):
         columns = list(dict.fromkeys(key for record in source for key in record))
-        _check_columns(columns, require_answer)
-        decoder = _RecordDecoder(sampling_rate, None, "id" in columns, "answer" in columns,
-                                 require_answer)
+        check_columns(columns, require_answer)
+        decoder = RecordDecoder(sampling_rate, None, "id" in columns, "answer" in columns,
+                                require_answer, audio_limit)
         good, ids, rows = [], [], []
         for i, record in enumerate(source):
             try:
@@ -142,13 +148,14 @@ def _decode_all(source: Any, sampling_rate: int, require_answer: bool,
         keep = _drop_duplicates(ids, rows, bad)
         return [good[k] for k in keep], bad, len(source)
     malformed: list[MalformedLine] = []
-    dataset, decoder, has_answer = open_encoded(source, sampling_rate, require_answer, malformed)
+    dataset, decoder, has_answer = open_encoded(source, sampling_rate, require_answer, malformed,
+                                                audio_limit)
     if malformed and not skip_malformed:  # before decoding any audio: the file itself is wrong
         raise malformed_error(malformed, SKIP_MALFORMED_HINT)
     # A malformed line has no row of its own: its row is its line number - 1.
     bad += [BadRecord(m.line - 1, f"line {m.line}", "malformed line", m.message())
             for m in malformed]
-    features = _output_features(dataset, has_answer)
+    features = output_features(dataset, has_answer)
     features[_BAD] = Value("string")
     # Never from the datasets cache: the check is about the files as they are now (a file
     # restored since the last run must count as good).
@@ -182,6 +189,12 @@ def _drop_duplicates(ids: list[str], rows: list[int], bad: list[BadRecord]) -> l
     return keep
 
 
+def _ids(bad: list[BadRecord]) -> str:
+    """The ids of the bad records, for one error line (the first ``_NAMED_IDS``)."""
+    named = ", ".join(repr(b.id) for b in bad[:_NAMED_IDS])
+    return named + (f" and {len(bad) - _NAMED_IDS} more" if len(bad) > _NAMED_IDS else "")
+
+
 def load_paired_checked(
     source: Any,
     *,
@@ -192,6 +205,7 @@ def load_paired_checked(
     output_dir: str | Path | None = None,
     report: Callable[[str], None] = print,
     num_proc: int | None = None,
+    audio_limit: AudioLimit | None = None,
 ) -> datasets.Dataset:
     """:func:`cord.data.paired.load_paired` with the bad-record policy (module docstring).
 
@@ -203,6 +217,8 @@ def load_paired_checked(
         output_dir: where ``bad_records.jsonl`` goes (None: nowhere; pass it on one process
             only under accelerate).
         report: receives the one-line summary.
+        audio_limit: the longest clip the model takes (``ChatAdapter.audio_limit``); a longer
+            one is a bad record. None: any length.
 
     Raises:
         ValueError: naming the first bad record and its reason (``"error"``), or the count
@@ -213,7 +229,8 @@ def load_paired_checked(
         raise ValueError(f"on_bad_record must be one of {list(ON_BAD_RECORD)}, got "
                          f"{on_bad_record!r}")
     good, bad, total = _decode_all(source, sampling_rate, require_answer, num_proc,
-                                   skip_malformed=on_bad_record == "skip")
+                                   skip_malformed=on_bad_record == "skip",
+                                   audio_limit=audio_limit)
     where = ""
     if bad and output_dir is not None:
         path = Path(output_dir) / BAD_RECORDS_FILE
@@ -226,8 +243,8 @@ def load_paired_checked(
         first = f"record {bad[0].id!r} (row {bad[0].row}): {bad[0].reason}"
         if on_bad_record == "error":
             raise ValueError(
-                f"{len(bad)} of {total} records are bad ({summary}); the first is {first}"
-                f"{where}. Fix them, or set on_bad_record=skip to train on the rest")
+                f"{len(bad)} of {total} records are bad ({summary}): {_ids(bad)}; the first is "
+                f"{first}{where}. Fix them, or set on_bad_record=skip to train on the rest")
         limit = bad_record_limit(max_bad_records, total)
         if len(bad) > limit:
             raise ValueError(

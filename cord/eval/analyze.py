@@ -38,9 +38,10 @@ from matplotlib.patches import Rectangle
 from tqdm.auto import tqdm
 
 from cord.data.paired import audio_of
-from cord.eval.analyze_cli import HIGH_KL_PERCENTILE
+from cord.divergence import HIGH_KL_PERCENTILE, check_percentile, pearson_r
 from cord.eval.evaluate import load_items, normalize_record, score_response
-from cord.models.adapter import build_adapter, resolve_device
+from cord.models.adapter import resolve_device
+from cord.models.families import build_adapter
 from cord.models.rollout import sample
 from cord_kernels import reverse_kl
 
@@ -116,19 +117,6 @@ def save_rollouts(rollouts: Sequence[Rollout], path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def pearson_r(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation of two equal-length sequences; NaN when either is constant."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"x and y must be 1-D of the same length, got {x.shape} and {y.shape}")
-    if x.size < 2:
-        return float("nan")
-    dx, dy = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
-    return float((dx * dy).sum() / denom) if denom > 0 else float("nan")
-
-
 def kl_statistics(
     rollouts: Sequence[Rollout], *, percentile: float = HIGH_KL_PERCENTILE, top_n: int = 15
 ) -> dict:
@@ -142,8 +130,7 @@ def kl_statistics(
     as ``[token, count]`` pairs) and, when rollouts say whether they were right,
     ``mean_kl_correct`` / ``mean_kl_incorrect``.
     """
-    if not 0 < percentile < 100:
-        raise ValueError(f"percentile must be in (0, 100), got {percentile}")
+    check_percentile(percentile)
     kl = np.concatenate([np.asarray(r.kl, dtype=np.float64) for r in rollouts] or [np.zeros(0)])
     if kl.size == 0:
         raise ValueError("rollouts hold no tokens: nothing to analyse")
@@ -390,9 +377,11 @@ def run_checked(args: argparse.Namespace) -> int:
     if args.rollouts:
         rollouts = load_rollouts(args.rollouts)
     else:
-        adapter = build_adapter(args.model, device=resolve_device(args.device))
+        adapter = build_adapter(args.model, system_prompt=args.system_prompt,
+                                long_audio=args.long_audio, device=resolve_device(args.device))
         sr = int(getattr(adapter, "sampling_rate", 16_000))
-        items = load_items(args.data, limit=args.limit, sampling_rate=sr)
+        items = load_items(args.data, limit=args.limit, sampling_rate=sr,
+                           audio_limit=adapter.audio_limit())
         rollouts = rollout_kl(
             adapter,
             items,

@@ -11,16 +11,16 @@ import argparse
 from pathlib import Path
 
 from cord.data.records import is_jsonl, read_jsonl
-from cord.eval.evaluate_cli import check_generation
-
-HIGH_KL_PERCENTILE = 80.0  # the paper's threshold between "pivotal" and aligned tokens
+from cord.divergence import HIGH_KL_PERCENTILE, check_percentile
+from cord.eval.evaluate_cli import add_model_arguments, check_generation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--rollouts", help="saved rollouts (JSON/JSONL with 'tokens' and 'kl')")
-    src.add_argument("--model", help="model to roll out: a checkpoint directory or a cached hub "
-                     "id (families: docs/models.md)")
+    add_model_arguments(parser, group=src, default=None,
+                        help="model to roll out: a checkpoint directory or a cached hub id "
+                             "(families: docs/models.md)")
     parser.add_argument("--data", help="paired dataset (with --model): JSONL/CSV/parquet/dir")
     parser.add_argument("--limit", type=int, default=64, help="items to roll out (with --model)")
     parser.add_argument("--max-new-tokens", type=int, default=200,
@@ -30,9 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per generate call (with --model)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout sampling")
-    parser.add_argument("--device", default="auto",
-                        help="where the model runs (with --model): auto (the GPU when there is "
-                             "one, else the CPU), cpu, cuda, cuda:N")
     parser.add_argument("--percentile", type=float, default=HIGH_KL_PERCENTILE,
                         help="threshold between high- and low-KL tokens")
     parser.add_argument("--output-dir", default="cord_analysis", help="where the PNGs go")
@@ -40,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check of ``args`` that needs no model; raises naming the option."""
-    if not 0 < args.percentile < 100:
-        raise ValueError(f"--percentile must be in (0, 100), got {args.percentile}")
+    check_percentile(args.percentile, "--percentile")
     if args.rollouts:
         if not Path(args.rollouts).is_file():
             raise FileNotFoundError(f"--rollouts {args.rollouts}: no such file; pass the "

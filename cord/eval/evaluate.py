@@ -37,9 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 from cord.config import TRAINING_INFO_NAME
-from cord.data.paired import audio_of, load_paired
-from cord.data.records import read_records
-from cord.models.adapter import build_adapter, resolve_device
+from cord.data.paired import AudioLimit, audio_of, load_paired
+from cord.data.sources import read_records
+from cord.models.adapter import resolve_device
+from cord.models.families import build_adapter
 from cord.models.rollout import completion_mask
 from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
 
@@ -111,9 +112,12 @@ def normalize_record(record: Mapping[str, Any], index: int) -> dict[str, Any]:
     return out
 
 
-def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16_000) -> list:
+def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16_000,
+               audio_limit: AudioLimit | None = None) -> list:
     """Benchmark records from a file, folder, ``datasets.Dataset`` or list (see
-    :func:`normalize_record`), audio decoded at ``sampling_rate``; the first ``limit``."""
+    :func:`normalize_record`), audio decoded at ``sampling_rate``; the first ``limit``. A clip
+    longer than ``audio_limit`` (the model's, ``ChatAdapter.audio_limit``) raises naming its
+    record, before any answer is generated."""
     records = source if isinstance(source, list) else read_records(source)
     if limit is not None:
         if limit < 1:
@@ -126,7 +130,7 @@ def load_items(source: Any, *, limit: int | None = None, sampling_rate: int = 16
         for r in rows:
             if isinstance(r["audio"], str) and not Path(r["audio"]).is_absolute():
                 r["audio"] = str(base.parent / r["audio"])
-    return list(load_paired(rows, sampling_rate=sampling_rate))
+    return list(load_paired(rows, sampling_rate=sampling_rate, audio_limit=audio_limit))
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +421,8 @@ def run_checked(args: argparse.Namespace, data: Mapping[str, str]) -> int:
     """``cord eval`` once :func:`cord.eval.evaluate_cli.check_args` has checked ``args`` and
     given the benchmarks ``data`` (name -> path)."""
     device = resolve_device(args.device)  # a CUDA device that is not there fails here
-    adapter = build_adapter(args.model, system_prompt=args.system_prompt, device=device)
+    adapter = build_adapter(args.model, system_prompt=args.system_prompt,
+                            long_audio=args.long_audio, device=device)
     print(f"cord eval: {args.model} on {device}")
     trained = training_info(args.model)
     if trained is not None:
@@ -425,7 +430,8 @@ def run_checked(args: argparse.Namespace, data: Mapping[str, str]) -> int:
     sr = int(getattr(adapter, "sampling_rate", 16_000))
     benchmarks = {}
     for name, path in data.items():
-        items = load_items(path, limit=args.limit, sampling_rate=sr)
+        items = load_items(path, limit=args.limit, sampling_rate=sr,
+                           audio_limit=adapter.audio_limit())
         benchmarks[name] = evaluate(
             adapter, items, name=name, kind=args.kind, choices=args.choices,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,

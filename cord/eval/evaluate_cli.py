@@ -8,15 +8,12 @@ take seconds to import and come with :mod:`cord.eval.evaluate`, after the checks
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from cord.data.records import is_jsonl, read_jsonl
+from cord.models import options
 from cord.rewards.answers import ANSWER_KINDS
-
-#: The devices ``resolve_device`` knows; whether CUDA is there is checked with the model.
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def parse_data_args(values: Sequence[str]) -> dict[str, str]:
@@ -32,40 +29,36 @@ def parse_data_args(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def check_device(device: str) -> str:
-    if not _DEVICE.match(device):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return device
-
-
 def check_count(flag: str, value: int | None, minimum: int) -> None:
     if value is not None and value < minimum:
         raise ValueError(f"{flag} must be >= {minimum}, got {value}")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, **model: object) -> None:
+    """The model options ``cord eval`` and ``cord analyze`` share with ``cord train``
+    (``cord.models.options``): ``--model`` (``model``: its ``add_argument`` keywords, or
+    ``{"group": g}`` to add it to a group instead), ``--long-audio``, ``--system-prompt``,
+    ``--device``."""
+    group = model.pop("group", parser)
+    options.add_argument(group, "model", **model)
+    for name in ("long_audio", "system_prompt", "device"):
+        options.add_argument(parser, name)
+
+
 def check_generation(args: argparse.Namespace) -> None:
     """The options shared by ``cord eval`` and ``cord analyze --model``: the model, the
     device and how answers are generated."""
-    if str(args.model) != "tiny" and not Path(args.model).is_dir():
-        from cord.models.hub import is_hub_id, resolve_model_path  # light, no torch
-
-        if not is_hub_id(str(args.model)):
-            raise ValueError(f"--model {args.model!r} is not a directory: pass tiny, a local "
-                             "checkpoint folder or a hub id in the local cache (nothing is "
-                             "downloaded)")
-        resolve_model_path(args.model)  # one line when nothing is cached for it
+    options.check_model(args.model, "--model", "tiny")
     check_count("--limit", args.limit, 1)
     check_count("--batch-size", args.batch_size, 1)
     check_count("--max-new-tokens", args.max_new_tokens, 1)
     if not args.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    check_device(args.device)
+    options.check_device(args.device, "--device")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help='"tiny", a checkpoint directory or a cached hub id (families: '
-                             "docs/models.md)")
+    add_model_arguments(parser, required=True)
     parser.add_argument("--data", nargs="+", required=True, metavar="[NAME=]PATH",
                         help="benchmark file(s): JSONL/JSON/CSV/parquet or a saved dataset with "
                              "text/prompt, audio and answer/reference")
@@ -74,13 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "choice, others math), choice or math")
     parser.add_argument("--choices", default="ABCD", help="option letters of multiple choice")
     parser.add_argument("--instruction", default=None, help="appended to both prompts")
-    parser.add_argument("--system-prompt", default=None,
-                        help="system turn of every prompt (default: the chat template's)")
     parser.add_argument("--limit", type=int, default=None, help="first N items per benchmark")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    parser.add_argument("--device", default="auto",
-                        help="where the model runs: auto (the GPU when there is one, else the "
-                             "CPU), cpu, cuda, cuda:N")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--name", default=None, help="method name in the table (default: model)")

@@ -15,10 +15,10 @@ to
 
 Adding another model
 --------------------
-The families ``build_adapter`` loads are registered by ``config.model_type`` in
-``cord.models.families`` (one module each; ``docs/models.md`` has the protocol). A family's
-adapter subclasses :class:`ChatAdapter` (or is any class with the same methods, see
-:class:`ModelAdapter`) and overrides what differs:
+The families the loader (``cord.models.families.build_adapter``) builds are registered by
+``config.model_type`` in ``cord.models.families`` (one module each; ``docs/models.md`` has the
+protocol). A family's adapter subclasses :class:`ChatAdapter` (or is any class with the same
+methods, see :class:`ModelAdapter`) and overrides what differs:
 
 - ``audio_message(instruction)`` / ``text_message(text, instruction)``: the user turn in the
   model's chat format (the audio placeholder its chat template expects);
@@ -45,7 +45,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -54,15 +53,11 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from transformers import Qwen2AudioForConditionalGeneration
 
-from cord.data.paired import resample
+from cord.data.paired import AudioLimit, resample
+from cord.models.encoder_reuse import shared_calls
 from cord.models.generation import only_generation_config, sampling_config
-from cord.models.hub import resolve_model_path
-from cord.models.sharding import bypassed_lm_head, gathered_parameters
-from cord.models.sharing import shared_calls
-from cord.models.tiny import build_tiny_qwen2_audio
-
-#: What ``audio_prompts`` does with a clip longer than the family's window.
-LONG_AUDIO = ("error", "chunk")
+from cord.models.options import MODEL_OPTIONS
+from cord.models.parameter_contexts import bypassed_lm_head, gathered_parameters
 
 
 @dataclass
@@ -88,7 +83,7 @@ class PromptBatch:
     row_keys: tuple[str, ...] = ()
     item_rows: torch.Tensor | None = None
     feature_source: torch.Tensor | None = None
-    #: Audio encoder outputs already computed for these prompts (``cord.models.sharing``),
+    #: Audio encoder outputs already computed for these prompts (``cord.models.encoder_reuse``),
     #: shared by their copies; made by ``audio_prompts``, None: no reuse across calls.
     audio_cache: dict | None = field(default=None, repr=False, compare=False)
 
@@ -201,15 +196,20 @@ class ChatAdapter:
     #: Run the audio encoder once per distinct clip in a batch (the N GRPO copies share it);
     #: False recomputes it for every copy (only for timing the difference).
     share_audio_encoder: bool = True
+    #: The model class the family takes (FSDP2 subclasses it); None: any model.
+    model_class: type | None = None
 
     def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        if long_audio not in LONG_AUDIO:
-            raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
+                 long_audio: str = MODEL_OPTIONS["long_audio"].default):
+        MODEL_OPTIONS["long_audio"].check(long_audio)
         self.long_audio = long_audio
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             raise TypeError("processor must have a .tokenizer (a transformers processor)")
+        bare = unwrap_model(model)
+        if self.model_class is not None and not isinstance(bare, self.model_class):
+            raise TypeError(f"model must be an instance of {self.model_class.__name__}, got "
+                            f"{type(bare).__name__}")
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer
@@ -282,29 +282,47 @@ class ChatAdapter:
         for name, w in zip(names, waves, strict=True):
             if w.size == 0:
                 raise ValueError(f"{name} is empty")
+        limit = self.audio_limit()
+        if limit is not None:
+            for name, w in zip(names, waves, strict=True):
+                limit.check(w, self.sampling_rate, name)
         long = [i for i, w in enumerate(waves) if self._too_long(w)]
-        if long and self.long_audio == "error":
-            i = long[0]
-            raise ValueError(
-                f"{names[i]}: its audio is {waves[i].size / self.sampling_rate:.1f} s long, "
-                f"longer than the {self.window_seconds:g} s window of {self.family}'s processor "
-                f"(it would be cut); set long_audio=chunk to use {self.family}'s own chunking, "
-                "or shorten the clip")
         prompt = self._render(self.audio_message(instruction))
         batch = self._encode_audio([prompt] * len(waves), waves, chunk=bool(long))
         batch.audio_cache = {}
         return batch
 
+    def audio_limit(self) -> AudioLimit | None:
+        """The longest clip :meth:`audio_prompts` takes, at :attr:`sampling_rate` (None: any
+        length): the window under ``long_audio="error"``, else what the family's own chunking
+        takes (:meth:`chunked_limit`). ``cord train`` checks every clip against it in the data
+        pass before step 1 (``cord.data.validate``)."""
+        if self.window_seconds is None:
+            return None
+        if self.long_audio == "error":
+            return AudioLimit(
+                self._window_samples(),
+                f"longer than the {self.window_seconds:g} s window of {self.family}'s processor "
+                f"(it would be cut); set long_audio=chunk to use {self.family}'s own chunking, "
+                "or shorten the clip")
+        return self.chunked_limit()
+
+    def chunked_limit(self) -> AudioLimit | None:
+        """The longest clip the family's own chunking takes (``long_audio="chunk"``). A family
+        without chunking of its own (this base class) takes one window."""
+        return AudioLimit(self._window_samples(),
+                          f"{self.family} has no chunking of its own for clips longer than "
+                          f"{self.window_seconds:g} s; shorten the clip")
+
+    def _window_samples(self) -> int:
+        return round(self.window_seconds * self.sampling_rate)
+
     def _too_long(self, wave) -> bool:
-        return (self.window_seconds is not None
-                and wave.size > round(self.window_seconds * self.sampling_rate))
+        return self.window_seconds is not None and wave.size > self._window_samples()
 
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
         """Audio prompts; ``chunk`` when a clip is longer than the window (the family's own
-        chunking). A family without chunking of its own refuses."""
-        if chunk:
-            raise ValueError(f"{self.family} has no chunking of its own for clips longer than "
-                             f"{self.window_seconds:g} s; shorten the clips")
+        chunking; :meth:`audio_limit` has refused what it cannot take)."""
         return self._encode(texts, waves)
 
     def text_prompts(self, texts: Sequence[str], *, instruction: str | None = None) -> PromptBatch:
@@ -407,10 +425,15 @@ class ChatAdapter:
 
     # -- one encoder pass per clip --------------------------------------------------------------
 
+    #: The submodules (paths as in :attr:`module_groups`) whose ``forward`` runs the audio
+    #: encoder and projector, for :meth:`shared_audio_calls`.
+    shared_modules: tuple[str, ...] = ()
+
     def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
         """The calls that run the audio encoder and projector, as ``(owner, method name)``:
-        :meth:`shared_audio` runs them once per distinct clip (see ``cord.models.sharing``)."""
-        return []
+        :meth:`shared_audio` runs them once per distinct clip (``cord.models.encoder_reuse``).
+        By default the ``forward`` of each of :attr:`shared_modules`."""
+        return [(_find(model, path), "forward") for path in self.shared_modules]
 
     def audio_output_tokens(self, prompts: PromptBatch) -> torch.Tensor | None:
         """(R,) output tokens of each feature row for encoders whose outputs are flattened
@@ -532,18 +555,13 @@ class Qwen2AudioAdapter(ChatAdapter):
     """
 
     family = "qwen2_audio"
+    shared_modules = ("audio_tower", "multi_modal_projector")
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
     model_class = Qwen2AudioForConditionalGeneration
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
-        bare = unwrap_model(model)
-        if not isinstance(bare, self.model_class):  # FSDP2 subclasses it
-            raise TypeError(
-                f"model must be a {self.model_class.__name__}, got {type(bare).__name__}"
-            )
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         tok = self.tokenizer
         names = (processor.audio_token, processor.audio_bos_token, processor.audio_eos_token,
                  "<|im_start|>")
@@ -552,9 +570,8 @@ class Qwen2AudioAdapter(ChatAdapter):
                                           if i is not None and i != tok.unk_token_id})
         self.window_seconds = float(processor.feature_extractor.chunk_length)
 
-    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(_find(model, "audio_tower"), "forward"),
-                (_find(model, "multi_modal_projector"), "forward")]
+    def chunked_limit(self) -> None:  # the family's own chunking takes any length
+        return None
 
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
         if not chunk:
@@ -626,28 +643,3 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
     return dev
-
-
-def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
-                  system_prompt: str | None = None,
-                  device: str | torch.device | None = None,
-                  long_audio: str = "error") -> ChatAdapter:
-    """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
-    ``seed``); anything else is a local checkpoint directory or a Hugging Face hub id resolved
-    from the local cache (nothing is downloaded, see :func:`resolve_model_path`). The family
-    is picked from the checkpoint's ``config.model_type`` (``cord.models.families``): an
-    unknown type, or a checkpoint that leaves any weight newly initialised, is a ValueError.
-    ``device`` (see :func:`resolve_device`) moves the model there; None leaves it on the CPU,
-    where the trainer's accelerate places it. ``long_audio``: see ``ChatAdapter.audio_prompts``.
-    """
-    from cord.models.families import load_family  # local: the registry imports this module
-
-    if str(model) == "tiny":
-        net, processor = build_tiny_qwen2_audio(seed=seed)
-        adapter_class = Qwen2AudioAdapter
-    else:
-        family, net, processor = load_family(resolve_model_path(model))
-        adapter_class = family.Adapter
-    if device is not None:
-        net.to(resolve_device(device))
-    return adapter_class(net, processor, system_prompt=system_prompt, long_audio=long_audio)

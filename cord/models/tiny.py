@@ -228,11 +228,39 @@ def build_tiny_qwen2_audio(
         ),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+    return seeded_tiny(Qwen2AudioForConditionalGeneration, config, tokenizer, seed), processor
+
+
+def seeded_tiny(model_class, config, tokenizer, seed: int):
+    """``model_class(config)`` with weights drawn from ``seed`` (without touching the caller's
+    RNG), generating with ``tokenizer``'s end and padding tokens, in eval mode: the last step of
+    every family's ``build_tiny``."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2AudioForConditionalGeneration(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = None
+        model = model_class(config)
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = (
+        tokenizer.eos_token_id, tokenizer.pad_token_id, None)
     model.eval()
-    return model, processor
+    return model
+
+
+def chatml_template(audio: str, other_content: str = "") -> str:
+    """A ChatML chat template (Qwen's default system turn) whose audio content renders as
+    ``audio``; ``other_content``: further ``{% elif content['type'] == ... %}`` branches. The
+    tiny Audio Flamingo 3 and Qwen Omni processors use it."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'audio' %}" + audio + other_content +
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )

@@ -66,10 +66,11 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from cord.config import SYNTHETIC_DATASETS, TRAINING_INFO_NAME, CordConfig, hparams
-from cord.data.paired import collate_paired
+from cord.data.paired import AudioLimit, collate_paired
 from cord.data.synthetic import synthetic_dataset
 from cord.data.validate import load_paired_checked
-from cord.models.adapter import ModelAdapter, build_adapter, train_only, unwrap_model
+from cord.models.adapter import ModelAdapter, train_only, unwrap_model
+from cord.models.families import build_adapter
 from cord.rewards.judge import GuardedJudge, build_judge
 from cord.train.checkpoint import (
     complete_checkpoints,
@@ -91,11 +92,12 @@ TRAINER_STATE_NAME = "trainer_state.json"
 
 
 def build_dataset(config: CordConfig, sampling_rate: int, *, report=print,
-                  write_bad_records: bool = True):
+                  write_bad_records: bool = True, audio_limit: AudioLimit | None = None):
     """The training prompts: a synthesized task (audio by eSpeak NG, or tones with
     ``dataset_audio="tone"``) or the records of ``config.dataset``, every one checked first
     under ``config.on_bad_record`` / ``max_bad_records`` (``cord.data.validate``; the bad ones
-    listed in ``output_dir/bad_records.jsonl`` when ``write_bad_records``)."""
+    listed in ``output_dir/bad_records.jsonl`` when ``write_bad_records``), a clip longer than
+    ``audio_limit`` (the model's, ``ChatAdapter.audio_limit``) included."""
     if config.dataset in SYNTHETIC_DATASETS:
         return synthetic_dataset(config.dataset, config.dataset_size, seed=config.seed,
                                  audio=config.dataset_audio, sampling_rate=sampling_rate,
@@ -103,7 +105,7 @@ def build_dataset(config: CordConfig, sampling_rate: int, *, report=print,
     return load_paired_checked(
         config.dataset, sampling_rate=sampling_rate, on_bad_record=config.on_bad_record,
         max_bad_records=config.max_bad_records, report=report,
-        output_dir=config.output_dir if write_bad_records else None)
+        output_dir=config.output_dir if write_bad_records else None, audio_limit=audio_limit)
 
 
 def judge_of_config(config: CordConfig, adapter: ModelAdapter):
@@ -207,8 +209,11 @@ class CordTrainer:
             # A judge's exception never kills a step: its verdicts become "undecided".
             self.judge = GuardedJudge(self.judge)
         sr = int(getattr(self.adapter, "sampling_rate", 16000))
+        # Every clip is checked against the model's audio window in the data pass, before
+        # step 1 (an adapter of the ModelAdapter protocol may not say it: then at its batch).
+        limit = getattr(self.adapter, "audio_limit", lambda: None)()
         self.train_dataset = (train_dataset if train_dataset is not None else build_dataset(
-            cfg, sr, report=acc.print, write_bad_records=acc.is_main_process))
+            cfg, sr, report=acc.print, write_bad_records=acc.is_main_process, audio_limit=limit))
         if len(self.train_dataset) == 0:
             raise ValueError("train_dataset is empty")
 

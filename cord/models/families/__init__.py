@@ -10,7 +10,11 @@ Modules are imported only when their family is used.
 and :func:`load_checked` refuses a checkpoint that leaves any weight of the model newly
 initialised. ``docs/models.md`` says how to add a family.
 
+:func:`build_adapter` is the one model loader: the tiny offline model or any checkpoint of a
+family listed here, wrapped in its adapter.
+
 Example:
+    >>> adapter = build_adapter("tiny", seed=0)    # or a checkpoint folder, or a hub id
     >>> family = get_family("voxtral")            # the module cord.models.families.voxtral
     >>> model, processor = family.build_tiny(seed=0)
     >>> adapter = family.Adapter(model, processor)
@@ -22,6 +26,14 @@ import importlib
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+from cord.models.options import MODEL_OPTIONS
+
+if TYPE_CHECKING:
+    import torch
+
+    from cord.models.adapter import ChatAdapter
 
 #: config.model_type -> family module (a full Omni checkpoint and its thinker alone share one).
 FAMILIES: dict[str, str] = {
@@ -78,6 +90,36 @@ def load_family(path: str | Path):
     return family, model, processor
 
 
+def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
+                  system_prompt: str | None = None,
+                  device: str | torch.device | None = None,
+                  long_audio: str = MODEL_OPTIONS["long_audio"].default) -> ChatAdapter:
+    """The one model loader: ``"tiny"`` builds the offline tiny Qwen2-Audio (random init from
+    ``seed``); anything else is a local checkpoint directory or a Hugging Face hub id resolved
+    from the local cache (nothing is downloaded, see
+    :func:`cord.models.hub.resolve_model_path`). The family is picked from the checkpoint's
+    ``config.model_type`` (:func:`load_family`): an unknown type, or a checkpoint that leaves
+    any weight newly initialised, is a ValueError. ``device`` (see
+    :func:`cord.models.adapter.resolve_device`) moves the model there; None leaves it on the
+    CPU, where the trainer's accelerate places it. ``long_audio``: see
+    ``ChatAdapter.audio_prompts``.
+    """
+    # Local: torch and transformers load only when a model is built, not with the registry.
+    from cord.models.adapter import Qwen2AudioAdapter, resolve_device
+    from cord.models.hub import resolve_model_path
+    from cord.models.tiny import build_tiny_qwen2_audio
+
+    if str(model) == "tiny":
+        net, processor = build_tiny_qwen2_audio(seed=seed)
+        adapter_class = Qwen2AudioAdapter
+    else:
+        family, net, processor = load_family(resolve_model_path(model))
+        adapter_class = family.Adapter
+    if device is not None:
+        net.to(resolve_device(device))
+    return adapter_class(net, processor, system_prompt=system_prompt, long_audio=long_audio)
+
+
 def load_checked(model_class, path: Path, **kwargs):
     """``model_class.from_pretrained(path)``, offline, refusing any weight the checkpoint does
     not hold (transformers would initialise it randomly and only warn) or holds with another
@@ -115,5 +157,5 @@ def with_blocks(model, blocks: tuple[str, ...]):
     return model
 
 
-__all__ = ["FAMILIES", "MODELS_DOC", "UnknownFamilyError", "get_family", "load_checked",
-           "load_family", "read_model_type", "supported_model_types", "with_blocks"]
+__all__ = ["FAMILIES", "MODELS_DOC", "UnknownFamilyError", "build_adapter", "get_family",
+           "load_checked", "load_family", "read_model_type", "supported_model_types", "with_blocks"]

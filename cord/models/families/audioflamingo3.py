@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,28 +25,15 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from cord.models.adapter import ChatAdapter, PromptBatch, _find, unwrap_model
+from cord.data.paired import AudioLimit
+from cord.models.adapter import ChatAdapter, PromptBatch
 from cord.models.families import load_checked, with_blocks
-from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer
+from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer, chatml_template, seeded_tiny
 
 BLOCKS = ("AudioFlamingo3EncoderLayer", "Qwen2DecoderLayer")
 ROW_KEYS = ("input_features", "input_features_mask")
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' %}<sound>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = chatml_template("<sound>")
 
 
 class Adapter(ChatAdapter):
@@ -53,18 +41,15 @@ class Adapter(ChatAdapter):
     ``multi_modal_projector``, ``projector`` = ``multi_modal_projector``."""
 
     family = "audioflamingo3"
+    model_class = AudioFlamingo3ForConditionalGeneration
+    shared_modules = ("audio_tower", "multi_modal_projector")
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
     # Every window padded to its full length: the encoder's positions need it.
     audio_kwargs = {"padding": "max_length"}
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
-        bare = unwrap_model(model)
-        if not isinstance(bare, AudioFlamingo3ForConditionalGeneration):
-            raise TypeError(f"model must be an AudioFlamingo3ForConditionalGeneration, got "
-                            f"{type(bare).__name__}")
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         tok = self.tokenizer
         ids = [tok.convert_tokens_to_ids(t) for t in (processor.audio_token, "<|im_start|>")]
         self.suppress_token_ids = sorted({int(i) for i in ids
@@ -72,23 +57,20 @@ class Adapter(ChatAdapter):
         self.window_seconds = float(processor.feature_extractor.chunk_length)
         self.max_windows = int(processor.max_audio_len // processor.feature_extractor.chunk_length)
 
+    def chunked_limit(self) -> AudioLimit:
+        return AudioLimit(self.max_windows * self._window_samples(),
+                          f"more than {self.family}'s {self.max_windows} windows of "
+                          f"{self.window_seconds:g} s (the processor would cut it); shorten the "
+                          "clip")
+
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
-        window = round(self.window_seconds * self.sampling_rate)
+        window = self._window_samples()
         windows = [max(1, math.ceil(w.size / window)) for w in waves]
-        for i, n in enumerate(windows):
-            if n > self.max_windows:
-                raise ValueError(
-                    f"audios[{i}] is {waves[i].size / self.sampling_rate:.1f} s long: more than "
-                    f"{self.family}'s {self.max_windows} windows of {self.window_seconds:g} s "
-                    f"(the processor would cut it); shorten the clip")
         batch = self._encode(texts, waves)
         batch.row_keys = tuple(k for k in ROW_KEYS if k in batch.model_kwargs)
         batch.item_rows = torch.tensor(windows)
         return batch
 
-    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(_find(model, "audio_tower"), "forward"),
-                (_find(model, "multi_modal_projector"), "forward")]
 
 
 def load(path: Path):
@@ -115,10 +97,5 @@ def build_tiny(seed: int = 0, *, chunk_seconds: int = 8, max_windows: int = 20):
                          num_key_value_heads=2, max_position_embeddings=4096,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         audio_token_id=tok.convert_tokens_to_ids("<sound>"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AudioFlamingo3ForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
-    model.eval()
+    model = seeded_tiny(AudioFlamingo3ForConditionalGeneration, config, tok, seed)
     return with_blocks(model, BLOCKS), processor

@@ -15,6 +15,7 @@ one token per encoder output frame. The feature extractor pads and cuts at its w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
 from cord.models.adapter import ChatAdapter, PromptBatch, unwrap_model
 from cord.models.families import load_checked, read_model_type, with_blocks
 from cord.models.processor import AudioTextProcessor
-from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer
+from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer, chatml_template, seeded_tiny
 
 BLOCKS = ("Qwen2_5OmniAudioEncoderLayer", "Qwen2_5OmniDecoderLayer")
 
@@ -41,23 +42,10 @@ TOKENS = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>",
           "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
           "vision_eos_token": "<|vision_eos|>"}
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+CHAT_TEMPLATE = chatml_template(
+    "<|audio_bos|><|AUDIO|><|audio_eos|>",
     "{% elif content['type'] == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
-    "{% elif content['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    "{% elif content['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>")
 
 
 class Adapter(ChatAdapter):
@@ -68,13 +56,9 @@ class Adapter(ChatAdapter):
     model_class = Qwen2_5OmniThinkerForConditionalGeneration
     module_groups = {"audio": ("audio_tower",), "projector": ("audio_tower.proj",)}
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         bare = unwrap_model(model)
-        if not isinstance(bare, self.model_class):
-            raise TypeError(f"model must be a {self.model_class.__name__}, got "
-                            f"{type(bare).__name__}")
         tok = self.tokenizer
         self.tokens = {k: getattr(tok, k, None) or v for k, v in TOKENS.items()}
         ids = {k: tok.convert_tokens_to_ids(v) for k, v in self.tokens.items()}
@@ -120,6 +104,9 @@ class Adapter(ChatAdapter):
                              "audio and text are supported")
         return PromptBatch(enc["input_ids"], enc["attention_mask"], extra)
 
+    def chunked_limit(self) -> None:  # the family's own chunking takes any length
+        return None
+
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
         return self._encode(texts, waves, whole=chunk)
 
@@ -138,13 +125,21 @@ def _thinker_model(model: nn.Module) -> nn.Module:
 
 
 def load(path: Path):
-    if read_model_type(path) == "qwen2_5_omni":  # a full checkpoint: build no talker
-        full = load_checked(Qwen2_5OmniForConditionalGeneration, path, enable_audio_output=False)
+    return load_thinker(path, "qwen2_5_omni", Qwen2_5OmniForConditionalGeneration,
+                        Qwen2_5OmniThinkerForConditionalGeneration, BLOCKS)
+
+
+def load_thinker(path: Path, full_type: str, full_class, thinker_class,
+                 blocks: tuple[str, ...]):
+    """``(thinker, processor)`` of a Qwen Omni checkpoint: the thinker of a full checkpoint
+    (``model_type == full_type``, its talker never built) or a thinker-only one."""
+    if read_model_type(path) == full_type:  # a full checkpoint: build no talker
+        full = load_checked(full_class, path, enable_audio_output=False)
         model = full.thinker
         model.generation_config = full.generation_config
     else:
-        model = load_checked(Qwen2_5OmniThinkerForConditionalGeneration, path)
-    return with_blocks(model, BLOCKS), AudioTextProcessor.from_pretrained(path)
+        model = load_checked(thinker_class, path)
+    return with_blocks(model, blocks), AudioTextProcessor.from_pretrained(path)
 
 
 def tiny_processor(*, num_mel_bins: int = 80, chunk_seconds: int = 8, hop_length: int = 320,
@@ -189,16 +184,8 @@ def build_tiny(seed: int = 0):
         audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
         video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
         audio_end_token_id=ids["audio_eos_token"])
-    return _seeded(Qwen2_5OmniThinkerForConditionalGeneration, config, tok, seed, BLOCKS), \
-        processor
+    model = seeded_tiny(Qwen2_5OmniThinkerForConditionalGeneration, config, tok, seed)
+    return with_blocks(model, BLOCKS), processor
 
 
-def _seeded(model_class, config, tokenizer, seed: int, blocks: tuple[str, ...]):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = (
-        tokenizer.eos_token_id, tokenizer.pad_token_id, None)
-    model.eval()
-    return with_blocks(model, blocks)
+

@@ -22,9 +22,9 @@ from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
 )
 
 from cord.models.adapter import PromptBatch, unwrap_model
-from cord.models.families import load_checked, read_model_type, with_blocks
 from cord.models.families import qwen2_5_omni as omni
-from cord.models.processor import AudioTextProcessor
+from cord.models.families import with_blocks
+from cord.models.tiny import seeded_tiny
 
 BLOCKS = ("Qwen3OmniMoeAudioEncoderLayer", "Qwen3OmniMoeThinkerTextDecoderLayer")
 
@@ -50,13 +50,8 @@ class Adapter(omni.Adapter):
 
 
 def load(path: Path):
-    if read_model_type(path) == "qwen3_omni_moe":  # a full checkpoint: build no talker
-        full = load_checked(Qwen3OmniMoeForConditionalGeneration, path, enable_audio_output=False)
-        model = full.thinker
-        model.generation_config = full.generation_config
-    else:
-        model = load_checked(Qwen3OmniMoeThinkerForConditionalGeneration, path)
-    return with_blocks(model, BLOCKS), AudioTextProcessor.from_pretrained(path)
+    return omni.load_thinker(path, "qwen3_omni_moe", Qwen3OmniMoeForConditionalGeneration,
+                             Qwen3OmniMoeThinkerForConditionalGeneration, BLOCKS)
 
 
 def build_tiny(seed: int = 0):
@@ -77,5 +72,6 @@ def build_tiny(seed: int = 0):
         audio_token_id=ids["audio_token"], image_token_id=ids["image_token"],
         video_token_id=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
         vision_start_token_id=ids["vision_bos_token"])
-    model = omni._seeded(Qwen3OmniMoeThinkerForConditionalGeneration, config, tok, seed, BLOCKS)
+    model = with_blocks(seeded_tiny(Qwen3OmniMoeThinkerForConditionalGeneration, config, tok,
+                                    seed), BLOCKS)
     return model, processor

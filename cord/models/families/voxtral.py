@@ -32,9 +32,9 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from cord.models.adapter import ChatAdapter, PromptBatch, _find, unwrap_model
+from cord.models.adapter import ChatAdapter, PromptBatch, unwrap_model
 from cord.models.families import load_checked, with_blocks
-from cord.models.tiny import build_tiny_tokenizer
+from cord.models.tiny import build_tiny_tokenizer, seeded_tiny
 
 BLOCKS = ("VoxtralEncoderLayer", "LlamaDecoderLayer", "MistralDecoderLayer")
 
@@ -49,16 +49,14 @@ class Adapter(ChatAdapter):
     ``projector`` = ``multi_modal_projector``."""
 
     family = "voxtral"
+    model_class = VoxtralForConditionalGeneration
+    shared_modules = ("audio_tower", "multi_modal_projector")
     module_groups = {"audio": ("audio_tower", "multi_modal_projector"),
                      "projector": ("multi_modal_projector",)}
 
-    def __init__(self, model: nn.Module, processor, *, system_prompt: str | None = None,
-                 long_audio: str = "error"):
-        super().__init__(model, processor, system_prompt=system_prompt, long_audio=long_audio)
+    def __init__(self, model: nn.Module, processor, **options: Any):
+        super().__init__(model, processor, **options)  # system_prompt, long_audio
         bare = unwrap_model(model)
-        if not isinstance(bare, VoxtralForConditionalGeneration):
-            raise TypeError(f"model must be a VoxtralForConditionalGeneration, got "
-                            f"{type(bare).__name__}")
         tok = self.tokenizer
         self.audio_token = tok.convert_ids_to_tokens(int(bare.config.audio_token_id))
         self.begin_audio = "[BEGIN_AUDIO]"
@@ -87,6 +85,9 @@ class Adapter(ChatAdapter):
         enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         return PromptBatch(enc["input_ids"], enc["attention_mask"])
 
+    def chunked_limit(self) -> None:  # the family's own chunking takes any length
+        return None
+
     def _encode_audio(self, texts: list[str], waves: list, *, chunk: bool) -> PromptBatch:
         fe = self.processor.feature_extractor
         window = fe.n_samples
@@ -104,9 +105,6 @@ class Adapter(ChatAdapter):
         batch.item_rows = torch.tensor(windows)
         return batch
 
-    def shared_audio_calls(self, model: nn.Module) -> list[tuple[object, str]]:
-        return [(_find(model, "audio_tower"), "forward"),
-                (_find(model, "multi_modal_projector"), "forward")]
 
 
 def load(path: Path):
@@ -136,10 +134,5 @@ def build_tiny(seed: int = 0, *, chunk_seconds: int = 8):
                          bos_token_id=1, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id),
         audio_token_id=24)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = VoxtralForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
-    model.eval()
+    model = seeded_tiny(VoxtralForConditionalGeneration, config, tok, seed)
     return with_blocks(model, BLOCKS), processor
