@@ -38,13 +38,15 @@ class _KL(nn.Module):
     _fn = staticmethod(reverse_kl)
 
     def __init__(self, *, temperature: float = TEMPERATURE, teacher_grad: bool = False,
-                 impl: str | None = None):
+                 impl: str | None = None, process_group=None):
         super().__init__()
         self.temperature, self.teacher_grad, self.impl = temperature, teacher_grad, impl
+        self.process_group = process_group
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return self._fn(student_logits, teacher_logits, temperature=self.temperature,
-                        teacher_grad=self.teacher_grad, impl=self.impl)
+                        teacher_grad=self.teacher_grad, impl=self.impl,
+                        process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, teacher_grad={self.teacher_grad}"
@@ -69,15 +71,17 @@ class JSD(nn.Module):
     """
 
     def __init__(self, *, beta: float = JSD_BETA, temperature: float = TEMPERATURE,
-                 teacher_grad: bool = False, impl: str | None = None):
+                 teacher_grad: bool = False, impl: str | None = None, process_group=None):
         super().__init__()
         check_unit("beta", beta)  # fail at construction, not at the first step
         self.beta, self.temperature, self.teacher_grad, self.impl = (
             beta, temperature, teacher_grad, impl)
+        self.process_group = process_group
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return jsd(student_logits, teacher_logits, beta=self.beta, temperature=self.temperature,
-                   teacher_grad=self.teacher_grad, impl=self.impl)
+                   teacher_grad=self.teacher_grad, impl=self.impl,
+                   process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, temperature={self.temperature}"
@@ -87,13 +91,15 @@ class TokenLogprobs(nn.Module):
     """Per-token log p(label); see :func:`cord_kernels.token_logprobs`."""
 
     def __init__(self, *, temperature: float = TEMPERATURE, ignore_index: int = IGNORE_INDEX,
-                 impl: str | None = None):
+                 impl: str | None = None, process_group=None, vocab_offset: int | None = None):
         super().__init__()
         self.temperature, self.ignore_index, self.impl = temperature, ignore_index, impl
+        self.process_group, self.vocab_offset = process_group, vocab_offset
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_logprobs(logits, labels, temperature=self.temperature,
-                              ignore_index=self.ignore_index, impl=self.impl)
+                              ignore_index=self.ignore_index, impl=self.impl,
+                              process_group=self.process_group, vocab_offset=self.vocab_offset)
 
 
 class CordTokenLoss(nn.Module):
@@ -110,19 +116,23 @@ class CordTokenLoss(nn.Module):
     def __init__(self, *, top_k: int = TOP_K, alpha: float = ALPHA, beta: float = BETA,
                  temperature: float = TEMPERATURE, reduction: str = REDUCTION,
                  return_per_token: bool = False, ignore_index: int = IGNORE_INDEX,
-                 impl: str | None = None):
+                 impl: str | None = None, process_group=None):
         super().__init__()
         LossOptions.check(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                           reduction=reduction, return_per_token=return_per_token,
-                          ignore_index=ignore_index, impl=impl)
+                          ignore_index=ignore_index, impl=impl, process_group=process_group)
         self.top_k, self.alpha, self.beta = top_k, alpha, beta
         self.temperature, self.reduction, self.impl = temperature, reduction, impl
         self.return_per_token = return_per_token
         self.ignore_index = ignore_index
+        self.process_group = process_group
 
     def options(self) -> dict:
-        return dict(top_k=self.top_k, alpha=self.alpha, beta=self.beta,
+        opts = dict(top_k=self.top_k, alpha=self.alpha, beta=self.beta,
                     temperature=self.temperature, reduction=self.reduction, impl=self.impl)
+        if self.process_group is not None:  # vocabulary parallel
+            opts["process_group"] = self.process_group
+        return opts
 
     def forward(self, student_logits, teacher_logits, mask=None, *, labels=None,
                 num_items_in_batch=None):
@@ -252,14 +262,18 @@ class GRPOLoss(nn.Module):
 class _SparseLossOptions(nn.Module):
     def __init__(self, *, divergence: str = "forward_kl", jsd_beta: float = JSD_BETA,
                  tail: str = TAIL, temperature: float = TEMPERATURE, reduction: str = REDUCTION,
-                 return_per_token: bool = False, impl: str | None = None):
+                 return_per_token: bool = False, impl: str | None = None,
+                 process_group=None, vocab_offset: int | None = None):
         super().__init__()
         LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
                           temperature=temperature, reduction=reduction,
-                          return_per_token=return_per_token, impl=impl)
+                          return_per_token=return_per_token, impl=impl,
+                          process_group=process_group, vocab_offset=vocab_offset)
         self.opts = dict(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
                          temperature=temperature, reduction=reduction,
                          return_per_token=return_per_token, impl=impl)
+        if process_group is not None:  # vocabulary parallel
+            self.opts.update(process_group=process_group, vocab_offset=vocab_offset)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.opts.items())

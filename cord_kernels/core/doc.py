@@ -37,6 +37,11 @@ softcap, logit_scale: the model's logit transform, applied to the logits inside 
 inplace_backward: Triton path only: write the gradient into the student logits' storage
     (garbage after backward). Ignored where impl=None picks the torch path; an error
     with impl="torch".""",
+    "process_group": """\
+process_group: vocabulary (tensor) parallel: the logits are this rank's contiguous slice
+    of the vocabulary, slices in rank order (or DTensors sharded on it, ``Shard(-1)``).
+    Every rank gets the full-vocabulary loss and per-token values; the gradient is the
+    local slice of the full one. None: the whole vocabulary here (today's behaviour).""",
     "impl": """\
 impl: "triton", "torch" or None (Triton on CUDA tensors or under TRITON_INTERPRET=1,
     the torch path otherwise).""",

@@ -1,0 +1,429 @@
+"""Vocabulary (tensor) parallel row math: each rank holds a contiguous slice of the vocabulary.
+
+With a process group of W ranks, rank r holds the columns [offset_r, offset_r + V_r) of every
+row (logits in), or those rows of the LM head (hidden states in); slices are in rank order and
+may differ in size. Each rank streams its slice into a few per-row statistics, the statistics
+are all-reduced, and every rank then holds the full-vocabulary value; the backward needs only
+those global row statistics and the local logits, so it communicates nothing:
+
+    max      m   = max_v s_v                         (all-reduce MAX)
+    sum-exp  S   = sum_v e^{s_v - m}                 (all-reduce SUM, with the sums below)
+    KL       A   = sum_v e^{s_v - m} ((s_v - m) - (u_v - m_u)),  D = A / S - log S + log S_u
+    JSD      K_p = sum_v p_v (log p_v - log m_v) needs the global lse first: a third
+             all-reduce
+    ids      s_id (a rank adds the ids in its range, 0 elsewhere): rides with the sums
+
+All-reduces per call, each of (rows, a few) fp32 statistics, never of size V:
+
+    reverse_kl / forward_kl / cord_token_loss      2
+    jsd                                            3
+    token_logprobs, support log-probs (sparse)     2  (+1 all-gather of the shard sizes
+                                                       unless ``vocab_offset`` is given)
+
+The DTensor unwrapping (``Shard(-1)`` logits, ``Shard(0)`` head) lives here too.
+Everything here is the torch path: it runs on any device, and on CUDA the reductions go
+through ``torch.distributed`` (NCCL).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# ----------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class VocabShard:
+    """This rank's slice: the group, its first global id (None until a loss needs it) and the
+    whole vocabulary's size (None when ``vocab_offset`` was given: then unknown)."""
+
+    group: object
+    offset: int | None = None
+    vocab: int | None = None
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return None
+    return DTensor
+
+
+def is_dtensor(x) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(x, dtensor)
+
+
+def unwrap_dtensor(x, vocab_dim: int):
+    """(local tensor, group, offset) of a DTensor sharded on ``vocab_dim`` over a 1-D mesh (a
+    replicated DTensor: (local, None, None)); a plain tensor passes through as (x, None, None).
+    ``to_local`` is differentiable: the gradient comes back as the same sharded DTensor."""
+    if not is_dtensor(x):
+        return x, None, None
+    from torch.distributed.tensor import Replicate, Shard
+    mesh = x.device_mesh
+    if mesh.ndim != 1:
+        raise ValueError(f"a vocabulary-sharded DTensor needs a 1-D device mesh, got "
+                         f"{mesh.ndim} dimensions")
+    place = x.placements[0]
+    if isinstance(place, Replicate):
+        return x.to_local(), None, None
+    dim = vocab_dim % x.ndim
+    if not isinstance(place, Shard) or place.dim % x.ndim != dim:
+        raise ValueError(f"a DTensor input must be sharded on its vocabulary dimension "
+                         f"(Shard({vocab_dim})) or replicated, got {place}")
+    vocab, world = x.shape[dim], mesh.size()
+    chunk = -(-vocab // world)  # torch.chunk's split, which Shard uses
+    offset = min(mesh.get_local_rank() * chunk, vocab)
+    return x.to_local(), mesh.get_group(), offset
+
+
+def unwrap_inputs(process_group, vocab_offset, sharded: dict, replicated: dict):
+    """Unwraps DTensor inputs: ``sharded`` {name: (tensor, vocab dim)} may be vocabulary-sharded,
+    ``replicated`` {name: tensor} must not be. Returns (locals by name, group, offset): the
+    group and offset come from a sharded DTensor when ``process_group`` is None."""
+    out, group, offset = {}, process_group, vocab_offset
+    for name, (t, dim) in sharded.items():
+        local, g, o = unwrap_dtensor(t, dim)
+        out[name] = local
+        if g is not None:
+            if group is not None and group is not g:
+                raise ValueError(f"{name} is sharded over another group than process_group")
+            group = g
+            offset = o if vocab_offset is None else vocab_offset
+    for name, t in replicated.items():
+        local, g, _ = unwrap_dtensor(t, -1)
+        if g is not None:
+            raise ValueError(f"{name} must be replicated, not sharded on the vocabulary")
+        out[name] = local
+    return out, group, offset
+
+
+def learn_offset(group, local_vocab: int, device) -> tuple[int, int]:
+    """(this rank's first global id, the whole vocabulary): one all-gather of the slice sizes
+    (one host sync)."""
+    size = torch.tensor([local_vocab], dtype=torch.int64, device=device)
+    sizes = torch.empty(dist.get_world_size(group), dtype=torch.int64, device=device)
+    dist.all_gather_single(sizes, size, group=group)
+    sizes = sizes.tolist()
+    return sum(sizes[:dist.get_rank(group)]), sum(sizes)
+
+
+def all_reduce_(t: torch.Tensor, op, group) -> torch.Tensor:
+    dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+def all_reduce_min_int(value: int, group, device) -> int:
+    """The smallest of every rank's ``value`` (one all-reduce of one int, one host sync)."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    return int(all_reduce_(t, dist.ReduceOp.MIN, group))
+
+
+# ----------------------------------------------------------------------- row statistics
+
+
+def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(dt)
+    return x if temperature == 1.0 else x / temperature
+
+
+def _local_max(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] == 0:  # an empty slice
+        return x.new_full(x.shape[:-1], float("-inf"))
+    return x.amax(-1)
+
+
+def global_max(group, *xs: torch.Tensor) -> list[torch.Tensor]:
+    """The row max of each (n, V_r) slice over the group (one all-reduce); a row that is
+    -inf everywhere gets 0, so that e^{x - m} stays 0 there."""
+    m = all_reduce_(torch.stack([_local_max(x) for x in xs]), dist.ReduceOp.MAX, group)
+    return list(torch.where(torch.isfinite(m), m, 0.0).unbind(0))
+
+
+def kl_stats(x, y, group):
+    """D = KL(P_x || P_y) per row of the scaled slices and the global lse of each (2
+    all-reduces)."""
+    mx, my = global_max(group, x, y)
+    lx, ly = x - mx[:, None], y - my[:, None]
+    ex = lx.exp()
+    # Entries with p_x = 0 (-inf logits) contribute nothing, even against -inf in y.
+    a = torch.where(ex > 0, ex * (lx - ly), 0.0).sum(-1)
+    sums = all_reduce_(torch.stack([ex.sum(-1), ly.exp().sum(-1), a]), dist.ReduceOp.SUM,
+                       group)
+    s_x, s_y, a = sums.unbind(0)
+    d = a / s_x - s_x.log() + s_y.log()
+    return d, mx + s_x.log(), my + s_y.log()
+
+
+def kl_grads(x, y, lse_x, lse_y, d, g, need_dx: bool, need_dy: bool):
+    """g dD/dx, g dD/dy on the local slices (g: (n,) already / tau)."""
+    log_px = x - lse_x[:, None]
+    px = log_px.exp()
+    dx = dy = None
+    if need_dx:
+        # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
+        dx = torch.where(px > 0, px * (log_px - (y - lse_y[:, None]) - d[:, None]), 0.0)
+        dx = dx * g[:, None]
+    if need_dy:
+        # dD/dy_v = (1/tau) (q_v - p_v)
+        dy = ((y - lse_y[:, None]).exp() - px) * g[:, None]
+    return dx, dy
+
+
+def _log_mixture(log_p, log_q, beta: float):
+    return torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
+
+
+def jsd_stats(x, y, beta: float, group):
+    """JSD_beta per row (3 all-reduces) and what the gradient needs: (d, (lse_x, lse_y, k_p,
+    k_q))."""
+    mx, my = global_max(group, x, y)
+    sums = all_reduce_(torch.stack([(x - mx[:, None]).exp().sum(-1),
+                                    (y - my[:, None]).exp().sum(-1)]), dist.ReduceOp.SUM, group)
+    lse_x, lse_y = mx + sums[0].log(), my + sums[1].log()
+    k_p, k_q = _jsd_terms(x, y, lse_x, lse_y, beta, group)
+    return beta * k_q + (1.0 - beta) * k_p, (lse_x, lse_y, k_p, k_q)
+
+
+def _jsd_terms(x, y, lse_x, lse_y, beta, group):
+    log_p, log_q = x - lse_x[:, None], y - lse_y[:, None]
+    log_m = _log_mixture(log_p, log_q, beta)
+    p, q = log_p.exp(), log_q.exp()
+    k = torch.stack([torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1),
+                     torch.where(q > 0, q * (log_q - log_m), 0.0).sum(-1)])
+    k_p, k_q = all_reduce_(k, dist.ReduceOp.SUM, group).unbind(0)
+    return k_p, k_q
+
+
+def jsd_grads(x, y, stats, beta: float, g, need_dx: bool, need_dy: bool):
+    lse_x, lse_y, k_p, k_q = stats
+    log_p, log_q = x - lse_x[:, None], y - lse_y[:, None]
+    log_m = _log_mixture(log_p, log_q, beta)
+    dx = dy = None
+    if need_dx:
+        # dJSD/dx_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
+        p = log_p.exp()
+        dx = torch.where(p > 0, p * (log_p - log_m - k_p[:, None]), 0.0) \
+            * (g * (1.0 - beta))[:, None]
+    if need_dy:
+        # dJSD/dy_v = (1/tau) beta q_v (log q_v - log m_v - K_q)
+        q = log_q.exp()
+        dy = torch.where(q > 0, q * (log_q - log_m - k_q[:, None]), 0.0) * (g * beta)[:, None]
+    return dx, dy
+
+
+def support_stats(x, ids, valid, offset: int, group):
+    """(a (n, k) = log p at the global ``ids`` (-inf at invalid slots), lse (n,), own (n, k)
+    the slots this rank holds, local ids) of the scaled (n, V_r) slice (2 all-reduces)."""
+    (m,) = global_max(group, x)
+    local = ids.long() - offset
+    own = valid & (local >= 0) & (local < x.shape[-1])
+    safe = torch.where(own, local, 0)
+    picked = torch.where(own, x.gather(1, safe) - m[:, None], 0.0) if x.shape[-1] else \
+        torch.zeros(ids.shape, dtype=x.dtype, device=x.device)
+    s = (x - m[:, None]).exp().sum(-1, keepdim=True)
+    sums = all_reduce_(torch.cat([s, picked], 1), dist.ReduceOp.SUM, group)
+    log_s = sums[:, 0].log()
+    a = torch.where(valid, sums[:, 1:] - log_s[:, None], float("-inf"))
+    return a, m + log_s, own, safe
+
+
+def global_lse(x, group):
+    """lse per row of the scaled (n, V_r) slices over the group (2 all-reduces)."""
+    (m,) = global_max(group, x)
+    s = all_reduce_((x - m[:, None]).exp().sum(-1), dist.ReduceOp.SUM, group)
+    return m + s.log()
+
+
+def local_topk(x, k: int, offset: int):
+    """(values, global ids) of this slice's top-min(k, V_r) per row, padded to k with -inf."""
+    n, local_k = x.shape[0], min(k, x.shape[-1])
+    vals = torch.full((n, k), float("-inf"), dtype=x.dtype, device=x.device)
+    ids = torch.zeros((n, k), dtype=torch.int64, device=x.device)
+    if local_k:
+        v, i = torch.topk(x, local_k, dim=-1)
+        vals[:, :local_k], ids[:, :local_k] = v, i + offset
+    return vals, ids
+
+
+def merge_topk(vals, ids, group):
+    """The group's top-k per row from each rank's (n, k) candidates, sorted decreasing: one
+    all-gather of (n, 2k) (values and ids packed in fp64, exact for ids < 2^53), then a
+    top-k of the W k candidates."""
+    n, k = vals.shape
+    packed = torch.cat([vals.double(), ids.double()], 1)
+    world = dist.get_world_size(group)
+    gathered = torch.empty(world * n, 2 * k, dtype=torch.float64, device=vals.device)
+    dist.all_gather_single(gathered, packed, group=group)
+    gathered = gathered.view(world, n, 2 * k).permute(1, 0, 2)  # (n, W, 2k), rank order
+    cand_v = gathered[..., :k].reshape(n, world * k)
+    cand_i = gathered[..., k:].reshape(n, world * k)
+    top_v, where = torch.topk(cand_v, k, dim=-1)
+    return top_v.to(vals.dtype), cand_i.gather(1, where).long()
+
+
+def global_topk(x, k: int, offset: int, group):
+    """(values, global ids) of the k largest entries per row over the group (one
+    all-gather)."""
+    return merge_topk(*local_topk(x, k, offset), group)
+
+
+def combine_lse(m, s, group):
+    """The group's lse per row from each rank's local max ``m`` and sum ``s`` of e^{x - m}
+    (2 all-reduces)."""
+    g = all_reduce_(m.clone(), dist.ReduceOp.MAX, group)
+    g = torch.where(torch.isfinite(g), g, 0.0)
+    total = all_reduce_(s * (m - g).exp(), dist.ReduceOp.SUM, group)
+    return g + total.log()
+
+
+def support_grad(x, lse, own, safe, g, temperature: float):
+    """dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G) on the local slice (g: (n, k), 0 at
+    invalid slots)."""
+    dx = (x - lse[:, None]).exp() * (-g.sum(1) / temperature)[:, None]
+    if x.shape[-1]:
+        dx.scatter_add_(1, safe, torch.where(own, g / temperature, 0.0))
+    return dx
+
+
+# ---------------------------------------------------------------- autograd Functions
+
+
+def _flat(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+class VocabParallelKLFunction(torch.autograd.Function):
+    """Per-row KL(P_x || P_y) of vocabulary slices, the full-vocabulary value on every rank.
+    Saves the inputs and three (rows,) statistics; backward recomputes softmax locally."""
+
+    @staticmethod
+    def forward(ctx, x, y, row_mask, temperature: float, group):
+        with torch.no_grad():
+            xs, ys = _scaled(_flat(x), temperature), _scaled(_flat(y), temperature)
+            d, lse_x, lse_y = kl_stats(xs, ys, group)
+            if row_mask is not None:
+                d = torch.where(row_mask.reshape(-1), d, 0.0)
+        ctx.save_for_backward(x, y, row_mask, lse_x, lse_y, d)
+        ctx.temperature = temperature
+        return d.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        x, y, row_mask, lse_x, lse_y, d = ctx.saved_tensors
+        tau = ctx.temperature
+        g = grad_d.reshape(-1).to(lse_x.dtype) / tau
+        if row_mask is not None:
+            g = torch.where(row_mask.reshape(-1), g, 0.0)
+        dx, dy = kl_grads(_scaled(_flat(x), tau), _scaled(_flat(y), tau), lse_x, lse_y, d, g,
+                          ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        if row_mask is not None:  # NaN padding in masked rows must not leak through 0 * x
+            keep = row_mask.reshape(-1, 1)
+            dx = None if dx is None else torch.where(keep, dx, 0.0)
+            dy = None if dy is None else torch.where(keep, dy, 0.0)
+        dx = None if dx is None else dx.to(x.dtype).view(x.shape)
+        dy = None if dy is None else dy.to(y.dtype).view(y.shape)
+        return dx, dy, None, None, None
+
+
+class VocabParallelJSDFunction(torch.autograd.Function):
+    """Per-row generalized JSD (0 < beta < 1) of vocabulary slices (x: the student)."""
+
+    @staticmethod
+    def forward(ctx, x, y, beta: float, temperature: float, group):
+        with torch.no_grad():
+            xs, ys = _scaled(_flat(x), temperature), _scaled(_flat(y), temperature)
+            d, stats = jsd_stats(xs, ys, beta, group)
+        ctx.save_for_backward(x, y, *stats)
+        ctx.beta, ctx.temperature = beta, temperature
+        return d.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        x, y, *stats = ctx.saved_tensors
+        tau = ctx.temperature
+        g = grad_d.reshape(-1).to(stats[0].dtype) / tau
+        dx, dy = jsd_grads(_scaled(_flat(x), tau), _scaled(_flat(y), tau), stats, ctx.beta, g,
+                           ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        dx = None if dx is None else dx.to(x.dtype).view(x.shape)
+        dy = None if dy is None else dy.to(y.dtype).view(y.shape)
+        return dx, dy, None, None, None
+
+
+class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
+    """log softmax(x / tau) at the k global ``ids`` per row, from a vocabulary slice: (..., k),
+    -inf at invalid slots. Saves the slice and lse per row."""
+
+    @staticmethod
+    def forward(ctx, x, ids, slot_valid, temperature: float, offset: int, group):
+        k = ids.shape[-1]
+        with torch.no_grad():
+            a, lse, own, safe = support_stats(_scaled(_flat(x), temperature),
+                                              ids.reshape(-1, k), slot_valid.reshape(-1, k),
+                                              offset, group)
+        ctx.save_for_backward(x, lse, own, safe, slot_valid)
+        ctx.temperature = temperature
+        return a.view(ids.shape)
+
+    @staticmethod
+    def backward(ctx, grad_a):
+        x, lse, own, safe, slot_valid = ctx.saved_tensors
+        tau = ctx.temperature
+        k = safe.shape[-1]
+        g = torch.where(slot_valid.reshape(-1, k), grad_a.reshape(-1, k).to(lse.dtype), 0.0)
+        dx = support_grad(_scaled(_flat(x), tau), lse, own, safe, g, tau)
+        return dx.to(x.dtype).view(x.shape), None, None, None, None, None
+
+
+def vocab_parallel_logprobs(logits, labels, temperature: float, ignore_index: int,
+                            offset: int, group) -> torch.Tensor:
+    """log p(label) per row from a vocabulary slice (global labels; 0 where ignored)."""
+    valid = (labels != ignore_index).unsqueeze(-1)
+    ids = torch.where(valid, labels.unsqueeze(-1), 0)
+    a = VocabParallelSupportLogprobsFunction.apply(logits, ids, valid, temperature, offset,
+                                                   group)
+    return torch.where(valid, a, 0.0).squeeze(-1)
+
+
+def is_parallel(process_group, *tensors) -> bool:
+    """Whether a call is vocabulary parallel: a group is given or an input is a DTensor."""
+    return process_group is not None or any(is_dtensor(t) for t in tensors)
+
+
+def logits_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
+                  replicated: dict | None = None):
+    """The local slices of a logits-in call: (locals by name, VocabShard). ``sharded``:
+    {name: tensor with the vocabulary last}; the offset is learnt (one all-gather) only when
+    ``need_offset`` and neither ``vocab_offset`` nor a DTensor gives it."""
+    local, group, offset = unwrap_inputs(
+        process_group, vocab_offset, {n: (t, -1) for n, t in sharded.items()},
+        {n: t for n, t in (replicated or {}).items() if t is not None})
+    return local, _shard(group, offset, sharded, local, -1, need_offset)
+
+
+def _shard(group, offset, sharded, local, dim, need_offset) -> VocabShard:
+    if group is None:
+        raise ValueError("a vocabulary-parallel call needs process_group= or DTensor inputs")
+    name, first = next(iter(sharded.items()))
+    vocab = first.shape[dim] if is_dtensor(first) else None
+    if need_offset and offset is None:
+        offset, vocab = learn_offset(group, local[name].shape[dim], local[name].device)
+    return VocabShard(group, offset, vocab)
+
+
+def head_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
+                replicated: dict | None = None):
+    """The local head rows of a hidden-states-in call (``sharded``: {name: (V, ...) head
+    tensor or None}), as :func:`logits_slices`."""
+    sharded = {n: t for n, t in sharded.items() if t is not None}
+    local, group, offset = unwrap_inputs(
+        process_group, vocab_offset, {n: (t, 0) for n, t in sharded.items()},
+        {n: t for n, t in (replicated or {}).items() if t is not None})
+    return local, _shard(group, offset, sharded, local, 0, need_offset)
