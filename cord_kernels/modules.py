@@ -158,13 +158,22 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
                  temperature: float = TEMPERATURE, softcap: float | None = None,
                  logit_scale: float = LOGIT_SCALE, reduction: str = REDUCTION,
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 ignore_index: int = IGNORE_INDEX, impl: str | None = None):
+                 ignore_index: int = IGNORE_INDEX, impl: str | None = None,
+                 process_group=None, reduce_hidden_grad: bool = True):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                          reduction=reduction, return_per_token=return_per_token,
-                         ignore_index=ignore_index, impl=impl)
-        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+                         ignore_index=ignore_index, impl=impl, process_group=process_group)
+        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes,
+                          reduce_hidden_grad=reduce_hidden_grad)
         self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes = chunk_bytes
+        self.reduce_hidden_grad = reduce_hidden_grad
+
+    def options(self) -> dict:
+        opts = super().options()
+        if self.process_group is not None:
+            opts["reduce_hidden_grad"] = self.reduce_hidden_grad
+        return opts
 
     def forward(self, student_hidden, teacher_hidden, weight, mask=None, bias=None,
                 teacher_weight=None, teacher_bias=None, *, labels=None,
@@ -192,23 +201,30 @@ class FusedLinearDistillLoss(nn.Module):
                  temperature: float = TEMPERATURE, softcap: float | None = None,
                  logit_scale: float = LOGIT_SCALE, reduction: str = REDUCTION,
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 ignore_index: int = IGNORE_INDEX, impl: str | None = None):
+                 ignore_index: int = IGNORE_INDEX, impl: str | None = None,
+                 process_group=None, reduce_hidden_grad: bool = True):
         super().__init__()
         LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, temperature=temperature,
                           softcap=softcap, logit_scale=logit_scale, reduction=reduction,
                           return_per_token=return_per_token, chunk_bytes=chunk_bytes,
-                          ignore_index=ignore_index, impl=impl)
+                          ignore_index=ignore_index, impl=impl, process_group=process_group,
+                          reduce_hidden_grad=reduce_hidden_grad)
+        self.process_group, self.reduce_hidden_grad = process_group, reduce_hidden_grad
         self.softcap, self.logit_scale = softcap, logit_scale
         self.divergence, self.jsd_beta, self.temperature = divergence, jsd_beta, temperature
         self.reduction, self.return_per_token = reduction, return_per_token
         self.chunk_bytes, self.impl, self.ignore_index = chunk_bytes, impl, ignore_index
 
     def options(self) -> dict:
-        return dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
+        opts = dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
                     temperature=self.temperature, softcap=self.softcap,
                     logit_scale=self.logit_scale, reduction=self.reduction,
                     return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
                     impl=self.impl)
+        if self.process_group is not None:  # vocabulary parallel
+            opts.update(process_group=self.process_group,
+                        reduce_hidden_grad=self.reduce_hidden_grad)
+        return opts
 
     def forward(self, student_hidden, teacher_hidden, weight, mask=None, token_weights=None,
                 bias=None, teacher_weight=None, teacher_bias=None, *, labels=None,
@@ -231,10 +247,17 @@ class FusedLinearTokenLogprobs(nn.Module):
 
     def __init__(self, *, temperature: float = TEMPERATURE, softcap: float | None = None,
                  logit_scale: float = LOGIT_SCALE, ignore_index: int = IGNORE_INDEX,
-                 chunk_bytes: int | None = None, impl: str | None = None):
+                 chunk_bytes: int | None = None, impl: str | None = None,
+                 process_group=None, vocab_offset: int | None = None,
+                 reduce_hidden_grad: bool = True):
         super().__init__()
         LossOptions.check(temperature=temperature, softcap=softcap, logit_scale=logit_scale,
-                          ignore_index=ignore_index, chunk_bytes=chunk_bytes, impl=impl)
+                          ignore_index=ignore_index, chunk_bytes=chunk_bytes, impl=impl,
+                          process_group=process_group, vocab_offset=vocab_offset,
+                          reduce_hidden_grad=reduce_hidden_grad)
+        self.vp = {} if process_group is None else dict(
+            process_group=process_group, vocab_offset=vocab_offset,
+            reduce_hidden_grad=reduce_hidden_grad)
         self.temperature, self.ignore_index = temperature, ignore_index
         self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes, self.impl = chunk_bytes, impl
@@ -243,7 +266,7 @@ class FusedLinearTokenLogprobs(nn.Module):
         return fused_linear_token_logprobs(
             hidden, weight, labels, bias=bias, temperature=self.temperature,
             softcap=self.softcap, logit_scale=self.logit_scale, ignore_index=self.ignore_index,
-            chunk_bytes=self.chunk_bytes, impl=self.impl,
+            chunk_bytes=self.chunk_bytes, impl=self.impl, **self.vp,
         )
 
 

@@ -292,10 +292,93 @@ def case_teacher_topk(ctx):
     ctx.close("teacher_topk (hidden, weight) logprobs", got_lp, want_lp, VALUE_RTOL)
 
 
+def _heads(H=8, Ht=6):
+    h_s = torch.randn(B, T, H, generator=_gen(20)).requires_grad_()
+    h_t = torch.randn(B, T, Ht, generator=_gen(21))
+    w = (torch.randn(V, H, generator=_gen(22)) * 0.7).requires_grad_()
+    b = (torch.randn(V, generator=_gen(23)) * 0.5).requires_grad_()
+    w_t = torch.randn(V, Ht, generator=_gen(24)) * 0.7
+    b_t = torch.randn(V, generator=_gen(25)) * 0.5
+    return h_s, h_t, w, b, w_t, b_t
+
+
+def _fused_case(ctx, name, fn, kw, reduce_hidden_grad=True):
+    h_s, h_t, w, b, w_t, b_t = _heads()
+    mask = _mask()
+    want, d_want = fn(h_s, h_t, w, mask, bias=b, teacher_weight=w_t, teacher_bias=b_t,
+                      impl="torch", return_per_token=True, **kw)
+    h_l, w_l, b_l = h_s.detach().clone().requires_grad_(), ctx.rows(w), ctx.rows(b)
+    got, d_got = _count(ctx, name, fn, h_l, h_t, w_l, mask, bias=b_l,
+                        teacher_weight=ctx.rows(w_t), teacher_bias=ctx.rows(b_t),
+                        return_per_token=True, process_group=ctx.group,
+                        reduce_hidden_grad=reduce_hidden_grad, **kw)
+    ctx.close(f"{name} value", got, want, VALUE_RTOL)
+    ctx.close(f"{name} per-token", d_got, d_want, VALUE_RTOL)
+    cot = torch.randn(want.shape, generator=_gen(26))
+    (want * cot).sum().backward()
+    (got * cot).sum().backward()
+    g_h = h_l.grad
+    if not reduce_hidden_grad:  # each rank holds its head slice's part: the sum is the full
+        assert not torch.allclose(g_h, h_s.grad)
+        dist.all_reduce(g_h, group=ctx.group)
+    ctx.close(f"{name} grad hidden", g_h, h_s.grad, GRAD_RTOL)
+    ctx.close(f"{name} grad weight", w_l.grad, ctx.rows(w.grad), GRAD_RTOL, w.grad)
+    ctx.close(f"{name} grad bias", b_l.grad, ctx.rows(b.grad), GRAD_RTOL, b.grad)
+
+
+def case_fused_distill(ctx):
+    weights = torch.rand(B, T, generator=_gen(9))
+    for i, kw in enumerate((
+            {"divergence": "reverse_kl", "temperature": 0.8, "token_weights": weights},
+            {"divergence": "forward_kl", "softcap": 3.0, "logit_scale": 0.9,
+             "num_items_in_batch": 13, "chunk_bytes": 4 * 4 * 7 * 2},  # 4 rows a chunk
+            {"divergence": "jsd", "jsd_beta": 0.3, "reduction": "none"})):
+        _fused_case(ctx, f"fused_linear_distill_loss[{kw['divergence']}]",
+                    ck.fused_linear_distill_loss, kw, reduce_hidden_grad=i != 1)
+    # 1 to agree on the chunks, 2 per chunk, 1 of the hidden-state gradient
+    assert ctx.counts["fused_linear_distill_loss[reverse_kl]"]["all_reduce"] == 1 + 2 + 1
+    # several chunks; no hidden-gradient all-reduce with reduce_hidden_grad=False
+    n = ctx.counts["fused_linear_distill_loss[forward_kl]"]["all_reduce"]
+    assert n > 3 and (n - 1) % 2 == 0, n
+    assert ctx.counts["fused_linear_distill_loss[jsd]"]["all_reduce"] == 1 + 3
+    # CORD: chunks of 4 rows cut the 6-row sequences, so the top-K needs the second pass
+    for kw in ({"top_k": 2, "temperature": 0.7},
+               {"top_k": 3, "chunk_bytes": 4 * 4 * 7 * 2, "num_items_in_batch": 7},
+               {"top_k": 2, "reduction": "none", "softcap": 4.0}):
+        _fused_case(ctx, "fused_linear_cord_token_loss", ck.fused_linear_cord_token_loss, kw)
+
+
+def case_fused_logprobs(ctx):
+    h_s, _, w, b, _, _ = _heads()
+    labels = torch.randint(0, V, (B, T), generator=_gen(4))
+    labels[0, 1] = labels[2, 3] = -100
+    for kw in ({"temperature": 0.9}, {"softcap": 3.0, "logit_scale": 1.1,
+                                      "chunk_bytes": 4 * 7 * 2 * 3}):
+        h_s.grad = w.grad = b.grad = None
+        want = ck.fused_linear_token_logprobs(h_s, w, labels, bias=b, impl="torch", **kw)
+        h_l, w_l, b_l = h_s.detach().clone().requires_grad_(), ctx.rows(w), ctx.rows(b)
+        got = _count(ctx, "fused_linear_token_logprobs", ck.fused_linear_token_logprobs,
+                     h_l, w_l, labels, bias=b_l, process_group=ctx.group, **kw)
+        ctx.close("fused_linear_token_logprobs value", got, want, VALUE_RTOL)
+        cot = torch.randn(want.shape, generator=_gen(27))
+        (want * cot).sum().backward()
+        (got * cot).sum().backward()
+        ctx.close("fused_linear_token_logprobs grad hidden", h_l.grad, h_s.grad, GRAD_RTOL)
+        ctx.close("fused_linear_token_logprobs grad weight", w_l.grad, ctx.rows(w.grad),
+                  GRAD_RTOL, w.grad)
+        ctx.close("fused_linear_token_logprobs grad bias", b_l.grad, ctx.rows(b.grad),
+                  GRAD_RTOL, b.grad)
+    # forward: the sizes all-gather, 1 to agree on the chunks, 2 per chunk
+    counts = ctx.counts["fused_linear_token_logprobs"]
+    assert counts["all_gather_single"] == 1 and (counts["all_reduce"] - 1) % 2 == 0
+
+
 CASES = {2: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_module,
-             case_dtensor, case_sparse, case_teacher_topk],
+             case_dtensor, case_sparse, case_teacher_topk, case_fused_distill,
+             case_fused_logprobs],
          3: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_sparse,
-             case_teacher_topk]}
+             case_teacher_topk, case_fused_distill,
+             case_fused_logprobs]}
 
 
 # ------------------------------------------------------------------------------ harness

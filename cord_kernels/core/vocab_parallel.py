@@ -27,11 +27,14 @@ through ``torch.distributed`` (NCCL).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from cord_kernels.core.torch_path import TileStats
 
 # ----------------------------------------------------------------------------- groups
 
@@ -427,3 +430,89 @@ def head_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
         process_group, vocab_offset, {n: (t, 0) for n, t in sharded.items()},
         {n: t for n, t in (replicated or {}).items() if t is not None})
     return local, _shard(group, offset, sharded, local, 0, need_offset)
+
+
+# ------------------------------------------------ the fused-linear chunk drivers' pieces
+
+
+class VocabParallelTileDivergence:
+    """The distillation chunk driver's row math (``fused/tile_divergence.TileDivergence``) on
+    (n, V_r) tiles of this rank's head rows: Div over the whole vocabulary per row (2
+    all-reduces per chunk for the KLs, 3 for the JSD), and ``write_grad`` turns the student
+    tile into its slice of g dDiv/ds (1/tau included; no row scale left)."""
+
+    def __init__(self, divergence: str, jsd_beta: float, temperature: float, group):
+        self.divergence, self.jsd_beta = divergence, jsd_beta
+        self.temperature, self.group = temperature, group
+
+    def stats(self, s, u, want_grad: bool = True):
+        xs, ys = _scaled(s, self.temperature), _scaled(u, self.temperature)
+        if self.divergence == "jsd":
+            d, extra = jsd_stats(xs, ys, self.jsd_beta, self.group)
+            return TileStats(d, extra)
+        if self.divergence == "forward_kl":  # KL(q || p)
+            d, lse_u, lse_s = kl_stats(ys, xs, self.group)
+        else:
+            d, lse_s, lse_u = kl_stats(xs, ys, self.group)
+        return TileStats(d, (lse_s, lse_u))
+
+    def write_grad(self, s, u, state, g) -> None:
+        tau = self.temperature
+        xs, ys = _scaled(s, tau), _scaled(u, tau)
+        g = g.to(xs.dtype) / tau
+        if self.divergence == "jsd":
+            ds, _ = jsd_grads(xs, ys, state.extra, self.jsd_beta, g, True, False)
+        elif self.divergence == "forward_kl":
+            lse_s, lse_u = state.extra
+            _, ds = kl_grads(ys, xs, lse_u, lse_s, state.d, g, False, True)
+        else:
+            lse_s, lse_u = state.extra
+            ds, _ = kl_grads(xs, ys, lse_s, lse_u, state.d, g, True, False)
+        s.copy_(ds)
+        return None
+
+
+def same_chunks(max_rows: int, group, device) -> int:
+    """Rows per chunk agreed by every rank (the smallest; one all-reduce): slices of different
+    sizes must still walk the same chunks, since each chunk's statistics are all-reduced."""
+    return all_reduce_min_int(max_rows, group, device)
+
+
+def reduce_hidden_grad_(grad: torch.Tensor | None, opts) -> None:
+    """Sums the hidden-state gradient over the group in place (one all-reduce of (rows, H)):
+    each rank's head slice gives a part of it. Skipped with ``reduce_hidden_grad=False``, for
+    callers whose own parallel region reduces it (Megatron's column-parallel head)."""
+    if grad is not None and opts.process_group is not None and opts.reduce_hidden_grad:
+        all_reduce_(grad, dist.ReduceOp.SUM, opts.process_group)
+
+
+def unwrap_head_call(opts, heads: dict, hidden: dict, need_offset: bool = False):
+    """(local tensors by name, opts with the group and offset) of a hidden-states-in call whose
+    head tensors may be DTensors sharded on the vocabulary (``Shard(0)``)."""
+    local, shard = head_slices(opts.process_group, opts.vocab_offset, need_offset, heads,
+                               hidden)
+    return local, dataclasses.replace(opts, process_group=shard.group,
+                                      vocab_offset=shard.offset)
+
+
+class VocabParallelTileLogprobs:
+    """The token log-prob chunk driver's row math (``fused/token_logprobs.TileLogprobs``) on
+    (n, V_r) tiles of this rank's head rows, labels global (2 all-reduces per chunk)."""
+
+    def __init__(self, temperature: float, offset: int, group):
+        self.temperature, self.offset, self.group = temperature, offset, group
+
+    def forward(self, x, labels):
+        ids = labels[:, None]
+        a, lse, _, _ = support_stats(_scaled(x, self.temperature), ids,
+                                     torch.ones_like(ids, dtype=torch.bool), self.offset,
+                                     self.group)
+        return a[:, 0], lse
+
+    def write_grad(self, x, labels, lse, g) -> None:
+        local = labels[:, None] - self.offset
+        own = (local >= 0) & (local < x.shape[-1])
+        safe = torch.where(own, local, 0)
+        x.copy_(support_grad(_scaled(x, self.temperature), lse, own, safe,
+                             g.to(lse.dtype)[:, None], self.temperature))
+        return None

@@ -31,6 +31,7 @@ from cord_kernels.core.torch_path import (
     TorchTileJSD,
     TorchTileReverseKL,
 )
+from cord_kernels.core.vocab_parallel import VocabParallelTileDivergence
 from cord_kernels.logits.jsd import jsd_bwd, jsd_fwd
 from cord_kernels.logits.kl import kl_bwd, kl_fwd
 
@@ -94,7 +95,10 @@ class TritonTileJSD:
 
 
 def make_tile_divergence(divergence: Divergence, jsd_beta: float, temperature: float,
-                    impl: Impl) -> TileDivergence:
+                    impl: Impl, process_group=None) -> TileDivergence:
+    if process_group is not None:  # vocabulary parallel: the torch row math on slices
+        return VocabParallelTileDivergence(Divergence(divergence).value, jsd_beta,
+                                           temperature, process_group)
     if divergence is Divergence.JSD:
         cls = TritonTileJSD if impl is Impl.TRITON else TorchTileJSD
         return cls(temperature, jsd_beta)
