@@ -329,10 +329,13 @@ class FusedLinearSparseTeacherLoss(_SparseLossOptions):
     """
 
     def __init__(self, *, softcap: float | None = None, logit_scale: float = LOGIT_SCALE,
-                 chunk_bytes: int | None = None, **options):
+                 chunk_bytes: int | None = None, reduce_hidden_grad: bool = True, **options):
         super().__init__(**options)
-        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes,
+                          reduce_hidden_grad=reduce_hidden_grad)
         self.opts.update(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+        if "process_group" in self.opts:
+            self.opts["reduce_hidden_grad"] = reduce_hidden_grad
 
     def forward(self, student_hidden, weight, teacher_topk_logprobs, teacher_topk_ids, mask,
                 bias=None, token_weights=None, num_items_in_batch=None):

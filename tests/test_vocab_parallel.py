@@ -373,12 +373,41 @@ def case_fused_logprobs(ctx):
     assert counts["all_gather_single"] == 1 and (counts["all_reduce"] - 1) % 2 == 0
 
 
+def case_fused_sparse(ctx):
+    h_s, _, w, b, _, _ = _heads()
+    lp, ids = _topk_targets()
+    mask = _mask()
+    weights = torch.rand(B, T, generator=_gen(9))
+    for kw in ({"divergence": "forward_kl", "temperature": 0.8, "token_weights": weights},
+               {"divergence": "jsd", "jsd_beta": 0.4, "tail": "renormalize", "softcap": 3.0,
+                "logit_scale": 1.1, "num_items_in_batch": 9, "chunk_bytes": 4 * 7 * 4},
+               {"divergence": "reverse_kl", "reduction": "none"}):
+        h_s.grad = w.grad = b.grad = None
+        want, d_want = ck.fused_linear_sparse_teacher_loss(
+            h_s, w, lp, ids, mask, bias=b, impl="torch", return_per_token=True, **kw)
+        h_l, w_l, b_l = h_s.detach().clone().requires_grad_(), ctx.rows(w), ctx.rows(b)
+        got, d_got = _count(ctx, "fused_linear_sparse_teacher_loss",
+                            ck.fused_linear_sparse_teacher_loss, h_l, w_l, lp, ids, mask,
+                            bias=b_l, process_group=ctx.group, return_per_token=True, **kw)
+        ctx.close("fused_linear_sparse_teacher_loss value", got, want, VALUE_RTOL)
+        ctx.close("fused_linear_sparse_teacher_loss per-token", d_got, d_want, VALUE_RTOL)
+        cot = torch.randn(want.shape, generator=_gen(28))
+        (want * cot).sum().backward()
+        (got * cot).sum().backward()
+        ctx.close("fused_linear_sparse_teacher_loss grad hidden", h_l.grad, h_s.grad,
+                  GRAD_RTOL)
+        ctx.close("fused_linear_sparse_teacher_loss grad weight", w_l.grad, ctx.rows(w.grad),
+                  GRAD_RTOL, w.grad)
+        ctx.close("fused_linear_sparse_teacher_loss grad bias", b_l.grad, ctx.rows(b.grad),
+                  GRAD_RTOL, b.grad)
+
+
 CASES = {2: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_module,
              case_dtensor, case_sparse, case_teacher_topk, case_fused_distill,
-             case_fused_logprobs],
+             case_fused_logprobs, case_fused_sparse],
          3: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_sparse,
              case_teacher_topk, case_fused_distill,
-             case_fused_logprobs]}
+             case_fused_logprobs, case_fused_sparse]}
 
 
 # ------------------------------------------------------------------------------ harness
