@@ -219,6 +219,22 @@ def case_dtensor(ctx):
     lo, hi = ctx.rank * chunk, min((ctx.rank + 1) * chunk, V)
     ctx.close("dtensor cord_token_loss grad", s_d.grad.to_local(), s.grad[..., lo:hi],
               GRAD_RTOL, s.grad)
+    # a head sharded on the vocabulary (Shard(0)), replicated hidden states
+    h_s, h_t, w, b, _, _ = _heads(Ht=8)
+    want = ck.fused_linear_cord_token_loss(h_s, h_t, w, mask, bias=b, top_k=2, impl="torch")
+    want.backward()
+    w_d = distribute_tensor(w.detach().clone(), mesh, [Shard(0)]).requires_grad_()
+    b_d = distribute_tensor(b.detach().clone(), mesh, [Shard(0)]).requires_grad_()
+    h_l = h_s.detach().clone().requires_grad_()
+    got = ck.fused_linear_cord_token_loss(h_l, h_t, w_d, mask, bias=b_d, top_k=2)
+    ctx.close("dtensor fused_linear_cord_token_loss value", got, want, VALUE_RTOL)
+    got.backward()
+    ctx.close("dtensor fused_linear_cord_token_loss grad hidden", h_l.grad, h_s.grad,
+              GRAD_RTOL)
+    ctx.close("dtensor fused_linear_cord_token_loss grad weight", w_d.grad.to_local(),
+              w.grad[lo:hi], GRAD_RTOL, w.grad)
+    ctx.close("dtensor fused_linear_cord_token_loss grad bias", b_d.grad.to_local(),
+              b.grad[lo:hi], GRAD_RTOL, b.grad)
 
 
 def _topk_targets(k=4):

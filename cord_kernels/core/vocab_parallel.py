@@ -495,6 +495,22 @@ def unwrap_head_call(opts, heads: dict, hidden: dict, need_offset: bool = False)
                                       vocab_offset=shard.offset)
 
 
+# Ids at or above this are caught by no vocabulary check: a slice does not know the whole
+# vocabulary when ``vocab_offset`` is given, so its global ids are checked >= 0 only.
+UNKNOWN_VOCAB = 2**62
+
+
+def id_head_call(opts, hidden, weight, bias):
+    """(hidden, weight, bias, opts, vocab) of a hidden-states-in loss that takes global ids:
+    the local tensors, the opts with the group and this slice's first id, and the vocabulary
+    to check the ids against (the weight's rows when not parallel)."""
+    if not is_parallel(opts.process_group, weight):
+        return hidden, weight, bias, opts, weight.shape[0]
+    local, opts = unwrap_head_call(opts, {"weight": weight, "bias": bias}, {"hidden": hidden},
+                                   need_offset=True)
+    return local["hidden"], local["weight"], local.get("bias"), opts, UNKNOWN_VOCAB
+
+
 class VocabParallelTileLogprobs:
     """The token log-prob chunk driver's row math (``fused/token_logprobs.TileLogprobs``) on
     (n, V_r) tiles of this rank's head rows, labels global (2 all-reduces per chunk)."""

@@ -221,12 +221,7 @@ def fused_linear_token_logprobs(
                              impl=impl, process_group=process_group,
                              vocab_offset=vocab_offset, reduce_hidden_grad=reduce_hidden_grad)
     ignore_index = opts.ignore_index
-    vocab = weight.shape[0]
-    if vp.is_parallel(process_group, weight):
-        local, opts = vp.unwrap_head_call(opts, {"weight": weight, "bias": bias},
-                                          {"hidden": hidden}, need_offset=True)
-        hidden, weight, bias = local["hidden"], local["weight"], local.get("bias")
-        vocab = 2**62  # the ids are global: checked >= 0 only
+    hidden, weight, bias, opts, vocab = vp.id_head_call(opts, hidden, weight, bias)
     valid = labels != ignore_index
     if bool(((labels < 0) | (labels >= vocab))[valid].any()):
         raise ValueError(f"labels must lie in [0, {vocab}) (the vocabulary of "

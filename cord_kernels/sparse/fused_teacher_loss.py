@@ -290,12 +290,8 @@ def fused_linear_sparse_teacher_loss(
                              num_items_in_batch=num_items_in_batch, chunk_bytes=chunk_bytes,
                              impl=impl, process_group=process_group,
                              vocab_offset=vocab_offset, reduce_hidden_grad=reduce_hidden_grad)
-    vocab = weight.shape[0]
-    if vp.is_parallel(process_group, weight):
-        local, opts = vp.unwrap_head_call(opts, {"weight": weight, "bias": bias},
-                                          {"student_hidden": student_hidden}, need_offset=True)
-        student_hidden, weight, bias = local["student_hidden"], local["weight"], local.get("bias")
-        vocab = 2**62  # the ids are global: checked >= 0 only
+    student_hidden, weight, bias, opts, vocab = vp.id_head_call(opts, student_hidden, weight,
+                                                                bias)
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), vocab,
                             mask.to(student_hidden.device))
     token_weights = check_token_weights(token_weights, mask)

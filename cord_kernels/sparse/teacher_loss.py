@@ -104,7 +104,7 @@ def sparse_teacher_loss(
         local, shard = vp.logits_slices(process_group, vocab_offset, True,
                                         {"s": student_logits})
         student_logits = local["s"]
-        V = shard.vocab or 2**62  # unknown with vocab_offset=: ids checked >= 0 only
+        V = shard.vocab or vp.UNKNOWN_VOCAB  # unknown with vocab_offset=
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), V,
                             mask.to(student_logits.device))
     token_weights = check_token_weights(token_weights, mask)
