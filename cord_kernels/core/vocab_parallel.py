@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cord_kernels.core.torch_path import TileStats
+from cord_kernels.core.torch_path import TileStats, row_block
 
 # ----------------------------------------------------------------------------- groups
 
@@ -129,120 +129,148 @@ def all_reduce_min_int(value: int, group, device) -> int:
 
 
 # ----------------------------------------------------------------------- row statistics
+# Every function takes the raw (n, V_r) slice and tau, and walks it in cache-sized row blocks
+# (``torch_path.row_block``): a block's temporaries are all it allocates besides the (rows,)
+# statistics and, for gradients, the (n, V_r) output (which may be the slice itself).
+
+
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.to(dt)
+    x = x.to(_dtype(x))
     return x if temperature == 1.0 else x / temperature
 
 
-def _local_max(x: torch.Tensor) -> torch.Tensor:
+def _blocks(x: torch.Tensor):
+    r = row_block(x.shape[-1])
+    for lo in range(0, x.shape[0], r):
+        yield slice(lo, lo + r)
+
+
+def _rows(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    return [torch.empty(x.shape[0], dtype=_dtype(x), device=x.device) for _ in range(count)]
+
+
+def _local_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
     if x.shape[-1] == 0:  # an empty slice
-        return x.new_full(x.shape[:-1], float("-inf"))
-    return x.amax(-1)
+        return torch.full(x.shape[:-1], float("-inf"), dtype=_dtype(x), device=x.device)
+    return x.amax(-1).to(_dtype(x)) / temperature  # tau > 0 keeps the argmax
 
 
-def global_max(group, *xs: torch.Tensor) -> list[torch.Tensor]:
-    """The row max of each (n, V_r) slice over the group (one all-reduce); a row that is
-    -inf everywhere gets 0, so that e^{x - m} stays 0 there."""
-    m = all_reduce_(torch.stack([_local_max(x) for x in xs]), dist.ReduceOp.MAX, group)
+def global_max(group, temperature: float, *xs: torch.Tensor) -> list[torch.Tensor]:
+    """The row max of each scaled (n, V_r) slice over the group (one all-reduce); a row that
+    is -inf everywhere gets 0, so that e^{x - m} stays 0 there."""
+    m = all_reduce_(torch.stack([_local_max(x, temperature) for x in xs]), dist.ReduceOp.MAX,
+                    group)
     return list(torch.where(torch.isfinite(m), m, 0.0).unbind(0))
 
 
-def kl_stats(x, y, group):
-    """D = KL(P_x || P_y) per row of the scaled slices and the global lse of each (2
-    all-reduces)."""
-    mx, my = global_max(group, x, y)
-    lx, ly = x - mx[:, None], y - my[:, None]
-    ex = lx.exp()
-    # Entries with p_x = 0 (-inf logits) contribute nothing, even against -inf in y.
-    a = torch.where(ex > 0, ex * (lx - ly), 0.0).sum(-1)
-    sums = all_reduce_(torch.stack([ex.sum(-1), ly.exp().sum(-1), a]), dist.ReduceOp.SUM,
-                       group)
-    s_x, s_y, a = sums.unbind(0)
+def kl_stats(x, y, temperature: float, group):
+    """D = KL(P_x || P_y) per row of the slices and the global lse of each (2 all-reduces)."""
+    mx, my = global_max(group, temperature, x, y)
+    s_x, s_y, a = _rows(x, 3)
+    for b in _blocks(x):
+        lx = _scaled(x[b], temperature) - mx[b, None]
+        ly = _scaled(y[b], temperature) - my[b, None]
+        ex = lx.exp()
+        # Entries with p_x = 0 (-inf logits) contribute nothing, even against -inf in y.
+        a[b] = torch.where(ex > 0, ex * (lx - ly), 0.0).sum(-1)
+        s_x[b], s_y[b] = ex.sum(-1), ly.exp_().sum(-1)
+    s_x, s_y, a = all_reduce_(torch.stack([s_x, s_y, a]), dist.ReduceOp.SUM, group).unbind(0)
     d = a / s_x - s_x.log() + s_y.log()
     return d, mx + s_x.log(), my + s_y.log()
 
 
-def kl_grads(x, y, lse_x, lse_y, d, g, need_dx: bool, need_dy: bool):
-    """g dD/dx, g dD/dy on the local slices (g: (n,) already / tau)."""
-    log_px = x - lse_x[:, None]
-    px = log_px.exp()
-    dx = dy = None
-    if need_dx:
-        # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
-        dx = torch.where(px > 0, px * (log_px - (y - lse_y[:, None]) - d[:, None]), 0.0)
-        dx = dx * g[:, None]
-    if need_dy:
-        # dD/dy_v = (1/tau) (q_v - p_v)
-        dy = ((y - lse_y[:, None]).exp() - px) * g[:, None]
-    return dx, dy
+def kl_grads(x, y, temperature: float, lse_x, lse_y, d, g, out_x=None, out_y=None):
+    """g dD/dx into ``out_x`` and g dD/dy into ``out_y`` (either None: not wanted; either may
+    be its own input) on the local slices; g: (n,), 1/tau included."""
+    for b in _blocks(x):
+        log_px = _scaled(x[b], temperature) - lse_x[b, None]
+        px = log_px.exp()
+        log_py = _scaled(y[b], temperature) - lse_y[b, None]
+        gb = g[b, None]
+        if out_y is not None:
+            # dD/dy_v = (1/tau) (q_v - p_v)
+            dy = (log_py.exp() - px) * gb
+        if out_x is not None:
+            # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
+            out_x[b] = torch.where(px > 0, px * (log_px - log_py - d[b, None]), 0.0) * gb
+        if out_y is not None:
+            out_y[b] = dy
 
 
 def _log_mixture(log_p, log_q, beta: float):
     return torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
 
 
-def jsd_stats(x, y, beta: float, group):
+def jsd_stats(x, y, beta: float, temperature: float, group):
     """JSD_beta per row (3 all-reduces) and what the gradient needs: (d, (lse_x, lse_y, k_p,
     k_q))."""
-    mx, my = global_max(group, x, y)
-    sums = all_reduce_(torch.stack([(x - mx[:, None]).exp().sum(-1),
-                                    (y - my[:, None]).exp().sum(-1)]), dist.ReduceOp.SUM, group)
+    mx, my = global_max(group, temperature, x, y)
+    s_x, s_y = _rows(x, 2)
+    for b in _blocks(x):
+        s_x[b] = (_scaled(x[b], temperature) - mx[b, None]).exp_().sum(-1)
+        s_y[b] = (_scaled(y[b], temperature) - my[b, None]).exp_().sum(-1)
+    sums = all_reduce_(torch.stack([s_x, s_y]), dist.ReduceOp.SUM, group)
     lse_x, lse_y = mx + sums[0].log(), my + sums[1].log()
-    k_p, k_q = _jsd_terms(x, y, lse_x, lse_y, beta, group)
+    k_p, k_q = _rows(x, 2)
+    for b in _blocks(x):
+        log_p = _scaled(x[b], temperature) - lse_x[b, None]
+        log_q = _scaled(y[b], temperature) - lse_y[b, None]
+        log_m = _log_mixture(log_p, log_q, beta)
+        p, q = log_p.exp(), log_q.exp()
+        k_p[b] = torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1)
+        k_q[b] = torch.where(q > 0, q * (log_q - log_m), 0.0).sum(-1)
+    k_p, k_q = all_reduce_(torch.stack([k_p, k_q]), dist.ReduceOp.SUM, group).unbind(0)
     return beta * k_q + (1.0 - beta) * k_p, (lse_x, lse_y, k_p, k_q)
 
 
-def _jsd_terms(x, y, lse_x, lse_y, beta, group):
-    log_p, log_q = x - lse_x[:, None], y - lse_y[:, None]
-    log_m = _log_mixture(log_p, log_q, beta)
-    p, q = log_p.exp(), log_q.exp()
-    k = torch.stack([torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1),
-                     torch.where(q > 0, q * (log_q - log_m), 0.0).sum(-1)])
-    k_p, k_q = all_reduce_(k, dist.ReduceOp.SUM, group).unbind(0)
-    return k_p, k_q
-
-
-def jsd_grads(x, y, stats, beta: float, g, need_dx: bool, need_dy: bool):
+def jsd_grads(x, y, temperature: float, stats, beta: float, g, out_x=None, out_y=None):
     lse_x, lse_y, k_p, k_q = stats
-    log_p, log_q = x - lse_x[:, None], y - lse_y[:, None]
-    log_m = _log_mixture(log_p, log_q, beta)
-    dx = dy = None
-    if need_dx:
-        # dJSD/dx_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
-        p = log_p.exp()
-        dx = torch.where(p > 0, p * (log_p - log_m - k_p[:, None]), 0.0) \
-            * (g * (1.0 - beta))[:, None]
-    if need_dy:
-        # dJSD/dy_v = (1/tau) beta q_v (log q_v - log m_v - K_q)
-        q = log_q.exp()
-        dy = torch.where(q > 0, q * (log_q - log_m - k_q[:, None]), 0.0) * (g * beta)[:, None]
-    return dx, dy
+    for b in _blocks(x):
+        log_p = _scaled(x[b], temperature) - lse_x[b, None]
+        log_q = _scaled(y[b], temperature) - lse_y[b, None]
+        log_m = _log_mixture(log_p, log_q, beta)
+        dy = None
+        if out_y is not None:
+            # dJSD/dy_v = (1/tau) beta q_v (log q_v - log m_v - K_q)
+            q = log_q.exp()
+            dy = torch.where(q > 0, q * (log_q - log_m - k_q[b, None]), 0.0) \
+                * (g[b] * beta)[:, None]
+        if out_x is not None:
+            # dJSD/dx_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
+            p = log_p.exp()
+            out_x[b] = torch.where(p > 0, p * (log_p - log_m - k_p[b, None]), 0.0) \
+                * (g[b] * (1.0 - beta))[:, None]
+        if dy is not None:
+            out_y[b] = dy
 
 
-def support_stats(x, ids, valid, offset: int, group):
+def _sum_exp(x, m, temperature: float) -> torch.Tensor:
+    """sum_v e^{x_v / tau - m} per row, in row blocks."""
+    (s,) = _rows(x, 1)
+    for b in _blocks(x):
+        s[b] = (_scaled(x[b], temperature) - m[b, None]).exp_().sum(-1)
+    return s
+
+
+def support_stats(x, ids, valid, offset: int, temperature: float, group):
     """(a (n, k) = log p at the global ``ids`` (-inf at invalid slots), lse (n,), own (n, k)
-    the slots this rank holds, local ids) of the scaled (n, V_r) slice (2 all-reduces)."""
-    (m,) = global_max(group, x)
+    the slots this rank holds, their local ids) of the (n, V_r) slice (2 all-reduces)."""
+    (m,) = global_max(group, temperature, x)
     local = ids.long() - offset
     own = valid & (local >= 0) & (local < x.shape[-1])
     safe = torch.where(own, local, 0)
-    picked = torch.where(own, x.gather(1, safe) - m[:, None], 0.0) if x.shape[-1] else \
-        torch.zeros(ids.shape, dtype=x.dtype, device=x.device)
-    s = (x - m[:, None]).exp().sum(-1, keepdim=True)
+    picked = torch.zeros(ids.shape, dtype=m.dtype, device=x.device)
+    if x.shape[-1]:
+        picked = torch.where(own, _scaled(x.gather(1, safe), temperature) - m[:, None], 0.0)
+    s = _sum_exp(x, m, temperature)[:, None]
     sums = all_reduce_(torch.cat([s, picked], 1), dist.ReduceOp.SUM, group)
     log_s = sums[:, 0].log()
     a = torch.where(valid, sums[:, 1:] - log_s[:, None], float("-inf"))
     return a, m + log_s, own, safe
-
-
-def global_lse(x, group):
-    """lse per row of the scaled (n, V_r) slices over the group (2 all-reduces)."""
-    (m,) = global_max(group, x)
-    s = all_reduce_((x - m[:, None]).exp().sum(-1), dist.ReduceOp.SUM, group)
-    return m + s.log()
 
 
 def local_topk(x, k: int, offset: int):
@@ -287,13 +315,14 @@ def combine_lse(m, s, group):
     return g + total.log()
 
 
-def support_grad(x, lse, own, safe, g, temperature: float):
-    """dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G) on the local slice (g: (n, k), 0 at
-    invalid slots)."""
-    dx = (x - lse[:, None]).exp() * (-g.sum(1) / temperature)[:, None]
+def support_grad(x, lse, own, safe, g, temperature: float, out):
+    """out = dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G) on the local slice (g: (n, k),
+    0 at invalid slots; ``out`` may be ``x``)."""
+    scale = -g.sum(1) / temperature
+    for b in _blocks(x):
+        out[b] = (_scaled(x[b], temperature) - lse[b, None]).exp_() * scale[b, None]
     if x.shape[-1]:
-        dx.scatter_add_(1, safe, torch.where(own, g / temperature, 0.0))
-    return dx
+        out.scatter_add_(1, safe, torch.where(own, g / temperature, 0.0).to(out.dtype))
 
 
 # ---------------------------------------------------------------- autograd Functions
@@ -303,6 +332,10 @@ def _flat(x):
     return x.reshape(-1, x.shape[-1])
 
 
+def _grad_like(x):
+    return torch.empty(_flat(x).shape, dtype=_dtype(x), device=x.device)
+
+
 class VocabParallelKLFunction(torch.autograd.Function):
     """Per-row KL(P_x || P_y) of vocabulary slices, the full-vocabulary value on every rank.
     Saves the inputs and three (rows,) statistics; backward recomputes softmax locally."""
@@ -310,8 +343,7 @@ class VocabParallelKLFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, row_mask, temperature: float, group):
         with torch.no_grad():
-            xs, ys = _scaled(_flat(x), temperature), _scaled(_flat(y), temperature)
-            d, lse_x, lse_y = kl_stats(xs, ys, group)
+            d, lse_x, lse_y = kl_stats(_flat(x), _flat(y), temperature, group)
             if row_mask is not None:
                 d = torch.where(row_mask.reshape(-1), d, 0.0)
         ctx.save_for_backward(x, y, row_mask, lse_x, lse_y, d)
@@ -325,15 +357,15 @@ class VocabParallelKLFunction(torch.autograd.Function):
         g = grad_d.reshape(-1).to(lse_x.dtype) / tau
         if row_mask is not None:
             g = torch.where(row_mask.reshape(-1), g, 0.0)
-        dx, dy = kl_grads(_scaled(_flat(x), tau), _scaled(_flat(y), tau), lse_x, lse_y, d, g,
-                          ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        if row_mask is not None:  # NaN padding in masked rows must not leak through 0 * x
-            keep = row_mask.reshape(-1, 1)
-            dx = None if dx is None else torch.where(keep, dx, 0.0)
-            dy = None if dy is None else torch.where(keep, dy, 0.0)
-        dx = None if dx is None else dx.to(x.dtype).view(x.shape)
-        dy = None if dy is None else dy.to(y.dtype).view(y.shape)
-        return dx, dy, None, None, None
+        dx = _grad_like(x) if ctx.needs_input_grad[0] else None
+        dy = _grad_like(y) if ctx.needs_input_grad[1] else None
+        kl_grads(_flat(x), _flat(y), tau, lse_x, lse_y, d, g, dx, dy)
+        grads = []
+        for t, inp in ((dx, x), (dy, y)):
+            if t is not None and row_mask is not None:  # NaN padding in masked rows must not
+                t.masked_fill_(~row_mask.reshape(-1, 1), 0.0)  # leak through 0 * x
+            grads.append(None if t is None else t.to(inp.dtype).view(inp.shape))
+        return grads[0], grads[1], None, None, None
 
 
 class VocabParallelJSDFunction(torch.autograd.Function):
@@ -342,8 +374,7 @@ class VocabParallelJSDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, beta: float, temperature: float, group):
         with torch.no_grad():
-            xs, ys = _scaled(_flat(x), temperature), _scaled(_flat(y), temperature)
-            d, stats = jsd_stats(xs, ys, beta, group)
+            d, stats = jsd_stats(_flat(x), _flat(y), beta, temperature, group)
         ctx.save_for_backward(x, y, *stats)
         ctx.beta, ctx.temperature = beta, temperature
         return d.view(x.shape[:-1])
@@ -353,8 +384,9 @@ class VocabParallelJSDFunction(torch.autograd.Function):
         x, y, *stats = ctx.saved_tensors
         tau = ctx.temperature
         g = grad_d.reshape(-1).to(stats[0].dtype) / tau
-        dx, dy = jsd_grads(_scaled(_flat(x), tau), _scaled(_flat(y), tau), stats, ctx.beta, g,
-                           ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        dx = _grad_like(x) if ctx.needs_input_grad[0] else None
+        dy = _grad_like(y) if ctx.needs_input_grad[1] else None
+        jsd_grads(_flat(x), _flat(y), tau, stats, ctx.beta, g, dx, dy)
         dx = None if dx is None else dx.to(x.dtype).view(x.shape)
         dy = None if dy is None else dy.to(y.dtype).view(y.shape)
         return dx, dy, None, None, None
@@ -368,9 +400,9 @@ class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
     def forward(ctx, x, ids, slot_valid, temperature: float, offset: int, group):
         k = ids.shape[-1]
         with torch.no_grad():
-            a, lse, own, safe = support_stats(_scaled(_flat(x), temperature),
-                                              ids.reshape(-1, k), slot_valid.reshape(-1, k),
-                                              offset, group)
+            a, lse, own, safe = support_stats(_flat(x), ids.reshape(-1, k),
+                                              slot_valid.reshape(-1, k), offset, temperature,
+                                              group)
         ctx.save_for_backward(x, lse, own, safe, slot_valid)
         ctx.temperature = temperature
         return a.view(ids.shape)
@@ -381,7 +413,8 @@ class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
         tau = ctx.temperature
         k = safe.shape[-1]
         g = torch.where(slot_valid.reshape(-1, k), grad_a.reshape(-1, k).to(lse.dtype), 0.0)
-        dx = support_grad(_scaled(_flat(x), tau), lse, own, safe, g, tau)
+        dx = _grad_like(x)
+        support_grad(_flat(x), lse, own, safe, g, tau, dx)
         return dx.to(x.dtype).view(x.shape), None, None, None, None, None
 
 
@@ -446,29 +479,27 @@ class VocabParallelTileDivergence:
         self.temperature, self.group = temperature, group
 
     def stats(self, s, u, want_grad: bool = True):
-        xs, ys = _scaled(s, self.temperature), _scaled(u, self.temperature)
+        tau = self.temperature
         if self.divergence == "jsd":
-            d, extra = jsd_stats(xs, ys, self.jsd_beta, self.group)
+            d, extra = jsd_stats(s, u, self.jsd_beta, tau, self.group)
             return TileStats(d, extra)
         if self.divergence == "forward_kl":  # KL(q || p)
-            d, lse_u, lse_s = kl_stats(ys, xs, self.group)
+            d, lse_u, lse_s = kl_stats(u, s, tau, self.group)
         else:
-            d, lse_s, lse_u = kl_stats(xs, ys, self.group)
+            d, lse_s, lse_u = kl_stats(s, u, tau, self.group)
         return TileStats(d, (lse_s, lse_u))
 
     def write_grad(self, s, u, state, g) -> None:
         tau = self.temperature
-        xs, ys = _scaled(s, tau), _scaled(u, tau)
-        g = g.to(xs.dtype) / tau
+        g = g.to(state.d.dtype) / tau
         if self.divergence == "jsd":
-            ds, _ = jsd_grads(xs, ys, state.extra, self.jsd_beta, g, True, False)
+            jsd_grads(s, u, tau, state.extra, self.jsd_beta, g, out_x=s)
         elif self.divergence == "forward_kl":
             lse_s, lse_u = state.extra
-            _, ds = kl_grads(ys, xs, lse_u, lse_s, state.d, g, False, True)
+            kl_grads(u, s, tau, lse_u, lse_s, state.d, g, out_y=s)
         else:
             lse_s, lse_u = state.extra
-            ds, _ = kl_grads(xs, ys, lse_s, lse_u, state.d, g, True, False)
-        s.copy_(ds)
+            kl_grads(s, u, tau, lse_s, lse_u, state.d, g, out_x=s)
         return None
 
 
@@ -520,15 +551,13 @@ class VocabParallelTileLogprobs:
 
     def forward(self, x, labels):
         ids = labels[:, None]
-        a, lse, _, _ = support_stats(_scaled(x, self.temperature), ids,
-                                     torch.ones_like(ids, dtype=torch.bool), self.offset,
-                                     self.group)
+        a, lse, _, _ = support_stats(x, ids, torch.ones_like(ids, dtype=torch.bool),
+                                     self.offset, self.temperature, self.group)
         return a[:, 0], lse
 
     def write_grad(self, x, labels, lse, g) -> None:
         local = labels[:, None] - self.offset
         own = (local >= 0) & (local < x.shape[-1])
         safe = torch.where(own, local, 0)
-        x.copy_(support_grad(_scaled(x, self.temperature), lse, own, safe,
-                             g.to(lse.dtype)[:, None], self.temperature))
+        support_grad(x, lse, own, safe, g.to(lse.dtype)[:, None], self.temperature, x)
         return None

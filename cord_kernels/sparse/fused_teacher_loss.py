@@ -131,7 +131,7 @@ class SparseHeadProblem(ch.HeadProblem):
         ids, valid, b = self.targets.chunk(self, lo, hi, tile)
         if opts.process_group is not None:  # vocabulary parallel: this rank's ids are local
             a, lse, valid_here, ids_here = vp.support_stats(
-                tile / tau, ids, valid, opts.vocab_offset, opts.process_group)
+                tile, ids, valid, opts.vocab_offset, tau, opts.process_group)
             lse2 = None
         else:
             a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
