@@ -136,6 +136,20 @@ def _pair_case(ctx, name, fn, *, teacher_grad=False, **kw):
                   u.grad)
 
 
+def case_triton_taken(ctx):
+    """Under the interpreter (the 2-rank group) impl=None takes the streaming kernels."""
+    from cord_kernels.logits import kl as kl_module
+    calls = []
+    apply = kl_module.VocabParallelKLDivFunction.apply
+    kl_module.VocabParallelKLDivFunction.apply = lambda *a: calls.append(1) or apply(*a)
+    try:
+        s = _logits(1, B, T, V)
+        ck.reverse_kl(ctx.cols(s), ctx.cols(s.flip(-1)), process_group=ctx.group)
+    finally:
+        kl_module.VocabParallelKLDivFunction.apply = apply
+    assert calls == [1]
+
+
 def case_kl_jsd(ctx):
     _pair_case(ctx, "reverse_kl", ck.reverse_kl, temperature=0.7, teacher_grad=True)
     _pair_case(ctx, "forward_kl", ck.forward_kl, temperature=1.3, teacher_grad=True)
@@ -418,7 +432,7 @@ def case_fused_sparse(ctx):
                   GRAD_RTOL, b.grad)
 
 
-CASES = {2: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_module,
+CASES = {2: [case_triton_taken, case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_module,
              case_dtensor, case_sparse, case_teacher_topk, case_fused_distill,
              case_fused_logprobs, case_fused_sparse],
          3: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_sparse,
@@ -443,8 +457,13 @@ def _run(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3], ids=["2ranks-V13", "3ranks-V13-uneven"])
-def test_vocab_parallel_matches_the_full_vocabulary(world):
+@pytest.mark.parametrize("world", [2, 3], ids=["2ranks-V13-triton", "3ranks-V13-uneven"])
+def test_vocab_parallel_matches_the_full_vocabulary(world, monkeypatch):
+    if world == 2:
+        # The 2-rank processes import cord_kernels under the Triton interpreter: impl=None
+        # then takes the streaming KL kernels on each slice (reverse_kl, forward_kl,
+        # cord_token_loss); the 3-rank ones run the torch row math everywhere.
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_run, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=True)
         results = [json.load(open(os.path.join(tmp, f"rank{r}.json"))) for r in range(world)]

@@ -17,12 +17,15 @@ All-reduces per call, each of (rows, a few) fp32 statistics, never of size V:
 
     reverse_kl / forward_kl / cord_token_loss      2
     jsd                                            3
-    token_logprobs, support log-probs (sparse)     2  (+1 all-gather of the shard sizes
+    token_logprobs, support log-probs (sparse)     2  (+1 all-gather of the slice sizes
                                                        unless ``vocab_offset`` is given)
+    the fused-linear chunk drivers                 1 to agree on the chunks, the above per
+                                                   chunk, 1 of the hidden-state gradient
 
 The DTensor unwrapping (``Shard(-1)`` logits, ``Shard(0)`` head) lives here too.
-Everything here is the torch path: it runs on any device, and on CUDA the reductions go
-through ``torch.distributed`` (NCCL).
+The row math here is the torch path: it runs on any device, and on CUDA the reductions go
+through ``torch.distributed`` (NCCL). The Triton KL kernels take a slice as they take a full row
+(``logits/kl.py``'s ``VocabParallelKLDivFunction``, combined by :func:`combine_kl_rows`).
 """
 
 from __future__ import annotations
@@ -199,6 +202,29 @@ def kl_grads(x, y, temperature: float, lse_x, lse_y, d, g, out_x=None, out_y=Non
             out_x[b] = torch.where(px > 0, px * (log_px - log_py - d[b, None]), 0.0) * gb
         if out_y is not None:
             out_y[b] = dy
+
+
+def combine_kl_rows(d_r, lse_x, lse_y, row_mask, group):
+    """The group's (D, lse_x, lse_y) per row from each rank's KL(P_x || P_y) on its slice alone
+    (the streaming kernel's output: ``d_r`` and (max, log-sum-exp) pairs): 2 all-reduces.
+
+        w_r = e^{L_x^r - L_x}  (L: a log-sum-exp, r: over the slice, none: global)
+        D = sum_r w_r (D_r + (L_x^r - L_x) - (L_y^r - L_y))
+
+    Returns the pairs as (global max of the L^r, log of the rescaled sum), which sum to L."""
+    lx, ly = lse_x.sum(1), lse_y.sum(1)
+    if row_mask is not None:  # masked rows were not read: their statistics are garbage
+        rm = row_mask.reshape(-1)
+        lx, ly, d_r = (torch.where(rm, t, 0.0) for t in (lx, ly, d_r))
+    g = all_reduce_(torch.stack([lx, ly]), dist.ReduceOp.MAX, group)
+    gx, gy = torch.where(torch.isfinite(g), g, 0.0).unbind(0)
+    ex, ey = (lx - gx).exp(), (ly - gy).exp()
+    a = torch.where(ex > 0, ex * (d_r + (lx - gx) - (ly - gy)), 0.0)
+    s_x, s_y, a = all_reduce_(torch.stack([ex, ey, a]), dist.ReduceOp.SUM, group).unbind(0)
+    d = a / s_x - s_x.log() + s_y.log()
+    if row_mask is not None:
+        d = torch.where(rm, d, 0.0)
+    return d, torch.stack([gx, s_x.log()], 1), torch.stack([gy, s_y.log()], 1)
 
 
 def _log_mixture(log_p, log_q, beta: float):

@@ -30,7 +30,7 @@ from cord_kernels.core.validation import (
     check_mask_or_labels,
     check_same_device,
 )
-from cord_kernels.logits.kl import kl_div_rows
+from cord_kernels.logits.kl import kl_div_rows, vocab_parallel_kl_rows
 
 
 # Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
@@ -104,8 +104,8 @@ def cord_token_loss(
                                         {"s": student_logits, "u": teacher_logits.detach()},
                                         {"mask": mask})
         mask = local["mask"]
-        d = vp.VocabParallelKLFunction.apply(local["s"], local["u"], mask, opts.temperature,
-                                             shard.group).float()
+        d = vocab_parallel_kl_rows(local["s"], local["u"], mask, temperature=opts.temperature,
+                                   process_group=shard.group, impl=impl)
     elif resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
                                      opts.temperature).float()
