@@ -60,7 +60,7 @@ def _call(case: str, x: dict, group):
 def _measure(case: str, x: dict, group) -> dict:
     leaves = [t for t in x.values() if t.requires_grad]
     times, peaks = [], []
-    for i in range(ROUNDS + 1):  # the first round warms up
+    for _ in range(ROUNDS + 1):  # the first round warms up
         for t in leaves:
             t.grad = None
         rss = CpuPeakRss()
