@@ -76,7 +76,9 @@ def _measure(case: str, x: dict, group) -> dict:
 
 def _count_bytes(fn):
     sent = {"bytes": 0, "calls": 0}
-    saved = {k: getattr(dist, k) for k in ("all_reduce", "all_gather_single")}
+    gather = "all_gather_single" if hasattr(dist, "all_gather_single") \
+        else "all_gather_into_tensor"  # torch < 2.13
+    saved = {k: getattr(dist, k) for k in ("all_reduce", gather)}
 
     def wrap(f):
         def call(t, *a, **kw):

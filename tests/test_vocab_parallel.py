@@ -96,7 +96,10 @@ def _count(ctx: Ctx, name: str, fn, *args, **kwargs):
     """Runs fn(*args, **kwargs), counting this rank's collectives (patched torch.distributed
     functions)."""
     counts = {"all_reduce": 0, "all_gather_single": 0}
-    saved = {k: getattr(dist, k) for k in counts}
+    # torch < 2.13 has all_gather_into_tensor only: counted under the newer name
+    names = {"all_reduce": "all_reduce", "all_gather_single": "all_gather_single"
+             if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"}
+    saved = {k: getattr(dist, names[k]) for k in counts}
 
     def wrap(k):
         def call(*a, **kw):
@@ -105,12 +108,12 @@ def _count(ctx: Ctx, name: str, fn, *args, **kwargs):
         return call
 
     for k in counts:
-        setattr(dist, k, wrap(k))
+        setattr(dist, names[k], wrap(k))
     try:
         out = fn(*args, **kwargs)
     finally:
         for k, f in saved.items():
-            setattr(dist, k, f)
+            setattr(dist, names[k], f)
     ctx.counts[name] = counts
     return out
 

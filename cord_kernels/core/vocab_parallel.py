@@ -115,9 +115,16 @@ def learn_offset(group, local_vocab: int, device) -> tuple[int, int]:
     (one host sync)."""
     size = torch.tensor([local_vocab], dtype=torch.int64, device=device)
     sizes = torch.empty(dist.get_world_size(group), dtype=torch.int64, device=device)
-    dist.all_gather_single(sizes, size, group=group)
+    all_gather_(sizes, size, group)
     sizes = sizes.tolist()
     return sum(sizes[:dist.get_rank(group)]), sum(sizes)
+
+
+def all_gather_(out: torch.Tensor, t: torch.Tensor, group) -> None:
+    """Every rank's ``t`` concatenated along dim 0 into ``out`` (torch >= 2.13 names it
+    ``all_gather_single``; before, ``all_gather_into_tensor``)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, t, group=group)
 
 
 def all_reduce_(t: torch.Tensor, op, group) -> torch.Tensor:
@@ -318,7 +325,7 @@ def merge_topk(vals, ids, group):
     packed = torch.cat([vals.double(), ids.double()], 1)
     world = dist.get_world_size(group)
     gathered = torch.empty(world * n, 2 * k, dtype=torch.float64, device=vals.device)
-    dist.all_gather_single(gathered, packed, group=group)
+    all_gather_(gathered, packed, group)
     gathered = gathered.view(world, n, 2 * k).permute(1, 0, 2)  # (n, W, 2k), rank order
     cand_v = gathered[..., :k].reshape(n, world * k)
     cand_i = gathered[..., k:].reshape(n, world * k)
