@@ -480,8 +480,16 @@ def test_vocab_parallel_matches_the_full_vocabulary(world, monkeypatch):
     print("collectives per call (rank 0):", json.dumps(results[0]["counts"]))
 
 
-def test_process_group_none_is_bit_identical():
-    """``process_group=None`` takes today's path: equal bits to a call without it."""
+def test_process_group_none_is_bit_identical(monkeypatch):
+    """``process_group=None`` takes today's path: equal bits to a call without it, and no
+    vocabulary-parallel collective (patched to fail) is ever reached."""
+    from cord_kernels.core import vocab_parallel as vp
+
+    def no_collective(*a, **kw):
+        raise AssertionError("a collective with process_group=None")
+
+    monkeypatch.setattr(vp, "all_reduce_", no_collective)
+    monkeypatch.setattr(vp, "all_gather_", no_collective)
     s = _logits(1, B, T, V).requires_grad_()
     u = _spread_teacher(s.detach(), [7, 6])
     mask = _mask()
@@ -496,6 +504,24 @@ def test_process_group_none_is_bit_identical():
     labels = torch.randint(0, V, (B, T), generator=_gen(4))
     assert torch.equal(ck.token_logprobs(s, labels, impl="torch"),
                        ck.token_logprobs(s, labels, impl="torch", process_group=None))
+    lp, ids = _topk_targets()
+    calls = [
+        lambda **kw: ck.sparse_teacher_loss(s, lp, ids, mask, impl="torch", **kw),
+        lambda **kw: ck.student_topk_distill_loss(s, u, mask, k=3, impl="torch", **kw),
+        lambda **kw: ck.teacher_topk(u, 3, **kw)[0],
+    ]
+    h_s, h_t, w, b, w_t, b_t = _heads()
+    calls += [
+        lambda **kw: ck.fused_linear_distill_loss(h_s, h_t, w, mask, bias=b, teacher_weight=w_t,
+                                                  teacher_bias=b_t, impl="torch", **kw),
+        lambda **kw: ck.fused_linear_cord_token_loss(h_s, h_s, w, mask, top_k=2, impl="torch",
+                                                     **kw),
+        lambda **kw: ck.fused_linear_token_logprobs(h_s, w, labels, impl="torch", **kw),
+        lambda **kw: ck.fused_linear_sparse_teacher_loss(h_s, w, lp, ids, mask, impl="torch",
+                                                         **kw),
+    ]
+    for call in calls:
+        assert torch.equal(call(), call(process_group=None))
 
 
 def test_vocab_offset_needs_a_group():
