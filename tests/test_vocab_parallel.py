@@ -151,6 +151,18 @@ def case_triton_taken(ctx):
     finally:
         kl_module.VocabParallelKLDivFunction.apply = apply
     assert calls == [1]
+    # and the fused KL losses take the streaming kernels on each tile
+    from cord_kernels.fused import tile_divergence
+    tiles = []
+    stats = tile_divergence.VocabParallelTritonTileKL.stats
+    tile_divergence.VocabParallelTritonTileKL.stats = \
+        lambda self, *a, **kw: tiles.append(1) or stats(self, *a, **kw)
+    try:
+        h_s, h_t, w, _, _, _ = _heads(Ht=8)
+        ck.fused_linear_distill_loss(h_s, h_t, ctx.rows(w), _mask(), process_group=ctx.group)
+    finally:
+        tile_divergence.VocabParallelTritonTileKL.stats = stats
+    assert tiles
 
 
 def case_kl_jsd(ctx):
