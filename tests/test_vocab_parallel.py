@@ -479,9 +479,21 @@ def test_vocab_parallel_matches_the_full_vocabulary(world, monkeypatch):
         # then takes the streaming KL kernels on each slice (reverse_kl, forward_kl,
         # cord_token_loss); the 3-rank ones run the torch row math everywhere.
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_run, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world, join=True)
-        results = [json.load(open(os.path.join(tmp, f"rank{r}.json"))) for r in range(world)]
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                mp.spawn(_run, args=(world, os.path.join(tmp, "init"), tmp), nprocs=world,
+                         join=True)
+            except mp.ProcessExitedException as e:
+                # A rank killed by a signal from outside (seen on a shared machine: SIGTERM
+                # seconds into the imports) is run again once; a failed check raises
+                # ProcessRaisedException instead and is never retried.
+                if attempt == 2 or e.signal_name is None:
+                    raise
+                continue
+            results = [json.load(open(os.path.join(tmp, f"rank{r}.json")))
+                       for r in range(world)]
+            break
     worst = {}
     for r in results:
         for k, v in r["errors"].items():
