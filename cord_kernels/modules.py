@@ -38,13 +38,15 @@ class _KL(nn.Module):
     _fn = staticmethod(reverse_kl)
 
     def __init__(self, *, temperature: float = TEMPERATURE, teacher_grad: bool = False,
-                 impl: str | None = None):
+                 impl: str | None = None, process_group=None):
         super().__init__()
         self.temperature, self.teacher_grad, self.impl = temperature, teacher_grad, impl
+        self.process_group = process_group
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return self._fn(student_logits, teacher_logits, temperature=self.temperature,
-                        teacher_grad=self.teacher_grad, impl=self.impl)
+                        teacher_grad=self.teacher_grad, impl=self.impl,
+                        process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, teacher_grad={self.teacher_grad}"
@@ -69,15 +71,17 @@ class JSD(nn.Module):
     """
 
     def __init__(self, *, beta: float = JSD_BETA, temperature: float = TEMPERATURE,
-                 teacher_grad: bool = False, impl: str | None = None):
+                 teacher_grad: bool = False, impl: str | None = None, process_group=None):
         super().__init__()
         check_unit("beta", beta)  # fail at construction, not at the first step
         self.beta, self.temperature, self.teacher_grad, self.impl = (
             beta, temperature, teacher_grad, impl)
+        self.process_group = process_group
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return jsd(student_logits, teacher_logits, beta=self.beta, temperature=self.temperature,
-                   teacher_grad=self.teacher_grad, impl=self.impl)
+                   teacher_grad=self.teacher_grad, impl=self.impl,
+                   process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, temperature={self.temperature}"
@@ -87,13 +91,15 @@ class TokenLogprobs(nn.Module):
     """Per-token log p(label); see :func:`cord_kernels.token_logprobs`."""
 
     def __init__(self, *, temperature: float = TEMPERATURE, ignore_index: int = IGNORE_INDEX,
-                 impl: str | None = None):
+                 impl: str | None = None, process_group=None, vocab_offset: int | None = None):
         super().__init__()
         self.temperature, self.ignore_index, self.impl = temperature, ignore_index, impl
+        self.process_group, self.vocab_offset = process_group, vocab_offset
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_logprobs(logits, labels, temperature=self.temperature,
-                              ignore_index=self.ignore_index, impl=self.impl)
+                              ignore_index=self.ignore_index, impl=self.impl,
+                              process_group=self.process_group, vocab_offset=self.vocab_offset)
 
 
 class CordTokenLoss(nn.Module):
@@ -110,19 +116,23 @@ class CordTokenLoss(nn.Module):
     def __init__(self, *, top_k: int = TOP_K, alpha: float = ALPHA, beta: float = BETA,
                  temperature: float = TEMPERATURE, reduction: str = REDUCTION,
                  return_per_token: bool = False, ignore_index: int = IGNORE_INDEX,
-                 impl: str | None = None):
+                 impl: str | None = None, process_group=None):
         super().__init__()
         LossOptions.check(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                           reduction=reduction, return_per_token=return_per_token,
-                          ignore_index=ignore_index, impl=impl)
+                          ignore_index=ignore_index, impl=impl, process_group=process_group)
         self.top_k, self.alpha, self.beta = top_k, alpha, beta
         self.temperature, self.reduction, self.impl = temperature, reduction, impl
         self.return_per_token = return_per_token
         self.ignore_index = ignore_index
+        self.process_group = process_group
 
     def options(self) -> dict:
-        return dict(top_k=self.top_k, alpha=self.alpha, beta=self.beta,
+        opts = dict(top_k=self.top_k, alpha=self.alpha, beta=self.beta,
                     temperature=self.temperature, reduction=self.reduction, impl=self.impl)
+        if self.process_group is not None:  # vocabulary parallel
+            opts["process_group"] = self.process_group
+        return opts
 
     def forward(self, student_logits, teacher_logits, mask=None, *, labels=None,
                 num_items_in_batch=None):
@@ -148,13 +158,22 @@ class FusedLinearCordTokenLoss(CordTokenLoss):
                  temperature: float = TEMPERATURE, softcap: float | None = None,
                  logit_scale: float = LOGIT_SCALE, reduction: str = REDUCTION,
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 ignore_index: int = IGNORE_INDEX, impl: str | None = None):
+                 ignore_index: int = IGNORE_INDEX, impl: str | None = None,
+                 process_group=None, reduce_hidden_grad: bool = True):
         super().__init__(top_k=top_k, alpha=alpha, beta=beta, temperature=temperature,
                          reduction=reduction, return_per_token=return_per_token,
-                         ignore_index=ignore_index, impl=impl)
-        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+                         ignore_index=ignore_index, impl=impl, process_group=process_group)
+        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes,
+                          reduce_hidden_grad=reduce_hidden_grad)
         self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes = chunk_bytes
+        self.reduce_hidden_grad = reduce_hidden_grad
+
+    def options(self) -> dict:
+        opts = super().options()
+        if self.process_group is not None:
+            opts["reduce_hidden_grad"] = self.reduce_hidden_grad
+        return opts
 
     def forward(self, student_hidden, teacher_hidden, weight, mask=None, bias=None,
                 teacher_weight=None, teacher_bias=None, *, labels=None,
@@ -182,23 +201,30 @@ class FusedLinearDistillLoss(nn.Module):
                  temperature: float = TEMPERATURE, softcap: float | None = None,
                  logit_scale: float = LOGIT_SCALE, reduction: str = REDUCTION,
                  return_per_token: bool = False, chunk_bytes: int | None = None,
-                 ignore_index: int = IGNORE_INDEX, impl: str | None = None):
+                 ignore_index: int = IGNORE_INDEX, impl: str | None = None,
+                 process_group=None, reduce_hidden_grad: bool = True):
         super().__init__()
         LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, temperature=temperature,
                           softcap=softcap, logit_scale=logit_scale, reduction=reduction,
                           return_per_token=return_per_token, chunk_bytes=chunk_bytes,
-                          ignore_index=ignore_index, impl=impl)
+                          ignore_index=ignore_index, impl=impl, process_group=process_group,
+                          reduce_hidden_grad=reduce_hidden_grad)
+        self.process_group, self.reduce_hidden_grad = process_group, reduce_hidden_grad
         self.softcap, self.logit_scale = softcap, logit_scale
         self.divergence, self.jsd_beta, self.temperature = divergence, jsd_beta, temperature
         self.reduction, self.return_per_token = reduction, return_per_token
         self.chunk_bytes, self.impl, self.ignore_index = chunk_bytes, impl, ignore_index
 
     def options(self) -> dict:
-        return dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
+        opts = dict(divergence=self.divergence, jsd_beta=self.jsd_beta,
                     temperature=self.temperature, softcap=self.softcap,
                     logit_scale=self.logit_scale, reduction=self.reduction,
                     return_per_token=self.return_per_token, chunk_bytes=self.chunk_bytes,
                     impl=self.impl)
+        if self.process_group is not None:  # vocabulary parallel
+            opts.update(process_group=self.process_group,
+                        reduce_hidden_grad=self.reduce_hidden_grad)
+        return opts
 
     def forward(self, student_hidden, teacher_hidden, weight, mask=None, token_weights=None,
                 bias=None, teacher_weight=None, teacher_bias=None, *, labels=None,
@@ -221,10 +247,17 @@ class FusedLinearTokenLogprobs(nn.Module):
 
     def __init__(self, *, temperature: float = TEMPERATURE, softcap: float | None = None,
                  logit_scale: float = LOGIT_SCALE, ignore_index: int = IGNORE_INDEX,
-                 chunk_bytes: int | None = None, impl: str | None = None):
+                 chunk_bytes: int | None = None, impl: str | None = None,
+                 process_group=None, vocab_offset: int | None = None,
+                 reduce_hidden_grad: bool = True):
         super().__init__()
         LossOptions.check(temperature=temperature, softcap=softcap, logit_scale=logit_scale,
-                          ignore_index=ignore_index, chunk_bytes=chunk_bytes, impl=impl)
+                          ignore_index=ignore_index, chunk_bytes=chunk_bytes, impl=impl,
+                          process_group=process_group, vocab_offset=vocab_offset,
+                          reduce_hidden_grad=reduce_hidden_grad)
+        self.vp = {} if process_group is None else dict(
+            process_group=process_group, vocab_offset=vocab_offset,
+            reduce_hidden_grad=reduce_hidden_grad)
         self.temperature, self.ignore_index = temperature, ignore_index
         self.softcap, self.logit_scale = softcap, logit_scale
         self.chunk_bytes, self.impl = chunk_bytes, impl
@@ -233,7 +266,7 @@ class FusedLinearTokenLogprobs(nn.Module):
         return fused_linear_token_logprobs(
             hidden, weight, labels, bias=bias, temperature=self.temperature,
             softcap=self.softcap, logit_scale=self.logit_scale, ignore_index=self.ignore_index,
-            chunk_bytes=self.chunk_bytes, impl=self.impl,
+            chunk_bytes=self.chunk_bytes, impl=self.impl, **self.vp,
         )
 
 
@@ -252,14 +285,18 @@ class GRPOLoss(nn.Module):
 class _SparseLossOptions(nn.Module):
     def __init__(self, *, divergence: str = "forward_kl", jsd_beta: float = JSD_BETA,
                  tail: str = TAIL, temperature: float = TEMPERATURE, reduction: str = REDUCTION,
-                 return_per_token: bool = False, impl: str | None = None):
+                 return_per_token: bool = False, impl: str | None = None,
+                 process_group=None, vocab_offset: int | None = None):
         super().__init__()
         LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
                           temperature=temperature, reduction=reduction,
-                          return_per_token=return_per_token, impl=impl)
+                          return_per_token=return_per_token, impl=impl,
+                          process_group=process_group, vocab_offset=vocab_offset)
         self.opts = dict(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
                          temperature=temperature, reduction=reduction,
                          return_per_token=return_per_token, impl=impl)
+        if process_group is not None:  # vocabulary parallel
+            self.opts.update(process_group=process_group, vocab_offset=vocab_offset)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
@@ -292,10 +329,13 @@ class FusedLinearSparseTeacherLoss(_SparseLossOptions):
     """
 
     def __init__(self, *, softcap: float | None = None, logit_scale: float = LOGIT_SCALE,
-                 chunk_bytes: int | None = None, **options):
+                 chunk_bytes: int | None = None, reduce_hidden_grad: bool = True, **options):
         super().__init__(**options)
-        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+        LossOptions.check(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes,
+                          reduce_hidden_grad=reduce_hidden_grad)
         self.opts.update(softcap=softcap, logit_scale=logit_scale, chunk_bytes=chunk_bytes)
+        if "process_group" in self.opts:
+            self.opts["reduce_hidden_grad"] = reduce_hidden_grad
 
     def forward(self, student_hidden, weight, teacher_topk_logprobs, teacher_topk_ids, mask,
                 bias=None, token_weights=None, num_items_in_batch=None):

@@ -37,6 +37,21 @@ softcap, logit_scale: the model's logit transform, applied to the logits inside 
 inplace_backward: Triton path only: write the gradient into the student logits' storage
     (garbage after backward). Ignored where impl=None picks the torch path; an error
     with impl="torch".""",
+    "process_group": """\
+process_group: vocabulary (tensor) parallel: the logits are this rank's contiguous slice
+    of the vocabulary, slices in rank order (or DTensors sharded on it, ``Shard(-1)``).
+    Every rank gets the full-vocabulary loss and per-token values; the gradient is the
+    local slice of the full one. None: the whole vocabulary here (today's behaviour).""",
+    "process_group_head": """\
+process_group, reduce_hidden_grad: vocabulary (tensor) parallel: ``weight`` (and
+    ``bias``, and the teacher's head) are this rank's contiguous rows of the vocabulary,
+    in rank order (or DTensors sharded on it, ``Shard(0)``); the hidden states are
+    replicated. Every rank gets the full-vocabulary loss and per-token values; the head
+    gradients are the local slices of the full ones; the hidden-state gradient is the
+    full one, all-reduced inside the loss, unless ``reduce_hidden_grad=False`` (a
+    Megatron-style caller whose parallel region already reduces it). Chunks hold the
+    statistics of their rows: 1 all-reduce to agree on the chunks, 2 per chunk (3 for
+    the JSD), 1 of the (rows, H) hidden-state gradient.""",
     "impl": """\
 impl: "triton", "torch" or None (Triton on CUDA tensors or under TRITON_INTERPRET=1,
     the torch path otherwise).""",

@@ -20,6 +20,10 @@ The rules, one place each:
 - ``ignore_index`` is an option of ``labels=`` only (see ``validation.check_mask_or_labels``).
 - ``top_k >= 0`` (0: no token is up-weighted), ``alpha, beta >= 0``; ``temperature``,
   ``softcap`` and ``logit_scale`` finite and > 0 (``softcap=None``: none, held as 0.0).
+- ``process_group`` (vocabulary parallel, ``core/vocab_parallel.py``): None (the whole
+  vocabulary on this rank) or a ``torch.distributed`` group; ``vocab_offset`` (an int >= 0,
+  this rank's first global id) needs one; ``reduce_hidden_grad`` (hidden-states-in losses:
+  all-reduce the hidden-state gradient inside the loss) is a bool.
 """
 
 from __future__ import annotations
@@ -167,6 +171,27 @@ def check_tail(tail) -> Tail:
     return Tail(tail)
 
 
+def check_process_group(group):
+    """None or a ``torch.distributed`` process group."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+    if not dist.is_available() or not isinstance(group, dist.ProcessGroup):
+        raise TypeError("process_group must be a torch.distributed ProcessGroup or None, got "
+                        f"{type(group).__name__}")
+    return group
+
+
+def check_vocab_offset(offset):
+    if offset is None:
+        return None
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"vocab_offset must be an int or None, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"vocab_offset must be >= 0, got {offset}")
+    return offset
+
+
 def _checker(check):
     """The dataclass field metadata that names a field's check."""
     return {"check": check}
@@ -205,6 +230,10 @@ class LossOptions:
     inplace_backward: bool = field(
         default=False, metadata=_checker(lambda v: check_bool("inplace_backward", v)))
     impl: str | None = field(default=None, metadata=_checker(check_impl))
+    process_group: object = field(default=None, metadata=_checker(check_process_group))
+    vocab_offset: int | None = field(default=None, metadata=_checker(check_vocab_offset))
+    reduce_hidden_grad: bool = field(
+        default=True, metadata=_checker(lambda v: check_bool("reduce_hidden_grad", v)))
 
     @classmethod
     def check(cls, **given) -> LossOptions:
@@ -227,6 +256,9 @@ class LossOptions:
         if opts.num_items_in_batch is not None and opts.reduction == "none":
             raise ValueError("num_items_in_batch divides the summed loss: it needs a scalar "
                              "reduction, got reduction='none'")
+        if opts.vocab_offset is not None and opts.process_group is None:
+            raise ValueError("vocab_offset is this rank's first id in a process_group's "
+                             "vocabulary: pass process_group too, or drop vocab_offset")
         if opts.impl == "torch" and opts.inplace_backward:
             raise ValueError("inplace_backward=True is a Triton-path option, but impl='torch' "
                              "was asked for; drop one of them")

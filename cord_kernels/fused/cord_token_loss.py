@@ -85,6 +85,8 @@ def fused_linear_cord_token_loss(
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
     impl: str | None = None,
+    process_group=None,
+    reduce_hidden_grad: bool = True,
 ):
     """CORD token loss from hidden states and the LM head, never holding (B*T, V) logits.
 
@@ -124,6 +126,8 @@ def fused_linear_cord_token_loss(
             holds ``chunk_bytes // (8 V)`` tokens. Sequences longer than that still work.
         impl: "triton" (the streaming kernels on each chunk), "torch" or None (Triton on CUDA
             or under TRITON_INTERPRET=1).
+        {process_group_head}
+            D is all-reduced before the weights: the top-K sees the full divergence.
 
     Returns:
         fp32 scalar, or (B, T) fp32 for ``reduction="none"``; ``(loss, D)`` with
@@ -139,7 +143,8 @@ def fused_linear_cord_token_loss(
                              temperature=temperature, softcap=softcap, logit_scale=logit_scale,
                              reduction=reduction, num_items_in_batch=num_items_in_batch,
                              return_per_token=return_per_token, chunk_bytes=chunk_bytes,
-                             impl=impl)
+                             impl=impl, process_group=process_group,
+                             reduce_hidden_grad=reduce_hidden_grad)
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                 teacher_bias, mask, labels, opts.ignore_index)
     return run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,

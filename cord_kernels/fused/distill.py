@@ -45,6 +45,7 @@ from typing import Protocol
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import resolve_impl
 from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import (
@@ -138,7 +139,11 @@ class DistillProblem(ch.HeadProblem):
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
         self.divergence = make_tile_divergence(params.opts.divergence, params.opts.jsd_beta,
-                                               params.opts.temperature, params.impl)
+                                               params.opts.temperature, params.impl,
+                                               params.opts.process_group)
+        if params.opts.process_group is not None:
+            self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
+                                           self.device)
         self._tiles: torch.Tensor | None = None
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -261,6 +266,7 @@ class FusedDistillSumFunction(torch.autograd.Function):
                                      teacher_weight, teacher_bias, mask, params)
             grads = problem.grads(*_head_needs(ctx.needs_input_grad))
             total, d, _ = weighted_sum(problem, weighting, grads)
+            vp.reduce_hidden_grad_(grads.hidden, params.opts)
         ch.stash_grads(ctx, grads, problem.index, student_hidden, weight, bias)
         per_token = problem.dense(d)
         ctx.mark_non_differentiable(per_token)
@@ -302,6 +308,7 @@ class FusedDistillPerTokenFunction(torch.autograd.Function):
             g = grad_out.reshape(-1).float()[problem.index] * w
             problem.backprop_rows(None, g, grads)
             problem.release()
+            vp.reduce_hidden_grad_(grads.hidden, ctx.params.opts)
         gh, gw, gb = head_grads(grads, problem, sh, weight, bias)
         return gh, None, gw, gb, None, None, None, None, None
 
@@ -356,6 +363,14 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, opts: LossOptions):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
+    if vp.is_parallel(opts.process_group, weight, teacher_weight):
+        local, opts = vp.unwrap_head_call(
+            opts, {"weight": weight, "bias": bias, "teacher_weight": teacher_weight,
+                   "teacher_bias": teacher_bias},
+            {"student_hidden": student_hidden, "teacher_hidden": teacher_hidden})
+        student_hidden, teacher_hidden = local["student_hidden"], local["teacher_hidden"]
+        weight, bias = local["weight"], local.get("bias")
+        teacher_weight, teacher_bias = local.get("teacher_weight"), local.get("teacher_bias")
     impl = resolve_impl(opts.impl, student_hidden, weight)
     t_hidden = teacher_hidden.detach()
     t_weight = None if teacher_weight is None else teacher_weight.detach()
@@ -405,6 +420,8 @@ def fused_linear_distill_loss(
     return_per_token: bool = False,
     chunk_bytes: int | None = None,
     impl: str | None = None,
+    process_group=None,
+    reduce_hidden_grad: bool = True,
 ):
     """A per-token distillation loss from hidden states and LM heads, never holding the logits.
 
@@ -442,6 +459,7 @@ def fused_linear_distill_loss(
             trainer logs, without projecting again).
         chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).
         impl: "triton" (the streaming kernels on each chunk), "torch" or None.
+        {process_group_head}
 
     Returns:
         the loss (fp32 scalar, or (B, T) for "none"); ``(loss, per_token)`` with
@@ -459,7 +477,8 @@ def fused_linear_distill_loss(
                              logit_scale=logit_scale, reduction=reduction,
                              num_items_in_batch=num_items_in_batch,
                              return_per_token=return_per_token, chunk_bytes=chunk_bytes,
-                             impl=impl)
+                             impl=impl, process_group=process_group,
+                             reduce_hidden_grad=reduce_hidden_grad)
     mask = check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_weight,
                                 teacher_bias, mask, labels, opts.ignore_index)
     token_weights = check_token_weights(token_weights, mask)

@@ -31,6 +31,7 @@ from cord_kernels.core.torch_path import (
     TorchTileJSD,
     TorchTileReverseKL,
 )
+from cord_kernels.core.vocab_parallel import VocabParallelTileDivergence, combine_kl_rows
 from cord_kernels.logits.jsd import jsd_bwd, jsd_fwd
 from cord_kernels.logits.kl import kl_bwd, kl_fwd
 
@@ -93,8 +94,33 @@ class TritonTileJSD:
         return None
 
 
+class VocabParallelTritonTileKL:
+    """A KL's streaming kernels on a tile of this rank's vocabulary slice: the kernel's D and
+    lse of the slice, combined over the group by 2 all-reduces
+    (``vocab_parallel.combine_kl_rows``); the backward kernel then gets the global statistics
+    and writes the slice's part of the full gradient."""
+
+    def __init__(self, inner: TritonTileReverseKL, group):
+        self.inner, self.group = inner, group
+
+    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+        state = self.inner.stats(s, u, want_grad)
+        d, lse_1, lse_2 = combine_kl_rows(state.d, *state.extra, None, self.group)
+        return TileStats(d, (lse_1, lse_2))
+
+    def write_grad(self, s, u, state, g) -> None:
+        return self.inner.write_grad(s, u, state, g)
+
+
 def make_tile_divergence(divergence: Divergence, jsd_beta: float, temperature: float,
-                    impl: Impl) -> TileDivergence:
+                    impl: Impl, process_group=None) -> TileDivergence:
+    if process_group is not None:  # vocabulary parallel
+        if impl is Impl.TRITON and divergence is not Divergence.JSD:
+            inner = TritonTileForwardKL if divergence is Divergence.FORWARD_KL \
+                else TritonTileReverseKL
+            return VocabParallelTritonTileKL(inner(temperature), process_group)
+        return VocabParallelTileDivergence(Divergence(divergence).value, jsd_beta,
+                                           temperature, process_group)
     if divergence is Divergence.JSD:
         cls = TritonTileJSD if impl is Impl.TRITON else TorchTileJSD
         return cls(temperature, jsd_beta)

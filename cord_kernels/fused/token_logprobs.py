@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import Impl, resolve_impl
 from cord_kernels.core.options import (
     IGNORE_INDEX,
@@ -77,6 +78,9 @@ class _LogprobProblem(ch.HeadProblem):
         opts = params.opts
         self.logprobs: TileLogprobs = TritonTileLogprobs(opts.temperature, opts.ignore_index) \
             if params.impl is Impl.TRITON else TorchTileLogprobs(opts.temperature)
+        if opts.process_group is not None:  # vocabulary parallel: the torch math on slices
+            self.logprobs = vp.VocabParallelTileLogprobs(opts.temperature, opts.vocab_offset,
+                                                         opts.process_group)
         self.transform = params.transform
         flat = labels.reshape(-1)
         index = (flat != opts.ignore_index).nonzero().squeeze(1)
@@ -84,6 +88,8 @@ class _LogprobProblem(ch.HeadProblem):
         # A softcap's dt/dz takes a second tile in backward (see ``grad_factor``).
         super().__init__(hidden, weight, bias, params.operands[0], index,
                          2 if self.transform.needs_factor_tile else 1, opts.chunk_bytes)
+        if opts.process_group is not None:
+            self.max_rows = vp.same_chunks(self.max_rows, opts.process_group, self.device)
         buf_rows = min(self.max_rows, self.n_valid)
         self.tile = torch.empty(buf_rows, self.V, dtype=self.dtype, device=self.device)
         self._factor: torch.Tensor | None = None
@@ -139,6 +145,7 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
                                                         g_all[idx])
                 problem.transform.chain_(x, factor)  # dlogp/dt -> dlogp/dz
                 problem.head.backprop(x, h, row_scale, slice(lo, hi), grads)
+        vp.reduce_hidden_grad_(grads.hidden, ctx.params.opts)
         gw = grads.weight_or_zeros()
         return (
             grads.hidden_for(problem.index, hidden.shape, hidden.dtype),
@@ -166,6 +173,9 @@ def fused_linear_token_logprobs(
     ignore_index: int = IGNORE_INDEX,
     chunk_bytes: int | None = None,
     impl: str | None = None,
+    process_group=None,
+    vocab_offset: int | None = None,
+    reduce_hidden_grad: bool = True,
 ) -> torch.Tensor:
     """log softmax((hidden @ weight.T + bias) / tau)[label] per position, without (N, V) logits.
 
@@ -187,6 +197,11 @@ def fused_linear_token_logprobs(
         chunk_bytes: budget for the fp32 logits tile (default 1 GiB: ``chunk_bytes // (4 V)``
             tokens per chunk).
         impl: "triton", "torch" or None.
+        process_group, vocab_offset, reduce_hidden_grad: vocabulary parallel, as
+            :func:`fused_linear_distill_loss`; ``labels`` stay global ids and
+            ``vocab_offset`` is the slice's first id (default: one all-gather of the slice
+            sizes). 1 all-reduce to agree on the chunks, 2 per chunk (in forward and again
+            in backward), 1 of the hidden-state gradient.
 
     Returns:
         (...) fp32 log-probabilities, differentiable wrt hidden, weight and bias.
@@ -203,11 +218,13 @@ def fused_linear_token_logprobs(
     check_same_device(("hidden", hidden), ("labels", labels))
     opts = LossOptions.check(temperature=temperature, ignore_index=ignore_index,
                              chunk_bytes=chunk_bytes, softcap=softcap, logit_scale=logit_scale,
-                             impl=impl)
+                             impl=impl, process_group=process_group,
+                             vocab_offset=vocab_offset, reduce_hidden_grad=reduce_hidden_grad)
     ignore_index = opts.ignore_index
+    hidden, weight, bias, opts, vocab = vp.id_head_call(opts, hidden, weight, bias)
     valid = labels != ignore_index
-    if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
-        raise ValueError(f"labels must lie in [0, {weight.shape[0]}) (the vocabulary of "
+    if bool(((labels < 0) | (labels >= vocab))[valid].any()):
+        raise ValueError(f"labels must lie in [0, {vocab}) (the vocabulary of "
                          f"weight) or equal ignore_index={ignore_index}")
     params = ch.HeadParams(opts, resolve_impl(impl, hidden, weight),
                            (ch.operand_dtype(hidden, weight),))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.cord_weights import checked_cord_weights
 from cord_kernels.core.dispatch import Impl, resolve_impl
 from cord_kernels.core.doc import shared_doc
@@ -29,7 +30,7 @@ from cord_kernels.core.validation import (
     check_mask_or_labels,
     check_same_device,
 )
-from cord_kernels.logits.kl import kl_div_rows
+from cord_kernels.logits.kl import kl_div_rows, vocab_parallel_kl_rows
 
 
 # Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
@@ -51,6 +52,7 @@ def cord_token_loss(
     return_per_token: bool = False,
     inplace_backward: bool = False,
     impl: str | None = None,
+    process_group=None,
 ):
     """CORD weighted reverse-KL token loss.
 
@@ -72,6 +74,7 @@ def cord_token_loss(
             (what a trainer logs, without reading the logits again).
         {inplace_backward}
         {impl}
+        {process_group}
 
     Returns:
         fp32 scalar, or (B, T) fp32 for ``reduction="none"``; ``(loss, D)`` with
@@ -90,11 +93,20 @@ def cord_token_loss(
                              temperature=temperature, reduction=reduction,
                              num_items_in_batch=num_items_in_batch,
                              return_per_token=return_per_token,
-                             inplace_backward=inplace_backward, impl=impl)
+                             inplace_backward=inplace_backward, impl=impl,
+                             process_group=process_group)
     mask = check_mask_or_labels(mask, labels, opts.ignore_index,
                                 tuple(student_logits.shape[:2]), like="student_logits")
     check_same_device(("student_logits", student_logits), ("mask", mask))
-    if resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
+    if vp.is_parallel(process_group, student_logits, teacher_logits):
+        # D all-reduced before the weights: the top-K below sees the full divergence.
+        local, shard = vp.logits_slices(process_group, None, False,
+                                        {"s": student_logits, "u": teacher_logits.detach()},
+                                        {"mask": mask})
+        mask = local["mask"]
+        d = vocab_parallel_kl_rows(local["s"], local["u"], mask, temperature=opts.temperature,
+                                   process_group=shard.group, impl=impl)
+    elif resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
         d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
                                      opts.temperature).float()
     else:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import Impl, resolve_impl, triton_available
 from cord_kernels.core.options import JSD_BETA, TEMPERATURE, LossOptions
 from cord_kernels.core.reduction import nonnegative
@@ -300,6 +301,7 @@ def jsd(
     temperature: float = TEMPERATURE,
     teacher_grad: bool = False,
     impl: str | None = None,
+    process_group=None,
 ) -> torch.Tensor:
     """Per-row generalized Jensen-Shannon divergence, TRL's and Liger's convention.
 
@@ -315,6 +317,8 @@ def jsd(
         temperature: tau > 0, applied to both.
         teacher_grad: also differentiate through the teacher (detached by default).
         impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
+        process_group: vocabulary parallel, as :func:`reverse_kl` (3 all-reduces of (rows, 2)
+            stats; 2 at beta 0 or 1).
 
     Returns:
         (...) float32 JSD >= 0, differentiable.
@@ -327,13 +331,18 @@ def jsd(
     beta = check_unit("beta", beta)  # the public name of LossOptions.jsd_beta here
     check_logits_pair(student_logits, teacher_logits)
     temperature = LossOptions.check(temperature=temperature, teacher_grad=teacher_grad,
-                                    impl=impl).temperature
+                                    impl=impl, process_group=process_group).temperature
     impl = resolve_impl(impl, student_logits, teacher_logits)
     if beta in (0.0, 1.0):
         kl = forward_kl if beta == 0.0 else reverse_kl
         return kl(student_logits, teacher_logits, temperature=temperature,
-                  teacher_grad=teacher_grad, impl=impl.value)
+                  teacher_grad=teacher_grad, impl=impl.value, process_group=process_group)
     u = teacher_logits if teacher_grad else teacher_logits.detach()
+    if vp.is_parallel(process_group, student_logits, teacher_logits):
+        local, shard = vp.logits_slices(process_group, None, False,
+                                        {"s": student_logits, "u": u})
+        return vp.VocabParallelJSDFunction.apply(local["s"], local["u"], beta, temperature,
+                                                 shard.group).float()
     if impl is Impl.TORCH:
         return TorchJSDFunction.apply(student_logits, u, beta, temperature).float()
     return JSDFunction.apply(student_logits, u, JSDParams(beta, temperature))

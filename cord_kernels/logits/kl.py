@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import resolve_impl, triton_available
 from cord_kernels.core.options import TEMPERATURE, LossOptions
 from cord_kernels.core.reduction import nonnegative
@@ -292,6 +293,40 @@ class KLDivFunction(torch.autograd.Function):
         return dx, dy, None, None
 
 
+class VocabParallelKLDivFunction(torch.autograd.Function):
+    """Per-row KL(P_x || P_y) of vocabulary slices through the streaming kernels: each rank's
+    kernel gives D and lse of its slice, 2 all-reduces combine them
+    (``vocab_parallel.combine_kl_rows``), and the backward kernel, given the global lse and D,
+    writes the local slice of the full gradient (no communication)."""
+
+    @staticmethod
+    def forward(ctx, x, y, row_mask, temperature: float, group):
+        d_r, lse_x, lse_y = _kl_fwd_op(x, y, row_mask, temperature)
+        d, lse_x, lse_y = vp.combine_kl_rows(d_r, lse_x, lse_y, row_mask, group)
+        ctx.save_for_backward(x, y, lse_x, lse_y, d)
+        ctx.temperature = temperature
+        return d.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        x, y, lse_x, lse_y, d = ctx.saved_tensors
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format) \
+            if ctx.needs_input_grad[0] else None
+        dy = torch.empty_like(y, memory_format=torch.contiguous_format) \
+            if ctx.needs_input_grad[1] else None
+        _kl_bwd_op(x, y, lse_x, lse_y, d, grad_d, ctx.temperature, dx, dy)
+        return dx, dy, None, None, None
+
+
+def vocab_parallel_kl_rows(x, y, row_mask, *, temperature: float, process_group, impl):
+    """KL(P_x || P_y) per row of vocabulary slices (x, y: local tensors), through the Triton
+    kernels when ``impl`` resolves to them, else the torch row math."""
+    if resolve_impl(impl, x, y) == "torch":
+        return vp.VocabParallelKLFunction.apply(x, y, row_mask, temperature,
+                                                process_group).float()
+    return VocabParallelKLDivFunction.apply(x, y, row_mask, temperature, process_group)
+
+
 def kl_div_rows(x, y, row_mask, *, temperature: float, inplace_backward: bool = False):
     """KL(P_x || P_y) per row through the Triton kernels (no argument checks: internal)."""
     return KLDivFunction.apply(x, y, row_mask, KLParams(temperature, inplace_backward))
@@ -300,10 +335,19 @@ def kl_div_rows(x, y, row_mask, *, temperature: float, inplace_backward: bool = 
 # ---------------------------------------------------------------------------- public API
 
 
-def _check(student_logits, teacher_logits, temperature, teacher_grad, inplace_backward, impl):
+def _check(student_logits, teacher_logits, temperature, teacher_grad, inplace_backward, impl,
+           process_group=None):
     check_logits_pair(student_logits, teacher_logits)
     return LossOptions.check(temperature=temperature, teacher_grad=teacher_grad,
-                             inplace_backward=inplace_backward, impl=impl).temperature
+                             inplace_backward=inplace_backward, impl=impl,
+                             process_group=process_group).temperature
+
+
+def _vocab_parallel_kl(x, y, temperature, process_group, impl):
+    """KL(P_x || P_y) per row of vocabulary slices (``core/vocab_parallel.py``)."""
+    local, shard = vp.logits_slices(process_group, None, False, {"x": x, "y": y})
+    return vocab_parallel_kl_rows(local["x"], local["y"], None, temperature=temperature,
+                                  process_group=shard.group, impl=impl)
 
 
 # Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
@@ -316,6 +360,7 @@ def reverse_kl(
     teacher_grad: bool = False,
     inplace_backward: bool = False,
     impl: str | None = None,
+    process_group=None,
 ) -> torch.Tensor:
     """Per-row reverse KL, KL(p || q), the CORD token divergence D_t (paper eq. 2).
 
@@ -332,6 +377,9 @@ def reverse_kl(
             autograd's in-place checks). Ignored where impl=None picks the torch path; an
             error with impl="torch".
         impl: "triton", "torch" or None (Triton on CUDA or under TRITON_INTERPRET=1).
+        process_group: vocabulary parallel: the logits are this rank's contiguous slice of
+            the vocabulary (or DTensors sharded on it); every rank gets the full D, the
+            gradient is the local slice of the full one (2 all-reduces of (rows, 3) stats).
 
     Returns:
         (...) float32 D >= 0, differentiable.
@@ -341,8 +389,10 @@ def reverse_kl(
         >>> (d * mask).sum().backward()
     """
     temperature = _check(student_logits, teacher_logits, temperature, teacher_grad,
-                         inplace_backward, impl)
+                         inplace_backward, impl, process_group)
     u = teacher_logits if teacher_grad else teacher_logits.detach()
+    if vp.is_parallel(process_group, student_logits, teacher_logits):
+        return _vocab_parallel_kl(student_logits, u, temperature, process_group, impl)
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return TorchKLDivFunction.apply(student_logits, u, None, temperature).float()
     check_inplace_backward("student_logits", student_logits, inplace_backward)
@@ -359,18 +409,23 @@ def forward_kl(
     temperature: float = TEMPERATURE,
     teacher_grad: bool = False,
     impl: str | None = None,
+    process_group=None,
 ) -> torch.Tensor:
     """Per-row forward KL, KL(q || p): the paper's FKL baseline (on teacher rollouts).
 
         dKL/ds_v = (1/tau) (p_v - q_v)
 
-    Same arguments and shapes as :func:`reverse_kl`; returns (...) float32.
+    Same arguments and shapes as :func:`reverse_kl` (``process_group`` too); returns (...)
+    float32.
 
     Example:
         >>> loss = (forward_kl(student_logits, teacher_logits) * mask).sum() / mask.shape[0]
     """
-    temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False, impl)
+    temperature = _check(student_logits, teacher_logits, temperature, teacher_grad, False, impl,
+                         process_group)
     u = teacher_logits if teacher_grad else teacher_logits.detach()
+    if vp.is_parallel(process_group, student_logits, teacher_logits):
+        return _vocab_parallel_kl(u, student_logits, temperature, process_group, impl)
     if resolve_impl(impl, student_logits, teacher_logits) == "torch":
         return TorchKLDivFunction.apply(u, student_logits, None, temperature).float()
     return kl_div_rows(u, student_logits, None, temperature=temperature)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import resolve_impl, triton_available
 from cord_kernels.core.options import IGNORE_INDEX, TEMPERATURE, LossOptions
 from cord_kernels.core.rows import (
@@ -186,6 +187,8 @@ def token_logprobs(
     ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     impl: str | None = None,
+    process_group=None,
+    vocab_offset: int | None = None,
 ) -> torch.Tensor:
     """log softmax(logits / tau)[label] per position, for GRPO and SFT.
 
@@ -198,6 +201,10 @@ def token_logprobs(
         inplace_backward: Triton path only: write the gradient into ``logits``' storage
             (``logits`` is garbage after backward); an error with impl="torch".
         impl: "triton", "torch" or None.
+        process_group, vocab_offset: vocabulary parallel: ``logits`` is this rank's slice
+            (or a DTensor sharded on it), ``labels`` stay global ids; ``vocab_offset`` is the
+            slice's first id (default: learnt with one all-gather of the slice sizes). Every
+            rank gets the full value (2 all-reduces of (rows, 2) stats).
 
     Returns:
         (...) float32, differentiable wrt ``logits``.
@@ -210,8 +217,14 @@ def token_logprobs(
     check_labels(labels, tuple(logits.shape[:-1]))
     check_same_device(("logits", logits), ("labels", labels))
     opts = LossOptions.check(temperature=temperature, ignore_index=ignore_index,
-                             inplace_backward=inplace_backward, impl=impl)
+                             inplace_backward=inplace_backward, impl=impl,
+                             process_group=process_group, vocab_offset=vocab_offset)
     temperature, ignore_index = opts.temperature, opts.ignore_index
+    if vp.is_parallel(process_group, logits):
+        local, shard = vp.logits_slices(process_group, vocab_offset, True, {"x": logits},
+                                        {"labels": labels})
+        return vp.vocab_parallel_logprobs(local["x"], local["labels"], temperature,
+                                          ignore_index, shard.offset, shard.group)
     if resolve_impl(impl, logits) == "torch":
         return TorchLogprobFunction.apply(logits, labels, temperature, ignore_index).float()
     check_inplace_backward("logits", logits, inplace_backward)

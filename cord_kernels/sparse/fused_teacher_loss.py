@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import Impl, resolve_impl
 from cord_kernels.core.options import (
     JSD_BETA,
@@ -98,6 +99,9 @@ class SparseHeadProblem(ch.HeadProblem):
         super().__init__(hidden, weight, bias, params.operands[0],
                          targets.projected_rows().nonzero().squeeze(1), targets.n_tiles,
                          params.opts.chunk_bytes)
+        if params.opts.process_group is not None:
+            self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
+                                           self.device)
         targets.select(self)
         self._tile = None
 
@@ -125,7 +129,13 @@ class SparseHeadProblem(ch.HeadProblem):
         tau = opts.temperature
         tile, h = self.logits(lo, hi)
         ids, valid, b = self.targets.chunk(self, lo, hi, tile)
-        a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
+        if opts.process_group is not None:  # vocabulary parallel: this rank's ids are local
+            a, lse, valid_here, ids_here = vp.support_stats(
+                tile, ids, valid, opts.vocab_offset, tau, opts.process_group)
+            lse2 = None
+        else:
+            a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
+            valid_here, ids_here = valid, ids
         with torch.enable_grad():
             a = a.detach().requires_grad_(grads is not None)
             d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
@@ -134,11 +144,11 @@ class SparseHeadProblem(ch.HeadProblem):
                 return d.detach()
             (g,) = torch.autograd.grad((row_weights.to(d.dtype) * d).sum(), a)
         g = torch.where(valid, g, 0.0)
-        if p.impl is Impl.TRITON:
+        if lse2 is not None:
             support_bwd_dense(tile, lse2, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
         else:
             torch_dense_grad(tile, lse, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
-        add_sparse_terms(tile, ids, valid, g, a.detach(), lse, tau, opts.logit_scale,
+        add_sparse_terms(tile, ids_here, valid_here, g, a.detach(), lse, tau, opts.logit_scale,
                          opts.softcap)
         self.head.backprop(tile, h, None, slice(lo, hi), grads)
         return d.detach()
@@ -170,6 +180,7 @@ class FusedSparseSumFunction(torch.autograd.Function):
             grads = problem.grads(*ctx.needs_input_grad[:3])
             w = _row_weights(problem, token_weights)
             d = problem.run(w, grads)
+            vp.reduce_hidden_grad_(grads.hidden, params.opts)
         ch.stash_grads(ctx, grads, problem.index, hidden, weight, bias)
         per_token = problem.dense(d)
         ctx.mark_non_differentiable(per_token)
@@ -204,6 +215,7 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
             problem = SparseHeadProblem(hidden, weight, bias, ctx.targets, ctx.params)
             grads = problem.grads(*ctx.needs_input_grad[:3])
             problem.run(grad_out.reshape(-1).float()[problem.index] * w, grads)
+            vp.reduce_hidden_grad_(grads.hidden, ctx.params.opts)
         gh, gw, gb = head_grads(grads, problem, hidden, weight, bias)
         return gh, gw, gb, None, None, None
 
@@ -230,6 +242,9 @@ def fused_linear_sparse_teacher_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     chunk_bytes: int | None = None,
     impl: str | None = None,
+    process_group=None,
+    vocab_offset: int | None = None,
+    reduce_hidden_grad: bool = True,
 ):
     """:func:`sparse_teacher_loss` from hidden states and the LM head, never holding the logits.
 
@@ -253,6 +268,10 @@ def fused_linear_sparse_teacher_loss(
         logit_scale: > 0, multiplies the head's output.
         chunk_bytes: budget of the fp32 logits tile.
         impl: "triton" (the streaming kernels on each tile), "torch" or None.
+        process_group, vocab_offset, reduce_hidden_grad: vocabulary parallel, as
+            :func:`fused_linear_distill_loss`; the ids stay global and ``vocab_offset`` is
+            the slice's first id (default: one all-gather of the slice sizes). 1 all-reduce
+            to agree on the chunks, 2 per chunk, 1 of the hidden-state gradient.
 
     Example:
         >>> h = student(ids, output_hidden_states=True).hidden_states[-1][:, :-1]
@@ -269,8 +288,11 @@ def fused_linear_sparse_teacher_loss(
                              temperature=temperature, softcap=softcap, logit_scale=logit_scale,
                              reduction=reduction, return_per_token=return_per_token,
                              num_items_in_batch=num_items_in_batch, chunk_bytes=chunk_bytes,
-                             impl=impl)
-    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), weight.shape[0],
+                             impl=impl, process_group=process_group,
+                             vocab_offset=vocab_offset, reduce_hidden_grad=reduce_hidden_grad)
+    student_hidden, weight, bias, opts, vocab = vp.id_head_call(opts, student_hidden, weight,
+                                                                bias)
+    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), vocab,
                             mask.to(student_hidden.device))
     token_weights = check_token_weights(token_weights, mask)
     params = ch.HeadParams(opts, resolve_impl(impl, student_hidden, weight),

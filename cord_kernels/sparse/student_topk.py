@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import resolve_impl
 from cord_kernels.core.options import (
     JSD_BETA,
@@ -46,6 +47,8 @@ def student_topk_distill_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     inplace_backward: bool = False,
     impl: str | None = None,
+    process_group=None,
+    vocab_offset: int | None = None,
 ):
     """The divergence on the student's top-k support (TRL SDPO's top-k mode).
 
@@ -65,6 +68,8 @@ def student_topk_distill_loss(
         jsd_beta, tail, token_weights, reduction, return_per_token, num_items_in_batch,
         inplace_backward, impl: as :func:`sparse_teacher_loss`.
         temperature: tau > 0 on both sides' logits.
+        process_group, vocab_offset: vocabulary parallel, as :func:`sparse_teacher_loss`;
+            the top-k is global (one all-gather of each rank's top-k), then 4 all-reduces.
 
     Example:
         >>> loss = student_topk_distill_loss(student_logits, teacher_logits, mask, k=20)
@@ -74,13 +79,33 @@ def student_topk_distill_loss(
         raise ValueError(f"student_logits must be (B, T, V), got {tuple(student_logits.shape)}")
     B, T, V = student_logits.shape
     mask = check_mask(mask, (B, T), like="student_logits").to(student_logits.device)
-    check_k(k, V)
+    parallel = vp.is_parallel(process_group, student_logits, teacher_logits)
+    if not parallel:  # a vocabulary slice may be smaller than k
+        check_k(k, V)
     opts = LossOptions.check(divergence=divergence, jsd_beta=jsd_beta, tail=tail,
                              temperature=temperature, reduction=reduction,
                              return_per_token=return_per_token,
                              num_items_in_batch=num_items_in_batch,
-                             inplace_backward=inplace_backward, impl=impl)
+                             inplace_backward=inplace_backward, impl=impl,
+                             process_group=process_group, vocab_offset=vocab_offset)
     token_weights = check_token_weights(token_weights, mask)
+    if parallel:
+        local, shard = vp.logits_slices(process_group, vocab_offset, True,
+                                        {"s": student_logits, "u": teacher_logits.detach()})
+        s_l, u_l = local["s"], local["u"]
+        check_k(k, shard.vocab or k)
+        with torch.no_grad():
+            _, ids = vp.global_topk(s_l.detach().reshape(B * T, -1).float(), k, shard.offset,
+                                    shard.group)
+        ids, valid = ids.view(B, T, k), mask.unsqueeze(-1).expand(B, T, k)
+        a = vp.VocabParallelSupportLogprobsFunction.apply(s_l, ids, valid, opts.temperature,
+                                                          shard.offset, shard.group).float()
+        with torch.no_grad():
+            b = vp.VocabParallelSupportLogprobsFunction.apply(
+                u_l, ids, valid, opts.temperature, shard.offset, shard.group).float()
+        d = support_divergence(a, b, valid, divergence=opts.divergence,
+                               jsd_beta=opts.jsd_beta, tail=opts.tail)
+        return reduce_sparse(d, mask, token_weights, opts)
     impl = resolve_impl(impl, student_logits, teacher_logits)
     if impl == "triton":
         check_inplace_backward("student_logits", student_logits, inplace_backward)

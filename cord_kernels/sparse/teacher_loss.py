@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import resolve_impl
 from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import JSD_BETA, REDUCTION, TAIL, TEMPERATURE, LossOptions
@@ -41,6 +42,8 @@ def sparse_teacher_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     inplace_backward: bool = False,
     impl: str | None = None,
+    process_group=None,
+    vocab_offset: int | None = None,
 ):
     """A distillation loss against a teacher known only by its top-k log-probs per token.
 
@@ -71,6 +74,10 @@ def sparse_teacher_loss(
         {num_items_in_batch}
         {inplace_backward}
         {impl}
+        {process_group}
+            The ids stay global: a rank reads the ids in its slice. ``vocab_offset``: the
+            slice's first id (default: one all-gather of the slice sizes). 2 all-reduces of
+            (rows, 1 + k) stats.
 
     Returns:
         the fp32 loss (scalar, or (B, T) for "none"), or ``(loss, per_token)``.
@@ -90,15 +97,28 @@ def sparse_teacher_loss(
                              temperature=temperature, reduction=reduction,
                              return_per_token=return_per_token,
                              num_items_in_batch=num_items_in_batch,
-                             inplace_backward=inplace_backward, impl=impl)
+                             inplace_backward=inplace_backward, impl=impl,
+                             process_group=process_group, vocab_offset=vocab_offset)
+    shard = None
+    if vp.is_parallel(process_group, student_logits):
+        local, shard = vp.logits_slices(process_group, vocab_offset, True,
+                                        {"s": student_logits})
+        student_logits = local["s"]
+        V = shard.vocab or vp.UNKNOWN_VOCAB  # unknown with vocab_offset=
     valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), V,
                             mask.to(student_logits.device))
     token_weights = check_token_weights(token_weights, mask)
     impl = resolve_impl(impl, student_logits)
-    if impl == "triton":
-        check_inplace_backward("student_logits", student_logits, inplace_backward)
-    a = support_logprobs(student_logits, teacher_topk_ids, valid, temperature=opts.temperature,
-                         impl=impl, inplace_backward=inplace_backward)
+    if shard is not None:
+        a = vp.VocabParallelSupportLogprobsFunction.apply(
+            student_logits, teacher_topk_ids, valid, opts.temperature, shard.offset,
+            shard.group).float()
+    else:
+        if impl == "triton":
+            check_inplace_backward("student_logits", student_logits, inplace_backward)
+        a = support_logprobs(student_logits, teacher_topk_ids, valid,
+                             temperature=opts.temperature, impl=impl,
+                             inplace_backward=inplace_backward)
     b = teacher_topk_logprobs.detach().to(a.dtype)
     d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
                            tail=opts.tail)

@@ -1,0 +1,596 @@
+"""Vocabulary (tensor) parallel row math: each rank holds a contiguous slice of the vocabulary.
+
+With a process group of W ranks, rank r holds the columns [offset_r, offset_r + V_r) of every
+row (logits in), or those rows of the LM head (hidden states in); slices are in rank order and
+may differ in size. Each rank streams its slice into a few per-row statistics, the statistics
+are all-reduced, and every rank then holds the full-vocabulary value; the backward needs only
+those global row statistics and the local logits, so it communicates nothing:
+
+    max      m   = max_v s_v                         (all-reduce MAX)
+    sum-exp  S   = sum_v e^{s_v - m}                 (all-reduce SUM, with the sums below)
+    KL       A   = sum_v e^{s_v - m} ((s_v - m) - (u_v - m_u)),  D = A / S - log S + log S_u
+    JSD      K_p = sum_v p_v (log p_v - log m_v) needs the global lse first: a third
+             all-reduce
+    ids      s_id (a rank adds the ids in its range, 0 elsewhere): rides with the sums
+
+All-reduces per call, each of (rows, a few) fp32 statistics, never of size V:
+
+    reverse_kl / forward_kl / cord_token_loss      2
+    jsd                                            3
+    token_logprobs, support log-probs (sparse)     2  (+1 all-gather of the slice sizes
+                                                       unless ``vocab_offset`` is given)
+    the fused-linear chunk drivers                 1 to agree on the chunks, the above per
+                                                   chunk, 1 of the hidden-state gradient
+
+The DTensor unwrapping (``Shard(-1)`` logits, ``Shard(0)`` head) lives here too.
+The row math here is the torch path: it runs on any device, and on CUDA the reductions go
+through ``torch.distributed`` (NCCL). The Triton KL kernels take a slice as they take a full row
+(``logits/kl.py``'s ``VocabParallelKLDivFunction``, combined by :func:`combine_kl_rows`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from cord_kernels.core.torch_path import TileStats, row_block
+
+# ----------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class VocabShard:
+    """This rank's slice: the group, its first global id (None until a loss needs it) and the
+    whole vocabulary's size (None when ``vocab_offset`` was given: then unknown)."""
+
+    group: object
+    offset: int | None = None
+    vocab: int | None = None
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return None
+    return DTensor
+
+
+def is_dtensor(x) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(x, dtensor)
+
+
+def unwrap_dtensor(x, vocab_dim: int):
+    """(local tensor, group, offset) of a DTensor sharded on ``vocab_dim`` over a 1-D mesh (a
+    replicated DTensor: (local, None, None)); a plain tensor passes through as (x, None, None).
+    ``to_local`` is differentiable: the gradient comes back as the same sharded DTensor."""
+    if not is_dtensor(x):
+        return x, None, None
+    from torch.distributed.tensor import Replicate, Shard
+    mesh = x.device_mesh
+    if mesh.ndim != 1:
+        raise ValueError(f"a vocabulary-sharded DTensor needs a 1-D device mesh, got "
+                         f"{mesh.ndim} dimensions")
+    place = x.placements[0]
+    if isinstance(place, Replicate):
+        return x.to_local(), None, None
+    dim = vocab_dim % x.ndim
+    if not isinstance(place, Shard) or place.dim % x.ndim != dim:
+        raise ValueError(f"a DTensor input must be sharded on its vocabulary dimension "
+                         f"(Shard({vocab_dim})) or replicated, got {place}")
+    vocab, world = x.shape[dim], mesh.size()
+    chunk = -(-vocab // world)  # torch.chunk's split, which Shard uses
+    offset = min(mesh.get_local_rank() * chunk, vocab)
+    return x.to_local(), mesh.get_group(), offset
+
+
+def unwrap_inputs(process_group, vocab_offset, sharded: dict, replicated: dict):
+    """Unwraps DTensor inputs: ``sharded`` {name: (tensor, vocab dim)} may be vocabulary-sharded,
+    ``replicated`` {name: tensor} must not be. Returns (locals by name, group, offset): the
+    group and offset come from a sharded DTensor when ``process_group`` is None."""
+    out, group, offset = {}, process_group, vocab_offset
+    for name, (t, dim) in sharded.items():
+        local, g, o = unwrap_dtensor(t, dim)
+        out[name] = local
+        if g is not None:
+            if group is not None and group is not g:
+                raise ValueError(f"{name} is sharded over another group than process_group")
+            group = g
+            offset = o if vocab_offset is None else vocab_offset
+    for name, t in replicated.items():
+        local, g, _ = unwrap_dtensor(t, -1)
+        if g is not None:
+            raise ValueError(f"{name} must be replicated, not sharded on the vocabulary")
+        out[name] = local
+    return out, group, offset
+
+
+def learn_offset(group, local_vocab: int, device) -> tuple[int, int]:
+    """(this rank's first global id, the whole vocabulary): one all-gather of the slice sizes
+    (one host sync)."""
+    size = torch.tensor([local_vocab], dtype=torch.int64, device=device)
+    sizes = torch.empty(dist.get_world_size(group), dtype=torch.int64, device=device)
+    all_gather_(sizes, size, group)
+    sizes = sizes.tolist()
+    return sum(sizes[:dist.get_rank(group)]), sum(sizes)
+
+
+def all_gather_(out: torch.Tensor, t: torch.Tensor, group) -> None:
+    """Every rank's ``t`` concatenated along dim 0 into ``out`` (torch >= 2.13 names it
+    ``all_gather_single``; before, ``all_gather_into_tensor``)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, t, group=group)
+
+
+def all_reduce_(t: torch.Tensor, op, group) -> torch.Tensor:
+    dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+def all_reduce_min_int(value: int, group, device) -> int:
+    """The smallest of every rank's ``value`` (one all-reduce of one int, one host sync)."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    return int(all_reduce_(t, dist.ReduceOp.MIN, group))
+
+
+# ----------------------------------------------------------------------- row statistics
+# Every function takes the raw (n, V_r) slice and tau, and walks it in cache-sized row blocks
+# (``torch_path.row_block``): a block's temporaries are all it allocates besides the (rows,)
+# statistics and, for gradients, the (n, V_r) output (which may be the slice itself).
+
+
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    x = x.to(_dtype(x))
+    return x if temperature == 1.0 else x / temperature
+
+
+def _blocks(x: torch.Tensor):
+    r = row_block(x.shape[-1])
+    for lo in range(0, x.shape[0], r):
+        yield slice(lo, lo + r)
+
+
+def _rows(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    return [torch.empty(x.shape[0], dtype=_dtype(x), device=x.device) for _ in range(count)]
+
+
+def _local_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    if x.shape[-1] == 0:  # an empty slice
+        return torch.full(x.shape[:-1], float("-inf"), dtype=_dtype(x), device=x.device)
+    return x.amax(-1).to(_dtype(x)) / temperature  # tau > 0 keeps the argmax
+
+
+def global_max(group, temperature: float, *xs: torch.Tensor) -> list[torch.Tensor]:
+    """The row max of each scaled (n, V_r) slice over the group (one all-reduce); a row that
+    is -inf everywhere gets 0, so that e^{x - m} stays 0 there."""
+    m = all_reduce_(torch.stack([_local_max(x, temperature) for x in xs]), dist.ReduceOp.MAX,
+                    group)
+    return list(torch.where(torch.isfinite(m), m, 0.0).unbind(0))
+
+
+def kl_stats(x, y, temperature: float, group):
+    """D = KL(P_x || P_y) per row of the slices and the global lse of each (2 all-reduces)."""
+    mx, my = global_max(group, temperature, x, y)
+    s_x, s_y, a = _rows(x, 3)
+    for b in _blocks(x):
+        lx = _scaled(x[b], temperature) - mx[b, None]
+        ly = _scaled(y[b], temperature) - my[b, None]
+        ex = lx.exp()
+        # Entries with p_x = 0 (-inf logits) contribute nothing, even against -inf in y.
+        a[b] = torch.where(ex > 0, ex * (lx - ly), 0.0).sum(-1)
+        s_x[b], s_y[b] = ex.sum(-1), ly.exp_().sum(-1)
+    s_x, s_y, a = all_reduce_(torch.stack([s_x, s_y, a]), dist.ReduceOp.SUM, group).unbind(0)
+    d = a / s_x - s_x.log() + s_y.log()
+    return d, mx + s_x.log(), my + s_y.log()
+
+
+def kl_grads(x, y, temperature: float, lse_x, lse_y, d, g, out_x=None, out_y=None):
+    """g dD/dx into ``out_x`` and g dD/dy into ``out_y`` (either None: not wanted; either may
+    be its own input) on the local slices; g: (n,), 1/tau included."""
+    for b in _blocks(x):
+        log_px = _scaled(x[b], temperature) - lse_x[b, None]
+        px = log_px.exp()
+        log_py = _scaled(y[b], temperature) - lse_y[b, None]
+        gb = g[b, None]
+        if out_y is not None:
+            # dD/dy_v = (1/tau) (q_v - p_v)
+            dy = (log_py.exp() - px) * gb
+        if out_x is not None:
+            # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
+            out_x[b] = torch.where(px > 0, px * (log_px - log_py - d[b, None]), 0.0) * gb
+        if out_y is not None:
+            out_y[b] = dy
+
+
+def combine_kl_rows(d_r, lse_x, lse_y, row_mask, group):
+    """The group's (D, lse_x, lse_y) per row from each rank's KL(P_x || P_y) on its slice alone
+    (the streaming kernel's output: ``d_r`` and (max, log-sum-exp) pairs): 2 all-reduces.
+
+        w_r = e^{L_x^r - L_x}  (L: a log-sum-exp, r: over the slice, none: global)
+        D = sum_r w_r (D_r + (L_x^r - L_x) - (L_y^r - L_y))
+
+    Returns the pairs as (global max of the L^r, log of the rescaled sum), which sum to L."""
+    lx, ly = lse_x.sum(1), lse_y.sum(1)
+    if row_mask is not None:  # masked rows were not read: their statistics are garbage
+        rm = row_mask.reshape(-1)
+        lx, ly, d_r = (torch.where(rm, t, 0.0) for t in (lx, ly, d_r))
+    g = all_reduce_(torch.stack([lx, ly]), dist.ReduceOp.MAX, group)
+    gx, gy = torch.where(torch.isfinite(g), g, 0.0).unbind(0)
+    ex, ey = (lx - gx).exp(), (ly - gy).exp()
+    a = torch.where(ex > 0, ex * (d_r + (lx - gx) - (ly - gy)), 0.0)
+    s_x, s_y, a = all_reduce_(torch.stack([ex, ey, a]), dist.ReduceOp.SUM, group).unbind(0)
+    d = a / s_x - s_x.log() + s_y.log()
+    if row_mask is not None:
+        d = torch.where(rm, d, 0.0)
+    return d, torch.stack([gx, s_x.log()], 1), torch.stack([gy, s_y.log()], 1)
+
+
+def _log_mixture(log_p, log_q, beta: float):
+    return torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
+
+
+def jsd_stats(x, y, beta: float, temperature: float, group):
+    """JSD_beta per row (3 all-reduces) and what the gradient needs: (d, (lse_x, lse_y, k_p,
+    k_q))."""
+    mx, my = global_max(group, temperature, x, y)
+    s_x, s_y = _rows(x, 2)
+    for b in _blocks(x):
+        s_x[b] = (_scaled(x[b], temperature) - mx[b, None]).exp_().sum(-1)
+        s_y[b] = (_scaled(y[b], temperature) - my[b, None]).exp_().sum(-1)
+    sums = all_reduce_(torch.stack([s_x, s_y]), dist.ReduceOp.SUM, group)
+    lse_x, lse_y = mx + sums[0].log(), my + sums[1].log()
+    k_p, k_q = _rows(x, 2)
+    for b in _blocks(x):
+        log_p = _scaled(x[b], temperature) - lse_x[b, None]
+        log_q = _scaled(y[b], temperature) - lse_y[b, None]
+        log_m = _log_mixture(log_p, log_q, beta)
+        p, q = log_p.exp(), log_q.exp()
+        k_p[b] = torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1)
+        k_q[b] = torch.where(q > 0, q * (log_q - log_m), 0.0).sum(-1)
+    k_p, k_q = all_reduce_(torch.stack([k_p, k_q]), dist.ReduceOp.SUM, group).unbind(0)
+    return beta * k_q + (1.0 - beta) * k_p, (lse_x, lse_y, k_p, k_q)
+
+
+def jsd_grads(x, y, temperature: float, stats, beta: float, g, out_x=None, out_y=None):
+    lse_x, lse_y, k_p, k_q = stats
+    for b in _blocks(x):
+        log_p = _scaled(x[b], temperature) - lse_x[b, None]
+        log_q = _scaled(y[b], temperature) - lse_y[b, None]
+        log_m = _log_mixture(log_p, log_q, beta)
+        dy = None
+        if out_y is not None:
+            # dJSD/dy_v = (1/tau) beta q_v (log q_v - log m_v - K_q)
+            q = log_q.exp()
+            dy = torch.where(q > 0, q * (log_q - log_m - k_q[b, None]), 0.0) \
+                * (g[b] * beta)[:, None]
+        if out_x is not None:
+            # dJSD/dx_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
+            p = log_p.exp()
+            out_x[b] = torch.where(p > 0, p * (log_p - log_m - k_p[b, None]), 0.0) \
+                * (g[b] * (1.0 - beta))[:, None]
+        if dy is not None:
+            out_y[b] = dy
+
+
+def _sum_exp(x, m, temperature: float) -> torch.Tensor:
+    """sum_v e^{x_v / tau - m} per row, in row blocks."""
+    (s,) = _rows(x, 1)
+    for b in _blocks(x):
+        s[b] = (_scaled(x[b], temperature) - m[b, None]).exp_().sum(-1)
+    return s
+
+
+def support_stats(x, ids, valid, offset: int, temperature: float, group):
+    """(a (n, k) = log p at the global ``ids`` (-inf at invalid slots), lse (n,), own (n, k)
+    the slots this rank holds, their local ids) of the (n, V_r) slice (2 all-reduces)."""
+    (m,) = global_max(group, temperature, x)
+    local = ids.long() - offset
+    own = valid & (local >= 0) & (local < x.shape[-1])
+    safe = torch.where(own, local, 0)
+    picked = torch.zeros(ids.shape, dtype=m.dtype, device=x.device)
+    if x.shape[-1]:
+        picked = torch.where(own, _scaled(x.gather(1, safe), temperature) - m[:, None], 0.0)
+    s = _sum_exp(x, m, temperature)[:, None]
+    sums = all_reduce_(torch.cat([s, picked], 1), dist.ReduceOp.SUM, group)
+    log_s = sums[:, 0].log()
+    a = torch.where(valid, sums[:, 1:] - log_s[:, None], float("-inf"))
+    return a, m + log_s, own, safe
+
+
+def local_topk(x, k: int, offset: int):
+    """(values, global ids) of this slice's top-min(k, V_r) per row, padded to k with -inf."""
+    n, local_k = x.shape[0], min(k, x.shape[-1])
+    vals = torch.full((n, k), float("-inf"), dtype=x.dtype, device=x.device)
+    ids = torch.zeros((n, k), dtype=torch.int64, device=x.device)
+    if local_k:
+        v, i = torch.topk(x, local_k, dim=-1)
+        vals[:, :local_k], ids[:, :local_k] = v, i + offset
+    return vals, ids
+
+
+def merge_topk(vals, ids, group):
+    """The group's top-k per row from each rank's (n, k) candidates, sorted decreasing: one
+    all-gather of (n, 2k) (values and ids packed in fp64, exact for ids < 2^53), then a
+    top-k of the W k candidates."""
+    n, k = vals.shape
+    packed = torch.cat([vals.double(), ids.double()], 1)
+    world = dist.get_world_size(group)
+    gathered = torch.empty(world * n, 2 * k, dtype=torch.float64, device=vals.device)
+    all_gather_(gathered, packed, group)
+    gathered = gathered.view(world, n, 2 * k).permute(1, 0, 2)  # (n, W, 2k), rank order
+    cand_v = gathered[..., :k].reshape(n, world * k)
+    cand_i = gathered[..., k:].reshape(n, world * k)
+    top_v, where = torch.topk(cand_v, k, dim=-1)
+    return top_v.to(vals.dtype), cand_i.gather(1, where).long()
+
+
+def global_topk(x, k: int, offset: int, group):
+    """(values, global ids) of the k largest entries per row over the group (one
+    all-gather)."""
+    return merge_topk(*local_topk(x, k, offset), group)
+
+
+def combine_lse(m, s, group):
+    """The group's lse per row from each rank's local max ``m`` and sum ``s`` of e^{x - m}
+    (2 all-reduces)."""
+    g = all_reduce_(m.clone(), dist.ReduceOp.MAX, group)
+    g = torch.where(torch.isfinite(g), g, 0.0)
+    total = all_reduce_(s * (m - g).exp(), dist.ReduceOp.SUM, group)
+    return g + total.log()
+
+
+def support_grad(x, lse, own, safe, g, temperature: float, out):
+    """out = dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G) on the local slice (g: (n, k),
+    0 at invalid slots; ``out`` may be ``x``)."""
+    scale = -g.sum(1) / temperature
+    for b in _blocks(x):
+        out[b] = (_scaled(x[b], temperature) - lse[b, None]).exp_() * scale[b, None]
+    if x.shape[-1]:
+        out.scatter_add_(1, safe, torch.where(own, g / temperature, 0.0).to(out.dtype))
+
+
+# ---------------------------------------------------------------- autograd Functions
+
+
+def _flat(x):
+    return x.reshape(-1, x.shape[-1])
+
+
+def _grad_like(x):
+    return torch.empty(_flat(x).shape, dtype=_dtype(x), device=x.device)
+
+
+class VocabParallelKLFunction(torch.autograd.Function):
+    """Per-row KL(P_x || P_y) of vocabulary slices, the full-vocabulary value on every rank.
+    Saves the inputs and three (rows,) statistics; backward recomputes softmax locally."""
+
+    @staticmethod
+    def forward(ctx, x, y, row_mask, temperature: float, group):
+        with torch.no_grad():
+            d, lse_x, lse_y = kl_stats(_flat(x), _flat(y), temperature, group)
+            if row_mask is not None:
+                d = torch.where(row_mask.reshape(-1), d, 0.0)
+        ctx.save_for_backward(x, y, row_mask, lse_x, lse_y, d)
+        ctx.temperature = temperature
+        return d.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        x, y, row_mask, lse_x, lse_y, d = ctx.saved_tensors
+        tau = ctx.temperature
+        g = grad_d.reshape(-1).to(lse_x.dtype) / tau
+        if row_mask is not None:
+            g = torch.where(row_mask.reshape(-1), g, 0.0)
+        dx = _grad_like(x) if ctx.needs_input_grad[0] else None
+        dy = _grad_like(y) if ctx.needs_input_grad[1] else None
+        kl_grads(_flat(x), _flat(y), tau, lse_x, lse_y, d, g, dx, dy)
+        grads = []
+        for t, inp in ((dx, x), (dy, y)):
+            if t is not None and row_mask is not None:  # NaN padding in masked rows must not
+                t.masked_fill_(~row_mask.reshape(-1, 1), 0.0)  # leak through 0 * x
+            grads.append(None if t is None else t.to(inp.dtype).view(inp.shape))
+        return grads[0], grads[1], None, None, None
+
+
+class VocabParallelJSDFunction(torch.autograd.Function):
+    """Per-row generalized JSD (0 < beta < 1) of vocabulary slices (x: the student)."""
+
+    @staticmethod
+    def forward(ctx, x, y, beta: float, temperature: float, group):
+        with torch.no_grad():
+            d, stats = jsd_stats(_flat(x), _flat(y), beta, temperature, group)
+        ctx.save_for_backward(x, y, *stats)
+        ctx.beta, ctx.temperature = beta, temperature
+        return d.view(x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        x, y, *stats = ctx.saved_tensors
+        tau = ctx.temperature
+        g = grad_d.reshape(-1).to(stats[0].dtype) / tau
+        dx = _grad_like(x) if ctx.needs_input_grad[0] else None
+        dy = _grad_like(y) if ctx.needs_input_grad[1] else None
+        jsd_grads(_flat(x), _flat(y), tau, stats, ctx.beta, g, dx, dy)
+        dx = None if dx is None else dx.to(x.dtype).view(x.shape)
+        dy = None if dy is None else dy.to(y.dtype).view(y.shape)
+        return dx, dy, None, None, None
+
+
+class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
+    """log softmax(x / tau) at the k global ``ids`` per row, from a vocabulary slice: (..., k),
+    -inf at invalid slots. Saves the slice and lse per row."""
+
+    @staticmethod
+    def forward(ctx, x, ids, slot_valid, temperature: float, offset: int, group):
+        k = ids.shape[-1]
+        with torch.no_grad():
+            a, lse, own, safe = support_stats(_flat(x), ids.reshape(-1, k),
+                                              slot_valid.reshape(-1, k), offset, temperature,
+                                              group)
+        ctx.save_for_backward(x, lse, own, safe, slot_valid)
+        ctx.temperature = temperature
+        return a.view(ids.shape)
+
+    @staticmethod
+    def backward(ctx, grad_a):
+        x, lse, own, safe, slot_valid = ctx.saved_tensors
+        tau = ctx.temperature
+        k = safe.shape[-1]
+        g = torch.where(slot_valid.reshape(-1, k), grad_a.reshape(-1, k).to(lse.dtype), 0.0)
+        dx = _grad_like(x)
+        support_grad(_flat(x), lse, own, safe, g, tau, dx)
+        return dx.to(x.dtype).view(x.shape), None, None, None, None, None
+
+
+def vocab_parallel_logprobs(logits, labels, temperature: float, ignore_index: int,
+                            offset: int, group) -> torch.Tensor:
+    """log p(label) per row from a vocabulary slice (global labels; 0 where ignored)."""
+    valid = (labels != ignore_index).unsqueeze(-1)
+    ids = torch.where(valid, labels.unsqueeze(-1), 0)
+    a = VocabParallelSupportLogprobsFunction.apply(logits, ids, valid, temperature, offset,
+                                                   group)
+    return torch.where(valid, a, 0.0).squeeze(-1)
+
+
+def is_parallel(process_group, *tensors) -> bool:
+    """Whether a call is vocabulary parallel: a group is given or an input is a DTensor."""
+    return process_group is not None or any(is_dtensor(t) for t in tensors)
+
+
+def logits_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
+                  replicated: dict | None = None):
+    """The local slices of a logits-in call: (locals by name, VocabShard). ``sharded``:
+    {name: tensor with the vocabulary last}; the offset is learnt (one all-gather) only when
+    ``need_offset`` and neither ``vocab_offset`` nor a DTensor gives it."""
+    local, group, offset = unwrap_inputs(
+        process_group, vocab_offset, {n: (t, -1) for n, t in sharded.items()},
+        {n: t for n, t in (replicated or {}).items() if t is not None})
+    return local, _shard(group, offset, sharded, local, -1, need_offset)
+
+
+def _shard(group, offset, sharded, local, dim, need_offset) -> VocabShard:
+    if group is None:
+        raise ValueError("a vocabulary-parallel call needs process_group= or DTensor inputs")
+    name, first = next(iter(sharded.items()))
+    vocab = first.shape[dim] if is_dtensor(first) else None
+    if need_offset and offset is None:
+        offset, vocab = learn_offset(group, local[name].shape[dim], local[name].device)
+    return VocabShard(group, offset, vocab)
+
+
+def head_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
+                replicated: dict | None = None):
+    """The local head rows of a hidden-states-in call (``sharded``: {name: (V, ...) head
+    tensor or None}), as :func:`logits_slices`."""
+    sharded = {n: t for n, t in sharded.items() if t is not None}
+    local, group, offset = unwrap_inputs(
+        process_group, vocab_offset, {n: (t, 0) for n, t in sharded.items()},
+        {n: t for n, t in (replicated or {}).items() if t is not None})
+    return local, _shard(group, offset, sharded, local, 0, need_offset)
+
+
+# ------------------------------------------------ the fused-linear chunk drivers' pieces
+
+
+class VocabParallelTileDivergence:
+    """The distillation chunk driver's row math (``fused/tile_divergence.TileDivergence``) on
+    (n, V_r) tiles of this rank's head rows: Div over the whole vocabulary per row (2
+    all-reduces per chunk for the KLs, 3 for the JSD), and ``write_grad`` turns the student
+    tile into its slice of g dDiv/ds (1/tau included; no row scale left)."""
+
+    def __init__(self, divergence: str, jsd_beta: float, temperature: float, group):
+        self.divergence, self.jsd_beta = divergence, jsd_beta
+        self.temperature, self.group = temperature, group
+
+    def stats(self, s, u, want_grad: bool = True):
+        tau = self.temperature
+        if self.divergence == "jsd":
+            d, extra = jsd_stats(s, u, self.jsd_beta, tau, self.group)
+            return TileStats(d, extra)
+        if self.divergence == "forward_kl":  # KL(q || p)
+            d, lse_u, lse_s = kl_stats(u, s, tau, self.group)
+        else:
+            d, lse_s, lse_u = kl_stats(s, u, tau, self.group)
+        return TileStats(d, (lse_s, lse_u))
+
+    def write_grad(self, s, u, state, g) -> None:
+        tau = self.temperature
+        g = g.to(state.d.dtype) / tau
+        if self.divergence == "jsd":
+            jsd_grads(s, u, tau, state.extra, self.jsd_beta, g, out_x=s)
+        elif self.divergence == "forward_kl":
+            lse_s, lse_u = state.extra
+            kl_grads(u, s, tau, lse_u, lse_s, state.d, g, out_y=s)
+        else:
+            lse_s, lse_u = state.extra
+            kl_grads(s, u, tau, lse_s, lse_u, state.d, g, out_x=s)
+        return None
+
+
+def same_chunks(max_rows: int, group, device) -> int:
+    """Rows per chunk agreed by every rank (the smallest; one all-reduce): slices of different
+    sizes must still walk the same chunks, since each chunk's statistics are all-reduced."""
+    return all_reduce_min_int(max_rows, group, device)
+
+
+def reduce_hidden_grad_(grad: torch.Tensor | None, opts) -> None:
+    """Sums the hidden-state gradient over the group in place (one all-reduce of (rows, H)):
+    each rank's head slice gives a part of it. Skipped with ``reduce_hidden_grad=False``, for
+    callers whose own parallel region reduces it (Megatron's column-parallel head)."""
+    if grad is not None and opts.process_group is not None and opts.reduce_hidden_grad:
+        all_reduce_(grad, dist.ReduceOp.SUM, opts.process_group)
+
+
+def unwrap_head_call(opts, heads: dict, hidden: dict, need_offset: bool = False):
+    """(local tensors by name, opts with the group and offset) of a hidden-states-in call whose
+    head tensors may be DTensors sharded on the vocabulary (``Shard(0)``)."""
+    local, shard = head_slices(opts.process_group, opts.vocab_offset, need_offset, heads,
+                               hidden)
+    return local, dataclasses.replace(opts, process_group=shard.group,
+                                      vocab_offset=shard.offset)
+
+
+# Ids at or above this are caught by no vocabulary check: a slice does not know the whole
+# vocabulary when ``vocab_offset`` is given, so its global ids are checked >= 0 only.
+UNKNOWN_VOCAB = 2**62
+
+
+def id_head_call(opts, hidden, weight, bias):
+    """(hidden, weight, bias, opts, vocab) of a hidden-states-in loss that takes global ids:
+    the local tensors, the opts with the group and this slice's first id, and the vocabulary
+    to check the ids against (the weight's rows when not parallel)."""
+    if not is_parallel(opts.process_group, weight):
+        return hidden, weight, bias, opts, weight.shape[0]
+    local, opts = unwrap_head_call(opts, {"weight": weight, "bias": bias}, {"hidden": hidden},
+                                   need_offset=True)
+    return local["hidden"], local["weight"], local.get("bias"), opts, UNKNOWN_VOCAB
+
+
+class VocabParallelTileLogprobs:
+    """The token log-prob chunk driver's row math (``fused/token_logprobs.TileLogprobs``) on
+    (n, V_r) tiles of this rank's head rows, labels global (2 all-reduces per chunk)."""
+
+    def __init__(self, temperature: float, offset: int, group):
+        self.temperature, self.offset, self.group = temperature, offset, group
+
+    def forward(self, x, labels):
+        ids = labels[:, None]
+        a, lse, _, _ = support_stats(x, ids, torch.ones_like(ids, dtype=torch.bool),
+                                     self.offset, self.temperature, self.group)
+        return a[:, 0], lse
+
+    def write_grad(self, x, labels, lse, g) -> None:
+        local = labels[:, None] - self.offset
+        own = (local >= 0) & (local < x.shape[-1])
+        safe = torch.where(own, local, 0)
+        support_grad(x, lse, own, safe, g.to(lse.dtype)[:, None], self.temperature, x)
+        return None
