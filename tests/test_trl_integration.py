@@ -3,6 +3,7 @@ the signature refusal, the CORD weights inside TRL and TRL's trainers end to end
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import types
@@ -347,3 +348,182 @@ def test_distillation_trainer_with_cord_weights(tmp_path, one_torch_thread,
         assert rel_err(torch.tensor(u["loss"]), torch.tensor(p["loss"])) < 2e-4
     # Every weight is >= 1 and the first positions' exceed 1: a larger loss.
     assert cord[0]["loss"] > plain[0]["loss"]
+
+
+# ------------------------------------------------------------ the other trainers' functions
+
+
+def _logits(B=3, T=6, V=5003, seed=1, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(B, T, V, generator=g) * 2).requires_grad_(grad)
+    u = torch.randn(B, T, V, generator=g) * 2
+    return s, u
+
+
+def _labels(B=3, T=6, seed=2):
+    labels = torch.randint(0, 50, (B, T), generator=torch.Generator().manual_seed(seed))
+    labels[0, :2] = -100
+    labels[1, 3] = -100
+    return labels
+
+
+GKD_CASES = [
+    pytest.param({}, id="batchmean"),
+    pytest.param({"temperature": 1.7}, id="tau"),
+    pytest.param({"reduction": "sum"}, id="sum"),
+    pytest.param({"reduction": "mean"}, id="mean"),
+    pytest.param({"num_items_in_batch": 11}, id="num-items-int"),
+    pytest.param({"num_items_in_batch": torch.tensor(13)}, id="num-items-tensor"),
+    pytest.param({"labels": None}, id="no-labels"),
+    pytest.param({"labels": None, "reduction": "mean"}, id="no-labels-mean"),
+]
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("kw", GKD_CASES)
+def test_gkd_generalized_jsd_equals_trls(beta, kw):
+    gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+    s, u = _logits()
+    kw = {"labels": _labels(), **kw}
+    ref = gkd.GKDTrainer.generalized_jsd_loss(s, u, beta=beta, **kw)
+    g_ref, = torch.autograd.grad(ref * 1.3, s)
+    out = cord_trl.generalized_jsd_loss(s, u, beta=beta, **kw)
+    g_out, = torch.autograd.grad(out * 1.3, s)
+    assert rel_err(out.detach(), ref.detach()) < TOL
+    assert rel_err(g_out, g_ref) < TOL
+
+
+def test_gkd_keeps_trls_function_for_its_none_reduction():
+    gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+    s, u = _logits(V=64)
+    with cord_trl.patched(trainers=["gkd"]):
+        out = gkd.GKDTrainer.generalized_jsd_loss(s, u, labels=_labels(), reduction="none")
+    ref = gkd.GKDTrainer.generalized_jsd_loss(s, u, labels=_labels(), reduction="none")
+    assert out.shape == ref.shape and torch.equal(out, ref)  # the (n, V) terms, TRL's own
+
+
+@pytest.mark.parametrize("trainer", ["sdpo", "sdft"])
+@pytest.mark.parametrize("alpha", BETAS)
+def test_self_distillation_losses_equal_trls(trainer, alpha):
+    utils = pytest.importorskip(f"trl.experimental.{trainer}.loss_utils")
+    s, u = _logits()
+    cases = [(utils.compute_full_logit_self_distillation_loss,
+              cord_trl.compute_full_logit_self_distillation_loss, {})]
+    for tail in (True, False):
+        cases.append((utils.compute_topk_self_distillation_loss,
+                      cord_trl.compute_topk_self_distillation_loss,
+                      {"distillation_topk": 17, "distillation_add_tail": tail}))
+    cot = torch.randn(s.shape[:-1], generator=torch.Generator().manual_seed(5))
+    for theirs, ours, kw in cases:
+        ref = theirs(s, u, distillation_alpha=alpha, **kw)
+        g_ref, = torch.autograd.grad((ref * cot).sum(), s)
+        out = ours(s, u, distillation_alpha=alpha, **kw)
+        g_out, = torch.autograd.grad((out * cot).sum(), s)
+        assert out.shape == ref.shape
+        assert rel_err(out.detach(), ref.detach()) < TOL, (theirs.__name__, kw)
+        assert rel_err(g_out, g_ref) < TOL, (theirs.__name__, kw)
+
+
+def test_enable_covers_every_trainer_and_disable_restores_them():
+    import importlib as il
+
+    mods = {p: p.holder() for p in cord_trl.PATCHES}
+    before = {p: p.read(h) for p, h in mods.items()}
+    cord_trl.enable()
+    for p, h in mods.items():
+        now = p.read(h)
+        now = now.__func__ if isinstance(now, staticmethod) else now
+        assert now is (p.replacement), p
+    # the trainers call these names: module attributes and GKDTrainer's staticmethod
+    assert il.import_module("trl.experimental.sdpo.sdpo_trainer") \
+        .compute_topk_self_distillation_loss is cord_trl.compute_topk_self_distillation_loss
+    cord_trl.disable()
+    for p, h in mods.items():
+        assert p.read(h) is before[p], p
+    with pytest.raises(ValueError, match="trainers"):
+        cord_trl.enable(trainers=["nope"])
+    cord_trl.enable(trainers=["gkd"])
+    assert trl_distill._chunked_divergence_loss is TRL_LOSS
+
+
+def test_gkd_trainer_same_losses(tmp_path, monkeypatch, one_torch_thread,
+                                 fresh_accelerate_state):
+    pytest.importorskip("trl.experimental.gkd")
+    example = _example("trl_gkd_jsd")
+    calls = []
+    inner = cord_trl.jsd
+    monkeypatch.setattr(cord_trl, "jsd", lambda *a, **k: calls.append(1) or inner(*a, **k))
+
+    def run(enable):
+        trainer = example.build_trainer(str(tmp_path), steps=3, trainer_class=example.GKDTrainer)
+        with cord_trl.patched(trainers=["gkd"]) if enable else contextlib.nullcontext():
+            trainer.train()
+        return [h for h in trainer.state.log_history if "loss" in h]
+
+    ref = run(False)
+    assert not calls
+    out = run(True)
+    assert len(calls) == 3 and len(ref) == len(out) == 3
+    for o, r in zip(out, ref):
+        assert r["loss"] > 0
+        assert rel_err(torch.tensor(o["loss"]), torch.tensor(r["loss"])) < 2e-4, (o, r)
+
+
+def _self_distillation_trainer(trainer: str, output_dir: str, mode: str):
+    """SDPO / SDFT on a tiny random model built offline; the teacher is the live student on
+    its teacher prompt (a privileged context for SDFT, a successful peer for SDPO)."""
+    from datasets import Dataset
+
+    example = _example("trl_gkd_jsd")
+    pkg = importlib.import_module(f"trl.experimental.{trainer}")
+    tok = example.tiny_tokenizer("what is two plus three five four one the answer".split())
+    rows = [{"prompt": "what is two plus three", "privileged_context": "the answer is five"},
+            {"prompt": "what is one plus three", "privileged_context": "four"}] * 4
+    common = dict(output_dir=output_dir, max_steps=3, per_device_train_batch_size=2,
+                  num_generations=2, learning_rate=1e-3, report_to=[], logging_steps=1,
+                  save_strategy="no", use_cpu=True, max_completion_length=6, seed=0,
+                  distillation_mode=mode, distillation_topk=5, distillation_alpha=0.5,
+                  teacher_model_kind="live")
+    model = example.tiny_causal_lm(len(tok), 32, seed=0)
+    data = Dataset.from_list(rows)
+    if trainer == "sdft":
+        return pkg.SDFTTrainer(model=model, args=pkg.SDFTConfig(**common), train_dataset=data,
+                               processing_class=tok)
+
+    def reward(completions, **kw):  # one success per group of 2: the other is reprompted
+        return [float(i % 2 == 0) for i in range(len(completions))]
+
+    return pkg.SDPOTrainer(model=model, reward_funcs=reward, args=pkg.SDPOConfig(**common),
+                           train_dataset=data, processing_class=tok)
+
+
+@pytest.mark.parametrize("mode", ["topk_logits", "full_logits"])
+@pytest.mark.parametrize("trainer", ["sdft", "sdpo"])
+def test_self_distillation_trainers_same_losses(trainer, mode, tmp_path, monkeypatch,
+                                                one_torch_thread, fresh_accelerate_state):
+    """The same check for SDPO and SDFT. Their teacher is the live student on another prompt,
+    so the divergence is ~1e-4 nats, where fp32 rounding puts TRL's own function and ours each
+    ~1e-3 (relative) off the fp64 value: the tolerance is that, not 2e-4 (the functions agree
+    to 2e-5 on random logits above)."""
+    pytest.importorskip(f"trl.experimental.{trainer}")
+    calls = []
+    for name in ("jsd", "student_topk_distill_loss"):
+        inner = getattr(cord_trl, name)
+        monkeypatch.setattr(cord_trl, name,
+                            lambda *a, _f=inner, **k: calls.append(1) or _f(*a, **k))
+
+    def run(enable):
+        t = _self_distillation_trainer(trainer, str(tmp_path / str(enable)), mode)
+        with cord_trl.patched(trainers=[trainer]) if enable else contextlib.nullcontext():
+            t.train()
+        return [h for h in t.state.log_history if "loss" in h]
+
+    ref = run(False)
+    assert not calls
+    out = run(True)
+    assert calls and len(ref) == len(out) == 3
+    key = "self_distillation/distillation_loss"
+    for o, r in zip(out, ref):
+        assert r[key] > 0
+        for k in ("loss", key):
+            assert rel_err(torch.tensor(o[k]), torch.tensor(r[k])) < 3e-3, (k, o[k], r[k])

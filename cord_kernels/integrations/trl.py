@@ -26,6 +26,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+from dataclasses import dataclass
 
 import torch
 
@@ -41,6 +42,8 @@ from cord_kernels.fused.distill import (
     check_distill_inputs,
     weighted_sum,
 )
+from cord_kernels.logits.jsd import jsd
+from cord_kernels.sparse.student_topk import student_topk_distill_loss
 
 # The TRL versions this module was written for and tested with (pyproject's [trl] extra).
 TESTED_TRL = ">=1.16,<1.17"
@@ -241,59 +244,197 @@ def cord_loss(top_k: int = TOP_K, alpha: float = ALPHA, position_beta: float = B
                              position_beta=position_beta)
 
 
+# -------------------------------------------------------- the other trainers (logits in)
+
+
+def _beta_divergence(beta: float) -> dict:
+    """TRL's beta (0 forward KL, 1 reverse KL, else the generalized JSD) as our options."""
+    beta = float(beta)
+    if beta == 0.0:
+        return {"divergence": "forward_kl"}
+    if beta == 1.0:
+        return {"divergence": "reverse_kl"}
+    return {"divergence": "jsd", "jsd_beta": beta}
+
+
+def generalized_jsd_loss(student_logits, teacher_logits, labels=None, beta=0.5, temperature=1.0,
+                         reduction="batchmean", num_items_in_batch=None):
+    """TRL's ``GKDTrainer.generalized_jsd_loss`` (a staticmethod, logits in) through
+    ``cord_kernels.jsd``: the per-row generalized JSD streamed over the vocabulary instead of
+    TRL's log-softmaxes, mixture and (B, T, V) ``kl_div`` terms; then TRL's reductions. Its
+    ``reduction="none"`` (the (n, V) terms themselves) and a teacher needing a gradient are
+    left to TRL's own function, which :func:`enable` keeps for them."""
+    if (reduction == "none" and num_items_in_batch is None) or teacher_logits.requires_grad:
+        return _original("gkd", "generalized_jsd_loss")(
+            student_logits, teacher_logits, labels, beta, temperature, reduction,
+            num_items_in_batch)
+    d = jsd(student_logits, teacher_logits, beta=float(beta), temperature=temperature)
+    mask = None if labels is None else labels != -100
+    total = (d if mask is None else torch.where(mask, d, 0.0)).sum()
+    if num_items_in_batch is not None:
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+    if reduction == "batchmean":
+        return total / (mask.sum().clamp_min(1) if mask is not None else max(d.shape[0], 1))
+    if reduction == "sum":
+        return total
+    # "mean": TRL's mean over the (rows, V) terms
+    rows = mask.sum() if mask is not None else d.numel()
+    return total / (rows * student_logits.shape[-1])
+
+
+def compute_full_logit_self_distillation_loss(student_logits, teacher_logits, *,
+                                              distillation_alpha):
+    """TRL SDPO's / SDFT's full-vocabulary self-distillation loss (``loss_utils``): (B, T) per
+    token divergence with TRL's beta convention (``distillation_alpha``), via ``jsd``."""
+    return jsd(student_logits, teacher_logits, beta=float(distillation_alpha),
+               teacher_grad=teacher_logits.requires_grad)
+
+
+def compute_topk_self_distillation_loss(student_logits, teacher_logits, *, distillation_topk,
+                                        distillation_alpha, distillation_add_tail):
+    """TRL SDPO's / SDFT's top-k self-distillation loss: the divergence on the student's top-k
+    support (a tail bucket, or both sides renormalised), via ``student_topk_distill_loss``.
+    A teacher needing a gradient is left to TRL's own function."""
+    if teacher_logits.requires_grad:
+        # TRL's own (the trainers' modules hold patched names; loss_utils keeps the original)
+        trl_topk = importlib.import_module(
+            "trl.experimental.sdpo.loss_utils").compute_topk_self_distillation_loss
+        return trl_topk(
+            student_logits, teacher_logits, distillation_topk=distillation_topk,
+            distillation_alpha=distillation_alpha, distillation_add_tail=distillation_add_tail)
+    mask = torch.ones(student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
+    return student_topk_distill_loss(
+        student_logits, teacher_logits, mask, k=distillation_topk,
+        tail="bucket" if distillation_add_tail else "renormalize", reduction="none",
+        **_beta_divergence(distillation_alpha))
+
+
 # ------------------------------------------------------------------------ enable / disable
 
 
-def _trl_parameters(fn) -> list[tuple[str, object, object]]:
-    """(name, kind, default) of a function's positional-or-keyword parameters."""
+@dataclass(frozen=True)
+class Patch:
+    """One TRL object :func:`enable` replaces: ``module.owner.attr`` (``owner`` None: a module
+    attribute; else a class whose staticmethod it is) by ``replacement``, whose signature must
+    equal TRL's less the keyword-only ``extras`` this module adds."""
+
+    trainer: str
+    module: str
+    owner: str | None
+    attr: str
+    replacement: object
+    extras: tuple[str, ...] = ()
+
+    def holder(self):
+        module = importlib.import_module(self.module)
+        return module if self.owner is None else getattr(module, self.owner)
+
+    def read(self, holder):
+        """TRL's raw object (the staticmethod object itself for a class attribute)."""
+        if self.owner is None:
+            return getattr(holder, self.attr, None)
+        return holder.__dict__.get(self.attr)
+
+
+# What enable() covers (docs/integrations.md says what each replaces and what is left, why).
+PATCHES = (
+    Patch("distillation", TRL_MODULE, None, TRL_FUNCTION, chunked_divergence_loss,
+          ("token_weights",)),
+    Patch("gkd", "trl.experimental.gkd.gkd_trainer", "GKDTrainer", "generalized_jsd_loss",
+          generalized_jsd_loss),
+    *(Patch(name, f"trl.experimental.{name}.{name}_trainer", None, fn.__name__, fn)
+      for name in ("sdpo", "sdft")
+      for fn in (compute_full_logit_self_distillation_loss, compute_topk_self_distillation_loss)),
+)
+TRAINERS = tuple(dict.fromkeys(p.trainer for p in PATCHES))
+
+
+def _params(fn, extras=()) -> list[tuple[str, object, object]]:
+    """(name, kind, default) of a function's parameters, less ``extras``."""
+    fn = fn.__func__ if isinstance(fn, staticmethod) else fn
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+            if p.name not in extras]
 
 
-def _signature_text(fn) -> str:
+def _signature_text(fn, extras=()) -> str:
+    fn = fn.__func__ if isinstance(fn, staticmethod) else fn
     params = [p.replace(annotation=inspect.Parameter.empty)
-              for p in inspect.signature(fn).parameters.values()
-              if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+              for p in inspect.signature(fn).parameters.values() if p.name not in extras]
     return str(inspect.Signature(params))
 
 
 # The signature this module was written for: chunked_divergence_loss's, less token_weights.
-TRL_SIGNATURE = _signature_text(chunked_divergence_loss)
+TRL_SIGNATURE = _signature_text(chunked_divergence_loss, ("token_weights",))
 
-_originals: dict[tuple[str, str], object] = {}  # (module, attribute) -> TRL's own object
+_originals: dict[Patch, object] = {}  # what enable() replaced -> TRL's own object
 
 
-def _target():
-    module = importlib.import_module(TRL_MODULE)
-    found = getattr(module, TRL_FUNCTION, None)
-    original = _originals.get((TRL_MODULE, TRL_FUNCTION), found)
-    if found is None or not callable(original):
-        raise RuntimeError(f"{TRL_MODULE}.{TRL_FUNCTION} not found (the installed TRL is not "
-                           f"{TESTED_TRL}); cord_kernels.integrations.trl did not patch it")
-    if _trl_parameters(original) != _trl_parameters(chunked_divergence_loss):
+def _original(trainer: str, attr: str):
+    """TRL's own function behind a patch (the live attribute when not patched)."""
+    for p, raw in _originals.items():
+        if p.trainer == trainer and p.attr == attr:
+            return raw.__func__ if isinstance(raw, staticmethod) else raw
+    patch = next(p for p in PATCHES if p.trainer == trainer and p.attr == attr)
+    raw = patch.read(patch.holder())
+    return raw.__func__ if isinstance(raw, staticmethod) else raw
+
+
+def _checked(patch: Patch):
+    """(holder, TRL's raw object) of a patch, or RuntimeError naming both signatures."""
+    holder = patch.holder()
+    original = _originals.get(patch, patch.read(holder))
+    name = patch.attr if patch.owner is None else f"{patch.owner}.{patch.attr}"
+    where = f"{patch.module}.{name}"
+    if original is None:
+        raise RuntimeError(f"{where} not found (the installed TRL is not {TESTED_TRL}); "
+                           "cord_kernels.integrations.trl did not patch it")
+    if _params(original) != _params(patch.replacement, patch.extras):
         raise RuntimeError(
-            f"TRL's {TRL_FUNCTION}{_signature_text(original)} differs from "
-            f"{TRL_FUNCTION}{TRL_SIGNATURE} that cord_kernels.integrations.trl was written for "
-            f"(TRL {TESTED_TRL}); not patched")
-    return module, original
+            f"TRL's {patch.attr}{_signature_text(original)} differs from "
+            f"{patch.attr}{_signature_text(patch.replacement, patch.extras)} that "
+            f"cord_kernels.integrations.trl was written for (TRL {TESTED_TRL}); not patched")
+    return holder, original
 
 
-def enable(loss=None) -> None:
-    """Routes TRL's ``DistillationTrainer`` loss through ``loss`` (default
-    :func:`chunked_divergence_loss`; :func:`cord_loss` gives CORD's weights) by replacing
-    ``trl.trainer.distillation_trainer._chunked_divergence_loss``. Calling it again swaps the
-    loss; :func:`disable` restores TRL's own function. Refuses (RuntimeError, one line naming
-    both signatures) when the installed TRL's function has another signature."""
-    module, original = _target()
-    _originals.setdefault((TRL_MODULE, TRL_FUNCTION), original)
-    setattr(module, TRL_FUNCTION, chunked_divergence_loss if loss is None else loss)
+def enable(loss=None, *, trainers=None) -> None:
+    """Routes TRL's trainers through this project's losses, replacing TRL's objects (see
+    :data:`PATCHES`): ``DistillationTrainer``'s ``_chunked_divergence_loss`` by ``loss``
+    (default :func:`chunked_divergence_loss`; :func:`cord_loss` gives CORD's weights), GKD's
+    ``generalized_jsd_loss``, SDPO's and SDFT's full-logit and top-k losses. ``trainers``: a
+    subset of :data:`TRAINERS` (default: every one whose module imports; the experimental
+    ones are skipped when they do not). Checks every signature before patching anything and
+    refuses (RuntimeError, one line naming both signatures) when TRL's differs. Calling it
+    again swaps ``loss``; :func:`disable` restores TRL's own objects."""
+    wanted = TRAINERS if trainers is None else tuple(trainers)
+    unknown = sorted(set(wanted) - set(TRAINERS))
+    if unknown:
+        raise ValueError(f"trainers must be among {TRAINERS}, got {unknown}")
+    plan = []
+    for patch in PATCHES:
+        if patch.trainer not in wanted:
+            continue
+        try:
+            holder, original = _checked(patch)
+        except ImportError:
+            if trainers is not None or patch.trainer == "distillation":
+                raise
+            continue
+        plan.append((patch, holder, original))
+    for patch, holder, original in plan:
+        _originals.setdefault(patch, original)
+        new = patch.replacement
+        if patch.trainer == "distillation" and loss is not None:
+            new = loss
+        setattr(holder, patch.attr, staticmethod(new) if patch.owner else new)
 
 
 def disable() -> None:
     """Restores every TRL object :func:`enable` replaced (a no-op when none is)."""
     while _originals:
-        (module_name, attr), original = _originals.popitem()
-        setattr(importlib.import_module(module_name), attr, original)
+        patch, original = _originals.popitem()
+        setattr(patch.holder(), patch.attr, original)
 
 
 def is_enabled() -> bool:
@@ -301,16 +442,16 @@ def is_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def patched(loss=None):
-    """``with patched(): trainer.train()``: :func:`enable` for a block, then TRL's own loss
-    again (or the loss that was enabled before the block)."""
-    before = getattr(importlib.import_module(TRL_MODULE), TRL_FUNCTION, None) \
-        if is_enabled() else None
-    enable(loss)
+def patched(loss=None, *, trainers=None):
+    """``with patched(): trainer.train()``: :func:`enable` for a block, then TRL's own objects
+    again (or what was enabled before the block)."""
+    before = {p: p.read(p.holder()) for p in _originals}
+    enable(loss, trainers=trainers)
     try:
         yield
     finally:
-        if before is None:
-            disable()
-        else:
-            enable(before)
+        for patch in list(_originals):
+            if patch in before:
+                setattr(patch.holder(), patch.attr, before[patch])
+            else:
+                setattr(patch.holder(), patch.attr, _originals.pop(patch))
