@@ -527,3 +527,13 @@ def test_self_distillation_trainers_same_losses(trainer, mode, tmp_path, monkeyp
         assert r[key] > 0
         for k in ("loss", key):
             assert rel_err(torch.tensor(o[k]), torch.tensor(r[k])) < 3e-3, (k, o[k], r[k])
+
+
+def test_trl_extra_pins_the_tested_range():
+    import trl
+    from helpers import pyproject
+    from packaging.specifiers import SpecifierSet
+
+    assert pyproject()["project"]["optional-dependencies"]["trl"] == [
+        f"trl{cord_trl.TESTED_TRL}"]
+    assert trl.__version__ in SpecifierSet(cord_trl.TESTED_TRL)
