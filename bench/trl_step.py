@@ -59,12 +59,12 @@ def _tokenizer(vocab: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>"])}
-    words.update({f"w{i}": i for i in range(3, vocab)})
-    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    # One word per id ("w3" ... "w{V-1}"), so every id the model samples decodes.
+    names = ["<pad>", "<eos>", "<unk>", *(f"w{i}" for i in range(3, vocab))]
+    tok = Tokenizer(models.WordLevel(dict(zip(names, range(vocab))), unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>")
+    special = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
 
 
 def _model(vocab: int, hidden: int, seed: int):
