@@ -2,8 +2,8 @@
 ``cord_kernels.integrations.trl.enable()``, side by side in one run (``bench/trl_step.py``):
 step time, the loss's forward and backward, peak RSS over the step.
 
-Default: V = 151,936, H = 896 (a Qwen2-0.5B head on a one-layer backbone), 2 x 512 = 1024
-completion tokens, 2 steps per backend (the first a warm-up): a few minutes on 2 cores.
+Default: V = 151,936, H = 896 (a Qwen2-0.5B head on a one-layer backbone), 8 x 128 = 1024
+completion tokens, 2 steps per backend (the first a warm-up).
 ``CORD_BENCH_QUICK=1``: V = 4,099, H = 128, 64 tokens. Writes
 ``bench/results/trl_step/README_PERF.md`` and ``results.json``; ``docs/performance.md`` quotes it.
 """
@@ -21,7 +21,7 @@ from bench.harness import CONFIG
 
 QUICK = os.environ.get("CORD_BENCH_QUICK", "0") == "1"
 SHAPE = (dict(vocab=4099, hidden=128, completion=32, batch=2) if QUICK else
-         dict(vocab=QWEN2_VOCAB, hidden=QWEN2_0_5B_HIDDEN, completion=512, batch=2))
+         dict(vocab=QWEN2_VOCAB, hidden=QWEN2_0_5B_HIDDEN, completion=128, batch=8))
 
 
 def test_trl_distillation_step():
