@@ -537,3 +537,17 @@ def test_trl_extra_pins_the_tested_range():
     assert pyproject()["project"]["optional-dependencies"]["trl"] == [
         f"trl{cord_trl.TESTED_TRL}"]
     assert trl.__version__ in SpecifierSet(cord_trl.TESTED_TRL)
+
+
+def test_docs_quote_the_committed_trl_step_bench():
+    """docs/integrations.md and docs/performance.md quote bench/results/trl_step/ verbatim."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    perf = (root / "bench/results/trl_step/README_PERF.md").read_text()
+    table = perf.split("(or `python -m bench.trl_step`)\n\n", 1)[1]
+    for page in ("integrations.md", "performance.md"):
+        text = (root / "docs" / page).read_text()
+        marks = r"<!-- perf-trl-step:start -->\n(.*?)<!-- perf-trl-step:end -->"
+        block = re.search(marks, text, re.S)
+        assert block and block.group(1) == table, f"docs/{page}: paste {table[:40]}..."
