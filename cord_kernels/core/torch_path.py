@@ -372,7 +372,8 @@ def torch_tile_entropy(s: torch.Tensor, temperature: float) -> torch.Tensor:
     only (for the Triton tile divergences, whose kernels do not form it)."""
     n = s.shape[0]
     ent = torch.empty(n, dtype=s.dtype, device=s.device)
-    r = row_block(s.shape[1])
+    # CPU: cache-sized row blocks; elsewhere blocks of 16M elements (few launches).
+    r = row_block(s.shape[1]) if s.device.type == "cpu" else max(1, (1 << 24) // s.shape[1])
     for a in range(0, n, r):
         log_p = torch.log_softmax(_scaled(s[a:a + r], temperature), dim=-1)
         ent[a:a + r] = _row_dots(log_p.exp(), log_p).neg_()
