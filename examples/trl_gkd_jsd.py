@@ -89,7 +89,7 @@ def collate(tokenizer, rows: list[dict]) -> dict:
 
 
 def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1,
-                  device: str = "cpu") -> CordJSDGKDTrainer:
+                  device: str = "cpu", trainer_class=None) -> GKDTrainer:
     words = "what is two plus three five four one the answer".split()
     tokenizer = tiny_tokenizer(words)
     rows = [{"prompt": "what is two plus three", "completion": "the answer is five"},
@@ -99,7 +99,7 @@ def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1,
                      logging_steps=1, save_strategy="no", use_cpu=device == "cpu",
                      disable_dropout=True)
     vocab = len(tokenizer)
-    return CordJSDGKDTrainer(
+    return (trainer_class or CordJSDGKDTrainer)(
         model=tiny_causal_lm(vocab, 32, seed=0), teacher_model=tiny_causal_lm(vocab, 32, seed=1),
         args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         data_collator=lambda batch: collate(tokenizer, batch),

@@ -76,7 +76,8 @@ def resolve_impl(impl, *tensors: torch.Tensor) -> Impl:
     at N = 16k), so a silent fallback turns a broken install into an out-of-memory error far
     from its cause. ``impl="torch"`` asks for it explicitly.
     """
-    on_cuda = len(tensors) > 0 and all(t.is_cuda for t in tensors)  # len(): dynamo cannot trace bool(tuple) (torch 2.11)
+    # len(), not bool(): dynamo cannot trace bool(tuple) (torch 2.11, the H200 image)
+    on_cuda = len(tensors) > 0 and all(t.is_cuda for t in tensors)
     return decide_impl(impl, on_cuda=on_cuda, triton_ok=_TRITON_OK)
 
 

@@ -265,6 +265,7 @@ class TileStats:
 
     d: torch.Tensor  # (n,) fp32
     extra: tuple = ()
+    entropy: torch.Tensor | None = None  # (n,) the student's entropy, when asked for
 
 
 class _TorchTileDivergence(abc.ABC):
@@ -275,20 +276,23 @@ class _TorchTileDivergence(abc.ABC):
         self.inv_t = 1.0 / temperature
 
     @abc.abstractmethod
-    def _block(self, b_s: torch.Tensor, b_u: torch.Tensor, want_grad: bool) -> torch.Tensor:
-        """Div of the (r, V) block's rows; ``b_s`` becomes tau dDiv/ds when ``want_grad``."""
+    def _block(self, b_s: torch.Tensor, b_u: torch.Tensor, want_grad: bool,
+               ent: torch.Tensor | None = None) -> torch.Tensor:
+        """Div of the (r, V) block's rows; ``b_s`` becomes tau dDiv/ds when ``want_grad``;
+        ``ent`` (r,), when given, gets the student's entropy -sum_v p_v log p_v."""
 
-    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
         n = s.shape[0]
         d = torch.empty(n, dtype=s.dtype, device=s.device)
+        ent = torch.empty(n, dtype=s.dtype, device=s.device) if want_entropy else None
         r = row_block(s.shape[1])
         for a in range(0, n, r):
             b_s, b_u = s[a:a + r], u[a:a + r]
             if self.inv_t != 1.0:
                 b_s.mul_(self.inv_t)
                 b_u.mul_(self.inv_t)
-            d[a:a + r] = self._block(b_s, b_u, want_grad)
-        return TileStats(d)
+            d[a:a + r] = self._block(b_s, b_u, want_grad, None if ent is None else ent[a:a + r])
+        return TileStats(d, entropy=ent)
 
     def write_grad(self, s, u, state, g) -> torch.Tensor:
         return g * self.inv_t
@@ -303,11 +307,13 @@ def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class TorchTileReverseKL(_TorchTileDivergence):
     """KL(p || q); s becomes p (log p - log q - D) = tau dD/ds, u becomes log p - log q."""
 
-    def _block(self, b_s, b_u, want_grad):
+    def _block(self, b_s, b_u, want_grad, ent=None):
         log_p = torch.log_softmax(b_s, dim=-1)
         log_q = torch.log_softmax(b_u, dim=-1)
         torch.sub(log_p, log_q, out=b_u)
         torch.exp(log_p, out=b_s)
+        if ent is not None:  # H(p) = -sum_v p_v log p_v
+            ent.copy_(_row_dots(b_s, log_p).neg_())
         b_d = _row_dots(b_s, b_u)
         if want_grad:
             # dD/ds_v = (1/tau) p_v (log p_v - log q_v - D); the 1/tau goes to row_scale
@@ -318,15 +324,19 @@ class TorchTileReverseKL(_TorchTileDivergence):
 class TorchTileForwardKL(_TorchTileDivergence):
     """KL(q || p); s becomes p - q = tau dD/ds."""
 
-    def _block(self, b_s, b_u, want_grad):
+    def _block(self, b_s, b_u, want_grad, ent=None):
         log_p = torch.log_softmax(b_s, dim=-1)
         log_q = torch.log_softmax(b_u, dim=-1)
         q = log_q.exp()
         diff = log_q.sub_(log_p)  # log q - log p
         b_d = _row_dots(q, diff)
-        if want_grad:
-            # dD/ds_v = (1/tau) (p_v - q_v)
-            torch.exp(log_p, out=b_s).sub_(q)
+        if want_grad or ent is not None:
+            torch.exp(log_p, out=b_s)
+            if ent is not None:  # H(p) = -sum_v p_v log p_v
+                ent.copy_(_row_dots(b_s, log_p).neg_())
+            if want_grad:
+                # dD/ds_v = (1/tau) (p_v - q_v)
+                b_s.sub_(q)
         return b_d
 
 
@@ -340,11 +350,13 @@ class TorchTileJSD(_TorchTileDivergence):
             raise ValueError(f"TorchTileJSD needs 0 < jsd_beta < 1, got {jsd_beta}")
         self.jsd_beta = jsd_beta
 
-    def _block(self, b_s, b_u, want_grad):
+    def _block(self, b_s, b_u, want_grad, ent=None):
         log_p = torch.log_softmax(b_s, dim=-1)
         log_q = torch.log_softmax(b_u, dim=-1)
         log_m = log_mixture(log_p, log_q, self.jsd_beta)
         p = torch.exp(log_p, out=b_s)
+        if ent is not None:  # H(p) = -sum_v p_v log p_v
+            ent.copy_(_row_dots(p, log_p).neg_())
         q = torch.exp(log_q, out=b_u)
         diff_p = log_p.sub_(log_m)
         diff_q = log_q.sub_(log_m)
@@ -354,6 +366,19 @@ class TorchTileJSD(_TorchTileDivergence):
             # dJSD/ds_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
             p.mul_(diff_p.sub_(k_p[:, None])).mul_(1.0 - self.jsd_beta)
         return b_d
+
+
+def torch_tile_entropy(s: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n,) entropy of softmax(s / tau) per row of an (n, V) tile, in row blocks, reading s
+    only (for the Triton tile divergences, whose kernels do not form it)."""
+    n = s.shape[0]
+    ent = torch.empty(n, dtype=s.dtype, device=s.device)
+    # CPU: cache-sized row blocks; elsewhere blocks of 16M elements (few launches).
+    r = row_block(s.shape[1]) if s.device.type == "cpu" else max(1, (1 << 24) // s.shape[1])
+    for a in range(0, n, r):
+        log_p = torch.log_softmax(_scaled(s[a:a + r], temperature), dim=-1)
+        ent[a:a + r] = _row_dots(log_p.exp(), log_p).neg_()
+    return ent
 
 
 # ------------------------------------------------- token log-probs on a tile (fused_logprobs)

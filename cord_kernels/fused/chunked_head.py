@@ -270,11 +270,21 @@ class HeadParams:
     opts: LossOptions
     impl: Impl = Impl.TORCH
     operands: tuple[torch.dtype, ...] = (torch.float32,)  # the student's head (, the teacher's)
+    # A teacher head with a transform of its own (TRL's per-model scale and softcap); None:
+    # the teacher's logits get ``transform`` too.
+    teacher_logits: LogitTransform | None = None
+    # The distillation driver also forms the student's entropy per row (TRL logs it).
+    want_entropy: bool = False
 
     @property
     def transform(self) -> LogitTransform:
         """The model's logit transform (on every head's logits)."""
         return LogitTransform(self.opts.logit_scale, self.opts.softcap)
+
+    @property
+    def teacher_transform(self) -> LogitTransform:
+        """The teacher head's logit transform."""
+        return self.transform if self.teacher_logits is None else self.teacher_logits
 
 
 

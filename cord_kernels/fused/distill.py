@@ -127,6 +127,7 @@ class DistillProblem(ch.HeadProblem):
         # The one host sync: which rows are valid, and how many per sequence.
         self.counts = mask.sum(1).tolist()
         self.transform = params.transform
+        self.teacher_transform = params.teacher_transform
         # A softcap's dt/dz needs a third tile (see ``grad_factor``).
         super().__init__(student_hidden, weight, bias, params.operands[0],
                          mask.reshape(-1).nonzero().squeeze(1),
@@ -145,6 +146,9 @@ class DistillProblem(ch.HeadProblem):
             self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
                                            self.device)
         self._tiles: torch.Tensor | None = None
+        # (n_valid,) the student's entropy per valid row, filled by ``weighted_sum``.
+        self.entropy = torch.zeros(self.n_valid, dtype=torch.float32, device=self.device) \
+            if params.want_entropy else None
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
         """``n_tiles`` (n, V) tiles, views of one buffer allocated once per call."""
@@ -164,7 +168,7 @@ class DistillProblem(ch.HeadProblem):
         h_s = self.head.rows(self.hs, index)
         self.head.project(h_s, s)
         self.teacher_head.project(self.teacher_head.rows(self.ht, index), u)
-        return self.transform.apply_(s), self.transform.apply_(u), h_s
+        return self.transform.apply_(s), self.teacher_transform.apply_(u), h_s
 
     def grad_factor(self, s: torch.Tensor) -> torch.Tensor | None:
         """dt/dz of the transform at the student tile ``s`` (in the third tile), or None when
@@ -224,9 +228,12 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: ch.G
     for c in plan:
         s, u, h_s = problem.logits(problem.index[c.row_lo:c.row_hi])
         factor = None if grads is None else problem.grad_factor(s)
-        state = problem.divergence.stats(s, u, want_grad=grads is not None)
+        state = problem.divergence.stats(s, u, want_grad=grads is not None,
+                                         want_entropy=problem.entropy is not None)
         d = nonnegative(state.d.float())  # the gradient was formed from state, unclamped
         d_all[c.row_lo:c.row_hi] = d
+        if problem.entropy is not None:
+            problem.entropy[c.row_lo:c.row_hi] = state.entropy
         w = weighting.chunk_weights(problem, d, c)
         if not c.whole:
             provisional[c.row_lo:c.row_hi] = True

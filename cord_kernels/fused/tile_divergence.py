@@ -30,6 +30,7 @@ from cord_kernels.core.torch_path import (
     TorchTileForwardKL,
     TorchTileJSD,
     TorchTileReverseKL,
+    torch_tile_entropy,
 )
 from cord_kernels.core.vocab_parallel import VocabParallelTileDivergence, combine_kl_rows
 from cord_kernels.logits.jsd import jsd_bwd, jsd_fwd
@@ -39,8 +40,10 @@ from cord_kernels.logits.kl import kl_bwd, kl_fwd
 class TileDivergence(Protocol):
     """One divergence's row math on a chunk's tiles (a strategy: torch or Triton)."""
 
-    def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True) -> TileStats:
-        """Div per row of the (n, V) student and teacher logits tiles ``s``, ``u``."""
+    def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True,
+              want_entropy: bool = False) -> TileStats:
+        """Div per row of the (n, V) student and teacher logits tiles ``s``, ``u`` (and, with
+        ``want_entropy``, the student's entropy per row in ``entropy``)."""
         ...
 
     def write_grad(self, s: torch.Tensor, u: torch.Tensor, state: TileStats,
@@ -52,15 +55,21 @@ class TileDivergence(Protocol):
 # ------------------------------------------------------------------------------ Triton
 
 
+def _entropy(s: torch.Tensor, temperature: float, want: bool) -> torch.Tensor | None:
+    """The student's entropy per row, only when asked for (TRL's logged entropy): one more
+    read of the tile in torch row blocks before ``write_grad`` overwrites it; no GEMM."""
+    return torch_tile_entropy(s, temperature).float() if want else None
+
+
 class TritonTileReverseKL:
     """KL(p || q) through the streaming kernels of ``logits/kl.py``."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature
 
-    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
         d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature)
-        return TileStats(d, (lse_s, lse_u))
+        return TileStats(d, (lse_s, lse_u), _entropy(s, self.temperature, want_entropy))
 
     def write_grad(self, s, u, state, g) -> None:
         kl_bwd(s, u, *state.extra, state.d, g, self.temperature, s, None)
@@ -70,9 +79,9 @@ class TritonTileReverseKL:
 class TritonTileForwardKL(TritonTileReverseKL):
     """KL(q || p): the same kernels with the roles swapped, the gradient going to y = s."""
 
-    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
         d, lse_u, lse_s = kl_fwd(u, s, None, self.temperature)
-        return TileStats(d, (lse_u, lse_s))
+        return TileStats(d, (lse_u, lse_s), _entropy(s, self.temperature, want_entropy))
 
     def write_grad(self, s, u, state, g) -> None:
         kl_bwd(u, s, *state.extra, state.d, g, self.temperature, None, s)
@@ -85,9 +94,9 @@ class TritonTileJSD:
     def __init__(self, temperature: float, jsd_beta: float):
         self.temperature, self.jsd_beta = temperature, jsd_beta
 
-    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
         d, stats = jsd_fwd(s, u, self.jsd_beta, self.temperature)
-        return TileStats(d, (stats,))
+        return TileStats(d, (stats,), _entropy(s, self.temperature, want_entropy))
 
     def write_grad(self, s, u, state, g) -> None:
         jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature, s, None)
