@@ -501,6 +501,14 @@ def head_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
 # ------------------------------------------------ the fused-linear chunk drivers' pieces
 
 
+def no_entropy(want_entropy: bool) -> None:
+    """The student entropy (the TRL drop-in's second output) is not summed across a group:
+    that drop-in takes no ``process_group``, so asking for both is a library error."""
+    if want_entropy:
+        raise NotImplementedError("the student entropy is not computed over a vocabulary-"
+                                  "parallel group")
+
+
 class VocabParallelTileDivergence:
     """The distillation chunk driver's row math (``fused/tile_divergence.TileDivergence``) on
     (n, V_r) tiles of this rank's head rows: Div over the whole vocabulary per row (2
@@ -511,7 +519,8 @@ class VocabParallelTileDivergence:
         self.divergence, self.jsd_beta = divergence, jsd_beta
         self.temperature, self.group = temperature, group
 
-    def stats(self, s, u, want_grad: bool = True):
+    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False):
+        no_entropy(want_entropy)
         tau = self.temperature
         if self.divergence == "jsd":
             d, extra = jsd_stats(s, u, self.jsd_beta, tau, self.group)

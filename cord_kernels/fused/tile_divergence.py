@@ -32,7 +32,11 @@ from cord_kernels.core.torch_path import (
     TorchTileReverseKL,
     torch_tile_entropy,
 )
-from cord_kernels.core.vocab_parallel import VocabParallelTileDivergence, combine_kl_rows
+from cord_kernels.core.vocab_parallel import (
+    VocabParallelTileDivergence,
+    combine_kl_rows,
+    no_entropy,
+)
 from cord_kernels.logits.jsd import jsd_bwd, jsd_fwd
 from cord_kernels.logits.kl import kl_bwd, kl_fwd
 
@@ -112,7 +116,8 @@ class VocabParallelTritonTileKL:
     def __init__(self, inner: TritonTileReverseKL, group):
         self.inner, self.group = inner, group
 
-    def stats(self, s, u, want_grad: bool = True) -> TileStats:
+    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
+        no_entropy(want_entropy)
         state = self.inner.stats(s, u, want_grad)
         d, lse_1, lse_2 = combine_kl_rows(state.d, *state.extra, None, self.group)
         return TileStats(d, (lse_1, lse_2))
