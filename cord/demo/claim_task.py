@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from cord.demo.gap_task import (
     SAMPLING_RATE,
     TRANSCRIBE_INSTRUCTION,
+    Batcher,
     SlottedSpeech,
-    _Batcher,
     nll,
 )
 from cord.models.adapter import Qwen2AudioAdapter
@@ -447,17 +447,17 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
     share = config.correction_share if splits["corrections"] else 0.0
     fix_batch = round(config.batch_size * share / (1 - share))
     groups = {
-        "text_arith": (_Batcher(adapter, splits["text_train"], "text", "worked"), 1),
-        "text_compare": (_Batcher(adapter, splits["compare_train"], "text", "worked"), 1),
-        "transcribe": (_Batcher(adapter, heard, "audio", "transcript"), 1),
-        "audio_arith": (_Batcher(adapter, splits["audio_qa"], "audio", "worked"), 2),
-        "audio_compare": (_Batcher(adapter, splits["compare_audio"], "audio", "worked"), 2),
-        "count": (_Batcher(adapter, splits["count_train"], "audio", "worked",
+        "text_arith": (Batcher(adapter, splits["text_train"], "text", "worked"), 1),
+        "text_compare": (Batcher(adapter, splits["compare_train"], "text", "worked"), 1),
+        "transcribe": (Batcher(adapter, heard, "audio", "transcript"), 1),
+        "audio_arith": (Batcher(adapter, splits["audio_qa"], "audio", "worked"), 2),
+        "audio_compare": (Batcher(adapter, splits["compare_audio"], "audio", "worked"), 2),
+        "count": (Batcher(adapter, splits["count_train"], "audio", "worked",
                            instruction=COUNT_INSTRUCTION), 1),
     }
     sizes = {name: config.batch_size for name in groups}
     if fix_batch:  # trained beside the clean chains, at correction_share of the chains
-        groups["corrections"] = (_Batcher(adapter, splits["corrections"], "text", "worked"), 1)
+        groups["corrections"] = (Batcher(adapter, splits["corrections"], "text", "worked"), 1)
         sizes["corrections"] = fix_batch
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(

@@ -301,7 +301,7 @@ def build_gap_model(config: GapTaskConfig, *, seed: int | None = None) -> Qwen2A
 # --------------------------------------------------------------------------------------------
 
 
-class _Batcher:
+class Batcher:
     """Prompt and completion tensors of one (split, modality, target) built once, sliced per
     batch (the processor runs once per item, not once per step)."""
 
@@ -353,9 +353,9 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
     model.train()
     torch.manual_seed(config.seed)  # dropout-free model; the generator below draws the batches
     gen = torch.Generator().manual_seed(config.seed)
-    text_qa = _Batcher(adapter, splits["train"] + splits["text_only"], "text", "worked")
-    transcribe = _Batcher(adapter, splits["train"], "audio", "transcript")
-    audio_qa = _Batcher(adapter, splits["audio_qa"], "audio", "worked")
+    text_qa = Batcher(adapter, splits["train"] + splits["text_only"], "text", "worked")
+    transcribe = Batcher(adapter, splits["train"], "audio", "transcript")
+    audio_qa = Batcher(adapter, splits["audio_qa"], "audio", "worked")
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
@@ -363,7 +363,7 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
                disable=not progress)
     history = []
 
-    def draw(b: _Batcher):
+    def draw(b: Batcher):
         size = min(config.batch_size, b.n)
         return torch.randperm(b.n, generator=gen)[:size]
 
