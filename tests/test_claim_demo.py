@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from cord.demo import claim_demo as C
-from cord.demo import claim_report as CR
 from cord.demo import jobs as J
-from cord.demo.claim_report import BOUNDS, flags, preconditions, summarize
-from cord.demo.tasks import ClaimTask
-from cord.demo.verdict import BEST_IMITATION, METRICS, assess_power, verdict
+from cord.demo.claim import report as CR
+from cord.demo.claim import run as C
+from cord.demo.claim.report import BOUNDS, flags, preconditions, summarize
+from cord.demo.claim.task import ClaimTask
+from cord.demo.claim.verdict import BEST_IMITATION, METRICS, assess_power, verdict
 from cord.eval.evaluate import gap_reduction as mean_gap_reduction
 from cord.eval.stats import PairedItemBootstrap, gap_reduction
 
@@ -229,11 +229,11 @@ def quick_claim(tmp_path_factory):
 
 def test_a_crash_after_training_loses_nothing_resume_finishes(quick_claim):
     root, results, saved, trained = quick_claim
-    n_jobs = len(C.RATE_GRID) + len(C.METHODS)  # the quick mode's one seed
+    n_jobs = len(C.RATE_GRID) + len(C.CLAIM_METHODS)  # the quick mode's one seed
     assert len(saved) == n_jobs + 2  # every job, the base's validation and measures
     assert trained == []  # nothing retrained
     assert (root / "run" / "results.json").is_file()
-    for m in C.METHODS:
+    for m in C.CLAIM_METHODS:
         assert (root / "run" / "models" / m / "config.json").is_file(), m
 
 
@@ -255,7 +255,7 @@ def test_quick_claim_demo_reports_rule_power_preconditions_and_verdict(quick_cla
                    "text_after"):
         assert metric in saved["paired"]["a"]["cord - base"]
     summary = saved["summary"]["a"]
-    for m in C.METHODS:
+    for m in C.CLAIM_METHODS:
         for k in ("in_domain_gap_reduction", "transfer_gap_reduction", "retention",
                   "text_after"):
             assert k in summary[m] and len(summary[m][f"{k}_ci95"]) == 2, (m, k)
@@ -306,6 +306,26 @@ def test_a_failed_job_keeps_every_other_result(tmp_path, monkeypatch):
     assert J.load_result(tmp_path / "jobs" / "a-sft-0.json", J.identity(ctx, jobs[0]))
     other = J.Context(ctx.task, C.CLAIM_POST, ctx.base_path, ctx.cache_dir)
     assert J.load_result(tmp_path / "jobs" / "a-sft-0.json", J.identity(other, jobs[0])) is None
+
+
+def test_saved_results_resume_from_another_checkout(tmp_path):
+    """A result names its base by folder (base-<key>), not by path: a results folder made in
+    one checkout (or with the whole path, as results saved before this rule were) is read back
+    by a run whose package, and so its shipped base, lives elsewhere."""
+    quick = C.settings("quick")
+    job = J.Job("sft", 0, 1e-4, tmp_path / "scratch" / "a-sft-0")
+    here = J.Context(ClaimTask(quick["task"]), quick["post"],
+                     tmp_path / "one" / "cord" / "demo" / "bases" / "base-abc", None)
+    there = J.Context(here.task, here.post, tmp_path / "two" / "bases" / "base-abc", None)
+    elsewhere = J.Context(here.task, here.post, tmp_path / "two" / "bases" / "base-def", None)
+    path = tmp_path / "jobs" / "a-sft-0.json"
+    J.save_result(path, J.identity(here, job), {"method": "sft"})
+    assert J.identity(here, job)["base"] == "base-abc"
+    assert J.load_result(path, J.identity(there, job)) == {"method": "sft"}
+    assert J.load_result(path, J.identity(elsewhere, job)) is None  # another base: rerun
+    old = {**J.identity(here, job), "base": str(here.base_path)}  # the earlier format
+    J.save_result(path, old, {"method": "sft"})
+    assert J.load_result(path, J.identity(there, job)) == {"method": "sft"}
 
 
 def test_full_mode_adds_methods_and_the_rate_sensitivity(tmp_path, monkeypatch):

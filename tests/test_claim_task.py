@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from cord.demo.claim_task import (
+from cord.demo.claim.data import (
     CLAIM_QUICK,
     COUNT_INSTRUCTION,
     ClaimTaskConfig,

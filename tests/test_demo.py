@@ -12,15 +12,10 @@ import pytest
 
 from cord.data.paired import load_paired, write_paired
 from cord.demo import posttrain as P
-from cord.demo.demo import run_demo
-from cord.demo.gap_task import (
-    QUICK,
-    TEMPLATES,
-    GapTaskConfig,
-    SlottedSpeech,
-    all_questions,
-    make_splits,
-)
+from cord.demo.methods import DEFAULT_METHODS
+from cord.demo.operands.data import QUICK, TEMPLATES, GapTaskConfig, all_questions, make_splits
+from cord.demo.operands.run import run_demo
+from cord.demo.speech import SlottedSpeech
 from cord.eval.stats import gap_reduction, paired_bootstrap
 
 WORDS = "zero one two three four five six seven eight nine".split()
@@ -84,8 +79,9 @@ def test_learning_rate_rule():
 
 
 def test_committed_rates_cover_the_default_methods():
-    rates = P.load_rates(P.Path(__file__).parents[1] / "cord" / "demo" / "learning_rates.json")
-    for m in P.DEFAULT_METHODS:
+    shipped = P.Path(__file__).parents[1] / "cord" / "demo" / "operands" / "learning_rates.json"
+    rates = P.load_rates(shipped)
+    for m in DEFAULT_METHODS:
         assert rates[m] in P.LEARNING_RATES
 
 
@@ -144,7 +140,7 @@ def test_quick_demo_measures_every_precondition_and_writes_the_report(quick_runs
     summary = results["summary"]
     keys = {"text", "audio", "gap_reduction", "gap_reduction_ci95", "text_after", "retention",
             "transfer", "generated_tokens"}
-    for m in P.DEFAULT_METHODS:
+    for m in DEFAULT_METHODS:
         assert keys <= set(summary[m]), m
         lo, hi = summary[m]["gap_reduction_ci95"]
         assert lo <= summary[m]["gap_reduction"] <= hi or np.isnan(lo)
@@ -161,7 +157,7 @@ def test_quick_demo_measures_every_precondition_and_writes_the_report(quick_runs
     for png in ("kl_distribution.png", "kl_tokens.png", "kl_rollout.png", "curves.png",
                 "gap_reduction.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
-    for m in ("base", *P.DEFAULT_METHODS):
+    for m in ("base", *DEFAULT_METHODS):
         assert (out / "models" / m / "config.json").is_file(), m
     assert (out / "eval_set" / "paired.jsonl").is_file()
     for m, curve in results["curves"].items():
@@ -183,7 +179,7 @@ def test_budget_runs_get_their_own_table_and_plot(quick_runs, tmp_path):
     """The full mode's longer runs: reported beside the same seed's default-budget run, with
     item-bootstrap CIs, in results.json, the report and long_runs.png. (Stand-in long runs
     here: the quick run's own seed-0 scores, so the gap reductions must equal the summary's.)"""
-    from cord.demo import report as R
+    from cord.demo.operands import report as R
 
     _, results, _ = quick_runs
     per_seed = results["per_seed"]
@@ -223,7 +219,7 @@ def test_bad_arguments():
 def test_long_mode_is_the_default_comparison_at_four_times_the_steps():
     """Same task, batch and rollouts as the default; only the budget and the rates differ,
     and the rates come from the same rule run at that budget."""
-    from cord.demo.demo import LONG, settings
+    from cord.demo.operands.run import LONG, settings
 
     default, long = settings("default"), settings("long")
     assert long["task"] == default["task"]

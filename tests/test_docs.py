@@ -118,7 +118,7 @@ def _demo_sources() -> list[float]:
     text = "".join(path.read_text() for folder in ("demo", "demo_full", "demo_long")
                    for path in sorted((DOCS / folder).iterdir())
                    if path.suffix in (".md", ".json"))
-    text += (ROOT / "cord" / "demo" / "learning_rates.json").read_text()
+    text += (ROOT / "cord" / "demo" / "operands" / "learning_rates.json").read_text()
     values = [float(n) for n in _numbers(text)]
     return values + [100 * v for v in values]  # fractions written as percentages
 
@@ -136,7 +136,7 @@ DEMO_PROSE_NUMBERS = {
     "6.4": "the default run's /usr/bin/time wall clock (its report's own timer says 6.2 min)",
     "11": "minutes of cord demo --task operands --refresh, measured by hand",
     "410": "k parameters of the tiny model",
-    "2850": "the unlabelled post-training pairs (gap_task's split)",
+    "2850": "the unlabelled post-training pairs (operands/data.py's split)",
     "320": "post-training prompts of the default demo: 40 steps x 8",
     "80000": "the paper's post-training prompts",
 }
@@ -217,19 +217,19 @@ CLAIM_PAGE_NUMBERS = {
     "47": "the worked example", "38": "the worked example", "7": "the worked example",
     "8": "the worked example", "15": "the worked example", "1": "the worked example",
     "4": "the worked example", "3": "the worked example", "85": "the worked example",
-    "44": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
-    "250": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
-    "55": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
-    "300": "calibration by hand (claim_task.ClaimTaskConfig.text_questions docstring)",
+    "44": "calibration by hand (claim/data.py ClaimTaskConfig.text_questions docstring)",
+    "250": "calibration by hand (claim/data.py ClaimTaskConfig.text_questions docstring)",
+    "55": "calibration by hand (claim/data.py ClaimTaskConfig.text_questions docstring)",
+    "300": "calibration by hand (claim/data.py ClaimTaskConfig.text_questions docstring)",
     "20": "the paper's K", "95": "the CI level", "0": "seed 0",
-    "10": "claim_measure.LATE_TOKEN, where late_first_errors starts counting",
+    "10": "claim/measure.py LATE_TOKEN, where late_first_errors starts counting",
 }
 
 
 def test_claim_demo_page_numbers_are_explained_and_its_config_names_exist():
     from dataclasses import fields
 
-    from cord.demo.claim_task import ClaimTaskConfig
+    from cord.demo.claim.data import ClaimTaskConfig
 
     text = (DOCS / "claim_demo.md").read_text()
     missing = {n for n in _numbers(text) if n.lstrip("-") not in CLAIM_PAGE_NUMBERS}
@@ -240,18 +240,18 @@ def test_claim_demo_page_numbers_are_explained_and_its_config_names_exist():
         assert f"`{name}`" in text and name in names, name
     doc = ClaimTaskConfig.__doc__ or ""
     assert doc and "44% right at 250, 55% at 300" in (
-        (ROOT / "cord" / "demo" / "claim_task.py").read_text())
+        (ROOT / "cord" / "demo" / "claim" / "data.py").read_text())
 
 
 def test_readme_demo_block_is_generated_from_the_committed_run():
     import json
 
-    from cord.demo.claim_report import readme_block
+    from cord.demo.claim.report import readme_block
 
     run = "docs/demo_claim"
     text = README.read_text()
     block = text.split("<!-- demo-verdict:start -->\n", 1)[1].split("<!-- demo-verdict:end -->")[0]
     results = json.loads((ROOT / run / "results.json").read_text())
     assert block == readme_block(results, run), (
-        "README's demo block is stale: paste `python -m cord.demo.claim_report docs/demo_claim` "
+        "README's demo block is stale: paste `python -m cord.demo.claim.report docs/demo_claim` "
         "between the demo-verdict markers")

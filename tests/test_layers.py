@@ -260,7 +260,7 @@ def test_pending_private_imports_still_exist():
     ("from cord.eval import evaluate\n", "train/bad.py", True),
     ("from cord.train.trainer import CordTrainer\n", "eval/bad.py", True),  # siblings
     ("def f():\n    from cord.train.objectives import OBJECTIVES\n", "config.py", True),
-    ("def f():\n    from cord.demo.demo import run_demo\n", "eval/bad.py", True),
+    ("def f():\n    from cord.demo.operands.run import run_demo\n", "eval/bad.py", True),
     ("from cord.data.paired import resample\n", "rewards/bad.py", True),  # same rank, other pkg
     ("import bench\n", "../cord_kernels/bad.py", True),
     ("from cord.models.families import build_adapter\n", "eval/fine.py", False),

@@ -77,7 +77,7 @@ def test_cord_settings_from_the_environment(tmp_path):
 
 
 def test_the_demo_cache_follows_cord_cache(monkeypatch, tmp_path):
-    from cord.demo.gap_task import default_cache_dir
+    from cord.demo.speech import default_cache_dir
 
     chosen = cord.settings.from_env({"CORD_CACHE": str(tmp_path)})
     monkeypatch.setattr(cord.settings, "get", lambda: chosen)

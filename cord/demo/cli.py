@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
     check(args)
     import torch
 
-    from cord.demo import claim_demo as C
-    from cord.demo import claim_report as CR
-    from cord.demo import report as R
-    from cord.demo.demo import run_demo
+    from cord.demo.claim import report as CR
+    from cord.demo.claim import run as C
     from cord.demo.jobs import quiet_libraries
+    from cord.demo.operands import report as R
+    from cord.demo.operands.run import run_demo
 
     quiet_libraries()
     mode = ("quick" if args.quick else "full" if args.full else "long" if args.long

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from cord.demo.gap_task import load_base
+from cord.demo.base import load_base
 from cord.demo.posttrain import PostTrainConfig, post_train
 from cord.demo.task import Task
 
@@ -80,6 +80,22 @@ def _base(path: Path):
     return _BASES[path]
 
 
+def curve_hook(curve: list, every: int, measure: Callable[[Any], dict[str, float]]
+               ) -> Callable[[int, Any], None]:
+    """An ``on_step_end`` hook appending ``{"step", **measure(adapter)}`` to ``curve`` every
+    ``every`` steps and at the last step (the model measured in eval mode, then put back)."""
+    def hook(step: int, trainer) -> None:
+        if step % every and step != trainer.max_steps:
+            return
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.eval()
+        scores = measure(trainer.adapter.with_model(model))
+        model.train()
+        curve.append({"step": step, **scores})
+
+    return hook
+
+
 def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     """Post-trains a copy of the base and measures it; returns ``{method, seed, tokens,
     scores?, val?, curve?, kl_after?}``."""
@@ -88,7 +104,8 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
     base = _base(ctx.base_path)
     post = ctx.post if job.eval_every is None else replace(ctx.post, eval_every=job.eval_every)
     curve: list[dict[str, float]] = []
-    hook = task.curve_hook(curve, splits, post) if job.curve else None
+    hook = (curve_hook(curve, post.eval_every, lambda a: task.curve_scores(a, splits, post))
+            if job.curve else None)
     # The trainer's own lines (its start line, the last step's metrics) would interleave
     # across workers without naming the job; the demo prints one line per job instead, and
     # the metrics stay in the job's scratch metrics.jsonl.
@@ -136,8 +153,21 @@ def identity(ctx: Context, job: Job) -> dict[str, Any]:
     fields = {k: v for k, v in asdict(job).items() if k not in ("scratch", "save_to")}
     config = ctx.task.config  # the task's configuration names it (not the wrapper class)
     blob = {"job": fields, "task": {"type": type(config).__name__, **asdict(config)},
-            "post": asdict(ctx.post), "base": str(ctx.base_path)}
+            "post": asdict(ctx.post), "base": base_name(ctx.base_path)}
     return json.loads(json.dumps(blob, default=str))
+
+
+def base_name(path: str | Path) -> str:
+    """A base in an identity: its folder's name (``base-<key of the task configuration>``), not
+    its path, so a results folder resumes from any checkout, install or cache location."""
+    return Path(path).name
+
+
+def _same(saved: dict[str, Any], ident: dict[str, Any]) -> bool:
+    # results saved before identities named the base by its folder held its whole path
+    if isinstance(saved.get("base"), str):
+        saved = {**saved, "base": base_name(saved["base"])}
+    return saved == ident
 
 
 def save_result(path: Path, ident: dict[str, Any], result: dict[str, Any]) -> None:
@@ -156,7 +186,7 @@ def load_result(path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    return saved["result"] if saved.get("identity") == ident else None
+    return saved["result"] if _same(saved.get("identity") or {}, ident) else None
 
 
 def run_jobs(ctx: Context, jobs: Iterable[Job], *, workers: int = 1,

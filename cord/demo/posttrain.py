@@ -11,14 +11,20 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from cord.config import CordConfig
-from cord.demo.methods import DEFAULT_METHODS, METHODS, TABLE1, TABLE3, Method  # noqa: F401
+from cord.data.paired import collate_paired
+from cord.demo.methods import METHODS
 from cord.eval.evaluate import evaluate
 from cord.rewards.judge import build_judge
+from cord.train.objectives import StepContext, compute_loss
+from cord.train.teacher import Teacher
 from cord.train.trainer import CordTrainer
 
 SWEEP = ("cord_ab1", "cord", "cord_ab3")
@@ -128,3 +134,31 @@ def rates_record(grid: dict[str, dict[float, dict[str, float]]], selected: dict[
         "grid": {m: {f"{r:g}": acc for r, acc in g.items()} for m, g in grid.items()},
         "selected": selected,
     }
+
+
+def loss_gradient_norms(base, records: Sequence[dict], post: PostTrainConfig, *,
+                        batches: int = 4, seed: int = 0) -> dict[str, float]:
+    """Mean gradient norm, on the base, of each part of CORD's loss over the same micro-batches:
+    the weighted L_tok (CORD), the uniform L_tok (OPD) and L_seq (GRPO). It tells which part
+    drives an update, and how much the top-K/position weights scale L_tok."""
+    model = copy.deepcopy(base.model)
+    adapter = base.with_model(model)
+    model.train()
+    # weighted L_tok alone is "cord" with no sequence term
+    parts = {"l_tok_cord": ("cord", {"cord_seq_weight": 0.0}), "l_tok_uniform": ("opd", {}),
+             "l_seq": ("grpo", {})}
+    norms: dict[str, list[float]] = {k: [] for k in parts}
+    judge = build_judge("match")
+    for name, (objective, overrides) in parts.items():
+        config = trainer_config("sft", post, learning_rate=1e-4, seed=seed, output_dir=Path("."))
+        config = replace(config, objective=objective, **overrides)
+        ctx = StepContext(adapter, Teacher("live", adapter), config, judge)
+        torch.manual_seed(seed)  # the same rollouts for every part
+        for i in range(batches):
+            chunk = records[i * post.batch_size : (i + 1) * post.batch_size]
+            batch = collate_paired(chunk)
+            model.zero_grad(set_to_none=True)
+            compute_loss(ctx, batch).loss.backward()
+            grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+            norms[name].append(float(torch.linalg.vector_norm(torch.stack(grads))))
+    return {k: float(np.mean(v)) for k, v in norms.items()}

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cord.demo.claim_task import COUNT_INSTRUCTION, arithmetic_steps, misheard
+from cord.demo.claim.data import COUNT_INSTRUCTION, arithmetic_steps, misheard
 from cord.demo.posttrain import PostTrainConfig
 from cord.eval.analyze import kl_statistics, rollout_kl
 from cord.eval.evaluate import evaluate, score_response
@@ -56,21 +56,6 @@ def curve_scores(adapter, splits: dict[str, list], post: PostTrainConfig) -> dic
     out["transfer_text"] = cmp["text"]["accuracy"]
     out["transfer_audio"] = cmp["audio"]["accuracy"]
     return out
-
-
-def curve_hook(curve: list, splits, post: PostTrainConfig, every: int):
-    """An ``on_step_end`` hook appending :func:`curve_scores` every ``every`` steps and at the
-    last step to ``curve``."""
-    def hook(step: int, trainer) -> None:
-        if step % every and step != trainer.max_steps:
-            return
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model.eval()
-        scores = curve_scores(trainer.adapter.with_model(model), splits, post)
-        model.train()
-        curve.append({"step": step, **scores})
-
-    return hook
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``cord demo`` (the default task): CORD where the paper (arXiv 2601.16547) makes its claim.
 
-1. Builds the claim task of :mod:`cord.demo.claim_task`: column arithmetic with an imperfect
+1. Builds the claim task of :mod:`cord.demo.claim.data`: column arithmetic with an imperfect
    text teacher, a comparison task with its own modality gap (transfer) and beep counting
    (retention); neither of the last two is post-trained on by any method.
 2. Loads the shipped pre-trained base (or pre-trains it) and measures the preconditions of the
@@ -13,7 +13,7 @@
    rates of the grid as the sensitivity analysis).
 5. Scores every model on held-out items and reports every metric with paired-bootstrap 95%
    CIs over items and seeds, the paired differences (with each method − base), the power of
-   each comparison, and the verdict by a rule fixed in advance (:mod:`cord.demo.verdict`).
+   each comparison, and the verdict by a rule fixed in advance (:mod:`cord.demo.claim.verdict`).
 
 Each job's result is saved the moment it ends (``DIR/jobs/``): ``cord demo --resume DIR``
 finishes a run that stopped without retraining what is done. ``cord demo --reevaluate DIR
@@ -35,33 +35,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from cord.demo import claim_measure as CM
-from cord.demo import claim_report as CR
 from cord.demo import jobs as J
-from cord.demo import measure as M
 from cord.demo import posttrain as P
-from cord.demo.claim_task import (
+from cord.demo.base import load_base, pretrained_base
+from cord.demo.claim import measure as CM
+from cord.demo.claim import report as CR
+from cord.demo.claim.data import (
     CLAIM_QUICK,
     ClaimTaskConfig,
-    build_claim_model,
     fresh_eval_sets,
-    pretrain_claim,
 )
-from cord.demo.gap_task import SlottedSpeech, default_cache_dir, load_base, pretrained_base
-from cord.demo.tasks import ClaimTask
-from cord.demo.verdict import VERDICT_RULE
+from cord.demo.claim.task import ClaimTask
+from cord.demo.claim.verdict import CONTROLS, VERDICT_RULE
+from cord.demo.format import say
+from cord.demo.methods import METHODS
+from cord.demo.speech import SlottedSpeech, default_cache_dir
 from cord.eval.analyze import save_rollouts
 from cord.eval.stats import PairedItemBootstrap, ci95
 
 MODES = ("quick", "default", "full")
 COMPARED = ("sft", "fkl", "cord")
 """The claim's comparison: CORD against imitation of the text teacher (paper Table 1)."""
-CONTROLS = ("sft_gold", "sft_gold_transfer")
-"""The positive controls (gold SFT in-domain; gold SFT on spoken comparisons, the transfer
-task itself): never competitors; they show how far each metric can move in the budget."""
-METHODS = COMPARED + CONTROLS
+CLAIM_METHODS = COMPARED + tuple(CONTROLS.values())
+"""The comparison and the positive controls (:data:`cord.demo.claim.verdict.CONTROLS`: gold SFT
+in-domain; gold SFT on spoken comparisons, for transfer): the controls are never competitors;
+they show how far each metric can move in the budget."""
 FULL_EXTRA = ("grpo", "grpo_opd", "cord_ab1", "cord_ab3", "sft_audio", "fkl_audio",
               "cord_audio")
 """``--full`` adds the ablation ladder (GRPO, GRPO + OPD), the α = β sweep around CORD's 2 (the
@@ -72,10 +71,6 @@ RATE_GRID = (1e-5, 3e-5, 1e-4)
 RATE_SEEDS = (0, 1)
 RATE_CONTROL = "sft_gold"
 TEACHER_ITEMS = 400
-DECAY = 0.05
-"""A run is flagged as decaying when its last validation audio point is this far below its
-peak; collapsed when its text accuracy after training is :data:`COLLAPSE` below the base's."""
-COLLAPSE = 0.10
 
 CLAIM_POST = P.PostTrainConfig(max_steps=200, max_completion_length=48, top_k=5, eval_every=40)
 """Every method's budget: 200 steps of 8 prompts (1600 prompts of the 2000-question pool, none
@@ -87,19 +82,15 @@ chain, as K = 20 is of the paper's answers."""
 def settings(mode: str) -> dict[str, Any]:
     if mode == "quick":
         return {"task": CLAIM_QUICK, "post": replace(CLAIM_POST, max_steps=4, eval_every=2),
-                "seeds": (0,), "rate_seeds": (0,), "methods": METHODS, "sensitivity": False}
+                "seeds": (0,), "rate_seeds": (0,), "methods": CLAIM_METHODS, "sensitivity": False}
     if mode == "default":
         return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2),
-                "rate_seeds": RATE_SEEDS, "methods": METHODS, "sensitivity": False}
+                "rate_seeds": RATE_SEEDS, "methods": CLAIM_METHODS, "sensitivity": False}
     if mode == "full":
         return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2),
-                "rate_seeds": RATE_SEEDS, "methods": METHODS, "extra": FULL_EXTRA,
+                "rate_seeds": RATE_SEEDS, "methods": CLAIM_METHODS, "extra": FULL_EXTRA,
                 "extra_seeds": (0, 1), "sensitivity": True}
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def _say(msg: str) -> None:
-    tqdm.write(msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,12 +136,6 @@ def choose_shared_rate(control_items: Mapping[float, Sequence[Sequence[int]]],
 # --------------------------------------------------------------------------------------------
 # The demo
 # --------------------------------------------------------------------------------------------
-
-
-def claim_base(task: ClaimTaskConfig, splits, *, cache_dir=None, progress=True,
-               refresh=False):
-    return pretrained_base(task, splits, cache_dir=cache_dir, progress=progress,
-                           refresh=refresh, build=build_claim_model, train=pretrain_claim)
 
 
 def base_measures(base, splits, task: ClaimTaskConfig, post: P.PostTrainConfig
@@ -207,7 +192,7 @@ def _announcer(table: str, total: int):
     def done(job, r) -> None:
         count[0] += 1
         s = r["scores"]
-        _say(f"[{count[0]}/{total}] table ({table}) {job.method} seed {job.seed} "
+        say(f"[{count[0]}/{total}] table ({table}) {job.method} seed {job.seed} "
              f"(lr {job.learning_rate:g}): in-domain audio {100 * s['audio']:.1f}%, text "
              f"{100 * s['text']:.1f}%, transfer audio {100 * s['transfer_audio']:.1f}%, "
              f"retention {100 * s['retention']:.1f}%")
@@ -250,9 +235,9 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     methods = tuple(cfg["methods"] if methods is None else methods)
     if not seeds:
         raise ValueError("seeds must hold at least one seed")
-    bad = [m for m in methods if m not in P.METHODS]
+    bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {list(P.METHODS)}, got "
+        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
                          f"{list(methods)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,25 +252,25 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
          "save_models": save_models, "command": command}, indent=1))
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
-    _say(f"verdict rule (fixed before any result): {VERDICT_RULE}")
-    _say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
+    say(f"verdict rule (fixed before any result): {VERDICT_RULE}")
+    say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
          "--cache-dir or the CORD_CACHE variable moves it)")
     claim = ClaimTask(task)
     splits = J.task_splits(claim, cache_dir)
     timings["speech"] = time.perf_counter() - t
-    _say(f"task: the text side learns column arithmetic from {task.text_questions} worked "
+    say(f"task: the text side learns column arithmetic from {task.text_questions} worked "
          f"examples; {len(splits['pool'])} fresh questions form the distillation pool; "
          f"{len(splits['eval'])} in-domain, {len(splits['transfer'])} transfer (comparison) and "
          f"{len(splits['retention'])} retention (beep counting) held-out items")
 
     t = time.perf_counter()
-    base, base_path, source = claim_base(task, splits, cache_dir=cache_dir, progress=progress,
-                                         refresh=refresh)
+    base, base_path, source = pretrained_base(claim, splits, cache_dir=cache_dir,
+                                              progress=progress, refresh=refresh)
     timings["pretrain"] = time.perf_counter() - t
-    _say(f"base: {sum(p.numel() for p in base.model.parameters()) / 1e3:.0f}k parameters, "
+    say(f"base: {sum(p.numel() for p in base.model.parameters()) / 1e3:.0f}k parameters, "
          f"{source} ({base_path})")
     ctx = J.Context(claim, post, base_path, cache_dir)
-    ident = {"task": asdict(task), "post": asdict(post), "base": str(base_path)}
+    ident = {"task": asdict(task), "post": asdict(post), "base": J.base_name(base_path)}
 
     # 1. The shared rate, from the positive control alone.
     t = time.perf_counter()
@@ -296,7 +281,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
 
     def grid_done(job, r):
         v = r["val"]
-        _say(f"  [rate grid] {job.method} seed {job.seed} lr {job.learning_rate:g}: validation "
+        say(f"  [rate grid] {job.method} seed {job.seed} lr {job.learning_rate:g}: validation "
              f"audio {100 * v['audio']:.1f}% (base {100 * base_val['audio']:.1f}%), text "
              f"{100 * v['text']:.1f}%, retention {100 * v['retention']:.1f}%")
 
@@ -308,7 +293,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     rate_choice = choose_shared_rate(control_items, base_val["audio_items"])
     rate = rate_choice["rate"]
     timings["rate_grid"] = time.perf_counter() - t
-    _say(f"shared learning rate: {rate:g}" + ("" if rate_choice["controlled"] else
+    say(f"shared learning rate: {rate:g}" + ("" if rate_choice["controlled"] else
          " (NO rate of the grid moved the control: the comparison has no power)"))
 
     # 2. The base: its scores and the preconditions.
@@ -319,7 +304,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         rollouts, kl = CM.kl_by_correctness(base, splits["eval"][: CM.KL_ITEMS], post)
         save_rollouts(rollouts, out / "base_rollouts.jsonl")
         return {**measured, "kl": kl, "curves_base": CM.curve_scores(base, splits, post),
-                "grad_norms": M.loss_gradient_norms(base, claim.training_records(splits, "sft"),
+                "grad_norms": P.loss_gradient_norms(base, claim.training_records(splits, "sft"),
                                                     post)}
 
     measured = _cached(jobs_dir / "base.json", ident, measure_base)
@@ -327,7 +312,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     timings["base_eval"] = time.perf_counter() - t
     for name, p in pre.items():
         v = "n/a" if p["value"] is None else f"{p['value']:.3f}"
-        _say(f"precondition {name}: {v} ({p['bound']}){'' if p['ok'] else '  NOT MET'}")
+        say(f"precondition {name}: {v} ({p['bound']}){'' if p['ok'] else '  NOT MET'}")
 
     # 3. Every method at the shared rate; --full adds methods and the other rates.
     t = time.perf_counter()
@@ -464,7 +449,7 @@ def reevaluate(directory: str | Path, eval_seed: int, *, cache_dir=None,
     scores = {}
     for m in ["base", *methods]:
         if progress:
-            _say(f"re-scoring {m} on eval seed {eval_seed}")
+            say(f"re-scoring {m} on eval seed {eval_seed}")
         scores[m] = [CM.score_claim_model(load_base(models / m), fresh, post)]
     rate = run["learning_rate"]
     # the tokens each method generated in post-training (the run's), not in this scoring

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from cord.demo import posttrain as P
-from cord.demo.verdict import (
+from cord.demo.claim.verdict import (
     AXIS_NAMES,
     BEST_IMITATION,
     CONTROL_FLOOR,
@@ -22,6 +21,7 @@ from cord.demo.verdict import (
     assess_power,
     verdict,
 )
+from cord.demo.format import decimal, label, pc
 from cord.eval.stats import PairedItemBootstrap, ci95
 
 #: name -> (low, high) bound; None is unbounded on that side. ``late_first_errors`` (the share
@@ -97,7 +97,7 @@ def summarize(scores: dict[str, list[dict]], tokens: dict[str, list[int]],
     against each competitor and against max(SFT, FKL), every method against the base), the
     power of each comparison and the verdict with its reason.
 
-    ``scores``: method -> per-seed :func:`cord.demo.claim_measure.score_claim_model` dicts,
+    ``scores``: method -> per-seed :func:`cord.demo.claim.measure.score_claim_model` dicts,
     with ``"base"`` holding the base's single entry. ``curves``: method -> its seed-0
     validation curve (for the decay flag).
     """
@@ -183,10 +183,6 @@ def summarize(scores: dict[str, list[dict]], tokens: dict[str, list[int]],
 # --------------------------------------------------------------------------------------------
 
 
-def _pc(x, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{100 * x:.{digits}f}"
 
 
 def _with_ci(row: dict, metric: str) -> str:
@@ -194,11 +190,9 @@ def _with_ci(row: dict, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return NO_GAP if "gap" in metric else "n/a"
     lo, hi = row[f"{metric}_ci95"]
-    return f"{_pc(value)} [{_pc(lo)}, {_pc(hi)}]"
+    return f"{pc(value)} [{pc(lo)}, {pc(hi)}]"
 
 
-def label(method: str) -> str:
-    return "Base" if method == "base" else P.METHODS[method].label
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -207,15 +201,15 @@ def summary_table(summary: dict[str, Any]) -> str:
             "text after [95% CI]", "recovery text / audio", "generated tokens", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, row in summary.items():
-        audio = _pc(row["audio"]) + (f" ± {_pc(row['audio_std'])}" if row.get("audio_std")
+        audio = pc(row["audio"]) + (f" ± {pc(row['audio_std'])}" if row.get("audio_std")
                                      else "")
         lines.append("| " + " | ".join([
             label(m), f"{row['learning_rate']:g}" if "learning_rate" in row else "—", audio,
             "—" if m == "base" else _with_ci(row, "in_domain_gap_reduction"),
-            _pc(row["transfer_audio"]),
+            pc(row["transfer_audio"]),
             "—" if m == "base" else _with_ci(row, "transfer_gap_reduction"),
             _with_ci(row, "retention"), _with_ci(row, "text_after"),
-            f"{_pc(row['recovery_text'], 0)} / {_pc(row['recovery_audio'], 0)}",
+            f"{pc(row['recovery_text'], 0)} / {pc(row['recovery_audio'], 0)}",
             f"{row['generated_tokens']:,}" if m != "base" else "—",
             "; ".join(row.get("flags") or []) or "—"]) + " |")
     return "\n".join(lines) + "\n"
@@ -230,7 +224,7 @@ def paired_table(paired: dict[str, Any]) -> str:
         for k in metrics:
             v = values[k]
             cells.append("n/a" if math.isnan(v["mean"]) else
-                         f"{100 * v['mean']:+.1f} [{_pc(v['ci95'][0])}, {_pc(v['ci95'][1])}]")
+                         f"{100 * v['mean']:+.1f} [{pc(v['ci95'][0])}, {pc(v['ci95'][1])}]")
         lines.append(f"| {pair_name(pair)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -260,7 +254,7 @@ def power_table(power: dict[str, Any] | None, paired: dict[str, Any]) -> str:
         floor = f"lower bound ≥ {100 * DELTA:.0f}" if CONTROL_FLOOR[x] > 0 else "lower bound > 0"
         lines.append(
             f"| {AXIS_NAMES[x]} | {label(p['control']).lstrip('+ ')} | {_diff(c)} | {floor} | "
-            f"{_diff(d)} | {_pc(p['halfwidth'])} | {_diff(own)} | "
+            f"{_diff(d)} | {pc(p['halfwidth'])} | {_diff(own)} | "
             f"{'yes' if p['powered'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
@@ -268,7 +262,7 @@ def power_table(power: dict[str, Any] | None, paired: dict[str, Any]) -> str:
 def _diff(block: dict[str, Any]) -> str:
     if block["mean"] != block["mean"]:
         return "n/a"
-    return f"{100 * block['mean']:+.1f} [{_pc(block['ci95'][0])}, {_pc(block['ci95'][1])}]"
+    return f"{100 * block['mean']:+.1f} [{pc(block['ci95'][0])}, {pc(block['ci95'][1])}]"
 
 
 def preconditions_table(pre: dict[str, dict]) -> str:
@@ -413,7 +407,7 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
              at_error_text(results), "", results["setting"], "",
              "Learning rate: " + results["learning_rate_rule"]["rule"] + ". Grid (validation, "
              "control − base audio accuracy): " + ", ".join(
-                 f"{r}: {100 * g['difference']:+.1f} [{_pc(g['ci95'][0])}, {_pc(g['ci95'][1])}]"
+                 f"{r}: {100 * g['difference']:+.1f} [{pc(g['ci95'][0])}, {pc(g['ci95'][1])}]"
                  for r, g in results["learning_rate_rule"]["grid"].items()), ""]
     for table in results["summary"]:
         lines += [f"## Table ({table}): {table_title(table)}", "",
@@ -429,7 +423,7 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
             cells = [f"{s[k]:.4f}" if s.get(k) is not None else "n/a"
                      for k in ("mean_kl_correct", "mean_kl_incorrect", "kl_first_wrong_token")]
             lines.append(f"| {label(m)} | " + " | ".join(cells)
-                         + f" | {_pc(s['correct_share'])}% |")
+                         + f" | {pc(s['correct_share'])}% |")
         lines.append("")
     if results.get("loss_gradient_norms"):
         g = results["loss_gradient_norms"]
@@ -466,7 +460,7 @@ def readme_block(results: dict[str, Any], run_dir: str) -> str:
     lines = [verdict_block(results)]
     if bad:
         lines += ["**Preconditions not met: " + ", ".join(
-            f"{k} = {_value(pre[k]['value'])} ({pre[k]['bound']})" for k in bad)
+            f"{k} = {decimal(pre[k]['value'])} ({pre[k]['bound']})" for k in bad)
             + ".** The verdict is outside the paper's regime in these respects.", ""]
     else:
         held = ", ".join(f"{k} {pre[k]['value']:.2f}" for k in pre)
@@ -493,12 +487,10 @@ def wall_time(results: dict[str, Any]) -> str:
             "`cord demo --resume`")
 
 
-def _value(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cord.demo.claim_report DIR``: prints the README's demo block of a run."""
+    """``python -m cord.demo.claim.report DIR``: prints the README's demo block of a run."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

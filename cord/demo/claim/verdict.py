@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cord.demo.format import decimal
+
 DELTA = 0.15
 """δ: the paper's smallest CORD − FKL transfer margin (MMSU), 15 gap-reduction points."""
 RETENTION_MARGIN = 0.03
@@ -52,7 +54,7 @@ VERDICT_RULE = (
 VERDICTS = ("supported", "refuted", "inconclusive")
 
 
-def _ci(block: Mapping[str, Any]) -> tuple[float, float]:
+def _bounds(block: Mapping[str, Any]) -> tuple[float, float]:
     lo, hi = block["ci95"]
     return float(lo), float(hi)
 
@@ -73,7 +75,7 @@ def assess_power(paired: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[
     out = {}
     for axis, metric in AXES.items():
         control = CONTROLS[axis]
-        d_lo, d_hi = _ci(paired[BEST_IMITATION][metric])
+        d_lo, d_hi = _bounds(paired[BEST_IMITATION][metric])
         halfwidth = (d_hi - d_lo) / 2 if _known(d_lo) and _known(d_hi) else float("nan")
         block = paired.get(f"{control} - base", {}).get(metric)
         if block is None:
@@ -107,7 +109,7 @@ def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
         raise ValueError(f"the verdict needs the pairs {list(need)}; missing {missing}")
     failed = [k for k, p in (preconditions or {}).items() if not p["ok"]]
     if failed:
-        shown = ", ".join(f"{k} = {_value(preconditions[k]['value'])} (needs "
+        shown = ", ".join(f"{k} = {decimal(preconditions[k]['value'])} (needs "
                           f"{preconditions[k]['bound']})" for k in failed)
         return "inconclusive", f"precondition failed: {shown}"
     power = assess_power(paired) if power is None else power
@@ -124,13 +126,13 @@ def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
 
     worse = []
     for m in IMITATION:
-        lo, hi = _ci(paired[f"cord - {m}"]["retention"])
+        lo, hi = _bounds(paired[f"cord - {m}"]["retention"])
         if _known(hi) and hi < -RETENTION_MARGIN:
             worse.append(f"CORD − {m.upper()} on retention {_pts(lo, hi)}")
     held = []
     for x in powered:
-        d_lo, d_hi = _ci(paired[BEST_IMITATION][AXES[x]])
-        c_lo, c_hi = _ci(paired["cord - base"][AXES[x]])
+        d_lo, d_hi = _bounds(paired[BEST_IMITATION][AXES[x]])
+        c_lo, c_hi = _bounds(paired["cord - base"][AXES[x]])
         if d_lo > 0 and c_lo > 0:
             held.append(f"{AXIS_NAMES[x]}: CORD − max(SFT, FKL) {_pts(d_lo, d_hi)} and CORD − "
                         f"base {_pts(c_lo, c_hi)} both above 0")
@@ -138,16 +140,16 @@ def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
         return "supported", "; ".join(held) + "; retention not worse than SFT's or FKL's"
     if worse:
         return "refuted", "CORD retains worse than imitation: " + "; ".join(worse)
-    below = [x for x in powered if _ci(paired[BEST_IMITATION][AXES[x]])[1] < DELTA]
+    below = [x for x in powered if _bounds(paired[BEST_IMITATION][AXES[x]])[1] < DELTA]
     if len(below) == len(powered):
         shown = "; ".join(f"{AXIS_NAMES[x]}: CORD − max(SFT, FKL) "
-                          f"{_pts(*_ci(paired[BEST_IMITATION][AXES[x]]))}" for x in powered)
+                          f"{_pts(*_bounds(paired[BEST_IMITATION][AXES[x]]))}" for x in powered)
         return "refuted", (f"on every powered comparison the CI excludes a margin of "
                            f"{DELTA * 100:.0f} points: {shown}")
     reasons = []
     for x in powered:
-        d_lo, d_hi = _ci(paired[BEST_IMITATION][AXES[x]])
-        c_lo, c_hi = _ci(paired["cord - base"][AXES[x]])
+        d_lo, d_hi = _bounds(paired[BEST_IMITATION][AXES[x]])
+        c_lo, c_hi = _bounds(paired["cord - base"][AXES[x]])
         if d_lo > 0:
             reasons.append(f"CORD beats imitation on {AXIS_NAMES[x]} (CORD − max(SFT, FKL) "
                            f"{_pts(d_lo, d_hi)}) but does not itself close the gap (CORD − base "
@@ -169,8 +171,6 @@ def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
     return "inconclusive", "; ".join(reasons)
 
 
-def _value(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _halfwidth(h: float) -> str:

@@ -19,7 +19,7 @@ fresh questions it never saw, on which it is right only part of the time. Nothin
 into its answers: its errors are its own. With ``self_correction`` on, about 10% of the
 pre-training chains contain a wrong step followed by ``"no,"`` and the fix, so the teacher can
 recover from a wrong prefix, which gives reverse KL along wrong audio rollouts something to pull
-toward (:func:`cord.demo.claim_measure.recovery_rate` measures it).
+toward (:func:`cord.demo.claim.measure.recovery_rate` measures it).
 
 Every split is a set of distinct questions: no arithmetic question is in two of ``text_train``,
 ``pool``, ``val`` and ``eval``; no comparison in two of ``compare_train``, ``compare_val`` and
@@ -39,13 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cord.demo.gap_task import (
-    SAMPLING_RATE,
-    TRANSCRIBE_INSTRUCTION,
-    Batcher,
-    SlottedSpeech,
-    nll,
-)
+from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll
+from cord.demo.speech import SAMPLING_RATE, SlottedSpeech
 from cord.models.adapter import Qwen2AudioAdapter
 from cord.models.tiny import build_tiny_qwen2_audio
 

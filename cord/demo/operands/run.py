@@ -1,6 +1,6 @@
-"""``cord demo``: a fair test of CORD against the paper's baselines on a tiny audio LM, on a CPU.
+"""``cord demo --task operands``: CORD against the paper's baselines on a tiny audio LM, on a CPU.
 
-1. Builds the multi-step spoken arithmetic task of :mod:`cord.demo.gap_task` (eSpeak NG speech).
+1. Builds the spoken arithmetic task of :mod:`cord.demo.operands.data` (eSpeak NG speech).
 2. Pre-trains a tiny Qwen2-Audio-shaped model with much more text than spoken-QA supervision,
    which opens a gap in the paper's regime (audio at 40-85% of text accuracy). The base is
    cached per configuration and always read back from disk, so cold and warm runs agree.
@@ -12,7 +12,7 @@
    accuracy, retention (transcription, which post-training never targets) and transfer (a
    question form post-training never sees).
 5. Reports the paper's Table 1 and Table 3 with paired-bootstrap 95% confidence intervals,
-   training curves and the KL figures (:mod:`cord.demo.report`).
+   training curves and the KL figures (:mod:`cord.demo.operands.report`).
 
 Modes: ``--quick`` (the CI smoke test, one seed), the default (3 seeds), ``--full`` (the
 learning-rate grid, 5 seeds, the α = β sweep, and seed 0 of every method at 4x the steps),
@@ -33,15 +33,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cord.data.paired import write_paired
 from cord.demo import jobs as J
-from cord.demo import measure as M
 from cord.demo import posttrain as P
-from cord.demo import report as R
-from cord.demo.gap_task import QUICK, GapTaskConfig, default_cache_dir, pretrained_base
-from cord.demo.tasks import OperandsTask
+from cord.demo.base import pretrained_base
+from cord.demo.format import say
+from cord.demo.methods import DEFAULT_METHODS, METHODS
+from cord.demo.operands import measure as M
+from cord.demo.operands import report as R
+from cord.demo.operands.data import QUICK, GapTaskConfig
+from cord.demo.operands.task import OperandsTask
+from cord.demo.speech import default_cache_dir
 from cord.eval.analyze import analyze_rollouts, save_rollouts
 from cord.eval.stats import paired_bootstrap
 
@@ -60,13 +63,13 @@ def settings(mode: str) -> dict[str, Any]:
     if mode == "quick":
         return {"task": QUICK, "post": P.PostTrainConfig(max_steps=4, batch_size=8,
                                                          eval_every=2),
-                "seeds": (0,), "methods": P.DEFAULT_METHODS, "grid": False}
+                "seeds": (0,), "methods": DEFAULT_METHODS, "grid": False}
     if mode == "default":
         return {"task": GapTaskConfig(), "post": P.PostTrainConfig(), "seeds": (0, 1, 2),
-                "methods": P.DEFAULT_METHODS, "grid": False}
+                "methods": DEFAULT_METHODS, "grid": False}
     if mode == "full":
         return {"task": GapTaskConfig(), "post": P.PostTrainConfig(), "seeds": (0, 1, 2, 3, 4),
-                "methods": P.DEFAULT_METHODS + ("cord_ab3",), "grid": True}
+                "methods": DEFAULT_METHODS + ("cord_ab3",), "grid": True}
     if mode == "long":
         # The default comparison at LONG times the steps, the rule applied again at that budget
         # (rates chosen for 40 steps say nothing about 160). Table 1 and GRPO + OPD; 1e-3 is
@@ -77,10 +80,6 @@ def settings(mode: str) -> dict[str, Any]:
                 "seeds": (0, 1, 2), "methods": ("sft", "fkl", "grpo_opd", "cord"),
                 "grid": True, "rates": P.LEARNING_RATES[:3]}
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
-def _say(msg: str) -> None:
-    tqdm.write(msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,7 +113,7 @@ def _rates(mode, ctx: J.Context, methods, scratch: Path, workers: int, base_val)
             for m in methods for lr in rates]
 
     def done(job, r):
-        _say(f"  grid {job.method} lr {job.learning_rate:g}: validation text "
+        say(f"  grid {job.method} lr {job.learning_rate:g}: validation text "
              f"{100 * r['val']['text']:.1f}%, audio {100 * r['val']['audio']:.1f}%")
 
     results = J.run_jobs(ctx, jobs, workers=workers, on_done=done)
@@ -160,9 +159,9 @@ def run_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         raise ValueError("seeds must hold at least one seed")
     if rates_only and not cfg["grid"]:
         raise ValueError("rates_only needs mode='full' or 'long' (the modes that run the grid)")
-    bad = [m for m in methods if m not in P.METHODS]
+    bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {list(P.METHODS)}, got "
+        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
                          f"{list(methods)}")
     previous = torch.get_num_threads()
     if threads:
@@ -182,21 +181,21 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
 
-    _say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
+    say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
          "--cache-dir or the CORD_CACHE variable moves it)")
     splits = J.task_splits(OperandsTask(task), cache_dir)
     timings["speech"] = time.perf_counter() - t
-    _say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
+    say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
          f"spoken QA on {len(splits['audio_qa'])}; the other {len(splits['distill'])} are the "
          f"unlabelled pairs of post-training); {len(splits['val'])} validation, "
          f"{len(splits['eval'])} held-out and {len(splits['transfer'])} transfer questions")
 
     t = time.perf_counter()
-    base, base_path, source = pretrained_base(task, splits, cache_dir=cache_dir,
+    base, base_path, source = pretrained_base(OperandsTask(task), splits, cache_dir=cache_dir,
                                               progress=progress, refresh=refresh)
     timings["pretrain"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in base.model.parameters())
-    _say(f"base: {n_params / 1e3:.0f}k parameters, {source} ({base_path})")
+    say(f"base: {n_params / 1e3:.0f}k parameters, {source} ({base_path})")
     ctx = J.Context(OperandsTask(task), post, base_path, cache_dir)
 
     t = time.perf_counter()
@@ -215,11 +214,11 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     base_rollouts, base_kl = M.kl_profile(base, splits["eval"][: M.KL_ITEMS], post)
     curves_base = P.accuracies(base, splits["val"][: M.CURVE_ITEMS],
                                max_new_tokens=post.max_completion_length)
-    grad_norms = M.loss_gradient_norms(base, [{k: r[k] for k in ("id", "text", "audio")}
+    grad_norms = P.loss_gradient_norms(base, [{k: r[k] for k in ("id", "text", "audio")}
                                               for r in splits["distill"]], post)
     timings["base_eval"] = time.perf_counter() - t
     b = scores[BASE][0]
-    _say(f"base: text {100 * b['text']:.1f}%, audio {100 * b['audio']:.1f}%, mean audio rollout "
+    say(f"base: text {100 * b['text']:.1f}%, audio {100 * b['audio']:.1f}%, mean audio rollout "
          f"{base_kl['mean_length']:.1f} tokens (K = {post.top_k})")
 
     t = time.perf_counter()
@@ -235,17 +234,17 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
         # (First in the queue: the longest jobs, so no worker is left alone with one at the end.)
         jobs = [J.Job(m, first, rates[m], scratch / f"long-{m}", max_steps=LONG * post.max_steps,
                       curve=True, eval_every=post.max_steps // 2)
-                for m in P.DEFAULT_METHODS if m in methods] + jobs
+                for m in DEFAULT_METHODS if m in methods] + jobs
     count = [0]
 
     def done(job, r):
         count[0] += 1
-        head = f"[{count[0]}/{len(jobs)}] {P.METHODS[job.method].label[2:]}, seed {job.seed}"
+        head = f"[{count[0]}/{len(jobs)}] {METHODS[job.method].label[2:]}, seed {job.seed}"
         if job.max_steps is not None:
             head += f", {job.max_steps} steps"
         if "scores" in r:
             s = r["scores"]
-            _say(f"{head}: text {100 * s['text']:.1f}%, audio {100 * s['audio']:.1f}%, transfer "
+            say(f"{head}: text {100 * s['text']:.1f}%, audio {100 * s['audio']:.1f}%, transfer "
                  f"{100 * s['transfer']:.1f}%, retention {100 * s['retention']:.1f}%")
 
     results = J.run_jobs(ctx, jobs, workers=workers, on_done=done)

@@ -24,10 +24,8 @@ Splits (no question is in two of them; :func:`make_splits`):
 - ``transfer``: held-out questions in the last phrasing, which pre-training saw only as text
   and post-training never sees: does what post-training teaches carry to a new question form?
 
-Audio: each word is synthesised once, its silence trimmed, and placed in a fixed-length slot,
-so an utterance is a sequence of word slots (a simplification that lets a small encoder learn
-to hear in a couple of minutes on a CPU). Word clips are cached on disk; they are a pure
-function of the word and the eSpeak settings, so the cache never changes a result.
+Audio: word-slot speech of :mod:`cord.demo.speech`; pre-training batches and the base's
+lookup: :mod:`cord.demo.base`.
 """
 
 from __future__ import annotations
@@ -38,26 +36,20 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-from cord.data.paired import resample
-from cord.data.tts import get_engine
-from cord.models.adapter import PromptBatch, Qwen2AudioAdapter
+from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll
+from cord.models.adapter import Qwen2AudioAdapter
 from cord.models.tiny import build_tiny_qwen2_audio
-from cord_kernels import token_logprobs
 
 NUMBER_WORDS = "zero one two three four five six seven eight nine".split()
 OPERATIONS = {"plus": ("+", lambda a, b: a + b), "minus": ("-", lambda a, b: a - b)}
 TEMPLATES = ("{q}", "what is {q}", "compute {q}", "tell me {q}")
 """Question phrasings; the last one is the transfer form (text-only in pre-training)."""
-TRANSCRIBE_INSTRUCTION = "repeat"
-SAMPLING_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -204,72 +196,6 @@ def make_splits(config: GapTaskConfig) -> dict[str, list[dict[str, Any]]]:
 
 
 # --------------------------------------------------------------------------------------------
-# Speech
-# --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    from cord import settings
-
-    return settings.get().cache_dir / "demo"
-
-
-class SlottedSpeech:
-    """Utterances as fixed-length word slots of eSpeak NG speech at 16 kHz.
-
-    Each distinct word is synthesised once (eSpeak is deterministic), silence-trimmed and
-    zero-padded (or cut) to ``slot_seconds``; the clips are cached in ``cache_dir``.
-    """
-
-    def __init__(self, *, slot_seconds: float = 0.48, rate: int = 175,
-                 cache_dir: str | Path | None = None):
-        if slot_seconds <= 0:
-            raise ValueError(f"slot_seconds must be > 0, got {slot_seconds}")
-        self.slot = int(round(slot_seconds * SAMPLING_RATE))
-        self.rate = rate
-        self.cache_path = Path(cache_dir or default_cache_dir()) / (
-            f"words-espeak-r{rate}-s{self.slot}.npz")
-        self.clips: dict[str, np.ndarray] = {}
-        if self.cache_path.is_file():
-            with np.load(self.cache_path) as z:
-                self.clips = {k: z[k] for k in z.files}
-        self._engine = None
-
-    def _synthesize(self, word: str) -> np.ndarray:
-        if self._engine is None:
-            self._engine = get_engine("espeak", rate=self.rate)
-        wave = resample(self._engine.synthesize(word), self._engine.sample_rate, SAMPLING_RATE)
-        loud = np.nonzero(np.abs(wave) > 1e-3)[0]
-        if loud.size:
-            wave = wave[loud[0] : loud[-1] + 1]
-        wave = wave[: self.slot]
-        return np.pad(wave, (0, self.slot - wave.size)).astype(np.float32)
-
-    def prepare(self, words: Sequence[str]) -> None:
-        """Synthesises the missing words and saves the cache."""
-        missing = sorted({w for w in words if w not in self.clips})
-        if not missing:
-            return
-        for w in missing:
-            self.clips[w] = self._synthesize(w)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(self.cache_path, **self.clips)
-
-    def speak(self, text: str) -> np.ndarray:
-        """(len(words) * slot,) float32 at 16 kHz."""
-        words = text.split()
-        self.prepare(words)
-        return np.concatenate([self.clips[w] for w in words])
-
-
-def attach_audio(records: Sequence[dict], speech: SlottedSpeech) -> list[dict]:
-    """Copies of ``records`` with ``audio = {"array", "sampling_rate"}`` of their text."""
-    speech.prepare([w for r in records for w in r["text"].split()])
-    return [{**r, "audio": {"array": speech.speak(r["text"]), "sampling_rate": SAMPLING_RATE}}
-            for r in records]
-
-
-# --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
 
@@ -299,48 +225,6 @@ def build_gap_model(config: GapTaskConfig, *, seed: int | None = None) -> Qwen2A
 # --------------------------------------------------------------------------------------------
 # Pre-training: opens the gap
 # --------------------------------------------------------------------------------------------
-
-
-class Batcher:
-    """Prompt and completion tensors of one (split, modality, target) built once, sliced per
-    batch (the processor runs once per item, not once per step)."""
-
-    def __init__(self, adapter, records, modality: str, target: str, *,
-                 instruction: str | None = None):
-        self.n = len(records)
-        if modality == "audio":
-            if target == "transcript":
-                instruction = TRANSCRIBE_INSTRUCTION
-            self.prompts = adapter.audio_prompts(
-                [r["audio"]["array"] for r in records], sampling_rate=SAMPLING_RATE,
-                instruction=instruction)
-        else:
-            self.prompts = adapter.text_prompts([r["text"] for r in records])
-        tok = adapter.tokenizer
-        ids = [tok(r[target], add_special_tokens=False)["input_ids"] + [adapter.eos_token_ids[0]]
-               for r in records]
-        width = max(map(len, ids))
-        self.completion = torch.full((self.n, width), adapter.pad_token_id, dtype=torch.long)
-        self.mask = torch.zeros((self.n, width), dtype=torch.bool)
-        for i, row in enumerate(ids):
-            self.completion[i, : len(row)] = torch.tensor(row)
-            self.mask[i, : len(row)] = True
-
-    def batch(self, idx):
-        p = self.prompts
-        am = p.attention_mask[idx]
-        first = int((am.sum(0) > 0).nonzero()[0])  # drop columns that are padding in all rows
-        prompts = PromptBatch(p.input_ids[idx, first:], am[:, first:],
-                              {k: v[idx] for k, v in p.model_kwargs.items()})
-        cols = int(self.mask[idx].sum(-1).max())
-        return prompts, self.completion[idx, :cols], self.mask[idx, :cols]
-
-
-def nll(adapter, prompts, completion, mask):
-    """Mean over sequences of the summed negative log-likelihood of the completion tokens."""
-    logits = adapter.completion_logits(prompts, completion, mask)
-    lp = token_logprobs(logits, completion)
-    return -(lp * mask).sum(-1).mean()
 
 
 def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
@@ -386,42 +270,3 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
     return history
 
 
-def load_base(path: str | Path) -> Qwen2AudioAdapter:
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model.eval()
-    return Qwen2AudioAdapter(model, processor)
-
-
-SHIPPED_BASES = Path(__file__).with_name("bases")
-"""Pre-trained bases committed with the package, one folder per configuration key: the same
-weights on every machine, so the default demo needs no pre-training (``--refresh`` redoes it)."""
-
-
-def pretrained_base(config, splits, *, cache_dir: str | Path | None = None,
-                    progress: bool = True, refresh: bool = False, build=None, train=None):
-    """``(adapter, path, source)``: the pre-trained gap model of ``config``.
-
-    Looked up first among the :data:`SHIPPED_BASES`, then in ``cache_dir``; otherwise (or with
-    ``refresh``) pre-trained now (``build(config)`` then ``train(adapter, splits, config)``,
-    by default this task's :func:`build_gap_model` and :func:`pretrain`) and saved to
-    ``cache_dir``. Either way the model returned is the
-    one READ BACK from disk, so a cold run and a warm run start from bit-identical weights and
-    give the same tables. ``source`` says which: "shipped", "cached" or "pre-trained".
-    """
-    name = f"base-{config.key()}"
-    if not refresh:
-        for source, root in (("shipped", SHIPPED_BASES),
-                             ("cached", Path(cache_dir or default_cache_dir()))):
-            if (root / name / "pretrained.json").is_file():
-                return load_base(root / name), root / name, source
-    path = Path(cache_dir or default_cache_dir()) / name
-    adapter = (build or build_gap_model)(config)
-    history = (train or pretrain)(adapter, splits, config, progress=progress)
-    path.mkdir(parents=True, exist_ok=True)
-    adapter.model.save_pretrained(path)
-    adapter.processor.save_pretrained(path)
-    # written last: a folder without it (an interrupted save) is never used
-    (path / "pretrained.json").write_text(json.dumps(
-        {"key": config.key(), "config": asdict(config), "final_losses": history[-1]}, indent=1))
-    return load_base(path), path, "pre-trained"

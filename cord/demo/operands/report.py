@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cord.demo import posttrain as P
+from cord.demo.format import label, pc
+from cord.demo.methods import TABLE1, TABLE3
 
 BASE_TEXT_MIN = 0.85
 AUDIO_RATIO = (0.40, 0.85)
@@ -24,14 +26,10 @@ DEFINITIONS = (
 )
 
 
-def _pc(x: float | None, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{100 * x:.{digits}f}"
 
 
-def _ci(ci: list[float]) -> str:
-    return f"[{_pc(ci[0])}, {_pc(ci[1])}]"
+def _ci_text(ci: list[float]) -> str:
+    return f"[{pc(ci[0])}, {pc(ci[1])}]"
 
 
 def _reduction(row: dict[str, Any]) -> str:
@@ -39,11 +37,9 @@ def _reduction(row: dict[str, Any]) -> str:
     value = row["gap_reduction"]
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a (no gap on the base)"
-    return f"{_pc(value)} {_ci(row['gap_reduction_ci95'])}"
+    return f"{pc(value)} {_ci_text(row['gap_reduction_ci95'])}"
 
 
-def label(method: str) -> str:
-    return "Base" if method == "base" else P.METHODS[method].label
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,10 +145,10 @@ def table(results: dict[str, Any], rows: tuple[str, ...]) -> str:
         row = s[m]
         gap = ("—" if m == "base"
                else _reduction(row))
-        audio = _pc(row["audio"]) + (f" ± {_pc(row['audio_std'])}" if row.get("audio_std") else "")
+        audio = pc(row["audio"]) + (f" ± {pc(row['audio_std'])}" if row.get("audio_std") else "")
         lines.append("| " + " | ".join([
-            label(m), _pc(base_text), audio, _pc(base_text - row["audio"]), gap,
-            _pc(row["text_after"]), _pc(row["retention"]), _pc(row["transfer"]),
+            label(m), pc(base_text), audio, pc(base_text - row["audio"]), gap,
+            pc(row["text_after"]), pc(row["retention"]), pc(row["transfer"]),
             f"{row['generated_tokens']:,}" if m != "base" else "—"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -167,14 +163,14 @@ def budget_table(results: dict[str, Any]) -> str:
             f"gap reduction, {long_steps} steps [95% CI]", "text after", "retention",
             "transfer", "generated tokens"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| Base | {_pc(s['base']['audio'])} | {_pc(s['base']['audio'])} | — | "
-             f"{_pc(base_text)} | {_pc(s['base']['retention'])} | {_pc(s['base']['transfer'])}"
+             f"| Base | {pc(s['base']['audio'])} | {pc(s['base']['audio'])} | — | "
+             f"{pc(base_text)} | {pc(s['base']['retention'])} | {pc(s['base']['transfer'])}"
              " | — |"]
     for m, row in budget["methods"].items():
         lines.append("| " + " | ".join([
-            label(m), _pc(row["audio_default_budget"]), _pc(row["audio"]),
+            label(m), pc(row["audio_default_budget"]), pc(row["audio"]),
             _reduction(row),
-            _pc(row["text_after"]), _pc(row["retention"]), _pc(row["transfer"]),
+            pc(row["text_after"]), pc(row["retention"]), pc(row["transfer"]),
             f"{row['generated_tokens']:,}"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -186,14 +182,14 @@ def grid_table(results: dict[str, Any]) -> str:
     rates = sorted({float(r) for g in grid["grid"].values() for r in g})
     head = ["Method", *[f"lr {r:g}" for r in rates]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             f"| Base | {_pc(grid['base_val']['audio'])} / {_pc(grid['base_val']['text'])}"
+             f"| Base | {pc(grid['base_val']['audio'])} / {pc(grid['base_val']['text'])}"
              + " |" * len(rates)]
     for m, g in grid["grid"].items():
         chosen = grid["selected"][m]["rate"]
         cells = []
         for r in rates:
             acc = g.get(f"{r:g}")
-            cell = "-" if acc is None else f"{_pc(acc['audio'])} / {_pc(acc['text'])}"
+            cell = "-" if acc is None else f"{pc(acc['audio'])} / {pc(acc['text'])}"
             cells.append(f"**{cell}**" if acc is not None and r == chosen else cell)
         lines.append("| " + " | ".join([label(m), *cells]) + " |")
     return "\n".join(lines) + "\n"
@@ -203,7 +199,8 @@ def paired_table(results: dict[str, Any], paired: dict | None = None) -> str:
     lines = ["| difference in gap reduction | mean | 95% CI |", "|---|---|---|"]
     for pair, v in (results["paired"] if paired is None else paired).items():
         a, b = pair.split(" - ")
-        lines.append(f"| {label(a)[2:]} − {label(b)[2:]} | {_pc(v['mean'])} | {_ci(v['ci95'])} |")
+        lines.append(f"| {label(a)[2:]} − {label(b)[2:]} | {pc(v['mean'])} | "
+                     f"{_ci_text(v['ci95'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +303,7 @@ def console_summary(results: dict[str, Any]) -> str:
     if failed:
         parts.append("PRECONDITIONS NOT MET: " + ", ".join(failed) + " (see the table below)")
     parts += [preconditions_table(results), "Table 1 (the paper's baselines)",
-              table(results, P.TABLE1), "Table 3 (the ablation ladder)", table(results, P.TABLE3)]
+              table(results, TABLE1), "Table 3 (the ablation ladder)", table(results, TABLE3)]
     if results["paired"]:
         parts.append(paired_table(results))
     if results.get("budget"):
@@ -323,7 +320,7 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
                            plot_reductions(results, out / "gap_reduction.png"),
                            plot_long_runs(results, out / "long_runs.png")) if p]
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    tables = {"table1.md": table(results, P.TABLE1), "table3.md": table(results, P.TABLE3)}
+    tables = {"table1.md": table(results, TABLE1), "table3.md": table(results, TABLE3)}
     if results["mode"] == "full":
         tables["sweep.md"] = table(results, P.SWEEP)
     for name, text in tables.items():
@@ -352,8 +349,8 @@ def write_report(results: dict[str, Any], out: Path, command: str) -> None:
         "",
         DEFINITIONS,
         "",
-        "## Table 1: the paper's baselines", "", table(results, P.TABLE1),
-        "## Table 3: the ablation ladder", "", table(results, P.TABLE3),
+        "## Table 1: the paper's baselines", "", table(results, TABLE1),
+        "## Table 3: the ablation ladder", "", table(results, TABLE3),
     ]
     if "sweep.md" in tables:
         lines += ["## Figure 4: α = β", "", tables["sweep.md"]]

@@ -3,23 +3,15 @@ profile of its audio rollouts, and validation curves during training."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from cord.data.paired import collate_paired
-from cord.demo.gap_task import TRANSCRIBE_INSTRUCTION
-from cord.demo.posttrain import PostTrainConfig, accuracies, trainer_config
+from cord.demo.base import TRANSCRIBE_INSTRUCTION
+from cord.demo.posttrain import PostTrainConfig
 from cord.eval.analyze import rollout_kl
 from cord.eval.evaluate import evaluate, generate_answers
-from cord.rewards.judge import build_judge
-from cord.train.objectives import StepContext, compute_loss
-from cord.train.teacher import Teacher
 
 RETENTION_ITEMS = 100
 CURVE_ITEMS = 100
@@ -73,45 +65,3 @@ def kl_profile(adapter, records, post: PostTrainConfig, *, threshold: float | No
     }
 
 
-def curve_hook(curve: list, records, post: PostTrainConfig, every: int):
-    """An ``on_step_end`` hook appending validation accuracy every ``every`` steps and at the
-    last step to ``curve``."""
-    def hook(step: int, trainer) -> None:
-        if step % every and step != trainer.max_steps:
-            return
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model.eval()
-        acc = accuracies(trainer.adapter.with_model(model), records,
-                         max_new_tokens=post.max_completion_length)
-        model.train()
-        curve.append({"step": step, **acc})
-
-    return hook
-
-
-def loss_gradient_norms(base, records: Sequence[dict], post: PostTrainConfig, *,
-                        batches: int = 4, seed: int = 0) -> dict[str, float]:
-    """Mean gradient norm, on the base, of each part of CORD's loss over the same micro-batches:
-    the weighted L_tok (CORD), the uniform L_tok (OPD) and L_seq (GRPO). It tells which part
-    drives an update, and how much the top-K/position weights scale L_tok."""
-    model = copy.deepcopy(base.model)
-    adapter = base.with_model(model)
-    model.train()
-    # weighted L_tok alone is "cord" with no sequence term
-    parts = {"l_tok_cord": ("cord", {"cord_seq_weight": 0.0}), "l_tok_uniform": ("opd", {}),
-             "l_seq": ("grpo", {})}
-    norms: dict[str, list[float]] = {k: [] for k in parts}
-    judge = build_judge("match")
-    for name, (objective, overrides) in parts.items():
-        config = trainer_config("sft", post, learning_rate=1e-4, seed=seed, output_dir=Path("."))
-        config = replace(config, objective=objective, **overrides)
-        ctx = StepContext(adapter, Teacher("live", adapter), config, judge)
-        torch.manual_seed(seed)  # the same rollouts for every part
-        for i in range(batches):
-            chunk = records[i * post.batch_size : (i + 1) * post.batch_size]
-            batch = collate_paired(chunk)
-            model.zero_grad(set_to_none=True)
-            compute_loss(ctx, batch).loss.backward()
-            grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
-            norms[name].append(float(torch.linalg.vector_norm(torch.stack(grads))))
-    return {k: float(np.mean(v)) for k, v in norms.items()}
