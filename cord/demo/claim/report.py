@@ -368,6 +368,7 @@ def verdict_block(results: dict[str, Any]) -> str:
     """The rule first, then the verdict of the comparison with its reason, then the power."""
     lines = [f"**Verdict rule (fixed before any result).** {VERDICT_RULE}", ""]
     v, reason = results["verdict"].get("a"), results["verdict_reason"].get("a")
+    reason = reason[:1].upper() + reason[1:] if reason else ""  # it follows a full stop
     lines += [f"**Verdict: {v or 'n/a'}.** {reason}", ""]
     for table in results["verdict"]:
         if table != "a":
