@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -379,6 +380,10 @@ def _rates(row: dict, doc: dict, elt: int) -> dict:
 
 def cmd_measure(out: Path, step: str, dry_run: bool, budget_s: float) -> int:
     """Runs the rows ``cmd_init`` planned for ``step``, rewriting its file after every change."""
+    # A shell started in the background (nohup, `cmd &`, CI runners) starts its children with
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: timeout(1)'s SIGINT
+    # would be lost and its later SIGKILL would leave the file saying "running".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     doc = load(out, step) or _header(step, dry_run, RUNNING, "")
     doc["rows"] = [dict(r, status=NOT_REACHED, reason=f"{NOT_REACHED}: the step has not got "
                         "to this row yet") for r in plan(step, dry_run)]

@@ -45,6 +45,16 @@ def test_nothing_moved_is_never_refuted():
     assert "half-width" in reason and "in-domain" in reason and "transfer" in reason
 
 
+def test_a_table_without_its_controls_says_so():
+    """--full's extra table runs GRPO and the sweep beside SFT, FKL and CORD but no control:
+    no power, and the reason names the missing run instead of printing a NaN interval."""
+    paired = {k: v for k, v in _paired().items() if not k.startswith("sft_gold")}
+    v, reason = verdict(paired)
+    assert v == "inconclusive" and reason.startswith("no power")
+    assert "nan" not in reason and "sft_gold) was not run" in reason
+    assert "sft_gold_transfer) was not run" in reason
+
+
 def test_a_wide_ci_is_no_power_even_when_the_control_moves():
     wide = {**ZERO, "in_domain_gap_reduction": (-0.3, 0.3), "transfer_gap_reduction": (-0.4, 0.2)}
     power = assess_power(_paired(best=wide))

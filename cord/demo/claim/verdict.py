@@ -118,6 +118,10 @@ def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
         parts = []
         for x, p in power.items():
             lo, hi = p["control_minus_base"]["ci95"]
+            if not (_known(lo) and _known(hi)):  # a table without its control (--full's extra)
+                parts.append(f"{AXIS_NAMES[x]}: its control ({p['control']}) was not run with "
+                             "these methods")
+                continue
             floor = "≥ 15" if CONTROL_FLOOR[x] > 0 else "> 0"
             parts.append(f"{AXIS_NAMES[x]}: control ({p['control']}) − base {_pts(lo, hi)} "
                          f"(lower bound must be {floor}), CORD − max(SFT, FKL) half-width "
