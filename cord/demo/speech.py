@@ -25,6 +25,13 @@ def default_cache_dir() -> Path:
     return settings.get().cache_dir / "demo"
 
 
+def describe_cache(cache_dir: str | Path | None) -> str:
+    """The line each demo prints first: where its word clips and bases live, and how to move
+    them."""
+    return (f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained "
+            "bases; --cache-dir or the CORD_CACHE variable moves it)")
+
+
 class SlottedSpeech:
     """Utterances as fixed-length word slots of eSpeak NG speech at 16 kHz.
 

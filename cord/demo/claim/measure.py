@@ -152,21 +152,20 @@ def first_error_positions(adapter, responses: Sequence[str], records: Sequence[d
                           correct: Sequence[int]) -> list[int]:
     """For each WRONG answer, the index of its first token that differs from the right worked
     chain (tokenised as the model writes it)."""
-    out = []
+    return [k for _, _, k in _first_errors(adapter, responses, records, correct)]
+
+
+def _first_errors(adapter, responses, records, correct):
+    """``(record, gold ids, first differing index)`` of each WRONG answer."""
     for resp, rec, ok in zip(responses, records, correct):
         if ok:
             continue
         said = adapter.tokenizer(resp, add_special_tokens=False)["input_ids"]
         gold = adapter.tokenizer(rec["worked"], add_special_tokens=False)["input_ids"]
-        out.append(_first_difference(said, gold))
-    return out
-
-
-def _first_difference(said: Sequence[int], gold: Sequence[int]) -> int:
-    k = 0
-    while k < min(len(said), len(gold)) and said[k] == gold[k]:
-        k += 1
-    return k
+        k = 0
+        while k < min(len(said), len(gold)) and said[k] == gold[k]:
+            k += 1
+        yield rec, gold, k
 
 
 def teacher_at_error(adapter, responses: Sequence[str], records: Sequence[dict],
@@ -181,12 +180,7 @@ def teacher_at_error(adapter, responses: Sequence[str], records: Sequence[dict],
     the teacher tends to make the same mistakes). ``{value, operands, computation, n,
     n_operands, n_computation}``; a value is None without a case."""
     cases = []
-    for resp, rec, ok in zip(responses, records, correct):
-        if ok:
-            continue
-        said = adapter.tokenizer(resp, add_special_tokens=False)["input_ids"]
-        gold = adapter.tokenizer(rec["worked"], add_special_tokens=False)["input_ids"]
-        k = _first_difference(said, gold)
+    for rec, gold, k in _first_errors(adapter, responses, records, correct):
         if k >= len(gold):  # the whole gold chain was said: the error is after its end
             continue
         head = len(adapter.tokenizer(rec["worked"].split(" ", 1)[0],

@@ -50,7 +50,7 @@ from cord.demo.claim.task import ClaimTask
 from cord.demo.claim.verdict import CONTROLS, VERDICT_RULE
 from cord.demo.format import say
 from cord.demo.methods import METHODS
-from cord.demo.speech import SlottedSpeech, default_cache_dir
+from cord.demo.speech import SlottedSpeech, describe_cache
 from cord.eval.analyze import save_rollouts
 from cord.eval.stats import PairedItemBootstrap, ci95
 
@@ -253,8 +253,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
     say(f"verdict rule (fixed before any result): {VERDICT_RULE}")
-    say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
-         "--cache-dir or the CORD_CACHE variable moves it)")
+    say(describe_cache(cache_dir))
     claim = ClaimTask(task)
     splits = J.task_splits(claim, cache_dir)
     timings["speech"] = time.perf_counter() - t

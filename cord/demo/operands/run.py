@@ -44,7 +44,7 @@ from cord.demo.operands import measure as M
 from cord.demo.operands import report as R
 from cord.demo.operands.data import QUICK, GapTaskConfig
 from cord.demo.operands.task import OperandsTask
-from cord.demo.speech import default_cache_dir
+from cord.demo.speech import describe_cache
 from cord.eval.analyze import analyze_rollouts, save_rollouts
 from cord.eval.stats import paired_bootstrap
 
@@ -181,9 +181,9 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
 
-    say(f"cache: {Path(cache_dir or default_cache_dir())} (word clips and pre-trained bases; "
-         "--cache-dir or the CORD_CACHE variable moves it)")
-    splits = J.task_splits(OperandsTask(task), cache_dir)
+    say(describe_cache(cache_dir))
+    operands = OperandsTask(task)
+    splits = J.task_splits(operands, cache_dir)
     timings["speech"] = time.perf_counter() - t
     say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
          f"spoken QA on {len(splits['audio_qa'])}; the other {len(splits['distill'])} are the "
@@ -191,12 +191,12 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
          f"{len(splits['eval'])} held-out and {len(splits['transfer'])} transfer questions")
 
     t = time.perf_counter()
-    base, base_path, source = pretrained_base(OperandsTask(task), splits, cache_dir=cache_dir,
+    base, base_path, source = pretrained_base(operands, splits, cache_dir=cache_dir,
                                               progress=progress, refresh=refresh)
     timings["pretrain"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in base.model.parameters())
     say(f"base: {n_params / 1e3:.0f}k parameters, {source} ({base_path})")
-    ctx = J.Context(OperandsTask(task), post, base_path, cache_dir)
+    ctx = J.Context(operands, post, base_path, cache_dir)
 
     t = time.perf_counter()
     base_val = P.accuracies(base, splits["val"], max_new_tokens=post.max_completion_length)
