@@ -17,6 +17,8 @@ import importlib
 import re
 import sys
 
+from cord import __version__
+
 SUBCOMMANDS = {
     "train": ("cord.train.cli", "train a model with CORD or one of the paper's baselines"),
     "synth": ("cord.data.synth_cli", "synthesise the audio side of a paired dataset from its text"),
@@ -60,6 +62,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"cord {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,

@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import importlib.util
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -42,6 +45,30 @@ UNJUDGED_REWARDS = ("zero", "skip")
 TRAINABLE = ("all", "audio", "projector")
 #: Written by ``cord train`` next to the model it saves: what was trained (read by ``cord eval``).
 TRAINING_INFO_NAME = "training_info.json"
+
+#: ``eval_dataset`` that keeps back ``eval_holdout`` of the training records instead of a file.
+HOLDOUT = "holdout"
+#: ``collapse_guard``: what an evaluation does when the run has collapsed (cord.train.evaluation).
+COLLAPSE_GUARDS = ("warn", "stop", "off")
+#: The metrics an evaluation reports (cord.train.evaluation), and whether more is better: the
+#: values ``metric_for_best_model`` may name and ``greater_is_better``'s inferred default.
+EVAL_METRICS = {"eval_audio_accuracy": True, "eval_text_accuracy": True,
+                "eval_modality_gap": False, "eval_agreement": True, "eval_kl_mean": False}
+
+
+def kernel_default(name: str) -> int | float:
+    """A default of cord_kernels' loss options (``cord_kernels/core/options.py``, the module
+    ``LossOptions`` reads its defaults from), read from its source: importing it imports torch,
+    which this module must not (every config error answers before torch loads;
+    tests/test_config.py checks the value against the imported one)."""
+    spec = importlib.util.find_spec("cord_kernels")
+    source = Path(spec.origin).with_name("core") / "options.py"
+    for node in ast.parse(source.read_text()).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], "id", None) == name):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"cord_kernels/core/options.py defines no {name}")
+
 
 DEFAULT_REPHRASE_PROMPT = (
     "Rewrite the answer below so that it reads as an answer to a question that was heard, "
@@ -150,8 +177,9 @@ class CordConfig:
     system_prompt: str | None = model_option("system_prompt")
 
     # -- CORD token loss (paper eqs. 4-7) ----------------------------------------------------
-    cord_top_k: int = option(20, "number of highest-divergence tokens that get the extra "
-                             "weight alpha")
+    cord_top_k: int = option(kernel_default("TOP_K"), "number of highest-divergence tokens "
+                             "that get the extra weight alpha (0: none; cord_kernels' TOP_K by "
+                             "default)")
     cord_alpha: float = option(2.0, "weight of the top-K highest-divergence tokens (the "
                                "paper's alpha)")
     cord_position_beta: float = option(2.0, "weight of the first token, decaying linearly to 1 "
@@ -218,6 +246,35 @@ class CordConfig:
     max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
                                            "records are bad: a count (>= 1), a fraction (< 1) "
                                            "or None (no limit)")
+    # -- evaluation during training (TRL's names) --------------------------------------------
+    eval_dataset: str | None = option(None, 'held-out records scored during training: a paired '
+                                      'file or saved dataset folder like dataset, or "holdout" '
+                                      "(eval_holdout of the training records, never trained "
+                                      "on); None = no evaluation")
+    eval_holdout: float = option(0.1, 'share of the training records eval_dataset="holdout" '
+                                 "keeps back (seeded), in (0, 1)")
+    eval_steps: int = option(0, "evaluate every this many steps, and at step 0 and at the end "
+                             "(0 = off; needs eval_dataset)")
+    eval_max_samples: int | None = option(None, "score a fixed, seeded subset of this many "
+                                          "eval records at every evaluation (None = all)")
+    per_device_eval_batch_size: int = option(16, "eval prompts per generate call on each "
+                                             "process")
+    metric_for_best_model: str = option("eval_modality_gap", "the evaluation metric that picks "
+                                        "the best checkpoint: " + " | ".join(EVAL_METRICS),
+                                        choices=tuple(EVAL_METRICS))
+    greater_is_better: bool | None = option(None, "whether a larger metric_for_best_model is "
+                                            "better; None = the metric's own sense (gap and KL: "
+                                            "smaller, accuracies and agreement: larger)")
+    load_best_model_at_end: bool = option(False, "output_dir/final holds the best evaluated "
+                                          "weights (its training_info.json names the step), "
+                                          "not the last; needs eval_steps")
+    collapse_guard: str | None = option(None, 'when an evaluation finds the run collapsed: '
+                                        '"warn" (one line), "stop" (checkpoint, exit 76) or '
+                                        '"off"; None = warn when evaluation is on',
+                                        choices=COLLAPSE_GUARDS)
+    collapse_text_drop: float = option(10.0, "collapsed: text or audio accuracy more than this "
+                                       "many points below step 0's")
+
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
                                   default_factory=lambda: ["tensorboard"], choices=REPORT_TO)
     disable_tqdm: bool = option(False, "hide the progress bar")
@@ -233,15 +290,20 @@ class CordConfig:
     def _validate(self) -> None:
         for f in dataclasses.fields(self):  # the choices declared with each option
             choices, value = f.metadata["choices"], getattr(self, f.name)
-            for item in (value if isinstance(value, list) else [value]):
-                if choices is not None and item is not None and item not in choices:
-                    raise ValueError(f"{f.name} must be one of {list(choices)}, got {item!r}")
+            if choices is None or value is None:
+                continue
+            items = [choice_of(f.name, item, choices)
+                     for item in (value if isinstance(value, list) else [value])]
+            setattr(self, f.name, items if isinstance(value, list) else items[0])
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
                      "num_generations", "max_completion_length", "logging_steps",
-                     "cord_top_k", "dataset_size"):
+                     "dataset_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cord_top_k < 0:  # LossOptions' rule (cord_kernels.core.options.check_top_k)
+            raise ValueError(f"cord_top_k must be >= 0, got {self.cord_top_k}")
         for name in ("save_steps", "warmup_steps", "weight_decay", "max_grad_norm",
+                     "eval_steps", "collapse_text_drop",
                      "temperature", "reference_temperature", "cord_seq_weight", "num_train_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -266,6 +328,18 @@ class CordConfig:
         if self.objective == "grpo_opd" and self.cord_seq_weight == 0:
             raise ValueError("cord_seq_weight must be > 0 for objective='grpo_opd' (L_tok + w * "
                              "L_seq); without L_seq use objective='opd'")
+        if not 0.0 < self.eval_holdout < 1.0:
+            raise ValueError(f"eval_holdout must be in (0, 1), got {self.eval_holdout}")
+        if self.eval_max_samples is not None and self.eval_max_samples < 1:
+            raise ValueError(f"eval_max_samples must be >= 1 or None, got "
+                             f"{self.eval_max_samples}")
+        if self.eval_steps and self.eval_dataset is None:
+            raise ValueError('eval_steps needs eval_dataset (a paired file or "holdout")')
+        if self.load_best_model_at_end and not self.eval_steps:
+            raise ValueError("load_best_model_at_end needs eval_steps (and eval_dataset)")
+        if self.collapse_guard in ("warn", "stop") and not self.eval_steps:
+            raise ValueError(f"collapse_guard={self.collapse_guard!r} needs eval_steps (the "
+                             "guard reads the evaluations)")
         if "{answer}" not in self.alarm_rephrase_prompt:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
@@ -316,10 +390,22 @@ class CordConfig:
         saved config stays loadable on another machine)."""
         if model:
             check_model(self.model)
-        if dataset and self.dataset not in SYNTHETIC_DATASETS and not Path(self.dataset).exists():
-            raise ValueError(
-                f"dataset {self.dataset!r} does not exist: pass an existing .jsonl/.json/.csv/"
-                f".parquet file or saved dataset folder, or one of {list(SYNTHETIC_DATASETS)}")
+            folder = Path(self.model)
+            if self.model != "tiny" and folder.is_dir() and not (folder / "config.json").is_file():
+                raise ValueError(f"model {self.model!r} holds no config.json: pass a saved "
+                                 "model folder (save_pretrained), model=tiny or a hub id")
+        if dataset and self.dataset not in SYNTHETIC_DATASETS:
+            check_data_path("dataset", self.dataset)
+        if dataset and self.eval_dataset not in (None, HOLDOUT):
+            check_data_path("eval_dataset", self.eval_dataset)
+
+    @property
+    def guard(self) -> str:
+        """The collapse guard in force: ``collapse_guard``, or for None "warn" when evaluation
+        is on and "off" when it is not."""
+        if self.collapse_guard is not None:
+            return self.collapse_guard
+        return "warn" if self.eval_steps else "off"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -329,6 +415,19 @@ class CordConfig:
 
     def replace(self, **changes: Any) -> CordConfig:
         return dataclasses.replace(self, **changes)
+
+
+def choice_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` as one of ``choices``: itself, or the one choice it spells in another case
+    (``objective=CORD``); otherwise a ValueError naming ``name``, with a "did you mean"."""
+    if value in choices:
+        return value
+    folded = [c for c in choices if isinstance(value, str) and c.lower() == value.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    close = difflib.get_close_matches(str(value).lower(), list(choices), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}{hint}")
 
 
 def hparams(config: CordConfig) -> dict[str, Any]:
@@ -344,6 +443,25 @@ def hparams(config: CordConfig) -> dict[str, Any]:
         elif value is not None:
             out[f.name] = str(value)
     return out
+
+
+def check_data_path(name: str, value: str) -> None:
+    """A ValueError naming ``name`` when ``value`` is no dataset file or folder: missing, an
+    empty folder or one this process cannot read (checked before anything loads)."""
+    path = Path(value)
+    fix = ("pass an existing .jsonl/.json/.csv/.parquet file or saved dataset folder"
+           + (f", or one of {list(SYNTHETIC_DATASETS)}" if name == "dataset" else ""))
+    if not path.exists():
+        raise ValueError(f"{name} {value!r} does not exist: {fix}")
+    if path.is_dir():
+        try:
+            empty = not any(path.iterdir())
+        except OSError as err:
+            raise ValueError(f"{name} {value!r} cannot be read ({err.strerror}): {fix}") from None
+        if empty:
+            raise ValueError(f"{name} {value!r} is an empty folder: {fix}")
+    elif not os.access(path, os.R_OK):
+        raise ValueError(f"{name} {value!r} cannot be read (permission denied): {fix}")
 
 
 def type_name(hint: Any) -> str:
