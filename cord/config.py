@@ -46,6 +46,8 @@ TRAINABLE = ("all", "audio", "projector")
 #: Written by ``cord train`` next to the model it saves: what was trained (read by ``cord eval``).
 TRAINING_INFO_NAME = "training_info.json"
 
+#: The files ``datasets``' ``save_to_disk`` writes into a Dataset / DatasetDict folder.
+SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
 #: ``eval_dataset`` that keeps back ``eval_holdout`` of the training records instead of a file.
 HOLDOUT = "holdout"
 #: ``collapse_guard``: what an evaluation does when the run has collapsed (cord.train.evaluation).
@@ -460,6 +462,10 @@ def check_data_path(name: str, value: str) -> None:
             raise ValueError(f"{name} {value!r} cannot be read ({err.strerror}): {fix}") from None
         if empty:
             raise ValueError(f"{name} {value!r} is an empty folder: {fix}")
+        if not any((path / marker).is_file() for marker in SAVED_DATASET_FILES):
+            raise ValueError(f"{name} {value!r} is not a saved dataset folder (no "
+                             f"{' or '.join(SAVED_DATASET_FILES)}, which datasets' save_to_disk "
+                             f"writes): {fix}")
     elif not os.access(path, os.R_OK):
         raise ValueError(f"{name} {value!r} cannot be read (permission denied): {fix}")
 
