@@ -220,8 +220,8 @@ class Evaluator:
         return lines
 
     def plot(self, path: Path) -> Path | None:
-        """``eval_curve.png``: audio, text accuracy and agreement against the step (main
-        process only)."""
+        """``eval_curve.png``: audio, text accuracy and agreement against the step, with the
+        guard's thresholds and the best step (main process only)."""
         if not self.history or not self.acc.is_main_process:
             return None
         import matplotlib
@@ -231,13 +231,14 @@ class Evaluator:
 
         steps = [r["step"] for r in self.history]
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-        for key, label in (("eval_text_accuracy", "text (teacher)"),
-                           ("eval_audio_accuracy", "audio"),
-                           ("eval_agreement", "audio-text agreement")):
-            ax.plot(steps, [100 * r[key] for r in self.history], marker="o", ms=3, label=label)
-        base = 100 * self.history[0]["eval_text_accuracy"]
-        ax.axhline(base - self.config.collapse_text_drop, ls=":", c="grey",
-                   label="text collapse threshold")
+        for key, label, color in (("eval_text_accuracy", "text (teacher)", "C0"),
+                                  ("eval_audio_accuracy", "audio", "C1"),
+                                  ("eval_agreement", "audio-text agreement", "C2")):
+            ax.plot(steps, [100 * r[key] for r in self.history], marker="o", ms=3, c=color,
+                    label=label)
+            if key in GUARDED and self.config.guard != "off":  # the guard's thresholds
+                ax.axhline(100 * self.history[0][key] - self.config.collapse_text_drop, ls=":",
+                           c=color, lw=1, label=f"{label.split()[0]} collapse threshold")
         if self.best is not None:
             ax.axvline(self.best["step"], ls="--", c="k", lw=0.8,
                        label=f"best ({self.best['metric']})")
