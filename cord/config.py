@@ -12,12 +12,8 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import importlib.util
-import os
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +22,14 @@ from typing import Any
 
 import yaml
 
+from cord.config_values import (
+    check_data_path,
+    choice_of,
+    coerce,
+    kernel_default,
+    named_value,
+    parse_overrides,
+)
 from cord.data.records import ON_BAD_RECORD
 from cord.models.options import MODEL_OPTIONS, check_model
 
@@ -46,8 +50,6 @@ TRAINABLE = ("all", "audio", "projector")
 #: Written by ``cord train`` next to the model it saves: what was trained (read by ``cord eval``).
 TRAINING_INFO_NAME = "training_info.json"
 
-#: The files ``datasets``' ``save_to_disk`` writes into a Dataset / DatasetDict folder.
-SAVED_DATASET_FILES = ("state.json", "dataset_dict.json")
 #: ``eval_dataset`` that keeps back ``eval_holdout`` of the training records instead of a file.
 HOLDOUT = "holdout"
 #: ``collapse_guard``: what an evaluation does when the run has collapsed (cord.train.evaluation).
@@ -56,20 +58,6 @@ COLLAPSE_GUARDS = ("warn", "stop", "off")
 #: values ``metric_for_best_model`` may name and ``greater_is_better``'s inferred default.
 EVAL_METRICS = {"eval_audio_accuracy": True, "eval_text_accuracy": True,
                 "eval_modality_gap": False, "eval_agreement": True, "eval_kl_mean": False}
-
-
-def kernel_default(name: str) -> int | float:
-    """A default of cord_kernels' loss options (``cord_kernels/core/options.py``, the module
-    ``LossOptions`` reads its defaults from), read from its source: importing it imports torch,
-    which this module must not (every config error answers before torch loads;
-    tests/test_config.py checks the value against the imported one)."""
-    spec = importlib.util.find_spec("cord_kernels")
-    source = Path(spec.origin).with_name("core") / "options.py"
-    for node in ast.parse(source.read_text()).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], "id", None) == name):
-            return ast.literal_eval(node.value)
-    raise LookupError(f"cord_kernels/core/options.py defines no {name}")
 
 
 DEFAULT_REPHRASE_PROMPT = (
@@ -284,12 +272,15 @@ class CordConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self._validate()
 
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> None:
+        self.model = named_value(self.model, ("tiny",))
+        self.dataset = named_value(self.dataset, SYNTHETIC_DATASETS)
+        self.eval_dataset = named_value(self.eval_dataset, (HOLDOUT,))
         for f in dataclasses.fields(self):  # the choices declared with each option
             choices, value = f.metadata["choices"], getattr(self, f.name)
             if choices is None or value is None:
@@ -397,7 +388,7 @@ class CordConfig:
                 raise ValueError(f"model {self.model!r} holds no config.json: pass a saved "
                                  "model folder (save_pretrained), model=tiny or a hub id")
         if dataset and self.dataset not in SYNTHETIC_DATASETS:
-            check_data_path("dataset", self.dataset)
+            check_data_path("dataset", self.dataset, SYNTHETIC_DATASETS)
         if dataset and self.eval_dataset not in (None, HOLDOUT):
             check_data_path("eval_dataset", self.eval_dataset)
 
@@ -419,19 +410,6 @@ class CordConfig:
         return dataclasses.replace(self, **changes)
 
 
-def choice_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """``value`` as one of ``choices``: itself, or the one choice it spells in another case
-    (``objective=CORD``); otherwise a ValueError naming ``name``, with a "did you mean"."""
-    if value in choices:
-        return value
-    folded = [c for c in choices if isinstance(value, str) and c.lower() == value.lower()]
-    if len(folded) == 1:
-        return folded[0]
-    close = difflib.get_close_matches(str(value).lower(), list(choices), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}{hint}")
-
-
 def hparams(config: CordConfig) -> dict[str, Any]:
     """The config as TensorBoard hparams: scalars and strings, without the options marked
     ``hparam=False`` (long free text)."""
@@ -445,29 +423,6 @@ def hparams(config: CordConfig) -> dict[str, Any]:
         elif value is not None:
             out[f.name] = str(value)
     return out
-
-
-def check_data_path(name: str, value: str) -> None:
-    """A ValueError naming ``name`` when ``value`` is no dataset file or folder: missing, an
-    empty folder or one this process cannot read (checked before anything loads)."""
-    path = Path(value)
-    fix = ("pass an existing .jsonl/.json/.csv/.parquet file or saved dataset folder"
-           + (f", or one of {list(SYNTHETIC_DATASETS)}" if name == "dataset" else ""))
-    if not path.exists():
-        raise ValueError(f"{name} {value!r} does not exist: {fix}")
-    if path.is_dir():
-        try:
-            empty = not any(path.iterdir())
-        except OSError as err:
-            raise ValueError(f"{name} {value!r} cannot be read ({err.strerror}): {fix}") from None
-        if empty:
-            raise ValueError(f"{name} {value!r} is an empty folder: {fix}")
-        if not any((path / marker).is_file() for marker in SAVED_DATASET_FILES):
-            raise ValueError(f"{name} {value!r} is not a saved dataset folder (no "
-                             f"{' or '.join(SAVED_DATASET_FILES)}, which datasets' save_to_disk "
-                             f"writes): {fix}")
-    elif not os.access(path, os.R_OK):
-        raise ValueError(f"{name} {value!r} cannot be read (permission denied): {fix}")
 
 
 def type_name(hint: Any) -> str:
@@ -500,62 +455,3 @@ def options_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars/lists)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"overrides must look like key=value, got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        out[key.strip()] = value
-    return out
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Checks (and mildly converts: int -> float, "1e-5" -> float, str -> [str]) one value."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{name} must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(name, v, item) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise TypeError(f"{name} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise TypeError(f"{name} must be a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be a string, got {value!r}")
-        return value
-    return value

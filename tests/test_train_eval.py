@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from cord.train.trainer import CordTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+ROOT = Path(__file__).resolve().parents[1]
 EVAL_KEYS = {"eval_audio_accuracy", "eval_text_accuracy", "eval_modality_gap",
              "eval_agreement", "eval_kl_mean", "eval_seconds", "eval_samples"}
 QUESTIONS = [(1, 2), (3, 4), (5, 1), (2, 2), (6, 3), (8, 1), (4, 4), (7, 2)]
@@ -156,3 +158,41 @@ def test_agreement_compares_the_audio_answer_with_the_text_answer():
     assert agrees(item)
     assert not agrees({**item, "audio_response": "13"})
     assert not agrees({**item, "text_response": "no idea"})
+
+
+@pytest.mark.parametrize("distributed", ["accelerate", "fsdp2"])
+def test_two_processes_evaluate_like_one(tmp_path, distributed):
+    # Sharded evaluation (3 items over 2 processes: one padded) gives the rows of one process
+    # with the same global batch, under DDP and under FSDP2 (whose forwards are collective).
+    import soundfile as sf
+    from helpers import launch_cpu_train
+
+    from cord.data.synthetic import tone_audio
+
+    for name, items in (("train", QUESTIONS[:4]), ("eval", QUESTIONS[4:7])):
+        lines = []
+        for a, b in items:
+            text = f"What is {a} + {b}?"
+            sf.write(tmp_path / f"{name}{a}{b}.wav", tone_audio(text, 16000), 16000,
+                     subtype="FLOAT")
+            lines.append(json.dumps({"id": f"{name}{a}{b}", "text": text,
+                                     "audio": f"{name}{a}{b}.wav", "answer": str(a + b)}))
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    options = [f"dataset={tmp_path / 'train.jsonl'}", f"eval_dataset={tmp_path / 'eval.jsonl'}",
+               "eval_steps=1", "max_steps=1", "objective=cord", "cord_seq_weight=0",
+               "judge=none", "temperature=0", "max_completion_length=4", "learning_rate=1e-3",
+               "report_to=none", "save_steps=0", "disable_tqdm=true", "seed=0",
+               "per_device_eval_batch_size=1", f"distributed={distributed}"]
+    proc = launch_cpu_train(ROOT, tmp_path, [f"output_dir={tmp_path / 'two'}",
+                                             "per_device_train_batch_size=1", *options])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one = CordConfig.from_yaml(None, [f"output_dir={tmp_path / 'one'}",
+                                      "per_device_train_batch_size=2", *options])
+    CordTrainer(one).train()
+    two, one = eval_rows(tmp_path / "two"), eval_rows(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [0, 1]
+    for a, b in zip(one, two):
+        assert a["eval_samples"] == b["eval_samples"] == 3
+        for key in ("eval_audio_accuracy", "eval_text_accuracy", "eval_agreement"):
+            assert a[key] == b[key], key
+        assert a["eval_kl_mean"] == pytest.approx(b["eval_kl_mean"], rel=1e-3)

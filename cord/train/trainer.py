@@ -219,9 +219,8 @@ class CordTrainer:
             cfg, sr, report=acc.print, write_bad_records=acc.is_main_process, audio_limit=limit))
         if len(self.train_dataset) == 0:
             raise ValueError("train_dataset is empty")
-        # Evaluation during training (cord.train.evaluation): a holdout leaves the training set.
-        self.train_dataset, eval_records = split_eval(cfg, self.train_dataset, sampling_rate=sr,
-                                                      audio_limit=limit)
+        self.train_dataset, eval_records = split_eval(  # a holdout leaves the training set
+            cfg, self.train_dataset, sampling_rate=sr, audio_limit=limit)
         self.evaluator = None if eval_records is None else Evaluator(cfg, eval_records, acc)
 
         self.trainable = trainable_group(cfg)
