@@ -265,7 +265,8 @@ def evaluate_step(trainer, step: int, bar) -> bool:
     ev, cfg = trainer.evaluator, trainer.config
     trainer.model.eval()
     try:
-        row = ev.evaluate(trainer.adapter, step)
+        with trainer.accelerator.autocast():  # the precision the rollouts run at
+            row = ev.evaluate(trainer.adapter, step)
     finally:
         trainer.model.train()
     best = ev.is_best(row)
