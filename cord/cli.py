@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     debug = "--debug" in argv
+    if command is not None and command not in SUBCOMMANDS and not debug:
+        # argparse's "invalid choice" lists the commands but suggests none
+        print(f"cord: error: unknown command {command!r}{_did_you_mean(command, set(SUBCOMMANDS))}"
+              f"; `cord --help` lists the commands", file=sys.stderr)
+        return 2
     try:
         parser = build_parser(command if command in SUBCOMMANDS else None)
         if command in SUBCOMMANDS:

@@ -382,6 +382,9 @@ class CordConfig:
         that does not exist (checked before anything is built, not in ``__post_init__``: a
         saved config stays loadable on another machine)."""
         if model:
+            if self.model != "tiny" and not Path(self.model).exists() and difflib.get_close_matches(
+                    self.model.lower(), ["tiny"], n=1):
+                raise ValueError(f"model {self.model!r} does not exist (did you mean 'tiny'?)")
             check_model(self.model)
             folder = Path(self.model)
             if self.model != "tiny" and folder.is_dir() and not (folder / "config.json").is_file():

@@ -68,6 +68,7 @@ def folders(tmp_path):
      "(did you mean 'eval_modality_gap'?)"),
     (["lr_scheduler_type=cosin"], "(did you mean 'cosine'?)"),
     (["report_to=[tensorbord]"], "(did you mean 'tensorboard'?)"),
+    (["dataset=arithmetc"], "dataset 'arithmetc' does not exist (did you mean 'arithmetic'?)"),
     (["eval_steps=5"], 'eval_steps needs eval_dataset (a paired file or "holdout")'),
     (["cord_top_k=-1"], "cord_top_k must be >= 0, got -1"),
 ])
@@ -80,11 +81,24 @@ def test_each_probe_is_one_line_naming_the_argument_before_torch(folders, argv, 
     assert seconds < 10  # 0.45-0.62 s on a loaded 2-core machine; generous for CI
 
 
+def test_a_mistyped_command_gets_a_suggestion():
+    code, out, err, seconds = cord_cli("trian", "max_steps=1")
+    assert code == 2 and err.strip() == ("cord: error: unknown command 'trian' (did you mean "
+                                         "train?); `cord --help` lists the commands")
+    code, out, err, seconds = cord_cli("train", "model=tinyy")
+    assert code == 2 and "model 'tinyy' does not exist (did you mean 'tiny'?)" in err
+
+
 def test_names_are_case_insensitive_where_unambiguous():
     cfg = CordConfig(objective="CORD", teacher="EMA", collapse_guard="Stop", eval_steps=1,
                      eval_dataset="holdout", report_to=["TensorBoard"])
     assert (cfg.objective, cfg.teacher, cfg.collapse_guard, cfg.report_to) == (
         "cord", "ema", "stop", ["tensorboard"])
+    cfg = CordConfig(model="Tiny", dataset="Arithmetic", eval_dataset="HOLDOUT", eval_steps=1)
+    assert (cfg.model, cfg.dataset, cfg.eval_dataset) == ("tiny", "arithmetic", "holdout")
+    with pytest.raises(TypeError, match=r"bf16 must be true or false, got 'ture' \(did you mean "
+                                        r"true\?\)"):
+        CordConfig(bf16="ture")
 
 
 def test_version():
