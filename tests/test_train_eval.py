@@ -90,6 +90,10 @@ def test_the_holdout_is_never_trained_on_and_the_subset_is_fixed(tmp_path):
     plain = records()
     off = config(tmp_path, eval_steps=0, eval_dataset=None)
     assert split_eval(off, plain, sampling_rate=16_000) == (plain, None)
+    unanswered = tone_records([f"say {i}" for i in range(8)])
+    with pytest.raises(ValueError, match="eval_dataset=holdout: record 0 needs a non-empty "
+                                         "'answer'"):
+        split_eval(cfg, unanswered, sampling_rate=16_000)
 
 
 class _Stop(Exception):

@@ -46,7 +46,13 @@ from accelerate.utils import gather_object
 
 import cord_kernels
 from cord.config import EVAL_METRICS, HOLDOUT, CordConfig
-from cord.eval.evaluate import evaluate, load_items, prompts_of, score_response
+from cord.eval.evaluate import (
+    evaluate,
+    load_items,
+    normalize_record,
+    prompts_of,
+    score_response,
+)
 from cord.rewards.answers import extract_choice, extract_math_answer
 
 #: ``cord train`` stopped by ``collapse_guard=stop`` after saving a checkpoint (sysexits' 76 is
@@ -88,6 +94,11 @@ def split_eval(config: CordConfig, train_records, *, sampling_rate: int, audio_l
         eval_records = [eval_records[i] for i in sorted(keep)]
     if not eval_records:
         raise ValueError(f"eval_dataset {config.eval_dataset!r} holds no records")
+    for i, record in enumerate(eval_records):  # scoring needs an answer: say so before step 1
+        try:
+            normalize_record(record, i)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"eval_dataset={config.eval_dataset}: {err}") from None
     return train_records, eval_records
 
 
