@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from bench import floors
 from bench.measure import device_peaks, floor_bytes, gemm_flops, machine_line
 
 PEER_ROLES = ("naive", "peer")
@@ -584,7 +585,10 @@ def docs_blocks(results_json: Path = DOCS_RESULTS,
     for loss in dict.fromkeys(r["loss"] for r in fused):
         perf += [f"`{loss}`", "", *_fused_table(loss, fused, rec.config.on_cuda), ""]
         perf += _fused_summary(loss, fused)
+    h200 = floors.recompute()
     return {("performance.md", "perf-tables"): "\n".join(perf).rstrip("\n") + "\n",
+            ("performance.md", "perf-gpu-h200"): floors.headline_text(h200) + "\n"
+            + floors.markdown(h200),
             ("performance.md", "perf-sparse"):
                 "\n".join([_measured_on(sparse_data), "", *_headline(sparse.rows)]),
             ("verification.md", "gpu-build"): "\n".join(_static_table(rec)) + "\n"}

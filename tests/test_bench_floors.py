@@ -107,3 +107,23 @@ def test_the_committed_h200_numbers_on_the_valid_rows():
     assert {(r["beta"], r["backend"]) for r in drop_in} == {(b, k) for b in (1.0, 0.5)
                                                           for k in ("trl", "cord_kernels")}
     assert next(r for r in drop_in if r["backend"] == "trl")["x_trl"] == 1.0
+
+
+def test_the_docs_prose_quotes_the_recomputed_numbers():
+    """README.md and docs/performance.md's prose quote numbers of the generated block: each
+    is the recomputation's (python -m bench.floors), never typed in on its own."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    h = floors.headline(floors.recompute())
+    timed = floors.find(floors.recompute(), "fused_linear_cord_token_loss")[
+        "pct_timed_valid_gemms"]
+    cord, fused = h["cord_token_loss"], h["fused_linear_cord_token_loss"]
+    readme = " ".join((root / "README.md").read_text().split())
+    assert (f"CORD loss runs at {cord[0]}% of the memory floor of the rows it must compute "
+            f"({cord[1]}% if") in readme
+    assert f"at {fused[0]}% of its 4-GEMM floor on the rows it projects ({fused[1]}%" in readme
+    page = " ".join((root / "docs" / "performance.md").read_text().split())
+    assert f"that is {cord[0]}%, not the {cord[1]}%" in page
+    assert (f"loss is {fused[0]}% of the 4 GEMMs on the rows it projects ({timed:.1f}% of the "
+            f"same GEMMs timed there), not {fused[1]}%") in page
