@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import time
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,7 @@ import torch
 
 from bench.floors import floor_columns
 from bench.gpu.files import NOT_REACHED, RUNNING, load, now, save
+from bench.measure import copy_gb_s, gemm_tflops, median_seconds
 
 QWEN2_VOCAB, QWEN2_AUDIO_VOCAB, QWEN2_7B_HIDDEN = 151_936, 152_064, 3584
 
@@ -48,38 +48,6 @@ class Budget:
 
     def left(self) -> float:
         return self.end - time.monotonic()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device: torch.device, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def copy_gb_s(device: torch.device, nbytes: int) -> float:
-    """Device copy bandwidth (read + write bytes per second) of one large bf16 copy."""
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    return 2 * nbytes / median_seconds(lambda: dst.copy_(src), device, 10) / 1e9
-
-
-def gemm_tflops(device: torch.device, n: int, h: int, v: int, dtype: torch.dtype) -> float:
-    """``torch.mm``'s rate on an (n, h) x (h, v) product."""
-    a = torch.randn(n, h, device=device, dtype=dtype)
-    b = torch.randn(h, v, device=device, dtype=dtype)
-    torch.mm(a, b)
-    return 2 * n * h * v / median_seconds(lambda: torch.mm(a, b), device, 5) / 1e12
 
 
 class Runner(Protocol):

@@ -23,7 +23,8 @@ from collections import Counter
 import torch
 
 from bench.floors import gemm_floor_flops, pct
-from bench.gpu.timing import QWEN2_VOCAB, gemm_tflops, median_seconds, sync
+from bench.gpu.timing import QWEN2_VOCAB
+from bench.measure import gemm_tflops, median_seconds
 
 HIDDENS = (896, 2048, 3584)  # Qwen2.5-0.5B, Qwen2.5-3B / Llama-3.2-3B, Qwen2.5-7B
 TOKENS = (1024, 4096, 16384)
@@ -68,6 +69,11 @@ def _functions():
     from cord_kernels.integrations.trl import chunked_divergence_loss as ours
 
     return {"cord_kernels": ours, "trl": trl_loss}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class _Inputs:
@@ -132,7 +138,7 @@ class TrlRunner:
         fn, beta = self.fns[row["provider"]], row["beta"]
         t0 = time.perf_counter()
         x.call(fn, beta)  # warm-up: Triton JIT
-        sync(self.device)
+        _sync(self.device)
         first_s = time.perf_counter() - t0
         seconds = median_seconds(lambda: x.call(fn, beta), self.device, self.reps)
         found = {"status": "ok", "time_ms": 1e3 * seconds, "first_call_s": first_s,
@@ -169,13 +175,13 @@ class TrlRunner:
 
         fn, beta = self.fns[row["provider"]], row["beta"]
         x.call(fn, beta)
-        sync(self.device)
+        _sync(self.device)
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
                                          if self.device.type == "cuda" else [])
         t0 = time.perf_counter()
         with profile(activities=acts, record_shapes=True) as prof:
             x.call(fn, beta)
-            sync(self.device)
+            _sync(self.device)
         seconds = time.perf_counter() - t0
         events = prof.key_averages()
         on_cuda = self.device.type == "cuda"
