@@ -154,7 +154,7 @@ for wheel in sys.argv[1:]:
         WHEELS="the image already has all $TOTAL distributions of .whl/"
     elif [ "$DRY_RUN" = 1 ]; then
         WHEELS="dry run: would install ${#NEEDED[@]} of $TOTAL wheels: $NAMES"
-    elif timeout -s INT -k "$GRACE" 60 "$PY" -m pip install -q --no-index --no-deps \
+    elif timeout -s INT -k "$GRACE" 30 "$PY" -m pip install -q --no-index --no-deps \
             --no-compile --no-cache-dir --target "$WORK/site" "${NEEDED[@]}" \
             > "$WORK/pip.log" 2>&1; then
         export PYTHONPATH="$PYTHONPATH:$WORK/site"
