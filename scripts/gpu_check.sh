@@ -229,8 +229,12 @@ done
 rm -f "$OUT"/.*.tmp
 "$PY" -m bench.gpu.summary "$OUT"
 "$PY" -m bench.gpu.files validate "$OUT" || exit 1
-# The headline (steps, tests, realistic sizes) here too: the device returns the end of stdout.
-sed -n '/^## Steps/,/^## The rest/p' "$OUT/summary.md" | sed '$d'
+# The headline here too, the Steps table last: the device returns the end of stdout (12,000
+# characters), so what is cut first is the drop-in's table, which trl.json holds anyway.
+section() { sed -n "/^## $1/,/^## $2/p" "$OUT/summary.md" | sed '$d'; }
+section "The TRL drop-in" "CUDA tests"
+section "CUDA tests" "The rest"
+section "Steps" "The TRL drop-in"
 say "done in $((SECONDS - START))s: $OUT/summary.md"
 if [ "${#NOT_DONE[@]}" -gt 0 ]; then
     say "steps that did not finish: ${NOT_DONE[*]} (rerun one with --only STEP)"
