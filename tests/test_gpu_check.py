@@ -330,3 +330,28 @@ def test_validate_reports_what_is_wrong(tmp_path):
     assert "3 folders down, at most 2" in problems
     assert "summary.md is missing" in problems and "tests.json is missing" in problems
     assert "env.json: missing keys" in problems and "env.json: schema/kind" in problems
+
+
+def test_a_step_whose_setup_fails_says_so_on_every_row(tmp_path):
+    """A runner whose prepare raises (a peer that does not import, a process group that does
+    not form) leaves a valid file: the step failed, every row an error with the reason."""
+    from bench.gpu import check as gpu_check
+    from bench.gpu.timing import cmd_measure
+
+    class Broken:
+        def prepare(self, doc):
+            raise RuntimeError("no NCCL here")
+
+        def run(self, row):
+            raise AssertionError("never reached")
+
+        def close(self):
+            pass
+
+    gpu_check.cmd_init(tmp_path, True, ["env", "vparallel"], {})
+    rows = gpu_check.plan("vparallel", dry_run=True)
+    assert cmd_measure(tmp_path, "vparallel", rows, Broken(), True, 10.0) == 1
+    doc = _doc(tmp_path, "vparallel")
+    assert doc["step"]["status"] == "failed" and "no NCCL here" in doc["step"]["reason"]
+    assert all(r["status"] == "error" and "no NCCL here" in r["reason"] for r in doc["rows"])
+    assert not [p for p in gpu_files.validate(tmp_path) if p.startswith("vparallel")]

@@ -200,7 +200,15 @@ def cmd_measure(out: Path, step: str, rows: list[dict], runner: Runner, dry_run:
     current = None
     try:
         save(out, step, doc)
-        runner.prepare(doc)
+        try:
+            runner.prepare(doc)
+        except Exception as err:  # a rate, an import, a process group: no row can run
+            reason = f"the step's setup failed: {type(err).__name__}: {str(err)[:300]}"
+            for r in rows:
+                r.update(status="error", reason=reason)
+            doc["step"].update(status="failed", reason=reason)
+            save(out, step, doc)
+            return 1
         save(out, step, doc)
         for row in rows:
             current = row
