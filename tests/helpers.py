@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 # CORD_TEST_COMPILED=1: a session on the compiled kernels (see conftest.py), where the
@@ -21,6 +22,25 @@ def cuda_skip_reason() -> str | None:
                 "sets TRITON_INTERPRET=1); run CUDA cases with CORD_TEST_COMPILED=1, as "
                 "scripts/gpu_check.sh does")
     return None
+
+
+#: Shapes every logits-in divergence test runs, each here for a reason: (lead, V, dtype,
+#: temperature). Each test file adds its own many-rows and V > BLOCK_V cases.
+LOGIT_CASES = [
+    pytest.param((3, 5), 123, torch.float32, 1.0, id="N15-V123-fp32"),  # V not a power of two
+    pytest.param((2, 3), 1, torch.float32, 1.0, id="N6-V1-fp32"),  # V=1: the divergence is 0
+    pytest.param((2, 4), 257, torch.bfloat16, 1.0, id="N8-V257-bf16"),  # one past a block
+    pytest.param((2, 4), 200, torch.float16, 2.0, id="N8-V200-fp16-tau2"),
+]
+
+
+def logit_pair(lead, V, dtype, seed=0, scale=3.0, device="cpu"):
+    """Student and teacher logits ``lead + (V,)`` of std ``scale``, seeded (the logits-in
+    divergence tests' inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
+    u = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
+    return s, u
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
