@@ -17,11 +17,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-import torch
-
 from cord.models.options import MODEL_OPTIONS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and transformers load only when a model is built, not with the registry
+    import torch
+
     from cord.models.chat import ChatAdapter
 
 #: config.model_type -> family module (a full Omni checkpoint and its thinker alone share one).
@@ -93,7 +93,6 @@ def build_adapter(model: str | Path = "tiny", *, seed: int = 42,
     CPU, where the trainer's accelerate places it. ``long_audio``: see
     ``ChatAdapter.audio_prompts``.
     """
-    # Local: transformers loads only when a model is built, not with the registry.
     from cord.models.hub import resolve_model_path
 
     if str(model) == "tiny":
@@ -150,6 +149,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     Raises:
         ValueError: an unknown device string, or a CUDA device this machine does not have.
     """
+    import torch
+
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
