@@ -89,7 +89,7 @@ def raise_on_bad_ids(flag: torch.Tensor, name: str, vocab: int) -> None:
     if torch.compiler.is_compiling():
         return
     if flag.device.type == "cpu":
-        if int(flag[0]):
+        if flag.item():
             raise ValueError(_ids_message(name, vocab))
         return
     host = torch.empty(1, dtype=flag.dtype, pin_memory=True)

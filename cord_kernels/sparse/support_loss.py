@@ -14,7 +14,8 @@ The forward kernel streams lse(x) (one read of the row), then works on the k slo
 epilogue: Div (clamped below at 0 in value only, as ``core.reduction.nonnegative``), and
 per slot ga_j = dDiv/da_j, with
 
-    dDiv/dlog P_j = g_j:  forward KL -Q_j; reverse KL P_j (log P_j - log Q_j + 1);
+    dDiv/dlog P_j = g_j:  forward KL -Q_j; reverse KL P_j (log P_j - log Q_j + 1) (the + 1
+                          cancels against the normalisation: left out, see the kernel);
                           JSD (1 - beta) P_j (log P_j - log M_j)      (M = (1-beta) P + beta Q)
     bucket:       ga_j = g_j - g_t p_j / P_t   (0 past the clamp: no gradient through it)
     renormalize:  ga_j = g_j - P_j sum_S g_i
@@ -68,7 +69,8 @@ if triton_available():
 
     @triton.jit
     def _terms(lp, lq, beta, DIV: tl.constexpr):
-        """(term, dterm/dlog P) of one support entry with log-probs lp (P), lq (Q)."""
+        """(term, dterm/dlog P) of one support entry with log-probs lp (P), lq (Q); for the
+        reverse KL without its + P, which the normalisation cancels (see the kernel)."""
         P = tl.exp(lp)
         Q = tl.exp(lq)
         if DIV == 0:  # forward KL: Q (log Q - log P)
@@ -76,7 +78,7 @@ if triton_available():
             g = -Q
         elif DIV == 1:  # reverse KL: P (log P - log Q)
             t = tl.where(P > 0, P * (lp - lq), 0.0)
-            g = tl.where(P > 0, P * (lp - lq + 1.0), 0.0)
+            g = tl.where(P > 0, P * (lp - lq), 0.0)
         else:  # JSD: beta Q (log Q - log M) + (1 - beta) P (log P - log M)
             M = (1.0 - beta) * P + beta * Q
             lm = tl.log(tl.maximum(M, 1.1754943508222875e-38))
@@ -106,7 +108,7 @@ if triton_available():
 
     @triton.jit
     def _sparse_fwd_kernel(
-        X, LP, Ids, RowMask, D, Lse, A, E, GSum, Flag,
+        X, LP, Ids, RowMask, D, WS, Flag,
         stride_xa, stride_xb,
         R, V, K, inv_temp, beta,
         DIV: tl.constexpr,
@@ -119,6 +121,8 @@ if triton_available():
         p_x = X + (i_row // R) * stride_xa + (i_row % R) * stride_xb
         p_lp = LP + i_row * K
         p_ids = Ids + i_row * K
+        # This row's workspace: max, log-sum (lse = their sum), G, then a and ga (k each).
+        p_ws = WS + i_row * (3 + 2 * K)
         o_2 = tl.arange(0, 2)
         # The slots to read: all K at a valid row, none at a masked one.
         k_row = tl.where(tl.load(RowMask + i_row).to(tl.int32) != 0, K, 0)
@@ -141,12 +145,12 @@ if triton_available():
             # Nothing on the support (a masked row): not read, Div 0, no gradient.
             for i_k in range(0, K, BLOCK_K):
                 o_k = i_k + tl.arange(0, BLOCK_K)
-                tl.store(A + i_row * K + o_k, tl.full((BLOCK_K,), float("-inf"), tl.float32),
+                tl.store(p_ws + 3 + o_k, tl.full((BLOCK_K,), float("-inf"), tl.float32),
                          mask=o_k < K)
-                tl.store(E + i_row * K + o_k, tl.zeros((BLOCK_K,), tl.float32), mask=o_k < K)
-            tl.store(Lse + 2 * i_row + o_2, tl.zeros((2,), tl.float32))
+                tl.store(p_ws + 3 + K + o_k, tl.zeros((BLOCK_K,), tl.float32), mask=o_k < K)
+            tl.store(p_ws + o_2, tl.zeros((2,), tl.float32))
+            tl.store(p_ws + 2, 0.0)
             tl.store(D + i_row, 0.0)
-            tl.store(GSum + i_row, 0.0)
             return
         m, log_s = row_lse(p_x, V, inv_temp, BLOCK_V)
         # Pass 2: a at the ids; lse_S(a), lse_S(b) online.
@@ -158,7 +162,7 @@ if triton_available():
             o_k = i_k + tl.arange(0, BLOCK_K)
             b_a, b_b, b_valid = _slots(p_x, p_lp, p_ids, o_k, k_row, V, m, log_s, inv_temp,
                                        ALL_SLOTS)
-            tl.store(A + i_row * K + o_k, b_a, mask=o_k < K)
+            tl.store(p_ws + 3 + o_k, b_a, mask=o_k < K)
             m_new = tl.maximum(m_a, tl.max(b_a, axis=0))  # [BLOCK_K] -> scalar
             m_s = tl.where(m_new == float("-inf"), 0.0, m_new)
             s_a = s_a * tl.exp(m_a - m_s) + tl.sum(tl.exp(b_a - m_s), axis=0)
@@ -185,14 +189,21 @@ if triton_available():
             b_t, b_g = _terms(b_a - shift_a, b_b - shift_b, beta, DIV)
             d += tl.sum(tl.where(b_valid, b_t, 0.0), axis=0)
             g_sum += tl.sum(tl.where(b_valid, b_g, 0.0), axis=0)
-        # ga_j = g_j + coef * exp(log P_j): the tail's (bucket) or the normaliser's share.
+        # ga_j = g_j + coef * exp(log P_j): the tail's (bucket) or the normaliser's share. The
+        # reverse KL's g_j lacks its + P_j: the support's sum of P being 1, that term's share
+        # cancels it exactly (P_j - P_j sum P), unless the bucket's clamp cut the tail's
+        # gradient; then coef is 1 (0 for the other divergences, whose g_j are whole).
+        if DIV == 1:
+            coef_clamped = 1.0
+        else:
+            coef_clamped = 0.0
         if BUCKET:
             x_a = tl.minimum(lse_a, -1e-7)
             x_b = tl.minimum(lse_b, -1e-7)
             P_t = -_expm1(x_a)
             t_t, g_t = _terms(tl.log(P_t), tl.log(-_expm1(x_b)), beta, DIV)
             d += t_t
-            coef = tl.where(lse_a > -1e-7, 0.0, -g_t / P_t)
+            coef = tl.where(lse_a > -1e-7, coef_clamped, -g_t / P_t)
             G = g_sum + coef * tl.exp(lse_a)
         else:
             coef = -g_sum
@@ -204,17 +215,17 @@ if triton_available():
                                        ALL_SLOTS)
             b_t, b_g = _terms(b_a - shift_a, b_b - shift_b, beta, DIV)
             b_ga = tl.where(b_valid, b_g + coef * tl.exp(b_a - shift_a), 0.0)
-            tl.store(E + i_row * K + o_k, b_ga, mask=o_k < K)
+            tl.store(p_ws + 3 + K + o_k, b_ga, mask=o_k < K)
         d = tl.where(n_bad > 0, float("nan"), d)
         G = tl.where(n_bad > 0, float("nan"), G)
         # Div >= 0 in exact arithmetic; rounding below 0 reads 0 (NaN and inf pass).
         tl.store(D + i_row, tl.where(d < 0.0, 0.0, d))
-        tl.store(GSum + i_row, G)
-        tl.store(Lse + 2 * i_row + o_2, tl.where(o_2 == 0, m, log_s))
+        tl.store(p_ws + 2, G)
+        tl.store(p_ws + o_2, tl.where(o_2 == 0, m, log_s))
 
     @triton.jit
     def _sparse_bwd_kernel(
-        X, Lse, GSum, Ids, A, E, C, DX,
+        X, WS, Ids, C, DX,
         stride_xa, stride_xb, stride_dxa, stride_dxb, stride_ca, stride_cb,
         R, V, K, inv_temp, logit_scale, inv_softcap,
         BLOCK_V: tl.constexpr,
@@ -226,9 +237,10 @@ if triton_available():
         p_x = X + i_a * stride_xa + i_b * stride_xb
         p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
         c = tl.load(C + i_a * stride_ca + i_b * stride_cb).to(tl.float32)
-        G = tl.load(GSum + i_row)
-        m = tl.load(Lse + 2 * i_row)
-        log_s = tl.load(Lse + 2 * i_row + 1)
+        p_ws = WS + i_row * (3 + 2 * K)  # max, log-sum, G, a (k), ga (k): the forward's
+        m = tl.load(p_ws)
+        log_s = tl.load(p_ws + 1)
+        G = tl.load(p_ws + 2)
         lse = m + log_s
         # Dense part: dL/dt_v = -(c/tau) p_v G. c G = 0: exact zeros, the row is not read (a
         # masked row's NaN logits stay out of the gradient).
@@ -248,17 +260,17 @@ if triton_available():
         # p_j G) (every duplicate slot writes the same value).
         for i_j in range(0, K, BLOCK_K):
             o_j = i_j + tl.arange(0, BLOCK_K)
-            b_aj = tl.load(A + i_row * K + o_j, mask=o_j < K, other=float("-inf"))
+            b_aj = tl.load(p_ws + 3 + o_j, mask=o_j < K, other=float("-inf"))
             m_j = b_aj > float("-inf")
             b_idj = tl.load(Ids + i_row * K + o_j, mask=m_j, other=-1).to(tl.int64)
             m_j = m_j & (b_idj >= 0) & (b_idj < V)
             b_gd = tl.zeros((BLOCK_K,), tl.float32)
             for i_i in range(0, K, BLOCK_K):
                 o_i = i_i + tl.arange(0, BLOCK_K)
-                b_ai = tl.load(A + i_row * K + o_i, mask=o_i < K, other=float("-inf"))
+                b_ai = tl.load(p_ws + 3 + o_i, mask=o_i < K, other=float("-inf"))
                 b_idi = tl.load(Ids + i_row * K + o_i, mask=b_ai > float("-inf"),
                                 other=-1).to(tl.int64)
-                b_gi = tl.load(E + i_row * K + o_i, mask=o_i < K, other=0.0)
+                b_gi = tl.load(p_ws + 3 + K + o_i, mask=o_i < K, other=0.0)
                 same = (b_idj[:, None] == b_idi[None, :]) & (b_ai > float("-inf"))[None, :]
                 b_gd += tl.sum(tl.where(same, b_gi[None, :], 0.0), axis=1)  # [BK, BK] -> [BK]
             b_tj = tl.where(m_j, (b_aj + lse) / inv_temp, 0.0)  # the logit t at the id
@@ -274,50 +286,63 @@ def _block_k(K: int) -> int:
     return min(MAX_BLOCK_K, max(2, 1 << max(K - 1, 0).bit_length()))
 
 
+def _rows(x: torch.Tensor, writable: bool = False) -> tuple[torch.Tensor, int, int, int]:
+    """(tensor, stride_a, stride_b, R): row i of x's (..., V) rows at a * stride_a + b *
+    stride_b, i = a R + b; 2- and 3-d tensors with a unit last stride as they are (no op)."""
+    if x.stride(-1) == 1 or x.shape[-1] == 1:
+        if x.dim() == 2:
+            return x, 0, x.stride(0), max(x.shape[0], 1)
+        if x.dim() == 3:
+            return x, x.stride(0), x.stride(1), max(x.shape[1], 1)
+    v = row_view(x, writable=writable)
+    return v.tensor, *v.strides(), v.rows_per_a
+
+
 def sparse_fwd(x: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor, row_mask: torch.Tensor,
                temperature: float, divergence: int, jsd_beta: float, bucket: bool,
                all_slots: bool):
-    """Div per row (shape x.shape[:-1], fp32) and what backward needs: lse as (n, 2) pairs,
-    the (n, k) student log-probs at the ids (-inf off the support), the (n, k) ga_j, G per
-    row; and a 1-element int32 flag, 1 if a valid slot's id lies outside [0, V).
+    """(Div per row (shape x.shape[:-1], fp32), workspace, flag): the (n, 3 + 2k) fp32
+    workspace holds what backward needs (per row max and log-sum of x / tau, G, the student's
+    log-probs at the ids (-inf off the support), ga); the 1-element int32 flag is 1 if a valid
+    slot's id lies outside [0, V).
 
     ``lp``, ``ids``: (..., k) in row order (contiguous); ``row_mask``: (...) bool."""
-    vx = row_view(x)
-    n, V, K = vx.n_rows, x.shape[-1], ids.shape[-1]
+    V, K = x.shape[-1], ids.shape[-1]
+    n = x.numel() // V if V else 0
     dev = x.device
     d = torch.empty(x.shape[:-1], device=dev, dtype=torch.float32)
-    lse = torch.empty(n, 2, device=dev, dtype=torch.float32)
-    a = torch.empty(n, K, device=dev, dtype=torch.float32)
-    e = torch.empty(n, K, device=dev, dtype=torch.float32)
-    g_sum = torch.empty(n, device=dev, dtype=torch.float32)
+    ws = torch.empty(n, 3 + 2 * K, device=dev, dtype=torch.float32)
     flag = torch.zeros(1, device=dev, dtype=torch.int32)
     if n:
+        rx, sa, sb, R = _rows(x)
         with launch_device(x):
             _sparse_fwd_kernel[(n,)](
-                vx.tensor, lp.contiguous(), ids.contiguous(), row_mask.contiguous(), d, lse, a,
-                e, g_sum, flag, *vx.strides(), vx.rows_per_a, V, K, 1.0 / temperature,
-                float(jsd_beta), DIV=divergence, BUCKET=bucket, ALL_SLOTS=all_slots,
-                BLOCK_V=block_v(V), BLOCK_K=_block_k(K), num_warps=num_warps(),
+                rx, lp.contiguous(), ids.contiguous(), row_mask.contiguous(), d, ws, flag,
+                sa, sb, R, V, K, 1.0 / temperature, float(jsd_beta), DIV=divergence,
+                BUCKET=bucket, ALL_SLOTS=all_slots, BLOCK_V=block_v(V), BLOCK_K=_block_k(K),
+                num_warps=num_warps(),
             )
-    return d, lse, a, e, g_sum, flag
+    return d, ws, flag
 
 
-def sparse_bwd(x: torch.Tensor, ids: torch.Tensor, a: torch.Tensor, e: torch.Tensor,
-               lse: torch.Tensor, g_sum: torch.Tensor, c: torch.Tensor, temperature: float,
-               dx: torch.Tensor, logit_scale: float = 1.0, softcap: float = 0.0) -> None:
+def sparse_bwd(x: torch.Tensor, ids: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
+               temperature: float, dx: torch.Tensor, logit_scale: float = 1.0,
+               softcap: float = 0.0) -> None:
     """Writes dL/dx into ``dx`` (may be x itself) for the row cotangents ``c`` (shaped as the
-    rows, any strides: an expanded scalar's gradient is read in place)."""
-    vx, vdx = row_view(x), row_view(dx, writable=True)
-    n, V, K = vx.n_rows, x.shape[-1], a.shape[-1]
+    rows, any strides: an expanded scalar's gradient is read in place); ``ws`` from
+    ``sparse_fwd``."""
+    V, K = x.shape[-1], ids.shape[-1]
+    n = x.numel() // V if V else 0
     if c.dim() == 2:
         stride_c = (c.stride(0), c.stride(1))
     else:
         stride_c = (0, c.stride(0) if c.dim() else 0)
     if n:
+        rx, sa, sb, R = _rows(x)
+        rdx, sda, sdb, _ = _rows(dx, writable=True)
         with launch_device(x):
             _sparse_bwd_kernel[(n,)](
-                vx.tensor, lse, g_sum, ids.contiguous(), a, e, c, vdx.tensor,
-                *vx.strides(), *vdx.strides(), *stride_c, vx.rows_per_a, V, K,
+                rx, ws, ids.contiguous(), c, rdx, sa, sb, sda, sdb, *stride_c, R, V, K,
                 1.0 / temperature, float(logit_scale), 1.0 / softcap if softcap else 0.0,
                 BLOCK_V=block_v(V), BLOCK_K=_block_k(K), num_warps=num_warps(),
             )
@@ -331,8 +356,7 @@ def sparse_bwd(x: torch.Tensor, ids: torch.Tensor, a: torch.Tensor, e: torch.Ten
 @torch.library.custom_op("cord_kernels::sparse_support_fwd", mutates_args=())
 def _sparse_fwd_op(x: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor, row_mask: torch.Tensor,
                    temperature: float, divergence: int, jsd_beta: float, bucket: bool,
-                   all_slots: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                             torch.Tensor, torch.Tensor, torch.Tensor]:
+                   all_slots: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return sparse_fwd(x, lp, ids, row_mask, temperature, divergence, jsd_beta, bucket,
                       all_slots)
 
@@ -340,21 +364,18 @@ def _sparse_fwd_op(x: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor, row_mas
 @_sparse_fwd_op.register_fake
 def _(x, lp, ids, row_mask, temperature, divergence, jsd_beta, bucket, all_slots):
     n, K = x.numel() // x.shape[-1], ids.shape[-1]
-    f32 = torch.float32
-    return (x.new_empty(x.shape[:-1], dtype=f32), x.new_empty(n, 2, dtype=f32),
-            x.new_empty(n, K, dtype=f32), x.new_empty(n, K, dtype=f32),
-            x.new_empty(n, dtype=f32), x.new_empty(1, dtype=torch.int32))
+    return (x.new_empty(x.shape[:-1], dtype=torch.float32),
+            x.new_empty(n, 3 + 2 * K, dtype=torch.float32), x.new_empty(1, dtype=torch.int32))
 
 
 @torch.library.custom_op("cord_kernels::sparse_support_bwd", mutates_args=("dx",))
-def _sparse_bwd_op(x: torch.Tensor, ids: torch.Tensor, a: torch.Tensor, e: torch.Tensor,
-                   lse: torch.Tensor, g_sum: torch.Tensor, c: torch.Tensor, temperature: float,
-                   dx: torch.Tensor) -> None:
-    sparse_bwd(x, ids, a, e, lse, g_sum, c, temperature, dx)
+def _sparse_bwd_op(x: torch.Tensor, ids: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
+                   temperature: float, dx: torch.Tensor) -> None:
+    sparse_bwd(x, ids, ws, c, temperature, dx)
 
 
 @_sparse_bwd_op.register_fake
-def _(x, ids, a, e, lse, g_sum, c, temperature, dx):
+def _(x, ids, ws, c, temperature, dx):
     return None
 
 
@@ -384,19 +405,22 @@ class SparseSupportLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lp, ids, row_mask, params: SparseLossParams):
-        d, lse, a, e, g_sum, flag = _sparse_fwd_op(x, lp, ids, row_mask, *params.fwd_args())
-        ctx.save_for_backward(x, ids, a, e, lse, g_sum)
+        d, ws, flag = _sparse_fwd_op(x, lp, ids, row_mask, *params.fwd_args())
+        ctx.save_for_backward(x, ids, ws)
         ctx.params = params
         ctx.mark_non_differentiable(flag)
+        ctx.set_materialize_grads(False)  # no zeros for the flag's gradient
         return d, flag
 
     @staticmethod
     def backward(ctx, grad_d, _grad_flag):
-        x, ids, a, e, lse, g_sum = ctx.saved_tensors
+        if grad_d is None:
+            return None, None, None, None, None
+        x, ids, ws = ctx.saved_tensors
         p: SparseLossParams = ctx.params
         dx = x if p.inplace_backward else torch.empty_like(
             x, memory_format=torch.contiguous_format)
-        _sparse_bwd_op(x, ids, a, e, lse, g_sum, grad_d, p.temperature, dx)
+        _sparse_bwd_op(x, ids, ws, grad_d, p.temperature, dx)
         return dx, None, None, None, None
 
 
