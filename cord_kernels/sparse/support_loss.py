@@ -47,9 +47,11 @@ from cord_kernels.core.rows import block_v, launch_device, num_warps, row_view
 
 # The divergence's code in the kernels.
 DIV_CODE = {"forward_kl": 0, "reverse_kl": 1, "jsd": 2}
-# Slots per iteration of the epilogues. The backward's duplicate-id sum is a BLOCK_K x BLOCK_K
-# tile (16 entries per thread at 8 warps); k = 64, a typical server top-k, is one block.
+# Slots per iteration of the forward's epilogue (k = 64, a typical server top-k, in one).
 MAX_BLOCK_K = 64
+# The backward's duplicate-id sum is a BLOCK_K x BLOCK_K tile: 32 keeps the kernel at 32
+# registers on sm_80 / sm_90 (64 took 48-64, scripts-style builds in tests/test_sparse_glue.py).
+MAX_BLOCK_K_BWD = 32
 # Constants inside the kernels, as literals: -1e-7, TRL's _add_tail_bucket clamp of log sum_S p
 # (support_divergence.TAIL_LOG_SUM_MAX); 1.1754943508222875e-38, the smallest normal fp32, the
 # clamp of M before its log (TRL's server path).
@@ -264,14 +266,15 @@ if triton_available():
             m_j = b_aj > float("-inf")
             b_idj = tl.load(Ids + i_row * K + o_j, mask=m_j, other=-1).to(tl.int64)
             m_j = m_j & (b_idj >= 0) & (b_idj < V)
+            b_idj32 = tl.where(m_j, b_idj, -1).to(tl.int32)  # in range: compared as int32
             b_gd = tl.zeros((BLOCK_K,), tl.float32)
             for i_i in range(0, K, BLOCK_K):
                 o_i = i_i + tl.arange(0, BLOCK_K)
                 b_ai = tl.load(p_ws + 3 + o_i, mask=o_i < K, other=float("-inf"))
                 b_idi = tl.load(Ids + i_row * K + o_i, mask=b_ai > float("-inf"),
-                                other=-1).to(tl.int64)
+                                other=-2).to(tl.int32)
                 b_gi = tl.load(p_ws + 3 + K + o_i, mask=o_i < K, other=0.0)
-                same = (b_idj[:, None] == b_idi[None, :]) & (b_ai > float("-inf"))[None, :]
+                same = b_idj32[:, None] == b_idi[None, :]  # invalid i: -2 matches no j
                 b_gd += tl.sum(tl.where(same, b_gi[None, :], 0.0), axis=1)  # [BK, BK] -> [BK]
             b_tj = tl.where(m_j, (b_aj + lse) / inv_temp, 0.0)  # the logit t at the id
             b_tc = b_tj * inv_softcap
@@ -282,8 +285,8 @@ if triton_available():
 # ----------------------------------------------------------------------------- launchers
 
 
-def _block_k(K: int) -> int:
-    return min(MAX_BLOCK_K, max(2, 1 << max(K - 1, 0).bit_length()))
+def _block_k(K: int, most: int = MAX_BLOCK_K) -> int:
+    return min(most, max(2, 1 << max(K - 1, 0).bit_length()))
 
 
 def _rows(x: torch.Tensor, writable: bool = False) -> tuple[torch.Tensor, int, int, int]:
@@ -344,7 +347,7 @@ def sparse_bwd(x: torch.Tensor, ids: torch.Tensor, ws: torch.Tensor, c: torch.Te
             _sparse_bwd_kernel[(n,)](
                 rx, ws, ids.contiguous(), c, rdx, sa, sb, sda, sdb, *stride_c, R, V, K,
                 1.0 / temperature, float(logit_scale), 1.0 / softcap if softcap else 0.0,
-                BLOCK_V=block_v(V), BLOCK_K=_block_k(K), num_warps=num_warps(),
+                BLOCK_V=block_v(V), BLOCK_K=_block_k(K, MAX_BLOCK_K_BWD), num_warps=num_warps(),
             )
 
 
