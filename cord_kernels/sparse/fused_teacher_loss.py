@@ -7,10 +7,13 @@ The teacher is its top-k log-probs, so there is no teacher projection: for each 
 rows (those with at least one used slot)
 
     1. tile = transform(h @ W.T (+ b))                        1 GEMM into an fp32 tile
-    2. lse per row and the k student log-probs a (``support_logprobs`` kernels or torch)
-    3. Div on the support and g = w dDiv/da, (n, k) torch autograd (``support_divergence``)
-    4. the tile becomes dL/dz: (1/tau)(scatter(g) - p G) times dt/dz of the transform
-    5. grad_h = tile @ W, grad_W += tile.T @ h, grad_b += column sums      2 GEMMs
+    2. lse per row, the k student log-probs a, Div on the support and dDiv/da: on the Triton
+       path all in ``support_loss.py``'s forward kernel; in torch (and vocabulary parallel)
+       ``support_logprobs`` / ``vocab_parallel`` stats, then (n, k) autograd
+       (``support_divergence``)
+    3. the tile becomes dL/dz: (1/tau)(scatter(w dDiv/da) - p G) times dt/dz of the
+       transform (Triton: ``support_loss.py``'s backward kernel, in place)
+    4. grad_h = tile @ W, grad_W += tile.T @ h, grad_b += column sums      2 GEMMs
 
 all in forward for the scalar reductions (backward scales the stored gradients by the
 cotangent, so the graph is backpropagated once). ``reduction="none"``: forward projects once
@@ -52,6 +55,7 @@ from cord_kernels.fused.distill import head_grads
 from cord_kernels.sparse.inputs import check_topk_pair
 from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
+from cord_kernels.sparse.support_loss import SparseLossParams, sparse_bwd, sparse_fwd
 
 # ------------------------------------------------------------------ row math on a tile
 
@@ -61,6 +65,7 @@ class StoredTopK:
     to project: valid positions with at least one used slot."""
 
     n_tiles = 1
+    all_slots = False  # the support: the slots whose teacher log-prob is > -inf
 
     def __init__(self, lp, ids, valid):
         k = ids.shape[-1]
@@ -104,6 +109,7 @@ class SparseHeadProblem(ch.HeadProblem):
                                            self.device)
         targets.select(self)
         self._tile = None
+        self._rows_on = None  # all True: every projected row is valid (the Triton chunks)
 
     def tile(self, n: int) -> torch.Tensor:
         if self._tile is None:
@@ -129,6 +135,8 @@ class SparseHeadProblem(ch.HeadProblem):
         tau = opts.temperature
         tile, h = self.logits(lo, hi)
         ids, valid, b = self.targets.chunk(self, lo, hi, tile)
+        if opts.process_group is None and p.impl is Impl.TRITON:
+            return self._triton_chunk(tile, h, ids, b, lo, hi, row_weights, grads)
         if opts.process_group is not None:  # vocabulary parallel: this rank's ids are local
             a, lse, valid_here, ids_here = vp.support_stats(
                 tile, ids, valid, opts.vocab_offset, tau, opts.process_group)
@@ -152,6 +160,25 @@ class SparseHeadProblem(ch.HeadProblem):
                          opts.softcap)
         self.head.backprop(tile, h, None, slice(lo, hi), grads)
         return d.detach()
+
+    def _triton_chunk(self, tile, h, ids, b, lo: int, hi: int, row_weights, grads):
+        """``chunk`` through ``support_loss.py``'s kernels: Div and its gradient terms in the
+        forward's epilogue, the tile turned into dL/dz (dense and sparse parts, times dt/dz)
+        by the backward kernel in place; no (n, k) torch work. The ids were range-checked
+        with the projected rows (``check_topk_pair``), so the kernel's flag is not read."""
+        opts = self.params.opts
+        if self._rows_on is None:
+            self._rows_on = torch.ones(self.max_rows, dtype=torch.bool, device=self.device)
+        d, ws, _ = sparse_fwd(tile, b, ids, self._rows_on[:hi - lo],
+                              *SparseLossParams(opts.divergence, opts.jsd_beta, opts.tail,
+                                                opts.temperature,
+                                                all_slots=self.targets.all_slots).fwd_args())
+        if grads is None:
+            return d
+        sparse_bwd(tile, ids, ws, row_weights.float(), opts.temperature, tile,
+                   opts.logit_scale, opts.softcap)
+        self.head.backprop(tile, h, None, slice(lo, hi), grads)
+        return d
 
     def run(self, row_weights: torch.Tensor | None, grads: ch.Grads | None) -> torch.Tensor:
         """Div of every projected row (n_valid,), and the gradients when ``grads``."""
