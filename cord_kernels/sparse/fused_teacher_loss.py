@@ -54,7 +54,7 @@ from cord_kernels.fused import chunked_head as ch
 from cord_kernels.fused.distill import head_grads
 from cord_kernels.sparse.inputs import check_topk_pair
 from cord_kernels.sparse.support_divergence import support_divergence
-from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
+from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_fwd
 from cord_kernels.sparse.support_loss import SparseLossParams, sparse_bwd, sparse_fwd
 
 # ------------------------------------------------------------------ row math on a tile
@@ -140,9 +140,8 @@ class SparseHeadProblem(ch.HeadProblem):
         if opts.process_group is not None:  # vocabulary parallel: this rank's ids are local
             a, lse, valid_here, ids_here = vp.support_stats(
                 tile, ids, valid, opts.vocab_offset, tau, opts.process_group)
-            lse2 = None
         else:
-            a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
+            a, lse = torch_support_stats(tile, ids, valid, tau)
             valid_here, ids_here = valid, ids
         with torch.enable_grad():
             a = a.detach().requires_grad_(grads is not None)
@@ -152,10 +151,7 @@ class SparseHeadProblem(ch.HeadProblem):
                 return d.detach()
             (g,) = torch.autograd.grad((row_weights.to(d.dtype) * d).sum(), a)
         g = torch.where(valid, g, 0.0)
-        if lse2 is not None:
-            support_bwd_dense(tile, lse2, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
-        else:
-            torch_dense_grad(tile, lse, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
+        torch_dense_grad(tile, lse, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
         add_sparse_terms(tile, ids_here, valid_here, g, a.detach(), lse, tau, opts.logit_scale,
                          opts.softcap)
         self.head.backprop(tile, h, None, slice(lo, hi), grads)

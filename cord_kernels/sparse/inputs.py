@@ -85,17 +85,20 @@ def raise_on_bad_ids(flag: torch.Tensor, name: str, vocab: int) -> None:
     CPU it raises the ValueError at once. On a GPU reading the flag would wait for the kernel:
     its copy goes to pinned memory without a sync, and the error is raised by a later sparse
     loss call once the copy has landed (``raise_pending(wait=True)`` forces it). Inside
-    ``torch.compile`` only the NaN remains."""
+    ``torch.compile`` or a CUDA graph capture only the NaN remains."""
     if torch.compiler.is_compiling():
         return
-    if flag.device.type == "cpu":
+    if not flag.is_cuda:  # the CPU (the interpreter): reading it costs no wait
         if flag.item():
             raise ValueError(_ids_message(name, vocab))
         return
-    host = torch.empty(1, dtype=flag.dtype, pin_memory=True)
-    host.copy_(flag, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
+    with torch.cuda.device(flag.device):
+        if torch.cuda.is_current_stream_capturing():
+            return
+        host = torch.empty(1, dtype=flag.dtype, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()  # on the stream that copies, the flag's device's current one
     defer_flag(host, event, _ids_message(name, vocab))
 
 
