@@ -183,6 +183,26 @@ def test_duplicate_ids_sum_their_slots(tail, divergence, beta, interpret):
     assert rel_err(out, expect) < 1e-5 and rel_err(g, g64) < 1e-5
 
 
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("divergence", ["forward_kl", "jsd"])
+def test_student_topk_support_keeps_slots_the_teacher_rules_out(tail, divergence, interpret):
+    """On the student's top-k every slot of a valid row is on the support (the kernels'
+    all-slots mode), a teacher log-prob of -inf there included (Q = 0, not an unused slot)."""
+    g = torch.Generator().manual_seed(0)
+    s, u = torch.randn(2, 4, 60, generator=g) * 3, torch.randn(2, 4, 60, generator=g) * 3
+    u.scatter_(-1, s.topk(6).indices[..., :2], float("-inf"))
+    mask = torch.rand(2, 4, generator=g) > 0.2
+    kw = dict(k=6, divergence=divergence, tail=tail, temperature=1.2, reduction="none")
+    cot = torch.randn(2, 4, generator=g)
+    x = s.clone().requires_grad_()
+    out = student_topk_distill_loss(x, u, mask, impl="triton", **kw)
+    (grad,) = torch.autograd.grad(out, x, cot)
+    x64 = s.double().requires_grad_()
+    expect = ref.student_topk_distill_loss(x64, u.double(), mask, **kw)
+    (g64,) = torch.autograd.grad(expect, x64, cot.double())
+    assert rel_err(out, expect) < 1e-5 and rel_err(grad, g64) < 1e-5
+
+
 BUILD_SCRIPT = r"""
 import json
 from scripts.kernel_builds import QWEN2_VOCAB, KernelBuild, block_v, compile_build

@@ -399,8 +399,9 @@ class SparseLossParams:
     inplace_backward: bool = False
 
     def fwd_args(self) -> tuple:
-        return (self.temperature, DIV_CODE[self.divergence], float(self.jsd_beta),
-                self.tail is Tail.BUCKET, self.all_slots)
+        div = getattr(self.divergence, "value", self.divergence)  # an enum or its name
+        return (self.temperature, DIV_CODE[div], float(self.jsd_beta),
+                Tail(self.tail) is Tail.BUCKET, self.all_slots)
 
 
 class SparseSupportLossFunction(torch.autograd.Function):

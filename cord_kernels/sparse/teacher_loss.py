@@ -72,7 +72,10 @@ def sparse_teacher_loss(
     Args:
         student_logits: (B, T, V) fp32/bf16/fp16 (gets the gradient).
         teacher_topk_logprobs: (B, T, k) float, -inf at unused slots (no gradient).
-        teacher_topk_ids: (B, T, k) integer ids in [0, V) (checked at used slots).
+        teacher_topk_ids: (B, T, k) integer ids in [0, V) (checked at used slots: a
+            ValueError; on a GPU's Triton path the kernel checks them without a host sync,
+            the row's loss turns NaN and a later call raises the ValueError, once the
+            flag's copy has landed: ``sparse.inputs.raise_pending``).
         mask: (B, T) bool (or 0/1 integer), True at the positions that count.
         divergence: "forward_kl" (TRL's beta 0, the default) | "reverse_kl" | "jsd".
         jsd_beta: beta in [0, 1] (TRL's: 0 is forward KL, 1 reverse KL).
