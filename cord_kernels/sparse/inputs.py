@@ -66,7 +66,10 @@ MAX_PENDING = 64
 
 def raise_pending(wait: bool = False) -> None:
     """Raises the ValueError of an earlier call whose kernel found a bad id, for every flag
-    whose copy has landed (all of them, waiting, with ``wait``); never syncs otherwise."""
+    whose copy has landed (all of them, waiting, with ``wait``); never syncs otherwise.
+    Not inside ``torch.compile`` (the queue is host state: no guard on it)."""
+    if torch.compiler.is_compiling():
+        return
     while _PENDING:
         host, event, message = _PENDING[0]
         if event is not None and not event.query():
