@@ -131,6 +131,23 @@ def test_bad_ids_on_the_triton_path(interpret):
     assert torch.equal(out, sparse_teacher_loss(s, lp, ids, mask, impl="triton"))
 
 
+def test_bad_ids_on_the_fused_triton_path(interpret):
+    """fused_linear_sparse_teacher_loss's Triton chunks check the ids in their kernel too."""
+    from cord_kernels import fused_linear_sparse_teacher_loss
+
+    g = torch.Generator().manual_seed(4)
+    hs, W = torch.randn(2, 3, 16, generator=g), torch.randn(50, 16, generator=g)
+    _, lp, ids, mask, _ = _batch()
+    bad = ids.clone()
+    bad[mask.nonzero()[0].tolist() + [0]] = 50
+    for reduction in ("batchmean", "none"):
+        with pytest.raises(ValueError, match=r"teacher_topk_ids must lie in \[0, 50\)"):
+            fused_linear_sparse_teacher_loss(hs.requires_grad_(), W, lp, bad, mask,
+                                             reduction=reduction, impl="triton")
+    out = fused_linear_sparse_teacher_loss(hs, W, lp, ids, mask, impl="triton")
+    assert rel_err(out, ref.fused_linear_sparse_teacher_loss(hs, W, lp, ids, mask)) < 1e-5
+
+
 class _Event:
     def __init__(self, done):
         self.done = done

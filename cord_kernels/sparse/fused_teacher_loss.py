@@ -52,7 +52,7 @@ from cord_kernels.core.validation import (
 )
 from cord_kernels.fused import chunked_head as ch
 from cord_kernels.fused.distill import head_grads
-from cord_kernels.sparse.inputs import check_topk_pair
+from cord_kernels.sparse.inputs import check_topk_pair, raise_on_bad_ids, raise_pending
 from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_fwd
 from cord_kernels.sparse.support_loss import SparseLossParams, sparse_bwd, sparse_fwd
@@ -70,6 +70,9 @@ class StoredTopK:
     def __init__(self, lp, ids, valid):
         k = ids.shape[-1]
         self.lp, self.ids, self.valid = (t.reshape(-1, k) for t in (lp.detach(), ids, valid))
+        # The Triton chunks' id error flag (their kernels check the ids): 1 if an id at a
+        # used slot lies outside the vocabulary; read by the public function.
+        self.id_flag = None
 
     def projected_rows(self) -> torch.Tensor:
         return self.valid.any(1)
@@ -78,6 +81,8 @@ class StoredTopK:
         """Narrows the targets to the problem's projected rows (again for each problem)."""
         i = problem.index
         self.rows = (self.ids[i], self.valid[i], self.lp[i].to(problem.dtype))
+        if self.id_flag is None:
+            self.id_flag = torch.zeros(1, dtype=torch.int32, device=problem.device)
 
     def chunk(self, problem: SparseHeadProblem, lo: int, hi: int, tile: torch.Tensor):
         """(ids, valid, teacher log-probs) of projected rows [lo, hi), each (n, k)."""
@@ -160,15 +165,16 @@ class SparseHeadProblem(ch.HeadProblem):
     def _triton_chunk(self, tile, h, ids, b, lo: int, hi: int, row_weights, grads):
         """``chunk`` through ``support_loss.py``'s kernels: Div and its gradient terms in the
         forward's epilogue, the tile turned into dL/dz (dense and sparse parts, times dt/dz)
-        by the backward kernel in place; no (n, k) torch work. The ids were range-checked
-        with the projected rows (``check_topk_pair``), so the kernel's flag is not read."""
+        by the backward kernel in place; no (n, k) torch work. The kernel sets the targets'
+        ``id_flag`` (the teacher's ids; the student's own top-k has none) at a bad id."""
         opts = self.params.opts
         if self._rows_on is None:
             self._rows_on = torch.ones(self.max_rows, dtype=torch.bool, device=self.device)
         d, ws, _ = sparse_fwd(tile, b, ids, self._rows_on[:hi - lo],
                               *SparseLossParams(opts.divergence, opts.jsd_beta, opts.tail,
                                                 opts.temperature,
-                                                all_slots=self.targets.all_slots).fwd_args())
+                                                all_slots=self.targets.all_slots).fwd_args(),
+                              flag=getattr(self.targets, "id_flag", None))
         if grads is None:
             return d
         sparse_bwd(tile, ids, ws, row_weights.float(), opts.temperature, tile,
@@ -315,14 +321,20 @@ def fused_linear_sparse_teacher_loss(
                              vocab_offset=vocab_offset, reduce_hidden_grad=reduce_hidden_grad)
     student_hidden, weight, bias, opts, vocab = vp.id_head_call(opts, student_hidden, weight,
                                                                 bias)
-    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), vocab,
-                            mask.to(student_hidden.device))
-    token_weights = check_token_weights(token_weights, mask)
     params = ch.HeadParams(opts, resolve_impl(impl, student_hidden, weight),
                            (ch.operand_dtype(student_hidden, weight),))
-    return run_sparse_head(student_hidden, weight, bias, token_weights,
-                           StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
-                           params)
+    # The Triton chunks check the ids in their kernels (no host sync for it).
+    in_kernel = params.impl is Impl.TRITON and opts.process_group is None
+    if in_kernel:
+        raise_pending()
+    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), vocab,
+                            mask.to(student_hidden.device), check_ids=not in_kernel)
+    token_weights = check_token_weights(token_weights, mask)
+    targets = StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid)
+    out = run_sparse_head(student_hidden, weight, bias, token_weights, targets, mask, params)
+    if in_kernel and targets.id_flag is not None:
+        raise_on_bad_ids(targets.id_flag, "teacher_topk_ids", vocab)
+    return out
 
 
 def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):

@@ -43,14 +43,15 @@ def _ids_message(name: str, vocab: int) -> str:
 
 
 def check_topk_pair(logprobs, ids, lead_shape: tuple[int, ...], vocab: int, mask: torch.Tensor,
-                    names=("teacher_topk_logprobs", "teacher_topk_ids")) -> torch.Tensor:
+                    names=("teacher_topk_logprobs", "teacher_topk_ids"), *,
+                    check_ids: bool = True) -> torch.Tensor:
     """Checks a (B, T, k) log-probs / ids pair; returns the slot validity (B, T, k): a log-prob
     other than -inf (and not NaN) at a valid position. Ids at used slots must lie in [0, V):
-    one host sync (the torch and fused-linear paths; the logits-in Triton path checks them in
-    its kernel instead, ``raise_on_bad_ids``), skipped inside ``torch.compile``."""
+    one host sync (the torch paths; the Triton paths check them in their kernels instead,
+    ``check_ids=False``, then ``raise_on_bad_ids``), skipped inside ``torch.compile``."""
     check_topk_shapes(logprobs, ids, lead_shape, mask, names)
     valid = (logprobs > float("-inf")) & mask.unsqueeze(-1)
-    if torch.compiler.is_compiling():  # no host sync inside a compiled graph: unchecked there
+    if not check_ids or torch.compiler.is_compiling():  # no host sync in a compiled graph
         return valid
     bad = valid & ((ids < 0) | (ids >= vocab))
     if bool(bad.any()):

@@ -303,11 +303,11 @@ def _rows(x: torch.Tensor, writable: bool = False) -> tuple[torch.Tensor, int, i
 
 def sparse_fwd(x: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor, row_mask: torch.Tensor,
                temperature: float, divergence: int, jsd_beta: float, bucket: bool,
-               all_slots: bool):
+               all_slots: bool, flag: torch.Tensor | None = None):
     """(Div per row (shape x.shape[:-1], fp32), workspace, flag): the (n, 3 + 2k) fp32
     workspace holds what backward needs (per row max and log-sum of x / tau, G, the student's
     log-probs at the ids (-inf off the support), ga); the 1-element int32 flag is 1 if a valid
-    slot's id lies outside [0, V).
+    slot's id lies outside [0, V) (``flag``: one to set instead, shared by several calls).
 
     ``lp``, ``ids``: (..., k) in row order (contiguous); ``row_mask``: (...) bool."""
     V, K = x.shape[-1], ids.shape[-1]
@@ -315,7 +315,8 @@ def sparse_fwd(x: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor, row_mask: t
     dev = x.device
     d = torch.empty(x.shape[:-1], device=dev, dtype=torch.float32)
     ws = torch.empty(n, 3 + 2 * K, device=dev, dtype=torch.float32)
-    flag = torch.zeros(1, device=dev, dtype=torch.int32)
+    if flag is None:
+        flag = torch.zeros(1, device=dev, dtype=torch.int32)
     if n:
         rx, sa, sb, R = _rows(x)
         with launch_device(x):
