@@ -50,7 +50,7 @@ DIV_CODE = {"forward_kl": 0, "reverse_kl": 1, "jsd": 2}
 # Slots per iteration of the forward's epilogue (k = 64, a typical server top-k, in one).
 MAX_BLOCK_K = 64
 # The backward's duplicate-id sum is a BLOCK_K x BLOCK_K tile: 32 keeps the kernel at 32
-# registers on sm_80 / sm_90 (64 took 48-64, scripts-style builds in tests/test_sparse_glue.py).
+# registers on sm_80 / sm_90 (64 took 48 and 64; tests/test_sparse_glue.py builds them).
 MAX_BLOCK_K_BWD = 32
 # Constants inside the kernels, as literals: -1e-7, TRL's _add_tail_bucket clamp of log sum_S p
 # (support_divergence.TAIL_LOG_SUM_MAX); 1.1754943508222875e-38, the smallest normal fp32, the
