@@ -11,7 +11,8 @@ import pytest
 
 from bench.config import BenchConfig
 from bench.harness import CONFIG, RECORDER
-from bench.report import Recorder, write_outputs
+from bench.recorder import Recorder
+from bench.report import write_outputs
 
 
 def pytest_report_header(config):

@@ -15,9 +15,17 @@ import torch
 
 from bench.config import BenchConfig, load_config
 from bench.inputs import make_hidden_case, make_logits_case
-from bench.measure import CpuPeakRss, cuda_peak_bytes, gemm_flops, mode_callables, run_once
+from bench.measure import (
+    CpuPeakRss,
+    copy_gb_s,
+    cuda_peak_bytes,
+    gemm_flops,
+    gemm_tflops,
+    mode_callables,
+    run_once,
+)
 from bench.providers import FUSED_LOSSES, Provider
-from bench.report import Recorder
+from bench.recorder import Recorder
 
 CONFIG: BenchConfig = load_config()
 RECORDER = Recorder(CONFIG)
@@ -91,6 +99,28 @@ def memory_guard(loss: str, shape, provider: Provider) -> str | None:
         return (f"needs ~{need / 2**30:.1f} GiB at {shape.id}, "
                 f"{have / 2**30:.1f} GiB available")
     return None
+
+
+# ------------------------------------------------------------------------------------ rates
+
+
+_RATES: dict = {}
+
+
+def measured_rates(loss: str, shape) -> dict[str, float]:
+    """The rates the floors are charged at, measured in this run: the copy bandwidth (once)
+    and, for a fused-linear shape, ``torch.mm``'s rate on its (N, H) x (H, V) product (once
+    per shape; three products on the CPU, a few seconds at the default shapes)."""
+    if "copy_gb_s" not in _RATES:
+        _RATES["copy_gb_s"] = copy_gb_s(CONFIG.device, 2**31 if CONFIG.on_cuda else 2**26)
+    rates = {"copy_gb_s": _RATES["copy_gb_s"]}
+    if loss in FUSED_LOSSES:
+        key = (shape.n_tokens, shape.hidden, shape.vocab)
+        if key not in _RATES:
+            _RATES[key] = gemm_tflops(CONFIG.device, *key, CONFIG.dtype,
+                                      reps=5 if CONFIG.on_cuda else 3)
+        rates["gemm_tflops"] = _RATES[key]
+    return rates
 
 
 # ----------------------------------------------------------------------------------- timing
@@ -196,4 +226,5 @@ def _run_benchmark(benchmark, *, loss: str, provider: Provider, shape, mode: str
     for t in leaves:
         t.grad = None
     RECORDER.ok(**base, stats=stats, calibration_s=calibration, memory=memory,
-               valid_fraction=case.mask.float().mean().item(), first_call_s=first_call)
+               valid_fraction=case.mask.float().mean().item(), first_call_s=first_call,
+               rates=measured_rates(loss, shape) if mode == "fwd+bwd" else None)

@@ -34,6 +34,17 @@ def ragged_mask(batch: int, seq_len: int, generator: torch.Generator) -> torch.T
     return mask
 
 
+def case_mask(n_tokens: int, seed: int = 0) -> torch.Tensor:
+    """The (B, T) mask of the cases below: the first draw of their seeded CPU generator (so
+    ``bench.floors`` counts the valid rows of a committed run without drawing its logits)."""
+    return _mask_and_generator(n_tokens, seed)[0]
+
+
+def _mask_and_generator(n_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+    g = torch.Generator().manual_seed(seed)
+    return ragged_mask(*batch_layout(n_tokens), g), g
+
+
 @dataclass
 class LogitsCase:
     """Inputs of the logits-in losses. ``student`` is the leaf that receives the gradient."""
@@ -69,9 +80,8 @@ def _labels(mask: torch.Tensor, vocab: int, generator: torch.Generator) -> torch
 
 def make_logits_case(n_tokens: int, vocab: int, *, dtype: torch.dtype, device: torch.device,
                      seed: int = 0) -> LogitsCase:
-    g = torch.Generator().manual_seed(seed)
-    B, T = batch_layout(n_tokens)
-    mask = ragged_mask(B, T, g)
+    mask, g = _mask_and_generator(n_tokens, seed)
+    B, T = mask.shape
     labels = _labels(mask, vocab, g)
     # Drawn on the target device (a host copy of a 16k x 262k tensor would be 17 GB).
     gd = torch.Generator(device=device).manual_seed(seed)
@@ -83,9 +93,8 @@ def make_logits_case(n_tokens: int, vocab: int, *, dtype: torch.dtype, device: t
 
 def make_hidden_case(n_tokens: int, vocab: int, hidden: int, *, dtype: torch.dtype,
                      device: torch.device, seed: int = 0) -> HiddenCase:
-    g = torch.Generator().manual_seed(seed)
-    B, T = batch_layout(n_tokens)
-    mask = ragged_mask(B, T, g)
+    mask, g = _mask_and_generator(n_tokens, seed)
+    B, T = mask.shape
     labels = _labels(mask, vocab, g)
     # Scaled so logits = h @ W.T have std ~4, like the logits-in inputs.
     h_s = torch.randn(B, T, hidden, generator=g)

@@ -19,10 +19,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from bench.floors import gemm_count
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
@@ -166,16 +170,38 @@ def floor_bytes(loss: str, mode: str, n_tokens: int, vocab: int, dtype: torch.dt
     return floor_entry_passes(loss, mode) * n_tokens * vocab * elt
 
 
-def gemm_count(loss: str, mode: str) -> int:
-    """GEMMs of shape 2*N*H*V the fused-linear losses cannot avoid."""
-    # The distillation losses project both sides; the log-prob loss and the sparse-teacher
-    # loss (whose teacher is its top-k) the student only.
-    fwd = 1 if loss == "fused_linear_token_logprobs" or "sparse" in loss else 2
-    return {"fwd": fwd, "bwd": 2, "fwd+bwd": fwd + 2}[mode]
-
-
 def gemm_flops(loss: str, mode: str, n_tokens: int, vocab: int, hidden: int) -> int:
     return gemm_count(loss, mode) * 2 * n_tokens * hidden * vocab
+
+
+def median_seconds(fn, device: torch.device, reps: int) -> float:
+    """The median wall time of ``reps`` calls of ``fn``, each between two device syncs."""
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_gb_s(device: torch.device, nbytes: int) -> float:
+    """Copy bandwidth (read + write bytes per second) of one large bf16 copy on ``device``:
+    the rate the logits-in floors are charged at."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * nbytes / median_seconds(lambda: dst.copy_(src), device, 10) / 1e9
+
+
+def gemm_tflops(device: torch.device, n: int, h: int, v: int, dtype: torch.dtype,
+                reps: int = 5) -> float:
+    """``torch.mm``'s rate on an (n, h) x (h, v) product: the rate of the fused floors."""
+    a = torch.randn(n, h, device=device, dtype=dtype)
+    b = torch.randn(h, v, device=device, dtype=dtype)
+    torch.mm(a, b)
+    return 2 * n * h * v / median_seconds(lambda: torch.mm(a, b), device, reps) / 1e12
 
 
 # name substring -> (HBM bytes/s, dense bf16 tensor-core flop/s), from the vendors' datasheets

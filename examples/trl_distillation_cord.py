@@ -30,7 +30,7 @@ import tempfile
 
 from datasets import Dataset
 from trl import DistillationConfig, DistillationTrainer
-from trl_gkd_jsd import tiny_causal_lm, tiny_tokenizer
+from trl_gkd_jsd import quiet_upstream_deprecations, tiny_causal_lm, tiny_tokenizer
 
 from cord_kernels.integrations import trl as cord_trl
 
@@ -41,10 +41,11 @@ def build_distillation_trainer(output_dir: str, *, beta: float = 0.5, steps: int
     wider (48) than the student (32) and has its own head."""
     tokenizer = tiny_tokenizer("what is two plus three five four one the answer".split())
     rows = [{"prompt": "what is two plus three"}, {"prompt": "what is one plus three"}] * 4
-    args = DistillationConfig(output_dir=output_dir, beta=beta, max_steps=steps,
-                              per_device_train_batch_size=2, learning_rate=1e-2, report_to=[],
-                              logging_steps=1, save_strategy="no", use_cpu=True,
-                              max_completion_length=completion_length, seed=0)
+    with quiet_upstream_deprecations():
+        args = DistillationConfig(output_dir=output_dir, beta=beta, max_steps=steps,
+                                  per_device_train_batch_size=2, learning_rate=1e-2,
+                                  report_to=[], logging_steps=1, save_strategy="no",
+                                  use_cpu=True, max_completion_length=completion_length, seed=0)
     vocab = len(tokenizer)
     return DistillationTrainer(
         model=tiny_causal_lm(vocab, 32, seed=0), teacher_model=tiny_causal_lm(vocab, 48, seed=1),
@@ -61,11 +62,12 @@ if __name__ == "__main__":
         for name, loss in (("TRL's own loss", False), ("cord_kernels", None),
                            ("cord_kernels + CORD weights", cord_trl.cord_loss())):
             trainer = build_distillation_trainer(tmp, beta=1.0)
-            if loss is False:
-                trainer.train()
-            else:
-                with cord_trl.patched(loss):
+            with quiet_upstream_deprecations():
+                if loss is False:
                     trainer.train()
+                else:
+                    with cord_trl.patched(loss):
+                        trainer.train()
             runs[name] = logged_losses(trainer)
         for name, losses in runs.items():
             print(f"{name:30s}", " ".join(f"{x:.6f}" for x in losses))

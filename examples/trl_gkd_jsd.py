@@ -17,14 +17,33 @@ temperature 1 (``GKDConfig.temperature`` is the sampling temperature).
 from __future__ import annotations
 
 import tempfile
+import warnings
+from contextlib import contextmanager
 
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from trl.experimental.gkd import GKDConfig, GKDTrainer
 
 import cord_kernels
+
+#: What TRL 1.16 makes transformers 5 say on every config and every train(): TRL's configs and
+#: trainers still use the gradient-checkpointing names transformers renamed to
+#: activation_checkpointing. Nothing here calls them; filtered only around the TRL calls below.
+UPSTREAM_DEPRECATIONS = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
+
+
+@contextmanager
+def quiet_upstream_deprecations():
+    """Hides :data:`UPSTREAM_DEPRECATIONS` (and no other warning) inside the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", UPSTREAM_DEPRECATIONS, FutureWarning)
+        yield
+
+
+with warnings.catch_warnings():  # GKD lives in trl.experimental in TRL 1.16; we know
+    warnings.filterwarnings("ignore", "You are importing from 'trl.experimental'")
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
 
 
 class CordJSDGKDTrainer(GKDTrainer):
@@ -94,10 +113,11 @@ def build_trainer(output_dir: str, *, beta: float = 0.5, steps: int = 1,
     tokenizer = tiny_tokenizer(words)
     rows = [{"prompt": "what is two plus three", "completion": "the answer is five"},
             {"prompt": "what is one plus three", "completion": "four"}] * 2
-    args = GKDConfig(output_dir=output_dir, beta=beta, lmbda=0.0, max_steps=steps,
-                     per_device_train_batch_size=2, learning_rate=1e-3, report_to=[],
-                     logging_steps=1, save_strategy="no", use_cpu=device == "cpu",
-                     disable_dropout=True)
+    with quiet_upstream_deprecations():
+        args = GKDConfig(output_dir=output_dir, beta=beta, lmbda=0.0, max_steps=steps,
+                         per_device_train_batch_size=2, learning_rate=1e-3, report_to=[],
+                         logging_steps=1, save_strategy="no", use_cpu=device == "cpu",
+                         disable_dropout=True)
     vocab = len(tokenizer)
     return (trainer_class or CordJSDGKDTrainer)(
         model=tiny_causal_lm(vocab, 32, seed=0), teacher_model=tiny_causal_lm(vocab, 32, seed=1),
@@ -113,5 +133,6 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(tmp, steps=2, device=ap.parse_args().device)
-        trainer.train()
+        with quiet_upstream_deprecations():
+            trainer.train()
         print("final loss", trainer.state.log_history[-1].get("train_loss"))

@@ -22,18 +22,9 @@ run it is the HTTP response of ``trl vllm-serve``.
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from opd_fused_distill import tiny_lm  # the same two tiny models as that recipe
 
 from cord_kernels import fused_linear_sparse_teacher_loss, teacher_topk
-
-
-def tiny_lm(hidden_size: int, *, vocab_size: int = 97, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size,
-                      intermediate_size=2 * hidden_size, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                      tie_word_embeddings=False)
-    return Qwen2ForCausalLM(cfg)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one command to run on a lent GPU machine (at most 470 s on one H200; the exact device
-# call is in docs/verification.md):
+# The one command to run on a lent GPU machine (at most 550 s on one H200 or H100; the exact
+# device call is in docs/verification.md):
 #
 #   scripts/gpu_check.sh OUT_DIR                  # on the GPU, from the checkout, nothing fetched
 #   scripts/gpu_check.sh --only STEP OUT_DIR      # rerun one step (env and summary run too)
@@ -8,16 +8,21 @@
 #
 # Exit code: 0 every step done; 3 a step failed or was stopped at its limit (the files are
 # valid and say which); 1 the files are not what the device can bring back; 2 bad arguments.
-# It writes 6 files, json and markdown, in OUT_DIR itself (the device returns at most 8 files,
+# It writes 8 files, json and markdown, in OUT_DIR itself (the device returns at most 8 files,
 # at most 2 folders down) and commits nothing. Each one exists from the start, its rows
 # "not reached", and is rewritten as results come in, so whatever is killed, the files that
-# come back are valid and say how far each step got. The steps, in order:
+# come back are valid and say how far each step got. The steps, in order, the most wanted
+# first (a lease is 15 minutes of device time, the machine's start included):
 #   env.json        versions, GPU, driver, the wheels installed, whether the peers import
+#   trl.json        the TRL drop-in against TRL's own Triton kernel, H x N x beta, and a
+#                   torch.profiler trace of one drop-in call (bench/gpu/trl.py)
+#   realistic.json  bf16, N = 16384: logits in at V = 152064 and fused linear at H = 3584
+#                   against the valid-rows floors and Liger, TRL, torch.compile
+#   rest.json       JSD, log-probs, sparse teacher, reverse KL and the CORD loss at N = 1024,
+#                   4096, 16384, launch configs (bench/gpu/check.py)
 #   tests.json      the CUDA cases of every kernel (fp32, bf16; compiled kernels): tests/gpu
 #                   and each test file with a device="cuda" case, in parallel (pytest -n)
-#   realistic.json  bf16, N = 16384: logits in at V = 152064 and fused linear at H = 3584
-#                   against the copy-bandwidth and GEMM floors and Liger, TRL, torch.compile
-#   rest.json       JSD, log-probs, sparse teacher, N = 4096, launch configs (bench/gpu_check.py)
+#   vparallel.json  the vocabulary-parallel losses through a 1-rank NCCL group
 #   train.json      5 bf16 steps of `cord train use_fused_linear=true` on the tiny model, and
 #                   one step of the TRL drop-in (examples/trl_gkd_jsd.py) on CUDA
 #   summary.md      all of it as tables
@@ -31,11 +36,11 @@ set -uo pipefail
 
 usage() {
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
-    echo "options: --dry-run (CPU plumbing), --only STEP (one of env tests realistic rest" \
-         "train), --limit STEP=SECONDS (override a step's time limit), -h/--help"
+    echo "options: --dry-run (CPU plumbing), --only STEP (one of ${ALL_STEPS[*]})," \
+         "--limit STEP=SECONDS (override a step's time limit), -h/--help"
 }
 
-ALL_STEPS=(env tests realistic rest train)
+ALL_STEPS=(env trl realistic rest tests vparallel train)
 DRY_RUN=0
 ONLY=""
 OUT=""
@@ -86,15 +91,19 @@ STEPS=("${ALL_STEPS[@]}")
 START=$SECONDS
 
 # Hard time limits in seconds, and the grace between SIGINT and SIGKILL. On the GPU they add
-# up to 390 s (450 with every grace spent), inside the device call's timeout_s of 470
-# (docs/verification.md). A measuring step's soft budget stops starting rows 15 s before its
-# limit (a quarter of it, if that is less). The dry run's limits only guard a loaded CPU.
+# up to 470 s (540 with every grace spent), inside the device call's timeout_s of 550
+# (docs/verification.md): with a start of 60-120 s, about 230 s of the 900 s lease are left
+# for one --only rerun on the warm machine. A measuring step's soft budget stops starting
+# rows 15 s before its limit (a quarter of it, if that is less). The dry run's limits only
+# guard a loaded CPU.
 GRACE=10
 if [ "$DRY_RUN" = 1 ]; then
-    declare -A LIMIT=([env]=60 [tests]=120 [realistic]=60 [rest]=60 [train]=60)
+    declare -A LIMIT=([env]=60 [trl]=90 [realistic]=60 [rest]=60 [tests]=120 [vparallel]=60
+                      [train]=60)
     WORKERS=1
 else
-    declare -A LIMIT=([env]=40 [tests]=90 [realistic]=110 [rest]=80 [train]=70)
+    declare -A LIMIT=([env]=30 [trl]=100 [realistic]=90 [rest]=80 [tests]=60 [vparallel]=40
+                      [train]=70)
     WORKERS=8
 fi
 for pair in "${LIMIT_ARGS[@]}"; do LIMIT[${pair%%=*}]=${pair#*=}; done
@@ -121,7 +130,7 @@ limited() {
 NOT_DONE=()
 finish() {  # STEP RC: the step's outcome and log tail into its file
     [ "$2" -ne 0 ] && NOT_DONE+=("$1 (exit $2)")
-    "$PY" -m bench.gpu_files finish "$OUT" "$1" "$2" "$LAST_SECONDS" "$WORK/$1.log" \
+    "$PY" -m bench.gpu.files finish "$OUT" "$1" "$2" "$LAST_SECONDS" "$WORK/$1.log" \
         --limit-s "${LIMIT[$1]}"
 }
 
@@ -145,7 +154,7 @@ for wheel in sys.argv[1:]:
         WHEELS="the image already has all $TOTAL distributions of .whl/"
     elif [ "$DRY_RUN" = 1 ]; then
         WHEELS="dry run: would install ${#NEEDED[@]} of $TOTAL wheels: $NAMES"
-    elif timeout -s INT -k "$GRACE" 60 "$PY" -m pip install -q --no-index --no-deps \
+    elif timeout -s INT -k "$GRACE" 30 "$PY" -m pip install -q --no-index --no-deps \
             --no-compile --no-cache-dir --target "$WORK/site" "${NEEDED[@]}" \
             > "$WORK/pip.log" 2>&1; then
         export PYTHONPATH="$PYTHONPATH:$WORK/site"
@@ -155,7 +164,7 @@ for wheel in sys.argv[1:]:
     fi
 fi
 say "$WHEELS"
-limited env "${LIMIT[env]}" "$PY" -m bench.gpu_check env "$OUT" "${DRY[@]}" --wheels "$WHEELS" \
+limited env "${LIMIT[env]}" "$PY" -m bench.gpu.check env "$OUT" "${DRY[@]}" --wheels "$WHEELS" \
     --steps "$(IFS=,; echo "${STEPS[*]}")" "${LIMIT_FLAGS[@]}"
 RC=$?
 [ -f "$OUT/env.json" ] || { say "env wrote no files: nothing to fill in"; exit 1; }
@@ -163,23 +172,23 @@ finish env $RC
 
 step_tests() {  # the CUDA cases of every kernel, compiled, in parallel
     local files
-    mapfile -t files < <("$PY" -m bench.gpu_files cuda-tests)
+    mapfile -t files < <("$PY" -m bench.gpu.files cuda-tests)
     # The dry run proves the plumbing (xdist, junit, skip reasons) on the newest CUDA cases.
     [ "$DRY_RUN" = 1 ] && files=(tests/gpu tests/test_jsd.py)
     CORD_TEST_COMPILED=1 limited tests "${LIMIT[tests]}" "$PY" -m pytest -q -p no:cacheprovider \
         -rfEs -n "$WORKERS" -m "cuda or gpu" --junitxml="$WORK/tests.xml" "${files[@]}"
     local rc=$?
-    "$PY" -m bench.gpu_files tests "$OUT" "$WORK/tests.xml" "${files[@]}"
+    "$PY" -m bench.gpu.files tests "$OUT" "$WORK/tests.xml" "${files[@]}"
     finish tests "$rc"
 }
 
-step_measure() {  # realistic | rest, with a fresh Triton and inductor cache
+step_measure() {  # trl | realistic | rest | vparallel, with a fresh Triton and inductor cache
     local step="$1"
     local limit="${LIMIT[$step]}"
     local soft=$((limit - (limit / 4 < 15 ? limit / 4 : 15)))
     TRITON_CACHE_DIR="$(mktemp -d "$WORK/triton-$step.XXXX")" \
     TORCHINDUCTOR_CACHE_DIR="$(mktemp -d "$WORK/inductor-$step.XXXX")" \
-        limited "$step" "$limit" "$PY" -m bench.gpu_check measure "$OUT" "$step" "${DRY[@]}" \
+        limited "$step" "$limit" "$PY" -m bench.gpu.check measure "$OUT" "$step" "${DRY[@]}" \
         --budget-s "$soft"
     finish "$step" $?
 }
@@ -197,11 +206,11 @@ step_train() {  # cord train on the tiny model, then one step of the TRL drop-in
     fi
     limited train "$cord" "$PY" -m cord.cli train "${args[@]}" "max_steps=$steps"
     rc=$?
-    "$PY" -m bench.gpu_files train "$OUT" cord_train "$WORK/train.log" "$rc" "$LAST_SECONDS"
+    "$PY" -m bench.gpu.files train "$OUT" cord_train "$WORK/train.log" "$rc" "$LAST_SECONDS"
     if [ "$DRY_RUN" = 0 ]; then  # the dry run leaves it to tests/test_examples.py (CPU)
         limited trl_gkd $((LIMIT[train] - cord)) "$PY" examples/trl_gkd_jsd.py --device cuda
         local gkd=$?
-        "$PY" -m bench.gpu_files train "$OUT" trl_gkd "$WORK/trl_gkd.log" "$gkd" "$LAST_SECONDS"
+        "$PY" -m bench.gpu.files train "$OUT" trl_gkd "$WORK/trl_gkd.log" "$gkd" "$LAST_SECONDS"
         [ "$rc" -eq 0 ] && rc=$gkd
     fi
     LAST_SECONDS=$((SECONDS - t0))
@@ -211,17 +220,21 @@ step_train() {  # cord train on the tiny model, then one step of the TRL drop-in
 for step in "${STEPS[@]}"; do
     case "$step" in
         tests) step_tests ;;
-        realistic|rest) step_measure "$step" ;;
+        trl|realistic|rest|vparallel) step_measure "$step" ;;
         train) step_train ;;
     esac
 done
 
 # The summary, and a check of what the device would bring back.
 rm -f "$OUT"/.*.tmp
-"$PY" -m bench.gpu_files summary "$OUT"
-"$PY" -m bench.gpu_files validate "$OUT" || exit 1
-# The headline (steps, tests, realistic sizes) here too: the device returns the end of stdout.
-sed -n '/^## Steps/,/^## The rest/p' "$OUT/summary.md" | sed '$d'
+"$PY" -m bench.gpu.summary "$OUT"
+"$PY" -m bench.gpu.files validate "$OUT" || exit 1
+# The headline here too, the Steps table last: the device returns the end of stdout (12,000
+# characters), so what is cut first is the drop-in's table, which trl.json holds anyway.
+section() { sed -n "/^## $1/,/^## $2/p" "$OUT/summary.md" | sed '$d'; }
+section "The TRL drop-in" "CUDA tests"
+section "CUDA tests" "The rest"
+section "Steps" "The TRL drop-in"
 say "done in $((SECONDS - START))s: $OUT/summary.md"
 if [ "${#NOT_DONE[@]}" -gt 0 ]; then
     say "steps that did not finish: ${NOT_DONE[*]} (rerun one with --only STEP)"

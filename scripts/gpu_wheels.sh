@@ -45,4 +45,4 @@ if [ "$COUNT" -ne "${#WHEELS[@]}" ]; then
 fi
 ls -l "$DEST"/*.whl | awk '{printf "  %8.1f KiB  %s\n", $5 / 1024, $NF}'
 cd "$REPO"
-"$PY" -m bench.gpu_files travel --carry .whl --limit-mib "$BUDGET_MIB"
+"$PY" -m bench.gpu.files travel --carry .whl --limit-mib "$BUDGET_MIB"

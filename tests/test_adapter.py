@@ -14,8 +14,9 @@ from torch import nn
 
 from cord.cli import main
 from cord.data.synthetic import tone_audio
-from cord.models.adapter import ChatAdapter, Qwen2AudioAdapter, resolve_device
+from cord.models.adapter import ChatAdapter, Qwen2AudioAdapter
 from cord.models.families import build_adapter
+from cord.models.loading import resolve_device
 from cord.models.tiny import build_tiny_qwen2_audio
 from cord_kernels import fused_linear_token_logprobs, token_logprobs
 

@@ -52,6 +52,7 @@ def test_extract_choice_respects_the_option_set():
         extract_choice("B", choices="12")
 
 
+# (text, expected) like CHOICE_CASES: a table of cases has the same shape by design.
 MATH_CASES = [
     ("\\boxed{42}", "42"),
     ("First \\boxed{1}, then finally \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),

@@ -20,7 +20,8 @@ from bench.config import HiddenShape, LogitsShape, load_config  # noqa: E402
 from bench.inputs import IGNORE_INDEX, batch_layout, make_hidden_case, make_logits_case  # noqa: E402
 from bench.measure import floor_bytes, gemm_flops, mode_callables  # noqa: E402
 from bench.providers import FUSED_PROVIDERS, LOGITS_PROVIDERS, get_provider  # noqa: E402
-from bench.report import Recorder, compute_ratios, render_markdown  # noqa: E402
+from bench.recorder import Recorder, compute_ratios  # noqa: E402
+from bench.tables import render_markdown  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -249,18 +250,28 @@ def test_report_ratios_and_markdown(tmp_path):
     shape = LogitsShape(64, 4096)
     for name, t, mem in (("cord_kernels", 1.0, 100), ("torch", 2.0, 400),
                          ("torch.compile", 1.6, 200)):
+        # the copy rate at which reverse KL's 5 elements x 64 x 4096 rows (fp32) take 1 s
         row = rec.ok(loss="reverse_kl", provider=get_provider("reverse_kl", name), shape=shape,
                      mode="fwd+bwd", stats=_fake_stats(t), calibration_s=t,
-                     memory={"delta_bytes": mem, "peak_bytes": mem + 1000})
+                     memory={"delta_bytes": mem, "peak_bytes": mem + 1000},
+                     valid_fraction=0.75, rates={"copy_gb_s": 5 * 64 * 4096 * 4 / 1e9})
         assert row["gbps"] > 0
+        # reverse KL takes no mask: every row is its work, whatever the valid share
+        assert row["n_valid"] == 48 and row["floor"]["pct_floor"] == pytest.approx(100 / t)
+        assert row["floor"]["pct_floor_all_rows"] == pytest.approx(100 / t)
     rec.skip(loss="reverse_kl", provider=get_provider("reverse_kl", "liger LigerJSD(beta=1)"),
              shape=shape, mode="fwd+bwd", reason="needs CUDA")
     fshape = HiddenShape(1024, 151936, 896)
+    # the GEMM rate at which the 4 GEMMs on the 512 valid rows take 4 s
+    rate = 4 * 2 * 512 * 896 * 151936 / 4.0 / 1e12
     for name, t in (("cord_kernels", 8.0), ("4 GEMMs (floor)", 6.0),
                     ("trl ChunkedDivergenceFunction", 20.0)):
-        rec.ok(loss="fused_linear_cord_token_loss",
-               provider=get_provider("fused_linear_cord_token_loss", name), shape=fshape,
-               mode="fwd+bwd", stats=_fake_stats(t), calibration_s=t, memory=None)
+        row = rec.ok(loss="fused_linear_cord_token_loss",
+                     provider=get_provider("fused_linear_cord_token_loss", name), shape=fshape,
+                     mode="fwd+bwd", stats=_fake_stats(t), calibration_s=t, memory=None,
+                     valid_fraction=0.5, rates={"copy_gb_s": 1.0, "gemm_tflops": rate})
+        assert row["floor"]["pct_floor"] == pytest.approx(400 / t)
+        assert row["floor"]["pct_floor_all_rows"] == pytest.approx(800 / t)
     rec.rows[0]["physical_floor_s"] = 0.25  # as on a known GPU: a quarter of the 1 s measured
     rows = {(r["loss"], r["provider"]): r for r in compute_ratios(rec.rows)}
     ours = rows[("reverse_kl", "cord_kernels")]
@@ -272,9 +283,13 @@ def test_report_ratios_and_markdown(tmp_path):
     assert fused["time_vs_floor"] == pytest.approx(8 / 6)
     trl = rows[("fused_linear_cord_token_loss", "trl ChunkedDivergenceFunction")]
     assert trl["time_vs_ours"] == pytest.approx(2.5)
+    assert fused["pct_timed_floor_all"] == pytest.approx(75.0)  # the GEMMs timed: 6 s
     md = render_markdown(rec)
     assert "x0.50" in md and "x0.62 (torch.compile)" in md
     assert "(25% of peak)" in md
+    assert "| 100.0 | 100.0 |" in md  # reverse KL's floor columns: valid rows, all rows
+    assert "| 8.00 s | 50.0 | 100.0 |" in md  # the fused CORD loss's
+    assert "charged at the copy bandwidth measured in this run" in md
     assert "TRL / cord_kernels = x2.50 time" in md
     assert "skipped (see below)" in md and "- liger LigerJSD(beta=1): needs CUDA" in md
     json.dumps(rec.rows, default=str)  # the rows serialise

@@ -418,15 +418,18 @@ def test_omni_full_checkpoint_loads_the_thinker_without_a_talker_qwen2_5_omni(tm
 
 # -- FSDP2 on two processes, every family ------------------------------------------------------
 
+# Each rank writes its block classes to its own file (blocks-<rank>.json), never to the pipe
+# both ranks share.
 FSDP2_SCRIPT = """
-import json, sys
+import json, os, sys
 from cord.cli import main
 from cord.models.families import build_adapter
 from cord.train.distributed import block_modules
 
 model = sys.argv[1]
 blocks = sorted({type(m).__name__ for m in block_modules(build_adapter(model).model)})
-print("blocks " + json.dumps(blocks), flush=True)
+with open(f"blocks-{os.environ['RANK']}.json", "w") as f:
+    json.dump(blocks, f)
 sys.exit(main(["train", f"model={model}", *sys.argv[2:]]))
 """
 
@@ -435,11 +438,7 @@ def test_fsdp2_two_processes_every_family(saved, data, tmp_path):
     """2-process (gloo) launches train every family with distributed=fsdp2, each block of
     the family's decoder (and encoder) layer classes its own unit; its losses match one
     process with the whole batch (greedy rollouts, prompts of equal length)."""
-    import os
-    import subprocess
-    import sys
-
-    from helpers import free_port, logged
+    from helpers import launch_two_cpu, logged
 
     torch.set_num_threads(1)
     options = [f"dataset={data}", "objective=cord", "cord_seq_weight=0", "judge=none",
@@ -449,22 +448,17 @@ def test_fsdp2_two_processes_every_family(saved, data, tmp_path):
     script = tmp_path / "fsdp2_family.py"
     script.write_text(FSDP2_SCRIPT)
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root),
-           "ACCELERATE_USE_CPU": "true"}
     for family in FAMILIES:  # one launch each: a process trains one model
-        two = tmp_path / family / "two"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(root / "examples" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port",
-               str(free_port()), str(script), str(saved[family]), f"output_dir={two}",
-               *options, "per_device_train_batch_size=1", "distributed=fsdp2"]
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-        log = proc.stdout + proc.stderr
-        assert proc.returncode == 0, log[-4000:]
-        assert "sharded over 2 process(es)" in log
-        line = next(x for x in proc.stdout.splitlines() if x.startswith("blocks "))
-        blocks = set(json.loads(line.split(" ", 1)[1]))
-        assert blocks and blocks <= set(get_family(family).BLOCKS), (family, blocks)
+        two, here = tmp_path / family / "two", tmp_path / family
+        here.mkdir()
+        proc = launch_two_cpu(root, here, [
+            str(script), str(saved[family]), f"output_dir={two}", *options,
+            "per_device_train_batch_size=1", "distributed=fsdp2"])
+        assert proc.returncode == 0, proc.output
+        assert "sharded over 2 process(es)" in proc.ranks[0]  # rank 0 prints it
+        blocks = [json.loads((here / f"blocks-{rank}.json").read_text()) for rank in (0, 1)]
+        assert blocks[0] == blocks[1], (family, blocks)
+        assert blocks[0] and set(blocks[0]) <= set(get_family(family).BLOCKS), (family, blocks)
         one = tmp_path / family / "one"
         train(CordConfig.from_yaml(None, [f"model={saved[family]}", f"output_dir={one}",
                                           "per_device_train_batch_size=2", *options]))

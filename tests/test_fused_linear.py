@@ -56,6 +56,19 @@ def _assert_close(out, expect, tol, what):
     assert err < tol, f"{what}: relative error {err:.3g} >= {tol}"
 
 
+def _assert_matches_both(out, got, expect64, want64, expect32, want32, tol):
+    """The fused value and its (hidden, weight, bias) gradients ``got`` against the float64
+    reference (within ``tol``) and the materialised-logits fp32 path (within max(tol, 1e-5))."""
+    _assert_close(out, expect64, tol, "value vs fp64")
+    _assert_close(out, expect32, max(tol, 1e-5), "value vs materialised logits")
+    for name, g, w32, w64 in zip(("hidden", "weight", "bias"), got, want32, want64,
+                                 strict=True):
+        if g is None:
+            continue
+        _assert_close(g, w64, tol, f"grad {name} vs fp64")
+        _assert_close(g, w32, max(tol, 1e-5), f"grad {name} vs materialised logits")
+
+
 def _check_cord(hs, ht, W, b, mask, *, impl, reduction, tol, teacher=None, **opts):
     """Runs the fused loss and checks value and every gradient against (1) cord_token_loss
     on materialised logits and (2) the float64 reference. Returns the fused value."""
@@ -89,14 +102,7 @@ def _check_cord(hs, ht, W, b, mask, *, impl, reduction, tol, teacher=None, **opt
         reduction=reduction, **cord_opts)
     want64 = _grads(expect64, z, cot.double())
 
-    _assert_close(out, expect64, tol, "value vs fp64")
-    _assert_close(out, expect32, max(tol, 1e-5), "value vs materialised logits")
-    for name, g, w32, w64 in zip(("hidden", "weight", "bias"), got, want32, want64,
-                                 strict=True):
-        if g is None:
-            continue
-        _assert_close(g, w64, tol, f"grad {name} vs fp64")
-        _assert_close(g, w32, max(tol, 1e-5), f"grad {name} vs materialised logits")
+    _assert_matches_both(out, got, expect64, want64, expect32, want32, tol)
     # Masked positions never reach the loss: exactly zero gradient there.
     assert (got[0][~mask] == 0).all()
     return out
@@ -395,16 +401,8 @@ def test_logprobs_match_references(lead, H, V, dtype, temperature, rows, bias, i
                                                temperature=temperature, ignore_index=-7)
     want64 = _grads(expect64, z, cot.double())
 
-    tol = TOL[dtype]
-    _assert_close(out, expect64, tol, "value vs fp64")
-    _assert_close(out, expect32, max(tol, 1e-5), "value vs materialised logits")
-    for name, gt, w32, w64 in zip(("hidden", "weight", "bias"), got, want32, want64,
-                                  strict=True):
-        if gt is None:
-            continue
-        assert gt.dtype == dtype
-        _assert_close(gt, w64, tol, f"grad {name} vs fp64")
-        _assert_close(gt, w32, max(tol, 1e-5), f"grad {name} vs materialised logits")
+    assert all(gt is None or gt.dtype == dtype for gt in got)
+    _assert_matches_both(out, got, expect64, want64, expect32, want32, TOL[dtype])
     assert (got[0][labels == -7] == 0).all()
 
 

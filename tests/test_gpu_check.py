@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu_files
+from bench.gpu import files as gpu_files
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
@@ -47,7 +47,8 @@ def _run(*args, timeout=60, tmp=None):
     ((), "missing OUT_DIR"),
     (("--fast", "out"), "unknown option --fast"),
     (("a", "b"), "one output folder expected"),
-    (("--only", "bench", "out"), "--only takes one of env tests realistic rest train"),
+    (("--only", "bench", "out"), "--only takes one of env trl realistic rest tests vparallel "
+                                 "train"),
     (("--limit", "train", "out"), "--limit takes STEP=SECONDS"),
 ])
 def test_bad_arguments_exit_2_and_say_why(args, message):
@@ -132,8 +133,13 @@ def test_dry_run_rows_have_the_measured_columns(dry_run):
         assert ours and all(r["status"] == "ok" for r in ours), ours
         for r in ours:
             assert r["time_ms"] > 0 and r["first_call_s"] > 0
-            assert r["tflops"] > 0 if r["table"] == "fused" else (
-                r["pct_one_pass_floor"] < r["pct_two_pass_floor"])
+            assert 0 < r["n_valid"] <= r["n_tokens"]
+            # the valid-rows floor is the main column; the all-rows figure charges more
+            assert 0 < r["pct_floor"] <= r["pct_floor_all_rows"] * (1 + 1e-9)
+            if r["table"] == "fused":
+                assert r["tflops"] > 0
+            else:
+                assert r["pct_one_pass_floor"] < r["pct_floor"]
         peers = [r for r in rows if r["role"] == "peer"]
         assert peers and all(r["status"] == "skipped" and r["reason"] for r in peers)
     real = _doc(out, "realistic")["rows"]
@@ -145,12 +151,53 @@ def test_dry_run_rows_have_the_measured_columns(dry_run):
     assert {r["loss"] for r in rest if r["status"] == "ok"} >= {
         "jsd", "fused_linear_distill_loss[jsd]", "sparse_teacher_loss[k8]",
         "fused_linear_sparse_teacher_loss[k8]", "token_logprobs"}
+    # the N sweep of reverse KL and the CORD loss: the CORD loss skips the masked rows
+    sweep = {(r["loss"], r["n_tokens"]): r for r in rest if r["status"] == "ok"
+             and r["loss"] in ("reverse_kl", "cord_token_loss") and r["vocab"] == 1024}
+    assert {n for _, n in sweep} == {16, 32}
+    for (loss, _), r in sweep.items():
+        equal = r["pct_floor"] == r["pct_floor_all_rows"]
+        assert equal == (loss == "reverse_kl" or r["n_valid"] == r["n_tokens"])
     summary = (out / gpu_files.SUMMARY).read_text()
     assert "dry run" in summary and "| cord_kernels |" in summary
+    assert "% of valid-rows floor" in summary and "% of all-rows floor" in summary
+
+
+def test_dry_run_timed_the_drop_in_against_trl_and_traced_one_call(dry_run):
+    out, stdout, _ = dry_run
+    doc = _doc(out, "trl")
+    assert doc["step"]["status"] == "done"
+    rows = [r for r in doc["rows"] if r["table"] == "trl"]
+    assert rows and all(r["status"] == "ok" for r in rows), rows
+    # the goal shape first, both betas, both backends, then the profile
+    first = {(r["n_tokens"], r["hidden"]) for r in rows[:4]}
+    assert len(first) == 1 and doc["rows"][4]["table"] == "profile"
+    assert {(r["beta"], r["provider"]) for r in rows[:4]} == {
+        (b, p) for b in (1.0, 0.5) for p in ("cord_kernels", "trl")}
+    for r in rows:
+        assert r["time_ms"] > 0 and 0 < r["pct_floor"] and r["gemm_tflops"] > 0
+        if r["provider"] == "cord_kernels":
+            assert r["x_trl"] > 0
+    # the same loss from both (every row valid, fp32 sums of bf16 logits)
+    for ours in (r for r in rows if r["provider"] == "cord_kernels"):
+        theirs = next(r for r in rows if r["provider"] == "trl" and all(
+            r[k] == ours[k] for k in ("n_tokens", "hidden", "beta")))
+        assert abs(ours["loss"] - theirs["loss"]) <= 2e-2 * abs(theirs["loss"]) + 1e-3
+    prof = next(r for r in doc["rows"] if r["table"] == "profile")
+    assert prof["status"] == "ok" and prof["aten_op_calls"] > 0 and prof["aten_ops"]
+    assert doc["trace_of"] == prof["id"] and 0 < len(doc["traceEvents"]) == prof["trace_events"]
+    assert "Profile of one drop-in call" in (out / gpu_files.SUMMARY).read_text()
+
+
+def test_dry_run_ran_the_vocabulary_parallel_cases(dry_run):
+    doc = _doc(dry_run[0], "vparallel")
+    assert doc["step"]["status"] == "done" and doc["process_group"] == "gloo, 1 rank"
+    assert len(doc["rows"]) == 5 and all(r["status"] == "ok" and r["agrees"]
+                                         for r in doc["rows"]), doc["rows"]
 
 
 def test_the_realistic_sizes_and_every_kernel_are_planned():
-    from bench import gpu_check
+    from bench.gpu import check as gpu_check
 
     real = gpu_check.plan("realistic", dry_run=False)
     assert {(r["n_tokens"], r["vocab"], r.get("hidden")) for r in real} == {
@@ -158,7 +205,20 @@ def test_the_realistic_sizes_and_every_kernel_are_planned():
     assert {r["provider"].split()[0] for r in real} >= {"cord_kernels", "liger", "trl",
                                                          "torch.compile", "4"}
     rest = gpu_check.plan("rest", dry_run=False)
-    assert len({r["id"] for r in real + rest}) == len(real + rest)
+    assert {(r["loss"], r["n_tokens"]) for r in rest if r["table"] == "logits"
+            and r["vocab"] == 151936} == {(loss, n) for loss in ("reverse_kl", "cord_token_loss")
+                                          for n in (1024, 4096, 16384)}
+    trl = gpu_check.plan("trl", dry_run=False)
+    timed = [r for r in trl if r["table"] == "trl"]
+    assert {(r["n_tokens"], r["hidden"], r["beta"], r["provider"]) for r in timed} == {
+        (n, h, b, p) for n in (1024, 4096, 16384) for h in (896, 2048, 3584)
+        for b in (1.0, 0.5) for p in ("cord_kernels", "trl")}
+    assert len(timed) == 36 and all(r["vocab"] == 151936 for r in timed)
+    assert (trl[0]["n_tokens"], trl[0]["hidden"]) == (4096, 896)  # issue 34's goal shape first
+    assert [r["table"] for r in trl].index("profile") == 4
+    vp = gpu_check.plan("vparallel", dry_run=False)
+    every = real + rest + trl + vp
+    assert len({r["id"] for r in every}) == len(every)
     # The cuda cases of the kernels: the three distillation files among the CUDA test files.
     files = gpu_files.cuda_test_files(REPO)
     assert {"tests/gpu", "tests/test_jsd.py", "tests/test_fused_distill.py",
@@ -175,7 +235,7 @@ def _interrupt_mid_step(out: Path, tmp_path: Path) -> subprocess.Popen | None:
     when the step finished first (its running window is under a second on a quiet CPU, and a
     busy machine can starve the poll). The child runs niced so the poll tends to win, and starts
     with SIGINT ignored, as a shell in the background (nohup, CI) starts it."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.gpu_check", "measure", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "bench.gpu.check", "measure", str(out),
                              "rest", "--dry-run"], cwd=REPO, env=_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=_background)
@@ -209,6 +269,30 @@ def test_sigint_in_a_measuring_step_leaves_valid_files(dry_run, tmp_path):
                if r["status"] == gpu_files.NOT_REACHED)
 
 
+def _gpu_limits(text: str) -> dict[str, int]:
+    """The second LIMIT table of gpu_check.sh (the first is the dry run's)."""
+    body = re.findall(r"declare -A LIMIT=\((.*?)\)\n", text, re.S)[1]
+    return {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", body)}
+
+
+def test_the_lease_plan_fits_with_room_for_one_rerun():
+    """Every step has a hard limit; on the GPU they fit the device call (timeout_s 550, as
+    docs/verification.md writes it) with every grace spent, and a 900 s lease with a 120 s start
+    keeps 200 s for one --only rerun of any single step (env runs again with it) on the warm
+    machine."""
+    text = SCRIPT.read_text()
+    gpu = _gpu_limits(text)
+    assert list(gpu) == list(gpu_files.STEPS)
+    grace = int(re.search(r"\nGRACE=(\d+)\n", text).group(1))
+    worst = sum(gpu.values()) + grace * len(gpu)
+    assert worst <= 550 - 10
+    left = 900 - 120 - 550
+    assert left >= 200 and all(gpu["env"] + limit + 2 * grace <= left
+                               for step, limit in gpu.items() if step != "env")
+    verification = " ".join((REPO / "docs" / "verification.md").read_text().split())
+    assert "timeout_s=550" in verification and f"add up to {sum(gpu.values())} s" in verification
+
+
 def test_gpu_wheels_fetches_only_what_the_image_lacks():
     """The H200 image has torch, triton, transformers, accelerate, pytest(-xdist), pyarrow,
     pandas, xxhash, requests, httpx, ... (the device tool's KINDS.md); of what the check needs
@@ -229,7 +313,7 @@ def test_only_one_step_leaves_the_others_not_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert gpu_files.validate(out) == []
     assert _doc(out, "env")["step"]["status"] == "done"
-    for kind in ("tests", "realistic", "rest", "train"):
+    for kind in gpu_files.STEPS[1:]:
         doc = _doc(out, kind)
         assert doc["step"] == {"status": gpu_files.NOT_RUN, "limit_s": doc["step"]["limit_s"],
                                "reason": "this call ran only env"}
@@ -246,3 +330,28 @@ def test_validate_reports_what_is_wrong(tmp_path):
     assert "3 folders down, at most 2" in problems
     assert "summary.md is missing" in problems and "tests.json is missing" in problems
     assert "env.json: missing keys" in problems and "env.json: schema/kind" in problems
+
+
+def test_a_step_whose_setup_fails_says_so_on_every_row(tmp_path):
+    """A runner whose prepare raises (a peer that does not import, a process group that does
+    not form) leaves a valid file: the step failed, every row an error with the reason."""
+    from bench.gpu import check as gpu_check
+    from bench.gpu.timing import cmd_measure
+
+    class Broken:
+        def prepare(self, doc):
+            raise RuntimeError("no NCCL here")
+
+        def run(self, row):
+            raise AssertionError("never reached")
+
+        def close(self):
+            pass
+
+    gpu_check.cmd_init(tmp_path, True, ["env", "vparallel"], {})
+    rows = gpu_check.plan("vparallel", dry_run=True)
+    assert cmd_measure(tmp_path, "vparallel", rows, Broken(), True, 10.0) == 1
+    doc = _doc(tmp_path, "vparallel")
+    assert doc["step"]["status"] == "failed" and "no NCCL here" in doc["step"]["reason"]
+    assert all(r["status"] == "error" and "no NCCL here" in r["reason"] for r in doc["rows"])
+    assert not [p for p in gpu_files.validate(tmp_path) if p.startswith("vparallel")]

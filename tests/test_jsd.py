@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TOL, rel_err
+from helpers import LOGIT_CASES, TOL, logit_pair, rel_err
 
 from cord_kernels import JSD, forward_kl, jsd, reverse_kl
 from cord_kernels import reference as ref
 
 BETAS = [0.0, 0.1, 0.5, 0.9, 1.0]
 
-# Each shape is here for a reason.
 CASES = [
-    pytest.param((3, 5), 123, torch.float32, 1.0, id="N15-V123-fp32"),  # V not a power of two
+    *LOGIT_CASES,
     pytest.param((29,), 37, torch.float32, 1.0, id="N29-V37-fp32"),  # many rows, odd count
-    pytest.param((2, 3), 1, torch.float32, 1.0, id="N6-V1-fp32"),  # V=1: the divergence is 0
     pytest.param((2,), 4500, torch.float32, 0.7, id="N2-V4500-fp32-tau0.7"),  # V > BLOCK_V
-    pytest.param((2, 4), 257, torch.bfloat16, 1.0, id="N8-V257-bf16"),  # one past a block
-    pytest.param((2, 4), 200, torch.float16, 2.0, id="N8-V200-fp16-tau2"),
 ]
-
-
-def _inputs(lead, V, dtype, seed=0, scale=3.0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    s = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
-    u = (torch.randn(*lead, V, generator=g) * scale).to(device, dtype)
-    return s, u
 
 
 def _grads(fn, s, u, cot, teacher_grad, **kw):
@@ -69,7 +58,7 @@ def _check(s, u, *, beta, temperature, teacher_grad, impl, tol):
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 def test_matches_fp64_reference(lead, V, dtype, temperature, beta, impl, device, interpret,
                                 nan_poison):
-    s, u = _inputs(lead, V, dtype, device=device)
+    s, u = logit_pair(lead, V, dtype, device=device)
     out = _check(s, u, beta=beta, temperature=temperature, teacher_grad=False, impl=impl,
                  tol=TOL[dtype])
     assert (out >= -1e-6).all()
@@ -78,7 +67,7 @@ def test_matches_fp64_reference(lead, V, dtype, temperature, beta, impl, device,
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 def test_teacher_grad(beta, impl, device, interpret, nan_poison):
-    s, u = _inputs((5,), 300, torch.float32, seed=2, device=device)
+    s, u = logit_pair((5,), 300, torch.float32, seed=2, device=device)
     _check(s, u, beta=beta, temperature=1.3, teacher_grad=True, impl=impl, tol=1e-5)
 
 
@@ -88,7 +77,7 @@ def test_neg_inf_and_extreme_logits(beta, impl, device, interpret, nan_poison):
     """-inf in both rows at the same entries, in the student alone where the divergence stays
     finite (beta > 0: p = 0 is covered by m or is reverse KL's 0 log 0), in the teacher alone
     likewise (beta < 1), and logits near +-1e4."""
-    s, u = _inputs((4, 3), 150, torch.float32, seed=3, device=device)
+    s, u = logit_pair((4, 3), 150, torch.float32, seed=3, device=device)
     s[0, 1, :4] = u[0, 1, :4] = float("-inf")  # both zero at the same entries
     if beta > 0.0:
         s[0, 0, :5] = float("-inf")  # student zeros
@@ -104,7 +93,7 @@ def test_neg_inf_and_extreme_logits(beta, impl, device, interpret, nan_poison):
 def test_zero_cotangent_rows_get_exact_zero_gradient(impl, device, interpret):
     """A masked row (cotangent 0) gets exactly 0; the Triton kernel does not even read it,
     so NaN there stays out of the gradient (the torch path gets finite garbage)."""
-    s, u = _inputs((6,), 90, torch.float32, seed=4, device=device)
+    s, u = logit_pair((6,), 90, torch.float32, seed=4, device=device)
     s[2] = float("nan") if impl == "triton" else 1e4
     s.requires_grad_()
     mask = torch.ones(6, dtype=torch.bool, device=device)
@@ -116,7 +105,7 @@ def test_zero_cotangent_rows_get_exact_zero_gradient(impl, device, interpret):
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
 def test_beta_endpoints_are_exactly_the_kls(impl, device, interpret):
-    s, u = _inputs((3, 4), 77, torch.float32, seed=5, device=device)
+    s, u = logit_pair((3, 4), 77, torch.float32, seed=5, device=device)
     assert torch.equal(jsd(s, u, beta=0, impl=impl), forward_kl(s, u, impl=impl))
     assert torch.equal(jsd(s, u, beta=1, impl=impl), reverse_kl(s, u, impl=impl))
     mid = jsd(s, u, beta=1e-6, impl=impl)  # the formula tends to 0, not to the KL
@@ -129,7 +118,7 @@ def test_equals_trl_generalized_jsd_loss(beta, impl, interpret):
     """TRL's GKDTrainer.generalized_jsd_loss: per valid token (reduction "none" gives the
     (n_valid, V) terms) and its batchmean (sum over valid tokens / their number)."""
     gkd = pytest.importorskip("trl.experimental.gkd")
-    s, u = _inputs((3, 6), 211, torch.float32, seed=6)
+    s, u = logit_pair((3, 6), 211, torch.float32, seed=6)
     labels = torch.randint(0, 211, (3, 6))
     labels[0, :2] = labels[2, 4:] = -100
     valid = labels != -100
@@ -143,7 +132,7 @@ def test_equals_trl_generalized_jsd_loss(beta, impl, interpret):
 
 
 def test_module_and_bad_input():
-    s, u = _inputs((2,), 10, torch.float32)
+    s, u = logit_pair((2,), 10, torch.float32)
     assert torch.equal(JSD(beta=0.3, impl="torch")(s, u), jsd(s, u, beta=0.3, impl="torch"))
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):

@@ -4,10 +4,13 @@ gives a user). A file the package needs at run time but does not ship fails here
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -25,22 +28,51 @@ def _run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess
     return done
 
 
+def _site_dirs() -> list[str]:
+    """The site-packages folders this interpreter imports its packages from: a venv's own
+    (and its base's with --system-site-packages), a conda env's, the system Python's, and the
+    user site where it is on. Not the checkout (PYTHONPATH) and not what their .pth files add
+    (an editable install of this project among them)."""
+    dirs = [*site.getsitepackages(), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
+def _fresh_env(venv: Path, work: Path) -> Path:
+    """A new virtual environment that imports the running interpreter's packages (torch,
+    transformers, ...) after its own: a .pth file in its site-packages names their folders.
+    ``--system-site-packages`` would not do: from inside a venv or a conda env it exposes the
+    base interpreter's packages, not the running environment's. Built without pip (the venv
+    module may lack ensurepip, as on Debian): the running environment's pip, imported through
+    the .pth file, installs into the new one. Returns its python."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], work, 120)
+    python = venv / "bin" / "python"
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                   work, 60).stdout.strip()
+    (Path(purelib) / "_running_env.pth").write_text("\n".join(_site_dirs()) + "\n")
+    return python
+
+
 @pytest.mark.slow
 def test_the_wheel_runs_the_quick_demo_outside_the_checkout(tmp_path):
     wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     work.mkdir()
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    # without build isolation where setuptools is here (no download); with it elsewhere
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
           "-w", str(wheels), str(ROOT)], work, 600)
     (wheel,) = wheels.glob("cord_kernels-*.whl")
-    # the dependencies (torch, transformers, ...) come from this interpreter's site-packages;
-    # cord and cord_kernels only from the wheel (an editable install there is found after it)
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], work, 120)
-    python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-         work, 300)
-    where = _run([str(python), "-c", "import cord, cord_kernels; print(cord.__file__); "
-                  "print(cord_kernels.__file__)"], work, 120).stdout.split()
-    assert all(Path(p).is_relative_to(venv) for p in where), where
+    # the dependencies come from the running environment; cord and cord_kernels only from the
+    # wheel, installed into the new environment, whose site-packages comes first
+    python = _fresh_env(venv, work)
+    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+          "--force-reinstall", str(wheel)], work, 300)
+    where = _run([str(python), "-c", "import cord, cord_kernels, torch; print(cord.__file__); "
+                  "print(cord_kernels.__file__); print(torch.__file__)"], work, 120).stdout.split()
+    assert all(Path(p).is_relative_to(venv) for p in where[:2]), where
+    # torch is the running environment's, not its base interpreter's
+    assert Path(where[2]) == Path(importlib.util.find_spec("torch").origin), where
     _run([str(venv / "bin" / "cord"), "demo", "--quick", "--output-dir", "run",
           "--cache-dir", "cache", "--workers", "1"], work, 900)
     results = json.loads((work / "run" / "results.json").read_text())

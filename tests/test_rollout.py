@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cord.data.synthetic import tone_audio
-from cord.models.adapter import Qwen2AudioAdapter, sampling_config
+from cord.models.adapter import Qwen2AudioAdapter
+from cord.models.generation import sampling_config
 from cord.models.rollout import completion_mask, sample, text_references
 from cord.models.tiny import build_tiny_qwen2_audio
 from cord.train.teacher import Teacher

@@ -64,6 +64,9 @@ def shapes(draw):
        temperature=st.sampled_from([0.7, 1.0, 2.0]), impl=st.sampled_from(["triton", "torch"]))
 @example(shape={"B": 1, "T": 1, "V": 17, "k": 1, "seed": 0}, div=("reverse_kl", 0.5),
          tail="bucket", temperature=0.7, impl="triton")
+# The kernel's reverse-KL gradient once lost digits here to a + 1 that the normalisation cancels.
+@example(shape={"B": 1, "T": 3, "V": 125, "k": 3, "seed": 8144}, div=("reverse_kl", 0.5),
+         tail="renormalize", temperature=0.7, impl="triton")
 def test_matches_fp64_reference(shape, div, tail, temperature, impl, interpret, nan_poison):
     s, lp, ids, mask, w = make_batch(**shape)
     kw = dict(divergence=div[0], jsd_beta=div[1], tail=tail, temperature=temperature,

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from cord.data.paired import audio_of
 from cord.divergence import HIGH_KL_PERCENTILE, check_percentile, pearson_r
 from cord.eval.evaluate import load_items, normalize_record, score_response
-from cord.models.adapter import resolve_device
 from cord.models.families import build_adapter
+from cord.models.loading import resolve_device
 from cord.models.rollout import sample
 from cord_kernels import reverse_kl
 

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from cord.config import TRAINING_INFO_NAME
 from cord.data.paired import AudioLimit, audio_of, load_paired
 from cord.data.sources import read_records
-from cord.models.adapter import resolve_device
 from cord.models.families import build_adapter
+from cord.models.loading import resolve_device
 from cord.models.rollout import completion_mask
 from cord.rewards.answers import ANSWER_KINDS, extract_choice, extract_math_answer, math_equal
 

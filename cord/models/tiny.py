@@ -10,7 +10,7 @@ requires the mel input to be exactly ``2 * max_source_positions`` frames long.
 
 Example:
     >>> model, processor = build_tiny_qwen2_audio(seed=0)
-    >>> adapter = Qwen2AudioAdapter(model, processor)        # cord.models.adapter
+    >>> adapter = Qwen2AudioAdapter(model, processor)        # cord.models.families.qwen2_audio
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ class StudentTopK:
     projection (same transform). Every valid position is projected."""
 
     n_tiles = 2
+    all_slots = True  # the support: every one of the student's k ids
 
     def __init__(self, teacher_hidden, teacher_weight, teacher_bias, mask, k: int):
         self.ht = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])

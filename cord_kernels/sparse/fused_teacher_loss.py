@@ -7,10 +7,13 @@ The teacher is its top-k log-probs, so there is no teacher projection: for each 
 rows (those with at least one used slot)
 
     1. tile = transform(h @ W.T (+ b))                        1 GEMM into an fp32 tile
-    2. lse per row and the k student log-probs a (``support_logprobs`` kernels or torch)
-    3. Div on the support and g = w dDiv/da, (n, k) torch autograd (``support_divergence``)
-    4. the tile becomes dL/dz: (1/tau)(scatter(g) - p G) times dt/dz of the transform
-    5. grad_h = tile @ W, grad_W += tile.T @ h, grad_b += column sums      2 GEMMs
+    2. lse per row, the k student log-probs a, Div on the support and dDiv/da: on the Triton
+       path all in ``support_loss.py``'s forward kernel; in torch (and vocabulary parallel)
+       ``support_logprobs`` / ``vocab_parallel`` stats, then (n, k) autograd
+       (``support_divergence``)
+    3. the tile becomes dL/dz: (1/tau)(scatter(w dDiv/da) - p G) times dt/dz of the
+       transform (Triton: ``support_loss.py``'s backward kernel, in place)
+    4. grad_h = tile @ W, grad_W += tile.T @ h, grad_b += column sums      2 GEMMs
 
 all in forward for the scalar reductions (backward scales the stored gradients by the
 cotangent, so the graph is backpropagated once). ``reduction="none"``: forward projects once
@@ -49,9 +52,10 @@ from cord_kernels.core.validation import (
 )
 from cord_kernels.fused import chunked_head as ch
 from cord_kernels.fused.distill import head_grads
-from cord_kernels.sparse.inputs import check_topk_pair
+from cord_kernels.sparse.inputs import check_topk_pair, raise_on_bad_ids, raise_pending
 from cord_kernels.sparse.support_divergence import support_divergence
-from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_bwd_dense, support_fwd
+from cord_kernels.sparse.support_logprobs import add_sparse_terms, support_fwd
+from cord_kernels.sparse.support_loss import SparseLossParams, sparse_bwd, sparse_fwd
 
 # ------------------------------------------------------------------ row math on a tile
 
@@ -61,10 +65,14 @@ class StoredTopK:
     to project: valid positions with at least one used slot."""
 
     n_tiles = 1
+    all_slots = False  # the support: the slots whose teacher log-prob is > -inf
 
     def __init__(self, lp, ids, valid):
         k = ids.shape[-1]
         self.lp, self.ids, self.valid = (t.reshape(-1, k) for t in (lp.detach(), ids, valid))
+        # The Triton chunks' id error flag (their kernels check the ids): 1 if an id at a
+        # used slot lies outside the vocabulary; read by the public function.
+        self.id_flag = None
 
     def projected_rows(self) -> torch.Tensor:
         return self.valid.any(1)
@@ -73,6 +81,8 @@ class StoredTopK:
         """Narrows the targets to the problem's projected rows (again for each problem)."""
         i = problem.index
         self.rows = (self.ids[i], self.valid[i], self.lp[i].to(problem.dtype))
+        if self.id_flag is None:
+            self.id_flag = torch.zeros(1, dtype=torch.int32, device=problem.device)
 
     def chunk(self, problem: SparseHeadProblem, lo: int, hi: int, tile: torch.Tensor):
         """(ids, valid, teacher log-probs) of projected rows [lo, hi), each (n, k)."""
@@ -104,6 +114,7 @@ class SparseHeadProblem(ch.HeadProblem):
                                            self.device)
         targets.select(self)
         self._tile = None
+        self._rows_on = None  # all True: every projected row is valid (the Triton chunks)
 
     def tile(self, n: int) -> torch.Tensor:
         if self._tile is None:
@@ -129,12 +140,13 @@ class SparseHeadProblem(ch.HeadProblem):
         tau = opts.temperature
         tile, h = self.logits(lo, hi)
         ids, valid, b = self.targets.chunk(self, lo, hi, tile)
+        if opts.process_group is None and p.impl is Impl.TRITON:
+            return self._triton_chunk(tile, h, ids, b, lo, hi, row_weights, grads)
         if opts.process_group is not None:  # vocabulary parallel: this rank's ids are local
             a, lse, valid_here, ids_here = vp.support_stats(
                 tile, ids, valid, opts.vocab_offset, tau, opts.process_group)
-            lse2 = None
         else:
-            a, lse, lse2 = support_stats(tile, ids, valid, tau, p.impl)
+            a, lse = torch_support_stats(tile, ids, valid, tau)
             valid_here, ids_here = valid, ids
         with torch.enable_grad():
             a = a.detach().requires_grad_(grads is not None)
@@ -144,14 +156,31 @@ class SparseHeadProblem(ch.HeadProblem):
                 return d.detach()
             (g,) = torch.autograd.grad((row_weights.to(d.dtype) * d).sum(), a)
         g = torch.where(valid, g, 0.0)
-        if lse2 is not None:
-            support_bwd_dense(tile, lse2, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
-        else:
-            torch_dense_grad(tile, lse, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
+        torch_dense_grad(tile, lse, g.sum(1), tau, tile, opts.logit_scale, opts.softcap)
         add_sparse_terms(tile, ids_here, valid_here, g, a.detach(), lse, tau, opts.logit_scale,
                          opts.softcap)
         self.head.backprop(tile, h, None, slice(lo, hi), grads)
         return d.detach()
+
+    def _triton_chunk(self, tile, h, ids, b, lo: int, hi: int, row_weights, grads):
+        """``chunk`` through ``support_loss.py``'s kernels: Div and its gradient terms in the
+        forward's epilogue, the tile turned into dL/dz (dense and sparse parts, times dt/dz)
+        by the backward kernel in place; no (n, k) torch work. The kernel sets the targets'
+        ``id_flag`` (the teacher's ids; the student's own top-k has none) at a bad id."""
+        opts = self.params.opts
+        if self._rows_on is None:
+            self._rows_on = torch.ones(self.max_rows, dtype=torch.bool, device=self.device)
+        d, ws, _ = sparse_fwd(tile, b, ids, self._rows_on[:hi - lo],
+                              *SparseLossParams(opts.divergence, opts.jsd_beta, opts.tail,
+                                                opts.temperature,
+                                                all_slots=self.targets.all_slots).fwd_args(),
+                              flag=getattr(self.targets, "id_flag", None))
+        if grads is None:
+            return d
+        sparse_bwd(tile, ids, ws, row_weights.float(), opts.temperature, tile,
+                   opts.logit_scale, opts.softcap)
+        self.head.backprop(tile, h, None, slice(lo, hi), grads)
+        return d
 
     def run(self, row_weights: torch.Tensor | None, grads: ch.Grads | None) -> torch.Tensor:
         """Div of every projected row (n_valid,), and the gradients when ``grads``."""
@@ -292,14 +321,20 @@ def fused_linear_sparse_teacher_loss(
                              vocab_offset=vocab_offset, reduce_hidden_grad=reduce_hidden_grad)
     student_hidden, weight, bias, opts, vocab = vp.id_head_call(opts, student_hidden, weight,
                                                                 bias)
-    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), vocab,
-                            mask.to(student_hidden.device))
-    token_weights = check_token_weights(token_weights, mask)
     params = ch.HeadParams(opts, resolve_impl(impl, student_hidden, weight),
                            (ch.operand_dtype(student_hidden, weight),))
-    return run_sparse_head(student_hidden, weight, bias, token_weights,
-                           StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid), mask,
-                           params)
+    # The Triton chunks check the ids in their kernels (no host sync for it).
+    in_kernel = params.impl is Impl.TRITON and opts.process_group is None
+    if in_kernel:
+        raise_pending()
+    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), vocab,
+                            mask.to(student_hidden.device), check_ids=not in_kernel)
+    token_weights = check_token_weights(token_weights, mask)
+    targets = StoredTopK(teacher_topk_logprobs, teacher_topk_ids, valid)
+    out = run_sparse_head(student_hidden, weight, bias, token_weights, targets, mask, params)
+    if in_kernel and targets.id_flag is not None:
+        raise_on_bad_ids(targets.id_flag, "teacher_topk_ids", vocab)
+    return out
 
 
 def run_sparse_head(hidden, weight, bias, token_weights, targets, mask, params):

@@ -4,8 +4,9 @@
 
 The ids come from ``torch.topk`` of the student's logits (one read of each row; the same call
 TRL makes, so ties break the same way). Both sides' log-probs on the ids then come from
-``support_logprobs``: lse streamed over the vocabulary plus a k-gather, and for the student a
-streamed dense gradient. Neither (B, T, V) log-softmax exists.
+``support_logprobs`` (the teacher's) and ``support_loss.py``'s kernels (the student's: lse
+streamed over the vocabulary plus a k-gather, the divergence and its gradient terms in the
+epilogue, a streamed dense gradient). Neither (B, T, V) log-softmax exists.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from cord_kernels.core.options import (
 )
 from cord_kernels.core.rows import check_inplace_backward
 from cord_kernels.core.validation import check_logits_pair, check_mask, check_token_weights
-from cord_kernels.sparse.inputs import reduce_sparse
+from cord_kernels.sparse.inputs import reduce_rows, reduce_sparse
 from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import support_logprobs
+from cord_kernels.sparse.support_loss import SparseLossParams, sparse_support_loss
 
 
 # Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
@@ -111,11 +113,18 @@ def student_topk_distill_loss(
         check_inplace_backward("student_logits", student_logits, inplace_backward)
     ids = torch.topk(student_logits.detach(), k, dim=-1, sorted=False).indices
     valid = mask.unsqueeze(-1).expand(B, T, k)
-    a = support_logprobs(student_logits, ids, valid, temperature=opts.temperature, impl=impl,
-                         inplace_backward=inplace_backward)
     with torch.no_grad():
         b = support_logprobs(teacher_logits.detach(), ids, valid,
                              temperature=opts.temperature, impl=impl)
+    if impl == "triton":
+        # Div and its gradient terms in the kernels (every slot of a valid row is on the
+        # support); the ids come from topk, so the kernel's id flag cannot be set.
+        d, _ = sparse_support_loss(
+            student_logits, b, ids, mask,
+            SparseLossParams(opts.divergence, opts.jsd_beta, opts.tail, opts.temperature,
+                             all_slots=True, inplace_backward=inplace_backward))
+        return reduce_rows(d, mask, token_weights, opts)
+    a = support_logprobs(student_logits, ids, valid, temperature=opts.temperature, impl=impl)
     d = support_divergence(a, b, valid, divergence=opts.divergence, jsd_beta=opts.jsd_beta,
                            tail=opts.tail)
     return reduce_sparse(d, mask, token_weights, opts)

@@ -21,6 +21,11 @@ gone through a transform t = c tanh(scale z / c) (``softcap`` c) or t = scale z;
 then also applies dt/dz = scale (1 - (t / c)^2) (``chain_factor``), so the tile ends up holding
 the gradient with respect to the head's raw output z.
 
+Users: the teacher's side of the student-top-k losses (forward only) and the
+differentiable ``support_logprobs``. The sparse losses' student side goes through
+``support_loss.py`` instead, whose kernels also form the divergence and its gradient terms
+(no (N, k) torch work, no ``scatter_add_``).
+
 Layout: kernels, launchers, custom ops, the Triton autograd Function (the torch one is in
 ``core/torch_path.py``), the internal entry point ``support_logprobs``.
 """

@@ -2,10 +2,12 @@
 distillation trainers, a vLLM teacher's ``topk_logprobs`` / ``topk_token_ids``).
 
 The student's log-probs are needed on the k ids only, but over the whole vocabulary's
-normaliser: ``support_logprobs`` streams lse and gathers the k logits in one read of each row,
-and its backward writes the dense gradient in one more (the student's (B, T, V) log-softmax
-never exists). The divergence on the k (+1 tail) slots is (B, T, k) torch work
-(``support_divergence.py``).
+normaliser. On the Triton path ``support_loss.py``'s forward kernel streams lse and works out
+the divergence on the k (+1 tail) slots and its gradient terms in its epilogue, in one read of
+each row; its backward writes the dense gradient in one more, the k sparse terms included (the
+student's (B, T, V) log-softmax never exists, and no (B, T, k) work is left to torch). The torch
+path (the CPU fallback) gathers with ``support_logprobs`` and differentiates
+``support_divergence.py``'s (B, T, k) math.
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import JSD_BETA, REDUCTION, TAIL, TEMPERATURE, LossOptions
 from cord_kernels.core.rows import check_inplace_backward
 from cord_kernels.core.validation import check_logits, check_mask, check_token_weights
-from cord_kernels.sparse.inputs import check_topk_pair, reduce_sparse
+from cord_kernels.sparse.inputs import (
+    check_topk_pair,
+    check_topk_shapes,
+    raise_on_bad_ids,
+    raise_pending,
+    reduce_rows,
+    reduce_sparse,
+)
 from cord_kernels.sparse.support_divergence import support_divergence
 from cord_kernels.sparse.support_logprobs import support_logprobs
+from cord_kernels.sparse.support_loss import SparseLossParams, sparse_support_loss
 
 
 # Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
@@ -62,7 +72,10 @@ def sparse_teacher_loss(
     Args:
         student_logits: (B, T, V) fp32/bf16/fp16 (gets the gradient).
         teacher_topk_logprobs: (B, T, k) float, -inf at unused slots (no gradient).
-        teacher_topk_ids: (B, T, k) integer ids in [0, V) (checked at used slots).
+        teacher_topk_ids: (B, T, k) integer ids in [0, V) (checked at used slots: a
+            ValueError; on a GPU's Triton path the kernel checks them without a host sync,
+            the row's loss turns NaN and a later call raises the ValueError, once the
+            flag's copy has landed: ``sparse.inputs.raise_pending``).
         mask: (B, T) bool (or 0/1 integer), True at the positions that count.
         divergence: "forward_kl" (TRL's beta 0, the default) | "reverse_kl" | "jsd".
         jsd_beta: beta in [0, 1] (TRL's: 0 is forward KL, 1 reverse KL).
@@ -105,17 +118,26 @@ def sparse_teacher_loss(
                                         {"s": student_logits})
         student_logits = local["s"]
         V = shard.vocab or vp.UNKNOWN_VOCAB  # unknown with vocab_offset=
-    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), V,
-                            mask.to(student_logits.device))
+    mask = mask.to(student_logits.device)
     token_weights = check_token_weights(token_weights, mask)
     impl = resolve_impl(impl, student_logits)
+    if shard is None and impl == "triton":
+        # Div and its gradient terms in the kernels; the ids are checked there (no host sync).
+        raise_pending()
+        check_topk_shapes(teacher_topk_logprobs, teacher_topk_ids, (B, T), mask)
+        check_inplace_backward("student_logits", student_logits, inplace_backward)
+        d, flag = sparse_support_loss(
+            student_logits, teacher_topk_logprobs, teacher_topk_ids, mask,
+            SparseLossParams(opts.divergence, opts.jsd_beta, opts.tail, opts.temperature,
+                             inplace_backward=inplace_backward))
+        raise_on_bad_ids(flag, "teacher_topk_ids", V)
+        return reduce_rows(d, mask, token_weights, opts)
+    valid = check_topk_pair(teacher_topk_logprobs, teacher_topk_ids, (B, T), V, mask)
     if shard is not None:
         a = vp.VocabParallelSupportLogprobsFunction.apply(
             student_logits, teacher_topk_ids, valid, opts.temperature, shard.offset,
             shard.group).float()
     else:
-        if impl == "triton":
-            check_inplace_backward("student_logits", student_logits, inplace_backward)
         a = support_logprobs(student_logits, teacher_topk_ids, valid,
                              temperature=opts.temperature, impl=impl,
                              inplace_backward=inplace_backward)

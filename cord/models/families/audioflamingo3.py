@@ -26,8 +26,8 @@ from transformers import (
 )
 
 from cord.data.paired import AudioLimit
-from cord.models.adapter import ChatAdapter, PromptBatch
-from cord.models.families import load_checked, with_blocks
+from cord.models.chat import ChatAdapter, PromptBatch
+from cord.models.loading import load_checked, with_blocks
 from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer, chatml_template, seeded_tiny
 
 BLOCKS = ("AudioFlamingo3EncoderLayer", "Qwen2DecoderLayer")

@@ -29,8 +29,8 @@ from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import (
     _get_feat_extract_output_lengths,
 )
 
-from cord.models.adapter import ChatAdapter, PromptBatch, unwrap_model
-from cord.models.families import load_checked, read_model_type, with_blocks
+from cord.models.chat import ChatAdapter, PromptBatch, unwrap_model
+from cord.models.loading import load_checked, read_model_type, with_blocks
 from cord.models.processor import AudioTextProcessor
 from cord.models.tiny import SPECIAL_TOKENS, build_tiny_tokenizer, chatml_template, seeded_tiny
 

@@ -21,9 +21,9 @@ from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
     _get_feat_extract_output_lengths,
 )
 
-from cord.models.adapter import PromptBatch, unwrap_model
+from cord.models.chat import PromptBatch, unwrap_model
 from cord.models.families import qwen2_5_omni as omni
-from cord.models.families import with_blocks
+from cord.models.loading import with_blocks
 from cord.models.tiny import seeded_tiny
 
 BLOCKS = ("Qwen3OmniMoeAudioEncoderLayer", "Qwen3OmniMoeThinkerTextDecoderLayer")

@@ -32,8 +32,8 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from cord.models.adapter import ChatAdapter, PromptBatch, unwrap_model
-from cord.models.families import load_checked, with_blocks
+from cord.models.chat import ChatAdapter, PromptBatch, unwrap_model
+from cord.models.loading import load_checked, with_blocks
 from cord.models.tiny import build_tiny_tokenizer, seeded_tiny
 
 BLOCKS = ("VoxtralEncoderLayer", "LlamaDecoderLayer", "MistralDecoderLayer")

@@ -1,7 +1,7 @@
 """The TRL drop-in on a GPU: ``chunked_divergence_loss`` (the Triton tile kernels) against TRL's
 own ``_chunked_divergence_loss`` (its Triton kernels) on CUDA, values and time side by side.
 
-    python -m bench.trl_gpu OUT_DIR           # on the GPU (TRL importable), writes trl_gpu.json
+    python -m bench.gpu.trl_agreement OUT_DIR   # on the GPU (TRL importable), writes trl_gpu.json
 
 1. agreement, fp32, V = 5003 with biases, a softcap, tau = 1.5, holes in the mask: the loss,
    entropy sum, count and the student gradients, relative error, for beta in {0, 0.5, 1};

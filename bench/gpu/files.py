@@ -1,12 +1,11 @@
 """The files of ``scripts/gpu_check.sh`` and the lent machine's limits, without torch (fast).
 
-    python -m bench.gpu_files finish   OUT STEP RC SECONDS LOG   # a step's outcome, log tail
-    python -m bench.gpu_files cuda-tests                         # the test files with CUDA cases
-    python -m bench.gpu_files tests    OUT JUNIT_XML FILE...     # pytest's report -> tests.json
-    python -m bench.gpu_files train    OUT NAME LOG RC SECONDS   # a training run's log
-    python -m bench.gpu_files summary  OUT                       # summary.md from the files
-    python -m bench.gpu_files validate OUT                       # schema + what comes back
-    python -m bench.gpu_files travel   [--carry PATH]... [--limit-mib M]
+    python -m bench.gpu.files finish   OUT STEP RC SECONDS LOG   # a step's outcome, log tail
+    python -m bench.gpu.files cuda-tests                         # the test files with CUDA cases
+    python -m bench.gpu.files tests    OUT JUNIT_XML FILE...     # pytest's report -> tests.json
+    python -m bench.gpu.files train    OUT NAME LOG RC SECONDS   # a training run's log
+    python -m bench.gpu.files validate OUT                       # schema + what comes back
+    python -m bench.gpu.files travel   [--carry PATH]... [--limit-mib M]
 
 One file per step, all in OUT itself (no folders): every file is written by ``init`` before
 any step runs, its rows "not reached", and rewritten atomically (a temporary name, then a
@@ -36,7 +35,7 @@ from pathlib import Path
 
 SCHEMA = "cord-gpu-check/2"
 # The steps in the order they run, and the one file each writes.
-STEPS = ("env", "tests", "realistic", "rest", "train")
+STEPS = ("env", "trl", "realistic", "rest", "tests", "vparallel", "train")
 FILES = {step: f"{step}.json" for step in STEPS}
 SUMMARY = "summary.md"
 HEADER_KEYS = ("schema", "kind", "dry_run", "device", "created", "step")
@@ -188,91 +187,6 @@ def cmd_train(out: Path, name: str, log: Path, rc: int, seconds: float) -> None:
     save(out, "train", doc)
 
 
-# ----------------------------------------------------------------------------------- summary
-
-
-def _fmt(x, spec=".1f") -> str:
-    if x is None or x == "":
-        return ""
-    return x if isinstance(x, str) else format(x, spec)
-
-
-def _table(rows: list[dict], cols: list[tuple]) -> list[str]:
-    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(key(r) if callable(key) else r.get(key))
-                                       for _, key in cols) + " |")
-    return lines
-
-
-def _status(r: dict) -> str:
-    return "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason', '')}"
-
-
-def _gib(r: dict) -> str:
-    return _fmt(r["peak_bytes"] / 2**30, ".2f") if "peak_bytes" in r else ""
-
-
-_SHAPE = [("loss", "loss"), ("provider", "provider"), ("N", lambda r: str(r["n_tokens"])),
-          ("V", lambda r: str(r["vocab"]))]
-_TIMES = [("ms", lambda r: _fmt(r.get("time_ms"), ".2f")),
-          ("first call s", lambda r: _fmt(r.get("first_call_s"), ".1f"))]
-COLUMNS = {
-    "logits": _SHAPE + _TIMES + [
-        ("GB/s", "gb_s"), ("% of two-pass floor", "pct_two_pass_floor"),
-        ("% of one-pass floor", "pct_one_pass_floor"), ("peak GiB", _gib), ("status", _status)],
-    "fused": _SHAPE + [("H", lambda r: str(r.get("hidden")))] + _TIMES + [
-        ("TFLOP/s", "tflops"), ("% of GEMM floor", "pct_gemm_floor"), ("peak GiB", _gib),
-        ("status", _status)],
-    "variants": _SHAPE + [("BLOCK_V", lambda r: str(r.get("block_v"))),
-                          ("warps", lambda r: str(r.get("num_warps")))] + _TIMES + [
-        ("% of two-pass floor", "pct_two_pass_floor"), ("status", _status)],
-}
-
-
-def _measure_section(doc: dict, title: str) -> list[str]:
-    lines = ["", f"## {title}", "",
-             f"Step: {doc.get('step', {}).get('status')}; {doc.get('dtype')}; copy "
-             f"{_fmt(doc.get('copy_gb_s'))} GB/s (read + write), torch.mm "
-             f"{_fmt(doc.get('gemm_tflops'))} TFLOP/s; Triton cache: {doc.get('triton_cache')}."]
-    rows = doc.get("rows", [])
-    for table, cols in COLUMNS.items():
-        chosen = [r for r in rows if r.get("table") == table]
-        if chosen:
-            lines += ["", *_table(chosen, cols)]
-    return lines
-
-
-def cmd_summary(out: Path) -> None:
-    docs = {kind: load(out, kind) for kind in STEPS}
-    env, tests, train = docs["env"], docs["tests"], docs["train"]
-    dry = any(d.get("dry_run") for d in docs.values())
-    lines = ["# GPU check" + (" (dry run on the CPU: plumbing only)" if dry else ""), "",
-             f"Device: {env.get('device')}; driver {env.get('driver')}; torch "
-             f"{env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, Python "
-             f"{env.get('python')}; wheels: {env.get('wheels')}.", "", "## Steps", ""]
-    lines += _table([{"name": k, **d.get("step", {})} for k, d in docs.items()], [
-        ("step", "name"), ("status", "status"), ("seconds", "seconds"), ("limit s", "limit_s"),
-        ("reason", lambda r: r.get("reason", ""))])
-    suite = tests.get("suite", {})
-    lines += ["", f"## CUDA tests ({len(tests.get('files', []))} files, compiled kernels)", "",
-              f"passed {suite.get('passed', '-')}, failed "
-              f"{suite.get('failures', 0) + suite.get('errors', 0)}, skipped "
-              f"{suite.get('skipped', '-')}" + (f"; {suite['error']}" if "error" in suite
-                                                 else "")]
-    lines += [f"- FAILED `{f['test']}`: {f['message'][:200]}" for f in suite.get("failed", [])]
-    lines += _measure_section(docs["realistic"], "Realistic sizes against the floors and peers")
-    lines += _measure_section(docs["rest"], "The rest: JSD, log-probs, sparse teacher, sweep, "
-                                            "launch configs")
-    lines += ["", "## Training steps", ""]
-    lines += _table([{"name": k, **v} for k, v in train.get("runs", {}).items()], [
-        ("run", "name"), ("status", "status"), ("seconds", "seconds"),
-        ("logged steps", lambda r: str(len(r.get("steps", [])))),
-        ("final loss", lambda r: _fmt((r.get("final") or {}).get("loss"), ".4g")),
-        ("reason", lambda r: r.get("reason", ""))])
-    (out / SUMMARY).write_text("\n".join(lines) + "\n")
-
-
 # ------------------------------------------------------------------------------- the limits
 
 
@@ -371,7 +285,7 @@ def validate(out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_files", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu.files", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("finish")
@@ -392,8 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("log", type=Path)
     r.add_argument("rc", type=int)
     r.add_argument("seconds", type=float)
-    s = sub.add_parser("summary")
-    s.add_argument("out", type=Path)
     v = sub.add_parser("validate")
     v.add_argument("out", type=Path)
     t = sub.add_parser("travel")
@@ -403,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "finish":
         cmd_finish(a.out, a.step, a.rc, a.seconds, a.log, a.limit_s)
         return 0
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if a.command == "cuda-tests":
         print("\n".join(cuda_test_files(repo)))
         return 0
@@ -412,9 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.command == "train":
         cmd_train(a.out, a.name, a.log, a.rc, a.seconds)
-        return 0
-    if a.command == "summary":
-        cmd_summary(a.out)
         return 0
     if a.command == "validate":
         problems = validate(a.out)
