@@ -17,6 +17,8 @@ import importlib
 import re
 import sys
 
+from cord import __version__
+
 SUBCOMMANDS = {
     "train": ("cord.train.cli", "train a model with CORD or one of the paper's baselines"),
     "synth": ("cord.data.synth_cli", "synthesise the audio side of a paired dataset from its text"),
@@ -60,6 +62,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"cord {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
@@ -137,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     debug = "--debug" in argv
+    if command is not None and command not in SUBCOMMANDS and not debug:
+        # argparse's "invalid choice" lists the commands but suggests none
+        print(f"cord: error: unknown command {command!r}{_did_you_mean(command, set(SUBCOMMANDS))}"
+              f"; `cord --help` lists the commands", file=sys.stderr)
+        return 2
     try:
         parser = build_parser(command if command in SUBCOMMANDS else None)
         if command in SUBCOMMANDS:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,14 @@ from typing import Any
 
 import yaml
 
+from cord.config_values import (
+    check_data_path,
+    choice_of,
+    coerce,
+    kernel_default,
+    named_value,
+    parse_overrides,
+)
 from cord.data.records import ON_BAD_RECORD
 from cord.models.options import MODEL_OPTIONS, check_model
 
@@ -42,6 +49,16 @@ UNJUDGED_REWARDS = ("zero", "skip")
 TRAINABLE = ("all", "audio", "projector")
 #: Written by ``cord train`` next to the model it saves: what was trained (read by ``cord eval``).
 TRAINING_INFO_NAME = "training_info.json"
+
+#: ``eval_dataset`` that keeps back ``eval_holdout`` of the training records instead of a file.
+HOLDOUT = "holdout"
+#: ``collapse_guard``: what an evaluation does when the run has collapsed (cord.train.evaluation).
+COLLAPSE_GUARDS = ("warn", "stop", "off")
+#: The metrics an evaluation reports (cord.train.evaluation), and whether more is better: the
+#: values ``metric_for_best_model`` may name and ``greater_is_better``'s inferred default.
+EVAL_METRICS = {"eval_audio_accuracy": True, "eval_text_accuracy": True,
+                "eval_modality_gap": False, "eval_agreement": True, "eval_kl_mean": False}
+
 
 DEFAULT_REPHRASE_PROMPT = (
     "Rewrite the answer below so that it reads as an answer to a question that was heard, "
@@ -150,8 +167,9 @@ class CordConfig:
     system_prompt: str | None = model_option("system_prompt")
 
     # -- CORD token loss (paper eqs. 4-7) ----------------------------------------------------
-    cord_top_k: int = option(20, "number of highest-divergence tokens that get the extra "
-                             "weight alpha")
+    cord_top_k: int = option(kernel_default("TOP_K"), "number of highest-divergence tokens "
+                             "that get the extra weight alpha (0: none; cord_kernels' TOP_K by "
+                             "default)")
     cord_alpha: float = option(2.0, "weight of the top-K highest-divergence tokens (the "
                                "paper's alpha)")
     cord_position_beta: float = option(2.0, "weight of the first token, decaying linearly to 1 "
@@ -218,6 +236,35 @@ class CordConfig:
     max_bad_records: float | None = option(None, "with on_bad_record=skip, stop when more "
                                            "records are bad: a count (>= 1), a fraction (< 1) "
                                            "or None (no limit)")
+    # -- evaluation during training (TRL's names) --------------------------------------------
+    eval_dataset: str | None = option(None, 'held-out records scored during training: a paired '
+                                      'file or saved dataset folder like dataset, or "holdout" '
+                                      "(eval_holdout of the training records, never trained "
+                                      "on); None = no evaluation")
+    eval_holdout: float = option(0.1, 'share of the training records eval_dataset="holdout" '
+                                 "keeps back (seeded), in (0, 1)")
+    eval_steps: int = option(0, "evaluate every this many steps, and at step 0 and at the end "
+                             "(0 = off; needs eval_dataset)")
+    eval_max_samples: int | None = option(None, "score a fixed, seeded subset of this many "
+                                          "eval records at every evaluation (None = all)")
+    per_device_eval_batch_size: int = option(16, "eval prompts per generate call on each "
+                                             "process")
+    metric_for_best_model: str = option("eval_modality_gap", "the evaluation metric that picks "
+                                        "the best checkpoint: " + " | ".join(EVAL_METRICS),
+                                        choices=tuple(EVAL_METRICS))
+    greater_is_better: bool | None = option(None, "whether a larger metric_for_best_model is "
+                                            "better; None = the metric's own sense (gap and KL: "
+                                            "smaller, accuracies and agreement: larger)")
+    load_best_model_at_end: bool = option(False, "output_dir/final holds the best evaluated "
+                                          "weights (its training_info.json names the step), "
+                                          "not the last; needs eval_steps")
+    collapse_guard: str | None = option(None, 'when an evaluation finds the run collapsed: '
+                                        '"warn" (one line), "stop" (checkpoint, exit 76) or '
+                                        '"off"; None = warn when evaluation is on',
+                                        choices=COLLAPSE_GUARDS)
+    collapse_text_drop: float = option(10.0, "collapsed: text or audio accuracy more than this "
+                                       "many points below step 0's")
+
     report_to: list[str] = option(help="trackers: " + " | ".join(REPORT_TO),
                                   default_factory=lambda: ["tensorboard"], choices=REPORT_TO)
     disable_tqdm: bool = option(False, "hide the progress bar")
@@ -225,23 +272,31 @@ class CordConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self._validate()
 
     # -- validation ---------------------------------------------------------------------------
 
     def _validate(self) -> None:
+        self.model = named_value(self.model, ("tiny",))
+        self.dataset = named_value(self.dataset, SYNTHETIC_DATASETS)
+        self.eval_dataset = named_value(self.eval_dataset, (HOLDOUT,))
         for f in dataclasses.fields(self):  # the choices declared with each option
             choices, value = f.metadata["choices"], getattr(self, f.name)
-            for item in (value if isinstance(value, list) else [value]):
-                if choices is not None and item is not None and item not in choices:
-                    raise ValueError(f"{f.name} must be one of {list(choices)}, got {item!r}")
+            if choices is None or value is None:
+                continue
+            items = [choice_of(f.name, item, choices)
+                     for item in (value if isinstance(value, list) else [value])]
+            setattr(self, f.name, items if isinstance(value, list) else items[0])
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
                      "num_generations", "max_completion_length", "logging_steps",
-                     "cord_top_k", "dataset_size"):
+                     "dataset_size", "per_device_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cord_top_k < 0:  # LossOptions' rule (cord_kernels.core.options.check_top_k)
+            raise ValueError(f"cord_top_k must be >= 0, got {self.cord_top_k}")
         for name in ("save_steps", "warmup_steps", "weight_decay", "max_grad_norm",
+                     "eval_steps", "collapse_text_drop",
                      "temperature", "reference_temperature", "cord_seq_weight", "num_train_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -266,6 +321,18 @@ class CordConfig:
         if self.objective == "grpo_opd" and self.cord_seq_weight == 0:
             raise ValueError("cord_seq_weight must be > 0 for objective='grpo_opd' (L_tok + w * "
                              "L_seq); without L_seq use objective='opd'")
+        if not 0.0 < self.eval_holdout < 1.0:
+            raise ValueError(f"eval_holdout must be in (0, 1), got {self.eval_holdout}")
+        if self.eval_max_samples is not None and self.eval_max_samples < 1:
+            raise ValueError(f"eval_max_samples must be >= 1 or None, got "
+                             f"{self.eval_max_samples}")
+        if self.eval_steps and self.eval_dataset is None:
+            raise ValueError('eval_steps needs eval_dataset (a paired file or "holdout")')
+        if self.load_best_model_at_end and not self.eval_steps:
+            raise ValueError("load_best_model_at_end needs eval_steps (and eval_dataset)")
+        if self.collapse_guard in ("warn", "stop") and not self.eval_steps:
+            raise ValueError(f"collapse_guard={self.collapse_guard!r} needs eval_steps (the "
+                             "guard reads the evaluations)")
         if "{answer}" not in self.alarm_rephrase_prompt:
             raise ValueError("alarm_rephrase_prompt must contain the placeholder {answer}")
         if not self.model:
@@ -315,11 +382,26 @@ class CordConfig:
         that does not exist (checked before anything is built, not in ``__post_init__``: a
         saved config stays loadable on another machine)."""
         if model:
+            if self.model != "tiny" and not Path(self.model).exists() and difflib.get_close_matches(
+                    self.model.lower(), ["tiny"], n=1):
+                raise ValueError(f"model {self.model!r} does not exist (did you mean 'tiny'?)")
             check_model(self.model)
-        if dataset and self.dataset not in SYNTHETIC_DATASETS and not Path(self.dataset).exists():
-            raise ValueError(
-                f"dataset {self.dataset!r} does not exist: pass an existing .jsonl/.json/.csv/"
-                f".parquet file or saved dataset folder, or one of {list(SYNTHETIC_DATASETS)}")
+            folder = Path(self.model)
+            if self.model != "tiny" and folder.is_dir() and not (folder / "config.json").is_file():
+                raise ValueError(f"model {self.model!r} holds no config.json: pass a saved "
+                                 "model folder (save_pretrained), model=tiny or a hub id")
+        if dataset and self.dataset not in SYNTHETIC_DATASETS:
+            check_data_path("dataset", self.dataset, SYNTHETIC_DATASETS)
+        if dataset and self.eval_dataset not in (None, HOLDOUT):
+            check_data_path("eval_dataset", self.eval_dataset)
+
+    @property
+    def guard(self) -> str:
+        """The collapse guard in force: ``collapse_guard``, or for None "warn" when evaluation
+        is on and "off" when it is not."""
+        if self.collapse_guard is not None:
+            return self.collapse_guard
+        return "warn" if self.eval_steps else "off"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -376,62 +458,3 @@ def options_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars/lists)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"overrides must look like key=value, got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        out[key.strip()] = value
-    return out
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Checks (and mildly converts: int -> float, "1e-5" -> float, str -> [str]) one value."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{name} must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(name, v, item) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise TypeError(f"{name} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise TypeError(f"{name} must be a number, got {value!r}") from None
-        if not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be a string, got {value!r}")
-        return value
-    return value

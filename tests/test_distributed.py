@@ -60,4 +60,4 @@ def test_two_processes_match_one(tmp_path):
     init = w0.lm_head.weight.detach()
     head = next(k for k in w1 if k.endswith("lm_head.weight"))
     assert (w1[head] - init).abs().max() > 1e-3
-    assert "on 2 process(es) (MULTI_CPU" in proc.ranks[0]  # rank 0 prints it
+    assert "on 2 processes, DDP, CPU" in proc.ranks[0]  # rank 0 prints it

@@ -161,12 +161,14 @@ def test_demo_page_prose_numbers_come_from_the_committed_runs_or_are_explained()
 
 def test_long_runs_exit_statuses_are_the_codes_cord_train_returns():
     from cord.train.checkpoint import EXIT_CHECKPOINT_FAILED, EXIT_PREEMPTED
+    from cord.train.evaluation import EXIT_COLLAPSED
 
     page = (DOCS / "long_runs.md").read_text()
     table = dict(re.findall(r"^\| (-?[\d/ +N-]+?) \| (.+?) \|$", page, re.M))
     assert "a checkpoint could not be written" in table[str(EXIT_CHECKPOINT_FAILED)]
     assert "stopped by SIGTERM/SIGINT" in table[str(EXIT_PREEMPTED)]
-    assert set(table) == {"0", "1", "2", "74", "75", "128 + N", "-9 / 137"}
+    assert "stopped by `collapse_guard=stop`" in table[str(EXIT_COLLAPSED)]
+    assert set(table) == {"0", "1", "2", "74", "75", "76", "128 + N", "-9 / 137"}
 
 
 def test_performance_page_quotes_ratios_only_in_its_generated_blocks():

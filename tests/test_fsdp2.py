@@ -69,7 +69,7 @@ def test_fsdp2_two_processes_match_one_and_resume_across_counts(tmp_path):
         "distributed=fsdp2", f"resume_from_checkpoint={one_fs / 'checkpoint-1'}"])
     assert proc.returncode == 0, proc.output
     log = proc.ranks[0]  # rank 0 prints for both
-    assert "on 2 process(es) (MULTI_CPU" in log and "resumed from" in log
+    assert "on 2 processes, FSDP2, CPU" in log and "resumed from" in log
     assert "sharded over 2 process(es)" in log
 
     _run_here(data, back, "distributed=fsdp2", f"resume_from_checkpoint={two / 'checkpoint-2'}")

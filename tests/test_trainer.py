@@ -227,7 +227,8 @@ def test_cli_trains_the_tiny_model_on_a_synthesized_dataset(tmp_path, capsys):
                  "disable_tqdm=true"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "cord: cord for 2 steps on 1 process(es)" in out and "final: loss=" in out
+    assert "cord: cord for 2 steps on 1 process, CPU" in out and "final: loss=" in out
+    assert out.splitlines()[-1] == f"cord train: the final model is in {tmp_path / 'final'}"
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # logging_steps defaults to 10: a 2-step run logs its last step only
     assert [r["step"] for r in rows] == [2] and rows[-1]["completion_length"] > 0

@@ -149,9 +149,11 @@ def generate_answers(
     instruction: str | None = None,
     progress: bool = True,
     desc: str | None = None,
+    token_ids: list | None = None,
 ) -> list[str]:
     """The model's responses to the audio (``modality="audio"``) or text prompts of
-    ``records``, greedy by default."""
+    ``records``, greedy by default. ``token_ids``: a list that receives each batch's generated
+    ``(ids, mask)`` (``cord.train.evaluation`` scores the audio answers' tokens with them)."""
     if modality not in ("audio", "text"):
         raise ValueError(f"modality must be 'audio' or 'text', got {modality!r}")
     if batch_size < 1:
@@ -162,22 +164,27 @@ def generate_answers(
         starts = tqdm(starts, desc=desc or f"answering from {modality}", unit="batch",
                       leave=False)
     for s in starts:
-        batch = records[s : s + batch_size]
-        if modality == "audio":
-            audios = [audio_of(r) for r in batch]
-            rates = {sr for _, sr in audios}
-            if len(rates) != 1:
-                raise ValueError(f"a batch mixes sampling rates {sorted(rates)}")
-            prompts = adapter.audio_prompts(
-                [a for a, _ in audios], sampling_rate=rates.pop(), instruction=instruction
-            )
-        else:
-            prompts = adapter.text_prompts([r["text"] for r in batch], instruction=instruction)
+        prompts = prompts_of(adapter, records[s : s + batch_size], modality, instruction)
         with torch.no_grad():
             ids = adapter.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature)
         mask = completion_mask(ids, adapter.eos_token_ids) if ids.shape[1] else ids.bool()
         responses.extend(adapter.decode(ids, mask))
+        if token_ids is not None:
+            token_ids.append((ids, mask))
     return responses
+
+
+def prompts_of(adapter, batch: Sequence[Mapping[str, Any]], modality: str,
+               instruction: str | None = None):
+    """The audio (``modality="audio"``) or text prompts of the records of ``batch``."""
+    if modality == "text":
+        return adapter.text_prompts([r["text"] for r in batch], instruction=instruction)
+    audios = [audio_of(r) for r in batch]
+    rates = {sr for _, sr in audios}
+    if len(rates) != 1:
+        raise ValueError(f"a batch mixes sampling rates {sorted(rates)}")
+    return adapter.audio_prompts([a for a, _ in audios], sampling_rate=rates.pop(),
+                                 instruction=instruction)
 
 
 def _modality_summary(correct: list[bool], parsed: list[bool]) -> dict[str, float]:
@@ -203,6 +210,7 @@ def evaluate(
     modalities: Sequence[str] = ("text", "audio"),
     progress: bool = True,
     keep_responses: bool = True,
+    keep_ids: bool = False,
 ) -> dict[str, Any]:
     """Scores ``adapter``'s answers to every item of ``dataset`` from text and from audio.
 
@@ -217,7 +225,8 @@ def evaluate(
     Returns:
         ``{"name", "n", "kinds": {kind: count}, "text": {"accuracy", "correct", "unparsed"},
         "audio": {...}, "gap": text accuracy − audio accuracy of this model, "items": [...]}``
-        (``items`` holds each response and verdict when ``keep_responses``).
+        (``items`` holds each response and verdict when ``keep_responses``; ``ids`` each
+        modality's generated ``(ids, mask)`` per batch of ``batch_size`` when ``keep_ids``).
     """
     if kind not in ANSWER_KINDS:
         raise ValueError(f"kind must be one of {ANSWER_KINDS}, got {kind!r}")
@@ -235,11 +244,12 @@ def evaluate(
         "kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
     }
     items = [{"id": r["id"], "answer": r["answer"], "kind": k} for r, k in zip(records, kinds)]
+    ids: dict[str, list] = {}
     for modality in modalities:
         responses = generate_answers(
             adapter, records, modality, batch_size=batch_size, max_new_tokens=max_new_tokens,
             temperature=temperature, instruction=instruction, progress=progress,
-            desc=f"{name}: {modality}",
+            desc=f"{name}: {modality}", token_ids=ids.setdefault(modality, []),
         )
         scored = [
             score_response(resp, r["answer"], k, choices=choices)
@@ -253,6 +263,8 @@ def evaluate(
         result["gap"] = result["text"]["accuracy"] - result["audio"]["accuracy"]
     if keep_responses:
         result["items"] = items
+    if keep_ids:
+        result["ids"] = ids
     return result
 
 

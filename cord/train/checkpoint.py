@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 __all__ = [
     "COMPLETE_MARKER",
     "EXIT_CHECKPOINT_FAILED",
@@ -154,7 +152,7 @@ def _describe(err: OSError) -> str:
 
 def save_atomically(accelerator, output_dir: str | os.PathLike, step: int,
                     write_state: Callable[[Path], None], write_extra: Callable[[Path], None], *,
-                    save_total_limit: int | None = None) -> Path:
+                    save_total_limit: int | None = None, keep: Path | None = None) -> Path:
     """Writes ``output_dir/checkpoint-<step>`` atomically; every process calls it.
 
     ``write_state(dir)`` runs on every process and writes the training state into the
@@ -162,7 +160,8 @@ def save_atomically(accelerator, output_dir: str | os.PathLike, step: int,
     main process calls ``write_extra(dir)`` (trainer state, config), flushes, writes the marker
     and renames the directory into place; after that, and only then, ``save_total_limit``
     rotates older complete checkpoints away. ``accelerator`` gives the process layout, the
-    barriers and the all-reduce that makes every process agree the save succeeded.
+    barriers and the all-reduce that makes every process agree the save succeeded. ``keep``
+    (the best checkpoint, ``cord.train.evaluation``) is never rotated away.
 
     Raises:
         CheckpointSaveError: any OSError on any process; the partial directory is removed and
@@ -219,7 +218,8 @@ def save_atomically(accelerator, output_dir: str | os.PathLike, step: int,
                                       f"could not complete {final.name}: {_describe(err)}; the "
                                       "previous checkpoints are intact") from err
         if save_total_limit:
-            older = [p for p in complete_checkpoints(output_dir) if p != final]
+            older = [p for p in complete_checkpoints(output_dir)
+                     if p != final and (keep is None or p.name != Path(keep).name)]
             keep_older = max(0, save_total_limit - 1)
             for old in older[: len(older) - keep_older]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -252,5 +252,7 @@ def any_process(acc, flag: bool) -> bool:
     """True on every process when ``flag`` is true on any (one all-reduce)."""
     if acc.num_processes == 1:
         return bool(flag)
+    import torch  # here: `cord train` checks resume_from_checkpoint before torch loads
+
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     return bool(acc.reduce(t, reduction="sum").item() > 0)

@@ -243,3 +243,16 @@ def build_strategy(name: str, accelerator: Accelerator, *, bf16: bool = False):
     if name == "fsdp2":
         return FSDP2Strategy(accelerator, bf16=bf16)
     raise ValueError(f"distributed must be one of {list(DISTRIBUTED)}, got {name!r}")
+
+
+_ENGINES = {"MULTI_CPU": "DDP", "MULTI_GPU": "DDP", "MULTI_XPU": "DDP", "FSDP": "FSDP",
+            "DEEPSPEED": "DeepSpeed", "MEGATRON_LM": "Megatron-LM"}
+
+
+def describe_processes(acc, distributed: str) -> str:
+    """``1 process, CPU``, ``8 processes, FSDP2, GPU``: the run's layout in words."""
+    n = acc.num_processes
+    engine = "FSDP2" if distributed == "fsdp2" else _ENGINES.get(acc.distributed_type.name)
+    device = {"cpu": "CPU", "cuda": "GPU"}.get(acc.device.type, acc.device.type.upper())
+    return ", ".join([f"{n} process{'es' if n != 1 else ''}", *([engine] if engine else []),
+                      device])

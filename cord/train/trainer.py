@@ -78,7 +78,8 @@ from cord.train.checkpoint import (
     save_atomically,
     trim_metrics,
 )
-from cord.train.distributed import build_strategy
+from cord.train.distributed import build_strategy, describe_processes
+from cord.train.evaluation import Evaluator, evaluate_step, load_best, split_eval
 from cord.train.metrics import is_finite, mean_metrics, tokens_per_second
 from cord.train.objectives import OBJECTIVES, StepContext, compute_loss, trainable_group
 from cord.train.precision import WeightChange, fp32_master_weights
@@ -86,6 +87,8 @@ from cord.train.preempt import GracefulStop
 from cord.train.teacher import Teacher
 
 TRAINER_STATE_NAME = "trainer_state.json"
+#: ``stop_reason`` of a run ended by ``collapse_guard=stop`` (``cord train`` exits 76).
+COLLAPSE = "collapse_guard=stop"
 
 
 # -- building the pieces from a config ---------------------------------------------------------
@@ -216,6 +219,9 @@ class CordTrainer:
             cfg, sr, report=acc.print, write_bad_records=acc.is_main_process, audio_limit=limit))
         if len(self.train_dataset) == 0:
             raise ValueError("train_dataset is empty")
+        self.train_dataset, eval_records = split_eval(  # a holdout leaves the training set
+            cfg, self.train_dataset, sampling_rate=sr, audio_limit=limit)
+        self.evaluator = None if eval_records is None else Evaluator(cfg, eval_records, acc)
 
         self.trainable = trainable_group(cfg)
         self.trained_parameters, self.total_parameters = train_only(self.adapter, self.trainable)
@@ -248,8 +254,9 @@ class CordTrainer:
         self.ctx = StepContext(self.adapter, self.teacher, cfg, self.judge, acc.device)
         self.log_history: list[dict[str, Any]] = []
         self._last_saved_step = -1
-        #: The signal that stopped the run early (``"SIGTERM"``), None when it ran to the end.
+        #: What stopped the run early (``"SIGTERM"``, :data:`COLLAPSE`); None: it ran to the end.
         self.stop_reason: str | None = None
+        self.loaded_best = False  # output_dir/final holds the best checkpoint's weights
 
     # -- schedule ------------------------------------------------------------------------
 
@@ -273,17 +280,20 @@ class CordTrainer:
         write, leaving the previous checkpoints intact."""
 
         def write_extra(path: Path) -> None:
+            evaluation = self.evaluator.state_dict() if self.evaluator else None
             (path / TRAINER_STATE_NAME).write_text(json.dumps(
                 {**self.state.state_dict(), "max_steps": self.max_steps,
-                 "log_history": self.log_history[-100:]}, indent=1))
+                 "log_history": self.log_history[-100:], "evaluation": evaluation}, indent=1))
             self.config.to_yaml(path / "cord_config.yaml")
 
         def write_state(path: Path) -> None:  # every process
             self.parallel.save(path, self.model, self.optimizer)
 
+        best = self.evaluator.best if self.evaluator else None
         path = save_atomically(self.accelerator, self.output_dir, self.state.global_step,
                                write_state, write_extra,
-                               save_total_limit=self.config.save_total_limit)
+                               save_total_limit=self.config.save_total_limit,
+                               keep=(best or {}).get("checkpoint"))
         self._last_saved_step = self.state.global_step
         return path
 
@@ -294,10 +304,14 @@ class CordTrainer:
                                   remove_stale=self.accelerator.is_main_process)
         self.parallel.load(path, self.model, self.optimizer)
         self._last_saved_step = self.state.global_step
+        saved = json.loads((path / TRAINER_STATE_NAME).read_text()).get("evaluation")
+        if self.evaluator is not None and saved:  # the evaluation history goes on
+            self.evaluator.load_state_dict(saved)
         self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
 
     def save_model(self, path: str | Path | None = None) -> Path:
-        """``save_pretrained`` of the model and processor (for ``cord eval`` / inference)."""
+        """``save_pretrained`` of the model and processor (for ``cord eval`` / inference), with
+        ``training_info.json`` (what was trained; the best evaluation when there is one)."""
         acc = self.accelerator
         path = Path(path) if path is not None else self.output_dir / "final"
         acc.wait_for_everyone()
@@ -309,7 +323,9 @@ class CordTrainer:
                 "objective": self.config.objective, "trainable": self.trainable,
                 "trained_parameters": self.trained_parameters,
                 "total_parameters": self.total_parameters, "steps": self.state.global_step,
-                "generated_tokens": self.state.total_generated_tokens}, indent=1))
+                "generated_tokens": self.state.total_generated_tokens,
+                "best_model": self.evaluator.best if self.evaluator else None,
+                "loaded_best_model": self.loaded_best}, indent=1))
         acc.wait_for_everyone()
         return path
 
@@ -383,9 +399,11 @@ class CordTrainer:
             trim_metrics(self.output_dir / "metrics.jsonl", self.state.global_step)
         global_batch = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                         * acc.num_processes)
-        acc.print(f"cord: {cfg.objective} for {self.max_steps} steps on {acc.num_processes} "
-                  f"process(es) ({acc.distributed_type.value}, {acc.device}), global batch "
-                  f"{global_batch} prompts, {len(self.train_dataset)} in the dataset")
+        acc.print(f"cord: {cfg.objective} for {self.max_steps} steps on "
+                  f"{describe_processes(acc, cfg.distributed)}, global batch {global_batch} "
+                  f"prompts, {len(self.train_dataset)} in the dataset"
+                  + (f", {len(self.evaluator.records)} evaluated every {cfg.eval_steps} steps"
+                     if self.evaluator else ""))
         bar = None
         if acc.is_main_process and not cfg.disable_tqdm:
             bar = tqdm(total=self.max_steps, initial=self.state.global_step, desc=cfg.objective,
@@ -397,6 +415,8 @@ class CordTrainer:
         # The logging window: metrics are averaged over the steps since the last log line.
         window: dict[str, Any] = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": [],
                                   "moves": []}
+        if self.evaluator is not None and self.state.global_step == 0:
+            evaluate_step(self, 0, bar)  # the base: the guard's reference
         while self.state.global_step < self.max_steps:
             t0 = time.perf_counter()
             parts, tokens, finite_loss = [], 0, True
@@ -459,7 +479,12 @@ class CordTrainer:
                 last = metrics
                 window = {"parts": [], "tokens": 0, "seconds": 0.0, "grad_norms": [],
                           "moves": []}
-            if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps:
+            if self.evaluator is not None and self.evaluator.due(step, self.max_steps) \
+                    and evaluate_step(self, step, bar):
+                self.stop_reason = COLLAPSE
+                break
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < self.max_steps \
+                    and self._last_saved_step != step:
                 self.save_checkpoint()
             if self.on_step_end is not None:
                 self.on_step_end(step, self)
@@ -472,12 +497,18 @@ class CordTrainer:
             bar.close()
         if self._last_saved_step != self.state.global_step:
             self.save_checkpoint()
-        if self.stop_reason is not None:
+        if self.stop_reason == COLLAPSE:
+            acc.print(f"cord: stopped by {COLLAPSE} after step {self.state.global_step} of "
+                      f"{self.max_steps}; checkpoint-{self.state.global_step} is saved")
+        elif self.stop_reason is not None:
             acc.print(f"cord: stopped by {self.stop_reason} after step {self.state.global_step} "
                       f"of {self.max_steps}; checkpoint-{self.state.global_step} is saved: "
                       "resume with resume_from_checkpoint=latest")
         else:
+            load_best(self)
             self.save_model()
+        if self.evaluator is not None:
+            self.evaluator.plot(self.output_dir / "eval_curve.png")
         acc.end_training()
         self.parallel.close()
         return last
