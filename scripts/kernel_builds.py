@@ -61,8 +61,8 @@ def _tools_dir() -> Path:
 
 def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelBuild]:
     """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
-    from cord_kernels.logits.jsd import _jsd_bwd_kernel, _jsd_fwd_kernel
-    from cord_kernels.logits.kl import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.divergences.jsd.triton_ops import _jsd_bwd_kernel, _jsd_fwd_kernel
+    from cord_kernels.divergences.kl.triton_ops import _kl_bwd_kernel, _kl_fwd_kernel
     from cord_kernels.logits.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
     from cord_kernels.sparse.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
 

@@ -141,27 +141,26 @@ def _pair_case(ctx, name, fn, *, teacher_grad=False, **kw):
 
 def case_triton_taken(ctx):
     """Under the interpreter (the 2-rank group) impl=None takes the streaming kernels."""
-    from cord_kernels.logits import kl as kl_module
+    from cord_kernels.divergences.kl import parallel as kl_parallel
     calls = []
-    apply = kl_module.VocabParallelKLDivFunction.apply
-    kl_module.VocabParallelKLDivFunction.apply = lambda *a: calls.append(1) or apply(*a)
+    apply = kl_parallel.TritonVocabParallelKLFunction.apply
+    kl_parallel.TritonVocabParallelKLFunction.apply = lambda *a: calls.append(1) or apply(*a)
     try:
         s = _logits(1, B, T, V)
         ck.reverse_kl(ctx.cols(s), ctx.cols(s.flip(-1)), process_group=ctx.group)
     finally:
-        kl_module.VocabParallelKLDivFunction.apply = apply
+        kl_parallel.TritonVocabParallelKLFunction.apply = apply
     assert calls == [1]
     # and the fused KL losses take the streaming kernels on each tile
-    from cord_kernels.fused import tile_divergence
     tiles = []
-    stats = tile_divergence.VocabParallelTritonTileKL.stats
-    tile_divergence.VocabParallelTritonTileKL.stats = \
+    stats = kl_parallel.TritonVocabParallelTileKL.stats
+    kl_parallel.TritonVocabParallelTileKL.stats = \
         lambda self, *a, **kw: tiles.append(1) or stats(self, *a, **kw)
     try:
         h_s, h_t, w, _, _, _ = _heads(Ht=8)
         ck.fused_linear_distill_loss(h_s, h_t, ctx.rows(w), _mask(), process_group=ctx.group)
     finally:
-        tile_divergence.VocabParallelTritonTileKL.stats = stats
+        kl_parallel.TritonVocabParallelTileKL.stats = stats
     assert tiles
 
 
@@ -447,7 +446,8 @@ def case_fused_sparse(ctx):
                   GRAD_RTOL, b.grad)
 
 
-CASES = {2: [case_triton_taken, case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_module,
+CASES = {2: [case_triton_taken, case_kl_jsd, case_token_logprobs, case_cord_token_loss,
+             case_module,
              case_dtensor, case_sparse, case_teacher_topk, case_fused_distill,
              case_fused_logprobs, case_fused_sparse],
          3: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_sparse,

@@ -6,7 +6,7 @@
 4 GEMMs in all (SPEC section 3) for the scalar reductions: for each chunk of valid tokens
 
     1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)               2 GEMMs into fp32 tiles
-    2. Div_t per row (``tile_divergence.py``)
+    2. Div_t per row (the divergence's tile, ``divergences/registry.py``)
     3. the weights w of the chunk's rows (``TokenWeighting``)
     4. w_t dDiv_t/ds_t overwrites the student tile in place: ds
     5. grad_h = ds @ W,  grad_W += ds.T @ h_s,  grad_b += sum_rows ds       2 GEMMs
@@ -64,8 +64,9 @@ from cord_kernels.core.validation import (
     check_tensor,
     check_token_weights,
 )
+from cord_kernels.divergences.common import DivParams
+from cord_kernels.divergences.registry import make_tile_divergence
 from cord_kernels.fused import chunked_head as ch
-from cord_kernels.fused.tile_divergence import make_tile_divergence
 
 # ----------------------------------------------------------------------------- weighting
 
@@ -139,9 +140,9 @@ class DistillProblem(ch.HeadProblem):
             self.teacher_head = ch.LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
-        self.divergence = make_tile_divergence(params.opts.divergence, params.opts.jsd_beta,
-                                               params.opts.temperature, params.impl,
-                                               params.opts.process_group)
+        self.divergence = make_tile_divergence(
+            params.opts.divergence, params.impl,
+            DivParams(params.opts.temperature, params.opts.jsd_beta), params.opts.process_group)
         if params.opts.process_group is not None:
             self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
                                            self.device)
@@ -402,8 +403,9 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     return (loss, per_token) if opts.return_per_token else loss
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Hidden states in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 @shared_doc
 def fused_linear_distill_loss(
     student_hidden: torch.Tensor,
