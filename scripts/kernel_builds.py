@@ -63,6 +63,7 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
     """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
     from cord_kernels.divergences.jsd.triton_ops import _jsd_bwd_kernel, _jsd_fwd_kernel
     from cord_kernels.divergences.kl.triton_ops import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.divergences.tvd.triton_ops import _tvd_bwd_kernel, _tvd_fwd_kernel
     from cord_kernels.logits.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
     from cord_kernels.sparse.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
 
@@ -115,6 +116,24 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
             {"HAS_DX": True, "HAS_DY": has_dy, "BLOCK_V": bv},
             ("X", "Y", "Stats", "G", "DX", "DY", *strides, *dstrides, "V"),
         ))
+    tvd_scalars = {"R": "i32", "V": "i32", "inv_temp": "fp32"}
+    builds.append(KernelBuild(
+        "tvd_fwd",
+        _tvd_fwd_kernel,
+        {"X": f"*{t}", "Y": f"*{t}", "D": "*fp32", "Stats": "*fp32",
+         **dict.fromkeys(strides, "i64"), **tvd_scalars, "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Y", "D", "Stats", *strides, "V"),
+    ))
+    builds.append(KernelBuild(
+        "tvd_bwd",
+        _tvd_bwd_kernel,
+        {"X": f"*{t}", "Y": f"*{t}", "Stats": "*fp32", "G": "*fp32", "DX": f"*{t}",
+         **dict.fromkeys(strides, "i64"), "stride_dxa": "i64", "stride_dxb": "i64",
+         **tvd_scalars, "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Y", "Stats", "G", "DX", *strides, "stride_dxa", "stride_dxb", "V"),
+    ))
     builds.append(KernelBuild(
         "logprob_fwd",
         _logprob_fwd_kernel,

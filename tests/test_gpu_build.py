@@ -27,9 +27,10 @@ print(json.dumps(rows))
 # Loads of one operand per loop iteration: BLOCK_V=4096 over 256 threads is 16 elements per
 # thread, i.e. two 16-byte loads for bf16 and four for fp32.
 LOADS_PER_OPERAND = {"bf16": 2, "fp32": 4}
-# jsd_fwd reads both rows twice (lse first: log m needs both normalizers), so 4 operands.
+# jsd_fwd and tvd_fwd read both rows twice (lse first: the second pass needs both
+# normalizers), so 4 operands.
 OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
-            "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2,
+            "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2, "tvd_fwd": 4, "tvd_bwd": 2,
             "logprob_fwd": 1, "logprob_bwd": 1, "support_fwd": 1, "support_bwd": 1}
 
 

@@ -16,7 +16,7 @@ share. Each divergence's own statistics live with it (``divergences/<name>/paral
 All-reduces per call, each of (rows, a few) fp32 statistics, never of size V:
 
     reverse_kl / forward_kl / cord_token_loss      2
-    jsd                                            3
+    jsd, tvd                                       3
     token_logprobs, support log-probs (sparse)     2  (+1 all-gather of the slice sizes
                                                        unless ``vocab_offset`` is given)
     the fused-linear chunk drivers                 1 to agree on the chunks, the above per

@@ -15,13 +15,14 @@ import torch
 from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import Impl, resolve_impl
 from cord_kernels.core.options import Divergence
-from cord_kernels.divergences import jsd, kl
+from cord_kernels.divergences import jsd, kl, tvd
 from cord_kernels.divergences.common import DivergenceParts, DivParams, TileDivergence
 
 REGISTRY: dict[Divergence, DivergenceParts] = {
     Divergence.REVERSE_KL: kl.REVERSE_KL,
     Divergence.FORWARD_KL: kl.FORWARD_KL,
     Divergence.JSD: jsd.JSD,
+    Divergence.TVD: tvd.TVD,
 }
 
 

@@ -1,4 +1,4 @@
-"""LM head + a weighted distillation loss (reverse KL, forward KL or JSD), without (N, V) logits.
+"""LM head + a weighted distillation loss (reverse KL, forward KL, JSD, TVD), without (N, V) logits.
 
     loss = reduce( sum_valid w_t Div_t ),  Div_t between softmax(s_t/tau), s = h_s W^T (+ b)
                                            and softmax(u_t/tau), u = h_t W_t^T (+ b_t)
@@ -437,6 +437,7 @@ def fused_linear_distill_loss(
     Equals, on s = student_hidden @ weight.T (+ bias) and u = teacher_hidden @ W_t.T (+ b_t):
 
         Div_t = reverse_kl(s_t, u_t) | forward_kl(s_t, u_t) | jsd(s_t, u_t, beta=jsd_beta)
+                | tvd(s_t, u_t)
         "batchmean": sum_valid w_t Div_t / B,  "sum": sum_valid w_t Div_t,
         "mean": sum_valid w_t Div_t / sum mask,  "none": (B, T) w_t Div_t (0 where masked)
 
@@ -452,7 +453,7 @@ def fused_linear_distill_loss(
         weight: (V, H_s) the student's LM head (gets a gradient, accumulated in fp32).
         mask: (B, T) bool (or 0/1 int/float), True at the positions that count.
         {labels}
-        divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd".
+        divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd" | "tvd".
         jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL);
             with another divergence it must stay at its default.
         token_weights: None (1 on valid tokens) or a (B, T) float tensor >= 0 without grad.
