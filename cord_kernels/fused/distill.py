@@ -162,6 +162,12 @@ class DistillProblem(ch.HeadProblem):
     def release(self) -> None:
         self._tiles = None
 
+    def entropy_sum(self) -> torch.Tensor:
+        """The student's entropy summed over the valid rows (0 unless asked for)."""
+        if self.entropy is None:
+            return torch.zeros((), dtype=torch.float32, device=self.device)
+        return self.entropy.sum()
+
     def logits(self, index: torch.Tensor):
         """Student and teacher logits tiles (n, V) of the given flat row ids, plus the student
         hidden rows (n, H) for the weight gradient."""
@@ -263,8 +269,9 @@ def head_grads(grads: ch.Grads, problem: DistillProblem, hidden, weight, bias):
 
 
 class FusedDistillSumFunction(torch.autograd.Function):
-    """(sum_t w_t Div_t, detached (B, T) Div) from hidden states; gradients formed in forward
-    (4 GEMMs), scaled by the cotangent in backward."""
+    """(sum_t w_t Div_t, detached (B, T) Div, detached sum over valid rows of the student's
+    entropy: 0 unless ``params.want_entropy``, TRL's logged entropy) from hidden states;
+    gradients formed in forward (4 GEMMs), scaled by the cotangent in backward."""
 
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
@@ -276,12 +283,12 @@ class FusedDistillSumFunction(torch.autograd.Function):
             total, d, _ = weighted_sum(problem, weighting, grads)
             vp.reduce_hidden_grad_(grads.hidden, params.opts)
         ch.stash_grads(ctx, grads, problem.index, student_hidden, weight, bias)
-        per_token = problem.dense(d)
-        ctx.mark_non_differentiable(per_token)
-        return total, per_token
+        per_token, entropy = problem.dense(d), problem.entropy_sum()
+        ctx.mark_non_differentiable(per_token, entropy)
+        return total, per_token, entropy
 
     @staticmethod
-    def backward(ctx, grad_total, _grad_per_token):
+    def backward(ctx, grad_total, _grad_per_token, _grad_entropy):
         gh, gw, gb = ch.scaled_grads(ctx, grad_total)
         return gh, None, gw, gb, None, None, None, None, None
 
@@ -368,6 +375,22 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
 # ---------------------------------------------------------------------------- public API
 
 
+def distill_sums(tensors: tuple, weighting: TokenWeighting, params: ch.HeadParams):
+    """(sum_t w_t Div_t, detached (B, T) Div, detached entropy sum) of the checked ``tensors``
+    (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias, mask; the
+    teacher's detached): :class:`FusedDistillSumFunction` when a student tensor needs a
+    gradient (4 GEMMs), else the 2 projection GEMMs. Shared by ``run_distill`` and the TRL
+    drop-in (``integrations/trl.py``)."""
+    student_hidden, _, weight, bias = tensors[:4]
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (student_hidden, weight, bias)):
+        return FusedDistillSumFunction.apply(*tensors, weighting, params)
+    with ch.no_autocast(student_hidden.device):  # evaluation
+        problem = DistillProblem(*tensors, params)
+        total, d, _ = weighted_sum(problem, weighting, None)
+    return total, problem.dense(d), problem.entropy_sum()
+
+
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, opts: LossOptions):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
@@ -390,15 +413,7 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     if opts.reduction == "none":
         loss, per_token = FusedDistillPerTokenFunction.apply(*tensors, weighting, params)
     else:
-        differentiable = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (student_hidden, weight, bias))
-        if differentiable:
-            total, per_token = FusedDistillSumFunction.apply(*tensors, weighting, params)
-        else:  # evaluation: the 2 projection GEMMs only
-            with ch.no_autocast(student_hidden.device):
-                problem = DistillProblem(*tensors, params)
-                total, d, _ = weighted_sum(problem, weighting, None)
-            per_token = problem.dense(d)
+        total, per_token, _ = distill_sums(tensors, weighting, params)
         loss = opts.reduce_total(total, mask)
     return (loss, per_token) if opts.return_per_token else loss
 
