@@ -29,7 +29,8 @@ print(json.dumps(rows))
 LOADS_PER_OPERAND = {"bf16": 2, "fp32": 4}
 # jsd_fwd and tvd_fwd read both rows twice (lse first: the second pass needs both
 # normalizers), so 4 operands.
-OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
+OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_fwd_entropy": 2, "jsd_fwd_entropy": 4,
+            "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
             "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2, "tvd_fwd": 4, "tvd_bwd": 2,
             "logprob_fwd": 1, "logprob_bwd": 1, "support_fwd": 1, "support_bwd": 1}
 

@@ -5,7 +5,6 @@ this module holds what is not a divergence, and what they share:
 
     helpers                                      scaled, compile_enabled, compiled, row_block
     token log-probs (logits in, tiles)           TorchLogprobFunction, TorchTileLogprobs
-    the student entropy of a tile                torch_tile_entropy
     log-probs on a sparse support                TorchSupportLogprobsFunction,
                                                  torch_support_stats, torch_dense_grad,
                                                  torch_row_lse, chain_factor
@@ -104,19 +103,6 @@ class TorchLogprobFunction(torch.autograd.Function):
 
 def row_block(n_cols: int) -> int:
     return max(1, _TORCH_BLOCK_ELEMENTS // max(n_cols, 1))
-
-
-def torch_tile_entropy(s: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(n,) entropy of softmax(s / tau) per row of an (n, V) tile, in row blocks, reading s
-    only (for the Triton tile divergences, whose kernels do not form it)."""
-    n = s.shape[0]
-    ent = torch.empty(n, dtype=s.dtype, device=s.device)
-    # CPU: cache-sized row blocks; elsewhere blocks of 16M elements (few launches).
-    r = row_block(s.shape[1]) if s.device.type == "cpu" else max(1, (1 << 24) // s.shape[1])
-    for a in range(0, n, r):
-        log_p = torch.log_softmax(scaled(s[a:a + r], temperature), dim=-1)
-        ent[a:a + r] = torch.mm(log_p.exp(), log_p.T).diagonal().neg_()  # row dots
-    return ent
 
 
 # ------------------------------------------------- token log-probs on a tile (fused_logprobs)

@@ -27,7 +27,7 @@ import torch
 
 from cord_kernels.core.dispatch import Impl
 from cord_kernels.core.options import JSD_BETA, TEMPERATURE
-from cord_kernels.core.torch_path import row_block, torch_tile_entropy
+from cord_kernels.core.torch_path import row_block
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,11 @@ def row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b.T).diagonal()
 
 
-def entropy_if(s: torch.Tensor, temperature: float, want: bool) -> torch.Tensor | None:
-    """The student's entropy per row for the Triton tiles, only when asked for (TRL's logged
-    entropy): one more read of the tile before ``write_grad`` overwrites it."""
-    return torch_tile_entropy(s, temperature).float() if want else None
+def new_entropy(s: torch.Tensor, want: bool) -> torch.Tensor | None:
+    """The (n,) fp32 output of the student's entropy per row that the Triton tiles' forward
+    kernels fill in their own pass (a constexpr switch), only when asked for (TRL's logged
+    entropy): no torch pass over the tile."""
+    return torch.empty(s.shape[0], dtype=torch.float32, device=s.device) if want else None
 
 
 class TorchTileDivergence(abc.ABC):

@@ -355,8 +355,16 @@ def scaled_grads(ctx, grad_total: torch.Tensor) -> tuple:
                            "their graph can be backpropagated once only (retain_graph is not "
                            "supported)")
     ctx.used = True
-    return tuple(None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
+    return tuple(None if t is None else _scale_cast(t, grad_total.to(t.dtype), dtype)
                  for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+
+
+def _scale_cast(t: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t * g in ``dtype``, one pass over t: in place when the dtype stays, else written
+    straight into the new dtype (the product is formed in t's precision, then rounded once)."""
+    if dtype == t.dtype:
+        return t.mul_(g)
+    return torch.mul(t, g, out=torch.empty(t.shape, dtype=dtype, device=t.device))
 
 
 # ----------------------------------------------------------------------------- planning
@@ -408,6 +416,16 @@ def plan_chunks(counts: list[int], max_rows: int) -> list[Chunk]:
 def rows_per_chunk(chunk_bytes: int, vocab: int, n_tiles: int, dtype: torch.dtype) -> int:
     itemsize = torch.empty((), dtype=dtype).element_size()
     return max(1, chunk_bytes // (n_tiles * vocab * itemsize))
+
+
+def balanced_rows(n_rows: int, max_rows: int) -> int:
+    """Rows per chunk when ``n_rows`` rows are cut into as few chunks of at most ``max_rows``
+    as possible, all of one size but the last (no runt: 4096 rows at most 883 a chunk are 5
+    chunks of 820, not 4 of 883 and one of 564)."""
+    if n_rows <= max_rows:
+        return max(1, max_rows if n_rows == 0 else n_rows)
+    chunks = -(-n_rows // max_rows)
+    return -(-n_rows // chunks)
 
 
 # ----------------------------------------------------------------------------- checks

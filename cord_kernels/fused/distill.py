@@ -41,6 +41,7 @@ the two autograd Functions, input checks, ``run_distill`` (shared with
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -125,8 +126,6 @@ class DistillProblem(ch.HeadProblem):
         B, T, _ = student_hidden.shape
         self.B, self.T = B, T
         self.mask = mask
-        # The one host sync: which rows are valid, and how many per sequence.
-        self.counts = mask.sum(1).tolist()
         self.transform = params.transform
         self.teacher_transform = params.teacher_transform
         # A softcap's dt/dz needs a third tile (see ``grad_factor``).
@@ -143,6 +142,7 @@ class DistillProblem(ch.HeadProblem):
         self.divergence = make_tile_divergence(
             params.opts.divergence, params.impl,
             DivParams(params.opts.temperature, params.opts.jsd_beta), params.opts.process_group)
+        self.max_rows = ch.balanced_rows(self.n_valid, self.max_rows)
         if params.opts.process_group is not None:
             self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
                                            self.device)
@@ -150,6 +150,13 @@ class DistillProblem(ch.HeadProblem):
         # (n_valid,) the student's entropy per valid row, filled by ``weighted_sum``.
         self.entropy = torch.zeros(self.n_valid, dtype=torch.float32, device=self.device) \
             if params.want_entropy else None
+
+    @functools.cached_property
+    def counts(self) -> list[int]:
+        """Valid rows per sequence: a host sync, paid only by a weighting that plans by
+        sequence (CORD's whole-sequence chunks); the valid rows themselves (``index``) are the
+        call's one other sync."""
+        return self.mask.sum(1).tolist()
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
         """``n_tiles`` (n, V) tiles, views of one buffer allocated once per call."""

@@ -39,7 +39,7 @@ from cord_kernels.core.rows import (
     pair_backward_views,
     row_view,
 )
-from cord_kernels.divergences.common import DivParams, TileStats, entropy_if, masked_rows
+from cord_kernels.divergences.common import DivParams, TileStats, masked_rows, new_entropy
 
 # Per-row statistics saved by the forward: max and log-sum of s/tau and of u/tau, K_p, K_q.
 N_STATS = 6
@@ -62,9 +62,10 @@ if triton_available():  # Triton is optional: without it only the torch path exi
 
     @triton.jit
     def _jsd_fwd_kernel(
-        X, Y, D, Stats,
+        X, Y, D, Stats, Ent,
         stride_xa, stride_xb, stride_ya, stride_yb,
         R, V, inv_temp, beta, log_1mb, log_b,
+        HAS_ENTROPY: tl.constexpr,  # H(p) per row into Ent (TRL's logged entropy)
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
@@ -77,6 +78,7 @@ if triton_available():  # Triton is optional: without it only the torch path exi
         # Read 2: K_p = sum p (log p - log m), K_q = sum q (log q - log m); 0 log 0 = 0.
         k_p = 0.0
         k_q = 0.0
+        ent = 0.0
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
             b_x, b_y = scaled_blocks(p_x, p_y, o_v, o_v < V, inv_temp)
@@ -87,7 +89,11 @@ if triton_available():  # Triton is optional: without it only the torch path exi
             b_q = tl.exp(log_q)
             k_p += tl.sum(tl.where(b_p > 0, b_p * (log_p - log_m), 0.0), axis=0)  # -> scalar
             k_q += tl.sum(tl.where(b_q > 0, b_q * (log_q - log_m), 0.0), axis=0)
+            if HAS_ENTROPY:  # H(p) = -sum_v p_v log p_v
+                ent -= tl.sum(tl.where(b_p > 0, b_p * log_p, 0.0), axis=0)
         tl.store(D + i_row, beta * k_q + (1.0 - beta) * k_p)
+        if HAS_ENTROPY:
+            tl.store(Ent + i_row, ent)
         o_s = tl.arange(0, 8)
         b_stats = tl.where(o_s == 0, m_x, tl.where(o_s == 1, log_sx, tl.where(
             o_s == 2, m_y, tl.where(o_s == 3, log_sy, tl.where(o_s == 4, k_p, k_q)))))
@@ -146,10 +152,11 @@ def _beta_args(beta: float) -> tuple[float, float, float]:
     return beta, math.log1p(-beta), math.log(beta)
 
 
-def jsd_fwd(x: torch.Tensor, y: torch.Tensor, beta: float, temperature: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def jsd_fwd(x: torch.Tensor, y: torch.Tensor, beta: float, temperature: float,
+            entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: JSD_beta of P_x (student) and P_y (teacher) as (n_rows,) fp32, and the
-    (n_rows, 6) fp32 statistics the backward needs. ``x``/``y``: (..., V), unit last stride."""
+    (n_rows, 6) fp32 statistics the backward needs. ``x``/``y``: (..., V), unit last stride.
+    ``entropy`` ((n_rows,) fp32, optional) gets H(P_x) per row, formed in the same pass."""
     vx, vy = row_view(x), row_view(y)
     n, V = vx.n_rows, x.shape[-1]
     d = torch.empty(n, device=x.device, dtype=torch.float32)
@@ -158,9 +165,10 @@ def jsd_fwd(x: torch.Tensor, y: torch.Tensor, beta: float, temperature: float
         return d, stats
     with launch_device(x):
         _jsd_fwd_kernel[(n,)](
-            vx.tensor, vy.tensor, d, stats,
+            vx.tensor, vy.tensor, d, stats, d if entropy is None else entropy,
             *vx.strides(), *vy.strides(),
             vx.rows_per_a, V, 1.0 / temperature, *_beta_args(beta),
+            HAS_ENTROPY=entropy is not None,
             BLOCK_V=block_v(V),
             num_warps=num_warps(),
         )
@@ -260,8 +268,9 @@ class TritonTileJSD:
         self.temperature, self.jsd_beta = params.temperature, params.jsd_beta
 
     def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
-        d, stats = jsd_fwd(s, u, self.jsd_beta, self.temperature)
-        return TileStats(d, (stats,), entropy_if(s, self.temperature, want_entropy))
+        ent = new_entropy(s, want_entropy)
+        d, stats = jsd_fwd(s, u, self.jsd_beta, self.temperature, ent)
+        return TileStats(d, (stats,), ent)
 
     def write_grad(self, s, u, state, g) -> None:
         jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature, s, None)

@@ -28,7 +28,7 @@ from cord_kernels.core.rows import (
     pair_backward_views,
     row_view,
 )
-from cord_kernels.divergences.common import DivParams, TileStats, entropy_if
+from cord_kernels.divergences.common import DivParams, TileStats, new_entropy
 
 if triton_available():
     import triton
@@ -36,10 +36,11 @@ if triton_available():
 
     @triton.jit
     def _kl_fwd_kernel(
-        X, Y, RowMask, D, LseX, LseY,
+        X, Y, RowMask, D, LseX, LseY, Ent,
         stride_xa, stride_xb, stride_ya, stride_yb,
         R, V, inv_temp,
         HAS_ROW_MASK: tl.constexpr,
+        ENTROPY: tl.constexpr,  # 0: none; 1: H(P_x) into Ent; 2: H(P_y) (TRL's logged entropy)
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
@@ -51,6 +52,8 @@ if triton_available():
                 tl.store(D + i_row, 0.0)
                 tl.store(LseX + 2 * i_row + tl.arange(0, 2), tl.zeros((2,), tl.float32))
                 tl.store(LseY + 2 * i_row + tl.arange(0, 2), tl.zeros((2,), tl.float32))
+                if ENTROPY != 0:
+                    tl.store(Ent + i_row, 0.0)
                 return
         p_x = X + i_a * stride_xa + i_b * stride_xb
         p_y = Y + i_a * stride_ya + i_b * stride_yb
@@ -62,6 +65,9 @@ if triton_available():
         s_x = 0.0
         s_y = 0.0
         acc = 0.0
+        # With ENTROPY: acc_h = sum_v e^{z_v - m_z} (z_v - m_z) of the side z it is asked for,
+        # rescaled like acc, so that H(P_z) = log s_z - acc_h / s_z (one FMA per entry).
+        acc_h = 0.0
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
             m_v = o_v < V
@@ -82,6 +88,12 @@ if triton_available():
             # Entries with p_x = 0 (including -inf logits on both sides) contribute nothing.
             diff = tl.where(e_x > 0, (b_x - mx_s) - (b_y - my_s), 0.0)
             acc = a_x * (acc - (dx - dy) * s_x) + tl.sum(e_x * diff, axis=0)
+            if ENTROPY == 1:
+                z_x = tl.where(e_x > 0, b_x - mx_s, 0.0)
+                acc_h = a_x * (acc_h - dx * s_x) + tl.sum(e_x * z_x, axis=0)
+            if ENTROPY == 2:
+                z_y = tl.where(e_y > 0, b_y - my_s, 0.0)
+                acc_h = a_y * (acc_h - dy * s_y) + tl.sum(e_y * z_y, axis=0)
             s_x = s_x * a_x + tl.sum(e_x, axis=0)
             s_y = s_y * a_y + tl.sum(e_y, axis=0)
             m_x = mx_new
@@ -89,6 +101,10 @@ if triton_available():
         log_sx = tl.log(s_x)
         log_sy = tl.log(s_y)
         tl.store(D + i_row, acc / s_x - log_sx + log_sy)
+        if ENTROPY == 1:
+            tl.store(Ent + i_row, log_sx - acc_h / s_x)
+        if ENTROPY == 2:
+            tl.store(Ent + i_row, log_sy - acc_h / s_y)
         # lse = max + log(sum) is kept as its two parts: for logits near 1e4 an fp32 lse has an
         # ulp of 1e-3, while (x - max) - log(sum) in backward is exact to fp32 rounding.
         o_2 = tl.arange(0, 2)
@@ -146,10 +162,13 @@ if triton_available():
 
 
 def kl_fwd(
-    x: torch.Tensor, y: torch.Tensor, row_mask: torch.Tensor | None, temperature: float
+    x: torch.Tensor, y: torch.Tensor, row_mask: torch.Tensor | None, temperature: float,
+    entropy: torch.Tensor | None = None, entropy_of: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: KL(P_x || P_y) as (n_rows,) fp32, and lse(x/tau), lse(y/tau) each as an
-    (n_rows, 2) fp32 pair (max, log sum exp(. - max)) whose sum is the lse.
+    (n_rows, 2) fp32 pair (max, log sum exp(. - max)) whose sum is the lse. ``entropy``
+    ((n_rows,) fp32, optional) gets H(P_x) (``entropy_of=1``) or H(P_y) (2) per row, formed
+    in the same pass.
 
     ``x``/``y``: (..., V) with unit last stride (other strides are free). ``row_mask``: bool
     over the rows (flattened leading dims) or None; masked rows get 0 and are not read.
@@ -166,10 +185,11 @@ def kl_fwd(
         rm = rm.view(torch.uint8)
     with launch_device(x):
         _kl_fwd_kernel[(n,)](
-            vx.tensor, vy.tensor, rm, d, lse_x, lse_y,
+            vx.tensor, vy.tensor, rm, d, lse_x, lse_y, d if entropy is None else entropy,
             *vx.strides(), *vy.strides(),
             vx.rows_per_a, V, 1.0 / temperature,
             HAS_ROW_MASK=rm is not None,
+            ENTROPY=0 if entropy is None else entropy_of,
             BLOCK_V=block_v(V),
             num_warps=num_warps(),
         )
@@ -301,8 +321,9 @@ class TritonTileReverseKL:
         self.temperature = params.temperature
 
     def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
-        d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature)
-        return TileStats(d, (lse_s, lse_u), entropy_if(s, self.temperature, want_entropy))
+        ent = new_entropy(s, want_entropy)
+        d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature, ent, entropy_of=1)
+        return TileStats(d, (lse_s, lse_u), ent)
 
     def write_grad(self, s, u, state, g) -> None:
         kl_bwd(s, u, *state.extra, state.d, g, self.temperature, s, None)
@@ -313,8 +334,9 @@ class TritonTileForwardKL(TritonTileReverseKL):
     """KL(q || p): the same kernels with the roles swapped, the gradient going to y = s."""
 
     def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
-        d, lse_u, lse_s = kl_fwd(u, s, None, self.temperature)
-        return TileStats(d, (lse_u, lse_s), entropy_if(s, self.temperature, want_entropy))
+        ent = new_entropy(s, want_entropy)
+        d, lse_u, lse_s = kl_fwd(u, s, None, self.temperature, ent, entropy_of=2)
+        return TileStats(d, (lse_u, lse_s), ent)
 
     def write_grad(self, s, u, state, g) -> None:
         kl_bwd(u, s, *state.extra, state.d, g, self.temperature, None, s)

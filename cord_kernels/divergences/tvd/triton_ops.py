@@ -30,7 +30,7 @@ from cord_kernels.core.rows import (
     pair_backward_views,
     row_view,
 )
-from cord_kernels.divergences.common import DivParams, TileStats, entropy_if, masked_rows
+from cord_kernels.divergences.common import DivParams, TileStats, masked_rows, new_entropy
 
 # Per-row statistics saved by the forward: max and log-sum of s/tau and of u/tau, c.
 N_STATS = 5
@@ -43,9 +43,10 @@ if triton_available():  # Triton is optional: without it only the torch path exi
 
     @triton.jit
     def _tvd_fwd_kernel(
-        X, Y, D, Stats,
+        X, Y, D, Stats, Ent,
         stride_xa, stride_xb, stride_ya, stride_yb,
         R, V, inv_temp,
+        HAS_ENTROPY: tl.constexpr,  # H(p) per row into Ent (TRL's logged entropy)
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
@@ -58,15 +59,21 @@ if triton_available():  # Triton is optional: without it only the torch path exi
         # Pass 2: sum |p - q| and c = sum sign(p - q) p (entries past V: p = q = 0).
         acc = 0.0
         c = 0.0
+        ent = 0.0
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
             b_x, b_y = scaled_blocks(p_x, p_y, o_v, o_v < V, inv_temp)
-            b_p = tl.exp((b_x - m_x) - log_sx)
+            log_p = (b_x - m_x) - log_sx
+            b_p = tl.exp(log_p)
             b_q = tl.exp((b_y - m_y) - log_sy)
             diff = b_p - b_q
             acc += tl.sum(tl.abs(diff), axis=0)  # [BLOCK_V] -> scalar
             c += tl.sum(tl.where(diff > 0, b_p, tl.where(diff < 0, -b_p, 0.0)), axis=0)
+            if HAS_ENTROPY:  # H(p) = -sum_v p_v log p_v
+                ent -= tl.sum(tl.where(b_p > 0, b_p * log_p, 0.0), axis=0)
         tl.store(D + i_row, 0.5 * acc)
+        if HAS_ENTROPY:
+            tl.store(Ent + i_row, ent)
         o_s = tl.arange(0, 8)
         b_stats = tl.where(o_s == 0, m_x, tl.where(o_s == 1, log_sx, tl.where(
             o_s == 2, m_y, tl.where(o_s == 3, log_sy, c))))
@@ -106,10 +113,11 @@ if triton_available():  # Triton is optional: without it only the torch path exi
 # ----------------------------------------------------------------------------- launchers
 
 
-def tvd_fwd(x: torch.Tensor, y: torch.Tensor, temperature: float
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def tvd_fwd(x: torch.Tensor, y: torch.Tensor, temperature: float,
+            entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: TVD of P_x (student) and P_y (teacher) as (n_rows,) fp32, and the (n_rows, 5)
-    fp32 statistics the backward needs. ``x``/``y``: (..., V), unit last stride."""
+    fp32 statistics the backward needs. ``x``/``y``: (..., V), unit last stride.
+    ``entropy`` ((n_rows,) fp32, optional) gets H(P_x) per row, formed in the same pass."""
     vx, vy = row_view(x), row_view(y)
     n, V = vx.n_rows, x.shape[-1]
     d = torch.empty(n, device=x.device, dtype=torch.float32)
@@ -118,9 +126,9 @@ def tvd_fwd(x: torch.Tensor, y: torch.Tensor, temperature: float
         return d, stats
     with launch_device(x):
         _tvd_fwd_kernel[(n,)](
-            vx.tensor, vy.tensor, d, stats, *vx.strides(), *vy.strides(),
-            vx.rows_per_a, V, 1.0 / temperature,
-            BLOCK_V=block_v(V), num_warps=num_warps(),
+            vx.tensor, vy.tensor, d, stats, d if entropy is None else entropy,
+            *vx.strides(), *vy.strides(), vx.rows_per_a, V, 1.0 / temperature,
+            HAS_ENTROPY=entropy is not None, BLOCK_V=block_v(V), num_warps=num_warps(),
         )
     return d, stats
 
@@ -206,8 +214,9 @@ class TritonTileTVD:
         self.temperature = params.temperature
 
     def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False) -> TileStats:
-        d, stats = tvd_fwd(s, u, self.temperature)
-        return TileStats(d, (stats,), entropy_if(s, self.temperature, want_entropy))
+        ent = new_entropy(s, want_entropy)
+        d, stats = tvd_fwd(s, u, self.temperature, ent)
+        return TileStats(d, (stats,), ent)
 
     def write_grad(self, s, u, state, g) -> None:
         tvd_bwd(s, u, state.extra[0], g, self.temperature, s)
