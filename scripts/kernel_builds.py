@@ -97,8 +97,7 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
             {"HAS_DX": has_dx, "HAS_DY": has_dy, "BLOCK_V": bv},
             ("X", "Y", "LseX", "LseY", "D", "G", "DX", "DY", *strides, *dstrides, "V"),
         ))
-    jsd_scalars = {"R": "i32", "V": "i32", "inv_temp": "fp32", "beta": "fp32",
-                   "log_1mb": "fp32", "log_b": "fp32"}
+    jsd_scalars = {"R": "i32", "V": "i32", "scale": "fp32", "beta": "fp32"}
     for entropy in (False, True):
         builds.append(KernelBuild(
             f"jsd_fwd{'_entropy' if entropy else ''}",
@@ -121,7 +120,7 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
             {"HAS_DX": True, "HAS_DY": has_dy, "BLOCK_V": bv},
             ("X", "Y", "Stats", "G", "DX", "DY", *strides, *dstrides, "V"),
         ))
-    tvd_scalars = {"R": "i32", "V": "i32", "inv_temp": "fp32"}
+    tvd_scalars = {"R": "i32", "V": "i32", "scale": "fp32"}
     builds.append(KernelBuild(
         "tvd_fwd",
         _tvd_fwd_kernel,

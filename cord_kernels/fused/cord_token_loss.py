@@ -60,8 +60,9 @@ class CordWeighting:
                              self.alpha)
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Hidden states in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 @shared_doc
 def fused_linear_cord_token_loss(
     student_hidden: torch.Tensor,

@@ -14,6 +14,9 @@ rows, writing
 bf16 traffic: 3 reads + 1 write = 14 B per vocab entry, as the JSD; nothing of size (N, V)
 besides the gradient. The teacher gets no gradient.
 
+The kernels work in base 2 as the JSD's (``divergences/streaming.py``): z = x log2(e) / tau,
+p = 2^(z - lse2), one MUFU.EX2 per exponential.
+
 Layout: kernel, launchers (``tvd_fwd``, ``tvd_bwd``), custom ops, autograd Function, tiles.
 """
 
@@ -31,8 +34,10 @@ from cord_kernels.core.rows import (
     row_view,
 )
 from cord_kernels.divergences.common import DivParams, TileStats, masked_rows, new_entropy
+from cord_kernels.divergences.streaming import LOG2E
 
-# Per-row statistics saved by the forward: max and log-sum of s/tau and of u/tau, c.
+# Per-row statistics saved by the forward: max and log2-sum of the base-2 logits z = x log2(e)
+# / tau of each side (``divergences/streaming.py``), c.
 N_STATS = 5
 
 if triton_available():  # Triton is optional: without it only the torch path exists
@@ -45,7 +50,7 @@ if triton_available():  # Triton is optional: without it only the torch path exi
     def _tvd_fwd_kernel(
         X, Y, D, Stats, Ent,
         stride_xa, stride_xb, stride_ya, stride_yb,
-        R, V, inv_temp,
+        R, V, scale,
         HAS_ENTROPY: tl.constexpr,  # H(p) per row into Ent (TRL's logged entropy)
         BLOCK_V: tl.constexpr,
     ):
@@ -54,7 +59,7 @@ if triton_available():  # Triton is optional: without it only the torch path exi
         p_y = row_start(Y, i_row, R, stride_ya, stride_yb)
 
         # Pass 1: lse of both rows.
-        m_x, log_sx, m_y, log_sy = pair_lse(p_x, p_y, V, inv_temp, BLOCK_V)
+        m_x, log_sx, m_y, log_sy = pair_lse(p_x, p_y, V, scale, BLOCK_V)  # base 2
 
         # Pass 2: sum |p - q| and c = sum sign(p - q) p (entries past V: p = q = 0).
         acc = 0.0
@@ -62,18 +67,18 @@ if triton_available():  # Triton is optional: without it only the torch path exi
         ent = 0.0
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
-            b_x, b_y = scaled_blocks(p_x, p_y, o_v, o_v < V, inv_temp)
+            b_x, b_y = scaled_blocks(p_x, p_y, o_v, o_v < V, scale)
             log_p = (b_x - m_x) - log_sx
-            b_p = tl.exp(log_p)
-            b_q = tl.exp((b_y - m_y) - log_sy)
+            b_p = tl.exp2(log_p)
+            b_q = tl.exp2((b_y - m_y) - log_sy)
             diff = b_p - b_q
             acc += tl.sum(tl.abs(diff), axis=0)  # [BLOCK_V] -> scalar
             c += tl.sum(tl.where(diff > 0, b_p, tl.where(diff < 0, -b_p, 0.0)), axis=0)
-            if HAS_ENTROPY:  # H(p) = -sum_v p_v log p_v
+            if HAS_ENTROPY:  # H(p) / ln 2 = -sum_v p_v log2 p_v
                 ent -= tl.sum(tl.where(b_p > 0, b_p * log_p, 0.0), axis=0)
         tl.store(D + i_row, 0.5 * acc)
         if HAS_ENTROPY:
-            tl.store(Ent + i_row, ent)
+            tl.store(Ent + i_row, 0.6931471805599453 * ent)
         o_s = tl.arange(0, 8)
         b_stats = tl.where(o_s == 0, m_x, tl.where(o_s == 1, log_sx, tl.where(
             o_s == 2, m_y, tl.where(o_s == 3, log_sy, c))))
@@ -83,7 +88,7 @@ if triton_available():  # Triton is optional: without it only the torch path exi
     def _tvd_bwd_kernel(
         X, Y, Stats, G, DX,
         stride_xa, stride_xb, stride_ya, stride_yb, stride_dxa, stride_dxb,
-        R, V, inv_temp,
+        R, V, scale,
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
@@ -93,7 +98,7 @@ if triton_available():  # Triton is optional: without it only the torch path exi
         # A row whose cotangent is 0 reads nothing and writes exact zeros (masked positions).
         g = tl.load(G + i_row)
         v_read = tl.where(g != 0.0, V, 0)
-        g = g * inv_temp * 0.5
+        g = g * scale * (0.5 * 0.6931471805599453)  # 1 / (2 tau)
         m_x = tl.load(Stats + 5 * i_row)
         log_sx = tl.load(Stats + 5 * i_row + 1)
         m_y = tl.load(Stats + 5 * i_row + 2)
@@ -101,9 +106,9 @@ if triton_available():  # Triton is optional: without it only the torch path exi
         c = tl.load(Stats + 5 * i_row + 4)
         for i_v in range(0, V, BLOCK_V):
             o_v = i_v + tl.arange(0, BLOCK_V)
-            b_x, b_y = scaled_blocks(p_x, p_y, o_v, o_v < v_read, inv_temp)
-            b_p = tl.exp((b_x - m_x) - log_sx)
-            b_q = tl.exp((b_y - m_y) - log_sy)
+            b_x, b_y = scaled_blocks(p_x, p_y, o_v, o_v < v_read, scale)
+            b_p = tl.exp2((b_x - m_x) - log_sx)
+            b_q = tl.exp2((b_y - m_y) - log_sy)
             sigma = tl.where(b_p > b_q, 1.0, tl.where(b_p < b_q, -1.0, 0.0))
             # dTVD/ds_j = (1/tau) p_j (sigma_j - c) / 2
             b_dx = g * b_p * (sigma - c)
@@ -127,7 +132,7 @@ def tvd_fwd(x: torch.Tensor, y: torch.Tensor, temperature: float,
     with launch_device(x):
         _tvd_fwd_kernel[(n,)](
             vx.tensor, vy.tensor, d, stats, d if entropy is None else entropy,
-            *vx.strides(), *vy.strides(), vx.rows_per_a, V, 1.0 / temperature,
+            *vx.strides(), *vy.strides(), vx.rows_per_a, V, LOG2E / temperature,
             HAS_ENTROPY=entropy is not None, BLOCK_V=block_v(V), num_warps=num_warps(),
         )
     return d, stats
@@ -147,7 +152,7 @@ def tvd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: to
         _tvd_bwd_kernel[(n,)](
             vx.tensor, vy.tensor, stats, grad_rows.reshape(-1).float().contiguous(),
             vdx.tensor, *vx.strides(), *vy.strides(), *vdx.strides(),
-            vx.rows_per_a, V, 1.0 / temperature,
+            vx.rows_per_a, V, LOG2E / temperature,
             BLOCK_V=block_v(V), num_warps=num_warps(),
         )
 
