@@ -2,8 +2,9 @@
 ``chunked_divergence_loss`` on the Triton path (kernels under the interpreter, which run
 outside aten), forward + backward. The 4 GEMMs are the floor (two projections, the hidden
 and the weight gradient); the student entropy TRL logs is formed inside the forward kernels,
-so no softmax, log-softmax or (r, V) @ (V, r) diagonal runs in torch. Also: balanced chunks
-and the host sync of the per-sequence counts paid only by a weighting that needs them."""
+so no softmax, log-softmax or (r, V) @ (V, r) diagonal runs in torch. Also: balanced chunks,
+the default chunk budget grown from free GPU memory, and the host sync of the
+per-sequence counts paid only by a weighting that needs them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cord_kernels.fused.chunked_head import balanced_rows
+from cord_kernels.core.options import DEFAULT_CHUNK_BYTES
+from cord_kernels.fused.chunked_head import AUTO_CHUNK_CAP, balanced_rows, chunk_budget
 from cord_kernels.integrations.trl import chunked_divergence_loss
 
 GEMMS = {"mm", "addmm", "matmul", "bmm"}
@@ -55,6 +57,15 @@ def test_chunks_are_balanced():
     assert balanced_rows(100, 1000) == 100
     assert balanced_rows(0, 64) == 64
     assert balanced_rows(9, 4) == 3
+
+
+def test_chunks_sized_from_free_memory_where_there_is_room():
+    gpu, cpu, gib = torch.device("cuda"), torch.device("cpu"), 1 << 30
+    assert chunk_budget(DEFAULT_CHUNK_BYTES, gpu, free=64 * gib) == AUTO_CHUNK_CAP
+    assert chunk_budget(DEFAULT_CHUNK_BYTES, gpu, free=12 * gib) == 3 * gib
+    assert chunk_budget(DEFAULT_CHUNK_BYTES, gpu, free=2 * gib) == DEFAULT_CHUNK_BYTES
+    assert chunk_budget(DEFAULT_CHUNK_BYTES, cpu) == DEFAULT_CHUNK_BYTES  # no device query
+    assert chunk_budget(123, gpu, free=64 * gib) == 123  # the caller's budget is kept
 
 
 def test_fixed_weights_do_not_sync_for_the_counts(monkeypatch):

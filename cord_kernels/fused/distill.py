@@ -131,7 +131,8 @@ class DistillProblem(ch.HeadProblem):
         # A softcap's dt/dz needs a third tile (see ``grad_factor``).
         super().__init__(student_hidden, weight, bias, params.operands[0],
                          mask.reshape(-1).nonzero().squeeze(1),
-                         3 if self.transform.needs_factor_tile else 2, params.opts.chunk_bytes)
+                         3 if self.transform.needs_factor_tile else 2,
+                         ch.chunk_budget(params.opts.chunk_bytes, student_hidden.device))
         self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
         if teacher_weight is None:
             self.teacher_head = self.head
@@ -489,7 +490,8 @@ def fused_linear_distill_loss(
         {num_items_in_batch}
         return_per_token: also return the detached (B, T) fp32 Div_t, 0 where masked (what a
             trainer logs, without projecting again).
-        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).
+        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB; on a GPU
+            with room, a quarter of its free memory up to 8 GiB).
         impl: "triton" (the streaming kernels on each chunk), "torch" or None.
         {process_group_head}
 
