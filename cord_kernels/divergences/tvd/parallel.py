@@ -9,39 +9,31 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.dispatch import Impl
-from cord_kernels.core.vocab_parallel import (
-    all_reduce_,
-    flat,
-    global_lse,
-    grad_like,
-    new_rows,
-    row_blocks,
-    scaled,
-)
 from cord_kernels.divergences.common import DivParams, TileStats, masked_rows, no_entropy
 
 
 def tvd_stats(x, y, temperature: float, group):
     """TVD per row of the slices (3 all-reduces) and what the gradient needs: (d, (lse_x,
     lse_y, c))."""
-    lse_x, lse_y = global_lse(group, temperature, x, y)
-    t, c = new_rows(x, 2)
-    for b in row_blocks(x):
-        p = (scaled(x[b], temperature) - lse_x[b, None]).exp_()
-        diff = p - (scaled(y[b], temperature) - lse_y[b, None]).exp_()
+    lse_x, lse_y = vp.global_lse(group, temperature, x, y)
+    t, c = vp.new_rows(x, 2)
+    for b in vp.row_blocks(x):
+        p = (vp.scaled(x[b], temperature) - lse_x[b, None]).exp_()
+        diff = p - (vp.scaled(y[b], temperature) - lse_y[b, None]).exp_()
         t[b] = diff.abs().sum(-1)
         c[b] = (diff.sign_() * p).sum(-1)
-    t, c = all_reduce_(torch.stack([t, c]), dist.ReduceOp.SUM, group).unbind(0)
+    t, c = vp.all_reduce_(torch.stack([t, c]), dist.ReduceOp.SUM, group).unbind(0)
     return 0.5 * t, (lse_x, lse_y, c)
 
 
 def tvd_grads(x, y, temperature: float, stats, g, out_x) -> None:
     """g dTVD/dx into ``out_x`` (may be x) on the local slice; g: (n,), 1/tau included."""
     lse_x, lse_y, c = stats
-    for b in row_blocks(x):
-        p = (scaled(x[b], temperature) - lse_x[b, None]).exp_()
-        sigma = (p - (scaled(y[b], temperature) - lse_y[b, None]).exp_()).sign_()
+    for b in vp.row_blocks(x):
+        p = (vp.scaled(x[b], temperature) - lse_x[b, None]).exp_()
+        sigma = (p - (vp.scaled(y[b], temperature) - lse_y[b, None]).exp_()).sign_()
         # dTVD/dx_j = (1/tau) p_j (sigma_j - c) / 2
         out_x[b] = (sigma - c[b, None]).mul_(p).mul_((0.5 * g[b])[:, None])
 
@@ -52,7 +44,7 @@ class TorchVocabParallelTVDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, temperature: float, group):
         with torch.no_grad():
-            d, stats = tvd_stats(flat(x), flat(y), temperature, group)
+            d, stats = tvd_stats(vp.flat(x), vp.flat(y), temperature, group)
         ctx.save_for_backward(x, y, *stats)
         ctx.temperature = temperature
         return d.view(x.shape[:-1])
@@ -61,8 +53,8 @@ class TorchVocabParallelTVDFunction(torch.autograd.Function):
     def backward(ctx, grad_d):
         x, y, *stats = ctx.saved_tensors
         g = grad_d.reshape(-1).to(stats[0].dtype) / ctx.temperature
-        dx = grad_like(x)
-        tvd_grads(flat(x), flat(y), ctx.temperature, stats, g, dx)
+        dx = vp.grad_like(x)
+        tvd_grads(vp.flat(x), vp.flat(y), ctx.temperature, stats, g, dx)
         return dx.to(x.dtype).view(x.shape), None, None, None
 
 
