@@ -4,6 +4,7 @@ Logits in (..., V); per-row results are (...) float32:
     reverse_kl(s, u)              KL(p || q) per row; p = softmax(s/tau) student, q teacher
     forward_kl(s, u)              KL(q || p) per row
     jsd(s, u, beta=0.5)           generalized JSD per row (TRL's and Liger's beta)
+    tvd(s, u)                     total variation distance per row, 1/2 sum |p - q|
     token_logprobs(logits, labels)              log p(label) per row (SFT, GRPO)
     cord_weights(kl, mask)                      CORD token weights (B, T), no grad
     cord_token_loss(s, u, mask | labels=)       the CORD weighted reverse-KL loss (eq. 7)
@@ -24,7 +25,7 @@ Sparse teachers (a teacher known by its top-k log-probs, e.g. from a vLLM server
 
 nn.Module wrappers holding the options (importable from here; left out of ``__all__`` so
 that ``help(cord_kernels)`` stays a page instead of 10,000 lines of nn.Module methods):
-    ReverseKL, ForwardKL, JSD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
+    ReverseKL, ForwardKL, JSD, TVD, TokenLogprobs, CordTokenLoss, FusedLinearDistillLoss,
     FusedLinearCordTokenLoss, FusedLinearTokenLogprobs, GRPOLoss, SparseTeacherLoss,
     FusedLinearSparseTeacherLoss
 
@@ -65,8 +66,10 @@ from cord_kernels.logits.grpo import grpo_loss
 from cord_kernels.logits.jsd import jsd
 from cord_kernels.logits.kl import forward_kl, reverse_kl
 from cord_kernels.logits.token_logprobs import token_logprobs
+from cord_kernels.logits.tvd import tvd
 from cord_kernels.modules import (  # re-exported outside __all__: see the docstring
     JSD,
+    TVD,
     CordTokenLoss,
     ForwardKL,
     FusedLinearCordTokenLoss,
@@ -92,6 +95,7 @@ __all__ = [
     "reverse_kl",
     "forward_kl",
     "jsd",
+    "tvd",
     "token_logprobs",
     "cord_weights",
     "cord_token_loss",

@@ -30,6 +30,7 @@ from cord_kernels.logits.grpo import grpo_loss
 from cord_kernels.logits.jsd import jsd
 from cord_kernels.logits.kl import forward_kl, reverse_kl
 from cord_kernels.logits.token_logprobs import token_logprobs
+from cord_kernels.logits.tvd import tvd
 from cord_kernels.sparse.fused_teacher_loss import fused_linear_sparse_teacher_loss
 from cord_kernels.sparse.teacher_loss import sparse_teacher_loss
 
@@ -85,6 +86,28 @@ class JSD(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, temperature={self.temperature}"
+
+
+class TVD(nn.Module):
+    """Per-row total variation distance; see :func:`cord_kernels.tvd`.
+
+    Example:
+        >>> loss_fn = TVD(temperature=1.0)
+        >>> d = loss_fn(student_logits, teacher_logits)        # (B, T)
+    """
+
+    def __init__(self, *, temperature: float = TEMPERATURE, impl: str | None = None,
+                 process_group=None):
+        super().__init__()
+        LossOptions.check(temperature=temperature, impl=impl)  # fail at construction
+        self.temperature, self.impl, self.process_group = temperature, impl, process_group
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return tvd(student_logits, teacher_logits, temperature=self.temperature, impl=self.impl,
+                   process_group=self.process_group)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
 
 
 class TokenLogprobs(nn.Module):

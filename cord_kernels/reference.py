@@ -69,6 +69,14 @@ def jsd(student_logits, teacher_logits, *, beta=0.5, temperature=1.0, teacher_gr
     return beta * kl_qm + (1 - beta) * kl_pm
 
 
+def tvd(student_logits, teacher_logits, *, temperature=1.0):
+    """1/2 sum_v |p_v - q_v| per row (the teacher detached; autograd's sign(0) = 0 at p = q)."""
+    dt = _compute_dtype(student_logits)
+    p = F.softmax(student_logits.to(dt) / temperature, dim=-1)
+    q = F.softmax(teacher_logits.detach().to(dt) / temperature, dim=-1)
+    return 0.5 * (p - q).abs().sum(-1)
+
+
 def token_logprobs(logits, labels, *, temperature=1.0, ignore_index=-100):
     """log softmax(logits/tau)[label] per row; 0 (and no gradient) where label == ignore_index."""
     dt = _compute_dtype(logits)

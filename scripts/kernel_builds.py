@@ -61,8 +61,9 @@ def _tools_dir() -> Path:
 
 def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelBuild]:
     """Every kernel variant the launchers use, with the block size they pick for ``vocab``."""
-    from cord_kernels.logits.jsd import _jsd_bwd_kernel, _jsd_fwd_kernel
-    from cord_kernels.logits.kl import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.divergences.jsd.triton_ops import _jsd_bwd_kernel, _jsd_fwd_kernel
+    from cord_kernels.divergences.kl.triton_ops import _kl_bwd_kernel, _kl_fwd_kernel
+    from cord_kernels.divergences.tvd.triton_ops import _tvd_bwd_kernel, _tvd_fwd_kernel
     from cord_kernels.logits.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
     from cord_kernels.sparse.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
 
@@ -70,15 +71,18 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
     bv = block_v(vocab)
     strides = ("stride_xa", "stride_xb", "stride_ya", "stride_yb")
     builds = []
-    for has_mask in (False, True):
+    # (row mask, entropy): the logits-in calls, the CORD loss's masked rows, and the TRL
+    # drop-in's tiles with the student entropy formed in the same pass (ENTROPY=1).
+    for has_mask, entropy in ((False, 0), (True, 0), (False, 1)):
         builds.append(KernelBuild(
-            f"kl_fwd{'_rowmask' if has_mask else ''}",
+            f"kl_fwd{'_rowmask' if has_mask else ''}{'_entropy' if entropy else ''}",
             _kl_fwd_kernel,
             {"X": f"*{t}", "Y": f"*{t}", "RowMask": "*u8", "D": "*fp32", "LseX": "*fp32",
-             "LseY": "*fp32", **dict.fromkeys(strides, "i64"), "R": "i32", "V": "i32",
-             "inv_temp": "fp32", "HAS_ROW_MASK": "constexpr", "BLOCK_V": "constexpr"},
-            {"HAS_ROW_MASK": has_mask, "BLOCK_V": bv},
-            ("X", "Y", "RowMask", "D", "LseX", "LseY", *strides, "V"),
+             "LseY": "*fp32", "Ent": "*fp32", **dict.fromkeys(strides, "i64"), "R": "i32",
+             "V": "i32", "inv_temp": "fp32", "HAS_ROW_MASK": "constexpr",
+             "ENTROPY": "constexpr", "BLOCK_V": "constexpr"},
+            {"HAS_ROW_MASK": has_mask, "ENTROPY": entropy, "BLOCK_V": bv},
+            ("X", "Y", "RowMask", "D", "LseX", "LseY", "Ent", *strides, "V"),
         ))
     dstrides = ("stride_dxa", "stride_dxb", "stride_dya", "stride_dyb")
     # (dx, dy): reverse KL student only, reverse KL with teacher grad, forward KL student only.
@@ -93,16 +97,17 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
             {"HAS_DX": has_dx, "HAS_DY": has_dy, "BLOCK_V": bv},
             ("X", "Y", "LseX", "LseY", "D", "G", "DX", "DY", *strides, *dstrides, "V"),
         ))
-    jsd_scalars = {"R": "i32", "V": "i32", "inv_temp": "fp32", "beta": "fp32",
-                   "log_1mb": "fp32", "log_b": "fp32"}
-    builds.append(KernelBuild(
-        "jsd_fwd",
-        _jsd_fwd_kernel,
-        {"X": f"*{t}", "Y": f"*{t}", "D": "*fp32", "Stats": "*fp32",
-         **dict.fromkeys(strides, "i64"), **jsd_scalars, "BLOCK_V": "constexpr"},
-        {"BLOCK_V": bv},
-        ("X", "Y", "D", "Stats", *strides, "V"),
-    ))
+    jsd_scalars = {"R": "i32", "V": "i32", "scale": "fp32", "beta": "fp32"}
+    for entropy in (False, True):
+        builds.append(KernelBuild(
+            f"jsd_fwd{'_entropy' if entropy else ''}",
+            _jsd_fwd_kernel,
+            {"X": f"*{t}", "Y": f"*{t}", "D": "*fp32", "Stats": "*fp32", "Ent": "*fp32",
+             **dict.fromkeys(strides, "i64"), **jsd_scalars, "HAS_ENTROPY": "constexpr",
+             "BLOCK_V": "constexpr"},
+            {"HAS_ENTROPY": entropy, "BLOCK_V": bv},
+            ("X", "Y", "D", "Stats", "Ent", *strides, "V"),
+        ))
     # (dx, dy): student only (the default), and with teacher_grad=True.
     for has_dy in (False, True):
         builds.append(KernelBuild(
@@ -115,6 +120,25 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
             {"HAS_DX": True, "HAS_DY": has_dy, "BLOCK_V": bv},
             ("X", "Y", "Stats", "G", "DX", "DY", *strides, *dstrides, "V"),
         ))
+    tvd_scalars = {"R": "i32", "V": "i32", "scale": "fp32"}
+    builds.append(KernelBuild(
+        "tvd_fwd",
+        _tvd_fwd_kernel,
+        {"X": f"*{t}", "Y": f"*{t}", "D": "*fp32", "Stats": "*fp32", "Ent": "*fp32",
+         **dict.fromkeys(strides, "i64"), **tvd_scalars, "HAS_ENTROPY": "constexpr",
+         "BLOCK_V": "constexpr"},
+        {"HAS_ENTROPY": False, "BLOCK_V": bv},
+        ("X", "Y", "D", "Stats", "Ent", *strides, "V"),
+    ))
+    builds.append(KernelBuild(
+        "tvd_bwd",
+        _tvd_bwd_kernel,
+        {"X": f"*{t}", "Y": f"*{t}", "Stats": "*fp32", "G": "*fp32", "DX": f"*{t}",
+         **dict.fromkeys(strides, "i64"), "stride_dxa": "i64", "stride_dxb": "i64",
+         **tvd_scalars, "BLOCK_V": "constexpr"},
+        {"BLOCK_V": bv},
+        ("X", "Y", "Stats", "G", "DX", *strides, "stride_dxa", "stride_dxb", "V"),
+    ))
     builds.append(KernelBuild(
         "logprob_fwd",
         _logprob_fwd_kernel,
@@ -188,17 +212,48 @@ def compile_build(build: KernelBuild, arch: int, *, num_warps: int = NUM_WARPS) 
     return BuildReport(build.name, arch, dtype, reg, local, sass.count("LDG.E.128"), sass)
 
 
+_SASS_LINE = re.compile(r"^\s*/\*(?P<addr>[0-9a-f]+)\*/\s+(?P<op>[^;]*);")
+_BRANCH = re.compile(r"\bBRA\s+(?P<target>0x[0-9a-f]+)")
+
+
+def loop_bodies(sass: str) -> list[int]:
+    """Instructions (NOPs excluded) of each loop body in a kernel's SASS, in program order: a
+    loop is a branch to an address below its own, its body the instructions from that address
+    to the branch."""
+    ops = []  # (address, instruction)
+    for line in sass.splitlines():
+        m = _SASS_LINE.match(line)
+        if m:
+            ops.append((int(m.group("addr"), 16), m.group("op").strip()))
+    bodies = []
+    for addr, op in ops:
+        b = _BRANCH.search(op)
+        if b and int(b.group("target"), 16) < addr:
+            lo = int(b.group("target"), 16)
+            bodies.append(sum(1 for a, o in ops if lo <= a <= addr and "NOP" not in o.split()))
+    return bodies
+
+
+def sass_per_entry(report: BuildReport, *, num_warps: int = NUM_WARPS,
+                   vocab: int = QWEN2_VOCAB) -> list[float]:
+    """SASS instructions per vocabulary entry of each streaming loop: a loop body issues once
+    per thread for BLOCK_V / (32 num_warps) entries of the row (16 at BLOCK_V 4096, 8 warps)."""
+    entries = block_v(vocab) / (32 * num_warps)
+    return [n / entries for n in loop_bodies(report.sass)]
+
+
 def build_table(archs=(80, 90), dtypes=("bf16", "fp32")) -> list[BuildReport]:
     return [compile_build(b, arch) for dtype in dtypes for b in kernel_builds(dtype)
             for arch in archs]
 
 
 def main() -> None:
-    print(f"{'kernel':<20} arch dtype  REG spill LDG.E.128   (BLOCK_V={block_v(QWEN2_VOCAB)}, "
-          f"{NUM_WARPS} warps, V={QWEN2_VOCAB})")
+    print(f"{'kernel':<20} arch dtype  REG spill LDG.E.128  SASS/entry per loop   "
+          f"(BLOCK_V={block_v(QWEN2_VOCAB)}, {NUM_WARPS} warps, V={QWEN2_VOCAB})")
     for r in build_table():
+        loops = " ".join(f"{x:.1f}" for x in sass_per_entry(r))
         print(f"{r.name:<20} sm{r.arch} {r.dtype:<5} {r.registers:>4} {r.spill_bytes:>5} "
-              f"{r.ldg128:>9}")
+              f"{r.ldg128:>9}  {loops}")
 
 
 if __name__ == "__main__":

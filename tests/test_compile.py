@@ -52,7 +52,7 @@ def test_fullgraph_matches_eager(impl, backend, interpret):
 
 def test_custom_ops_pass_opcheck(interpret):
     """torch.library's own consistency checks (schema, fake tensors, autograd registration)."""
-    from cord_kernels.logits.kl import _kl_fwd_op
+    from cord_kernels.divergences.kl.triton_ops import kl_fwd_op as _kl_fwd_op
     from cord_kernels.logits.token_logprobs import _logprob_fwd_op
 
     s, u, mask, labels = _data()

@@ -199,7 +199,7 @@ def test_bad_input():
     cases = [
         (dict(jsd_beta=1.5), ValueError, r"jsd_beta must be in \[0, 1\]"),
         (dict(jsd_beta=-0.1, divergence="jsd"), ValueError, "jsd_beta"),
-        (dict(divergence="tvd"), ValueError, "divergence must be one of"),
+        (dict(divergence="hellinger"), ValueError, "divergence must be one of"),
         (dict(token_weights=w[:, :3]), ValueError, r"token_weights must have shape \(3, 7\)"),
         (dict(token_weights=-w), ValueError, "token_weights must be finite and >= 0"),
         (dict(token_weights=w.clone().requires_grad_()), ValueError,

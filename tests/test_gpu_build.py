@@ -18,18 +18,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import json
-from scripts.kernel_builds import build_table
+from scripts.kernel_builds import build_table, sass_per_entry
 rows = [dict(name=r.name, arch=r.arch, dtype=r.dtype, registers=r.registers,
-             spill_bytes=r.spill_bytes, ldg128=r.ldg128) for r in build_table()]
+             spill_bytes=r.spill_bytes, ldg128=r.ldg128, per_entry=sass_per_entry(r))
+        for r in build_table()]
 print(json.dumps(rows))
 """
 
 # Loads of one operand per loop iteration: BLOCK_V=4096 over 256 threads is 16 elements per
 # thread, i.e. two 16-byte loads for bf16 and four for fp32.
 LOADS_PER_OPERAND = {"bf16": 2, "fp32": 4}
-# jsd_fwd reads both rows twice (lse first: log m needs both normalizers), so 4 operands.
-OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
-            "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2,
+# jsd_fwd and tvd_fwd read both rows twice (lse first: the second pass needs both
+# normalizers), so 4 operands.
+OPERANDS = {"kl_fwd": 2, "kl_fwd_rowmask": 2, "kl_fwd_entropy": 2, "jsd_fwd_entropy": 4,
+            "kl_bwd_dx": 2, "kl_bwd_dx_dy": 2, "kl_bwd_dy": 2,
+            "jsd_fwd": 4, "jsd_bwd_dx": 2, "jsd_bwd_dx_dy": 2, "tvd_fwd": 4, "tvd_bwd": 2,
             "logprob_fwd": 1, "logprob_bwd": 1, "support_fwd": 1, "support_bwd": 1}
 
 
@@ -46,10 +49,11 @@ def build_rows():
                          env=env, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    print("\nkernel               arch dtype  REG spill LDG.E.128")
+    print("\nkernel               arch dtype  REG spill LDG.E.128  SASS/entry per loop")
     for r in rows:
+        loops = " ".join(f"{x:.1f}" for x in r["per_entry"])
         print(f"{r['name']:<20} sm{r['arch']} {r['dtype']:<5} {r['registers']:>4} "
-              f"{r['spill_bytes']:>5} {r['ldg128']:>9}")
+              f"{r['spill_bytes']:>5} {r['ldg128']:>9}  {loops}")
     return rows
 
 
@@ -76,3 +80,37 @@ def test_register_budget(build_rows):
     # 8 warps x 256 threads: <= 128 registers keeps two programs per SM (occupancy) and
     # leaves headroom; today's kernels use 32-64.
     assert max(r["registers"] for r in build_rows) <= 128
+
+
+# SASS instructions per vocabulary entry of the streaming loops (sm_90, bf16, BLOCK_V 4096, 8
+# warps: a loop body issues once per 16 entries of a thread), summed over a kernel's loops.
+# Measured on 2026-12-06 before the JSD diet (python -m scripts.kernel_builds): kl_fwd 35.3,
+# kl_bwd_dx 21.0 (reverse KL: 56.3), kl_bwd_dy 22.0, jsd_fwd 29.4 + 70.4, jsd_bwd_dx 60.1 (JSD:
+# 159.9), tvd_fwd 29.4 + 28.1, tvd_bwd 28.1, logprob 14.8 / 17.4, support 25.4 / 17.5. After:
+# jsd_fwd 19.8 + 26.6, jsd_bwd_dx 2.2 (the zero-row loop) + 21.2 (JSD: 69.8), tvd_fwd
+# 19.8 + 19.8, tvd_bwd 20.1. Each budget is the kernel's count plus about 5%; the losses'
+# pairs below.
+SASS_PER_ENTRY = {
+    "kl_fwd": 37, "kl_fwd_rowmask": 37, "kl_fwd_entropy": 41, "kl_bwd_dx": 22,
+    "kl_bwd_dx_dy": 30, "kl_bwd_dy": 23, "jsd_fwd": 48, "jsd_fwd_entropy": 52,
+    "jsd_bwd_dx": 24, "jsd_bwd_dx_dy": 34, "tvd_fwd": 42, "tvd_bwd": 21,
+    "logprob_fwd": 16, "logprob_bwd": 18, "support_fwd": 27, "support_bwd": 18,
+}
+# forward + backward of a loss: JSD <= 80 (issue 34 C; 160 before), reverse KL not above
+# its 56.3 of 2026-12-06.
+LOSS_SASS_PER_ENTRY = {("jsd_fwd", "jsd_bwd_dx"): 80, ("kl_fwd", "kl_bwd_dx"): 56.5}
+
+
+def _per_entry(rows, name):
+    (row,) = [r for r in rows if (r["name"], r["arch"], r["dtype"]) == (name, 90, "bf16")]
+    assert row["per_entry"], f"{name}: no loop found in its SASS"
+    return sum(row["per_entry"])
+
+
+def test_sass_per_vocabulary_entry_within_budget(build_rows):
+    over = {name: round(_per_entry(build_rows, name), 1) for name, budget in
+            SASS_PER_ENTRY.items() if _per_entry(build_rows, name) > budget}
+    assert not over, over
+    for names, budget in LOSS_SASS_PER_ENTRY.items():
+        total = sum(_per_entry(build_rows, n) for n in names)
+        assert total <= budget, (names, round(total, 1), budget)

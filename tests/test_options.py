@@ -160,7 +160,7 @@ def test_num_items_in_batch_is_one_rule(name):
 @pytest.mark.parametrize("option, value, err, msg", [
     ("temperature", 0.0, ValueError, "temperature must be a finite number > 0"),
     ("reduction", "avg", ValueError, "reduction must be one of"),
-    ("divergence", "tvd", ValueError, "divergence must be one of"),
+    ("divergence", "hellinger", ValueError, "divergence must be one of"),
     ("jsd_beta", 1.5, ValueError, r"jsd_beta must be in \[0, 1\]"),
     ("tail", "drop", ValueError, "tail must be one of"),
     ("top_k", -1, ValueError, "top_k must be >= 0"),

@@ -12,7 +12,8 @@ from helpers import TOL, rel_err
 import cord_kernels
 from cord_kernels import reference as ref
 from cord_kernels.core import torch_path
-from cord_kernels.core.torch_path import TorchKLDivFunction, TorchLogprobFunction
+from cord_kernels.core.torch_path import TorchLogprobFunction
+from cord_kernels.divergences.kl.torch_ops import TorchKLFunction
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -21,7 +22,7 @@ def test_kl_both_gradients(dtype, temperature, device):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 4, 90, generator=g) * 3).to(device, dtype).requires_grad_()
     y = (torch.randn(3, 4, 90, generator=g) * 3).to(device, dtype).requires_grad_()
-    d = TorchKLDivFunction.apply(x, y, None, temperature)
+    d = TorchKLFunction.apply(x, y, None, temperature)
     cot = torch.randn(d.shape, generator=g).to(device)
     gx, gy = torch.autograd.grad(d, [x, y], cot)
     x64, y64 = x.detach().double().requires_grad_(), y.detach().double().requires_grad_()
@@ -39,7 +40,7 @@ def test_row_mask_zeroes_garbage_rows(device):
     mask[1, 3:] = False
     with torch.no_grad():
         x[1, 3:] = float("nan")
-    d = TorchKLDivFunction.apply(x, y, mask, 1.0)
+    d = TorchKLFunction.apply(x, y, mask, 1.0)
     d.sum().backward()
     assert (d[~mask] == 0).all() and torch.isfinite(d).all()
     assert (x.grad[~mask] == 0).all() and torch.isfinite(x.grad).all()
@@ -73,7 +74,7 @@ def test_opt_in_compiled_path_matches_the_reference(kernel_settings):
         x[1, 1, :9] = float("-inf")
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        d = TorchKLDivFunction.apply(x, y, mask, 0.7)
+        d = TorchKLFunction.apply(x, y, mask, 0.7)
     assert sum(t.numel() >= x.numel() for t in saved) == 2  # x and y themselves
     cot = torch.randn(d.shape, generator=g)
     gx, gy = torch.autograd.grad(d, [x, y], cot)
@@ -120,17 +121,31 @@ def test_nothing_in_the_library_imports_the_reference():
     assert users == []
 
 
-def test_pure_torch_row_math_lives_in_torch_path():
+def test_pure_torch_row_math_lives_in_torch_path_or_its_divergence():
     """Every ``Torch*`` class and ``torch_*`` function of the package is defined in
-    torch_path.py: the eager CPU path has one home."""
+    torch_path.py (what is not a divergence), in its divergence's home
+    (``divergences/<name>/torch_ops.py`` or ``parallel.py``) or in the divergences'
+    shared ``common.py``: the eager path has one home per
+    divergence, and every divergence folder has its three parts and a registry entry."""
+    from cord_kernels.divergences.registry import REGISTRY
+
+    homes = _PACKAGE / "divergences"
     elsewhere = []
     for p in sorted(_PACKAGE.rglob("*.py")):
-        if p.name in ("torch_path.py", "reference.py"):
+        in_home = (p.parent.parent == homes and p.name in ("torch_ops.py", "parallel.py")
+                   or p == homes / "common.py")  # the torch tiles' shared row-block loop
+        if p.name in ("torch_path.py", "reference.py") or in_home:
             continue
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.ClassDef | ast.FunctionDef) and (
                     node.name.startswith("Torch") or node.name.startswith("torch_")):
                 elsewhere.append(f"{p.name}:{node.name}")
     assert elsewhere == []
-    assert {"TorchKLDivFunction", "TorchTileReverseKL", "TorchTileLogprobs",
-            "TorchSupportLogprobsFunction", "torch_dense_grad"} <= set(dir(torch_path))
+    assert {"TorchTileLogprobs", "TorchSupportLogprobsFunction", "torch_dense_grad"} \
+        <= set(dir(torch_path))
+    folders = sorted(d.name for d in homes.iterdir() if (d / "__init__.py").exists())
+    for name in folders:
+        assert {"triton_ops.py", "torch_ops.py", "parallel.py"} <= {
+            f.name for f in (homes / name).iterdir()}, name
+    registered = {p.triton_rows.__module__.split(".")[2] for p in REGISTRY.values()}
+    assert registered == set(folders)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import cord_kernels as ck
+from cord_kernels import reference as ref
 
 VALUE_RTOL, GRAD_RTOL = 2e-5, 1e-4
 # Slices per world size: uneven on purpose (V = 13 is not divisible by 2 or 3).
@@ -141,27 +142,26 @@ def _pair_case(ctx, name, fn, *, teacher_grad=False, **kw):
 
 def case_triton_taken(ctx):
     """Under the interpreter (the 2-rank group) impl=None takes the streaming kernels."""
-    from cord_kernels.logits import kl as kl_module
+    from cord_kernels.divergences.kl import parallel as kl_parallel
     calls = []
-    apply = kl_module.VocabParallelKLDivFunction.apply
-    kl_module.VocabParallelKLDivFunction.apply = lambda *a: calls.append(1) or apply(*a)
+    apply = kl_parallel.TritonVocabParallelKLFunction.apply
+    kl_parallel.TritonVocabParallelKLFunction.apply = lambda *a: calls.append(1) or apply(*a)
     try:
         s = _logits(1, B, T, V)
         ck.reverse_kl(ctx.cols(s), ctx.cols(s.flip(-1)), process_group=ctx.group)
     finally:
-        kl_module.VocabParallelKLDivFunction.apply = apply
+        kl_parallel.TritonVocabParallelKLFunction.apply = apply
     assert calls == [1]
     # and the fused KL losses take the streaming kernels on each tile
-    from cord_kernels.fused import tile_divergence
     tiles = []
-    stats = tile_divergence.VocabParallelTritonTileKL.stats
-    tile_divergence.VocabParallelTritonTileKL.stats = \
+    stats = kl_parallel.TritonVocabParallelTileKL.stats
+    kl_parallel.TritonVocabParallelTileKL.stats = \
         lambda self, *a, **kw: tiles.append(1) or stats(self, *a, **kw)
     try:
         h_s, h_t, w, _, _, _ = _heads(Ht=8)
         ck.fused_linear_distill_loss(h_s, h_t, ctx.rows(w), _mask(), process_group=ctx.group)
     finally:
-        tile_divergence.VocabParallelTritonTileKL.stats = stats
+        kl_parallel.TritonVocabParallelTileKL.stats = stats
     assert tiles
 
 
@@ -172,6 +172,29 @@ def case_kl_jsd(ctx):
     _pair_case(ctx, "jsd_beta1", ck.jsd, beta=1.0)
     assert ctx.counts["reverse_kl"] == {"all_reduce": 2, "all_gather_single": 0}
     assert ctx.counts["jsd"] == {"all_reduce": 3, "all_gather_single": 0}
+
+
+def case_tvd(ctx):
+    """tvd logits in and fused linear (token weights, a teacher head of its own) on the uneven
+    split against the float64 reference: 3 all-reduces per call (per chunk)."""
+    s = _logits(1, B, T, V).requires_grad_()
+    u = _spread_teacher(s.detach(), ctx.sizes)
+    s_l = ctx.cols(s)
+    got = _count(ctx, "tvd", ck.tvd, s_l, ctx.cols(u), temperature=0.8,
+                 process_group=ctx.group)
+    s64 = s.detach().double().requires_grad_()
+    want = ref.tvd(s64, u.double(), temperature=0.8)
+    ctx.close("tvd value", got, want, VALUE_RTOL)
+    cot = torch.randn(want.shape, generator=_gen(3), dtype=torch.float64)
+    (want * cot).sum().backward()
+    (got * cot.float()).sum().backward()
+    ctx.close("tvd grad s", s_l.grad, ctx.cols(s64.grad), GRAD_RTOL, s64.grad)
+    assert ctx.counts["tvd"]["all_reduce"] == 3
+    weights = torch.rand(B, T, generator=_gen(9))
+    _fused_case(ctx, "fused_linear_distill_loss[tvd]", ck.fused_linear_distill_loss,
+                {"divergence": "tvd", "temperature": 0.9, "token_weights": weights})
+    # 1 to agree on the chunks, 3 per chunk, 1 of the hidden-state gradient
+    assert ctx.counts["fused_linear_distill_loss[tvd]"]["all_reduce"] == 1 + 3 + 1
 
 
 def case_token_logprobs(ctx):
@@ -447,7 +470,8 @@ def case_fused_sparse(ctx):
                   GRAD_RTOL, b.grad)
 
 
-CASES = {2: [case_triton_taken, case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_module,
+CASES = {2: [case_triton_taken, case_kl_jsd, case_tvd, case_token_logprobs, case_cord_token_loss,
+             case_module,
              case_dtensor, case_sparse, case_teacher_topk, case_fused_distill,
              case_fused_logprobs, case_fused_sparse],
          3: [case_kl_jsd, case_token_logprobs, case_cord_token_loss, case_sparse,

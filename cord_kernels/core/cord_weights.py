@@ -19,8 +19,9 @@ from cord_kernels.core.options import ALPHA, BETA, TOP_K, LossOptions
 from cord_kernels.core.validation import check_float, check_mask, check_same_device, check_tensor
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Logits in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 def cord_weights(
     kl: torch.Tensor,
     mask: torch.Tensor,

@@ -71,6 +71,7 @@ class Divergence(str, enum.Enum):
     REVERSE_KL = "reverse_kl"  # KL(p || q)
     FORWARD_KL = "forward_kl"  # KL(q || p)
     JSD = "jsd"  # b KL(q || m) + (1 - b) KL(p || m), m = (1 - b) p + b q, b = jsd_beta
+    TVD = "tvd"  # 1/2 sum_v |p_v - q_v|
 
 
 DIVERGENCES = tuple(d.value for d in Divergence)
@@ -252,6 +253,10 @@ class LossOptions:
                                  f"got divergence={values['divergence']!r}; pass "
                                  "divergence='jsd' or drop jsd_beta")
             values["divergence"] = resolve_divergence(values["divergence"], jsd_beta)
+            if values["divergence"] is Divergence.TVD and "tail" in values:
+                sparse = tuple(d for d in DIVERGENCES if d != Divergence.TVD.value)
+                raise ValueError(f"divergence must be one of {sparse} with a sparse teacher "
+                                 "(the TVD is dense only), got 'tvd'")
         opts = cls(**values)
         if opts.num_items_in_batch is not None and opts.reduction == "none":
             raise ValueError("num_items_in_batch divides the summed loss: it needs a scalar "

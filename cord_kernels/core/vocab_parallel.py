@@ -1,43 +1,42 @@
-"""Vocabulary (tensor) parallel row math: each rank holds a contiguous slice of the vocabulary.
+"""Vocabulary (tensor) parallel: what every loss shares when each rank holds a contiguous
+slice of the vocabulary.
 
 With a process group of W ranks, rank r holds the columns [offset_r, offset_r + V_r) of every
 row (logits in), or those rows of the LM head (hidden states in); slices are in rank order and
 may differ in size. Each rank streams its slice into a few per-row statistics, the statistics
 are all-reduced, and every rank then holds the full-vocabulary value; the backward needs only
-those global row statistics and the local logits, so it communicates nothing:
+those global row statistics and the local logits, so it communicates nothing.
 
-    max      m   = max_v s_v                         (all-reduce MAX)
-    sum-exp  S   = sum_v e^{s_v - m}                 (all-reduce SUM, with the sums below)
-    KL       A   = sum_v e^{s_v - m} ((s_v - m) - (u_v - m_u)),  D = A / S - log S + log S_u
-    JSD      K_p = sum_v p_v (log p_v - log m_v) needs the global lse first: a third
-             all-reduce
-    ids      s_id (a rank adds the ids in its range, 0 elsewhere): rides with the sums
+Here: the groups and slices (``VocabShard``, ``logits_slices``, ``head_slices``), the DTensor
+unwrapping (``Shard(-1)`` logits, ``Shard(0)`` head), the collectives, the row-block helpers
+the statistics use, the chunk agreement and the hidden-state gradient's reduction of the
+fused-linear drivers, and the support log-probs that token log-probs and the sparse losses
+share. Each divergence's own statistics live with it (``divergences/<name>/parallel.py``).
 
 All-reduces per call, each of (rows, a few) fp32 statistics, never of size V:
 
     reverse_kl / forward_kl / cord_token_loss      2
-    jsd                                            3
+    jsd, tvd                                       3
     token_logprobs, support log-probs (sparse)     2  (+1 all-gather of the slice sizes
                                                        unless ``vocab_offset`` is given)
     the fused-linear chunk drivers                 1 to agree on the chunks, the above per
                                                    chunk, 1 of the hidden-state gradient
 
-The DTensor unwrapping (``Shard(-1)`` logits, ``Shard(0)`` head) lives here too.
-The row math here is the torch path: it runs on any device, and on CUDA the reductions go
-through ``torch.distributed`` (NCCL). The Triton KL kernels take a slice as they take a full row
-(``logits/kl.py``'s ``VocabParallelKLDivFunction``, combined by :func:`combine_kl_rows`).
+    ids      s_id (a rank adds the ids in its range, 0 elsewhere): rides with the sums
+
+The row math here is torch: it runs on any device, and on CUDA the reductions go through
+``torch.distributed`` (NCCL).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from cord_kernels.core.torch_path import TileStats, row_block
+from cord_kernels.core.torch_path import row_block
 
 # ----------------------------------------------------------------------------- groups
 
@@ -144,29 +143,30 @@ def all_reduce_min_int(value: int, group, device) -> int:
 # statistics and, for gradients, the (n, V_r) output (which may be the slice itself).
 
 
-def _dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
-    x = x.to(_dtype(x))
+def scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    x = x.to(compute_dtype(x))
     return x if temperature == 1.0 else x / temperature
 
 
-def _blocks(x: torch.Tensor):
+def row_blocks(x: torch.Tensor):
     r = row_block(x.shape[-1])
     for lo in range(0, x.shape[0], r):
         yield slice(lo, lo + r)
 
 
-def _rows(x: torch.Tensor, count: int) -> list[torch.Tensor]:
-    return [torch.empty(x.shape[0], dtype=_dtype(x), device=x.device) for _ in range(count)]
+def new_rows(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    return [torch.empty(x.shape[0], dtype=compute_dtype(x), device=x.device)
+            for _ in range(count)]
 
 
 def _local_max(x: torch.Tensor, temperature: float) -> torch.Tensor:
     if x.shape[-1] == 0:  # an empty slice
-        return torch.full(x.shape[:-1], float("-inf"), dtype=_dtype(x), device=x.device)
-    return x.amax(-1).to(_dtype(x)) / temperature  # tau > 0 keeps the argmax
+        return torch.full(x.shape[:-1], float("-inf"), dtype=compute_dtype(x), device=x.device)
+    return x.amax(-1).to(compute_dtype(x)) / temperature  # tau > 0 keeps the argmax
 
 
 def global_max(group, temperature: float, *xs: torch.Tensor) -> list[torch.Tensor]:
@@ -177,115 +177,23 @@ def global_max(group, temperature: float, *xs: torch.Tensor) -> list[torch.Tenso
     return list(torch.where(torch.isfinite(m), m, 0.0).unbind(0))
 
 
-def kl_stats(x, y, temperature: float, group):
-    """D = KL(P_x || P_y) per row of the slices and the global lse of each (2 all-reduces)."""
+def global_lse(group, temperature: float, x: torch.Tensor, y: torch.Tensor):
+    """lse(x / tau) and lse(y / tau) per row of two (n, V_r) slices over the group (2
+    all-reduces: the maxes, then the sums)."""
     mx, my = global_max(group, temperature, x, y)
-    s_x, s_y, a = _rows(x, 3)
-    for b in _blocks(x):
-        lx = _scaled(x[b], temperature) - mx[b, None]
-        ly = _scaled(y[b], temperature) - my[b, None]
-        ex = lx.exp()
-        # Entries with p_x = 0 (-inf logits) contribute nothing, even against -inf in y.
-        a[b] = torch.where(ex > 0, ex * (lx - ly), 0.0).sum(-1)
-        s_x[b], s_y[b] = ex.sum(-1), ly.exp_().sum(-1)
-    s_x, s_y, a = all_reduce_(torch.stack([s_x, s_y, a]), dist.ReduceOp.SUM, group).unbind(0)
-    d = a / s_x - s_x.log() + s_y.log()
-    return d, mx + s_x.log(), my + s_y.log()
-
-
-def kl_grads(x, y, temperature: float, lse_x, lse_y, d, g, out_x=None, out_y=None):
-    """g dD/dx into ``out_x`` and g dD/dy into ``out_y`` (either None: not wanted; either may
-    be its own input) on the local slices; g: (n,), 1/tau included."""
-    for b in _blocks(x):
-        log_px = _scaled(x[b], temperature) - lse_x[b, None]
-        px = log_px.exp()
-        log_py = _scaled(y[b], temperature) - lse_y[b, None]
-        gb = g[b, None]
-        if out_y is not None:
-            # dD/dy_v = (1/tau) (q_v - p_v)
-            dy = (log_py.exp() - px) * gb
-        if out_x is not None:
-            # dD/dx_v = (1/tau) p_v (log p_v - log q_v - D)
-            out_x[b] = torch.where(px > 0, px * (log_px - log_py - d[b, None]), 0.0) * gb
-        if out_y is not None:
-            out_y[b] = dy
-
-
-def combine_kl_rows(d_r, lse_x, lse_y, row_mask, group):
-    """The group's (D, lse_x, lse_y) per row from each rank's KL(P_x || P_y) on its slice alone
-    (the streaming kernel's output: ``d_r`` and (max, log-sum-exp) pairs): 2 all-reduces.
-
-        w_r = e^{L_x^r - L_x}  (L: a log-sum-exp, r: over the slice, none: global)
-        D = sum_r w_r (D_r + (L_x^r - L_x) - (L_y^r - L_y))
-
-    Returns the pairs as (global max of the L^r, log of the rescaled sum), which sum to L."""
-    lx, ly = lse_x.sum(1), lse_y.sum(1)
-    if row_mask is not None:  # masked rows were not read: their statistics are garbage
-        rm = row_mask.reshape(-1)
-        lx, ly, d_r = (torch.where(rm, t, 0.0) for t in (lx, ly, d_r))
-    g = all_reduce_(torch.stack([lx, ly]), dist.ReduceOp.MAX, group)
-    gx, gy = torch.where(torch.isfinite(g), g, 0.0).unbind(0)
-    ex, ey = (lx - gx).exp(), (ly - gy).exp()
-    a = torch.where(ex > 0, ex * (d_r + (lx - gx) - (ly - gy)), 0.0)
-    s_x, s_y, a = all_reduce_(torch.stack([ex, ey, a]), dist.ReduceOp.SUM, group).unbind(0)
-    d = a / s_x - s_x.log() + s_y.log()
-    if row_mask is not None:
-        d = torch.where(rm, d, 0.0)
-    return d, torch.stack([gx, s_x.log()], 1), torch.stack([gy, s_y.log()], 1)
-
-
-def _log_mixture(log_p, log_q, beta: float):
-    return torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
-
-
-def jsd_stats(x, y, beta: float, temperature: float, group):
-    """JSD_beta per row (3 all-reduces) and what the gradient needs: (d, (lse_x, lse_y, k_p,
-    k_q))."""
-    mx, my = global_max(group, temperature, x, y)
-    s_x, s_y = _rows(x, 2)
-    for b in _blocks(x):
-        s_x[b] = (_scaled(x[b], temperature) - mx[b, None]).exp_().sum(-1)
-        s_y[b] = (_scaled(y[b], temperature) - my[b, None]).exp_().sum(-1)
+    s_x, s_y = new_rows(x, 2)
+    for b in row_blocks(x):
+        s_x[b] = (scaled(x[b], temperature) - mx[b, None]).exp_().sum(-1)
+        s_y[b] = (scaled(y[b], temperature) - my[b, None]).exp_().sum(-1)
     sums = all_reduce_(torch.stack([s_x, s_y]), dist.ReduceOp.SUM, group)
-    lse_x, lse_y = mx + sums[0].log(), my + sums[1].log()
-    k_p, k_q = _rows(x, 2)
-    for b in _blocks(x):
-        log_p = _scaled(x[b], temperature) - lse_x[b, None]
-        log_q = _scaled(y[b], temperature) - lse_y[b, None]
-        log_m = _log_mixture(log_p, log_q, beta)
-        p, q = log_p.exp(), log_q.exp()
-        k_p[b] = torch.where(p > 0, p * (log_p - log_m), 0.0).sum(-1)
-        k_q[b] = torch.where(q > 0, q * (log_q - log_m), 0.0).sum(-1)
-    k_p, k_q = all_reduce_(torch.stack([k_p, k_q]), dist.ReduceOp.SUM, group).unbind(0)
-    return beta * k_q + (1.0 - beta) * k_p, (lse_x, lse_y, k_p, k_q)
-
-
-def jsd_grads(x, y, temperature: float, stats, beta: float, g, out_x=None, out_y=None):
-    lse_x, lse_y, k_p, k_q = stats
-    for b in _blocks(x):
-        log_p = _scaled(x[b], temperature) - lse_x[b, None]
-        log_q = _scaled(y[b], temperature) - lse_y[b, None]
-        log_m = _log_mixture(log_p, log_q, beta)
-        dy = None
-        if out_y is not None:
-            # dJSD/dy_v = (1/tau) beta q_v (log q_v - log m_v - K_q)
-            q = log_q.exp()
-            dy = torch.where(q > 0, q * (log_q - log_m - k_q[b, None]), 0.0) \
-                * (g[b] * beta)[:, None]
-        if out_x is not None:
-            # dJSD/dx_v = (1/tau) (1 - beta) p_v (log p_v - log m_v - K_p)
-            p = log_p.exp()
-            out_x[b] = torch.where(p > 0, p * (log_p - log_m - k_p[b, None]), 0.0) \
-                * (g[b] * (1.0 - beta))[:, None]
-        if dy is not None:
-            out_y[b] = dy
+    return mx + sums[0].log(), my + sums[1].log()
 
 
 def _sum_exp(x, m, temperature: float) -> torch.Tensor:
     """sum_v e^{x_v / tau - m} per row, in row blocks."""
-    (s,) = _rows(x, 1)
-    for b in _blocks(x):
-        s[b] = (_scaled(x[b], temperature) - m[b, None]).exp_().sum(-1)
+    (s,) = new_rows(x, 1)
+    for b in row_blocks(x):
+        s[b] = (scaled(x[b], temperature) - m[b, None]).exp_().sum(-1)
     return s
 
 
@@ -298,7 +206,7 @@ def support_stats(x, ids, valid, offset: int, temperature: float, group):
     safe = torch.where(own, local, 0)
     picked = torch.zeros(ids.shape, dtype=m.dtype, device=x.device)
     if x.shape[-1]:
-        picked = torch.where(own, _scaled(x.gather(1, safe), temperature) - m[:, None], 0.0)
+        picked = torch.where(own, scaled(x.gather(1, safe), temperature) - m[:, None], 0.0)
     s = _sum_exp(x, m, temperature)[:, None]
     sums = all_reduce_(torch.cat([s, picked], 1), dist.ReduceOp.SUM, group)
     log_s = sums[:, 0].log()
@@ -352,8 +260,8 @@ def support_grad(x, lse, own, safe, g, temperature: float, out):
     """out = dL/dx_v = (1/tau) (sum_j g_j 1[v = id_j] - p_v G) on the local slice (g: (n, k),
     0 at invalid slots; ``out`` may be ``x``)."""
     scale = -g.sum(1) / temperature
-    for b in _blocks(x):
-        out[b] = (_scaled(x[b], temperature) - lse[b, None]).exp_() * scale[b, None]
+    for b in row_blocks(x):
+        out[b] = (scaled(x[b], temperature) - lse[b, None]).exp_() * scale[b, None]
     if x.shape[-1]:
         out.scatter_add_(1, safe, torch.where(own, g / temperature, 0.0).to(out.dtype))
 
@@ -361,68 +269,12 @@ def support_grad(x, lse, own, safe, g, temperature: float, out):
 # ---------------------------------------------------------------- autograd Functions
 
 
-def _flat(x):
+def flat(x):
     return x.reshape(-1, x.shape[-1])
 
 
-def _grad_like(x):
-    return torch.empty(_flat(x).shape, dtype=_dtype(x), device=x.device)
-
-
-class VocabParallelKLFunction(torch.autograd.Function):
-    """Per-row KL(P_x || P_y) of vocabulary slices, the full-vocabulary value on every rank.
-    Saves the inputs and three (rows,) statistics; backward recomputes softmax locally."""
-
-    @staticmethod
-    def forward(ctx, x, y, row_mask, temperature: float, group):
-        with torch.no_grad():
-            d, lse_x, lse_y = kl_stats(_flat(x), _flat(y), temperature, group)
-            if row_mask is not None:
-                d = torch.where(row_mask.reshape(-1), d, 0.0)
-        ctx.save_for_backward(x, y, row_mask, lse_x, lse_y, d)
-        ctx.temperature = temperature
-        return d.view(x.shape[:-1])
-
-    @staticmethod
-    def backward(ctx, grad_d):
-        x, y, row_mask, lse_x, lse_y, d = ctx.saved_tensors
-        tau = ctx.temperature
-        g = grad_d.reshape(-1).to(lse_x.dtype) / tau
-        if row_mask is not None:
-            g = torch.where(row_mask.reshape(-1), g, 0.0)
-        dx = _grad_like(x) if ctx.needs_input_grad[0] else None
-        dy = _grad_like(y) if ctx.needs_input_grad[1] else None
-        kl_grads(_flat(x), _flat(y), tau, lse_x, lse_y, d, g, dx, dy)
-        grads = []
-        for t, inp in ((dx, x), (dy, y)):
-            if t is not None and row_mask is not None:  # NaN padding in masked rows must not
-                t.masked_fill_(~row_mask.reshape(-1, 1), 0.0)  # leak through 0 * x
-            grads.append(None if t is None else t.to(inp.dtype).view(inp.shape))
-        return grads[0], grads[1], None, None, None
-
-
-class VocabParallelJSDFunction(torch.autograd.Function):
-    """Per-row generalized JSD (0 < beta < 1) of vocabulary slices (x: the student)."""
-
-    @staticmethod
-    def forward(ctx, x, y, beta: float, temperature: float, group):
-        with torch.no_grad():
-            d, stats = jsd_stats(_flat(x), _flat(y), beta, temperature, group)
-        ctx.save_for_backward(x, y, *stats)
-        ctx.beta, ctx.temperature = beta, temperature
-        return d.view(x.shape[:-1])
-
-    @staticmethod
-    def backward(ctx, grad_d):
-        x, y, *stats = ctx.saved_tensors
-        tau = ctx.temperature
-        g = grad_d.reshape(-1).to(stats[0].dtype) / tau
-        dx = _grad_like(x) if ctx.needs_input_grad[0] else None
-        dy = _grad_like(y) if ctx.needs_input_grad[1] else None
-        jsd_grads(_flat(x), _flat(y), tau, stats, ctx.beta, g, dx, dy)
-        dx = None if dx is None else dx.to(x.dtype).view(x.shape)
-        dy = None if dy is None else dy.to(y.dtype).view(y.shape)
-        return dx, dy, None, None, None
+def grad_like(x):
+    return torch.empty(flat(x).shape, dtype=compute_dtype(x), device=x.device)
 
 
 class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
@@ -433,7 +285,7 @@ class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
     def forward(ctx, x, ids, slot_valid, temperature: float, offset: int, group):
         k = ids.shape[-1]
         with torch.no_grad():
-            a, lse, own, safe = support_stats(_flat(x), ids.reshape(-1, k),
+            a, lse, own, safe = support_stats(flat(x), ids.reshape(-1, k),
                                               slot_valid.reshape(-1, k), offset, temperature,
                                               group)
         ctx.save_for_backward(x, lse, own, safe, slot_valid)
@@ -446,8 +298,8 @@ class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
         tau = ctx.temperature
         k = safe.shape[-1]
         g = torch.where(slot_valid.reshape(-1, k), grad_a.reshape(-1, k).to(lse.dtype), 0.0)
-        dx = _grad_like(x)
-        support_grad(_flat(x), lse, own, safe, g, tau, dx)
+        dx = grad_like(x)
+        support_grad(flat(x), lse, own, safe, g, tau, dx)
         return dx.to(x.dtype).view(x.shape), None, None, None, None, None
 
 
@@ -499,50 +351,6 @@ def head_slices(process_group, vocab_offset, need_offset: bool, sharded: dict,
 
 
 # ------------------------------------------------ the fused-linear chunk drivers' pieces
-
-
-def no_entropy(want_entropy: bool) -> None:
-    """The student entropy (the TRL drop-in's second output) is not summed across a group:
-    that drop-in takes no ``process_group``, so asking for both is a library error."""
-    if want_entropy:
-        raise NotImplementedError("the student entropy is not computed over a vocabulary-"
-                                  "parallel group")
-
-
-class VocabParallelTileDivergence:
-    """The distillation chunk driver's row math (``fused/tile_divergence.TileDivergence``) on
-    (n, V_r) tiles of this rank's head rows: Div over the whole vocabulary per row (2
-    all-reduces per chunk for the KLs, 3 for the JSD), and ``write_grad`` turns the student
-    tile into its slice of g dDiv/ds (1/tau included; no row scale left)."""
-
-    def __init__(self, divergence: str, jsd_beta: float, temperature: float, group):
-        self.divergence, self.jsd_beta = divergence, jsd_beta
-        self.temperature, self.group = temperature, group
-
-    def stats(self, s, u, want_grad: bool = True, want_entropy: bool = False):
-        no_entropy(want_entropy)
-        tau = self.temperature
-        if self.divergence == "jsd":
-            d, extra = jsd_stats(s, u, self.jsd_beta, tau, self.group)
-            return TileStats(d, extra)
-        if self.divergence == "forward_kl":  # KL(q || p)
-            d, lse_u, lse_s = kl_stats(u, s, tau, self.group)
-        else:
-            d, lse_s, lse_u = kl_stats(s, u, tau, self.group)
-        return TileStats(d, (lse_s, lse_u))
-
-    def write_grad(self, s, u, state, g) -> None:
-        tau = self.temperature
-        g = g.to(state.d.dtype) / tau
-        if self.divergence == "jsd":
-            jsd_grads(s, u, tau, state.extra, self.jsd_beta, g, out_x=s)
-        elif self.divergence == "forward_kl":
-            lse_s, lse_u = state.extra
-            kl_grads(u, s, tau, lse_u, lse_s, state.d, g, out_y=s)
-        else:
-            lse_s, lse_u = state.extra
-            kl_grads(s, u, tau, lse_s, lse_u, state.d, g, out_x=s)
-        return None
 
 
 def same_chunks(max_rows: int, group, device) -> int:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from cord_kernels.core.dispatch import Impl
-from cord_kernels.core.options import LossOptions
+from cord_kernels.core.options import DEFAULT_CHUNK_BYTES, LossOptions
 from cord_kernels.core.validation import (
     check_float,
     check_same_device,
@@ -355,8 +355,16 @@ def scaled_grads(ctx, grad_total: torch.Tensor) -> tuple:
                            "their graph can be backpropagated once only (retain_graph is not "
                            "supported)")
     ctx.used = True
-    return tuple(None if t is None else t.mul_(grad_total.to(t.dtype)).to(dtype)
+    return tuple(None if t is None else _scale_cast(t, grad_total.to(t.dtype), dtype)
                  for t, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True))
+
+
+def _scale_cast(t: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t * g in ``dtype``, one pass over t: in place when the dtype stays, else written
+    straight into the new dtype (the product is formed in t's precision, then rounded once)."""
+    if dtype == t.dtype:
+        return t.mul_(g)
+    return torch.mul(t, g, out=torch.empty(t.shape, dtype=dtype, device=t.device))
 
 
 # ----------------------------------------------------------------------------- planning
@@ -408,6 +416,33 @@ def plan_chunks(counts: list[int], max_rows: int) -> list[Chunk]:
 def rows_per_chunk(chunk_bytes: int, vocab: int, n_tiles: int, dtype: torch.dtype) -> int:
     itemsize = torch.empty((), dtype=dtype).element_size()
     return max(1, chunk_bytes // (n_tiles * vocab * itemsize))
+
+
+# A GPU with room lets the default budget grow to a quarter of its free memory, up to this.
+AUTO_CHUNK_CAP = 8 << 30
+
+
+def chunk_budget(chunk_bytes: int, device: torch.device, free: int | None = None) -> int:
+    """The tiles' budget of one call: ``chunk_bytes`` as the caller gave it; the default
+    (``DEFAULT_CHUNK_BYTES``, 1 GiB) on a GPU with room grows to a quarter of its free memory
+    (``free``: bytes, read from the device when None), at most ``AUTO_CHUNK_CAP``. Fewer
+    chunks: the fp32 weight-gradient accumulator is read and written once per chunk, and the
+    hidden-gradient GEMM is less K-heavy."""
+    if chunk_bytes != DEFAULT_CHUNK_BYTES or (device.type != "cuda" and free is None):
+        return chunk_bytes
+    if free is None:
+        free, _ = torch.cuda.mem_get_info(device)
+    return max(chunk_bytes, min(free // 4, AUTO_CHUNK_CAP))
+
+
+def balanced_rows(n_rows: int, max_rows: int) -> int:
+    """Rows per chunk when ``n_rows`` rows are cut into as few chunks of at most ``max_rows``
+    as possible, all of one size but the last (no runt: 4096 rows at most 883 a chunk are 5
+    chunks of 820, not 4 of 883 and one of 564)."""
+    if n_rows <= max_rows:
+        return max(1, max_rows if n_rows == 0 else n_rows)
+    chunks = -(-n_rows // max_rows)
+    return -(-n_rows // chunks)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -60,8 +60,9 @@ class CordWeighting:
                              self.alpha)
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Hidden states in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 @shared_doc
 def fused_linear_cord_token_loss(
     student_hidden: torch.Tensor,
@@ -122,8 +123,9 @@ def fused_linear_cord_token_loss(
         {reduction}
         {num_items_in_batch}
         return_per_token: also return D, the detached (B, T) fp32 reverse KL, 0 where masked.
-        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB): a chunk
-            holds ``chunk_bytes // (8 V)`` tokens. Sequences longer than that still work.
+        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB; on a GPU
+            with room, a quarter of its free memory up to 8 GiB): a chunk holds
+            ``chunk_bytes // (8 V)`` tokens. Sequences longer than that still work.
         impl: "triton" (the streaming kernels on each chunk), "torch" or None (Triton on CUDA
             or under TRITON_INTERPRET=1).
         {process_group_head}

@@ -1,4 +1,4 @@
-"""LM head + a weighted distillation loss (reverse KL, forward KL or JSD), without (N, V) logits.
+"""LM head + a weighted distillation loss (reverse KL, forward KL, JSD, TVD), without (N, V) logits.
 
     loss = reduce( sum_valid w_t Div_t ),  Div_t between softmax(s_t/tau), s = h_s W^T (+ b)
                                            and softmax(u_t/tau), u = h_t W_t^T (+ b_t)
@@ -6,7 +6,7 @@
 4 GEMMs in all (SPEC section 3) for the scalar reductions: for each chunk of valid tokens
 
     1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)               2 GEMMs into fp32 tiles
-    2. Div_t per row (``tile_divergence.py``)
+    2. Div_t per row (the divergence's tile, ``divergences/registry.py``)
     3. the weights w of the chunk's rows (``TokenWeighting``)
     4. w_t dDiv_t/ds_t overwrites the student tile in place: ds
     5. grad_h = ds @ W,  grad_W += ds.T @ h_s,  grad_b += sum_rows ds       2 GEMMs
@@ -41,6 +41,7 @@ the two autograd Functions, input checks, ``run_distill`` (shared with
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import torch
@@ -64,8 +65,9 @@ from cord_kernels.core.validation import (
     check_tensor,
     check_token_weights,
 )
+from cord_kernels.divergences.common import DivParams
+from cord_kernels.divergences.registry import make_tile_divergence
 from cord_kernels.fused import chunked_head as ch
-from cord_kernels.fused.tile_divergence import make_tile_divergence
 
 # ----------------------------------------------------------------------------- weighting
 
@@ -124,14 +126,13 @@ class DistillProblem(ch.HeadProblem):
         B, T, _ = student_hidden.shape
         self.B, self.T = B, T
         self.mask = mask
-        # The one host sync: which rows are valid, and how many per sequence.
-        self.counts = mask.sum(1).tolist()
         self.transform = params.transform
         self.teacher_transform = params.teacher_transform
         # A softcap's dt/dz needs a third tile (see ``grad_factor``).
         super().__init__(student_hidden, weight, bias, params.operands[0],
                          mask.reshape(-1).nonzero().squeeze(1),
-                         3 if self.transform.needs_factor_tile else 2, params.opts.chunk_bytes)
+                         3 if self.transform.needs_factor_tile else 2,
+                         ch.chunk_budget(params.opts.chunk_bytes, student_hidden.device))
         self.ht = teacher_hidden.detach().reshape(B * T, teacher_hidden.shape[-1])
         if teacher_weight is None:
             self.teacher_head = self.head
@@ -139,9 +140,10 @@ class DistillProblem(ch.HeadProblem):
             self.teacher_head = ch.LMHead(
                 teacher_weight.detach(), None if teacher_bias is None else teacher_bias.detach(),
                 params.operands[1], self.dtype)
-        self.divergence = make_tile_divergence(params.opts.divergence, params.opts.jsd_beta,
-                                               params.opts.temperature, params.impl,
-                                               params.opts.process_group)
+        self.divergence = make_tile_divergence(
+            params.opts.divergence, params.impl,
+            DivParams(params.opts.temperature, params.opts.jsd_beta), params.opts.process_group)
+        self.max_rows = ch.balanced_rows(self.n_valid, self.max_rows)
         if params.opts.process_group is not None:
             self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
                                            self.device)
@@ -149,6 +151,13 @@ class DistillProblem(ch.HeadProblem):
         # (n_valid,) the student's entropy per valid row, filled by ``weighted_sum``.
         self.entropy = torch.zeros(self.n_valid, dtype=torch.float32, device=self.device) \
             if params.want_entropy else None
+
+    @functools.cached_property
+    def counts(self) -> list[int]:
+        """Valid rows per sequence: a host sync, paid only by a weighting that plans by
+        sequence (CORD's whole-sequence chunks); the valid rows themselves (``index``) are the
+        call's one other sync."""
+        return self.mask.sum(1).tolist()
 
     def tiles(self, n: int) -> tuple[torch.Tensor, ...]:
         """``n_tiles`` (n, V) tiles, views of one buffer allocated once per call."""
@@ -160,6 +169,12 @@ class DistillProblem(ch.HeadProblem):
 
     def release(self) -> None:
         self._tiles = None
+
+    def entropy_sum(self) -> torch.Tensor:
+        """The student's entropy summed over the valid rows (0 unless asked for)."""
+        if self.entropy is None:
+            return torch.zeros((), dtype=torch.float32, device=self.device)
+        return self.entropy.sum()
 
     def logits(self, index: torch.Tensor):
         """Student and teacher logits tiles (n, V) of the given flat row ids, plus the student
@@ -262,8 +277,9 @@ def head_grads(grads: ch.Grads, problem: DistillProblem, hidden, weight, bias):
 
 
 class FusedDistillSumFunction(torch.autograd.Function):
-    """(sum_t w_t Div_t, detached (B, T) Div) from hidden states; gradients formed in forward
-    (4 GEMMs), scaled by the cotangent in backward."""
+    """(sum_t w_t Div_t, detached (B, T) Div, detached sum over valid rows of the student's
+    entropy: 0 unless ``params.want_entropy``, TRL's logged entropy) from hidden states;
+    gradients formed in forward (4 GEMMs), scaled by the cotangent in backward."""
 
     @staticmethod
     def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
@@ -275,12 +291,12 @@ class FusedDistillSumFunction(torch.autograd.Function):
             total, d, _ = weighted_sum(problem, weighting, grads)
             vp.reduce_hidden_grad_(grads.hidden, params.opts)
         ch.stash_grads(ctx, grads, problem.index, student_hidden, weight, bias)
-        per_token = problem.dense(d)
-        ctx.mark_non_differentiable(per_token)
-        return total, per_token
+        per_token, entropy = problem.dense(d), problem.entropy_sum()
+        ctx.mark_non_differentiable(per_token, entropy)
+        return total, per_token, entropy
 
     @staticmethod
-    def backward(ctx, grad_total, _grad_per_token):
+    def backward(ctx, grad_total, _grad_per_token, _grad_entropy):
         gh, gw, gb = ch.scaled_grads(ctx, grad_total)
         return gh, None, gw, gb, None, None, None, None, None
 
@@ -367,6 +383,22 @@ def check_distill_inputs(student_hidden, teacher_hidden, weight, bias, teacher_w
 # ---------------------------------------------------------------------------- public API
 
 
+def distill_sums(tensors: tuple, weighting: TokenWeighting, params: ch.HeadParams):
+    """(sum_t w_t Div_t, detached (B, T) Div, detached entropy sum) of the checked ``tensors``
+    (student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias, mask; the
+    teacher's detached): :class:`FusedDistillSumFunction` when a student tensor needs a
+    gradient (4 GEMMs), else the 2 projection GEMMs. Shared by ``run_distill`` and the TRL
+    drop-in (``integrations/trl.py``)."""
+    student_hidden, _, weight, bias = tensors[:4]
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (student_hidden, weight, bias)):
+        return FusedDistillSumFunction.apply(*tensors, weighting, params)
+    with ch.no_autocast(student_hidden.device):  # evaluation
+        problem = DistillProblem(*tensors, params)
+        total, d, _ = weighted_sum(problem, weighting, None)
+    return total, problem.dense(d), problem.entropy_sum()
+
+
 def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weight,
                 teacher_bias, weighting: TokenWeighting, opts: LossOptions):
     """The checked call shared by ``fused_linear_distill_loss`` and the CORD loss."""
@@ -389,21 +421,14 @@ def run_distill(student_hidden, teacher_hidden, weight, mask, bias, teacher_weig
     if opts.reduction == "none":
         loss, per_token = FusedDistillPerTokenFunction.apply(*tensors, weighting, params)
     else:
-        differentiable = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (student_hidden, weight, bias))
-        if differentiable:
-            total, per_token = FusedDistillSumFunction.apply(*tensors, weighting, params)
-        else:  # evaluation: the 2 projection GEMMs only
-            with ch.no_autocast(student_hidden.device):
-                problem = DistillProblem(*tensors, params)
-                total, d, _ = weighted_sum(problem, weighting, None)
-            per_token = problem.dense(d)
+        total, per_token, _ = distill_sums(tensors, weighting, params)
         loss = opts.reduce_total(total, mask)
     return (loss, per_token) if opts.return_per_token else loss
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Hidden states in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 @shared_doc
 def fused_linear_distill_loss(
     student_hidden: torch.Tensor,
@@ -435,6 +460,7 @@ def fused_linear_distill_loss(
     Equals, on s = student_hidden @ weight.T (+ bias) and u = teacher_hidden @ W_t.T (+ b_t):
 
         Div_t = reverse_kl(s_t, u_t) | forward_kl(s_t, u_t) | jsd(s_t, u_t, beta=jsd_beta)
+                | tvd(s_t, u_t)
         "batchmean": sum_valid w_t Div_t / B,  "sum": sum_valid w_t Div_t,
         "mean": sum_valid w_t Div_t / sum mask,  "none": (B, T) w_t Div_t (0 where masked)
 
@@ -450,7 +476,7 @@ def fused_linear_distill_loss(
         weight: (V, H_s) the student's LM head (gets a gradient, accumulated in fp32).
         mask: (B, T) bool (or 0/1 int/float), True at the positions that count.
         {labels}
-        divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd".
+        divergence: "reverse_kl" (KL(p || q), p the student) | "forward_kl" | "jsd" | "tvd".
         jsd_beta: beta in [0, 1] of the JSD (TRL's convention: 0 is forward KL, 1 reverse KL);
             with another divergence it must stay at its default.
         token_weights: None (1 on valid tokens) or a (B, T) float tensor >= 0 without grad.
@@ -464,7 +490,8 @@ def fused_linear_distill_loss(
         {num_items_in_batch}
         return_per_token: also return the detached (B, T) fp32 Div_t, 0 where masked (what a
             trainer logs, without projecting again).
-        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB).
+        chunk_bytes: budget for the two fp32 logits tiles of a chunk (default 1 GiB; on a GPU
+            with room, a quarter of its free memory up to 8 GiB).
         impl: "triton" (the streaming kernels on each chunk), "torch" or None.
         {process_group_head}
 

@@ -159,8 +159,9 @@ class FusedTokenLogprobsFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------- public API
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Hidden states in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 def fused_linear_token_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,

@@ -35,13 +35,7 @@ from cord_kernels.core.options import ALPHA, BETA, TOP_K, LossOptions
 from cord_kernels.core.validation import check_token_weights
 from cord_kernels.fused import chunked_head as ch
 from cord_kernels.fused.cord_token_loss import CordWeighting
-from cord_kernels.fused.distill import (
-    DistillProblem,
-    FixedWeights,
-    TokenWeighting,
-    check_distill_inputs,
-    weighted_sum,
-)
+from cord_kernels.fused.distill import FixedWeights, check_distill_inputs, distill_sums
 from cord_kernels.logits.jsd import jsd
 from cord_kernels.sparse.student_topk import student_topk_distill_loss
 
@@ -52,31 +46,7 @@ TRL_MODULE = "trl.trainer.distillation_trainer"
 TRL_FUNCTION = "_chunked_divergence_loss"
 
 
-# --------------------------------------------------------------------- the autograd Function
-
-
-class _TRLDivergenceFunction(torch.autograd.Function):
-    """(sum_t w_t Div_t, sum_t H(p_t)) over the valid rows, gradients formed in forward (4
-    GEMMs) and scaled by the cotangent in backward, as ``FusedDistillSumFunction``."""
-
-    @staticmethod
-    def forward(ctx, student_hidden, teacher_hidden, weight, bias, teacher_weight, teacher_bias,
-                mask, weighting: TokenWeighting, params: ch.HeadParams):
-        with ch.no_autocast(student_hidden.device):
-            problem = DistillProblem(student_hidden, teacher_hidden, weight, bias,
-                                     teacher_weight, teacher_bias, mask, params)
-            grads = problem.grads(ctx.needs_input_grad[0], ctx.needs_input_grad[2],
-                                  ctx.needs_input_grad[3])
-            total, _, _ = weighted_sum(problem, weighting, grads)
-        ch.stash_grads(ctx, grads, problem.index, student_hidden, weight, bias)
-        entropy = problem.entropy.sum()
-        ctx.mark_non_differentiable(entropy)
-        return total, entropy
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_entropy):
-        gh, gw, gb = ch.scaled_grads(ctx, grad_total)
-        return gh, None, gw, gb, None, None, None, None, None
+# ---------------------------------------------------------------------- the shared driver
 
 
 def _full(weight, bias, dtype):
@@ -102,18 +72,17 @@ def _divergence_loss(student_hidden_states, teacher_hidden_states, student_lm_he
     """The body of both public losses; ``weighting_of(mask)`` gives the TokenWeighting."""
     w_s, b_s = _full(student_lm_head_weight, student_lm_head_bias, student_hidden_states.dtype)
     w_t, b_t = _full(teacher_lm_head_weight, teacher_lm_head_bias, teacher_hidden_states.dtype)
-    beta = float(beta)
-    divergence = "forward_kl" if beta == 0.0 else "reverse_kl" if beta == 1.0 else "jsd"
+    # TRL's reduction: sum / num_items_in_batch, else the mean over valid positions (an
+    # all-masked rank gives 0, not 0 / 0), as LossOptions reduces every loss.
     opts = LossOptions.check(
-        divergence=divergence, **({"jsd_beta": beta} if divergence == "jsd" else {}),
-        temperature=temperature, softcap=student_final_logit_softcapping,
-        logit_scale=student_logit_scale, reduction="sum")
+        **_beta_divergence(beta), temperature=temperature,
+        softcap=student_final_logit_softcapping, logit_scale=student_logit_scale,
+        reduction="mean", num_items_in_batch=num_items_in_batch)
     teacher_opts = LossOptions.check(softcap=teacher_final_logit_softcapping,
                                      logit_scale=teacher_logit_scale)
     valid = completion_mask != 0
     mask = check_distill_inputs(student_hidden_states, teacher_hidden_states, w_s, b_s, w_t,
                                 b_t, valid)
-    n_valid = valid.sum()
     impl = resolve_impl(opts.impl, student_hidden_states, w_s)
     h_t, w_t = teacher_hidden_states.detach(), w_t.detach()
     b_t = None if b_t is None else b_t.detach()
@@ -121,23 +90,10 @@ def _divergence_loss(student_hidden_states, teacher_hidden_states, student_lm_he
         opts, impl, (ch.operand_dtype(student_hidden_states, w_s), ch.operand_dtype(h_t, w_t)),
         teacher_logits=ch.LogitTransform(teacher_opts.logit_scale, teacher_opts.softcap),
         want_entropy=True)
-    weighting = weighting_of(mask)
     tensors = (student_hidden_states, h_t, w_s, b_s, w_t, b_t, mask)
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (student_hidden_states, w_s, b_s)):
-        loss, entropy_sum = _TRLDivergenceFunction.apply(*tensors, weighting, params)
-    else:  # evaluation: the 2 projection GEMMs only
-        with ch.no_autocast(student_hidden_states.device):
-            problem = DistillProblem(*tensors, params)
-            loss, _, _ = weighted_sum(problem, weighting, None)
-        entropy_sum = problem.entropy.sum()
-    if num_items_in_batch is None:
-        # Clamped so a fully-masked rank reduces to a finite zero rather than 0 / 0 (TRL's).
-        loss = loss / n_valid.clamp(min=1)
-    else:
-        if isinstance(num_items_in_batch, torch.Tensor):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
+    total, _, entropy_sum = distill_sums(tensors, weighting_of(mask), params)
+    loss = opts.reduce_total(total, mask)
+    n_valid = valid.sum()
     return loss, entropy_sum, n_valid
 
 

@@ -12,7 +12,6 @@ import torch
 
 from cord_kernels.core import vocab_parallel as vp
 from cord_kernels.core.cord_weights import checked_cord_weights
-from cord_kernels.core.dispatch import Impl, resolve_impl
 from cord_kernels.core.doc import shared_doc
 from cord_kernels.core.options import (
     ALPHA,
@@ -21,20 +20,21 @@ from cord_kernels.core.options import (
     REDUCTION,
     TEMPERATURE,
     TOP_K,
+    Divergence,
     LossOptions,
 )
-from cord_kernels.core.rows import check_inplace_backward
-from cord_kernels.core.torch_path import TorchKLDivFunction
 from cord_kernels.core.validation import (
     check_logits_pair,
     check_mask_or_labels,
     check_same_device,
 )
-from cord_kernels.logits.kl import kl_div_rows, vocab_parallel_kl_rows
+from cord_kernels.divergences.common import DivParams
+from cord_kernels.divergences.registry import divergence_rows
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Logits in" table fixes it (tests/test_options.py
+# reads it with inspect); LossOptions.check holds its rules and defaults. (`duplicates` pairs
+# such signatures.)
 @shared_doc
 def cord_token_loss(
     student_logits: torch.Tensor,
@@ -98,21 +98,17 @@ def cord_token_loss(
     mask = check_mask_or_labels(mask, labels, opts.ignore_index,
                                 tuple(student_logits.shape[:2]), like="student_logits")
     check_same_device(("student_logits", student_logits), ("mask", mask))
+    group = None
     if vp.is_parallel(process_group, student_logits, teacher_logits):
         # D all-reduced before the weights: the top-K below sees the full divergence.
         local, shard = vp.logits_slices(process_group, None, False,
-                                        {"s": student_logits, "u": teacher_logits.detach()},
+                                        {"s": student_logits, "u": teacher_logits},
                                         {"mask": mask})
-        mask = local["mask"]
-        d = vocab_parallel_kl_rows(local["s"], local["u"], mask, temperature=opts.temperature,
-                                   process_group=shard.group, impl=impl)
-    elif resolve_impl(impl, student_logits, teacher_logits) is Impl.TORCH:
-        d = TorchKLDivFunction.apply(student_logits, teacher_logits.detach(), mask,
-                                     opts.temperature).float()
-    else:
-        check_inplace_backward("student_logits", student_logits, inplace_backward)
-        d = kl_div_rows(student_logits, teacher_logits.detach(), mask,
-                        temperature=opts.temperature, inplace_backward=inplace_backward)
+        student_logits, teacher_logits, mask = local["s"], local["u"], local["mask"]
+        group = shard.group
+    d = divergence_rows(Divergence.REVERSE_KL, student_logits, teacher_logits.detach(), mask,
+                        DivParams(opts.temperature, inplace_backward=inplace_backward),
+                        impl=impl, process_group=group)
     w = checked_cord_weights(d.detach(), mask, opts.top_k, opts.alpha, opts.beta)
     loss = opts.reduce(w * d, mask)
     if opts.return_per_token:

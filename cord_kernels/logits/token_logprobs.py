@@ -177,8 +177,9 @@ class TokenLogprobsFunction(torch.autograd.Function):
         return dx, None, None
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md's "Logits in" table fixes it
+# (tests/test_options.py reads it with inspect); LossOptions.check holds its rules and
+# defaults. (`duplicates` pairs such signatures.)
 def token_logprobs(
     logits: torch.Tensor,
     labels: torch.Tensor,
