@@ -4,8 +4,12 @@ kernels), measured on the CPU with the Triton launchers stubbed so that only the
 timed. Budget: 100 us per forward call.
 
 Robust to a loaded 2-core machine: the statistic is the best of 5 medians of 200 calls each
-(a burst of load moves one median, not all five). Measured on a loaded 2-core AMD EPYC
-(6 sessions sharing it): 65-80 us for reverse_kl, so the budget leaves a margin of about 25%.
+(a burst of load moves one median, not all five). Machines of one kind differ by 2x, and a
+pytest-xdist neighbour slows this one further, so the budget is also read as a ratio measured
+side by side: the same statistic for the cheapest custom autograd Function (one output
+allocated, nothing else) was 7.3 us on the 2-core AMD EPYC where reverse_kl measured 70-72 us
+(65-80 us with 6 sessions sharing it); a call passes at <= 100 us, or at <= 100 / 7.3 times
+that reference on a slower machine.
 """
 
 from __future__ import annotations
@@ -22,6 +26,20 @@ from cord_kernels.divergences.kl import triton_ops as kl_ops
 from cord_kernels.divergences.tvd import triton_ops as tvd_ops
 
 BUDGET_US = 100.0
+#: The reference call's cost on the machine the budget was set on (see the module docstring).
+REFERENCE_US = 7.3
+
+
+class _Reference(torch.autograd.Function):
+    """The least a custom-op loss can cost on the host: one Function, one output."""
+
+    @staticmethod
+    def forward(ctx, s, u):
+        return s.new_zeros(s.shape[:-1], dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
 
 
 def _rows(x):
@@ -68,8 +86,12 @@ def test_forward_host_cost_within_budget(name, call, interpret, monkeypatch, one
     u = torch.randn(4, 8, 64)
     assert call(s, u).shape == (4, 8)  # the stubs are what runs
     us = _host_us(lambda: call(s, u))
-    print(f"\n{name}: {us:.1f} us per forward call (launchers stubbed)")
-    assert us <= BUDGET_US, f"{name}: {us:.1f} us per call > {BUDGET_US} us"
+    ref = _host_us(lambda: _Reference.apply(s, u))
+    print(f"\n{name}: {us:.1f} us per forward call (launchers stubbed); the reference call "
+          f"{ref:.1f} us")
+    assert us <= BUDGET_US or us / ref <= BUDGET_US / REFERENCE_US, (
+        f"{name}: {us:.1f} us per call > {BUDGET_US} us, and {us / ref:.1f}x the reference call "
+        f"({ref:.1f} us) > {BUDGET_US / REFERENCE_US:.1f}x")
 
 
 def test_options_are_checked_once_per_call(interpret, monkeypatch):
