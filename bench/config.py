@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -31,29 +32,34 @@ QWEN2_0_5B_HIDDEN = 896
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
-@dataclass(frozen=True)
-class LogitsShape:
-    """Logits-in losses: N = B * T token rows of V logits."""
+class _Shape:
+    """A shape's ``id`` (its name in tables and test ids): the class's ``ID`` filled in with
+    its fields."""
 
-    n_tokens: int
-    vocab: int
+    ID: ClassVar[str]
 
     @property
     def id(self) -> str:
-        return f"N{self.n_tokens}-V{self.vocab}"
+        return self.ID.format(**vars(self))
 
 
 @dataclass(frozen=True)
-class HiddenShape:
+class LogitsShape(_Shape):
+    """Logits-in losses: N = B * T token rows of V logits."""
+
+    ID: ClassVar[str] = "N{n_tokens}-V{vocab}"
+    n_tokens: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class HiddenShape(_Shape):
     """Hidden-states-in (fused-linear) losses: N token rows of H, an LM head of (V, H)."""
 
+    ID: ClassVar[str] = "N{n_tokens}-H{hidden}-V{vocab}"
     n_tokens: int
     vocab: int
     hidden: int
-
-    @property
-    def id(self) -> str:
-        return f"N{self.n_tokens}-H{self.hidden}-V{self.vocab}"
 
 
 @dataclass(frozen=True)

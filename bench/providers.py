@@ -191,17 +191,23 @@ def _trl_logprobs(c: LogitsCase) -> Closure:
     return lambda: (selective_log_softmax(c.student, c.labels.clamp_min(0)) * c.mask).sum()
 
 
+def _naive_pair(naive: Callable, reduce: Callable, note: str = "") -> list[Provider]:
+    """The eager-torch row of a divergence ``naive(student, teacher)`` reduced by ``reduce(d,
+    mask)``, and its torch.compile peer (the naive function compiled, the reduction eager)."""
+    return [
+        Provider("torch", "naive",
+                 lambda c: lambda: reduce(naive(c.student, c.teacher), c.mask)),
+        Provider("torch.compile", "peer",
+                 lambda c: lambda: reduce(compiled(naive)(c.student, c.teacher), c.mask),
+                 needs_warmup=True, note=note),
+    ]
+
+
 LOGITS_PROVIDERS: dict[str, list[Provider]] = {
     "reverse_kl": [
         Provider("cord_kernels", "ours", _ours_reverse_kl),
         _ours_compiled(_ours_reverse_kl),
-        Provider("torch", "naive",
-                 lambda c: lambda: masked_sum_per_batch(naive_reverse_kl(c.student, c.teacher),
-                                                         c.mask)),
-        Provider("torch.compile", "peer",
-                 lambda c: lambda: masked_sum_per_batch(
-                     compiled(naive_reverse_kl)(c.student, c.teacher), c.mask),
-                 needs_warmup=True),
+        *_naive_pair(naive_reverse_kl, masked_sum_per_batch),
         Provider("liger LigerJSD(beta=1)", "peer", _liger_reverse_kl,
                  cuda_only("liger_kernel"),
                  note="mean over valid rows; log_softmax of both sides in torch first"),
@@ -209,12 +215,8 @@ LOGITS_PROVIDERS: dict[str, list[Provider]] = {
     "cord_token_loss": [
         Provider("cord_kernels", "ours", _ours_cord),
         _ours_compiled(_ours_cord),
-        Provider("torch", "naive",
-                 lambda c: lambda: weighted_cord(naive_reverse_kl(c.student, c.teacher), c.mask)),
-        Provider("torch.compile", "peer",
-                 lambda c: lambda: weighted_cord(
-                     compiled(naive_reverse_kl)(c.student, c.teacher), c.mask),
-                 needs_warmup=True, note="compiled D, CORD weights in eager torch"),
+        *_naive_pair(naive_reverse_kl, weighted_cord,
+                     note="compiled D, CORD weights in eager torch"),
     ],
     "token_logprobs": [
         Provider("cord_kernels", "ours", _ours_logprobs),
@@ -231,13 +233,7 @@ LOGITS_PROVIDERS: dict[str, list[Provider]] = {
     ],
     "jsd": [
         Provider("cord_kernels", "ours", _ours_jsd),
-        Provider("torch", "naive",
-                 lambda c: lambda: masked_sum_per_batch(naive_jsd(c.student, c.teacher),
-                                                         c.mask)),
-        Provider("torch.compile", "peer",
-                 lambda c: lambda: masked_sum_per_batch(
-                     compiled(naive_jsd)(c.student, c.teacher), c.mask),
-                 needs_warmup=True),
+        *_naive_pair(naive_jsd, masked_sum_per_batch),
         Provider("trl generalized_jsd_loss", "peer", trl_generalized_jsd(JSD_BETA),
                  lambda device: missing_module("trl"),
                  note="GKDTrainer's loss (eager torch), sum / B"),

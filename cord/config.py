@@ -138,6 +138,7 @@ def model_option(name: str) -> Any:
 class CordConfig:
     """Options of ``cord train`` (see ``examples/configs`` for annotated files)."""
 
+    # One field per option with its help text, TRL-style: same-shaped fields on purpose.
     # -- what to train ---------------------------------------------------------------------
     model: str = model_option("model")
     long_audio: str = model_option("long_audio")

@@ -25,6 +25,14 @@ class Variable:
     meaning: str
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The values in force; see :data:`VARIABLES` for what each field does."""
+
+    cache_dir: Path = Path("~/.cache/cord").expanduser()
+    rank: int = 0
+
+
 VARIABLES = (
     Variable("CORD_CACHE", "cache_dir", "~/.cache/cord",
              "where the demos keep speech clips and pre-trained bases (in its demo/ folder)"),
@@ -32,14 +40,6 @@ VARIABLES = (
              "this process's rank, as torchrun or accelerate launch set it: only rank 0 prints "
              "the final summary of cord train"),
 )
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The values in force; see :data:`VARIABLES` for what each field does."""
-
-    cache_dir: Path = Path("~/.cache/cord").expanduser()
-    rank: int = 0
 
 
 def from_env(environ: Mapping[str, str] = os.environ) -> Settings:

@@ -66,6 +66,12 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
     from cord_kernels.divergences.tvd.triton_ops import _tvd_bwd_kernel, _tvd_fwd_kernel
     from cord_kernels.logits.token_logprobs import _logprob_bwd_kernel, _logprob_fwd_kernel
     from cord_kernels.sparse.support_logprobs import _support_bwd_kernel, _support_fwd_kernel
+    from cord_kernels.sparse.support_loss import (
+        MAX_BLOCK_K,
+        MAX_BLOCK_K_BWD,
+        _sparse_bwd_kernel,
+        _sparse_fwd_kernel,
+    )
 
     t = _TL_DTYPE[dtype]
     bv = block_v(vocab)
@@ -179,6 +185,31 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
          "BLOCK_V": "constexpr"},
         {"BLOCK_V": bv},
         ("X", "Lse", "GSum", "DX", "stride_xa", "stride_xb", "stride_dxa", "stride_dxb", "V"),
+    ))
+    # The sparse losses' own kernels (support_loss.py): the JSD-with-bucket forward (the
+    # largest epilogue) and the backward, at the launchers' largest k blocks.
+    builds.append(KernelBuild(
+        "sparse_fwd",
+        _sparse_fwd_kernel,
+        {"X": f"*{t}", "LP": "*fp32", "Ids": "*i64", "RowMask": "*i1", "D": "*fp32",
+         "WS": "*fp32", "Flag": "*i32", "stride_xa": "i64", "stride_xb": "i64", "R": "i32",
+         "V": "i32", "K": "i32", "inv_temp": "fp32", "beta": "fp32", "DIV": "constexpr",
+         "BUCKET": "constexpr", "ALL_SLOTS": "constexpr", "BLOCK_V": "constexpr",
+         "BLOCK_K": "constexpr"},
+        {"DIV": 2, "BUCKET": True, "ALL_SLOTS": False, "BLOCK_V": bv, "BLOCK_K": MAX_BLOCK_K},
+        ("X", "LP", "Ids", "D", "WS", "stride_xa", "stride_xb", "V"),
+    ))
+    builds.append(KernelBuild(
+        "sparse_bwd",
+        _sparse_bwd_kernel,
+        {"X": f"*{t}", "WS": "*fp32", "Ids": "*i64", "C": "*fp32", "DX": f"*{t}",
+         "stride_xa": "i64", "stride_xb": "i64", "stride_dxa": "i64", "stride_dxb": "i64",
+         "stride_ca": "i64", "stride_cb": "i64", "R": "i32", "V": "i32", "K": "i32",
+         "inv_temp": "fp32", "logit_scale": "fp32", "inv_softcap": "fp32",
+         "BLOCK_V": "constexpr", "BLOCK_K": "constexpr"},
+        {"BLOCK_V": bv, "BLOCK_K": MAX_BLOCK_K_BWD},
+        ("X", "WS", "Ids", "C", "DX", "stride_xa", "stride_xb", "stride_dxa", "stride_dxb",
+         "V"),
     ))
     return builds
 

@@ -39,11 +39,6 @@ CHOICE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text, letter", CHOICE_CASES, ids=[repr(c[0])[:30] for c in CHOICE_CASES])
-def test_extract_choice(text, letter):
-    assert extract_choice(text) == letter
-
-
 def test_extract_choice_respects_the_option_set():
     assert extract_choice("The answer is E") is None
     assert extract_choice("The answer is E", choices="ABCDE") == "E"
@@ -81,29 +76,34 @@ MATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text, answer", MATH_CASES, ids=[repr(c[0])[:30] for c in MATH_CASES])
-def test_extract_math_answer(text, answer):
-    assert extract_math_answer(text) == answer
+# Both tables through one test: each case's id is its extractor and the start of its text.
+EXTRACT_CASES = [pytest.param(extract, text, want, id=f"{extract.__name__}-{repr(text)[:30]}")
+                 for extract, table in ((extract_choice, CHOICE_CASES),
+                                        (extract_math_answer, MATH_CASES))
+                 for text, want in table]
 
 
-@pytest.mark.parametrize(
-    "pred, gold, equal",
-    [
-        ("0.5", "1/2", True),
-        ("\\frac{1}{2}", "0.5", True),
-        ("12", "12.0", True),
-        ("1,000", "1000", True),
-        ("50%", "0.5", True),
-        ("x+1", "1+x", True),
-        ("\\sqrt{2}", "\\sqrt 2", True),
-        ("2\\pi", "6.283185307", True),
-        ("12", "13", False),
-        ("x+1", "x+2", False),
-        ("-3", "3", False),
-        ("", "3", False),
-        (None, "3", False),
-    ],
-)
+@pytest.mark.parametrize("extract, text, want", EXTRACT_CASES)
+def test_extract(extract, text, want):
+    assert extract(text) == want
+
+
+# (prediction, gold) pairs that math_equal takes as the same answer, and pairs it does not.
+EQUAL_ANSWERS = [
+    ("0.5", "1/2"),
+    ("\\frac{1}{2}", "0.5"),
+    ("12", "12.0"),
+    ("1,000", "1000"),
+    ("50%", "0.5"),
+    ("x+1", "1+x"),
+    ("\\sqrt{2}", "\\sqrt 2"),
+    ("2\\pi", "6.283185307"),
+]
+UNEQUAL_ANSWERS = [("12", "13"), ("x+1", "x+2"), ("-3", "3"), ("", "3"), (None, "3")]
+
+
+@pytest.mark.parametrize("pred, gold, equal", [(*c, True) for c in EQUAL_ANSWERS]
+                         + [(*c, False) for c in UNEQUAL_ANSWERS])
 def test_math_equal(pred, gold, equal):
     assert math_equal(pred, gold) is equal
 

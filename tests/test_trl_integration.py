@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import rel_err
 
+from bench.gpu.trl_agreement import call_trl_signature
 from cord_kernels import cord_weights, fused_linear_cord_token_loss, fused_linear_distill_loss
 from cord_kernels.integrations import trl as cord_trl
 
@@ -45,15 +46,8 @@ def _inputs(B=3, T=9, H=16, H_t=16, V=5003, bias=False, holes=True, seed=0, dtyp
 
 
 def _run(fn, inputs, beta, **kw):
-    """(loss, entropy_sum, n_valid, grad h_s, grad W_s, grad b_s) with a random cotangent."""
-    hs, ht, ws, wt, mask, bs, bt = inputs
-    for t in (hs, ws, bs):
-        if t is not None:
-            t.grad = None
-    loss, ent, n = fn(hs, ht, ws, wt, mask, beta, student_lm_head_bias=bs,
-                      teacher_lm_head_bias=bt, **kw)
-    (loss * 1.7).backward()
-    return [loss.detach(), ent, n, hs.grad, ws.grad, None if bs is None else bs.grad]
+    """(loss, entropy_sum, n_valid, grad h_s, grad W_s, grad b_s) with a cotangent of 1.7."""
+    return call_trl_signature(fn, inputs, beta, cotangent=1.7, **kw)
 
 
 BETAS = [0.0, 0.1, 0.5, 0.9, 1.0]

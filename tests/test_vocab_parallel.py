@@ -55,6 +55,14 @@ class Ctx:
         out = w.detach()[self.lo:self.hi].clone()
         return out.requires_grad_(w.requires_grad)
 
+    def close_grad(self, name: str, got, want, leaf_l, leaf, seed: int):
+        """Backward of ``want`` (one process) and ``got`` (this rank) with one random cotangent,
+        then this rank's gradient of ``leaf_l`` against ``leaf``'s columns."""
+        cot = torch.randn(want.shape, generator=_gen(seed))
+        (want * cot).sum().backward()
+        (got * cot).sum().backward()
+        self.close(name, leaf_l.grad, self.cols(leaf.grad), GRAD_RTOL, leaf.grad)
+
     def close(self, name: str, got, want, rtol: float, full=None):
         """max |got - want| / max |full| (``full``: the whole tensor ``want`` is a slice of;
         default ``want``), recorded and asserted."""
@@ -130,11 +138,7 @@ def _pair_case(ctx, name, fn, *, teacher_grad=False, **kw):
     got = _count(ctx, name, fn, s_l, u_l, teacher_grad=teacher_grad,
                  process_group=ctx.group, **kw)
     ctx.close(f"{name} value", got, want, VALUE_RTOL)
-    cot = torch.randn(want.shape, generator=_gen(3))
-    (want * cot).sum().backward()
-    (got * cot).sum().backward()
-    ctx.close(f"{name} grad s", s_l.grad, ctx.cols(s.grad), GRAD_RTOL,
-                  s.grad)
+    ctx.close_grad(f"{name} grad s", got, want, s_l, s, 3)
     if teacher_grad:
         ctx.close(f"{name} grad u", u_l.grad, ctx.cols(u.grad), GRAD_RTOL,
                   u.grad)
@@ -206,11 +210,7 @@ def case_token_logprobs(ctx):
     got = _count(ctx, "token_logprobs", ck.token_logprobs,
         x_l, labels, temperature=0.9, process_group=ctx.group)
     ctx.close("token_logprobs value", got, want, VALUE_RTOL)
-    cot = torch.randn(want.shape, generator=_gen(5))
-    (want * cot).sum().backward()
-    (got * cot).sum().backward()
-    ctx.close("token_logprobs grad", x_l.grad, ctx.cols(x.grad), GRAD_RTOL,
-                  x.grad)
+    ctx.close_grad("token_logprobs grad", got, want, x_l, x, 5)
     # the sizes all-gather once, then 2 all-reduces; none with vocab_offset=
     assert ctx.counts["token_logprobs"] == {"all_reduce": 2, "all_gather_single": 1}
     _count(ctx, "token_logprobs_offset", ck.token_logprobs,
@@ -233,11 +233,7 @@ def case_cord_token_loss(ctx):
             s_l, ctx.cols(u), mask, process_group=ctx.group, return_per_token=True, **kw)
         ctx.close("cord_token_loss value", got, want, VALUE_RTOL)
         ctx.close("cord_token_loss per-token", d_got, d_want, VALUE_RTOL)
-        cot = torch.randn(want.shape, generator=_gen(6))
-        (want * cot).sum().backward()
-        (got * cot).sum().backward()
-        ctx.close("cord_token_loss grad", s_l.grad, ctx.cols(s.grad), GRAD_RTOL,
-                  s.grad)
+        ctx.close_grad("cord_token_loss grad", got, want, s_l, s, 6)
     # the top-K tokens take their divergence from different ranks' slices
     d_full = ck.reverse_kl(s.detach(), u, impl="torch")
     top = torch.where(mask, d_full, -1.0).topk(2, dim=1).indices
@@ -316,11 +312,7 @@ def case_sparse(ctx):
             return_per_token=True, **kw)
         ctx.close("sparse_teacher_loss value", got, want, VALUE_RTOL)
         ctx.close("sparse_teacher_loss per-token", d_got, d_want, VALUE_RTOL)
-        cot = torch.randn(want.shape, generator=_gen(6))
-        (want * cot).sum().backward()
-        (got * cot).sum().backward()
-        ctx.close("sparse_teacher_loss grad", s_l.grad, ctx.cols(s.grad), GRAD_RTOL,
-                  s.grad)
+        ctx.close_grad("sparse_teacher_loss grad", got, want, s_l, s, 6)
     assert ctx.counts["sparse_teacher_loss"] == {"all_reduce": 2, "all_gather_single": 0}
     # student top-k: k = 4 is more than rank 0's slice at W = 3. The reference is the fp64
     # call: the fp32 single-process one is 1.8e-4 off fp64 in its gradient here (the bucket

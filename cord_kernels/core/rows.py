@@ -119,6 +119,59 @@ def pair_backward_views(x: torch.Tensor, y: torch.Tensor, dx: torch.Tensor | Non
     return vx, vy, vdx, vdy
 
 
+def launch_pair_forward(kernel, x: torch.Tensor, y: torch.Tensor, n_stats: int,
+                        entropy: torch.Tensor | None, scalars: tuple
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocates (d (n_rows,), stats (n_rows, ``n_stats``)), both fp32, and launches a
+    two-operand streaming forward, one program per row, with the arguments the base-2
+    divergences' ``_<name>_fwd_kernel`` take in this order: X, Y, D, Stats, Ent (``entropy``,
+    or D as a placeholder), the (a, b) strides of x and y, R, V, ``*scalars``, HAS_ENTROPY,
+    BLOCK_V."""
+    vx, vy = row_view(x), row_view(y)
+    n, V = vx.n_rows, x.shape[-1]
+    d = torch.empty(n, device=x.device, dtype=torch.float32)
+    stats = torch.empty(n, n_stats, device=x.device, dtype=torch.float32)
+    if n == 0:
+        return d, stats
+    with launch_device(x):
+        kernel[(n,)](
+            vx.tensor, vy.tensor, d, stats, d if entropy is None else entropy,
+            *vx.strides(), *vy.strides(),
+            vx.rows_per_a, V, *scalars,
+            HAS_ENTROPY=entropy is not None,
+            BLOCK_V=block_v(V),
+            num_warps=num_warps(),
+        )
+    return d, stats
+
+
+def launch_pair_backward(kernel, x: torch.Tensor, y: torch.Tensor, saved: tuple,
+                         grad_rows: torch.Tensor, dx: torch.Tensor | None,
+                         dy: torch.Tensor | None, scalars: tuple, *, has_dy: bool = True) -> None:
+    """Launches a two-operand streaming backward, one program per row, with the arguments
+    every divergence's ``_<name>_bwd_kernel`` takes in this order: X, Y, ``*saved`` (the
+    forward's per-row statistics), G (``grad_rows`` as fp32), DX[, DY], the (a, b) strides of
+    each, R, V, ``*scalars``, then HAS_DX / HAS_DY (only when ``has_dy``), BLOCK_V. Nothing
+    is launched when there is nothing to write (``pair_backward_views``)."""
+    views = pair_backward_views(x, y, dx, dy if has_dy else None)
+    if views is None:
+        return
+    vx, vy, vdx, vdy = views
+    outs = (vdx, vdy) if has_dy else (vdx,)
+    flags = {"HAS_DX": dx is not None, "HAS_DY": dy is not None} if has_dy else {}
+    V = x.shape[-1]
+    with launch_device(x):
+        kernel[(vx.n_rows,)](
+            vx.tensor, vy.tensor, *saved, grad_rows.reshape(-1).float().contiguous(),
+            *(o.tensor for o in outs),
+            *vx.strides(), *vy.strides(), *(st for o in outs for st in o.strides()),
+            vx.rows_per_a, V, *scalars,
+            **flags,
+            BLOCK_V=block_v(V),
+            num_warps=num_warps(),
+        )
+
+
 def check_inplace_backward(name: str, logits: torch.Tensor, inplace_backward: bool) -> None:
     """``inplace_backward=True`` writes the gradient into ``logits``' own storage, which needs
     rows the kernel can address in place."""

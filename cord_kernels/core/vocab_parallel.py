@@ -288,8 +288,8 @@ class VocabParallelSupportLogprobsFunction(torch.autograd.Function):
             a, lse, own, safe = support_stats(flat(x), ids.reshape(-1, k),
                                               slot_valid.reshape(-1, k), offset, temperature,
                                               group)
-        ctx.save_for_backward(x, lse, own, safe, slot_valid)
         ctx.temperature = temperature
+        ctx.save_for_backward(x, lse, own, safe, slot_valid)
         return a.view(ids.shape)
 
     @staticmethod

@@ -1,13 +1,13 @@
 """LM head + CORD token loss (paper eq. 7) without (N, V) logits: the distillation driver of
 ``fused/distill.py`` with reverse KL and the CORD weights.
 
-CORD's weights need every D of a sequence (top-K), so chunks hold WHOLE sequences (SPEC
-section 3): each chunk computes its D, the weights of its sequences and the weighted gradient
-while its logits tiles are live. A sequence with more valid tokens than a chunk holds is cut
-into pieces; each piece is done in one go with the positional weight alone (w^pos needs only
-the mask, so the weight is exact for every row outside the top-K), and once all the sequence's
-D are known the driver gives its top-K rows the missing ``(alpha - 1) w^pos dD/ds`` from a
-recompute of just those <= K rows (4 small GEMMs).
+CORD's weights need every D of a sequence (top-K), so chunks hold WHOLE sequences (docs/api.md,
+"Hidden states in"): each chunk computes its D, the weights of its sequences and the weighted
+gradient while its logits tiles are live. A sequence with more valid tokens than a chunk holds
+is cut into pieces; each piece is done in one go with the positional weight alone (w^pos needs
+only the mask, so the weight is exact for every row outside the top-K), and once all the
+sequence's D are known the driver gives its top-K rows the missing ``(alpha - 1) w^pos dD/ds``
+from a recompute of just those <= K rows (4 small GEMMs).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
     loss = reduce( sum_valid w_t Div_t ),  Div_t between softmax(s_t/tau), s = h_s W^T (+ b)
                                            and softmax(u_t/tau), u = h_t W_t^T (+ b_t)
 
-4 GEMMs in all (SPEC section 3) for the scalar reductions: for each chunk of valid tokens
+4 GEMMs in all (docs/api.md, "Hidden states in") for the scalar reductions: for each chunk of
+valid tokens
 
     1. s = h_s @ W.T (+ b),  u = h_t @ W_t.T (+ b_t)               2 GEMMs into fp32 tiles
     2. Div_t per row (the divergence's tile, ``divergences/registry.py``)

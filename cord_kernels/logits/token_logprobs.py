@@ -33,6 +33,7 @@ if triton_available():
     import triton.language as tl
 
     from cord_kernels.core.row_lse import row_lse
+    from cord_kernels.divergences.streaming import row_start
 
     @triton.jit
     def _logprob_fwd_kernel(
@@ -42,7 +43,7 @@ if triton_available():
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        p_x = X + (i_row // R) * stride_xa + (i_row % R) * stride_xb
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
         label = tl.load(Labels + i_row).to(tl.int64)
         if label == ignore_index:
             tl.store(Out + i_row, 0.0)
@@ -65,10 +66,8 @@ if triton_available():
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
+        p_dx = row_start(DX, i_row, R, stride_dxa, stride_dxb)
         label = tl.load(Labels + i_row).to(tl.int64)
         g = tl.load(G + i_row)
         live = (g != 0.0) & (label != ignore_index)

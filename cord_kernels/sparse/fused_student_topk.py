@@ -63,8 +63,8 @@ class StudentTopK:
         return ids, valid, b
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md "Sparse teachers" lists it (tests/test_options.py reads
+# it with inspect); LossOptions.check holds its rules and defaults (`duplicates` pairs these).
 def fused_linear_student_topk_distill_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,

@@ -249,8 +249,8 @@ class FusedSparsePerTokenFunction(torch.autograd.Function):
         return gh, gw, gb, None, None, None
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md "Sparse teachers" lists it (tests/test_options.py reads
+# it with inspect); LossOptions.check holds its rules and defaults (`duplicates` pairs these).
 def fused_linear_sparse_teacher_loss(
     student_hidden: torch.Tensor,
     weight: torch.Tensor,

@@ -21,8 +21,8 @@ from cord_kernels.core.validation import (
 )
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md "Sparse teachers" lists it (tests/test_options.py reads
+# it with inspect); LossOptions.check holds its rules and defaults (`duplicates` pairs these).
 def sampled_token_reverse_kl(
     student_logprobs: torch.Tensor,
     teacher_logprobs: torch.Tensor,

@@ -31,8 +31,8 @@ from cord_kernels.sparse.support_logprobs import support_logprobs
 from cord_kernels.sparse.support_loss import SparseLossParams, sparse_support_loss
 
 
-# Spelled out on purpose, as SPEC 2-2c fixes it (tests/test_options.py reads it with inspect);
-# LossOptions.check holds its rules and defaults. (`duplicates` pairs such signatures.)
+# Spelled out on purpose, as docs/api.md "Sparse teachers" lists it (tests/test_options.py reads
+# it with inspect); LossOptions.check holds its rules and defaults (`duplicates` pairs these).
 def student_topk_distill_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

@@ -47,7 +47,8 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from cord_kernels.core.row_lse import row_lse
+    from cord_kernels.core.row_lse import dense_softmax_grad, row_lse
+    from cord_kernels.divergences.streaming import row_start
 
     @triton.jit
     def _support_fwd_kernel(
@@ -58,7 +59,7 @@ if triton_available():
         BLOCK_K: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        p_x = X + (i_row // R) * stride_xa + (i_row % R) * stride_xb
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
         p_valid = SlotValid + i_row * K
         p_out = Out + i_row * K
         o_2 = tl.arange(0, 2)
@@ -96,29 +97,18 @@ if triton_available():
         R, V, inv_temp, logit_scale, inv_softcap,
         BLOCK_V: tl.constexpr,
     ):
-        # The row prologue of every streaming kernel (i = a * R + b, see core/rows.py), inline
-        # on purpose so that each kernel reads top to bottom, as fla's do.
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
+        p_dx = row_start(DX, i_row, R, stride_dxa, stride_dxb)
         # G = sum_j g_j. G = 0 makes the dense part exactly 0: the row is not read (a masked
         # row's NaN logits stay out of the gradient); its k sparse terms come afterwards.
         G = tl.load(GSum + i_row)
         v_read = tl.where(G != 0.0, V, 0)
         m = tl.load(Lse + 2 * i_row)
         log_s = tl.load(Lse + 2 * i_row + 1)
-        c = -G * inv_temp
-        for i_v in range(0, V, BLOCK_V):
-            o_v = i_v + tl.arange(0, BLOCK_V)
-            b_t = tl.load(p_x + o_v, mask=o_v < v_read, other=float("-inf")).to(tl.float32)
-            p = tl.exp((b_t * inv_temp - m) - log_s)
-            # dL/dt_v = -(1/tau) p_v G (dense part); dt/dz = scale (1 - (t/c)^2) (1 without a
-            # transform: scale 1, 1/c = 0).
-            b_tc = tl.where(p > 0, b_t * inv_softcap, 0.0)
-            b_dx = c * p * (logit_scale * (1.0 - b_tc * b_tc))
-            tl.store(p_dx + o_v, b_dx.to(DX.dtype.element_ty), mask=o_v < V)
+        # dL/dt_v = -(1/tau) p_v G (dense part)
+        dense_softmax_grad(p_x, p_dx, V, v_read, inv_temp, m, log_s, -G * inv_temp,
+                           logit_scale, inv_softcap, BLOCK_V)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -243,8 +233,8 @@ class SupportLogprobsFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_a):
-        x, ids, slot_valid, a, lse = ctx.saved_tensors
         p: SupportParams = ctx.params
+        x, ids, slot_valid, a, lse = ctx.saved_tensors
         dx = x if p.inplace_backward else torch.empty_like(
             x, memory_format=torch.contiguous_format)
         _support_bwd_op(x, ids, slot_valid, a, lse, grad_a.contiguous(), p.temperature, dx)

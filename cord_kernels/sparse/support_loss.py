@@ -60,7 +60,8 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from cord_kernels.core.row_lse import row_lse
+    from cord_kernels.core.row_lse import dense_softmax_grad, row_lse
+    from cord_kernels.divergences.streaming import row_start
 
     @triton.jit
     def _expm1(x):
@@ -120,11 +121,11 @@ if triton_available():
         BLOCK_K: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        p_x = X + (i_row // R) * stride_xa + (i_row % R) * stride_xb
-        p_lp = LP + i_row * K
-        p_ids = Ids + i_row * K
         # This row's workspace: max, log-sum (lse = their sum), G, then a and ga (k each).
         p_ws = WS + i_row * (3 + 2 * K)
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
+        p_lp = LP + i_row * K
+        p_ids = Ids + i_row * K
         o_2 = tl.arange(0, 2)
         # The slots to read: all K at a valid row, none at a masked one.
         k_row = tl.where(tl.load(RowMask + i_row).to(tl.int32) != 0, K, 0)
@@ -234,11 +235,9 @@ if triton_available():
         BLOCK_K: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
-        c = tl.load(C + i_a * stride_ca + i_b * stride_cb).to(tl.float32)
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
+        p_dx = row_start(DX, i_row, R, stride_dxa, stride_dxb)
+        c = tl.load(row_start(C, i_row, R, stride_ca, stride_cb)).to(tl.float32)
         p_ws = WS + i_row * (3 + 2 * K)  # max, log-sum, G, a (k), ga (k): the forward's
         m = tl.load(p_ws)
         log_s = tl.load(p_ws + 1)
@@ -248,14 +247,8 @@ if triton_available():
         # masked row's NaN logits stay out of the gradient).
         c_dense = -c * G * inv_temp
         v_read = tl.where(c_dense != 0.0, V, 0)
-        for i_v in range(0, V, BLOCK_V):
-            o_v = i_v + tl.arange(0, BLOCK_V)
-            b_t = tl.load(p_x + o_v, mask=o_v < v_read, other=float("-inf")).to(tl.float32)
-            p = tl.exp((b_t * inv_temp - m) - log_s)
-            # dt/dz = scale (1 - (t/c')^2) (1 without a transform: scale 1, 1/c' = 0).
-            b_tc = tl.where(p > 0, b_t * inv_softcap, 0.0)
-            b_dx = c_dense * p * (logit_scale * (1.0 - b_tc * b_tc))
-            tl.store(p_dx + o_v, b_dx.to(DX.dtype.element_ty), mask=o_v < V)
+        dense_softmax_grad(p_x, p_dx, V, v_read, inv_temp, m, log_s, c_dense, logit_scale,
+                           inv_softcap, BLOCK_V)
         # The rows' dense stores must land before the k stores below overwrite some of them.
         tl.debug_barrier()
         # Sparse part: the full value at each valid id, (c/tau)(sum_{i: id_i = id_j} ga_i -

@@ -13,6 +13,7 @@ from cord_kernels.divergences.jsd.parallel import TorchVocabParallelTileJSD, par
 from cord_kernels.divergences.jsd.torch_ops import TorchTileJSD, torch_jsd_rows
 from cord_kernels.divergences.jsd.triton_ops import TritonTileJSD, triton_jsd_rows
 
+# Each divergence's registry record written out field by field, on purpose (the same shape).
 JSD = DivergenceParts(
     triton_rows=triton_jsd_rows,
     torch_rows=torch_jsd_rows,

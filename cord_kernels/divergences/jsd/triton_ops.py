@@ -37,13 +37,7 @@ import torch
 
 from cord_kernels.core.dispatch import triton_available
 from cord_kernels.core.reduction import nonnegative
-from cord_kernels.core.rows import (
-    block_v,
-    launch_device,
-    num_warps,
-    pair_backward_views,
-    row_view,
-)
+from cord_kernels.core.rows import launch_pair_backward, launch_pair_forward
 from cord_kernels.divergences.common import DivParams, TileStats, masked_rows, new_entropy
 from cord_kernels.divergences.streaming import LOG2E
 
@@ -207,22 +201,8 @@ def jsd_fwd(x: torch.Tensor, y: torch.Tensor, beta: float, temperature: float,
     """Per row: JSD_beta of P_x (student) and P_y (teacher) as (n_rows,) fp32, and the
     (n_rows, 6) fp32 statistics the backward needs. ``x``/``y``: (..., V), unit last stride.
     ``entropy`` ((n_rows,) fp32, optional) gets H(P_x) per row, formed in the same pass."""
-    vx, vy = row_view(x), row_view(y)
-    n, V = vx.n_rows, x.shape[-1]
-    d = torch.empty(n, device=x.device, dtype=torch.float32)
-    stats = torch.empty(n, N_STATS, device=x.device, dtype=torch.float32)
-    if n == 0:
-        return d, stats
-    with launch_device(x):
-        _jsd_fwd_kernel[(n,)](
-            vx.tensor, vy.tensor, d, stats, d if entropy is None else entropy,
-            *vx.strides(), *vy.strides(),
-            vx.rows_per_a, V, *_scalars(beta, temperature),
-            HAS_ENTROPY=entropy is not None,
-            BLOCK_V=block_v(V),
-            num_warps=num_warps(),
-        )
-    return d, stats
+    return launch_pair_forward(_jsd_fwd_kernel, x, y, N_STATS, entropy,
+                               _scalars(beta, temperature))
 
 
 def jsd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: torch.Tensor,
@@ -231,22 +211,8 @@ def jsd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: to
     """Writes dJSD/dx and/or dJSD/dy scaled per row by ``grad_rows`` ((n_rows,) fp32) into
     ``dx``/``dy`` (x's shape; ``dx`` may be x itself: each element is read before the same
     program writes it). Rows with grad 0 get exact zeros."""
-    views = pair_backward_views(x, y, dx, dy)
-    if views is None:
-        return
-    vx, vy, vdx, vdy = views
-    n, V = vx.n_rows, x.shape[-1]
-    with launch_device(x):
-        _jsd_bwd_kernel[(n,)](
-            vx.tensor, vy.tensor, stats, grad_rows.reshape(-1).float().contiguous(),
-            vdx.tensor, vdy.tensor,
-            *vx.strides(), *vy.strides(), *vdx.strides(), *vdy.strides(),
-            vx.rows_per_a, V, *_scalars(beta, temperature),
-            HAS_DX=dx is not None,
-            HAS_DY=dy is not None,
-            BLOCK_V=block_v(V),
-            num_warps=num_warps(),
-        )
+    launch_pair_backward(_jsd_bwd_kernel, x, y, (stats,), grad_rows, dx, dy,
+                         _scalars(beta, temperature))
 
 
 # ---------------------------------------------------------------- torch custom ops (compile)

@@ -27,6 +27,7 @@ from cord_kernels.divergences.kl.triton_ops import (
     triton_reverse_kl_rows,
 )
 
+# Each divergence's registry record written out field by field, on purpose (the same shape).
 REVERSE_KL = DivergenceParts(
     triton_rows=triton_reverse_kl_rows,
     torch_rows=torch_reverse_kl_rows,

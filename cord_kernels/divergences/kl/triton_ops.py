@@ -24,8 +24,8 @@ from cord_kernels.core.rows import (
     block_v,
     check_inplace_backward,
     launch_device,
+    launch_pair_backward,
     num_warps,
-    pair_backward_views,
     row_view,
 )
 from cord_kernels.divergences.common import DivParams, TileStats, new_entropy
@@ -33,6 +33,8 @@ from cord_kernels.divergences.common import DivParams, TileStats, new_entropy
 if triton_available():
     import triton
     import triton.language as tl
+
+    from cord_kernels.divergences.streaming import row_start
 
     @triton.jit
     def _kl_fwd_kernel(
@@ -44,8 +46,6 @@ if triton_available():
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
         if HAS_ROW_MASK:
             if tl.load(RowMask + i_row) == 0:
                 # A padded position: nothing to read; its D is 0 by definition of the loss.
@@ -55,8 +55,8 @@ if triton_available():
                 if ENTROPY != 0:
                     tl.store(Ent + i_row, 0.0)
                 return
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_y = Y + i_a * stride_ya + i_b * stride_yb
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
+        p_y = row_start(Y, i_row, R, stride_ya, stride_yb)
 
         # Online state. acc = sum_v e^{x_v - m_x} ((x_v - m_x) - (y_v - m_y)), so that
         # D = acc / s_x - log s_x + log s_y stays accurate for huge logits (no lse cancellation).
@@ -122,16 +122,14 @@ if triton_available():
         BLOCK_V: tl.constexpr,
     ):
         i_row = tl.program_id(0).to(tl.int64)
-        i_a = i_row // R
-        i_b = i_row % R
-        p_x = X + i_a * stride_xa + i_b * stride_xb
-        p_y = Y + i_a * stride_ya + i_b * stride_yb
-        p_dx = DX + i_a * stride_dxa + i_b * stride_dxb
-        p_dy = DY + i_a * stride_dya + i_b * stride_dyb
         # g already holds the cotangent times the row's weight; a zero row (masked position)
         # reads nothing and writes exact zeros, even if its logits are NaN.
         g = tl.load(G + i_row)
         v_read = tl.where(g != 0.0, V, 0)  # how much of the row to read: all of it, or none
+        p_x = row_start(X, i_row, R, stride_xa, stride_xb)
+        p_y = row_start(Y, i_row, R, stride_ya, stride_yb)
+        p_dx = row_start(DX, i_row, R, stride_dxa, stride_dxb)
+        p_dy = row_start(DY, i_row, R, stride_dya, stride_dyb)
         g = g * inv_temp
         m_x = tl.load(LseX + 2 * i_row)  # lse_x = m_x + log_sx, see the forward
         log_sx = tl.load(LseX + 2 * i_row + 1)
@@ -210,22 +208,8 @@ def kl_bwd(
     """Writes dKL/dx and/or dKL/dy, scaled per row by ``grad_rows`` (fp32, (n_rows,)), into
     ``dx``/``dy`` (same shape as x; may be x itself: every element is read before it is
     written, by the same program). Rows with grad 0 get exact zeros."""
-    views = pair_backward_views(x, y, dx, dy)
-    if views is None:
-        return
-    vx, vy, vdx, vdy = views
-    n, V = vx.n_rows, x.shape[-1]
-    with launch_device(x):
-        _kl_bwd_kernel[(n,)](
-            vx.tensor, vy.tensor, lse_x, lse_y, d, grad_rows.reshape(-1).float().contiguous(),
-            vdx.tensor, vdy.tensor,
-            *vx.strides(), *vy.strides(), *vdx.strides(), *vdy.strides(),
-            vx.rows_per_a, V, 1.0 / temperature,
-            HAS_DX=dx is not None,
-            HAS_DY=dy is not None,
-            BLOCK_V=block_v(V),
-            num_warps=num_warps(),
-        )
+    launch_pair_backward(_kl_bwd_kernel, x, y, (lse_x, lse_y, d), grad_rows, dx, dy,
+                         (1.0 / temperature,))
 
 
 # ---------------------------------------------------------------- torch custom ops (compile)

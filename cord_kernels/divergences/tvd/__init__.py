@@ -14,6 +14,7 @@ from cord_kernels.divergences.tvd.parallel import TorchVocabParallelTileTVD, par
 from cord_kernels.divergences.tvd.torch_ops import TorchTileTVD, torch_tvd_rows
 from cord_kernels.divergences.tvd.triton_ops import TritonTileTVD, triton_tvd_rows
 
+# Each divergence's registry record written out field by field, on purpose (the same shape).
 TVD = DivergenceParts(
     triton_rows=triton_tvd_rows,
     torch_rows=torch_tvd_rows,

@@ -26,13 +26,7 @@ import torch
 
 from cord_kernels.core.dispatch import triton_available
 from cord_kernels.core.reduction import nonnegative
-from cord_kernels.core.rows import (
-    block_v,
-    launch_device,
-    num_warps,
-    pair_backward_views,
-    row_view,
-)
+from cord_kernels.core.rows import launch_pair_backward, launch_pair_forward
 from cord_kernels.divergences.common import DivParams, TileStats, masked_rows, new_entropy
 from cord_kernels.divergences.streaming import LOG2E
 
@@ -123,19 +117,7 @@ def tvd_fwd(x: torch.Tensor, y: torch.Tensor, temperature: float,
     """Per row: TVD of P_x (student) and P_y (teacher) as (n_rows,) fp32, and the (n_rows, 5)
     fp32 statistics the backward needs. ``x``/``y``: (..., V), unit last stride.
     ``entropy`` ((n_rows,) fp32, optional) gets H(P_x) per row, formed in the same pass."""
-    vx, vy = row_view(x), row_view(y)
-    n, V = vx.n_rows, x.shape[-1]
-    d = torch.empty(n, device=x.device, dtype=torch.float32)
-    stats = torch.empty(n, N_STATS, device=x.device, dtype=torch.float32)
-    if n == 0:
-        return d, stats
-    with launch_device(x):
-        _tvd_fwd_kernel[(n,)](
-            vx.tensor, vy.tensor, d, stats, d if entropy is None else entropy,
-            *vx.strides(), *vy.strides(), vx.rows_per_a, V, LOG2E / temperature,
-            HAS_ENTROPY=entropy is not None, BLOCK_V=block_v(V), num_warps=num_warps(),
-        )
-    return d, stats
+    return launch_pair_forward(_tvd_fwd_kernel, x, y, N_STATS, entropy, (LOG2E / temperature,))
 
 
 def tvd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: torch.Tensor,
@@ -143,18 +125,8 @@ def tvd_bwd(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: to
     """Writes dTVD/dx scaled per row by ``grad_rows`` ((n_rows,) fp32) into ``dx`` (x's
     shape; may be x itself: each element is read before the same program writes it). Rows
     with grad 0 get exact zeros."""
-    views = pair_backward_views(x, y, dx, None)
-    if views is None:
-        return
-    vx, vy, vdx, _ = views
-    n, V = vx.n_rows, x.shape[-1]
-    with launch_device(x):
-        _tvd_bwd_kernel[(n,)](
-            vx.tensor, vy.tensor, stats, grad_rows.reshape(-1).float().contiguous(),
-            vdx.tensor, *vx.strides(), *vy.strides(), *vdx.strides(),
-            vx.rows_per_a, V, LOG2E / temperature,
-            BLOCK_V=block_v(V), num_warps=num_warps(),
-        )
+    launch_pair_backward(_tvd_bwd_kernel, x, y, (stats,), grad_rows, dx, None,
+                         (LOG2E / temperature,), has_dy=False)
 
 
 # ---------------------------------------------------------------- torch custom ops (compile)
@@ -173,6 +145,7 @@ def _(x, y, temperature):
     return x.new_empty(n, dtype=torch.float32), x.new_empty(n, N_STATS, dtype=torch.float32)
 
 
+# The launcher's signature, restated on purpose: torch.library reads the schema from it.
 @torch.library.custom_op("cord_kernels::tvd_bwd", mutates_args=("dx",))
 def tvd_bwd_op(x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, grad_rows: torch.Tensor,
                temperature: float, dx: torch.Tensor) -> None:
