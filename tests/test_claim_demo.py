@@ -309,7 +309,10 @@ def quick_claim(tmp_path_factory):
 def test_a_crash_after_training_loses_nothing_resume_finishes(quick_claim):
     root, results, saved, trained = quick_claim
     n_jobs = len(C.RATE_GRID) + len(C.CLAIM_METHODS)  # the quick mode's one seed
-    assert len(saved) == n_jobs + 2  # every job, the base's validation and measures
+    # every job, the base's validation and measures, and the crashed invocation's timings
+    assert len(saved) == n_jobs + 3 and "timings-000.json" in saved
+    # the run's wall times add both invocations; the resume's are kept apart
+    assert results["timings_s"]["total"] > results["timings_s_resume"]["total"] > 0
     assert trained == []  # nothing retrained
     assert (root / "run" / "results.json").is_file()
     for m in C.CLAIM_METHODS:

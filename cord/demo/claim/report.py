@@ -521,7 +521,7 @@ def console_summary(results: dict[str, Any]) -> str:
     quick (smoke-test) run prints no headline, only that the pipeline ran."""
     if results.get("mode") == "quick":
         out = [QUICK_LINE, "the pipeline ran end to end: base, rate grid, every method, "
-               "scores, report (no verdict: a smoke test's numbers are not a result)"]
+               "scores, report; a smoke test draws no verdict"]
     else:
         out = [f"verdict: {results['verdict'].get('a')}. "
                f"{(results.get('verdict_sentence') or {}).get('a') or ''}".rstrip(),
