@@ -225,6 +225,7 @@ CLAIM_PAGE_NUMBERS = {
     "10": "claim/positions.py LATE_TOKEN, where late_first_errors starts counting",
     "40": "the tens-first worked example", "30": "the tens-first worked example",
     "70": "the tens-first worked example", "80": "the tens-first worked example",
+    "13": "the tens-first format's units-digit tokens (13 and 15; claim/data.py answer_format)",
     "0.40": "a precondition bound (claim/report.py BOUNDS, fixed by issue 38)",
     "0.80": "a precondition bound", "0.50": "a precondition bound", "0.85": "a precondition bound",
     "0.30": "a precondition bound", "0.3": "a precondition bound, as results.json writes it",
