@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from cord.demo.claim.data import (
     compare_chain,
     corrected_chain,
     fresh_eval_sets,
+    heard_positions,
     make_claim_splits,
     number_words,
     worked_chain,
@@ -126,3 +128,45 @@ def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="pool_questions must be >= 1"):
         make_claim_splits(ClaimTaskConfig(pool_questions=0))
     assert re.fullmatch(r"[0-9a-f]{12}", ClaimTaskConfig().key())
+
+
+TENS_FIRST = {
+    (47, "+", 38): "tens 40+30=70, units 7+8=15 carry 1, tens 70+10=80, answer 85",
+    (42, "+", 35): "tens 40+30=70, units 2+5=7, answer 77",
+    (97, "+", 88): "tens 90+80=170, units 7+8=15 carry 1, tens 170+10=180, answer 185",
+    (52, "-", 38): "tens 50-30=20, units 12-8=4 borrow 1, tens 20-10=10, answer 14",
+    (58, "-", 32): "tens 50-30=20, units 8-2=6, answer 26",
+}
+
+
+@pytest.mark.parametrize("question", list(TENS_FIRST), ids=str)
+def test_tens_first_chains_use_each_heard_digit_where_it_first_appears(question):
+    """The tens-first format (issue 38 C): no restatement; each heard digit first appears at
+    the step that uses it, the units digits after the tens step's partial result."""
+    a, op, b = question
+    chain = TENS_FIRST[question]
+    assert worked_chain(a, op, b, "tens_first") == chain
+    heard = heard_positions(a, op, b, "tens_first")
+    assert [chain[i] for i in heard] == [str(a)[0], str(b)[0], str(a)[1], str(b)[1]]
+    assert min(heard[2:]) > chain.index("units")  # after a partial result the student wrote
+
+
+def test_tens_first_chains_end_right_and_correct_themselves_right():
+    rng = random.Random(0)
+    for a, op, b in all_arith()[::53]:
+        value = a + b if op == "+" else a - b
+        assert worked_chain(a, op, b, "tens_first").endswith(f"answer {value}")
+        chain = corrected_chain(a, op, b, rng, "tens_first")
+        assert chain.count("no,") == 1 and chain.endswith(f"answer {value}")
+        wrong, right = chain.split(" no, ", 1)
+        assert wrong != worked_chain(a, op, b, "tens_first")[: len(wrong)]
+        assert worked_chain(a, op, b, "tens_first").endswith(right)
+
+
+def test_the_answer_format_is_checked_and_the_restate_bases_keep_their_keys():
+    assert ClaimTaskConfig().key() == "338dcc987924"  # the shipped base's folder
+    assert ClaimTaskConfig(answer_format="tens_first").key() != ClaimTaskConfig().key()
+    with pytest.raises(ValueError, match="answer_format"):
+        make_claim_splits(ClaimTaskConfig(answer_format="nope"))
+    s = make_claim_splits(replace(CLAIM_QUICK, answer_format="tens_first"))
+    assert all(r["worked"].startswith("tens ") for r in s["pool"])

@@ -13,6 +13,7 @@ import pytest
 from cord.data.paired import load_paired, write_paired
 from cord.demo import posttrain as P
 from cord.demo.methods import DEFAULT_METHODS
+from cord.demo.operands import rates as RT
 from cord.demo.operands.data import QUICK, TEMPLATES, GapTaskConfig, all_questions, make_splits
 from cord.demo.operands.run import run_demo
 from cord.demo.speech import SlottedSpeech
@@ -72,17 +73,17 @@ def test_learning_rate_rule():
     grid = {3e-5: {"text": 0.95, "audio": 0.50}, 1e-4: {"text": 0.93, "audio": 0.60},
             3e-4: {"text": 0.90, "audio": 0.80}, 1e-3: {"text": 0.60, "audio": 0.85}}
     # the smallest validation gap among the rates that keep text within 3 points of the base
-    assert P.select_rate(grid, 0.92) == {"rate": 3e-4, "admissible": True}
-    assert P.select_rate(grid, 0.95) == {"rate": 1e-4, "admissible": True}
-    broken = {lr: {"text": 0.1, "audio": 0.9} for lr in P.LEARNING_RATES}
-    assert P.select_rate(broken, 0.95) == {"rate": min(P.LEARNING_RATES), "admissible": False}
+    assert RT.select_rate(grid, 0.92) == {"rate": 3e-4, "admissible": True}
+    assert RT.select_rate(grid, 0.95) == {"rate": 1e-4, "admissible": True}
+    broken = {lr: {"text": 0.1, "audio": 0.9} for lr in RT.LEARNING_RATES}
+    assert RT.select_rate(broken, 0.95) == {"rate": min(RT.LEARNING_RATES), "admissible": False}
 
 
 def test_committed_rates_cover_the_default_methods():
     shipped = P.Path(__file__).parents[1] / "cord" / "demo" / "operands" / "learning_rates.json"
-    rates = P.load_rates(shipped)
+    rates = RT.load_rates(shipped)
     for m in DEFAULT_METHODS:
-        assert rates[m] in P.LEARNING_RATES
+        assert rates[m] in RT.LEARNING_RATES
 
 
 def test_paired_bootstrap():
@@ -226,5 +227,5 @@ def test_long_mode_is_the_default_comparison_at_four_times_the_steps():
     assert long["post"].max_steps == LONG * default["post"].max_steps
     assert {k: v for k, v in vars(long["post"]).items() if k not in ("max_steps", "eval_every")} \
         == {k: v for k, v in vars(default["post"]).items() if k not in ("max_steps", "eval_every")}
-    assert long["grid"] and set(long["rates"]) <= set(P.LEARNING_RATES)
+    assert long["grid"] and set(long["rates"]) <= set(RT.LEARNING_RATES)
     assert {"sft", "fkl", "cord"} <= set(long["methods"]) and len(long["seeds"]) >= 3

@@ -224,7 +224,18 @@ CLAIM_PAGE_NUMBERS = {
     "55": "calibration by hand (claim/data.py ClaimTaskConfig.text_questions docstring)",
     "300": "calibration by hand (claim/data.py ClaimTaskConfig.text_questions docstring)",
     "20": "the paper's K", "95": "the CI level", "0": "seed 0",
-    "10": "claim/measure.py LATE_TOKEN, where late_first_errors starts counting",
+    "10": "claim/positions.py LATE_TOKEN, where late_first_errors starts counting",
+    "40": "the tens-first worked example", "30": "the tens-first worked example",
+    "70": "the tens-first worked example", "80": "the tens-first worked example",
+    "13": "the tens-first format's units-digit tokens (13 and 15; claim/data.py answer_format)",
+    "0.40": "a precondition bound (claim/report.py BOUNDS, fixed by issue 38)",
+    "0.80": "a precondition bound", "0.50": "a precondition bound", "0.85": "a precondition bound",
+    "0.30": "a precondition bound", "0.3": "a precondition bound, as results.json writes it",
+    "0.70": "a precondition bound", "0.95": "a precondition bound", "0.20": "a precondition bound",
+    "2": "the position bands 0-1, 2-10 (claim/positions.py BANDS); the rate grid's seed count",
+    "5": "the rate grid (1e-5, 3e-5)", "6": "the analysis plan's item numbers",
+    "0.283": "the committed run's late_first_errors (docs/demo_claim/results.json)",
+    "74": "the committed run's teacher_accuracy 0.74 (docs/demo_claim/results.json)",
 }
 
 

@@ -76,4 +76,6 @@ def test_the_wheel_runs_the_quick_demo_outside_the_checkout(tmp_path):
     _run([str(venv / "bin" / "cord"), "demo", "--quick", "--output-dir", "run",
           "--cache-dir", "cache", "--workers", "1"], work, 900)
     results = json.loads((work / "run" / "results.json").read_text())
-    assert results["verdict"]["a"] in ("supported", "refuted", "inconclusive")
+    from cord.demo.claim.verdict import HEADLINES
+
+    assert results["verdict"]["a"].split(" (")[0] in HEADLINES  # the rule's headline

@@ -74,6 +74,48 @@ def task_splits(task: Task, cache_dir) -> dict[str, list]:
     return _SPLITS[task]
 
 
+def run_options(cfg: dict[str, Any], seeds, methods) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """A run's seeds and methods: the mode's (``cfg``) unless given, checked (the prologue of
+    both tasks' runs)."""
+    from cord.demo.methods import METHODS
+
+    seeds = tuple(cfg["seeds"] if seeds is None else seeds)
+    methods = tuple(cfg["methods"] if methods is None else methods)
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
+                         f"{list(methods)}")
+    return seeds, methods
+
+
+def open_task(task: Task, cache_dir, *, refresh: bool, progress: bool,
+              timings: dict[str, float]):
+    """Both tasks' run prologue: the cache line, the splits (speech synthesised or read back),
+    the task's line (``task.describe(splits)``), the base (shipped, cached or pre-trained now)
+    and its line. The "speech" and "pretrain" wall times go into ``timings``. Returns
+    ``(splits, base, base_path, source)``."""
+    import time
+
+    from cord.demo.base import pretrained_base
+    from cord.demo.format import say
+    from cord.demo.speech import describe_cache
+
+    say(describe_cache(cache_dir))
+    t = time.perf_counter()
+    splits = task_splits(task, cache_dir)
+    timings["speech"] = time.perf_counter() - t
+    say(task.describe(splits))
+    t = time.perf_counter()
+    base, base_path, source = pretrained_base(task, splits, cache_dir=cache_dir,
+                                              progress=progress, refresh=refresh)
+    timings["pretrain"] = time.perf_counter() - t
+    say(f"base: {sum(p.numel() for p in base.model.parameters()) / 1e3:.0f}k parameters, "
+        f"{source} ({base_path})")
+    return splits, base, base_path, source
+
+
 def _base(path: Path):
     if path not in _BASES:
         _BASES[path] = load_base(path)

@@ -1,17 +1,17 @@
-"""The demo's post-training methods, their shared budget, and the learning-rate rule.
+"""The demo's post-training methods and their shared budget.
 
 Every method starts from the same pre-trained base, sees the same unlabelled paired prompts in
 the same order (the seed fixes it), runs the same number of optimizer steps with the same batch
-and rollout settings, and gets its learning rate from the same rule (:func:`select_rate`) applied
-on a validation split disjoint from the evaluation set. Only the objective differs.
+and rollout settings, and gets its learning rate from its task's rule (the claim task's shared
+rate, :func:`cord.demo.claim.run.choose_shared_rate`; the operands task's per-method rule,
+:mod:`cord.demo.operands.rates`). Only the objective differs.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,6 @@ from cord.train.teacher import Teacher
 from cord.train.trainer import CordTrainer
 
 SWEEP = ("cord_ab1", "cord", "cord_ab3")
-LEARNING_RATES = (3e-5, 1e-4, 3e-4, 1e-3)
-TEXT_TOLERANCE = 0.03
-"""The learning-rate rule's guard: text accuracy within 3 points of the base's."""
 
 
 @dataclass(frozen=True)
@@ -100,40 +97,6 @@ def accuracies(adapter, records: Sequence[dict], *, max_new_tokens: int,
     r = evaluate(adapter, records, name="val", max_new_tokens=max_new_tokens, batch_size=100,
                  modalities=modalities, progress=False, keep_responses=False)
     return {m: r[m]["accuracy"] for m in modalities}
-
-
-def select_rate(grid: Mapping[float, Mapping[str, float]], base_text_val: float) -> dict[str, Any]:
-    """The learning-rate rule, the same for every method.
-
-    ``grid``: rate -> ``{"text", "audio"}`` validation accuracy after training at that rate.
-    Among the rates whose validation text accuracy stays within :data:`TEXT_TOLERANCE` of the
-    base's, the one with the smallest validation gap Δ = Acc_text(base) − Acc_audio; ties go to
-    the smaller rate. If no rate keeps the text side, the smallest rate is taken and flagged.
-    """
-    admissible = [r for r, acc in grid.items()
-                  if base_text_val - acc["text"] <= TEXT_TOLERANCE + 1e-9]
-    if not admissible:
-        return {"rate": min(grid), "admissible": False}
-    best = min(admissible, key=lambda r: (base_text_val - grid[r]["audio"], r))
-    return {"rate": best, "admissible": True}
-
-
-def load_rates(path: Path) -> dict[str, float]:
-    data = json.loads(path.read_text())
-    return {m: float(v["rate"]) for m, v in data["selected"].items()}
-
-
-def rates_record(grid: dict[str, dict[float, dict[str, float]]], selected: dict[str, dict],
-                 base_val: dict[str, float], post: PostTrainConfig,
-                 rates: Sequence[float] = LEARNING_RATES) -> dict[str, Any]:
-    return {
-        "rule": (f"per method, among {list(rates)}: the smallest validation gap whose "
-                 f"validation text accuracy is within {TEXT_TOLERANCE:.0%} of the base's"),
-        "base_val": base_val,
-        "post_training": asdict(post),
-        "grid": {m: {f"{r:g}": acc for r, acc in g.items()} for m, g in grid.items()},
-        "selected": selected,
-    }
 
 
 def loss_gradient_norms(base, records: Sequence[dict], post: PostTrainConfig, *,

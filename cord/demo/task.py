@@ -11,8 +11,43 @@ built once per process and task) and picklable (jobs run in spawned worker proce
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class DemoTaskConfig:
+    """What both tasks' configurations share: the tiny model, its audio and its pre-training
+    (each task adds its sizes; a task may give a field another default by declaring it again).
+    Light on purpose (no torch)."""
+
+    seed: int = 0
+    # model (cord.models.tiny.build_tiny_qwen2_audio)
+    hidden_size: int = 64
+    num_layers: int = 4
+    audio_d_model: int = 64
+    audio_layers: int = 2
+    # audio: 0.48 s slots are exactly 6 audio tokens per word at the tiny encoder's rate
+    slot_seconds: float = 0.48
+    chunk_seconds: int = 5
+    """Long enough for the longest question; longer audio would be cut."""
+    tts_rate: int = 175
+    # pre-training
+    pretrain_steps: int = 1200
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that name the pre-trained base (all of them unless a task says less)."""
+        return asdict(self)
+
+    def key(self) -> str:
+        """A short hash naming the cached pre-trained base of this configuration."""
+        blob = json.dumps(self.key_fields(), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
 
 
 class Task(Protocol):
@@ -21,6 +56,9 @@ class Task(Protocol):
 
     def build_splits(self, cache_dir: Path | None) -> dict[str, list[dict]]:
         """Every split, with speech attached where a split is ever heard."""
+
+    def describe(self, splits: dict[str, list[dict]]) -> str:
+        """One line saying what the splits hold (printed as a run starts)."""
 
     def build_model(self, seed: int | None = None):
         """A random-init tiny audio LM sized by the configuration, and its adapter."""

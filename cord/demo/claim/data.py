@@ -29,8 +29,6 @@ held-out sets from another seed, excluding everything any model trained on.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,6 +39,7 @@ from tqdm.auto import tqdm
 
 from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll
 from cord.demo.speech import SAMPLING_RATE, SlottedSpeech
+from cord.demo.task import DemoTaskConfig
 from cord.models.adapter import Qwen2AudioAdapter
 from cord.models.tiny import build_tiny_qwen2_audio
 
@@ -64,7 +63,7 @@ def number_words(n: int) -> str:
 
 
 @dataclass(frozen=True)
-class ClaimTaskConfig:
+class ClaimTaskConfig(DemoTaskConfig):
     """Sizes of the claim task, the model and its pre-training.
 
     The defaults are the default demo's; :data:`CLAIM_QUICK` is the CI size.
@@ -73,7 +72,9 @@ class ClaimTaskConfig:
     text_questions: int = 250
     """Worked arithmetic examples the text side learns from: the knob that makes the teacher
     imperfect (measured on fresh questions: 44% right at 250, 55% at 300 with 33 corrected
-    chains; 84% at 350 with four corrected chains per question, which teach arithmetic too)."""
+    chains; 84% at 350 with four corrected chains per question, which teach arithmetic too).
+    The shipped base (250, four corrected chains per question) is right on 74% of the pool:
+    ``teacher_accuracy``, measured on the base in every run."""
     audio_qa: int = 120
     """Of those, the ones also heard as spoken questions with worked answers."""
     pool_questions: int = 2000
@@ -102,28 +103,25 @@ class ClaimTaskConfig:
     ones, drawn from ``correction_variants`` different corruptions of every training question,
     so the prior teaches spotting a wrong step rather than a few memorised slips)."""
     correction_variants: int = 4
-    seed: int = 0
-    # model (cord.models.tiny.build_tiny_qwen2_audio)
-    hidden_size: int = 64
-    num_layers: int = 4
-    audio_d_model: int = 64
-    audio_layers: int = 2
-    slot_seconds: float = 0.48
-    chunk_seconds: int = 5
-    tts_rate: int = 175
-    # pre-training
+    answer_format: str = "restate"
+    """How a worked chain is written (:data:`ANSWER_FORMATS`). ``"restate"`` restates both
+    operands first (``"47+38: units 7+8=15 carry 1, ..."``), so a mis-heard digit shows at
+    tokens 0-4, where the student's prefix is the prompt; ``"tens_first"`` adds left to right,
+    ``"tens 40+30=70, units 7+8=15 carry 1, tens 70+10=80, answer 85"``: each heard digit
+    first appears at the step that uses it, the units digits after a partial result the
+    student wrote itself (tokens 13 and 15)."""
     pretrain_steps: int = 1500
-    batch_size: int = 32
-    learning_rate: float = 3e-3
 
-    def key(self) -> str:
-        """A short hash naming the cached pre-trained model of this configuration: of the fields
-        that change pre-training (the held-out sizes and the post-training pools cut after
-        everything pre-training reads, so they leave the base as it is)."""
+    def key_fields(self) -> dict[str, Any]:
+        """The fields that change pre-training (the held-out sizes and the post-training pools
+        are cut after everything pre-training reads, so they leave the base as it is)."""
         fields = {k: v for k, v in asdict(self).items() if k not in HELD_OUT_FIELDS}
-        blob = json.dumps({"task": "claim", **fields}, sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:12]
+        if fields["answer_format"] == "restate":  # the field's default names the bases
+            del fields["answer_format"]  # shipped before it existed: their keys stay
+        return {"task": "claim", **fields}
 
+
+ANSWER_FORMATS = ("restate", "tens_first")
 
 HELD_OUT_FIELDS = ("val_questions", "eval_questions", "compare_val", "transfer_questions",
                    "compare_pool", "count_val", "retention_items")
@@ -169,10 +167,57 @@ def arithmetic_steps(a: int, op: str, b: int) -> tuple[list[str], int]:
     raise ValueError(f"op must be '+' or '-', got {op!r}")
 
 
-def worked_chain(a: int, op: str, b: int) -> str:
-    """``"47+38: units 7+8=15 carry 1, tens 4+3+1=8, answer 85"``."""
+def tens_first_steps(a: int, op: str, b: int) -> tuple[list[str], int]:
+    """The left-to-right steps of ``a op b`` (``op`` "+" or "-") and the result: the tens (by
+    place value) first, then the units with their carry or borrow, then the tens corrected by
+    it: ``tens 40+30=70, units 7+8=15 carry 1, tens 70+10=80`` for 47+38."""
+    au, at = a % 10, 10 * (a // 10)
+    bu, bt = b % 10, 10 * (b // 10)
+    if op == "+":
+        tens, units = at + bt, au + bu
+        steps = [f"tens {at}+{bt}={tens},",
+                 f"units {au}+{bu}={units}" + (" carry 1," if units > 9 else ",")]
+        if units > 9:
+            steps.append(f"tens {tens}+10={tens + 10},")
+        return steps, a + b
+    if op == "-":
+        if a < b:
+            raise ValueError(f"a - b needs a >= b, got {a} - {b}")
+        tens, borrow = at - bt, int(au < bu)
+        steps = [f"tens {at}-{bt}={tens},",
+                 f"units {au + 10 * borrow}-{bu}={au + 10 * borrow - bu}"
+                 + (" borrow 1," if borrow else ",")]
+        if borrow:
+            steps.append(f"tens {tens}-10={tens - 10},")
+        return steps, a - b
+    raise ValueError(f"op must be '+' or '-', got {op!r}")
+
+
+def worked_chain(a: int, op: str, b: int, fmt: str = "restate") -> str:
+    """``"47+38: units 7+8=15 carry 1, tens 4+3+1=8, answer 85"`` (``fmt="restate"``) or
+    ``"tens 40+30=70, units 7+8=15 carry 1, tens 70+10=80, answer 85"``
+    (``fmt="tens_first"``)."""
+    if fmt == "tens_first":
+        steps, value = tens_first_steps(a, op, b)
+        return " ".join([*steps, f"answer {value}"])
+    if fmt != "restate":
+        raise ValueError(f"fmt must be one of {ANSWER_FORMATS}, got {fmt!r}")
     steps, value = arithmetic_steps(a, op, b)
     return " ".join([f"{a}{op}{b}:", *steps, f"answer {value}"])
+
+
+def heard_positions(a: int, op: str, b: int, fmt: str = "restate") -> list[int]:
+    """Character offsets, in :func:`worked_chain`, of the FIRST appearance of each heard
+    operand digit (the places where a mis-hearing shows). ``restate``: the whole restatement
+    ``"47+38:"``; ``tens_first``: the tens digits in the first step and the units digits in
+    the second."""
+    if fmt == "restate":
+        return list(range(len(f"{a}{op}{b}:")))
+    chain = worked_chain(a, op, b, fmt)
+    tens, units = chain.index("tens ") + 5, chain.index("units ") + 6
+    units_a = len(str(a % 10 + 10 * int(op == "-" and a % 10 < b % 10)))
+    return [tens, tens + len(str(10 * (a // 10))) + 1, units + units_a - 1,
+            units + units_a + 1]
 
 
 def misheard(a: int, op: str, b: int, rng: random.Random) -> int:
@@ -183,9 +228,11 @@ def misheard(a: int, op: str, b: int, rng: random.Random) -> int:
     return rng.choice(options)
 
 
-def corrected_chain(a: int, op: str, b: int, rng: random.Random) -> str:
+def corrected_chain(a: int, op: str, b: int, rng: random.Random, fmt: str = "restate") -> str:
     """The chain with one wrong step followed by ``"no,"`` and the right step: a wrong restated
     operand (as a mis-hearing would give) or a wrong column result (as a slip would)."""
+    if fmt == "tens_first":
+        return _corrected_tens_first(a, op, b, rng)
     steps, value = arithmetic_steps(a, op, b)
     head = f"{a}{op}{b}:"
     where = rng.randrange(3)
@@ -205,12 +252,38 @@ def corrected_chain(a: int, op: str, b: int, rng: random.Random) -> str:
     return " ".join([head, *fixed, f"answer {value}"])
 
 
-def _arith_record(a: int, op: str, b: int, template: int) -> dict[str, Any]:
+def _corrected_tens_first(a: int, op: str, b: int, rng: random.Random) -> str:
+    """:func:`corrected_chain` for the tens-first format: one step cut after a wrong result,
+    then ``"no,"`` and the right step without its label. The wrong result is a slip (one off)
+    or, for a sum, the units step with b's units digit mis-heard (one off), as a mis-hearing
+    gives where that digit first appears."""
+    steps, value = tens_first_steps(a, op, b)
+    where = rng.randrange(len(steps) + int(op == "+"))
+    if where == len(steps):  # a mis-heard units digit of b
+        au, bu = a % 10, b % 10
+        heard = bu + rng.choice([d for d in (-1, 1) if 0 <= bu + d <= 9])
+        where, wrong_step = 1, f"units {au}+{heard}={au + heard}"
+    else:
+        step = steps[where]
+        eq = step.index("=")
+        end = eq + 1
+        while end < len(step) and step[end].isdigit():
+            end += 1
+        right = int(step[eq + 1 : end])
+        wrong_step = step[:eq + 1] + str(right + rng.choice((-1, 1)) if right > 0 else right + 1)
+    fixed = list(steps)
+    fixed[where] = f"{wrong_step} no, {steps[where].split(' ', 1)[1]}"
+    return " ".join([*fixed, f"answer {value}"])
+
+
+def _arith_record(a: int, op: str, b: int, template: int, fmt: str = "restate"
+                  ) -> dict[str, Any]:
     q = f"{number_words(a)} {'plus' if op == '+' else 'minus'} {number_words(b)}"
     text = ARITH_TEMPLATES[template].format(q=q)
     _, value = arithmetic_steps(a, op, b)
     return {"id": f"ar-{a}{op}{b}", "text": text, "transcript": text, "answer": str(value),
-            "worked": worked_chain(a, op, b), "operands": [a, op, b], "kind": "math"}
+            "worked": worked_chain(a, op, b, fmt), "operands": [a, op, b], "kind": "math",
+            "heard": heard_positions(a, op, b, fmt)}
 
 
 def all_arith() -> list[tuple[int, str, int]]:
@@ -308,6 +381,9 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
     if not 0 < config.compare_audio <= config.compare_text:
         raise ValueError(f"compare_audio must be in [1, compare_text={config.compare_text}], "
                          f"got {config.compare_audio}")
+    if config.answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got "
+                         f"{config.answer_format!r}")
     if not 1 <= config.max_beeps <= config.count_slots:
         raise ValueError(f"max_beeps must be in [1, count_slots={config.count_slots}], got "
                          f"{config.max_beeps}")
@@ -323,15 +399,16 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
     templates = len(ARITH_TEMPLATES)
 
     def phrased(qs, offset=0):
-        return [_arith_record(a, op, b, (offset + i) % templates) for i, (a, op, b) in
-                enumerate(qs)]
+        return [_arith_record(a, op, b, (offset + i) % templates, config.answer_format)
+                for i, (a, op, b) in enumerate(qs)]
 
     text_train = phrased(arith[: cut[0]])
     corrections = []
     if config.self_correction:
         for r in text_train:
             a, op, b = r["operands"]
-            chains = {corrected_chain(a, op, b, rng) for _ in range(config.correction_variants)}
+            chains = {corrected_chain(a, op, b, rng, config.answer_format)
+                      for _ in range(config.correction_variants)}
             corrections += [{**r, "worked": c} for c in sorted(chains)]
     compare = all_compare()
     rng.shuffle(compare)
@@ -374,7 +451,7 @@ def fresh_eval_sets(config: ClaimTaskConfig, eval_seed: int) -> dict[str, list[d
     if len(arith) < config.eval_questions or len(compare) < config.transfer_questions:
         raise ValueError("not enough unseen questions left for a fresh evaluation set")
     return {
-        "eval": [_arith_record(a, op, b, i % len(ARITH_TEMPLATES))
+        "eval": [_arith_record(a, op, b, i % len(ARITH_TEMPLATES), config.answer_format)
                  for i, (a, op, b) in enumerate(arith[: config.eval_questions])],
         "transfer": [_compare_record(a, b) for a, b in compare[: config.transfer_questions]],
         "retention": beep_records(config.retention_items, config, 10_000 + eval_seed,

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cord.demo.claim.data import COUNT_INSTRUCTION, arithmetic_steps, misheard
+from cord.demo.claim.data import (
+    COUNT_INSTRUCTION,
+    arithmetic_steps,
+    heard_positions,
+    misheard,
+    tens_first_steps,
+)
+from cord.demo.claim.positions import BANDS, band
 from cord.demo.posttrain import PostTrainConfig
 from cord.eval.analyze import kl_statistics, rollout_kl
 from cord.eval.evaluate import evaluate, score_response
@@ -22,10 +29,6 @@ BATCH = 100
 RECOVERY_ITEMS = 100
 KL_ITEMS = 200
 CURVE_ITEMS = 100
-LATE_TOKEN = 10
-"""``late_first_errors`` counts wrong answers whose first wrong token comes after this many."""
-
-
 def _items(result: dict, modality: str) -> list[int]:
     return [int(i[f"{modality}_correct"]) for i in result["items"]]
 
@@ -68,6 +71,14 @@ def wrong_prefix(record: dict[str, Any], rng: random.Random) -> str:
     operand (``"47+39:"``, as a mis-hearing gives; :func:`misheard`) or a wrong units result
     (``"47+38: units 7+8=14"``, as a slip gives), one or the other at random."""
     a, op, b = record["operands"]
+    if record["worked"].startswith("tens "):  # the tens-first format
+        steps, _ = tens_first_steps(a, op, b)
+        au, bu = a % 10, b % 10
+        if rng.random() < 0.5 and op == "+":  # b's units digit mis-heard, in the units step
+            return f"{steps[0]} units {au}+{bu + 1 if bu < 9 else bu - 1}"
+        eq = steps[0].index("=")
+        value = int(steps[0][eq + 1 :].rstrip(","))
+        return f"{steps[0][: eq + 1]}{value + 10 if value < 180 else value - 10}"
     if rng.random() < 0.5:
         return f"{a}{op}{misheard(a, op, b, rng)}:"
     steps, _ = arithmetic_steps(a, op, b)
@@ -177,16 +188,21 @@ def teacher_at_error(adapter, responses: Sequence[str], records: Sequence[dict],
     at the student's error pulls toward the right token. Reported overall and per error type:
     ``operands`` (the error is in restating the operands, ``"47+38:"``: a mis-hearing, which
     the text side, reading the operands, can fix) and ``computation`` (the column steps, where
-    the teacher tends to make the same mistakes). ``{value, operands, computation, n,
-    n_operands, n_computation}``; a value is None without a case."""
+    the teacher tends to make the same mistakes), and by position band (:data:`BANDS`).
+    ``{value, operands, computation, n, n_operands, n_computation, by_band}``; a value is None
+    without a case. An error is in the operands when its token holds a heard digit's first
+    appearance (the record's ``heard`` character offsets)."""
     cases = []
     for rec, gold, k in _first_errors(adapter, responses, records, correct):
         if k >= len(gold):  # the whole gold chain was said: the error is after its end
             continue
-        head = len(adapter.tokenizer(rec["worked"].split(" ", 1)[0],
-                                     add_special_tokens=False)["input_ids"])
-        cases.append((rec, gold, k, "operands" if k < head else "computation"))
+        start = len(adapter.tokenizer.decode(gold[:k]))
+        stop = start + len(adapter.tokenizer.decode(gold[k : k + 1]))
+        heard = rec.get("heard") or heard_positions(*rec["operands"])
+        kind = "operands" if any(start <= c < stop for c in heard) else "computation"
+        cases.append((rec, gold, k, kind))
     hits: dict[str, list[bool]] = {"operands": [], "computation": []}
+    by_band: dict[str, list[bool]] = {name: [] for name, _, _ in BANDS}
     for s in range(0, len(cases), BATCH):
         chunk = cases[s : s + BATCH]
         width = max(len(g) for _, g, _, _ in chunk)
@@ -199,7 +215,9 @@ def teacher_at_error(adapter, responses: Sequence[str], records: Sequence[dict],
         with torch.no_grad():
             logits = adapter.completion_logits(prompts, ids, mask)  # (n, width, V)
         for i, (_, gold, k, kind) in enumerate(chunk):
-            hits[kind].append(int(logits[i, k].argmax()) == gold[k])
+            hit = int(logits[i, k].argmax()) == gold[k]
+            hits[kind].append(hit)
+            by_band[band(k)].append(hit)
     every = hits["operands"] + hits["computation"]
 
     def share(xs):
@@ -207,7 +225,8 @@ def teacher_at_error(adapter, responses: Sequence[str], records: Sequence[dict],
 
     return {"value": share(every), "operands": share(hits["operands"]),
             "computation": share(hits["computation"]), "n": len(every),
-            "n_operands": len(hits["operands"]), "n_computation": len(hits["computation"])}
+            "n_operands": len(hits["operands"]), "n_computation": len(hits["computation"]),
+            "by_band": {k: {"value": share(v), "n": len(v)} for k, v in by_band.items()}}
 
 
 def kl_by_correctness(adapter, records: Sequence[dict], post: PostTrainConfig

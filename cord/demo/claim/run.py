@@ -38,7 +38,7 @@ import torch
 
 from cord.demo import jobs as J
 from cord.demo import posttrain as P
-from cord.demo.base import load_base, pretrained_base
+from cord.demo.base import load_base
 from cord.demo.claim import measure as CM
 from cord.demo.claim import report as CR
 from cord.demo.claim.data import (
@@ -46,11 +46,12 @@ from cord.demo.claim.data import (
     ClaimTaskConfig,
     fresh_eval_sets,
 )
+from cord.demo.claim.files import PRE_REGISTERED, RUN_FILE, check_run_dir
+from cord.demo.claim.positions import LATE_TOKEN, position_histogram
 from cord.demo.claim.task import ClaimTask
-from cord.demo.claim.verdict import CONTROLS, VERDICT_RULE
+from cord.demo.claim.verdict import CONTROLS, DELTA, RETENTION_MARGIN, VERDICT_RULE
 from cord.demo.format import say
-from cord.demo.methods import METHODS
-from cord.demo.speech import SlottedSpeech, describe_cache
+from cord.demo.speech import SlottedSpeech
 from cord.eval.analyze import save_rollouts
 from cord.eval.stats import PairedItemBootstrap, ci95
 
@@ -61,13 +62,16 @@ CLAIM_METHODS = COMPARED + tuple(CONTROLS.values())
 """The comparison and the positive controls (:data:`cord.demo.claim.verdict.CONTROLS`: gold SFT
 in-domain; gold SFT on spoken comparisons, for transfer): the controls are never competitors;
 they show how far each metric can move in the budget."""
-FULL_EXTRA = ("grpo", "grpo_opd", "cord_ab1", "cord_ab3", "sft_audio", "fkl_audio",
-              "cord_audio")
+FULL_EXTRA = ("grpo", "grpo_opd", "cord_ab3", "sft_audio", "fkl_audio", "cord_audio")
 """``--full`` adds the ablation ladder (GRPO, GRPO + OPD), the α = β sweep around CORD's 2 (the
-paper's Figure 4), and the three compared methods with the text side fixed (``trainable=audio``:
-encoder and projector only, so the live teacher does not drift), at the shared rate."""
+paper's Figure 4: α = β = 3; α = β = 1 is GRPO + OPD itself, one objective, so it is not run
+twice), and the three compared methods with the text side fixed (``trainable=audio``: encoder
+and projector only, so the live teacher does not drift), at the shared rate."""
 RATE_GRID = (1e-5, 3e-5, 1e-4)
 """The shared rate's grid: the paper's 3e-5 with one step each way."""
+SECONDARY_RATE = 3e-5
+"""``--full``'s declared secondary analysis (issue 38 D): the compared methods and both
+controls at the paper's rate, 3 seeds, with a two-part verdict of its own."""
 RATE_SEEDS = (0, 1)
 RATE_CONTROL = "sft_gold"
 TEACHER_ITEMS = 400
@@ -89,7 +93,7 @@ def settings(mode: str) -> dict[str, Any]:
     if mode == "full":
         return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2),
                 "rate_seeds": RATE_SEEDS, "methods": CLAIM_METHODS, "extra": FULL_EXTRA,
-                "extra_seeds": (0, 1), "sensitivity": True}
+                "extra_seeds": (0, 1), "sensitivity": True, "secondary": SECONDARY_RATE}
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
@@ -151,7 +155,7 @@ def base_measures(base, splits, task: ClaimTaskConfig, post: P.PostTrainConfig
     values = {
         "teacher_accuracy": pool,
         "base_audio_over_text": scores["audio"] / scores["text"] if scores["text"] else None,
-        "late_first_errors": (float(np.mean([k > CM.LATE_TOKEN for k in firsts]))
+        "late_first_errors": (float(np.mean([k > LATE_TOKEN for k in firsts]))
                               if firsts else None),
         "teacher_at_error": at_error["value"],
         "retention_base": scores["retention"],
@@ -216,8 +220,43 @@ def _cached(path: Path, ident: dict[str, Any], compute) -> dict[str, Any]:
     return result
 
 
-RUN_FILE = "run.json"
-"""The options of a run, written before any work: ``cord demo --resume DIR`` reads them."""
+
+
+def preregistration(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """What is fixed before any training (issue 38 B), written into ``results.json`` first:
+    the rule, every precondition with its bound, the rate grid and the analysis plan."""
+    plan = [
+        "the base: every precondition measured on it, with its bound, before any comparison; "
+        "the first-error positions (histogram, share after token 10) and the teacher at the "
+        "student's first error, overall and by position band (0-1, 2-10, >10)",
+        f"the shared rate: the smallest of {list(RATE_GRID)} at which gold SFT beats the base "
+        f"on validation in-domain audio accuracy (paired-bootstrap CI above 0) over seeds "
+        f"{list(cfg['rate_seeds'])}; every method trains at it",
+        f"table (a), the primary analysis: {', '.join(cfg['methods'])} at the shared rate, "
+        f"seeds {list(cfg['seeds'])}; paired-bootstrap 95% CIs over items and seeds of each "
+        "gap reduction, retention and text accuracy, CORD − SFT, CORD − FKL, CORD − max(SFT, "
+        "FKL) and each method − base; the headline by the rule",
+    ]
+    if cfg.get("secondary"):
+        plan.append(f"secondary ({cfg['secondary']:g}): sft, fkl, cord and both controls at the "
+                    f"paper's rate, seeds {list(cfg['seeds'])}, a two-part verdict of its own "
+                    "labelled secondary")
+    if cfg.get("extra"):
+        plan.append(f"more methods at the shared rate, seeds {list(cfg['extra_seeds'])}: "
+                    f"{', '.join(cfg['extra'])} (descriptive)")
+    if cfg.get("sensitivity"):
+        plan.append("sensitivity: the compared methods and controls at the grid's other rates, "
+                    "one seed each (descriptive)")
+    plan.append("anything else is exploratory and labelled so")
+    return {"rule": VERDICT_RULE, "delta": DELTA, "retention_margin": RETENTION_MARGIN,
+            "preconditions": {k: CR.preconditions({})[k]["bound"] for k in CR.BOUNDS},
+            "rate_grid": list(RATE_GRID), "analysis_plan": plan, "mode": mode}
+
+
+def _timings(jobs_dir: Path) -> tuple[Path, list[dict[str, float]]]:
+    """This invocation's timings file and the earlier invocations' timings of this run."""
+    earlier = [json.loads(p.read_text()) for p in sorted(jobs_dir.glob("timings-*.json"))]
+    return jobs_dir / f"timings-{len(earlier):03d}.json", earlier
 
 
 def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
@@ -231,43 +270,35 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     the saved ones are read back instead of run again (see :func:`resume_claim_demo`)."""
     cfg = settings(mode)
     task, post = cfg["task"], cfg["post"]
-    seeds = tuple(cfg["seeds"] if seeds is None else seeds)
-    methods = tuple(cfg["methods"] if methods is None else methods)
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
-                         f"{list(methods)}")
+    seeds, methods = J.run_options(cfg, seeds, methods)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs_dir, scratch = out / "jobs", out / ".scratch"
     if not resume and jobs_dir.exists():
         shutil.rmtree(jobs_dir)  # a new run: nothing of an earlier one is reused
-    earlier = None  # a resumed run keeps the wall times of the invocation it finishes
-    if resume and (out / "results.json").is_file():
-        earlier = json.loads((out / "results.json").read_text()).get("timings_s")
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    timings_file, earlier = _timings(jobs_dir)
     (out / RUN_FILE).write_text(json.dumps(
         {"mode": mode, "seeds": list(seeds), "methods": list(methods),
          "save_models": save_models, "command": command}, indent=1))
+    prereg = preregistration(mode, {**cfg, "seeds": seeds, "methods": methods})
+    if not resume or not (out / "results.json").is_file():
+        (out / "results.json").write_text(json.dumps(
+            {"status": PRE_REGISTERED, "task_name": "claim", "mode": mode,
+             "verdict_rule": VERDICT_RULE, "preregistration": prereg}, indent=1))
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
-    say(f"verdict rule (fixed before any result): {VERDICT_RULE}")
-    say(describe_cache(cache_dir))
-    claim = ClaimTask(task)
-    splits = J.task_splits(claim, cache_dir)
-    timings["speech"] = time.perf_counter() - t
-    say(f"task: the text side learns column arithmetic from {task.text_questions} worked "
-         f"examples; {len(splits['pool'])} fresh questions form the distillation pool; "
-         f"{len(splits['eval'])} in-domain, {len(splits['transfer'])} transfer (comparison) and "
-         f"{len(splits['retention'])} retention (beep counting) held-out items")
 
-    t = time.perf_counter()
-    base, base_path, source = pretrained_base(claim, splits, cache_dir=cache_dir,
-                                              progress=progress, refresh=refresh)
-    timings["pretrain"] = time.perf_counter() - t
-    say(f"base: {sum(p.numel() for p in base.model.parameters()) / 1e3:.0f}k parameters, "
-         f"{source} ({base_path})")
+    def phase(name: str, start: float) -> None:
+        timings[name] = time.perf_counter() - start
+        timings["total"] = time.perf_counter() - t0
+        timings_file.write_text(json.dumps(timings))
+
+    if mode != "quick":  # a quick run's first line says what it is (cord/demo/cli.py)
+        say(f"verdict rule (fixed before any training): {VERDICT_RULE}")
+    claim = ClaimTask(task)
+    splits, base, base_path, source = J.open_task(claim, cache_dir, refresh=refresh,
+                                                  progress=progress, timings=timings)
     ctx = J.Context(claim, post, base_path, cache_dir)
     ident = {"task": asdict(task), "post": asdict(post), "base": J.base_name(base_path)}
 
@@ -291,9 +322,11 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
         control_items.setdefault(job.learning_rate, []).append(r["val"]["audio_items"])
     rate_choice = choose_shared_rate(control_items, base_val["audio_items"])
     rate = rate_choice["rate"]
-    timings["rate_grid"] = time.perf_counter() - t
+    phase("rate_grid", t)
     say(f"shared learning rate: {rate:g}" + ("" if rate_choice["controlled"] else
-         " (NO rate of the grid moved the control: the comparison has no power)"))
+         " (no rate of the grid moved the control" + (": expected at the smoke test's size)"
+                                                     if mode == "quick" else
+                                                     ": the comparison has no power)")))
 
     # 2. The base: its scores and the preconditions.
     t = time.perf_counter()
@@ -308,23 +341,28 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
 
     measured = _cached(jobs_dir / "base.json", ident, measure_base)
     pre = CR.preconditions(measured["values"])
-    timings["base_eval"] = time.perf_counter() - t
+    phase("base_eval", t)
     for name, p in pre.items():
         v = "n/a" if p["value"] is None else f"{p['value']:.3f}"
-        say(f"precondition {name}: {v} ({p['bound']}){'' if p['ok'] else '  NOT MET'}")
+        say(f"precondition {name}: {v} ({p['bound']}){'' if p['ok'] else '  not met'}")
+    hist = position_histogram(measured["first_error_positions"])
+    say("base's first wrong token by position band: " + ", ".join(
+        f"{k}: {v}" for k, v in hist["by_band"].items()) + f" (of {hist['n']} wrong answers)")
 
     # 3. Every method at the shared rate; --full adds methods and the other rates.
     t = time.perf_counter()
     plan = {"a": (methods, seeds, rate)}
     if cfg.get("extra"):
         plan["extra"] = (tuple(cfg["extra"]) + COMPARED, tuple(cfg["extra_seeds"]), rate)
+    if cfg.get("secondary") and cfg["secondary"] != rate:  # else table (a) is at that rate
+        plan[CR.secondary_table(cfg["secondary"])] = (methods, seeds, cfg["secondary"])
     if cfg["sensitivity"]:
         for r in RATE_GRID:
-            if r != rate:
+            if r != rate and not (cfg.get("secondary") and r == cfg["secondary"]):
                 plan[f"lr {r:g}"] = (methods, seeds[:1], r)
     summary, paired, verdicts, reasons, powers, scores_all, tokens_all = ({}, {}, {}, {}, {},
                                                                          {}, {})
-    curves, kl_after = {}, {}
+    curves, kl_after, parts, sentences = {}, {}, {}, {}
     for table, (t_methods, t_seeds, t_rate) in plan.items():
         jobs = _jobs(t_methods, t_seeds, t_rate, scratch, out if table == "a" else None,
                      tag=table.replace(" ", ""), save_models=save_models, curve=table == "a")
@@ -338,29 +376,37 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
                          curves=c)
         summary[table], paired[table] = s["summary"], s["paired"]
         verdicts[table], reasons[table], powers[table] = s["verdict"], s["reason"], s["power"]
+        parts[table], sentences[table] = s["parts"], s["sentence"]
         scores_all[table], tokens_all[table] = _compact(scores), tokens
-    timings["post_train"] = time.perf_counter() - t
+    phase("post_train", t)
 
     t = time.perf_counter()
     if save_models:
         base.model.save_pretrained(out / "models" / "base")
         base.processor.save_pretrained(out / "models" / "base")
-    timings["report"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
+    phase("report", t)
+    every = [*earlier, timings]
+    run_timings = {k: sum(tm.get(k, 0.0) for tm in every) for k in timings}
     results = {
+        "status": "complete", "preregistration": prereg,
         "task_name": "claim", "mode": mode, "seeds": list(seeds), "methods": list(methods),
         "task": asdict(task), "post_training": asdict(post), "base_source": source,
         "learning_rate": rate, "steps": post.max_steps, "learning_rate_rule": rate_choice,
         "preconditions": pre, "summary": summary, "paired": paired, "verdict": verdicts,
-        "verdict_reason": reasons, "power": powers.get("a"), "power_by_table": powers,
-        "verdict_rule": VERDICT_RULE,
+        "verdict_reason": reasons, "verdict_sentence": sentences, "verdict_parts": parts,
+        "power": powers.get("a"), "power_by_table": powers, "verdict_rule": VERDICT_RULE,
+        "first_error_positions": {
+            **position_histogram(measured["first_error_positions"]),
+            "positions": measured["first_error_positions"],
+            "teacher_at_error_by_band": measured["teacher_at_error"].get("by_band")},
         "base_measures": {"values": measured["values"],
                           "first_error_positions": measured["first_error_positions"],
                           "teacher_at_error": measured["teacher_at_error"],
                           "teacher_recovery": measured["teacher_recovery"]},
         "kl": {"base": measured["kl"], "after": kl_after}, "curves": curves,
         "curves_base": measured["curves_base"], "loss_gradient_norms": measured["grad_norms"],
-        "per_seed": scores_all, "timings_s": timings, "timings_s_earlier": earlier,
+        "per_seed": scores_all, "timings_s": run_timings,
+        "timings_s_resume": timings if earlier else None,
         "setting": setting_text(task, post, seeds, rate), "command": command,
         "environment": (f"Python {platform.python_version()}, torch {torch.__version__}, "
                         f"{platform.processor() or platform.machine()} ({cpu_name()}), "
@@ -428,16 +474,14 @@ def reevaluate(directory: str | Path, eval_seed: int, *, cache_dir=None,
     ``DIR/reevaluate-<seed>/`` (results.json and README.md): the same tables, with item
     bootstrap CIs (one saved model per method)."""
     directory = Path(directory)
+    lacks = check_run_dir(directory, for_reevaluate=True)
+    if lacks:
+        raise FileNotFoundError(f"{directory}: {lacks}")
     run = json.loads((directory / "results.json").read_text())
-    if run.get("task_name") != "claim":
-        raise ValueError(f"{directory} is not a claim-demo run (cord demo --task claim)")
     task = ClaimTaskConfig(**run["task"])
     post = P.PostTrainConfig(**run["post_training"])
     models = directory / "models"
     methods = [m for m in run["methods"] if (models / m / "config.json").is_file()]
-    if not (models / "base" / "config.json").is_file() or not methods:
-        raise FileNotFoundError(f"{models} lacks the saved base or methods: run the demo "
-                                "without --no-save-models")
     fresh = fresh_eval_sets(task, eval_seed)
     speech = SlottedSpeech(slot_seconds=task.slot_seconds, rate=task.tts_rate,
                            cache_dir=cache_dir)
@@ -446,10 +490,12 @@ def reevaluate(directory: str | Path, eval_seed: int, *, cache_dir=None,
         fresh[k] = [{**r, "audio": {"array": speech.speak(r["text"]),
                                     "sampling_rate": 16_000}} for r in fresh[k]]
     scores = {}
+    base = load_base(models / "base")
     for m in ["base", *methods]:
         if progress:
             say(f"re-scoring {m} on eval seed {eval_seed}")
-        scores[m] = [CM.score_claim_model(load_base(models / m), fresh, post)]
+        scores[m] = [CM.score_claim_model(base if m == "base" else load_base(models / m), fresh,
+                                          post)]
     rate = run["learning_rate"]
     # the tokens each method generated in post-training (the run's), not in this scoring
     tokens = {m: [run["summary"]["a"][m]["generated_tokens"]] for m in methods}
@@ -457,16 +503,23 @@ def reevaluate(directory: str | Path, eval_seed: int, *, cache_dir=None,
                      preconditions=run["preconditions"])
     out = directory / f"reevaluate-{eval_seed}"
     out.mkdir(exist_ok=True)
+    firsts = CM.first_error_positions(base, scores["base"][0]["audio_responses"], fresh["eval"],
+                                      scores["base"][0]["eval_audio_items"])
     result = {"eval_seed": eval_seed, "methods": methods, "learning_rate": rate,
               "steps": run["steps"], "preconditions": run["preconditions"],
+              "preconditions_source": "measured on the base in the run (not re-measured)",
               "summary": {"a": s["summary"]}, "paired": {"a": s["paired"]},
               "verdict": {"a": s["verdict"]}, "verdict_reason": {"a": s["reason"]},
+              "verdict_sentence": {"a": s["sentence"]}, "verdict_parts": {"a": s["parts"]},
               "power": s["power"], "verdict_rule": VERDICT_RULE,
+              "first_error_positions": {**position_histogram(firsts), "positions": firsts,
+                                        "items": "the base's wrong answers on these items"},
               "items": {k: [r["id"] for r in v] for k, v in fresh.items()}}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
     text = [f"# Re-evaluation of {directory} on fresh items (eval seed {eval_seed})", "",
             "The seed-0 model of every method, scored on new held-out items; CIs are item "
-            "bootstrap only (one model per method).", "", CR.verdict_block(result),
+            "bootstrap only (one model per method). The preconditions are the run's, measured "
+            "on its base.", "", CR.verdict_block(result),
             CR.summary_table(s["summary"]), CR.paired_table(s["paired"])]
     (out / "README.md").write_text("\n".join(text) + "\n")
     return result

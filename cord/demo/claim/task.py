@@ -27,6 +27,13 @@ class ClaimTask:
                                cache_dir=cache_dir)
         return attach_claim_audio(make_claim_splits(self.config), self.config, speech)
 
+    def describe(self, splits):
+        return (f"task: the text side learns column arithmetic from "
+                f"{self.config.text_questions} worked examples; {len(splits['pool'])} fresh "
+                f"questions form the distillation pool; {len(splits['eval'])} in-domain, "
+                f"{len(splits['transfer'])} transfer (comparison) and "
+                f"{len(splits['retention'])} retention (beep counting) held-out items")
+
     def build_model(self, seed=None):
         return build_claim_model(self.config, seed=seed)
 

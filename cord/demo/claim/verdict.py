@@ -1,12 +1,13 @@
 """The claim demo's verdict: a rule fixed before any result, applied to paired-bootstrap CIs.
 
 The paper (arXiv 2601.16547) claims that CORD closes more of the audio-text gap than imitation
-of the text teacher (SFT, forward KL), in-domain and on tasks it was not post-trained on, while
-keeping what the audio side could already do. The rule below says in advance what would support
-that claim and what would refute it, and it never reads "nothing moved" as either: a comparison
-counts only where it is *powered*, that is where a positive control moved the metric by a known
-amount and the CI of the CORD − imitation difference is narrow enough to see the paper's
-smallest margin. Everything else is inconclusive, with the reason spelled out.
+of the text teacher (SFT, forward KL), by large margins on its transfer sets (15 points and
+more) and small ones in-domain, while keeping what the audio side could already do. The rule
+below (issue 38) is in two parts for each *powered* comparison: whether CORD has an edge over
+imitation at all, and whether its transfer edge reaches the paper's margin; a headline then
+says in a fixed order what the parts add up to. "Nothing moved" never reads as a result: a
+comparison counts only where a positive control moved the metric by a known amount and the CI
+of the CORD − imitation difference is narrow enough to see the paper's smallest margin.
 
 Light on purpose (no numpy, no torch): the rule is printed before any model is trained.
 """
@@ -36,22 +37,33 @@ METRICS = ("in_domain_gap_reduction", "transfer_gap_reduction", "retention")
 AXIS_NAMES = {"in_domain": "in-domain", "transfer": "transfer"}
 
 VERDICT_RULE = (
-    f"Let δ = {DELTA * 100:.0f} gap-reduction points (the paper's smallest CORD − FKL transfer "
-    "margin) and, for X in {in-domain, transfer}, D_X = CORD − max(SFT, FKL) on X's gap "
-    "reduction (max taken replicate by replicate of the paired bootstrap; 95% CIs). "
-    "(1) A failing precondition makes the verdict inconclusive. "
-    "(2) X is powered when its positive control beats the base (gold SFT in-domain: CI lower "
-    f"bound ≥ δ; gold SFT on spoken comparisons for transfer: lower bound > 0) and D_X's CI "
-    "half-width is ≤ δ; if no X is powered: inconclusive (no power). "
-    "(3) Supported: some powered X has D_X's lower bound > 0 and CORD − base on X (CORD's own "
-    "gap reduction) with lower bound > 0, and neither CI of CORD − SFT nor of CORD − FKL on "
-    f"retention has its upper bound below −{RETENTION_MARGIN * 100:.0f} points. "
-    "(4) Refuted: every powered X has D_X's upper bound < δ, or a retention CI's upper bound "
-    f"is below −{RETENTION_MARGIN * 100:.0f} points. "
-    "(5) Otherwise inconclusive, with the reason naming which part held. "
-    "'Nothing moved' can never read as refuted: without a moving control there is no verdict."
+    f"Let δ = {DELTA * 100:.0f} gap-reduction points (the paper's smallest CORD − FKL margin on "
+    "its transfer sets) and, for X in {in-domain, transfer}, D_X = CORD − max(SFT, FKL) on X's "
+    "gap reduction (max taken replicate by replicate of the paired bootstrap; 95% CIs). "
+    "X is powered when its positive control beats the base (gold SFT in-domain: CI lower "
+    "bound ≥ δ; gold SFT on spoken comparisons for transfer: lower bound > 0) and D_X's CI "
+    "half-width is ≤ δ. For each powered X, two parts: the EDGE is 'shown' when D_X's lower "
+    "bound is > 0 and CORD − base on X has its lower bound > 0, 'absent' when D_X's upper "
+    "bound is ≤ 0, otherwise 'open'; the MARGIN (transfer only, 'n/a' in-domain) is 'reached' "
+    "when D_X's lower bound is ≥ δ, 'excluded' when its upper bound is < δ, otherwise 'open'. "
+    "The headline is the first of these that applies: (1) a failing precondition: "
+    "'inconclusive (precondition NAME failed: value vs bound)'; (2) no X powered: "
+    "'inconclusive (no power)'; (3) a retention CI of CORD − SFT or CORD − FKL with upper "
+    f"bound < −{RETENTION_MARGIN * 100:.0f} points: 'not reproduced (retention)'; (4) the "
+    "transfer margin reached and an edge shown: 'reproduced'; (5) an edge shown on some X: "
+    "'edge smaller than the paper's' when the transfer margin is excluded, else 'edge shown, "
+    "margin open'; (6) the transfer margin excluded and no edge shown: 'not reproduced'; "
+    "(7) otherwise 'inconclusive' with what is open. 'Nothing moved' never reads as not "
+    "reproduced: without a moving control there is no verdict."
 )
-VERDICTS = ("supported", "refuted", "inconclusive")
+"""The rule of issue 38, fixed before any training (docs/claim_demo.md states it with the
+preconditions, the rate grid and the analysis plan; changing it needs a new issue)."""
+HEADLINES = ("inconclusive", "not reproduced (retention)", "reproduced",
+             "edge smaller than the paper's", "edge shown, margin open", "not reproduced")
+"""The headlines the rule can give (an inconclusive one carries its reason in parentheses)."""
+EDGES = ("shown", "absent", "open")
+MARGINS = ("reached", "excluded", "open", "n/a")
+NOT_POWERED = "not powered"
 
 
 def _bounds(block: Mapping[str, Any]) -> tuple[float, float]:
@@ -91,10 +103,31 @@ def assess_power(paired: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[
     return out
 
 
+def verdict_parts(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                  power: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """X -> ``{edge, margin, powered}`` by :data:`VERDICT_RULE` (an unpowered X's parts read
+    :data:`NOT_POWERED`)."""
+    out = {}
+    for x, metric in AXES.items():
+        if not power[x]["powered"]:
+            out[x] = {"edge": NOT_POWERED, "margin": NOT_POWERED, "powered": False}
+            continue
+        d_lo, d_hi = _bounds(paired[BEST_IMITATION][metric])
+        c_lo, _ = _bounds(paired["cord - base"][metric])
+        edge = ("shown" if d_lo > 0 and c_lo > 0 else "absent" if d_hi <= 0 else "open")
+        if x != "transfer":
+            margin = "n/a"
+        else:
+            margin = "reached" if d_lo >= DELTA else "excluded" if d_hi < DELTA else "open"
+        out[x] = {"edge": edge, "margin": margin, "powered": True}
+    return out
+
+
 def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
             preconditions: Mapping[str, Mapping[str, Any]] | None = None,
-            power: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, str]:
-    """``(verdict, reason)`` by :data:`VERDICT_RULE`; verdict is one of :data:`VERDICTS`.
+            power: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The headline, its plain-words sentence, the reason and the parts, by
+    :data:`VERDICT_RULE`: ``{headline, sentence, reason, parts}``.
 
     Args:
         paired: pair name -> metric -> ``{"mean", "ci95": [lo, hi]}``, with
@@ -107,74 +140,88 @@ def verdict(paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
     missing = [p for p in need if p not in paired]
     if missing:
         raise ValueError(f"the verdict needs the pairs {list(need)}; missing {missing}")
+    power = assess_power(paired) if power is None else power
+    parts = verdict_parts(paired, power)
+    powered = [x for x in AXES if parts[x]["powered"]]
+    shown = "; ".join(_d_text(paired, x) for x in AXES)
+
+    def out(headline, sentence, reason):
+        return {"headline": headline, "sentence": sentence, "reason": reason, "parts": parts}
+
     failed = [k for k, p in (preconditions or {}).items() if not p["ok"]]
     if failed:
-        shown = ", ".join(f"{k} = {decimal(preconditions[k]['value'])} (needs "
-                          f"{preconditions[k]['bound']})" for k in failed)
-        return "inconclusive", f"precondition failed: {shown}"
-    power = assess_power(paired) if power is None else power
-    powered = [x for x in AXES if power[x]["powered"]]
+        names = ", ".join(f"{k} failed: {decimal(preconditions[k]['value'])} vs "
+                          f"{preconditions[k]['bound']}" for k in failed)
+        return out(f"inconclusive (precondition {names})",
+                   "The base is outside the paper's regime in a respect fixed before the run, "
+                   "so by the rule this run cannot say whether CORD beats imitation of the "
+                   "teacher; its comparisons are reported below, not judged.",
+                   f"precondition {names}; reported, not judged: {shown}")
     if not powered:
-        parts = []
-        for x, p in power.items():
-            lo, hi = p["control_minus_base"]["ci95"]
-            if not (_known(lo) and _known(hi)):  # a table without its control (--full's extra)
-                parts.append(f"{AXIS_NAMES[x]}: its control ({p['control']}) was not run with "
-                             "these methods")
-                continue
-            floor = "≥ 15" if CONTROL_FLOOR[x] > 0 else "> 0"
-            parts.append(f"{AXIS_NAMES[x]}: control ({p['control']}) − base {_pts(lo, hi)} "
-                         f"(lower bound must be {floor}), CORD − max(SFT, FKL) half-width "
-                         f"{_halfwidth(p['halfwidth'])} (must be ≤ {DELTA * 100:.0f})")
-        return "inconclusive", "no power: " + "; ".join(parts)
-
+        return out("inconclusive (no power)",
+                   "No comparison could see the paper's margin (a control that did not move "
+                   "or a CI too wide), so this run says nothing either way.",
+                   "no power: " + _no_power_text(power))
     worse = []
     for m in IMITATION:
         lo, hi = _bounds(paired[f"cord - {m}"]["retention"])
         if _known(hi) and hi < -RETENTION_MARGIN:
             worse.append(f"CORD − {m.upper()} on retention {_pts(lo, hi)}")
-    held = []
-    for x in powered:
-        d_lo, d_hi = _bounds(paired[BEST_IMITATION][AXES[x]])
-        c_lo, c_hi = _bounds(paired["cord - base"][AXES[x]])
-        if d_lo > 0 and c_lo > 0:
-            held.append(f"{AXIS_NAMES[x]}: CORD − max(SFT, FKL) {_pts(d_lo, d_hi)} and CORD − "
-                        f"base {_pts(c_lo, c_hi)} both above 0")
-    if held and not worse:
-        return "supported", "; ".join(held) + "; retention not worse than SFT's or FKL's"
     if worse:
-        return "refuted", "CORD retains worse than imitation: " + "; ".join(worse)
-    below = [x for x in powered if _bounds(paired[BEST_IMITATION][AXES[x]])[1] < DELTA]
-    if len(below) == len(powered):
-        shown = "; ".join(f"{AXIS_NAMES[x]}: CORD − max(SFT, FKL) "
-                          f"{_pts(*_bounds(paired[BEST_IMITATION][AXES[x]]))}" for x in powered)
-        return "refuted", (f"on every powered comparison the CI excludes a margin of "
-                           f"{DELTA * 100:.0f} points: {shown}")
-    reasons = []
-    for x in powered:
-        d_lo, d_hi = _bounds(paired[BEST_IMITATION][AXES[x]])
-        c_lo, c_hi = _bounds(paired["cord - base"][AXES[x]])
-        if d_lo > 0:
-            reasons.append(f"CORD beats imitation on {AXIS_NAMES[x]} (CORD − max(SFT, FKL) "
-                           f"{_pts(d_lo, d_hi)}) but does not itself close the gap (CORD − base "
-                           f"{_pts(c_lo, c_hi)})")
-        else:
-            reasons.append(f"on {AXIS_NAMES[x]}, CORD − max(SFT, FKL) {_pts(d_lo, d_hi)} "
-                           "neither lies above 0 nor below the margin")
-    lost = []
-    for m in IMITATION:
-        block = paired.get(f"{m} - base", {}).get("text_after")
-        if block is not None and _known(block["mean"]):
-            lost.append(f"{m.upper()} {100 * block['mean']:+.1f}")
-    if lost:
-        reasons.append("text accuracy after imitation vs the base: " + ", ".join(lost)
-                       + " points")
-    unpowered = [AXIS_NAMES[x] for x in AXES if x not in powered]
-    if unpowered:
-        reasons.append(f"{', '.join(unpowered)} not powered")
-    return "inconclusive", "; ".join(reasons)
+        return out("not reproduced (retention)",
+                   "CORD lost more of an audio skill no method trained on than imitation of "
+                   "the teacher did, which the paper's claim excludes.",
+                   "CORD retains worse than imitation: " + "; ".join(worse))
+    edges = [x for x in powered if parts[x]["edge"] == "shown"]
+    margin = parts["transfer"]["margin"]
+    if margin == "reached" and edges:
+        return out("reproduced",
+                   f"CORD beat imitation of the teacher, on transfer by at least the paper's "
+                   f"smallest margin of {DELTA * 100:.0f} points.", shown)
+    if edges:
+        names = " and ".join(AXIS_NAMES[x] for x in edges)
+        if margin == "excluded":
+            return out("edge smaller than the paper's",
+                       f"CORD beat imitation of the teacher ({names}), but on transfer by less "
+                       f"than the paper's smallest margin of {DELTA * 100:.0f} points.", shown)
+        return out("edge shown, margin open",
+                   f"CORD beat imitation of the teacher ({names}); whether its transfer edge "
+                   f"reaches the paper's {DELTA * 100:.0f} points is open.", shown)
+    if margin == "excluded":
+        return out("not reproduced",
+                   f"CORD's margin over imitation of the teacher on transfer is below the "
+                   f"paper's {DELTA * 100:.0f} points, and no edge over imitation was shown.",
+                   shown)
+    open_parts = [f"{AXIS_NAMES[x]} edge {parts[x]['edge']}" for x in powered]
+    if "transfer" in powered:
+        open_parts.append(f"transfer margin {margin}")
+    open_parts += [f"{AXIS_NAMES[x]} not powered" for x in AXES if x not in powered]
+    return out(f"inconclusive ({', '.join(open_parts)})",
+               "Neither an edge of CORD over imitation of the teacher nor the paper's margin "
+               "was shown or excluded on the powered comparisons.", shown)
 
 
+def _d_text(paired, x: str) -> str:
+    metric = AXES[x]
+    d_lo, d_hi = _bounds(paired[BEST_IMITATION][metric])
+    c_lo, c_hi = _bounds(paired["cord - base"][metric])
+    return (f"{AXIS_NAMES[x]}: CORD − max(SFT, FKL) {_pts(d_lo, d_hi)}, CORD − base "
+            f"{_pts(c_lo, c_hi)}")
+
+
+def _no_power_text(power) -> str:
+    parts = []
+    for x, p in power.items():
+        lo, hi = p["control_minus_base"]["ci95"]
+        if not (_known(lo) and _known(hi)):  # a table without its control (--full's extra)
+            parts.append(f"{AXIS_NAMES[x]}: its control ({p['control']}) was not run with "
+                         "these methods")
+            continue
+        floor = f"≥ {DELTA * 100:.0f}" if CONTROL_FLOOR[x] > 0 else "> 0"
+        parts.append(f"{AXIS_NAMES[x]}: control ({p['control']}) − base {_pts(lo, hi)} "
+                     f"(lower bound must be {floor}), CORD − max(SFT, FKL) half-width "
+                     f"{_halfwidth(p['halfwidth'])} (must be ≤ {DELTA * 100:.0f})")
+    return "; ".join(parts)
 
 
 def _halfwidth(h: float) -> str:

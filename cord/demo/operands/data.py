@@ -30,12 +30,10 @@ lookup: :mod:`cord.demo.base`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll
+from cord.demo.task import DemoTaskConfig
 from cord.models.adapter import Qwen2AudioAdapter
 from cord.models.tiny import build_tiny_qwen2_audio
 
@@ -53,7 +52,7 @@ TEMPLATES = ("{q}", "what is {q}", "compute {q}", "tell me {q}")
 
 
 @dataclass(frozen=True)
-class GapTaskConfig:
+class GapTaskConfig(DemoTaskConfig):
     """Sizes of the task, the model and the pre-training that opens the gap.
 
     The defaults are the default demo; :data:`QUICK` is the CI size.
@@ -69,28 +68,9 @@ class GapTaskConfig:
     audio_qa: int = 150
     """Spoken questions WITH worked answers in pre-training; the other training questions are
     heard only for transcription and form the unlabelled pool that post-training distils on."""
-    seed: int = 0
-    # model (cord.models.tiny.build_tiny_qwen2_audio)
-    hidden_size: int = 64
-    num_layers: int = 4
-    audio_d_model: int = 64
-    audio_layers: int = 2
-    # audio: 0.48 s slots are exactly 6 audio tokens per word at the tiny encoder's rate
-    slot_seconds: float = 0.48
-    chunk_seconds: int = 5
-    """Long enough for the longest question (9 words of 0.48 s); longer audio would be cut."""
-    tts_rate: int = 175
-    # pre-training
-    pretrain_steps: int = 1200
-    batch_size: int = 32
-    learning_rate: float = 3e-3
     audio_qa_every: int = 2
     """One audio-QA batch every this many steps (text QA and transcription every step)."""
 
-    def key(self) -> str:
-        """A short hash naming the cached pretrained model of this configuration."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:12]
 
 
 QUICK = GapTaskConfig(eval_questions=120, val_questions=40, transfer_questions=40,

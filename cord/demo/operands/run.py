@@ -37,14 +37,13 @@ import torch
 from cord.data.paired import write_paired
 from cord.demo import jobs as J
 from cord.demo import posttrain as P
-from cord.demo.base import pretrained_base
 from cord.demo.format import say
 from cord.demo.methods import DEFAULT_METHODS, METHODS
 from cord.demo.operands import measure as M
+from cord.demo.operands import rates as RT
 from cord.demo.operands import report as R
 from cord.demo.operands.data import QUICK, GapTaskConfig
 from cord.demo.operands.task import OperandsTask
-from cord.demo.speech import describe_cache
 from cord.eval.analyze import analyze_rollouts, save_rollouts
 from cord.eval.stats import paired_bootstrap
 
@@ -78,7 +77,7 @@ def settings(mode: str) -> dict[str, Any]:
                 "post": P.PostTrainConfig(max_steps=LONG * P.PostTrainConfig.max_steps,
                                           eval_every=P.PostTrainConfig.max_steps),
                 "seeds": (0, 1, 2), "methods": ("sft", "fkl", "grpo_opd", "cord"),
-                "grid": True, "rates": P.LEARNING_RATES[:3]}
+                "grid": True, "rates": RT.LEARNING_RATES[:3]}
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
@@ -102,13 +101,13 @@ def _rates(mode, ctx: J.Context, methods, scratch: Path, workers: int, base_val)
         if not RATES_FILE.is_file():
             raise FileNotFoundError(f"{RATES_FILE} is missing: run `cord demo --full --rates-only`"
                                     " to choose the learning rates")
-        chosen = P.load_rates(RATES_FILE)
+        chosen = RT.load_rates(RATES_FILE)
         missing = [m for m in methods if m not in chosen]
         if missing:
             raise ValueError(f"{RATES_FILE} has no learning rate for {missing}: run "
                              "`cord demo --full --rates-only`")
         return {m: chosen[m] for m in methods}, None
-    rates = settings(mode).get("rates", P.LEARNING_RATES)
+    rates = settings(mode).get("rates", RT.LEARNING_RATES)
     jobs = [J.Job(m, 0, lr, scratch / f"grid-{m}-{lr:g}", score=False)
             for m in methods for lr in rates]
 
@@ -120,8 +119,8 @@ def _rates(mode, ctx: J.Context, methods, scratch: Path, workers: int, base_val)
     grid: dict[str, dict[float, dict[str, float]]] = {m: {} for m in methods}
     for job, r in zip(jobs, results):
         grid[job.method][job.learning_rate] = r["val"]
-    selected = {m: P.select_rate(grid[m], base_val["text"]) for m in methods}
-    record = P.rates_record(grid, selected, base_val, ctx.post, rates)
+    selected = {m: RT.select_rate(grid[m], base_val["text"]) for m in methods}
+    record = RT.rates_record(grid, selected, base_val, ctx.post, rates)
     return {m: selected[m]["rate"] for m in methods}, record
 
 
@@ -153,16 +152,9 @@ def run_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     cfg = settings(mode)
-    seeds = tuple(cfg["seeds"] if seeds is None else seeds)
-    methods = tuple(cfg["methods"] if methods is None else methods)
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
+    seeds, methods = J.run_options(cfg, seeds, methods)
     if rates_only and not cfg["grid"]:
         raise ValueError("rates_only needs mode='full' or 'long' (the modes that run the grid)")
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got "
-                         f"{list(methods)}")
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -181,21 +173,9 @@ def _run_demo(mode, task: GapTaskConfig, post: P.PostTrainConfig, seeds, methods
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
 
-    say(describe_cache(cache_dir))
     operands = OperandsTask(task)
-    splits = J.task_splits(operands, cache_dir)
-    timings["speech"] = time.perf_counter() - t
-    say(f"task: {len(splits['train'])} training questions (text QA and transcription on all, "
-         f"spoken QA on {len(splits['audio_qa'])}; the other {len(splits['distill'])} are the "
-         f"unlabelled pairs of post-training); {len(splits['val'])} validation, "
-         f"{len(splits['eval'])} held-out and {len(splits['transfer'])} transfer questions")
-
-    t = time.perf_counter()
-    base, base_path, source = pretrained_base(operands, splits, cache_dir=cache_dir,
-                                              progress=progress, refresh=refresh)
-    timings["pretrain"] = time.perf_counter() - t
-    n_params = sum(p.numel() for p in base.model.parameters())
-    say(f"base: {n_params / 1e3:.0f}k parameters, {source} ({base_path})")
+    splits, base, base_path, source = J.open_task(operands, cache_dir, refresh=refresh,
+                                                  progress=progress, timings=timings)
     ctx = J.Context(operands, post, base_path, cache_dir)
 
     t = time.perf_counter()

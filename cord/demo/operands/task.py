@@ -23,6 +23,13 @@ class OperandsTask:
         return {k: v if k == "text_only" else attach_audio(v, speech)
                 for k, v in make_splits(self.config).items()}
 
+    def describe(self, splits):
+        return (f"task: {len(splits['train'])} training questions (text QA and transcription "
+                f"on all, spoken QA on {len(splits['audio_qa'])}; the other "
+                f"{len(splits['distill'])} are the unlabelled pairs of post-training); "
+                f"{len(splits['val'])} validation, {len(splits['eval'])} held-out and "
+                f"{len(splits['transfer'])} transfer questions")
+
     def build_model(self, seed=None):
         return build_gap_model(self.config, seed=seed)
 
