@@ -19,14 +19,23 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from vocab_parallel_inputs import (
+    SIZES,
+    B,
+    T,
+    V,
+    gen,
+    heads,
+    logits,
+    ragged_mask,
+    spread_teacher,
+    topk_targets,
+)
 
 import cord_kernels as ck
 from cord_kernels import reference as ref
 
 VALUE_RTOL, GRAD_RTOL = 2e-5, 1e-4
-# Slices per world size: uneven on purpose (V = 13 is not divisible by 2 or 3).
-SIZES = {2: [7, 6], 3: [3, 6, 4]}
-B, T, V = 3, 7, 13
 
 
 @dataclass
@@ -58,7 +67,7 @@ class Ctx:
     def close_grad(self, name: str, got, want, leaf_l, leaf, seed: int):
         """Backward of ``want`` (one process) and ``got`` (this rank) with one random cotangent,
         then this rank's gradient of ``leaf_l`` against ``leaf``'s columns."""
-        cot = torch.randn(want.shape, generator=_gen(seed))
+        cot = torch.randn(want.shape, generator=gen(seed))
         (want * cot).sum().backward()
         (got * cot).sum().backward()
         self.close(name, leaf_l.grad, self.cols(leaf.grad), GRAD_RTOL, leaf.grad)
@@ -72,33 +81,6 @@ class Ctx:
         err = ((got - want).abs().max() / scale.clamp_min(1e-30)).item()
         self.errors[name] = max(err, self.errors.get(name, 0.0))
         assert err <= rtol, f"{name}: max relative error {err:.2e} > {rtol:.0e}"
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _logits(seed, *shape):
-    return torch.randn(*shape, generator=_gen(seed)) * 2.0
-
-
-def _mask():
-    m = torch.ones(B, T, dtype=torch.bool)
-    m[0, 2] = m[0, 5] = False  # holes
-    m[1, :2] = False  # left padding
-    m[2, 6] = False
-    return m
-
-
-def _spread_teacher(s, sizes):
-    """A teacher whose largest divergences sit in different ranks' slices: token t gets a
-    large bump in rank (t mod W)'s slice, so the CORD top-K crosses shard boundaries."""
-    u = s + 0.3 * torch.randn(s.shape, generator=_gen(7))
-    starts = [sum(sizes[:r]) for r in range(len(sizes))]
-    for t in range(s.shape[1]):
-        r = t % len(sizes)
-        u[:, t, starts[r]] += 3.0 + t
-    return u
 
 
 def _count(ctx: Ctx, name: str, fn, *args, **kwargs):
@@ -131,8 +113,8 @@ def _count(ctx: Ctx, name: str, fn, *args, **kwargs):
 
 
 def _pair_case(ctx, name, fn, *, teacher_grad=False, **kw):
-    s = _logits(1, B, T, V).requires_grad_()
-    u = _spread_teacher(s.detach(), ctx.sizes).requires_grad_(teacher_grad)
+    s = logits(1, B, T, V).requires_grad_()
+    u = spread_teacher(s.detach(), ctx.sizes).requires_grad_(teacher_grad)
     s_l, u_l = ctx.cols(s), ctx.cols(u)
     want = fn(s, u, teacher_grad=teacher_grad, impl="torch", **kw)
     got = _count(ctx, name, fn, s_l, u_l, teacher_grad=teacher_grad,
@@ -151,7 +133,7 @@ def case_triton_taken(ctx):
     apply = kl_parallel.TritonVocabParallelKLFunction.apply
     kl_parallel.TritonVocabParallelKLFunction.apply = lambda *a: calls.append(1) or apply(*a)
     try:
-        s = _logits(1, B, T, V)
+        s = logits(1, B, T, V)
         ck.reverse_kl(ctx.cols(s), ctx.cols(s.flip(-1)), process_group=ctx.group)
     finally:
         kl_parallel.TritonVocabParallelKLFunction.apply = apply
@@ -162,8 +144,9 @@ def case_triton_taken(ctx):
     kl_parallel.TritonVocabParallelTileKL.stats = \
         lambda self, *a, **kw: tiles.append(1) or stats(self, *a, **kw)
     try:
-        h_s, h_t, w, _, _, _ = _heads(Ht=8)
-        ck.fused_linear_distill_loss(h_s, h_t, ctx.rows(w), _mask(), process_group=ctx.group)
+        h_s, h_t, w, _, _, _ = heads(Ht=8)
+        ck.fused_linear_distill_loss(h_s, h_t, ctx.rows(w), ragged_mask(),
+                                     process_group=ctx.group)
     finally:
         kl_parallel.TritonVocabParallelTileKL.stats = stats
     assert tiles
@@ -181,20 +164,20 @@ def case_kl_jsd(ctx):
 def case_tvd(ctx):
     """tvd logits in and fused linear (token weights, a teacher head of its own) on the uneven
     split against the float64 reference: 3 all-reduces per call (per chunk)."""
-    s = _logits(1, B, T, V).requires_grad_()
-    u = _spread_teacher(s.detach(), ctx.sizes)
+    s = logits(1, B, T, V).requires_grad_()
+    u = spread_teacher(s.detach(), ctx.sizes)
     s_l = ctx.cols(s)
     got = _count(ctx, "tvd", ck.tvd, s_l, ctx.cols(u), temperature=0.8,
                  process_group=ctx.group)
     s64 = s.detach().double().requires_grad_()
     want = ref.tvd(s64, u.double(), temperature=0.8)
     ctx.close("tvd value", got, want, VALUE_RTOL)
-    cot = torch.randn(want.shape, generator=_gen(3), dtype=torch.float64)
+    cot = torch.randn(want.shape, generator=gen(3), dtype=torch.float64)
     (want * cot).sum().backward()
     (got * cot.float()).sum().backward()
     ctx.close("tvd grad s", s_l.grad, ctx.cols(s64.grad), GRAD_RTOL, s64.grad)
     assert ctx.counts["tvd"]["all_reduce"] == 3
-    weights = torch.rand(B, T, generator=_gen(9))
+    weights = torch.rand(B, T, generator=gen(9))
     _fused_case(ctx, "fused_linear_distill_loss[tvd]", ck.fused_linear_distill_loss,
                 {"divergence": "tvd", "temperature": 0.9, "token_weights": weights})
     # 1 to agree on the chunks, 3 per chunk, 1 of the hidden-state gradient
@@ -202,8 +185,8 @@ def case_tvd(ctx):
 
 
 def case_token_logprobs(ctx):
-    x = _logits(2, B, T, V).requires_grad_()
-    labels = torch.randint(0, V, (B, T), generator=_gen(4))
+    x = logits(2, B, T, V).requires_grad_()
+    labels = torch.randint(0, V, (B, T), generator=gen(4))
     labels[0, 1] = labels[2, 3] = -100
     want = ck.token_logprobs(x, labels, temperature=0.9, impl="torch")
     x_l = ctx.cols(x)
@@ -219,9 +202,9 @@ def case_token_logprobs(ctx):
 
 
 def case_cord_token_loss(ctx):
-    s = _logits(1, B, T, V).requires_grad_()
-    u = _spread_teacher(s.detach(), ctx.sizes)
-    mask = _mask()
+    s = logits(1, B, T, V).requires_grad_()
+    u = spread_teacher(s.detach(), ctx.sizes)
+    mask = ragged_mask()
     for kw in ({"top_k": 2, "temperature": 0.7},
                {"top_k": 3, "alpha": 3.0, "beta": 1.5, "num_items_in_batch": 11},
                {"top_k": 2, "reduction": "none"}):
@@ -242,10 +225,11 @@ def case_cord_token_loss(ctx):
 
 
 def case_module(ctx):
-    s = _logits(1, B, T, V)
-    u = _spread_teacher(s, ctx.sizes)
-    want = ck.CordTokenLoss(top_k=2)(s, u, _mask())
-    got = ck.CordTokenLoss(top_k=2, process_group=ctx.group)(ctx.cols(s), ctx.cols(u), _mask())
+    s = logits(1, B, T, V)
+    u = spread_teacher(s, ctx.sizes)
+    want = ck.CordTokenLoss(top_k=2)(s, u, ragged_mask())
+    got = ck.CordTokenLoss(top_k=2, process_group=ctx.group)(ctx.cols(s), ctx.cols(u),
+                                                             ragged_mask())
     ctx.close("CordTokenLoss value", got, want, VALUE_RTOL)
 
 
@@ -253,9 +237,9 @@ def case_dtensor(ctx):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
     mesh = init_device_mesh("cpu", (ctx.world,))
-    s = _logits(1, B, T, V).requires_grad_()
-    u = _spread_teacher(s.detach(), [7, 6])
-    mask = _mask()
+    s = logits(1, B, T, V).requires_grad_()
+    u = spread_teacher(s.detach(), [7, 6])
+    mask = ragged_mask()
     want = ck.cord_token_loss(s, u, mask, top_k=2, impl="torch")
     want.backward()
     s_d = distribute_tensor(s.detach().clone(), mesh, [Shard(-1)]).requires_grad_()
@@ -268,7 +252,7 @@ def case_dtensor(ctx):
     ctx.close("dtensor cord_token_loss grad", s_d.grad.to_local(), s.grad[..., lo:hi],
               GRAD_RTOL, s.grad)
     # a head sharded on the vocabulary (Shard(0)), replicated hidden states
-    h_s, h_t, w, b, _, _ = _heads(Ht=8)
+    h_s, h_t, w, b, _, _ = heads(Ht=8)
     want = ck.fused_linear_cord_token_loss(h_s, h_t, w, mask, bias=b, top_k=2, impl="torch")
     want.backward()
     w_d = distribute_tensor(w.detach().clone(), mesh, [Shard(0)]).requires_grad_()
@@ -285,19 +269,11 @@ def case_dtensor(ctx):
               b.grad[lo:hi], GRAD_RTOL, b.grad)
 
 
-def _topk_targets(k=4):
-    """A sparse teacher whose ids spread over every rank's slice, with unused (-inf) slots."""
-    lp, ids = ck.teacher_topk(_logits(8, B, T, V), k)
-    lp[0, 3, 2:] = float("-inf")
-    lp[2, 1, :] = float("-inf")  # a valid position without any valid slot
-    return lp, ids
-
-
 def case_sparse(ctx):
-    s = _logits(1, B, T, V).requires_grad_()
-    lp, ids = _topk_targets()
-    mask = _mask()
-    weights = torch.rand(B, T, generator=_gen(9))
+    s = logits(1, B, T, V).requires_grad_()
+    lp, ids = topk_targets()
+    mask = ragged_mask()
+    weights = torch.rand(B, T, generator=gen(9))
     for kw in ({"divergence": "forward_kl", "tail": "bucket", "temperature": 0.8,
                 "token_weights": weights},
                {"divergence": "jsd", "jsd_beta": 0.4, "tail": "renormalize",
@@ -317,7 +293,7 @@ def case_sparse(ctx):
     # student top-k: k = 4 is more than rank 0's slice at W = 3. The reference is the fp64
     # call: the fp32 single-process one is 1.8e-4 off fp64 in its gradient here (the bucket
     # 1 - sum_S cancels), the vocabulary-parallel one 1.7e-5.
-    u = _spread_teacher(s.detach(), ctx.sizes)
+    u = spread_teacher(s.detach(), ctx.sizes)
     for kw in ({"divergence": "reverse_kl"}, {"divergence": "jsd", "jsd_beta": 0.3,
                                              "tail": "renormalize", "temperature": 1.2}):
         s.grad = None
@@ -335,16 +311,16 @@ def case_sparse(ctx):
 
 
 def case_teacher_topk(ctx):
-    x = _logits(8, B, T, V)
+    x = logits(8, B, T, V)
     want_lp, want_ids = ck.teacher_topk(x, 5, temperature=0.9)
     got_lp, got_ids = _count(ctx, "teacher_topk", ck.teacher_topk,
         ctx.cols(x), 5, temperature=0.9, process_group=ctx.group)
     assert torch.equal(got_ids, want_ids)
     ctx.close("teacher_topk logprobs", got_lp, want_lp, VALUE_RTOL)
     assert ctx.counts["teacher_topk"] == {"all_reduce": 2, "all_gather_single": 2}
-    h = torch.randn(B, T, 8, generator=_gen(10))
-    w = torch.randn(V, 8, generator=_gen(11))
-    b = torch.randn(V, generator=_gen(12))
+    h = torch.randn(B, T, 8, generator=gen(10))
+    w = torch.randn(V, 8, generator=gen(11))
+    b = torch.randn(V, generator=gen(12))
     want_lp, want_ids = ck.teacher_topk((h, w), 5, bias=b)
     got_lp, got_ids = ck.teacher_topk((h, ctx.rows(w)), 5, bias=ctx.rows(b),
                                       process_group=ctx.group, vocab_offset=ctx.lo)
@@ -352,19 +328,9 @@ def case_teacher_topk(ctx):
     ctx.close("teacher_topk (hidden, weight) logprobs", got_lp, want_lp, VALUE_RTOL)
 
 
-def _heads(H=8, Ht=6):
-    h_s = torch.randn(B, T, H, generator=_gen(20)).requires_grad_()
-    h_t = torch.randn(B, T, Ht, generator=_gen(21))
-    w = (torch.randn(V, H, generator=_gen(22)) * 0.7).requires_grad_()
-    b = (torch.randn(V, generator=_gen(23)) * 0.5).requires_grad_()
-    w_t = torch.randn(V, Ht, generator=_gen(24)) * 0.7
-    b_t = torch.randn(V, generator=_gen(25)) * 0.5
-    return h_s, h_t, w, b, w_t, b_t
-
-
 def _fused_case(ctx, name, fn, kw, reduce_hidden_grad=True):
-    h_s, h_t, w, b, w_t, b_t = _heads()
-    mask = _mask()
+    h_s, h_t, w, b, w_t, b_t = heads()
+    mask = ragged_mask()
     want, d_want = fn(h_s, h_t, w, mask, bias=b, teacher_weight=w_t, teacher_bias=b_t,
                       impl="torch", return_per_token=True, **kw)
     h_l, w_l, b_l = h_s.detach().clone().requires_grad_(), ctx.rows(w), ctx.rows(b)
@@ -374,7 +340,7 @@ def _fused_case(ctx, name, fn, kw, reduce_hidden_grad=True):
                         reduce_hidden_grad=reduce_hidden_grad, **kw)
     ctx.close(f"{name} value", got, want, VALUE_RTOL)
     ctx.close(f"{name} per-token", d_got, d_want, VALUE_RTOL)
-    cot = torch.randn(want.shape, generator=_gen(26))
+    cot = torch.randn(want.shape, generator=gen(26))
     (want * cot).sum().backward()
     (got * cot).sum().backward()
     g_h = h_l.grad
@@ -387,7 +353,7 @@ def _fused_case(ctx, name, fn, kw, reduce_hidden_grad=True):
 
 
 def case_fused_distill(ctx):
-    weights = torch.rand(B, T, generator=_gen(9))
+    weights = torch.rand(B, T, generator=gen(9))
     for i, kw in enumerate((
             {"divergence": "reverse_kl", "temperature": 0.8, "token_weights": weights},
             {"divergence": "forward_kl", "softcap": 3.0, "logit_scale": 0.9,
@@ -409,8 +375,8 @@ def case_fused_distill(ctx):
 
 
 def case_fused_logprobs(ctx):
-    h_s, _, w, b, _, _ = _heads()
-    labels = torch.randint(0, V, (B, T), generator=_gen(4))
+    h_s, _, w, b, _, _ = heads()
+    labels = torch.randint(0, V, (B, T), generator=gen(4))
     labels[0, 1] = labels[2, 3] = -100
     for kw in ({"temperature": 0.9}, {"softcap": 3.0, "logit_scale": 1.1,
                                       "chunk_bytes": 4 * 7 * 2 * 3}):
@@ -420,7 +386,7 @@ def case_fused_logprobs(ctx):
         got = _count(ctx, "fused_linear_token_logprobs", ck.fused_linear_token_logprobs,
                      h_l, w_l, labels, bias=b_l, process_group=ctx.group, **kw)
         ctx.close("fused_linear_token_logprobs value", got, want, VALUE_RTOL)
-        cot = torch.randn(want.shape, generator=_gen(27))
+        cot = torch.randn(want.shape, generator=gen(27))
         (want * cot).sum().backward()
         (got * cot).sum().backward()
         ctx.close("fused_linear_token_logprobs grad hidden", h_l.grad, h_s.grad, GRAD_RTOL)
@@ -434,10 +400,10 @@ def case_fused_logprobs(ctx):
 
 
 def case_fused_sparse(ctx):
-    h_s, _, w, b, _, _ = _heads()
-    lp, ids = _topk_targets()
-    mask = _mask()
-    weights = torch.rand(B, T, generator=_gen(9))
+    h_s, _, w, b, _, _ = heads()
+    lp, ids = topk_targets()
+    mask = ragged_mask()
+    weights = torch.rand(B, T, generator=gen(9))
     for kw in ({"divergence": "forward_kl", "temperature": 0.8, "token_weights": weights},
                {"divergence": "jsd", "jsd_beta": 0.4, "tail": "renormalize", "softcap": 3.0,
                 "logit_scale": 1.1, "num_items_in_batch": 9, "chunk_bytes": 4 * 7 * 4},
@@ -451,7 +417,7 @@ def case_fused_sparse(ctx):
                             bias=b_l, process_group=ctx.group, return_per_token=True, **kw)
         ctx.close("fused_linear_sparse_teacher_loss value", got, want, VALUE_RTOL)
         ctx.close("fused_linear_sparse_teacher_loss per-token", d_got, d_want, VALUE_RTOL)
-        cot = torch.randn(want.shape, generator=_gen(28))
+        cot = torch.randn(want.shape, generator=gen(28))
         (want * cot).sum().backward()
         (got * cot).sum().backward()
         ctx.close("fused_linear_sparse_teacher_loss grad hidden", h_l.grad, h_s.grad,
@@ -518,54 +484,3 @@ def test_vocab_parallel_matches_the_full_vocabulary(world, monkeypatch):
     for k, v in sorted(worst.items()):
         print(f"  {k:40s} {v:.2e}")
     print("collectives per call (rank 0):", json.dumps(results[0]["counts"]))
-
-
-def test_process_group_none_is_bit_identical(monkeypatch):
-    """``process_group=None`` takes today's path: equal bits to a call without it, and no
-    vocabulary-parallel collective (patched to fail) is ever reached."""
-    from cord_kernels.core import vocab_parallel as vp
-
-    def no_collective(*a, **kw):
-        raise AssertionError("a collective with process_group=None")
-
-    monkeypatch.setattr(vp, "all_reduce_", no_collective)
-    monkeypatch.setattr(vp, "all_gather_", no_collective)
-    s = _logits(1, B, T, V).requires_grad_()
-    u = _spread_teacher(s.detach(), [7, 6])
-    mask = _mask()
-    a = ck.cord_token_loss(s, u, mask, top_k=2, impl="torch")
-    b = ck.cord_token_loss(s, u, mask, top_k=2, impl="torch", process_group=None)
-    assert torch.equal(a, b)
-    ga, = torch.autograd.grad(a, s)
-    gb, = torch.autograd.grad(b, s)
-    assert torch.equal(ga, gb)
-    for fn in (ck.reverse_kl, ck.forward_kl, ck.jsd):
-        assert torch.equal(fn(s, u, impl="torch"), fn(s, u, impl="torch", process_group=None))
-    labels = torch.randint(0, V, (B, T), generator=_gen(4))
-    assert torch.equal(ck.token_logprobs(s, labels, impl="torch"),
-                       ck.token_logprobs(s, labels, impl="torch", process_group=None))
-    lp, ids = _topk_targets()
-    calls = [
-        lambda **kw: ck.sparse_teacher_loss(s, lp, ids, mask, impl="torch", **kw),
-        lambda **kw: ck.student_topk_distill_loss(s, u, mask, k=3, impl="torch", **kw),
-        lambda **kw: ck.teacher_topk(u, 3, **kw)[0],
-    ]
-    h_s, h_t, w, b, w_t, b_t = _heads()
-    calls += [
-        lambda **kw: ck.fused_linear_distill_loss(h_s, h_t, w, mask, bias=b, teacher_weight=w_t,
-                                                  teacher_bias=b_t, impl="torch", **kw),
-        lambda **kw: ck.fused_linear_cord_token_loss(h_s, h_s, w, mask, top_k=2, impl="torch",
-                                                     **kw),
-        lambda **kw: ck.fused_linear_token_logprobs(h_s, w, labels, impl="torch", **kw),
-        lambda **kw: ck.fused_linear_sparse_teacher_loss(h_s, w, lp, ids, mask, impl="torch",
-                                                         **kw),
-    ]
-    for call in calls:
-        assert torch.equal(call(), call(process_group=None))
-
-
-def test_vocab_offset_needs_a_group():
-    with pytest.raises(ValueError, match="vocab_offset"):
-        ck.token_logprobs(torch.randn(2, 5), torch.zeros(2, dtype=torch.long), vocab_offset=3)
-    with pytest.raises(TypeError, match="process_group"):
-        ck.reverse_kl(torch.randn(2, 5), torch.randn(2, 5), process_group="world")
