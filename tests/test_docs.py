@@ -228,7 +228,7 @@ CLAIM_PAGE_NUMBERS = {
     "40": "the tens-first worked example", "30": "the tens-first worked example",
     "70": "the tens-first worked example", "80": "the tens-first worked example",
     "13": "the tens-first format's units-digit tokens (13 and 15; claim/data.py answer_format)",
-    "0.40": "a precondition bound (claim/report.py BOUNDS, fixed by issue 38)",
+    "0.40": "a precondition bound (claim/verdict.py BOUNDS, fixed by issue 38)",
     "0.80": "a precondition bound", "0.50": "a precondition bound", "0.85": "a precondition bound",
     "0.30": "a precondition bound", "0.3": "a precondition bound, as results.json writes it",
     "0.70": "a precondition bound", "0.95": "a precondition bound", "0.20": "a precondition bound",

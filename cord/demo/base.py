@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
 from cord.demo.speech import SAMPLING_RATE, default_cache_dir
@@ -60,6 +61,32 @@ def nll(adapter, prompts, completion, mask):
     logits = adapter.completion_logits(prompts, completion, mask)
     lp = token_logprobs(logits, completion)
     return -(lp * mask).sum(-1).mean()
+
+
+def pretrain_schedule(model, config, desc: str, progress: bool):
+    """Either task's pre-training optimizer, one-cycle schedule and progress bar over
+    ``config.pretrain_steps``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
+    bar = tqdm(range(config.pretrain_steps), desc=desc, unit="step", disable=not progress)
+    return opt, sched, bar
+
+
+def pretrain_step(model, opt, sched, losses: dict[str, torch.Tensor], bar, step: int, *,
+                  digits: int) -> dict[str, float]:
+    """One pre-training step of either task on the sum of its losses (gradients clipped at
+    1); returns the losses as floats, shown on the progress bar every 10 steps."""
+    loss = sum(losses.values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    record = {k: float(v.detach()) for k, v in losses.items()}
+    if step % 10 == 0:
+        bar.set_postfix({k: f"{v:.{digits}f}" for k, v in record.items()})
+    return record
 
 
 def load_base(path: str | Path) -> Qwen2AudioAdapter:

@@ -34,6 +34,7 @@ SWEEP = ("cord_ab1", "cord", "cord_ab3")
 class PostTrainConfig:
     """Settings shared by every post-training method (only the objective differs)."""
 
+    # Plain fields with defaults: they resemble other configs by shape only (duplicates).
     max_steps: int = 40
     batch_size: int = 8
     max_completion_length: int = 40

@@ -24,6 +24,7 @@ class DemoTaskConfig:
     (each task adds its sizes; a task may give a field another default by declaring it again).
     Light on purpose (no torch)."""
 
+    # Plain fields with defaults: they resemble other configs by shape only (duplicates).
     seed: int = 0
     # model (cord.models.tiny.build_tiny_qwen2_audio)
     hidden_size: int = 64

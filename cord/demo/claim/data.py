@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll
+from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll, pretrain_schedule, pretrain_step
 from cord.demo.speech import SAMPLING_RATE, SlottedSpeech
 from cord.demo.task import DemoTaskConfig
 from cord.models.adapter import Qwen2AudioAdapter
@@ -69,6 +68,7 @@ class ClaimTaskConfig(DemoTaskConfig):
     The defaults are the default demo's; :data:`CLAIM_QUICK` is the CI size.
     """
 
+    # Plain fields with defaults: they resemble other configs by shape only (duplicates).
     text_questions: int = 250
     """Worked arithmetic examples the text side learns from: the knob that makes the teacher
     imperfect (measured on fresh questions: 44% right at 250, 55% at 300 with 33 corrected
@@ -531,11 +531,7 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
     if fix_batch:  # trained beside the clean chains, at correction_share of the chains
         groups["corrections"] = (Batcher(adapter, splits["corrections"], "text", "worked"), 1)
         sizes["corrections"] = fix_batch
-    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
-    bar = tqdm(range(config.pretrain_steps), desc="pre-training the claim base", unit="step",
-               disable=not progress)
+    opt, sched, bar = pretrain_schedule(model, config, "pre-training the claim base", progress)
     history = []
     for step in bar:
         losses = {}
@@ -543,15 +539,6 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
             if step % every == 0:
                 idx = torch.randperm(batcher.n, generator=gen)[: min(sizes[name], batcher.n)]
                 losses[name] = nll(adapter, *batcher.batch(idx))
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        record = {k: float(v.detach()) for k, v in losses.items()}
-        history.append(record)
-        if step % 10 == 0:
-            bar.set_postfix({k: f"{v:.2f}" for k, v in record.items()})
+        history.append(pretrain_step(model, opt, sched, losses, bar, step, digits=2))
     model.eval()
     return history

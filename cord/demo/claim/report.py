@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from cord.demo.claim.files import QUICK_LINE
+from cord.demo.claim.plots import (
+    METRIC_LABELS,
+    plot_curves,
+    plot_kl_correct_wrong,
+    plot_reductions,
+)
 from cord.demo.claim.positions import position_histogram
 from cord.demo.claim.verdict import (
     AXIS_NAMES,
@@ -21,25 +26,12 @@ from cord.demo.claim.verdict import (
     METRICS,
     VERDICT_RULE,
     assess_power,
+    preconditions,
     verdict,
 )
 from cord.demo.format import decimal, label, pc
 from cord.eval.stats import PairedItemBootstrap, ci95
 
-#: name -> (low, high) bound; None is unbounded on that side. Fixed by issue 38 before any
-#: training and stated in docs/claim_demo.md: changing one needs a new issue, never a commit
-#: after a run. ``late_first_errors`` (the share of wrong audio answers whose first wrong token
-#: comes after token 10) keeps the student's errors at states it reaches itself, where
-#: on-policy distillation differs from imitation (at tokens 0-1 the student's prefix is the
-#: prompt, the state the teacher's samples start from).
-BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "teacher_accuracy": (0.40, 0.80),
-    "base_audio_over_text": (0.50, 0.85),
-    "teacher_at_error": (0.50, None),
-    "late_first_errors": (0.30, None),
-    "retention_base": (0.70, 0.95),
-    "transfer_base_gap": (0.20, None),
-}
 PAIRS = (("cord", "sft"), ("cord", "fkl"), ("cord", "grpo_opd"))
 COLLAPSE = 0.10
 """A method whose text accuracy after training is this far below the base's is flagged."""
@@ -62,29 +54,7 @@ def secondary_table(rate: float) -> str:
     """The name of --full's declared secondary analysis at ``rate`` (issue 38 D):
     ``"secondary (3e-5)"``."""
     return f"secondary ({rate:.0e})".replace("e-0", "e-")
-METRIC_LABELS = {
-    "in_domain_gap_reduction": "in-domain gap reduction",
-    "transfer_gap_reduction": "transfer gap reduction",
-    "retention": "retention",
-    "text_after": "text after",
-}
 NO_GAP = "n/a (no gap on the base)"
-
-
-def _bound_text(lo, hi) -> str:
-    if hi is None:
-        return f">= {lo}"
-    return f"in [{lo}, {hi}]"
-
-
-def preconditions(values: dict[str, float | None]) -> dict[str, dict[str, Any]]:
-    """``{name: {value, bound, ok}}`` for the :data:`BOUNDS`."""
-    out = {}
-    for name, (lo, hi) in BOUNDS.items():
-        v = values.get(name)
-        ok = v is not None and not math.isnan(v) and v >= lo and (hi is None or v <= hi)
-        out[name] = {"value": v, "bound": _bound_text(lo, hi), "ok": bool(ok)}
-    return out
 
 
 def flags(row: dict[str, Any], base_text: float, curve: list[dict] | None) -> list[str]:
@@ -298,102 +268,6 @@ def failed(pre: dict[str, dict]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Plots
-# --------------------------------------------------------------------------------------------
-
-
-def _na(ax, why: str) -> None:
-    """Says "n/a" and why on a panel that has nothing to show, instead of leaving it blank."""
-    ax.text(0.5, 0.5, f"n/a\n({why})", ha="center", va="center", transform=ax.transAxes,
-            fontsize=9, color="gray")
-    ax.set_xticks([])
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
-    """Validation in-domain gap, transfer gap, retention and text accuracy against step."""
-    curves = results.get("curves") or {}
-    if not curves:
-        return None
-    base = results["curves_base"]
-    fig = Figure(figsize=(13, 3.2))
-    axes = fig.subplots(1, 4)
-    panels = (("in-domain gap (text base − audio)", lambda p: base["text"] - p["audio"]),
-              ("transfer gap (text base − audio)",
-               lambda p: base["transfer_text"] - p["transfer_audio"]),
-              ("retention (beep counting)", lambda p: p["retention"]),
-              ("text accuracy (in-domain)", lambda p: p["text"]))
-    for ax, (title, f) in zip(axes, panels):
-        for i, (m, curve) in enumerate(curves.items()):
-            steps = [0] + [p["step"] for p in curve]
-            ax.plot(steps, [100 * f(base)] + [100 * f(p) for p in curve], marker="o",
-                    label=label(m)[2:], color=f"C{i}")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-    axes[0].set_ylabel("%")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plot_kl_correct_wrong(results: dict[str, Any], path: Path) -> Path | None:
-    """The paper's Figure 2 contrast: mean KL along correct and wrong audio rollouts, on the
-    base and after each method (seed 0)."""
-    kl = results.get("kl") or {}
-    rows = [("base", kl.get("base"))] + list((kl.get("after") or {}).items())
-    rows = [(m, s) for m, s in rows if s]
-    if not rows:
-        return None
-    fig = Figure(figsize=(8, 3.2))
-    ax = fig.subplots()
-    x = np.arange(len(rows))
-    for j, (key, name) in enumerate((("mean_kl_correct", "correct rollouts"),
-                                     ("mean_kl_incorrect", "wrong rollouts"))):
-        ax.bar(x + 0.4 * j - 0.2, [s.get(key) or 0.0 for _, s in rows], 0.4, label=name)
-        for i, (_, s) in enumerate(rows):
-            if s.get(key) is None:  # no rollout of that kind: no mean, not a zero
-                ax.text(i + 0.4 * j - 0.2, 0, "n/a", ha="center", va="bottom", fontsize=7,
-                        color="gray", rotation=90)
-    ax.set_xticks(x, [label(m).lstrip("+ ") for m, _ in rows], fontsize=8, rotation=15)
-    ax.set_ylabel("mean KL(audio || text) per token")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plot_reductions(results: dict[str, Any], path: Path, table: str = "a") -> Path:
-    """Every method's in-domain and transfer gap reduction and retention with 95% CIs."""
-    summary = results["summary"][table]
-    methods = [m for m in summary if m != "base"]
-    fig = Figure(figsize=(11, 3.2))
-    axes = fig.subplots(1, 3, sharey=True)
-    for ax, metric in zip(axes, ("in_domain_gap_reduction", "transfer_gap_reduction",
-                                 "retention")):
-        shown = 0
-        for i, m in enumerate(methods):
-            row = summary[m]
-            v, (lo, hi) = row[metric], row[f"{metric}_ci95"]
-            if v is None or math.isnan(v):
-                continue
-            shown += 1
-            ax.errorbar([100 * v], [i], xerr=[[100 * (v - lo)], [100 * (hi - v)]], fmt="o",
-                        color=f"C{i}", capsize=3)
-        if not shown:
-            _na(ax, "no gap on the base" if "gap" in metric else "no value")
-        if metric == "retention":
-            ax.axvline(100 * summary["base"]["retention"], color="gray", ls="--", lw=1)
-        else:
-            ax.axvline(0, color="gray", ls="--", lw=1)
-        ax.set_title(METRIC_LABELS[metric] + " (%)", fontsize=9)
-    axes[0].set_yticks(range(len(methods)), [label(m).lstrip("+ ") for m in methods],
-                       fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# README of a run
 # --------------------------------------------------------------------------------------------
 
 

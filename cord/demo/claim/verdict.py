@@ -14,10 +14,43 @@ Light on purpose (no numpy, no torch): the rule is printed before any model is t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from cord.demo.format import decimal
+
+#: name -> (low, high) bound; None is unbounded on that side. Fixed by issue 38 before any
+#: training and stated in docs/claim_demo.md: changing one needs a new issue, never a commit
+#: after a run. ``late_first_errors`` (the share of wrong audio answers whose first wrong token
+#: comes after token 10) keeps the student's errors at states it reaches itself, where
+#: on-policy distillation differs from imitation (at tokens 0-1 the student's prefix is the
+#: prompt, the state the teacher's samples start from).
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "teacher_accuracy": (0.40, 0.80),
+    "base_audio_over_text": (0.50, 0.85),
+    "teacher_at_error": (0.50, None),
+    "late_first_errors": (0.30, None),
+    "retention_base": (0.70, 0.95),
+    "transfer_base_gap": (0.20, None),
+}
+
+
+def _bound_text(lo, hi) -> str:
+    if hi is None:
+        return f">= {lo}"
+    return f"in [{lo}, {hi}]"
+
+
+def preconditions(values: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    """``{name: {value, bound, ok}}`` for the :data:`BOUNDS`."""
+    out = {}
+    for name, (lo, hi) in BOUNDS.items():
+        v = values.get(name)
+        ok = v is not None and not math.isnan(v) and v >= lo and (hi is None or v <= hi)
+        out[name] = {"value": v, "bound": _bound_text(lo, hi), "ok": bool(ok)}
+    return out
+
 
 DELTA = 0.15
 """δ: the paper's smallest CORD − FKL transfer margin (MMSU), 15 gap-reduction points."""

@@ -38,9 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll
+from cord.demo.base import TRANSCRIBE_INSTRUCTION, Batcher, nll, pretrain_schedule, pretrain_step
 from cord.demo.task import DemoTaskConfig
 from cord.models.adapter import Qwen2AudioAdapter
 from cord.models.tiny import build_tiny_qwen2_audio
@@ -220,11 +219,7 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
     text_qa = Batcher(adapter, splits["train"] + splits["text_only"], "text", "worked")
     transcribe = Batcher(adapter, splits["train"], "audio", "transcript")
     audio_qa = Batcher(adapter, splits["audio_qa"], "audio", "worked")
-    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.learning_rate, total_steps=config.pretrain_steps, pct_start=0.1)
-    bar = tqdm(range(config.pretrain_steps), desc="pre-training (text >> audio)", unit="step",
-               disable=not progress)
+    opt, sched, bar = pretrain_schedule(model, config, "pre-training (text >> audio)", progress)
     history = []
 
     def draw(b: Batcher):
@@ -236,16 +231,7 @@ def pretrain(adapter, splits: dict[str, list[dict]], config: GapTaskConfig, *,
                   "transcribe": nll(adapter, *transcribe.batch(draw(transcribe)))}
         if step % config.audio_qa_every == 0:
             losses["audio_qa"] = nll(adapter, *audio_qa.batch(draw(audio_qa)))
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        record = {k: float(v.detach()) for k, v in losses.items()}
-        history.append(record)
-        if step % 10 == 0:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
+        history.append(pretrain_step(model, opt, sched, losses, bar, step, digits=3))
     model.eval()
     return history
 
