@@ -15,9 +15,17 @@ from cord.demo import jobs as J
 from cord.demo.claim import report as CR
 from cord.demo.claim import run as C
 from cord.demo.claim.files import QUICK_LINE, check_run_dir
-from cord.demo.claim.report import BOUNDS, flags, preconditions, summarize
+from cord.demo.claim.report import flags, summarize
 from cord.demo.claim.task import ClaimTask
-from cord.demo.claim.verdict import BEST_IMITATION, METRICS, VERDICT_RULE, assess_power, verdict
+from cord.demo.claim.verdict import (
+    BEST_IMITATION,
+    BOUNDS,
+    METRICS,
+    VERDICT_RULE,
+    assess_power,
+    preconditions,
+    verdict,
+)
 from cord.eval.evaluate import gap_reduction as mean_gap_reduction
 from cord.eval.stats import PairedItemBootstrap, gap_reduction
 

@@ -49,7 +49,14 @@ from cord.demo.claim.data import (
 from cord.demo.claim.files import PRE_REGISTERED, RUN_FILE, check_run_dir
 from cord.demo.claim.positions import LATE_TOKEN, position_histogram
 from cord.demo.claim.task import ClaimTask
-from cord.demo.claim.verdict import CONTROLS, DELTA, RETENTION_MARGIN, VERDICT_RULE
+from cord.demo.claim.verdict import (
+    BOUNDS,
+    CONTROLS,
+    DELTA,
+    RETENTION_MARGIN,
+    VERDICT_RULE,
+    preconditions,
+)
 from cord.demo.format import say
 from cord.demo.speech import SlottedSpeech
 from cord.eval.analyze import save_rollouts
@@ -249,7 +256,7 @@ def preregistration(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
                     "one seed each (descriptive)")
     plan.append("anything else is exploratory and labelled so")
     return {"rule": VERDICT_RULE, "delta": DELTA, "retention_margin": RETENTION_MARGIN,
-            "preconditions": {k: CR.preconditions({})[k]["bound"] for k in CR.BOUNDS},
+            "preconditions": {k: preconditions({})[k]["bound"] for k in BOUNDS},
             "rate_grid": list(RATE_GRID), "analysis_plan": plan, "mode": mode}
 
 
@@ -340,7 +347,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
                                                     post)}
 
     measured = _cached(jobs_dir / "base.json", ident, measure_base)
-    pre = CR.preconditions(measured["values"])
+    pre = preconditions(measured["values"])
     phase("base_eval", t)
     for name, p in pre.items():
         v = "n/a" if p["value"] is None else f"{p['value']:.3f}"
