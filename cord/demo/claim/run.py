@@ -41,6 +41,7 @@ from cord.demo import posttrain as P
 from cord.demo.base import load_base
 from cord.demo.claim import measure as CM
 from cord.demo.claim import report as CR
+from cord.demo.claim import verdict as CV
 from cord.demo.claim.data import (
     CLAIM_QUICK,
     ClaimTaskConfig,
@@ -49,14 +50,7 @@ from cord.demo.claim.data import (
 from cord.demo.claim.files import PRE_REGISTERED, RUN_FILE, check_run_dir
 from cord.demo.claim.positions import LATE_TOKEN, position_histogram
 from cord.demo.claim.task import ClaimTask
-from cord.demo.claim.verdict import (
-    BOUNDS,
-    CONTROLS,
-    DELTA,
-    RETENTION_MARGIN,
-    VERDICT_RULE,
-    preconditions,
-)
+from cord.demo.claim.verdict import CONTROLS, DELTA, RETENTION_MARGIN, VERDICT_RULE
 from cord.demo.format import say
 from cord.demo.speech import SlottedSpeech
 from cord.eval.analyze import save_rollouts
@@ -256,7 +250,7 @@ def preregistration(mode: str, cfg: dict[str, Any]) -> dict[str, Any]:
                     "one seed each (descriptive)")
     plan.append("anything else is exploratory and labelled so")
     return {"rule": VERDICT_RULE, "delta": DELTA, "retention_margin": RETENTION_MARGIN,
-            "preconditions": {k: preconditions({})[k]["bound"] for k in BOUNDS},
+            "preconditions": {k: CV.preconditions({})[k]["bound"] for k in CV.BOUNDS},
             "rate_grid": list(RATE_GRID), "analysis_plan": plan, "mode": mode}
 
 
@@ -347,7 +341,7 @@ def run_claim_demo(*, mode: str = "default", seeds: Sequence[int] | None = None,
                                                     post)}
 
     measured = _cached(jobs_dir / "base.json", ident, measure_base)
-    pre = preconditions(measured["values"])
+    pre = CV.preconditions(measured["values"])
     phase("base_eval", t)
     for name, p in pre.items():
         v = "n/a" if p["value"] is None else f"{p['value']:.3f}"
