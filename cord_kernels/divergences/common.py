@@ -53,19 +53,24 @@ class TileDivergence(Protocol):
     """One divergence's row math on a chunk's (n, V) tiles (``fused/distill.py``)::
 
         state = div.stats(s, u, want_grad)     state.d: (n,) fp32 divergence per row
-        row_scale = div.write_grad(s, u, state, g)
-            afterwards diag(row_scale) @ s = diag(g) dDiv/ds (row_scale None: s holds it)
+        row_scale = div.write_grad(s, u, state, g, out)
+            afterwards diag(row_scale) @ out = diag(g) dDiv/ds (row_scale None: out holds
+            it); ``out`` None means s itself
 
     Torch versions may destroy the tiles in ``stats`` (they form tau dDiv/ds in s while each
     row block is in cache and return g / tau as the row scale); Triton versions only read them
-    there and ``write_grad`` runs the streaming backward kernel with s as its output."""
+    there and ``write_grad`` runs the streaming backward kernel with s as its output, or with
+    ``out`` (an (n, V) tile of another dtype, e.g. the bf16 operand of the backward GEMMs),
+    rounded on store. ``grad_into`` says whether ``out`` may be given."""
+
+    grad_into: bool
 
     def stats(self, s: torch.Tensor, u: torch.Tensor, want_grad: bool = True,
               want_entropy: bool = False) -> TileStats:
         ...
 
     def write_grad(self, s: torch.Tensor, u: torch.Tensor, state: TileStats,
-                   g: torch.Tensor) -> torch.Tensor | None:
+                   g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor | None:
         ...
 
 
@@ -107,6 +112,8 @@ def new_entropy(s: torch.Tensor, want: bool) -> torch.Tensor | None:
 class TorchTileDivergence(abc.ABC):
     """The row-block loop of the torch tile versions: ``_block`` turns one block of s into
     tau dDiv/ds (when ``want_grad``) and returns Div of its rows."""
+
+    grad_into = False  # the gradient is formed in s by stats; write_grad only scales
 
     def __init__(self, params: DivParams):
         self.inv_t = 1.0 / params.temperature

@@ -312,6 +312,7 @@ class HeadProblem:
         self.index = index
         self.n_valid = index.numel()
         self.n_tiles = n_tiles
+        self.chunk_bytes = chunk_bytes
         self.max_rows = rows_per_chunk(chunk_bytes, self.V, n_tiles, self.dtype)
 
     def spans(self, n: int | None = None):
@@ -413,9 +414,14 @@ def plan_chunks(counts: list[int], max_rows: int) -> list[Chunk]:
     return chunks
 
 
-def rows_per_chunk(chunk_bytes: int, vocab: int, n_tiles: int, dtype: torch.dtype) -> int:
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return max(1, chunk_bytes // (n_tiles * vocab * itemsize))
+def rows_per_chunk(chunk_bytes: int, vocab: int, n_tiles: int, dtype: torch.dtype,
+                   grad_dtype: torch.dtype | None = None) -> int:
+    """Rows whose ``n_tiles`` (rows, V) tiles in ``dtype``, and a gradient tile in
+    ``grad_dtype`` if one is given, fit in ``chunk_bytes``."""
+    row_bytes = n_tiles * vocab * dtype.itemsize
+    if grad_dtype is not None:
+        row_bytes += vocab * grad_dtype.itemsize
+    return max(1, chunk_bytes // row_bytes)
 
 
 # A GPU with room lets the default budget grow to a quarter of its free memory, up to this.

@@ -115,6 +115,18 @@ class FixedWeights:
 # ------------------------------------------------------------------------------- problem
 
 
+def gradient_tile_dtype(head: ch.LMHead, divergence, transform: ch.LogitTransform
+                        ) -> torch.dtype | None:
+    """The dtype of a separate logits-gradient tile, or None to form the gradient in the fp32
+    student tile. The backward kernel rounds on store straight into the backward GEMMs'
+    operand dtype (bf16/fp16) when the head multiplies natively in it and nothing is chained
+    after the kernel (no logit transform): one fp32 write and a separate cast pass over the
+    tile saved (issue 34 B)."""
+    if head.native and divergence.grad_into and transform == ch.LogitTransform():
+        return head.weight.dtype
+    return None
+
+
 class DistillProblem(ch.HeadProblem):
     """Everything one call needs: flat hidden states, heads, the valid rows and the tiles.
 
@@ -144,11 +156,16 @@ class DistillProblem(ch.HeadProblem):
         self.divergence = make_tile_divergence(
             params.opts.divergence, params.impl,
             DivParams(params.opts.temperature, params.opts.jsd_beta), params.opts.process_group)
+        self.grad_dtype = gradient_tile_dtype(self.head, self.divergence, self.transform)
+        if self.grad_dtype is not None:  # the budget holds the gradient tile too
+            self.max_rows = ch.rows_per_chunk(self.chunk_bytes, self.V, self.n_tiles,
+                                              self.dtype, self.grad_dtype)
         self.max_rows = ch.balanced_rows(self.n_valid, self.max_rows)
         if params.opts.process_group is not None:
             self.max_rows = vp.same_chunks(self.max_rows, params.opts.process_group,
                                            self.device)
         self._tiles: torch.Tensor | None = None
+        self._grad_tile: torch.Tensor | None = None
         # (n_valid,) the student's entropy per valid row, filled by ``weighted_sum``.
         self.entropy = torch.zeros(self.n_valid, dtype=torch.float32, device=self.device) \
             if params.want_entropy else None
@@ -168,8 +185,27 @@ class DistillProblem(ch.HeadProblem):
                                       device=self.device)
         return tuple(t[:n] for t in self._tiles)
 
+    def grad_tile(self, n: int) -> torch.Tensor:
+        """The (n, V) tile in ``grad_dtype`` the backward kernel writes, allocated once."""
+        if self._grad_tile is None or self._grad_tile.shape[0] < n:
+            rows = min(self.max_rows, max(n, self.n_valid))
+            self._grad_tile = torch.empty(rows, self.V, dtype=self.grad_dtype,
+                                          device=self.device)
+        return self._grad_tile[:n]
+
+    def logits_grad(self, s, u, state, g: torch.Tensor, factor: torch.Tensor | None):
+        """(dlogits, row_scale) with diag(row_scale) @ dlogits = diag(g) dDiv/dz on the chunk
+        (row_scale None: dlogits holds it): in the gradient tile when there is one, else in
+        s, chained through the transform's derivative."""
+        if self.grad_dtype is not None:
+            out = self.grad_tile(s.shape[0])
+            return out, self.divergence.write_grad(s, u, state, g, out)
+        row_scale = self.divergence.write_grad(s, u, state, g)  # s <- g dDiv/dt
+        self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
+        return s, row_scale
+
     def release(self) -> None:
-        self._tiles = None
+        self._tiles = self._grad_tile = None
 
     def entropy_sum(self) -> torch.Tensor:
         """The student's entropy summed over the valid rows (0 unless asked for)."""
@@ -217,9 +253,8 @@ class DistillProblem(ch.HeadProblem):
             s, u, h_s = self.logits(self.index[rows])
             factor = self.grad_factor(s)
             state = self.divergence.stats(s, u)
-            row_scale = self.divergence.write_grad(s, u, state, g[lo:hi].float())
-            self.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
-            self.head.backprop(s, h_s, row_scale, rows, grads)
+            dlogits, row_scale = self.logits_grad(s, u, state, g[lo:hi].float(), factor)
+            self.head.backprop(dlogits, h_s, row_scale, rows, grads)
 
 
 def _head_needs(needs_input_grad) -> tuple[bool, bool, bool]:
@@ -255,9 +290,8 @@ def weighted_sum(problem: DistillProblem, weighting: TokenWeighting, grads: ch.G
             provisional[c.row_lo:c.row_hi] = True
         w_applied[c.row_lo:c.row_hi] = w
         if grads is not None:
-            row_scale = problem.divergence.write_grad(s, u, state, w)  # s <- w dDiv/ds
-            problem.transform.chain_(s, factor)  # dDiv/dt -> dDiv/dz
-            problem.head.backprop(s, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
+            dlogits, row_scale = problem.logits_grad(s, u, state, w, factor)
+            problem.head.backprop(dlogits, h_s, row_scale, slice(c.row_lo, c.row_hi), grads)
     w_all = weighting.final_weights(problem, d_all)
     if grads is not None and not all(c.whole for c in plan):
         # Rows whose gradient was formed with a provisional weight get the difference.

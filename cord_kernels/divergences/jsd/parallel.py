@@ -93,6 +93,8 @@ class TorchVocabParallelTileJSD:
     """The chunk driver's JSD row math on (n, V_r) tiles of this rank's head rows (3
     all-reduces per chunk); ``write_grad`` leaves the slice of g dJSD/ds in the tile."""
 
+    grad_into = False
+
     def __init__(self, params: DivParams, group):
         self.params, self.group = params, group
 

@@ -280,6 +280,8 @@ def triton_jsd_rows(s, u, row_mask, params: DivParams):
 class TritonTileJSD:
     """The generalized JSD on a chunk's tiles through the streaming kernels."""
 
+    grad_into = True
+
     def __init__(self, params: DivParams):
         self.temperature, self.jsd_beta = params.temperature, params.jsd_beta
 
@@ -288,6 +290,7 @@ class TritonTileJSD:
         d, stats = jsd_fwd(s, u, self.jsd_beta, self.temperature, ent)
         return TileStats(d, (stats,), ent)
 
-    def write_grad(self, s, u, state, g) -> None:
-        jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature, s, None)
+    def write_grad(self, s, u, state, g, out=None) -> None:
+        jsd_bwd(s, u, state.extra[0], g, self.jsd_beta, self.temperature,
+                s if out is None else out, None)
         return None

@@ -175,6 +175,8 @@ class TorchVocabParallelTileKL:
     D over the whole vocabulary per row (2 all-reduces per chunk); ``write_grad`` turns the
     student tile into its slice of g dD/ds (1/tau included; no row scale left)."""
 
+    grad_into = False
+
     def __init__(self, params: DivParams, group, forward: bool = False):
         self.temperature, self.group, self.forward = params.temperature, group, forward
 
@@ -202,6 +204,8 @@ class TritonVocabParallelTileKL:
     backward kernel then gets the global statistics and writes the slice's part of the full
     gradient."""
 
+    grad_into = True
+
     def __init__(self, inner: TritonTileReverseKL, group):
         self.inner, self.group = inner, group
 
@@ -211,8 +215,8 @@ class TritonVocabParallelTileKL:
         d, lse_1, lse_2 = combine_kl_rows(state.d, *state.extra, None, self.group)
         return TileStats(d, (lse_1, lse_2))
 
-    def write_grad(self, s, u, state, g) -> None:
-        return self.inner.write_grad(s, u, state, g)
+    def write_grad(self, s, u, state, g, out=None) -> None:
+        return self.inner.write_grad(s, u, state, g, out)
 
 
 def parallel_kl_tile(params: DivParams, group, impl: Impl, forward: bool):

@@ -301,6 +301,8 @@ def triton_forward_kl_rows(s, u, row_mask, params: DivParams):
 class TritonTileReverseKL:
     """KL(p || q) on a chunk's tiles through the streaming kernels."""
 
+    grad_into = True
+
     def __init__(self, params: DivParams):
         self.temperature = params.temperature
 
@@ -309,8 +311,8 @@ class TritonTileReverseKL:
         d, lse_s, lse_u = kl_fwd(s, u, None, self.temperature, ent, entropy_of=1)
         return TileStats(d, (lse_s, lse_u), ent)
 
-    def write_grad(self, s, u, state, g) -> None:
-        kl_bwd(s, u, *state.extra, state.d, g, self.temperature, s, None)
+    def write_grad(self, s, u, state, g, out=None) -> None:
+        kl_bwd(s, u, *state.extra, state.d, g, self.temperature, s if out is None else out, None)
         return None
 
 
@@ -322,6 +324,6 @@ class TritonTileForwardKL(TritonTileReverseKL):
         d, lse_u, lse_s = kl_fwd(u, s, None, self.temperature, ent, entropy_of=2)
         return TileStats(d, (lse_u, lse_s), ent)
 
-    def write_grad(self, s, u, state, g) -> None:
-        kl_bwd(u, s, *state.extra, state.d, g, self.temperature, None, s)
+    def write_grad(self, s, u, state, g, out=None) -> None:
+        kl_bwd(u, s, *state.extra, state.d, g, self.temperature, None, s if out is None else out)
         return None

@@ -67,6 +67,8 @@ class TorchVocabParallelTileTVD:
     """The chunk driver's TVD row math on (n, V_r) tiles of this rank's head rows (3
     all-reduces per chunk); ``write_grad`` leaves the slice of g dTVD/ds in the tile."""
 
+    grad_into = False
+
     def __init__(self, params: DivParams, group):
         self.temperature, self.group = params.temperature, group
 

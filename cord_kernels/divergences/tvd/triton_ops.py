@@ -188,6 +188,8 @@ def triton_tvd_rows(s, u, row_mask, params: DivParams):
 class TritonTileTVD:
     """The TVD on a chunk's tiles through the streaming kernels."""
 
+    grad_into = True
+
     def __init__(self, params: DivParams):
         self.temperature = params.temperature
 
@@ -196,6 +198,6 @@ class TritonTileTVD:
         d, stats = tvd_fwd(s, u, self.temperature, ent)
         return TileStats(d, (stats,), ent)
 
-    def write_grad(self, s, u, state, g) -> None:
-        tvd_bwd(s, u, state.extra[0], g, self.temperature, s)
+    def write_grad(self, s, u, state, g, out=None) -> None:
+        tvd_bwd(s, u, state.extra[0], g, self.temperature, s if out is None else out)
         return None
