@@ -75,8 +75,13 @@ class ClaimTaskConfig(DemoTaskConfig):
     chains; 84% at 350 with four corrected chains per question, which teach arithmetic too).
     The shipped base (250, four corrected chains per question) is right on 74% of the pool:
     ``teacher_accuracy``, measured on the base in every run."""
-    audio_qa: int = 120
-    """Of those, the ones also heard as spoken questions with worked answers."""
+    audio_qa: int = 250
+    """Of those, the ones also heard as spoken questions with worked answers (all 250 in the
+    shipped base: at 120 the tens-first audio side is too weak, 0.33 of the text side's
+    accuracy; ``docs/claim_candidates``)."""
+    audio_qa_every: int = 2
+    """Pre-training steps between two batches of spoken arithmetic (and spoken comparison)
+    QA: 1 trains the audio side's worked answers twice as often."""
     pool_questions: int = 2000
     """The distillation pool: fresh questions, heard in pre-training only for transcription."""
     val_questions: int = 200
@@ -103,13 +108,15 @@ class ClaimTaskConfig(DemoTaskConfig):
     ones, drawn from ``correction_variants`` different corruptions of every training question,
     so the prior teaches spotting a wrong step rather than a few memorised slips)."""
     correction_variants: int = 4
-    answer_format: str = "restate"
+    answer_format: str = "tens_first"
     """How a worked chain is written (:data:`ANSWER_FORMATS`). ``"restate"`` restates both
     operands first (``"47+38: units 7+8=15 carry 1, ..."``), so a mis-heard digit shows at
     tokens 0-4, where the student's prefix is the prompt; ``"tens_first"`` adds left to right,
     ``"tens 40+30=70, units 7+8=15 carry 1, tens 70+10=80, answer 85"``: each heard digit
     first appears at the step that uses it, the units digits after a partial result the
-    student wrote itself (tokens 13 and 15)."""
+    student wrote itself (tokens 13 and 15). The shipped base is ``"tens_first"``: with
+    ``"restate"`` only 28% of the base's wrong audio answers go wrong after token 10 (the
+    pre-registered bound is 30%)."""
     pretrain_steps: int = 1500
 
     def key_fields(self) -> dict[str, Any]:
@@ -118,6 +125,8 @@ class ClaimTaskConfig(DemoTaskConfig):
         fields = {k: v for k, v in asdict(self).items() if k not in HELD_OUT_FIELDS}
         if fields["answer_format"] == "restate":  # the field's default names the bases
             del fields["answer_format"]  # shipped before it existed: their keys stay
+        if fields["audio_qa_every"] == 2:  # likewise
+            del fields["audio_qa_every"]
         return {"task": "claim", **fields}
 
 
@@ -131,9 +140,9 @@ HELD_OUT_FIELDS = ("val_questions", "eval_questions", "compare_val", "transfer_q
 
 
 CLAIM_QUICK = ClaimTaskConfig(
-    text_questions=120, audio_qa=40, pool_questions=200, val_questions=40, eval_questions=80,
-    compare_text=200, compare_audio=40, compare_val=20, transfer_questions=60, compare_pool=40,
-    count_train=80, count_val=20, retention_items=40, hidden_size=32, num_layers=1,
+    text_questions=120, audio_qa=40, pool_questions=200, val_questions=20, eval_questions=40,
+    compare_text=200, compare_audio=40, compare_val=20, transfer_questions=30, compare_pool=40,
+    count_train=80, count_val=20, retention_items=20, hidden_size=32, num_layers=1,
     audio_d_model=32, audio_layers=1, pretrain_steps=60, batch_size=8)
 """The CI smoke test's size: the whole pipeline in about a minute, far too little pre-training
 for the paper's regime (its report says which preconditions fail)."""
@@ -375,6 +384,8 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
                  "count_train", "count_val", "retention_items"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.audio_qa_every < 1:
+        raise ValueError(f"audio_qa_every must be >= 1, got {config.audio_qa_every}")
     if not 0 < config.audio_qa <= config.text_questions:
         raise ValueError(f"audio_qa must be in [1, text_questions={config.text_questions}], "
                          f"got {config.audio_qa}")
@@ -522,8 +533,10 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
         "text_arith": (Batcher(adapter, splits["text_train"], "text", "worked"), 1),
         "text_compare": (Batcher(adapter, splits["compare_train"], "text", "worked"), 1),
         "transcribe": (Batcher(adapter, heard, "audio", "transcript"), 1),
-        "audio_arith": (Batcher(adapter, splits["audio_qa"], "audio", "worked"), 2),
-        "audio_compare": (Batcher(adapter, splits["compare_audio"], "audio", "worked"), 2),
+        "audio_arith": (Batcher(adapter, splits["audio_qa"], "audio", "worked"),
+                        config.audio_qa_every),
+        "audio_compare": (Batcher(adapter, splits["compare_audio"], "audio", "worked"),
+                          config.audio_qa_every),
         "count": (Batcher(adapter, splits["count_train"], "audio", "worked",
                            instruction=COUNT_INSTRUCTION), 1),
     }

@@ -86,7 +86,7 @@ chain, as K = 20 is of the paper's answers."""
 
 def settings(mode: str) -> dict[str, Any]:
     if mode == "quick":
-        return {"task": CLAIM_QUICK, "post": replace(CLAIM_POST, max_steps=4, eval_every=2),
+        return {"task": CLAIM_QUICK, "post": replace(CLAIM_POST, max_steps=4, eval_every=4),
                 "seeds": (0,), "rate_seeds": (0,), "methods": CLAIM_METHODS, "sensitivity": False}
     if mode == "default":
         return {"task": ClaimTaskConfig(), "post": CLAIM_POST, "seeds": (0, 1, 2),
