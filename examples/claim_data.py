@@ -2,7 +2,7 @@
 
 Writes ``OUT/train.jsonl`` (questions of the demo's distillation pool) and ``OUT/eval.jsonl``
 (its validation questions, disjoint from the pool), spoken as the shipped claim base
-(``cord/demo/bases/base-338dcc987924``) learnt to hear them (eSpeak NG word slots,
+(``cord/demo/bases/base-dee61b9c235d``) learnt to hear them (eSpeak NG word slots,
 ``cord.demo.speech``), each clip a WAV file under ``OUT/audio/``. The answers are the final
 numbers, so ``cord train``'s evaluation (``eval_dataset``) scores them like ``cord eval``.
 
@@ -22,7 +22,7 @@ from cord.demo.claim.data import ClaimTaskConfig, make_claim_splits
 from cord.demo.speech import SAMPLING_RATE, SlottedSpeech
 
 #: The configuration key of the shipped base these questions are drawn for.
-BASE_KEY = "338dcc987924"
+BASE_KEY = "dee61b9c235d"
 
 
 def write_claim_data(out: str | Path, *, train: int = 400, eval: int = 100) -> dict[str, Path]:

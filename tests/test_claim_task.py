@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from cord.demo.base import SHIPPED_BASES
 from cord.demo.claim.data import (
     CLAIM_QUICK,
     COUNT_INSTRUCTION,
@@ -164,8 +165,11 @@ def test_tens_first_chains_end_right_and_correct_themselves_right():
 
 
 def test_the_answer_format_is_checked_and_the_restate_bases_keep_their_keys():
-    assert ClaimTaskConfig().key() == "338dcc987924"  # the shipped base's folder
-    assert ClaimTaskConfig(answer_format="tens_first").key() != ClaimTaskConfig().key()
+    assert ClaimTaskConfig().key() == "dee61b9c235d"  # the shipped base's folder (issue 38 C)
+    restate = ClaimTaskConfig(answer_format="restate", audio_qa=120)
+    assert restate.key() == "338dcc987924"  # the base shipped before it keeps its folder
+    assert (SHIPPED_BASES / "base-dee61b9c235d").is_dir()
+    assert (SHIPPED_BASES / "base-338dcc987924").is_dir()
     with pytest.raises(ValueError, match="answer_format"):
         make_claim_splits(ClaimTaskConfig(answer_format="nope"))
     s = make_claim_splits(replace(CLAIM_QUICK, answer_format="tens_first"))

@@ -234,8 +234,9 @@ CLAIM_PAGE_NUMBERS = {
     "0.70": "a precondition bound", "0.95": "a precondition bound", "0.20": "a precondition bound",
     "2": "the position bands 0-1, 2-10 (claim/positions.py BANDS); the rate grid's seed count",
     "5": "the rate grid (1e-5, 3e-5)", "6": "the analysis plan's item numbers",
-    "0.283": "the committed run's late_first_errors (docs/demo_claim/results.json)",
-    "74": "the committed run's teacher_accuracy 0.74 (docs/demo_claim/results.json)",
+    "0.283": "the restate run's late_first_errors (docs/demo_claim_restate/results.json)",
+    "74": "the restate run's teacher_accuracy 0.74 (docs/demo_claim_restate/results.json)",
+    "59": "the shipped base's teacher_accuracy 0.588 (docs/claim_candidates, docs/demo_claim)",
 }
 
 

@@ -79,9 +79,6 @@ class ClaimTaskConfig(DemoTaskConfig):
     """Of those, the ones also heard as spoken questions with worked answers (all 250 in the
     shipped base: at 120 the tens-first audio side is too weak, 0.33 of the text side's
     accuracy; ``docs/claim_candidates``)."""
-    audio_qa_every: int = 2
-    """Pre-training steps between two batches of spoken arithmetic (and spoken comparison)
-    QA: 1 trains the audio side's worked answers twice as often."""
     pool_questions: int = 2000
     """The distillation pool: fresh questions, heard in pre-training only for transcription."""
     val_questions: int = 200
@@ -125,8 +122,6 @@ class ClaimTaskConfig(DemoTaskConfig):
         fields = {k: v for k, v in asdict(self).items() if k not in HELD_OUT_FIELDS}
         if fields["answer_format"] == "restate":  # the field's default names the bases
             del fields["answer_format"]  # shipped before it existed: their keys stay
-        if fields["audio_qa_every"] == 2:  # likewise
-            del fields["audio_qa_every"]
         return {"task": "claim", **fields}
 
 
@@ -384,8 +379,6 @@ def make_claim_splits(config: ClaimTaskConfig) -> dict[str, list[dict[str, Any]]
                  "count_train", "count_val", "retention_items"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.audio_qa_every < 1:
-        raise ValueError(f"audio_qa_every must be >= 1, got {config.audio_qa_every}")
     if not 0 < config.audio_qa <= config.text_questions:
         raise ValueError(f"audio_qa must be in [1, text_questions={config.text_questions}], "
                          f"got {config.audio_qa}")
@@ -533,10 +526,8 @@ def pretrain_claim(adapter, splits: dict[str, list[dict]], config: ClaimTaskConf
         "text_arith": (Batcher(adapter, splits["text_train"], "text", "worked"), 1),
         "text_compare": (Batcher(adapter, splits["compare_train"], "text", "worked"), 1),
         "transcribe": (Batcher(adapter, heard, "audio", "transcript"), 1),
-        "audio_arith": (Batcher(adapter, splits["audio_qa"], "audio", "worked"),
-                        config.audio_qa_every),
-        "audio_compare": (Batcher(adapter, splits["compare_audio"], "audio", "worked"),
-                          config.audio_qa_every),
+        "audio_arith": (Batcher(adapter, splits["audio_qa"], "audio", "worked"), 2),
+        "audio_compare": (Batcher(adapter, splits["compare_audio"], "audio", "worked"), 2),
         "count": (Batcher(adapter, splits["count_train"], "audio", "worked",
                            instruction=COUNT_INSTRUCTION), 1),
     }
