@@ -237,6 +237,7 @@ CLAIM_PAGE_NUMBERS = {
     "0.283": "the restate run's late_first_errors (docs/demo_claim_restate/results.json)",
     "74": "the restate run's teacher_accuracy 0.74 (docs/demo_claim_restate/results.json)",
     "59": "the shipped base's teacher_accuracy 0.588 (docs/claim_candidates, docs/demo_claim)",
+    "60.0": "the --full run's wall time in minutes (docs/demo_claim_full/results.json)",
 }
 
 
