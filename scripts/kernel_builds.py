@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cord_kernels.core.rows import block_v
@@ -57,6 +57,10 @@ def _tools_dir() -> Path:
     import triton
 
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+GRAD_INTO_BF16 = ("kl_bwd_dx", "kl_bwd_dy", "jsd_bwd_dx", "tvd_bwd")
+"""The backward kernels the fused-linear driver runs with a bf16 gradient tile."""
 
 
 def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelBuild]:
@@ -211,6 +215,12 @@ def kernel_builds(dtype: str = "bf16", vocab: int = QWEN2_VOCAB) -> list[KernelB
         ("X", "WS", "Ids", "C", "DX", "stride_xa", "stride_xb", "stride_dxa", "stride_dxb",
          "V"),
     ))
+    if dtype == "fp32":
+        # The fused-linear drop-in's backward: fp32 logits tiles in, the gradient rounded on
+        # store into a bf16 tile, the backward GEMMs' operand (``DistillProblem.logits_grad``).
+        for b in [b for b in builds if b.name in GRAD_INTO_BF16]:
+            out = {k: "*bf16" for k in ("DX", "DY") if k in b.signature}
+            builds.append(replace(b, name=b.name + "_bf16out", signature={**b.signature, **out}))
     return builds
 
 
