@@ -4,9 +4,10 @@ post-trains on (transfer) and an audio skill no method post-trains on (retention
 Three skills share one tiny audio LM:
 
 - **Column arithmetic** (the distillation task). "forty seven plus thirty eight", spoken or
-  written; the answer restates the operands it heard and works column by column,
-  ``"47+38: units 7+8=15 carry 1, tens 4+3+1=8, answer 85"`` (about 35 tokens), so an early
-  mis-hearing or a wrong carry changes everything after it.
+  written; the answer works left to right, each heard digit first written at the step that
+  uses it, ``"tens 40+30=70, units 7+8=15 carry 1, tens 70+10=80, answer 85"`` (25-42
+  tokens), so a mis-hearing surfaces mid-answer, after partial results the student wrote
+  itself (``answer_format``; ``"restate"`` writes both operands first).
 - **Comparison** (the transfer task). "which is larger forty seven or thirty eight" ->
   ``"47 or 38: tens 4>3, answer 47"``, learnt from plenty of text and a few spoken items, so it
   has a modality gap of its own; no post-training method ever sees it.
