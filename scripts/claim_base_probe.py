@@ -30,7 +30,7 @@ from cord.demo.claim.verdict import preconditions
 
 def overrides(pairs: list[str]) -> dict[str, int]:
     """``["audio_qa=250"]`` -> ``{"audio_qa": 250}``, checked against the config's int fields."""
-    fields = {name: value for name, value in vars(ClaimTaskConfig()).items()}
+    fields = vars(ClaimTaskConfig())
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -52,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    config = ClaimTaskConfig(answer_format=args.answer_format, **overrides(args.set))
+    changed = overrides(args.set)
+    config = ClaimTaskConfig(answer_format=args.answer_format, **changed)
     task = ClaimTask(config)
     splits = J.task_splits(task, args.cache_dir)
     base, path, source = pretrained_base(task, splits, cache_dir=args.cache_dir, progress=True)
     measured = base_measures(base, splits, config, CLAIM_POST)
     result = {
-        "answer_format": args.answer_format, "overrides": overrides(args.set),
+        "answer_format": args.answer_format, "overrides": changed,
         "key": config.key(), "base": source,
         "preconditions": preconditions(measured["values"]),
         "first_error_positions": position_histogram(measured["first_error_positions"]),

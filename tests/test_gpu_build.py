@@ -126,7 +126,7 @@ def test_sass_per_vocabulary_entry_within_budget(build_rows):
         assert total <= budget, (names, round(total, 1), budget)
 
 
-def test_the_gradient_tile_is_rounded_on_store_at_no_extra_instructions(build_rows):
+def test_the_gradient_tile_is_rounded_on_store_at_little_extra_cost(build_rows):
     """The drop-in's backward kernels reading fp32 tiles and storing the gradient into a bf16
     tile (issue 34 B): the store packs with F2FP.BF16[.F32].PACK_AB (round to nearest even;
     the interpreter truncates instead), and the loops' instructions per entry within 1.5 of the

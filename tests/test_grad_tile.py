@@ -5,7 +5,7 @@ hands the streaming backward kernel a separate (n, V) tile in that dtype: the ke
 gradient is rounded once as it is stored, with no fp32 write and no cast pass over the tile.
 Native low-precision GEMMs with fp32 output do not exist on the CPU, so the driver's choice is
 tested here as a function, and the kernels' stores under the interpreter: the bf16 tile holds
-exactly the fp32 gradient rounded to bf16, for every divergence with a streaming backward.
+the fp32 gradient rounded once to bf16, for every divergence with a streaming backward.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def test_kernel_rounds_the_gradient_into_a_bf16_tile(name, beta, interpret):
     div = make_tile_divergence(name, Impl.TRITON, DivParams(1.3, beta))
     assert div.grad_into
 
+    s_before = s.clone()
     state = div.stats(s, u)
     out = torch.full((n, V), float("nan"), dtype=torch.bfloat16)
     scale = div.write_grad(s, u, state, w, out)
-    s_before = s.clone()
-    fp32 = s.clone()
+    fp32 = s_before.clone()
     scale_fp32 = div.write_grad(fp32, u, div.stats(s_before, u), w)
 
     assert scale is None and scale_fp32 is None

@@ -74,8 +74,8 @@ class ClaimTaskConfig(DemoTaskConfig):
     """Worked arithmetic examples the text side learns from: the knob that makes the teacher
     imperfect (measured on fresh questions: 44% right at 250, 55% at 300 with 33 corrected
     chains; 84% at 350 with four corrected chains per question, which teach arithmetic too).
-    The shipped base (250, four corrected chains per question) is right on 74% of the pool:
-    ``teacher_accuracy``, measured on the base in every run."""
+    The shipped tens-first base (250, four corrected chains per question) is right on 59% of
+    the pool: ``teacher_accuracy``, measured on the base in every run."""
     audio_qa: int = 250
     """Of those, the ones also heard as spoken questions with worked answers (all 250 in the
     shipped base: at 120 the tens-first audio side is too weak, 0.33 of the text side's
